@@ -1,0 +1,221 @@
+"""The platform-level interrupt controller (PLIC), as on QEMU virt and SiFive parts.
+
+Theory of operation. Each interrupt source (1..95; 0 means "no interrupt") has a level-triggered
+gateway: a device drives its ``IrqLine`` high or low, and the source is *pending* exactly while
+its line is high and it is not *in service*. We derive pending from the line instead of latching
+it, as QEMU does, so a device that drops its line before the guest claims it causes no spurious
+claim.
+
+Each context (0 = hart 0 M-mode, 1 = hart 0 S-mode) has an enable bit per source and a priority
+threshold. A context's output is high while some pending source is enabled for it and has a
+priority above its threshold; priority 0 therefore means "never". Whenever an output changes,
+``on_context_change(ctx, level)`` is called so the CPU side can set or clear MEIP/SEIP.
+
+The guest reads claim/complete to *claim*: it gets the best candidate (highest priority, then
+lowest id), which leaves pending and goes in service, so it cannot interrupt again until the guest
+writes the same id back to *complete* it. If the line is still high at that point, the source is
+pending again at once: that is what makes the gateway level-triggered.
+
+Only aligned 32-bit accesses are architected. Anything else the guest does (a bad size, a hole in
+the map, a write to a read-only word, an out-of-range value) is counted in ``counters`` and
+otherwise ignored; reads of it return 0.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+from hv._bus import IrqLine
+from hv._errors import HostError
+
+# Sources 0..NUM_SOURCES-1 exist; source 0 is reserved (as on QEMU virt).
+NUM_SOURCES = 96
+# Contexts: hart 0 M-mode and hart 0 S-mode.
+NUM_CONTEXTS = 2
+# Priorities and thresholds are 3 bits wide (QEMU virt's "riscv,max-priority" is 7).
+MAX_PRIORITY = 7
+
+# Register map (offsets into the PLIC window).
+PRIORITY_BASE = 0x0000
+PENDING_BASE = 0x1000
+ENABLE_BASE = 0x2000
+ENABLE_STRIDE = 0x80
+CONTEXT_BASE = 0x20_0000
+CONTEXT_STRIDE = 0x1000
+THRESHOLD_OFFSET = 0x0
+CLAIM_OFFSET = 0x4
+
+_WORDS = (NUM_SOURCES + 31) // 32  # 32-bit words of pending/enable bits
+_ALL_SOURCES = ((1 << NUM_SOURCES) - 1) & ~1  # bit 0 (source 0) is hardwired to zero
+
+
+class Plic:
+    """A PLIC with ``NUM_SOURCES`` level-triggered sources and ``NUM_CONTEXTS`` contexts.
+
+    ``on_context_change(ctx, level)`` is called each time a context's output changes level.
+    """
+
+    def __init__(self, on_context_change: Callable[[int, bool], None]) -> None:
+        self._on_context_change = on_context_change
+        self._priority = [0] * NUM_SOURCES
+        # Bit sets indexed by source number.
+        self._asserted = 0
+        self._in_service = 0
+        self._enable = [0] * NUM_CONTEXTS
+        self._threshold = [0] * NUM_CONTEXTS
+        self._output = [False] * NUM_CONTEXTS
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # -- device side --------------------------------------------------------------------------
+
+    def irq_line(self, src: int) -> IrqLine:
+        """The line a device drives to raise source ``src``.
+
+        Raises ``HostError`` if ``src`` is not in 1..NUM_SOURCES-1 (a wiring bug, not the guest's).
+        """
+        if not 1 <= src < NUM_SOURCES:
+            raise HostError(f"plic: source {src} out of range 1..{NUM_SOURCES - 1}")
+        bit = 1 << src
+
+        def line(level: bool) -> None:
+            new = self._asserted | bit if level else self._asserted & ~bit
+            if new != self._asserted:
+                self._asserted = new
+                self._update()
+
+        return line
+
+    def output(self, ctx: int) -> bool:
+        """The current level of context ``ctx``'s interrupt output."""
+        return self._output[ctx]
+
+    @property
+    def pending(self) -> int:
+        """Pending sources as a bit set (bit n = source n)."""
+        return self._asserted & ~self._in_service
+
+    # -- guest side ---------------------------------------------------------------------------
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        if size != 4 or offset % 4:
+            self.counters["bad_read"] += 1
+            return 0
+        if offset < PRIORITY_BASE + 4 * NUM_SOURCES:
+            return self._priority[offset // 4]
+        if PENDING_BASE <= offset < PENDING_BASE + 4 * _WORDS:
+            return self._word(self.pending, (offset - PENDING_BASE) // 4)
+        ctx, reg = self._enable_reg(offset)
+        if ctx is not None:
+            return self._word(self._enable[ctx], reg)
+        ctx, reg = self._context_reg(offset)
+        if ctx is not None:
+            if reg == THRESHOLD_OFFSET:
+                return self._threshold[ctx]
+            return self._claim(ctx)
+        self.counters["bad_read"] += 1
+        return 0
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        if size != 4 or offset % 4:
+            self.counters["bad_write"] += 1
+            return
+        value &= 0xFFFF_FFFF
+        if offset < PRIORITY_BASE + 4 * NUM_SOURCES:
+            src = offset // 4
+            if src == 0:
+                self.counters["bad_write"] += 1
+            elif value > MAX_PRIORITY:
+                self.counters["bad_priority"] += 1
+            else:
+                self._priority[src] = value
+                self._update()
+            return
+        if PENDING_BASE <= offset < PENDING_BASE + 4 * _WORDS:
+            self.counters["pending_write"] += 1
+            return
+        ctx, reg = self._enable_reg(offset)
+        if ctx is not None:
+            # Bit 0 is WARL zero: drivers may write all-ones to enable "everything".
+            shift = 32 * reg
+            mask = (0xFFFF_FFFF << shift) & _ALL_SOURCES
+            self._enable[ctx] = (self._enable[ctx] & ~mask) | ((value << shift) & mask)
+            self._update()
+            return
+        ctx, reg = self._context_reg(offset)
+        if ctx is not None:
+            if reg == THRESHOLD_OFFSET:
+                if value > MAX_PRIORITY:
+                    self.counters["bad_threshold"] += 1
+                else:
+                    self._threshold[ctx] = value
+                    self._update()
+            else:
+                self._complete(ctx, value)
+            return
+        self.counters["bad_write"] += 1
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _word(bits: int, index: int) -> int:
+        return (bits >> (32 * index)) & 0xFFFF_FFFF
+
+    @staticmethod
+    def _enable_reg(offset: int) -> tuple[int | None, int]:
+        rel = offset - ENABLE_BASE
+        if 0 <= rel < ENABLE_STRIDE * NUM_CONTEXTS:
+            ctx, off = divmod(rel, ENABLE_STRIDE)
+            if off < 4 * _WORDS:
+                return ctx, off // 4
+        return None, 0
+
+    @staticmethod
+    def _context_reg(offset: int) -> tuple[int | None, int]:
+        rel = offset - CONTEXT_BASE
+        if 0 <= rel < CONTEXT_STRIDE * NUM_CONTEXTS:
+            ctx, off = divmod(rel, CONTEXT_STRIDE)
+            if off in (THRESHOLD_OFFSET, CLAIM_OFFSET):
+                return ctx, off
+        return None, 0
+
+    def _best(self, ctx: int) -> int:
+        """The source ``ctx`` would claim now, or 0."""
+        candidates = self.pending & self._enable[ctx]
+        best, best_prio = 0, self._threshold[ctx]
+        while candidates:
+            low = candidates & -candidates
+            src = low.bit_length() - 1
+            # Strictly greater: on a tie the lower id, seen first, wins.
+            if self._priority[src] > best_prio:
+                best, best_prio = src, self._priority[src]
+            candidates ^= low
+        return best
+
+    def _claim(self, ctx: int) -> int:
+        src = self._best(ctx)
+        if src == 0:
+            # Normal when another context claimed first or the device dropped its line.
+            self.counters["empty_claim"] += 1
+            return 0
+        self._in_service |= 1 << src
+        self._update()
+        return src
+
+    def _complete(self, ctx: int, src: int) -> None:
+        if not 1 <= src < NUM_SOURCES:
+            self.counters["bad_complete"] += 1
+            return
+        bit = 1 << src
+        if not self._in_service & bit or not self._enable[ctx] & bit:
+            self.counters["bad_complete"] += 1
+            return
+        self._in_service &= ~bit
+        self._update()
+
+    def _update(self) -> None:
+        for ctx in range(NUM_CONTEXTS):
+            level = self._best(ctx) != 0
+            if level != self._output[ctx]:
+                self._output[ctx] = level
+                self._on_context_change(ctx, level)
