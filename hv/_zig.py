@@ -50,9 +50,7 @@ def run_zig(args: Sequence[str], cwd: Path | None = None) -> None:
     except OSError as e:
         raise HostError(f"cannot run zig ({e}); install the 'ziglang' package") from e
     if proc.returncode != 0:
-        raise HostError(
-            f"zig failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr.strip()}"
-        )
+        raise HostError(f"zig failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr.strip()}")
 
 
 def cached_build(

@@ -1,0 +1,561 @@
+"""The vCPU: the only module that imports Unicorn.
+
+Theory of operation
+-------------------
+Unicorn 2.1.4 runs the guest; this module turns what Unicorn does into what a RISC-V hart with
+M-mode firmware would do (see ../shared/UNICORN-FACTS.md for the measured behaviour):
+
+* The guest runs in S or U mode. The hypervisor is its M-mode firmware.
+* Unicorn never delivers synchronous exceptions: it calls our INTR hook with the cause and
+  ``pc = faulting pc + 4``. The hook finishes the job *inside* the engine, without stopping it:
+  an S-mode ``ecall`` is an SBI call, an illegal ``rdtime`` is emulated, everything else is
+  forwarded to the guest's ``stvec`` by writing the S-mode trap CSRs and the pc. That keeps an
+  exit in the low microseconds.
+* Interrupts are the engine's: the machine writes SSIP/STIP/SEIP into ``mip`` between slices and
+  the guest takes them through its own vector.
+* A slice ends at a translated-block entry, in the native block hook (``_native/preempt.c``),
+  when its budget is spent or when the host asked for a stop. Stopping anywhere else can replay
+  an instruction; stopping there cannot. ``wfi`` ends a slice on its own.
+
+Register access goes through raw ctypes calls (batched where several registers move together):
+the high-level binding costs about 2 us per register, the raw call a fraction of that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import platform
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+import unicorn as _unicorn
+import unicorn.riscv_const as rc
+import unicorn.unicorn_py3.unicorn as _ucmod
+
+from hv import _traps, _zig
+from hv._bus import Bus
+from hv._errors import HostError
+from hv._memory import GuestMemory
+
+log = structlog.get_logger("hv.vcpu")
+
+# The binding's own annotations are partial; this module types its edges itself.
+unicorn: Any = _unicorn
+
+# Code bytes per instruction used to turn a quantum in instructions into a block budget
+# (rv64gc code mixes 2- and 4-byte instructions; the budget is a deterministic proxy).
+BYTES_PER_INSN = 3
+# Identical forwarded traps in a row (same cause, pc and stval, nothing else in between)
+# that count as a trap loop: a handler that faults on itself never makes progress.
+TRAP_LOOP_LIMIT = 64
+
+MIP_SSIP = 1 << 1
+MIP_STIP = 1 << 5
+MIP_SEIP = 1 << 9
+S_INTERRUPTS = MIP_SSIP | MIP_STIP | MIP_SEIP
+
+# Exceptions the firmware delegates to S-mode, as OpenSBI does. Causes not listed here reach
+# the firmware first: it emulates what it can (rdtime) and redirects the rest to S-mode.
+MEDELEG_DEFAULT = (
+    (1 << _traps.CAUSE_MISALIGNED_FETCH)
+    | (1 << _traps.CAUSE_BREAKPOINT)
+    | (1 << _traps.CAUSE_USER_ECALL)
+    | (1 << _traps.CAUSE_FETCH_PAGE_FAULT)
+    | (1 << _traps.CAUSE_LOAD_PAGE_FAULT)
+    | (1 << _traps.CAUSE_STORE_PAGE_FAULT)
+)
+
+_SSTATUS_SIE = 1 << 1
+_SSTATUS_SPIE = 1 << 5
+_SSTATUS_SPP = 1 << 8
+_MSTATUS_FS_INITIAL = 1 << 13
+
+PRIV_U, PRIV_S, PRIV_M = 0, 1, 3
+
+
+class ExitKind(enum.Enum):
+    PREEMPTED = "preempted"  # budget spent, or the host asked for a stop
+    WFI = "wfi"  # the guest waits for an interrupt
+    FATAL = "fatal"  # the guest can't go on (see Exit.reason)
+    HOST_ERROR = "host_error"  # a device model or the hypervisor failed
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    kind: ExitKind
+    reason: str = ""
+    detail: str = ""  # a traceback for host errors
+
+
+class Firmware(Protocol):
+    """What the vCPU asks of the machine while the guest runs (all synchronous)."""
+
+    def sbi_call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int] | None:
+        """Handle an SBI call; return (a0, a1), or None for a legacy call that sets a0 only
+        (the machine returns it as (a0, -1) then)."""
+        ...
+
+    def time_ticks(self) -> int:
+        """The value `rdtime` reads: ticks of the timebase since boot."""
+        ...
+
+
+@dataclass
+class VcpuStats:
+    slices: int = 0
+    sbi_calls: int = 0
+    traps_forwarded: int = 0
+    rdtime_emulated: int = 0
+    mmio_reads: int = 0
+    mmio_writes: int = 0
+    wfi: int = 0
+    code_bytes: int = 0
+
+
+# --- raw libunicorn entry points --------------------------------------------------------------
+
+_lib = _ucmod.uclib
+_c_u64p = ctypes.POINTER(ctypes.c_uint64)
+_reg_read = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)(
+    ("uc_reg_read", _lib)
+)
+_reg_write = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)(
+    ("uc_reg_write", _lib)
+)
+_BATCH = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_int),
+    ctypes.POINTER(ctypes.c_void_p),
+    ctypes.c_int,
+)
+_reg_read_batch = _BATCH(("uc_reg_read_batch", _lib))
+_reg_write_batch = _BATCH(("uc_reg_write_batch", _lib))
+_emu_start = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.c_size_t,
+)(("uc_emu_start", _lib))
+
+_INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
+_MMIO_READ_CB = ctypes.CFUNCTYPE(
+    ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_void_p
+)
+_MMIO_WRITE_CB = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_uint64, ctypes.c_void_p
+)
+_INVALID_CB = ctypes.CFUNCTYPE(
+    ctypes.c_bool,
+    ctypes.c_void_p,
+    ctypes.c_int,
+    ctypes.c_uint64,
+    ctypes.c_int,
+    ctypes.c_int64,
+    ctypes.c_void_p,
+)
+
+
+class _Slice(ctypes.Structure):
+    _fields_ = (
+        ("budget", ctypes.c_int64),
+        ("request", ctypes.c_int32),
+        ("stopped", ctypes.c_int32),
+        ("stop", ctypes.c_void_p),
+        ("executed", ctypes.c_uint64),
+    )
+
+
+class _Batch:
+    """A fixed list of registers read or written with one call."""
+
+    def __init__(self, regs: Sequence[int]) -> None:
+        n = len(regs)
+        self.n = n
+        self.ids = (ctypes.c_int * n)(*regs)
+        self.vals = (ctypes.c_uint64 * n)()
+        base = ctypes.addressof(self.vals)
+        self.ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
+
+
+_native_hook: ctypes.CDLL | None = None
+
+
+def _load_native_hook() -> ctypes.CDLL | None:
+    """Build (once, cached) and load the native block hook; None if it can't be built."""
+    global _native_hook
+    if _native_hook is not None:
+        return _native_hook
+    src = Path(__file__).parent / "_native" / "preempt.c"
+    flags = ["-shared", "-fPIC", "-O2", platform.machine()]
+
+    def build(out: Path) -> None:
+        _zig.run_zig(["cc", "-shared", "-fPIC", "-O2", "-o", str(out), str(src)])
+
+    try:
+        path = _zig.cached_build("libhvpreempt.so", [src], flags, build)
+        _native_hook = ctypes.CDLL(str(path))
+    except (HostError, OSError) as e:
+        log.warning("native preemption hook unavailable; slicing by instruction count", err=str(e))
+        return None
+    return _native_hook
+
+
+def _reg(name: str) -> int:
+    return int(getattr(rc, f"UC_RISCV_REG_{name}"))
+
+
+_X = [_reg(f"X{i}") for i in range(32)]
+_PC = _reg("PC")
+_PRIV = _reg("PRIV")
+_MIP = _reg("MIP")
+_SSTATUS = _reg("SSTATUS")
+_STVEC = _reg("STVEC")
+_SATP = _reg("SATP")
+
+
+class Vcpu:
+    """One riscv64 hart on Unicorn, entered in S-mode, with the hypervisor as its firmware."""
+
+    def __init__(self, mem: GuestMemory, bus: Bus, firmware: Firmware, quantum: int) -> None:
+        self.mem = mem
+        self.firmware = firmware
+        self.stats = VcpuStats()
+        self.medeleg = MEDELEG_DEFAULT
+        self._uc: Any = unicorn.Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64)
+        self._h = self._uc._uch
+        self._keep: list[Any] = []  # ctypes callbacks must outlive the engine
+        self._fatal: Exit | None = None
+        self._last_trap: tuple[int, int, int] = (-1, -1, -1)
+        self._same_trap = 0
+        self._one = ctypes.c_uint64()
+        self._args = _Batch([_X[17], _X[16], *_X[10:16]])  # a7, a6, a0..a5
+        self._ret = _Batch([_X[10], _X[11]])
+        self._trap_in = _Batch([_SSTATUS, _STVEC])
+        self._trap_out = _Batch([_PRIV, _reg("SEPC"), _reg("SCAUSE"), _reg("STVAL"), _SSTATUS, _PC])
+
+        self._uc.mem_map_ptr(mem.base, mem.size, unicorn.UC_PROT_ALL, mem.host_address)
+        for m in bus:
+            self._map_device(m.base, m.size, m.device)
+        self._add_hook(unicorn.UC_HOOK_INTR, _INTR_CB(self._on_intr))
+        self._add_hook(unicorn.UC_HOOK_MEM_UNMAPPED, _INVALID_CB(self._on_unmapped))
+
+        self._slice = _Slice()
+        self._slice.stop = ctypes.cast(_lib.uc_emu_stop, ctypes.c_void_p).value
+        self.quantum = quantum
+        native = _load_native_hook()
+        self.native_slicing = native is not None
+        if native is not None:
+            fn = ctypes.cast(native.hv_block_hook, ctypes.c_void_p)
+            self._add_hook(unicorn.UC_HOOK_BLOCK, fn, ctypes.byref(self._slice))
+        self._pc = 0
+        self._mip = 0
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _add_hook(self, kind: int, cb: Any, user: Any = None) -> None:
+        h = ctypes.c_size_t()
+        err = _lib.uc_hook_add(
+            self._h, ctypes.byref(h), kind, cb, user, ctypes.c_uint64(1), ctypes.c_uint64(0)
+        )
+        if err:
+            raise HostError(f"uc_hook_add({kind}) failed: {unicorn.UcError(err)}")
+        self._keep.append(cb)
+
+    def _map_device(self, base: int, size: int, dev: Any) -> None:
+        mmio_read = dev.mmio_read
+        mmio_write = dev.mmio_write
+        stats = self.stats
+
+        def on_read(uc: int, offset: int, sz: int, ud: int) -> int:
+            stats.mmio_reads += 1
+            try:
+                return int(mmio_read(offset, sz))
+            except Exception:
+                self._host_error(f"device at {base:#x} failed on a read at +{offset:#x}")
+                return 0
+
+        def on_write(uc: int, offset: int, sz: int, value: int, ud: int) -> None:
+            stats.mmio_writes += 1
+            try:
+                mmio_write(offset, sz, value)
+            except Exception:
+                self._host_error(f"device at {base:#x} failed on a write at +{offset:#x}")
+
+        rcb, wcb = _MMIO_READ_CB(on_read), _MMIO_WRITE_CB(on_write)
+        self._keep += [rcb, wcb]
+        mapped = (size + 0xFFF) & ~0xFFF
+        err = _lib.uc_mmio_map(
+            self._h, ctypes.c_uint64(base), ctypes.c_size_t(mapped), rcb, None, wcb, None
+        )
+        if err:
+            raise HostError(f"uc_mmio_map({base:#x}) failed: {unicorn.UcError(err)}")
+
+    def reset(self, entry: int, hartid: int, dtb_addr: int) -> None:
+        """Put the hart in its boot state: S-mode at ``entry``, a0 = hart id, a1 = DTB."""
+        uc = self._uc
+        uc.reg_write(_PRIV, PRIV_M)
+        for i in range(1, 32):
+            uc.reg_write(_X[i], 0)
+        uc.reg_write(_reg("MEDELEG"), self.medeleg)
+        uc.reg_write(_reg("MIDELEG"), S_INTERRUPTS)
+        uc.reg_write(_reg("MIE"), 0)
+        uc.reg_write(_MIP, 0)
+        uc.reg_write(_reg("MSTATUS"), _MSTATUS_FS_INITIAL)
+        uc.reg_write(_SATP, 0)
+        uc.reg_write(_STVEC, 0)
+        uc.reg_write(_X[10], hartid)
+        uc.reg_write(_X[11], dtb_addr)
+        uc.reg_write(_PRIV, PRIV_S)
+        self._pc = entry
+        self._mip = 0
+        self._fatal = None
+        self._same_trap = 0
+        uc.ctl_flush_tb()
+
+    # -- register helpers (raw ctypes) -----------------------------------------------------
+
+    def reg(self, regid: int) -> int:
+        _reg_read(self._h, regid, ctypes.byref(self._one))
+        return self._one.value
+
+    def set_reg(self, regid: int, value: int) -> None:
+        self._one.value = value & 0xFFFF_FFFF_FFFF_FFFF
+        _reg_write(self._h, regid, ctypes.byref(self._one))
+
+    def x(self, i: int) -> int:
+        return self.reg(_X[i]) if i else 0
+
+    def set_x(self, i: int, value: int) -> None:
+        if i:
+            self.set_reg(_X[i], value)
+
+    @property
+    def pc(self) -> int:
+        return self._pc
+
+    @property
+    def priv(self) -> int:
+        return self.reg(_PRIV)
+
+    def csr(self, regid: int) -> int:
+        """Read any CSR: Unicorn checks access against the current privilege, so go via M."""
+        old = self.reg(_PRIV)
+        self.set_reg(_PRIV, PRIV_M)
+        v = self.reg(regid)
+        self.set_reg(_PRIV, old)
+        return v
+
+    def set_csr(self, regid: int, value: int) -> None:
+        old = self.reg(_PRIV)
+        self.set_reg(_PRIV, PRIV_M)
+        self.set_reg(regid, value)
+        self.set_reg(_PRIV, old)
+
+    def update_interrupts(self, pending: int) -> bool:
+        """Make mip's STIP/SEIP equal to ``pending`` and set SSIP if asked (the guest clears
+        SSIP itself). Returns True if a bit was raised: the engine only notices a raised bit
+        at its next return to the main loop, so the caller should end the slice.
+        Safe inside hooks. Costs a few raw calls, so only when something changed."""
+        pending &= S_INTERRUPTS
+        if pending == self._mip and not pending & MIP_SSIP:
+            return False
+        raised = bool(pending & ~self._mip)
+        old = self.reg(_PRIV)
+        self.set_reg(_PRIV, PRIV_M)
+        mip = self.reg(_MIP)
+        new = (mip & ~(MIP_STIP | MIP_SEIP)) | pending
+        if new != mip:
+            self.set_reg(_MIP, new)
+        self.set_reg(_PRIV, old)
+        self._mip = pending & ~MIP_SSIP
+        return raised
+
+    def enabled_interrupts(self) -> int:
+        """sie & the S-level interrupt bits: what would wake a ``wfi``."""
+        return self.csr(_reg("MIE")) & S_INTERRUPTS
+
+    def flush_tlb(self) -> None:
+        self._uc.ctl(unicorn.unicorn_const.UC_CTL_TLB_FLUSH, unicorn.unicorn_const.UC_CTL_IO_WRITE)
+
+    def request_stop(self) -> None:
+        """End the current slice at the next block entry (safe from hooks and other threads)."""
+        self._slice.request = 1
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run_slice(self) -> Exit:
+        """Run the guest until its budget is spent, it waits (wfi), or it can't go on."""
+        s = self._slice
+        s.budget = self.quantum * BYTES_PER_INSN
+        s.stopped = 0
+        self.stats.slices += 1
+        before = s.executed
+        count = 0 if self.native_slicing else self.quantum
+        err = _emu_start(self._h, self._pc, 0, 0, count)
+        self.stats.code_bytes += s.executed - before
+        pc = self.reg(_PC)
+        self._pc = pc
+        if self._fatal is not None:
+            exit_, self._fatal = self._fatal, None
+            return exit_
+        if err == unicorn.UC_ERR_INSN_INVALID and self._is_ebreak(pc):
+            # ebreak never reaches the INTR hook: the engine stops on it. Forward cause 3.
+            self._forward(pc, _traps.CAUSE_BREAKPOINT, pc)
+            return self._fatal or Exit(ExitKind.PREEMPTED)
+        if err:
+            return self._engine_error(err, pc)
+        if s.stopped or not self.native_slicing:
+            return Exit(ExitKind.PREEMPTED)
+        self.stats.wfi += 1
+        return Exit(ExitKind.WFI)
+
+    def _is_ebreak(self, pc: int) -> bool:
+        insn = self._fetch(pc)
+        return insn is not None and (insn == 0x00100073 or (insn & 0xFFFF) == 0x9002)
+
+    def _engine_error(self, err: int, pc: int) -> Exit:
+        what = self._unmapped or ""
+        self._unmapped = None
+        name = str(unicorn.UcError(err))
+        if err == unicorn.UC_ERR_FETCH_UNMAPPED:
+            return Exit(ExitKind.FATAL, f"instruction fetch from unmapped memory at pc={pc:#x}")
+        if err in (unicorn.UC_ERR_READ_UNMAPPED, unicorn.UC_ERR_WRITE_UNMAPPED):
+            return Exit(ExitKind.FATAL, f"{name}{what} near pc={pc:#x}")
+        return Exit(ExitKind.FATAL, f"CPU stopped: {name} at pc={pc:#x}")
+
+    _unmapped: str | None = None
+
+    def _on_unmapped(self, uc: int, kind: int, addr: int, size: int, value: int, ud: int) -> bool:
+        self._unmapped = f": {size}-byte access to unmapped physical address {addr:#x}"
+        return False
+
+    def _host_error(self, what: str) -> None:
+        self._fatal = Exit(ExitKind.HOST_ERROR, what, traceback.format_exc())
+        self._uc.emu_stop()
+
+    def _guest_fatal(self, reason: str) -> None:
+        self._fatal = Exit(ExitKind.FATAL, reason)
+        # We are in the INTR hook, outside any translated block: stopping here is exact.
+        self._uc.emu_stop()
+
+    # -- synchronous exits, inside the engine ----------------------------------------------
+
+    def _on_intr(self, uc: int, intno: int, ud: int) -> None:
+        try:
+            self._dispatch_exception(intno)
+        except Exception:
+            self._host_error(f"exception handling for cause {intno} failed")
+
+    def _dispatch_exception(self, cause: int) -> None:
+        pc = self.reg(_PC)
+        epc = pc - 4  # Unicorn adds 4 to pc, even after a 2-byte instruction.
+        if cause == _traps.CAUSE_USER_ECALL:
+            priv = self.reg(_PRIV)
+            if priv == PRIV_S:
+                self._sbi(pc)
+                return
+            if priv == PRIV_M:
+                self._guest_fatal(f"ecall from M-mode at pc={epc:#x}")
+                return
+        elif cause == _traps.CAUSE_ILLEGAL_INSN and not self.medeleg & (1 << cause):
+            insn = self._fetch(epc)
+            if insn is not None and self._emulate(insn, epc):
+                return
+        elif cause in _traps.LOAD_FAULTS:
+            # QEMU 5.0 reports an AMO's fault as a load fault (it loads first); the spec
+            # says store/AMO. LR stays a load.
+            insn = self._fetch(epc)
+            if insn is not None and _traps.is_amo_store(insn):
+                cause = _traps.LOAD_TO_STORE_CAUSE[cause]
+        self._forward(epc, cause, self._tval(cause, epc))
+
+    def _sbi(self, pc: int) -> None:
+        self.stats.sbi_calls += 1
+        b = self._args
+        _reg_read_batch(self._h, b.ids, b.ptrs, b.n)
+        v = b.vals
+        self._same_trap = 0
+        res = self.firmware.sbi_call(v[0], v[1], v[2:8])
+        r = self._ret
+        if res is None:  # legacy call: only a0 changes
+            return
+        r.vals[0] = res[0] & 0xFFFF_FFFF_FFFF_FFFF
+        r.vals[1] = res[1] & 0xFFFF_FFFF_FFFF_FFFF
+        _reg_write_batch(self._h, r.ids, r.ptrs, 2)
+
+    def _emulate(self, insn: int, epc: int) -> bool:
+        """The firmware's instruction emulation: counter CSRs (there is no `time` CSR)."""
+        rd = _traps.decode_counter_read(insn)
+        if rd is None:
+            return False
+        self.stats.rdtime_emulated += 1
+        self.set_x(rd, self.firmware.time_ticks())
+        self.set_reg(_PC, epc + 4)
+        return True
+
+    def _fetch(self, vaddr: int) -> int | None:
+        """The instruction word at a guest virtual address (None if not mapped)."""
+        satp = self.csr(_SATP) if self.reg(_PRIV) != PRIV_M else 0
+        return _traps.fetch_insn(self.mem, satp, vaddr)
+
+    def _tval(self, cause: int, epc: int) -> int:
+        if cause in _traps.ADDRESS_FAULTS:
+            satp = self.csr(_SATP)
+            if cause in _traps.FETCH_FAULTS:
+                return _traps.fetch_fault_address(self.mem, satp, epc)
+            insn = _traps.fetch_insn(self.mem, satp, epc)
+            if insn is not None:
+                addr = _traps.memory_operand_address(insn, self.x)
+                if addr is not None:
+                    return addr
+        return 0
+
+    def _forward(self, epc: int, cause: int, tval: int) -> None:
+        """Deliver a synchronous exception to the guest's S-mode vector, exactly once."""
+        self.stats.traps_forwarded += 1
+        key = (cause, epc, tval)
+        self._same_trap = self._same_trap + 1 if key == self._last_trap else 1
+        self._last_trap = key
+        priv = self.reg(_PRIV)
+        self.set_reg(_PRIV, PRIV_S)  # S CSRs are invisible from Python while the guest is in U
+        b = self._trap_in
+        _reg_read_batch(self._h, b.ids, b.ptrs, b.n)
+        sstatus, stvec = b.vals[0], b.vals[1]
+        vector = stvec & ~3
+        what = f"{_traps.cause_name(cause)} at pc={epc:#x} (stval={tval:#x})"
+        if vector == 0:
+            self.set_reg(_PRIV, priv)
+            self._guest_fatal(f"{what} with no trap vector (stvec=0)")
+            return
+        if epc == vector or self._same_trap >= TRAP_LOOP_LIMIT:
+            self.set_reg(_PRIV, priv)
+            self._guest_fatal(f"trap loop: {what} repeats inside the trap handler")
+            return
+        sie = sstatus & _SSTATUS_SIE
+        sstatus &= ~(_SSTATUS_SIE | _SSTATUS_SPIE | _SSTATUS_SPP)
+        if sie:
+            sstatus |= _SSTATUS_SPIE
+        if priv == PRIV_S:
+            sstatus |= _SSTATUS_SPP
+        o = self._trap_out
+        o.vals[0] = PRIV_S
+        o.vals[1] = epc & 0xFFFF_FFFF_FFFF_FFFF
+        o.vals[2] = cause
+        o.vals[3] = tval & 0xFFFF_FFFF_FFFF_FFFF
+        o.vals[4] = sstatus
+        o.vals[5] = vector
+        _reg_write_batch(self._h, o.ids, o.ptrs, o.n)
+        self._pc = vector
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._uc.mem_unmap(self.mem.base, self.mem.size)
