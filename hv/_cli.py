@@ -1,0 +1,225 @@
+"""The ``hv`` command line: run a guest with its console on the terminal, manage guests."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+import termios
+import tty
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import trio
+
+from hv import _guests, _log
+from hv import _platform as P
+from hv._errors import ConfigError, HvError
+from hv._machine import DEFAULT_QUANTUM
+from hv._vm import Vm, VmConfig
+
+EXIT_CONFIG = 4  # bad command line or input file (the guest never ran)
+ESCAPE = 0x01  # Ctrl-A, then 'x' quits (as in QEMU's -nographic console)
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'128M', '1G', '512' (MiB, as QEMU's -m) → bytes."""
+    m = _SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size; use e.g. 128M or 1G")
+    n, unit = int(m.group(1)), (m.group(2) or "M").upper()
+    return n << {"K": 10, "M": 20, "G": 30, "T": 40}[unit]
+
+
+def _quantum(text: str) -> int:
+    try:
+        n = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError("the quantum must be positive")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hv",
+        description="hvfabric: run riscv64 guests on the hv-virt machine (Unicorn vCPUs, trio).",
+        epilog="Run 'hv COMMAND --help' for a command's options.",
+    )
+    p.add_argument("--version", action="version", version="hvfabric 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="boot a kernel with its console on this terminal",
+        description=(
+            "Boot KERNEL on an hv-virt machine and connect its console (16550 UART and SBI "
+            "console) to this terminal. KERNEL is an ELF file, a Linux riscv Image, a raw "
+            "binary (loaded at 0x80200000), or the name of a bundled guest (see 'hv guests "
+            "list'). The exit status is the guest's: 0 after a clean shutdown, 1 when the "
+            "guest reports a failure, 2 after a fatal guest fault, 3 on a host error, 4 for "
+            "bad input. On a terminal, type Ctrl-A x to quit."
+        ),
+    )
+    run.add_argument("kernel", metavar="KERNEL", help="kernel file or bundled guest name")
+    run.add_argument(
+        "--mem",
+        type=parse_size,
+        default=P.MEM_DEFAULT,
+        metavar="SIZE",
+        help="guest RAM, e.g. 128M or 1G (default 128M; 16M to 16G)",
+    )
+    run.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
+    run.add_argument("--initrd", type=Path, metavar="FILE", help="initial ramdisk to load")
+    run.add_argument(
+        "--dtb-out", type=Path, metavar="FILE", help="also write the generated device tree here"
+    )
+    run.add_argument(
+        "--quantum",
+        type=_quantum,
+        default=DEFAULT_QUANTUM,
+        metavar="N",
+        help=f"guest instructions per time slice, approximately (default {DEFAULT_QUANTUM:,})",
+    )
+    _add_log_options(run)
+
+    guests = sub.add_parser(
+        "guests",
+        help="list, build or locate the bundled firmware guests",
+        description="The bundled firmware guests are built from C with zig on first use.",
+    )
+    gsub = guests.add_subparsers(dest="guests_command", metavar="ACTION", required=True)
+    gsub.add_parser("list", help="list the bundled guests")
+    gb = gsub.add_parser("build", help="build bundled guests (all by default)")
+    gb.add_argument("names", nargs="*", metavar="NAME")
+    gp = gsub.add_parser("path", help="print the path of a bundled guest's ELF (builds it)")
+    gp.add_argument("name", metavar="NAME")
+    return p
+
+
+def _add_log_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        choices=_log.LEVELS,
+        default="warning",
+        help="log verbosity on stderr (default warning)",
+    )
+    p.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
+
+
+def resolve_kernel(arg: str) -> Path:
+    """A kernel path, or a bundled guest's name (built on first use)."""
+    path = Path(arg)
+    if path.exists() or os.sep in arg:
+        return path
+    if arg in _guests.GUESTS:
+        return _guests.build_guest(arg)
+    known = ", ".join(_guests.guest_names())
+    raise ConfigError(f"kernel '{arg}' not found: give a file path or a bundled guest ({known})")
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int) -> Iterator[bool]:
+    """Raw mode on a terminal (so keys reach the guest as typed); nothing on a pipe."""
+    if not os.isatty(fd):
+        yield False
+        return
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+async def _pump_output(vm: Vm, out: int) -> None:
+    while data := await vm.console.receive_some():
+        # The terminal is raw: send CR LF for LF so lines start at the left margin.
+        await trio.to_thread.run_sync(os.write, out, data)
+
+
+async def _pump_input(vm: Vm, fd: int, interactive: bool) -> None:
+    escape = False
+    while True:
+        data = await trio.to_thread.run_sync(os.read, fd, 1024, abandon_on_cancel=True)
+        if not data:
+            return  # EOF: the guest keeps running without input
+        if interactive:
+            if escape and data[:1] in (b"x", b"X"):
+                vm.stop("quit from the terminal (Ctrl-A x)")
+                return
+            escape = data[-1:] == bytes([ESCAPE])
+            if escape:
+                data = data[:-1]
+        await vm.console.send_all(data)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    config = VmConfig(
+        kernel=resolve_kernel(args.kernel),
+        mem_size=args.mem,
+        cmdline=args.append,
+        initrd=args.initrd,
+        quantum=args.quantum,
+        name=Path(args.kernel).name,
+        dtb_out=args.dtb_out,
+    )
+    vm = Vm(config)  # bad input raises ConfigError here, before anything runs
+    stdin = sys.stdin.fileno() if sys.stdin is not None else -1
+    with _raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive:
+        async with trio.open_nursery() as nursery:
+            if stdin >= 0:
+                nursery.start_soon(_pump_input, vm, stdin, interactive)
+            nursery.start_soon(vm._run)
+            await _pump_output(vm, sys.stdout.fileno())  # returns once the VM has stopped
+            nursery.cancel_scope.cancel()
+    info = await vm.wait()
+    if info.exit_code:
+        print(f"hv: {info.reason} (exit status {info.exit_code})", file=sys.stderr)
+    return info.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _log.configure(getattr(args, "log_level", "warning"), getattr(args, "log_json", False))
+    try:
+        if args.command == "run":
+            return trio.run(_run, args)
+        if args.command == "guests":
+            return _guests_command(args)
+    except HvError as e:
+        print(f"hv: {e}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(e, ConfigError) else 3
+    except KeyboardInterrupt:
+        print("hv: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2  # pragma: no cover
+
+
+def _guests_command(args: argparse.Namespace) -> int:
+    if args.guests_command == "list":
+        width = max(map(len, _guests.GUESTS))
+        for name, what in _guests.GUESTS.items():
+            print(f"{name:<{width}}  {what}")
+        return 0
+    if args.guests_command == "build":
+        names = args.names or _guests.guest_names()
+        for name in names:
+            print(f"{name}: {_guests.build_guest(name)}", flush=True)
+        return 0
+    print(_guests.guest_path(args.name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
