@@ -215,6 +215,11 @@ def _reg(name: str) -> int:
 
 _X = [_reg(f"X{i}") for i in range(32)]
 _PC = _reg("PC")
+_UNMAPPED_CAUSE = {
+    _unicorn.UC_ERR_FETCH_UNMAPPED: _traps.CAUSE_FETCH_ACCESS,
+    _unicorn.UC_ERR_READ_UNMAPPED: _traps.CAUSE_LOAD_ACCESS,
+    _unicorn.UC_ERR_WRITE_UNMAPPED: _traps.CAUSE_STORE_ACCESS,
+}
 _PRIV = _reg("PRIV")
 _MIP = _reg("MIP")
 _SSTATUS = _reg("SSTATUS")
@@ -423,19 +428,26 @@ class Vcpu:
         return insn is not None and (insn == 0x00100073 or (insn & 0xFFFF) == 0x9002)
 
     def _engine_error(self, err: int, pc: int) -> Exit:
-        what = self._unmapped or ""
+        """Unicorn stops on an access to unmapped physical memory (pc on the instruction);
+        real hardware raises an access fault, so forward one. Anything else is fatal."""
+        fault = self._unmapped
         self._unmapped = None
-        name = str(unicorn.UcError(err))
-        if err == unicorn.UC_ERR_FETCH_UNMAPPED:
-            return Exit(ExitKind.FATAL, f"instruction fetch from unmapped memory at pc={pc:#x}")
-        if err in (unicorn.UC_ERR_READ_UNMAPPED, unicorn.UC_ERR_WRITE_UNMAPPED):
-            return Exit(ExitKind.FATAL, f"{name}{what} near pc={pc:#x}")
-        return Exit(ExitKind.FATAL, f"CPU stopped: {name} at pc={pc:#x}")
+        cause = _UNMAPPED_CAUSE.get(err)
+        if cause is None:
+            return Exit(ExitKind.FATAL, f"CPU stopped: {unicorn.UcError(err)} at pc={pc:#x}")
+        tval = pc if cause == _traps.CAUSE_FETCH_ACCESS or fault is None else fault
+        if cause == _traps.CAUSE_LOAD_ACCESS:
+            insn = self._fetch(pc)
+            if insn is not None and _traps.is_amo_store(insn):
+                cause = _traps.CAUSE_STORE_ACCESS
+        self._forward(pc, cause, tval)
+        exit_, self._fatal = self._fatal, None
+        return exit_ or Exit(ExitKind.PREEMPTED)
 
-    _unmapped: str | None = None
+    _unmapped: int | None = None
 
     def _on_unmapped(self, uc: int, kind: int, addr: int, size: int, value: int, ud: int) -> bool:
-        self._unmapped = f": {size}-byte access to unmapped physical address {addr:#x}"
+        self._unmapped = addr
         return False
 
     def _host_error(self, what: str) -> None:

@@ -181,8 +181,8 @@ class Vm:
         self._state = VmState.STOPPED
         self.console._close()
         self._stopped.set()
-        level = "info" if info.exit_code == 0 or info.kind == StopKind.STOPPED else "warning"
-        getattr(self.log, level)("stopped", kind=info.kind, reason=info.reason, code=info.exit_code)
+        # Info, not warning: the caller (e.g. the CLI) reports the reason once, its own way.
+        self.log.info("stopped", kind=info.kind, reason=info.reason, code=info.exit_code)
         if info.detail:
             self.log.error("traceback", detail=info.detail)
         m.vcpu.close()

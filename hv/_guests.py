@@ -1,0 +1,108 @@
+"""The bundled firmware guests: small S-mode C programs built with zig and cached.
+
+Sources live in the package (``hv/guests/runtime`` is shared, ``hv/guests/<name>`` holds one
+guest each). A guest is built from the runtime and its own directory with
+``python -m ziglang cc`` and cached by content hash (:func:`hv._zig.cached_build`), so editing
+any source rebuilds and an unchanged tree reuses the cached ELF.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hv._errors import ConfigError
+from hv._zig import cached_build, run_zig
+
+GUESTS: dict[str, str] = {
+    "hello": "prints a greeting with its hart id and device tree address, then shuts down",
+    "sleep": "sleeps in wfi on the SBI timer (bootargs ms=, count=) and prints elapsed times",
+    "fault": "takes a fatal fault on purpose (bootargs mode=novector|handler|loop|fetch|ebreak)",
+    "cpu": "deterministic CPU-bound workload (CRC32 + integer mix), prints a checksum (iters=)",
+    "traps": "self-checking trap test: scause/sepc/stval of exceptions, Sv39 faults, U-mode ecall",
+    "sbi": "self-checking SBI v2.0 test: BASE, TIME, IPI, RFENCE, HSM, SRST, DBCN, legacy",
+}
+
+TARGET = "riscv64-freestanding-none"
+CFLAGS: tuple[str, ...] = (
+    "-target",
+    TARGET,
+    "-mcmodel=medany",
+    "-nostdlib",
+    "-ffreestanding",
+    "-fno-sanitize=all",
+    "-O2",
+    "-g",
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-Wl,--gc-sections",
+    "-Wall",
+    "-Wextra",
+)
+SOURCE_SUFFIXES = frozenset({".c", ".S", ".h", ".ld"})
+COMPILE_SUFFIXES = frozenset({".c", ".S"})
+
+
+def guests_dir() -> Path:
+    """Directory holding ``runtime/`` and one directory per guest (inside the package)."""
+    return Path(__file__).parent / "guests"
+
+
+def guest_names() -> list[str]:
+    return list(GUESTS)
+
+
+def _check_name(name: str) -> None:
+    if name not in GUESTS:
+        known = ", ".join(sorted(GUESTS))
+        raise ConfigError(f"unknown guest {name!r}; known guests: {known}")
+
+
+def _sources(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise ConfigError(f"guest sources missing: {directory} is not a directory")
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in SOURCE_SUFFIXES)
+
+
+def build_guest(name: str, *, src_root: Path | None = None) -> Path:
+    """Build guest ``name`` (or reuse the cached build) and return the ELF's path.
+
+    ``src_root`` overrides the source tree (a directory with ``runtime/`` and ``<name>/``);
+    by default the sources shipped in the package are used.
+    """
+    _check_name(name)
+    root = src_root if src_root is not None else guests_dir()
+    runtime = root / "runtime"
+    guest = root / name
+    rt_files = _sources(runtime)
+    guest_files = _sources(guest)
+    inputs = rt_files + guest_files
+    # content_key hashes file names, not paths: add the layout so a moved file rebuilds.
+    key_flags = [*CFLAGS, *(str(p.relative_to(root)) for p in inputs)]
+    compile_units = [str(p) for p in inputs if p.suffix in COMPILE_SUFFIXES]
+
+    def build(out: Path) -> None:
+        run_zig(
+            [
+                "cc",
+                *CFLAGS,
+                f"-I{guest}",
+                f"-I{runtime}",
+                "-T",
+                str(runtime / "link.ld"),
+                "-o",
+                str(out),
+                *compile_units,
+            ]
+        )
+
+    return cached_build(f"guest-{name}.elf", inputs, key_flags, build)
+
+
+def build_all() -> dict[str, Path]:
+    """Build every bundled guest; name -> ELF path."""
+    return {name: build_guest(name) for name in GUESTS}
+
+
+def guest_path(name: str) -> Path:
+    """Path of the guest's ELF, building it first if needed."""
+    return build_guest(name)
