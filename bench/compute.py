@@ -12,63 +12,25 @@ alternating, best of N.
 from __future__ import annotations
 
 import argparse
-import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import trio
-import unicorn
-import unicorn.riscv_const as rc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import hv  # noqa: E402
-from hv import _guests, _log, _machine  # noqa: E402
-from hv._loader import load_kernel  # noqa: E402
-
-RAM_BASE = 0x8000_0000
-RAM_SIZE = 128 << 20
+import hv
+from bench._raw import RawGuest
+from hv import _guests, _log, _machine
 
 
-def run_raw(elf: bytes, cmdline_iters: int) -> tuple[float, bytes]:
+def run_raw(elf: bytes, iters: int) -> tuple[float, bytes]:
     """One uninterrupted emu_start; returns (seconds, console output)."""
-    uc: Any = unicorn.Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64)
-    uc.mem_map(RAM_BASE, RAM_SIZE)
-    k = load_kernel(elf, RAM_BASE, RAM_SIZE, uc.mem_write)
-    # The guest reads bootargs from a device tree: give it the one hv would build.
-    from hv._fdt import DeviceTreeSpec, build_device_tree
-
-    dtb = build_device_tree(DeviceTreeSpec(RAM_BASE, RAM_SIZE, bootargs=f"iters={cmdline_iters}"))
-    dtb_addr = RAM_BASE + RAM_SIZE - (2 << 20)
-    uc.mem_write(dtb_addr, dtb)
-    out = bytearray()
-
-    def on_intr(uc: Any, intno: int, ud: Any) -> None:
-        a = [uc.reg_read(getattr(rc, f"UC_RISCV_REG_A{i}")) for i in range(8)]
-        eid, fid = a[7], a[6]
-        err, val = 0, 0
-        if eid == 0x10:
-            val = 0x2000000 if fid == 0 else 1 if fid == 3 else 0
-        elif eid == 0x4442434E and fid == 0:
-            out.extend(uc.mem_read(a[1], a[0]))
-            val = a[0]
-        elif eid == 0x4442434E and fid == 2 or eid == 1:
-            out.append(a[0] & 0xFF)
-        elif eid == 0x53525354:
-            uc.emu_stop()
-        uc.reg_write(rc.UC_RISCV_REG_A0, err)
-        uc.reg_write(rc.UC_RISCV_REG_A1, val)
-
-    uc.hook_add(unicorn.UC_HOOK_INTR, on_intr)
-    uc.reg_write(rc.UC_RISCV_REG_A0, 0)
-    uc.reg_write(rc.UC_RISCV_REG_A1, dtb_addr)
-    uc.reg_write(rc.UC_RISCV_REG_MSTATUS, 1 << 13)
-    uc.reg_write(rc.UC_RISCV_REG_PRIV, 1)
+    g = RawGuest(elf, f"iters={iters}")
     t = time.perf_counter()
-    uc.emu_start(k.entry, 0)
-    return time.perf_counter() - t, bytes(out)
+    g.run()
+    return time.perf_counter() - t, bytes(g.out)
 
 
 async def _run_hv(elf: bytes, iters: int, quantum: int) -> tuple[float, bytes, dict[str, int]]:

@@ -98,11 +98,12 @@ class Sbi:
     def __init__(self, platform: SbiPlatform) -> None:
         self.p = platform
         self.counters: collections.Counter[str] = collections.Counter()
+        self.calls: collections.Counter[int] = collections.Counter()  # by extension id
 
     def call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int] | None:
         """Handle one call. Returns (error, value), or None for a legacy call whose result
         is already in a0 (only putchar leaves a0 untouched)."""
-        self.counters[f"eid:{eid:#x}"] += 1
+        self.calls[eid] += 1
         if eid <= LEGACY_SHUTDOWN:
             return self._legacy(eid, args)
         handler = self._handlers.get(eid)
