@@ -48,10 +48,8 @@ class RawGuest:
             self.on_exception[intno](uc)
             return
         eid, fid = uc.reg_read(_A[7]), uc.reg_read(_A[6])
-        if eid in self.on_sbi:
-            r = self.on_sbi[eid](uc, fid)
-        else:
-            r = self._sbi(uc, eid, fid)
+        handler = self.on_sbi.get(eid)
+        r = handler(uc, fid) if handler else self._sbi(uc, eid, fid)
         uc.reg_write(_A[0], r[0] & (2**64 - 1))
         uc.reg_write(_A[1], r[1])
 
