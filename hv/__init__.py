@@ -13,6 +13,7 @@ Layering (each layer uses only the ones above it):
 
 from hv._console import Console
 from hv._errors import ConfigError, GuestError, HostError, HvError, StateError
+from hv._guests import guest_path
 from hv._machine import StopInfo, StopKind
 from hv._vm import Vm, VmConfig, VmState, open_vm, run_vm
 
@@ -28,6 +29,7 @@ __all__ = [
     "Vm",
     "VmConfig",
     "VmState",
+    "guest_path",
     "open_vm",
     "run_vm",
 ]

@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
-
 from hv import _platform as P
 from hv._bus import Bus
 from hv._errors import ConfigError
 from hv._fdt import DeviceTreeSpec, build_device_tree
 from hv._loader import LoadedKernel, load_kernel, plan_layout
+from hv._log import get_logger
 from hv._memory import GuestMemory
 from hv._plic import Plic
 from hv._sbi import ResetKind, Sbi
@@ -28,7 +27,7 @@ from hv._testdev import FinishKind, TestDevice
 from hv._uart import Uart16550
 from hv._vcpu import MIP_SEIP, MIP_SSIP, MIP_STIP, Exit, ExitKind, Vcpu
 
-log = structlog.get_logger("hv.machine")
+log = get_logger("hv.machine")
 
 # Instructions per slice: about a millisecond of guest time; short enough for timer latency
 # and fairness, long enough that the per-slice cost (tens of microseconds) stays small.

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import structlog
 import unicorn as _unicorn
 import unicorn.riscv_const as rc
 import unicorn.unicorn_py3.unicorn as _ucmod
@@ -41,9 +40,10 @@ import unicorn.unicorn_py3.unicorn as _ucmod
 from hv import _traps, _zig
 from hv._bus import Bus
 from hv._errors import HostError
+from hv._log import get_logger
 from hv._memory import GuestMemory
 
-log = structlog.get_logger("hv.vcpu")
+log = get_logger("hv.vcpu")
 
 # The binding's own annotations are partial; this module types its edges itself.
 unicorn: Any = _unicorn

@@ -18,17 +18,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
 import trio
 
 from hv import _platform as P
 from hv._console import Console
 from hv._errors import ConfigError, HvError, StateError
 from hv._loader import load_file
+from hv._log import get_logger
 from hv._machine import DEFAULT_QUANTUM, Machine, MachineConfig, StopInfo, StopKind
 from hv._vcpu import ExitKind
 
-log = structlog.get_logger("hv.vm")
+log = get_logger("hv.vm")
 
 # Longest a waiting guest sleeps without re-checking (guards against a missed wake-up).
 IDLE_RECHECK_S = 1.0
