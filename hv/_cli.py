@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import sys
 import termios
+import time
 import tty
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import trio
 
-from hv import _guests, _log
+from hv import _guests, _image_linux, _log
 from hv import _platform as P
 from hv._errors import ConfigError, HvError
 from hv._machine import DEFAULT_QUANTUM
@@ -60,10 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Boot KERNEL on an hv-virt machine and connect its console (16550 UART and SBI "
             "console) to this terminal. KERNEL is an ELF file, a Linux riscv Image, a raw "
-            "binary (loaded at 0x80200000), or the name of a bundled guest (see 'hv guests "
-            "list'). The exit status is the guest's: 0 after a clean shutdown, 1 when the "
-            "guest reports a failure, 2 after a fatal guest fault, 3 on a host error, 4 for "
-            "bad input. On a terminal, type Ctrl-A x to quit."
+            "binary (loaded at 0x80200000), the name of a bundled guest (see 'hv guests "
+            "list'), or 'linux' (after 'hv image build linux'). The exit status is the "
+            "guest's: 0 after a clean shutdown, 1 when the guest reports a failure (or a "
+            "Linux kernel panic), 2 after a fatal guest fault, 3 on a host error, 4 for bad "
+            "input. On a terminal, type Ctrl-A x to quit."
         ),
     )
     run.add_argument("kernel", metavar="KERNEL", help="kernel file or bundled guest name")
@@ -74,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="guest RAM, e.g. 128M or 1G (default 128M; 16M to 16G)",
     )
-    run.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
+    run.add_argument(
+        "--append",
+        metavar="CMDLINE",
+        help="kernel command line (default: the image's own, e.g. console=ttyS0 for linux)",
+    )
     run.add_argument("--initrd", type=Path, metavar="FILE", help="initial ramdisk to load")
     run.add_argument(
         "--dtb-out", type=Path, metavar="FILE", help="also write the generated device tree here"
@@ -99,7 +106,41 @@ def build_parser() -> argparse.ArgumentParser:
     gb.add_argument("names", nargs="*", metavar="NAME")
     gp = gsub.add_parser("path", help="print the path of a bundled guest's ELF (builds it)")
     gp.add_argument("name", metavar="NAME")
+
+    image = sub.add_parser(
+        "image",
+        help="build and inspect guest OS images (Linux)",
+        description=(
+            "Guest OS images built from Debian packages and cached under the user's cache "
+            "directory ($XDG_CACHE_HOME/hvfabric/images), rebuilt only when their inputs "
+            "change (kernel source version, config fragment, userland sources)."
+        ),
+    )
+    isub = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    ib = isub.add_parser(
+        "build",
+        help="build an image (kernel Image + initramfs)",
+        description=(
+            "Build the riscv64 Linux kernel from Debian's linux-source-6.1 with Debian's cross "
+            "compiler and the config fragment in hv/images/linux, and an initramfs with "
+            "hvfabric's own userland (built with zig). Takes a few minutes the first time."
+        ),
+    )
+    ib.add_argument("name", choices=IMAGES, metavar="NAME", help="image to build: linux")
+    ib.add_argument(
+        "--install-deps",
+        action="store_true",
+        help="install missing Debian packages with apt-get (needs root)",
+    )
+    ib.add_argument("--jobs", type=int, metavar="N", help="parallel compile jobs (default: CPUs)")
+    ii = isub.add_parser("info", help="show where a built image is")
+    ii.add_argument("name", choices=IMAGES, metavar="NAME", help="image: linux")
+    ii.add_argument("--json", action="store_true", help='print {"kernel", "initrd", "cmdline"}')
+    isub.add_parser("list", help="list the built images")
     return p
+
+
+IMAGES = ("linux",)
 
 
 def _add_log_options(p: argparse.ArgumentParser) -> None:
@@ -112,15 +153,20 @@ def _add_log_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
 
 
-def resolve_kernel(arg: str) -> Path:
-    """A kernel path, or a bundled guest's name (built on first use)."""
+def resolve_kernel(arg: str) -> tuple[Path, Path | None, str | None]:
+    """(kernel, initrd, default cmdline) for a path, a bundled guest or a built image."""
     path = Path(arg)
     if path.exists() or os.sep in arg:
-        return path
+        return path, None, None
     if arg in _guests.GUESTS:
-        return _guests.build_guest(arg)
-    known = ", ".join(_guests.guest_names())
-    raise ConfigError(f"kernel '{arg}' not found: give a file path or a bundled guest ({known})")
+        return _guests.build_guest(arg), None, None
+    if arg == "linux":
+        img = _image_linux.linux_image_info()
+        if img is None:
+            raise ConfigError("the linux image is not built yet; run: hv image build linux")
+        return img.kernel, img.initrd, img.cmdline
+    known = ", ".join([*_guests.guest_names(), "linux"])
+    raise ConfigError(f"kernel '{arg}' not found: give a file path or one of: {known}")
 
 
 @contextlib.contextmanager
@@ -160,11 +206,12 @@ async def _pump_input(vm: Vm, fd: int, interactive: bool) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    kernel, initrd, cmdline = resolve_kernel(args.kernel)
     config = VmConfig(
-        kernel=resolve_kernel(args.kernel),
+        kernel=kernel,
         mem_size=args.mem,
-        cmdline=args.append,
-        initrd=args.initrd,
+        cmdline=args.append if args.append is not None else cmdline or "",
+        initrd=args.initrd or initrd,
         quantum=args.quantum,
         name=Path(args.kernel).name,
         dtb_out=args.dtb_out,
@@ -196,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return trio.run(_run, args)
         if args.command == "guests":
             return _guests_command(args)
+        if args.command == "image":
+            return _image_command(args)
     except HvError as e:
         print(f"hv: {e}", file=sys.stderr)
         return EXIT_CONFIG if isinstance(e, ConfigError) else 3
@@ -218,6 +267,36 @@ def _guests_command(args: argparse.Namespace) -> int:
             print(f"{name}: {_guests.build_guest(name)}", flush=True)
         return 0
     print(_guests.guest_path(args.name))
+    return 0
+
+
+def _image_command(args: argparse.Namespace) -> int:
+    if args.image_command == "build":
+        start = time.monotonic()
+
+        def progress(line: str) -> None:
+            print(f"[{time.monotonic() - start:6.1f}s] {line}", file=sys.stderr, flush=True)
+
+        built = _image_linux.build_linux(
+            install_deps=args.install_deps, progress=progress, jobs=args.jobs
+        )
+        print(f"kernel: {built.kernel}\ninitrd: {built.initrd}\ncmdline: {built.cmdline}")
+        return 0
+    img = _image_linux.linux_image_info()
+    if args.image_command == "list":
+        if img is None:
+            print("no images built (hv image build linux)")
+        else:
+            size = (img.kernel.stat().st_size + img.initrd.stat().st_size) >> 10
+            print(f"linux  {img.key}  {size} KiB  {img.kernel.parent}")
+        return 0
+    if img is None:
+        raise ConfigError("the linux image is not built yet; run: hv image build linux")
+    if args.json:
+        info = {"kernel": str(img.kernel), "initrd": str(img.initrd), "cmdline": img.cmdline}
+        print(json.dumps(info))
+    else:
+        print(f"kernel: {img.kernel}\ninitrd: {img.initrd}\ncmdline: {img.cmdline}")
     return 0
 
 

@@ -242,6 +242,10 @@ class Machine:
             self.stop_info = StopInfo(kind, reason, code, detail)
         self.vcpu.request_stop()
 
+    def guest_failed(self, reason: str) -> None:
+        """The guest told us (e.g. on its console) that it failed."""
+        self._stop(StopKind.FAILURE, reason, 1)
+
     def stop_by_host(self, reason: str) -> None:
         self._stop(StopKind.STOPPED, reason, 130)
 

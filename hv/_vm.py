@@ -32,6 +32,8 @@ log = get_logger("hv.vm")
 
 # Longest a waiting guest sleeps without re-checking (guards against a missed wake-up).
 IDLE_RECHECK_S = 1.0
+# What a Linux guest prints when it panics: it then spins forever, so the VM stops on it.
+PANIC_MARKER = b"Kernel panic - not syncing"
 
 
 class VmState(enum.Enum):
@@ -52,6 +54,7 @@ class VmConfig:
     quantum: int = DEFAULT_QUANTUM
     name: str = "vm"
     dtb_out: Path | None = None
+    stop_on_panic: bool = True  # a Linux "Kernel panic" on the console stops the VM (exit 1)
 
     def machine_config(self) -> MachineConfig:
         kernel = self.kernel if isinstance(self.kernel, bytes) else load_file(self.kernel, "kernel")
@@ -83,6 +86,7 @@ class Vm:
         self._wake = trio.Event()
         self._stopped = trio.Event()
         self._pause_requested = False
+        self._scan_tail = b""
         self.exit: StopInfo | None = None
         self.log = log.bind(vm=self.name)
         # Console input must wake a guest sleeping in wfi (its UART interrupt may be enabled).
@@ -189,8 +193,16 @@ class Vm:
 
     def _flush_output(self) -> None:
         out = self.machine.take_output()
-        if out:
-            self.console._append(out)
+        if not out:
+            return
+        self.console._append(out)
+        if self.config.stop_on_panic:
+            window = self._scan_tail + out
+            at = window.find(PANIC_MARKER)
+            if at >= 0:
+                line = window[at:].split(b"\n", 1)[0].decode(errors="replace").strip()
+                self.machine.guest_failed(f"guest kernel panic: {line}")
+            self._scan_tail = window[-len(PANIC_MARKER) :]
 
     async def _idle(self) -> None:
         """The guest waits for an interrupt: sleep until one could be pending."""

@@ -1,0 +1,71 @@
+/* hvfabric guest userland: one static multi-call binary (argv[0] dispatch).
+ *
+ * /init, /bin/sh and every /bin/<applet> in the initramfs are symlinks to /bin/hvbox.
+ * Built with: python -m ziglang cc -target riscv64-linux-musl -static -Os
+ */
+#ifndef HV_USERLAND_H
+#define HV_USERLAND_H
+
+#define _GNU_SOURCE
+#include <stddef.h>
+#include <stdint.h>
+#include <netinet/in.h>
+
+typedef int (*applet_fn)(int argc, char **argv);
+
+struct applet {
+    const char *name;
+    applet_fn fn;
+    const char *usage;  /* one line: arguments and what it does */
+};
+
+/* main.c */
+extern const struct applet applets[];
+const struct applet *find_applet(const char *name);
+int run_applet(int argc, char **argv);      /* dispatch on argv[0]'s base name */
+uint64_t now_ns(void);                      /* CLOCK_MONOTONIC */
+int parse_size(const char *s, uint64_t *out); /* 4096, 4k, 1M, 2G */
+void errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int usage_error(const char *name);          /* prints "usage: ..." and returns 2 */
+int parse_ipv4(const char *s, struct in_addr *out);
+
+/* init.c */
+int init_main(int argc, char **argv);
+
+/* sh.c */
+int sh_main(int argc, char **argv);
+int sh_builtin_help(int argc, char **argv);
+
+/* net.c */
+int net_if_up(const char *ifname, int up);
+int net_if_set_addr(const char *ifname, struct in_addr addr, int prefix);
+int net_add_default_route(struct in_addr gw, const char *ifname);
+int net_configure_from_cmdline(const char *cmdline); /* ip= options; returns #configured */
+
+/* applets */
+int ap_echo(int argc, char **argv);
+int ap_cat(int argc, char **argv);
+int ap_ls(int argc, char **argv);
+int ap_mkdir(int argc, char **argv);
+int ap_rm(int argc, char **argv);
+int ap_mount(int argc, char **argv);
+int ap_umount(int argc, char **argv);
+int ap_dd(int argc, char **argv);
+int ap_sync(int argc, char **argv);
+int ap_dmesg(int argc, char **argv);
+int ap_ps(int argc, char **argv);
+int ap_kill(int argc, char **argv);
+int ap_uname(int argc, char **argv);
+int ap_sleep(int argc, char **argv);
+int ap_true(int argc, char **argv);
+int ap_false(int argc, char **argv);
+int ap_ip(int argc, char **argv);
+int ap_ping(int argc, char **argv);
+int ap_echod(int argc, char **argv);
+int ap_echoc(int argc, char **argv);
+int ap_traffic(int argc, char **argv);
+int ap_poweroff(int argc, char **argv);
+int ap_reboot(int argc, char **argv);
+int ap_stress(int argc, char **argv);
+
+#endif

@@ -1,0 +1,221 @@
+/* PID 1 of the hvfabric Linux guest.
+ *
+ *  1. mounts proc on /proc, sysfs on /sys, devtmpfs on /dev, tmpfs on /tmp;
+ *  2. brings up lo (127.0.0.1/8) and configures interfaces from the kernel command line's
+ *     ip= options (see net.c for the accepted forms);
+ *  3. prints a banner, then runs "hv.run=..." once if given (sh -c), then the interactive
+ *     shell on the console's real tty (so Ctrl-C and job control work), respawning it
+ *     when it exits;
+ *  4. reaps every child (orphans are re-parented to PID 1) on SIGCHLD;
+ *     SIGTERM/SIGUSR2 power off, SIGINT (Ctrl-Alt-Del) and SIGUSR1 reboot.
+ */
+#include "hv.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char g_cmdline[4096];
+
+static void mount_fs(const char *src, const char *dir, const char *type, unsigned long flags,
+                     const char *data)
+{
+    mkdir(dir, 0755);
+    if (mount(src, dir, type, flags, data) < 0 && errno != EBUSY)
+        fprintf(stderr, "init: mount %s on %s: %s\n", type, dir, strerror(errno));
+}
+
+static void read_file(const char *path, char *buf, size_t n)
+{
+    buf[0] = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t r = read(fd, buf, n - 1);
+    close(fd);
+    if (r < 0)
+        r = 0;
+    buf[r] = 0;
+    while (r > 0 && (buf[r - 1] == '\n' || buf[r - 1] == ' '))
+        buf[--r] = 0;
+}
+
+/* Value of a "key=value" kernel parameter (double quotes around the value are removed). */
+static int cmdline_param(const char *key, char *out, size_t n)
+{
+    size_t klen = strlen(key);
+    const char *p = g_cmdline;
+    while (*p) {
+        while (*p == ' ')
+            p++;
+        const char *start = p;
+        int quoted = 0;
+        while (*p && (quoted || *p != ' ')) {
+            if (*p == '"')
+                quoted = !quoted;
+            p++;
+        }
+        if ((size_t)(p - start) > klen && strncmp(start, key, klen) == 0 && start[klen] == '=') {
+            size_t j = 0;
+            for (const char *q = start + klen + 1; q < p && j + 1 < n; q++)
+                if (*q != '"')
+                    out[j++] = *q;
+            out[j] = 0;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The tty behind /dev/console (the last entry of /sys/class/tty/console/active). */
+static void console_device(char *out, size_t n)
+{
+    char active[256];
+    read_file("/sys/class/tty/console/active", active, sizeof active);
+    char *last = strrchr(active, ' ');
+    last = last ? last + 1 : active;
+    if (*last)
+        snprintf(out, n, "/dev/%s", last);
+    else
+        snprintf(out, n, "/dev/console");
+}
+
+static void banner(void)
+{
+    struct utsname u;
+    struct sysinfo si;
+    char up[64];
+    uname(&u);
+    sysinfo(&si);
+    read_file("/proc/uptime", up, sizeof up);
+    printf("\n=== hvfabric guest: Linux %s %s, %lu MiB RAM, up %.*s s ===\n", u.release,
+           u.machine, (unsigned long)(si.totalram * si.mem_unit >> 20),
+           (int)strcspn(up, " "), up);
+    printf("type 'help' for the commands\n");
+    fflush(stdout);
+}
+
+static pid_t spawn_shell(const char *tty, const char *command)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_UNBLOCK, &all, NULL);
+    setsid();
+    int fd = open(tty, O_RDWR);
+    if (fd < 0)
+        fd = open("/dev/console", O_RDWR);
+    if (fd >= 0) {
+        ioctl(fd, TIOCSCTTY, 0);
+        dup2(fd, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        if (fd > 2)
+            close(fd);
+    }
+    char *argv_i[] = {"sh", NULL};
+    char *argv_c[] = {"sh", "-c", (char *)command, NULL};
+    char **argv = command ? argv_c : argv_i;
+    execv("/bin/sh", argv);
+    _exit(sh_main(command ? 3 : 1, argv));
+}
+
+static void shutdown_system(int how)
+{
+    printf("init: %s\n", how == RB_POWER_OFF ? "powering off" : "rebooting");
+    fflush(stdout);
+    kill(-1, SIGTERM);
+    sync();
+    reboot(how);
+    _exit(1);
+}
+
+int init_main(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    if (getpid() != 1) {
+        errorf("init: must run as PID 1");
+        return 1;
+    }
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, NULL);
+    reboot(RB_DISABLE_CAD); /* Ctrl-Alt-Del sends SIGINT to us instead */
+
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+    mount_fs("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount_fs("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount_fs("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    /* fds 0-2 come from /dev/console, opened by the kernel before devtmpfs existed */
+    if (fcntl(1, F_GETFD) < 0) {
+        int fd = open("/dev/console", O_RDWR);
+        if (fd >= 0) {
+            dup2(fd, 0);
+            dup2(fd, 1);
+            dup2(fd, 2);
+            if (fd > 2)
+                close(fd);
+        }
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    setenv("PATH", "/bin", 1);
+    setenv("HOME", "/", 0);
+    read_file("/proc/cmdline", g_cmdline, sizeof g_cmdline);
+
+    char host[65] = "hv";
+    cmdline_param("hostname", host, sizeof host);
+    sethostname(host, strlen(host));
+
+    struct in_addr lo;
+    parse_ipv4("127.0.0.1", &lo);
+    net_if_set_addr("lo", lo, 8);
+    net_if_up("lo", 1);
+    net_configure_from_cmdline(g_cmdline);
+
+    banner();
+
+    char tty[64];
+    console_device(tty, sizeof tty);
+    static char run[2048];
+    const char *once = cmdline_param("hv.run", run, sizeof run) ? run : NULL;
+    pid_t shell = spawn_shell(tty, once);
+    uint64_t started = now_ns();
+
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&all, &si);
+        if (sig == SIGTERM || sig == SIGUSR2)
+            shutdown_system(RB_POWER_OFF);
+        if (sig == SIGINT || sig == SIGUSR1)
+            shutdown_system(RB_AUTOBOOT);
+        if (sig != SIGCHLD)
+            continue;
+        int status;
+        pid_t pid;
+        int shell_died = 0;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+            if (pid == shell)
+                shell_died = 1;
+        if (!shell_died)
+            continue;
+        if (!once && now_ns() - started < 1000000000ull)
+            sleep(1); /* a shell that dies at once must not spin */
+        once = NULL;
+        shell = spawn_shell(tty, NULL);
+        started = now_ns();
+    }
+}
