@@ -67,7 +67,9 @@ class DeviceTreeSpec:
     initrd: tuple[int, int] | None = None  # (start, end), physical, end exclusive
     virtio_slots: tuple[int, ...] = ()  # slots (0-based) that hold a device
     isa: str = "rv64imafdc"
-    mmu_type: str = "riscv,sv39"
+    # Unicorn's hart walks Sv39, Sv48 and Sv57 tables; Linux 6.1 probes satp and takes the
+    # largest whatever the tree says, so the tree says what the hart really does.
+    mmu_type: str = "riscv,sv57"
     timebase_hz: int = TIMEBASE_HZ
     hart_count: int = 1
 

@@ -144,7 +144,7 @@ def test_cpus() -> None:
     assert strings(tree, cpu, "status") == ["okay"]
     assert strings(tree, cpu, "compatible") == ["riscv"]
     assert strings(tree, cpu, "riscv,isa") == ["rv64imafdc"]
-    assert strings(tree, cpu, "mmu-type") == ["riscv,sv39"]
+    assert strings(tree, cpu, "mmu-type") == ["riscv,sv57"]
     intc = f"{cpu}/interrupt-controller"
     assert strings(tree, intc, "compatible") == ["riscv,cpu-intc"]
     assert words(tree, intc, "#interrupt-cells") == [1]

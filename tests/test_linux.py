@@ -1,0 +1,154 @@
+"""A real riscv64 Linux 6.1 kernel under hv: boot, shell, stress, poweroff, reboot, panic.
+
+The image comes from `hv image build linux` (the Debian packages are installed by
+.ci/linux-deps.sh in CI; the build is cached, so only the first run pays for it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+import hv
+from hv import _image_linux as il
+
+PROMPT = re.compile(rb"\n[^\n]*# $")
+BOOT_TIMEOUT = 60
+
+# Lines in a boot log that mean our platform misbehaved (clock, interrupts, RCU, a crash).
+BAD_LOG = re.compile(
+    r"WARNING|BUG:|Oops|Call Trace|stall|soft lockup|unstable|spurious|nobody cared|"
+    r"timed out|timeout|hung task|clocksource.*(skew|unstable)|Unable to handle",
+)
+
+
+@pytest.fixture(scope="module")
+def linux_image() -> il.LinuxImage:
+    missing = il.missing_packages()
+    if missing and os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip(f"missing Debian packages {missing}: run .ci/linux-deps.sh as root")
+    return il.build_linux(install_deps=True)
+
+
+def config(img: il.LinuxImage, cmdline: str | None = None) -> hv.VmConfig:
+    return hv.VmConfig(
+        kernel=img.kernel, initrd=img.initrd, cmdline=cmdline or img.cmdline, name="linux"
+    )
+
+
+async def _boot(img: il.LinuxImage, nursery: trio.Nursery, cmdline: str | None = None) -> hv.Vm:
+    vm: hv.Vm = await nursery.start(hv.run_vm, config(img, cmdline))
+    with trio.fail_after(BOOT_TIMEOUT):
+        await vm.console.wait_for("Run /init as init process")
+        await vm.console.wait_for(PROMPT)
+    return vm
+
+
+async def run(vm: hv.Vm, command: str, timeout: float = 30) -> str:
+    """Type a command at the shell; return its output (without the echo and the prompt)."""
+    await vm.console.send_all(command + "\n")
+    with trio.fail_after(timeout):
+        out = await vm.console.wait_for(PROMPT)
+    text = out.decode(errors="replace").replace("\r", "")
+    lines = text.split("\n")
+    return "\n".join(lines[1:-1])  # drop the echoed command and the new prompt
+
+
+@pytest.fixture
+async def linux_vm(linux_image: il.LinuxImage) -> AsyncIterator[hv.Vm]:
+    async with trio.open_nursery() as nursery:
+        vm = await _boot(linux_image, nursery)
+        yield vm
+        vm.stop()
+
+
+async def test_boots_to_a_shell_prompt(linux_vm: hv.Vm) -> None:
+    log = linux_vm.console.transcript.decode(errors="replace")
+    assert "Linux version 6.1" in log
+    assert "SBI specification v2.0 detected" in log
+    assert "ttyS0 at MMIO 0x10000000" in log
+    assert linux_vm.state is hv.VmState.RUNNING
+
+
+async def test_boot_log_has_no_platform_warnings(linux_vm: hv.Vm) -> None:
+    log = linux_vm.console.transcript.decode(errors="replace")
+    bad = [line for line in log.splitlines() if BAD_LOG.search(line)]
+    assert not bad, "boot log complains:\n" + "\n".join(bad)
+
+
+async def test_command_output(linux_vm: hv.Vm) -> None:
+    assert (await run(linux_vm, "echo hv-marker-42")).strip() == "hv-marker-42"
+    assert "riscv64" in await run(linux_vm, "uname -a")
+    cpuinfo = await run(linux_vm, "cat /proc/cpuinfo")
+    # The kernel's paging mode is the one the device tree advertises (hv._fdt: Sv57).
+    assert "rv64imafdc" in cpuinfo and "sv57" in cpuinfo
+
+
+async def test_user_space_stress_completes(linux_vm: hv.Vm) -> None:
+    out = await run(linux_vm, "stress -n 300 -p 32", timeout=120)
+    assert re.search(r"stress: 300 iterations in [\d.]+ s, 0 failures", out), out
+    faults = int(re.search(r"(\d+) minor page faults", out).group(1))  # type: ignore[union-attr]
+    assert faults >= 300 * 32
+
+
+async def test_poweroff_exits_zero(linux_image: il.LinuxImage) -> None:
+    async with trio.open_nursery() as nursery:
+        vm = await _boot(linux_image, nursery)
+        await vm.console.send_all("poweroff\n")
+        with trio.fail_after(30):
+            info = await vm.wait()
+    assert info.kind == hv.StopKind.POWEROFF and info.exit_code == 0, info
+
+
+async def test_reboot_restarts_the_guest(linux_image: il.LinuxImage) -> None:
+    async with trio.open_nursery() as nursery:
+        vm = await _boot(linux_image, nursery)
+        await vm.console.send_all("reboot\n")
+        with trio.fail_after(BOOT_TIMEOUT):
+            await vm.console.wait_for("reboot: Restarting system")
+            await vm.console.wait_for("Linux version 6.1")  # a fresh boot
+            await vm.console.wait_for("Run /init as init process")
+            await vm.console.wait_for(PROMPT)
+        assert vm.state is hv.VmState.RUNNING
+        assert (await run(vm, "echo after-reboot")).strip() == "after-reboot"
+        await vm.console.send_all("poweroff\n")
+        with trio.fail_after(30):
+            info = await vm.wait()
+    assert info.exit_code == 0
+
+
+async def test_kernel_panic_stops_with_a_clear_failure(linux_image: il.LinuxImage) -> None:
+    cmdline = f"{linux_image.cmdline} rdinit=/no/such/init"
+    async with trio.open_nursery() as nursery:
+        vm: hv.Vm = await nursery.start(hv.run_vm, config(linux_image, cmdline))
+        with trio.fail_after(BOOT_TIMEOUT):
+            info = await vm.wait()
+    assert info.kind == hv.StopKind.FAILURE and info.exit_code == 1, info
+    assert "Kernel panic" in info.reason and "VFS" in info.reason
+
+
+def test_hv_run_linux_from_the_command_line(linux_image: il.LinuxImage) -> None:
+    # stdin stays open until the prompt is reached, so the command is typed at the shell.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hv._cli", "run", "linux"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    seen = b""
+    while not PROMPT.search(seen):
+        chunk = proc.stdout.read1(4096)  # type: ignore[attr-defined]
+        assert chunk, f"hv exited before the prompt: {seen[-500:]!r}"
+        seen += chunk
+    proc.stdin.write(b"echo cli-ok\npoweroff\n")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert b"cli-ok" in out and b"reboot: Power down" in out
