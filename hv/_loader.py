@@ -21,9 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from hv._errors import ConfigError
 from hv._platform import KERNEL_ADDR, RAM_BASE
 
@@ -181,6 +178,10 @@ def plan_layout(
 
 
 def _elf_chunks(data: bytes) -> tuple[list[_Chunk], int]:
+    # Imported here: pyelftools costs ~40 ms to import, and a Linux Image never needs it.
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     try:
         elf = ELFFile(io.BytesIO(data))
         header = elf.header

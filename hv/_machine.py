@@ -37,6 +37,7 @@ QUANTUM_MAX = 1_000_000_000
 # Host-side console input waiting for the guest: beyond this, input is dropped (and counted).
 CONSOLE_INPUT_LIMIT = 1 << 20
 NO_DEADLINE = (1 << 64) - 1
+_IRQ_NAMES = ((MIP_STIP, "irq_timer"), (MIP_SEIP, "irq_external"), (MIP_SSIP, "irq_software"))
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class MachineConfig:
     initrd: bytes | None = None
     quantum: int = DEFAULT_QUANTUM
     dtb_out: Path | None = None
+    count_instructions: bool = False  # exact counts for profiling; slows the guest
 
     def __post_init__(self) -> None:
         if not P.MEM_MIN <= self.mem_size <= P.MEM_MAX:
@@ -131,7 +133,7 @@ class Machine:
         self.bus.add(P.PLIC_BASE, P.PLIC_SIZE, "plic", self.plic)
         self.bus.add(P.UART0_BASE, P.UART0_SIZE, "uart0", self.uart)
         self.sbi = Sbi(self)
-        self.vcpu = Vcpu(self.mem, self.bus, self, config.quantum)
+        self.vcpu = Vcpu(self.mem, self.bus, self, config.quantum, config.count_instructions)
         self.kernel: LoadedKernel | None = None
         self.dtb = b""
 
@@ -254,8 +256,12 @@ class Machine:
     def sync_interrupts(self) -> None:
         """Bring mip up to date now (also from inside hooks); end the slice if a bit rose,
         so the engine takes the interrupt at the next block instead of much later."""
-        if self.vcpu.update_interrupts(self.pending_interrupts()):
+        pending = self.pending_interrupts()
+        if self.vcpu.update_interrupts(pending):
             self.vcpu.request_stop()
+            for bit, name in _IRQ_NAMES:
+                if pending & bit:
+                    self.counters[name] += 1
         self.ipi_pending = False  # now in mip; the guest clears SSIP itself
 
     def _on_plic_change(self, ctx: int, level: bool) -> None:

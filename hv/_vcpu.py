@@ -23,13 +23,14 @@ the high-level binding costs about 2 us per register, the raw call a fraction of
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import enum
 import platform
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -116,6 +117,8 @@ class VcpuStats:
     mmio_writes: int = 0
     wfi: int = 0
     code_bytes: int = 0
+    instructions: int = 0  # exact, only with count_instructions=True (else 0)
+    traps_by_cause: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
 # --- raw libunicorn entry points --------------------------------------------------------------
@@ -221,7 +224,14 @@ _SATP = _reg("SATP")
 class Vcpu:
     """One riscv64 hart on Unicorn, entered in S-mode, with the hypervisor as its firmware."""
 
-    def __init__(self, mem: GuestMemory, bus: Bus, firmware: Firmware, quantum: int) -> None:
+    def __init__(
+        self,
+        mem: GuestMemory,
+        bus: Bus,
+        firmware: Firmware,
+        quantum: int,
+        count_instructions: bool = False,
+    ) -> None:
         self.mem = mem
         self.firmware = firmware
         self.stats = VcpuStats()
@@ -252,6 +262,12 @@ class Vcpu:
         if native is not None:
             fn = ctypes.cast(native.hv_block_hook, ctypes.c_void_p)
             self._add_hook(unicorn.UC_HOOK_BLOCK, fn, ctypes.byref(self._slice))
+        self._insns = ctypes.c_uint64()
+        if count_instructions:
+            if native is None:
+                raise HostError("exact instruction counting needs the native hook (zig)")
+            fn = ctypes.cast(native.hv_count_hook, ctypes.c_void_p)
+            self._add_hook(unicorn.UC_HOOK_CODE, fn, ctypes.byref(self._insns))
         self._pc = 0
         self._mip = 0
 
@@ -398,6 +414,7 @@ class Vcpu:
         count = 0 if self.native_slicing else self.quantum
         err = _emu_start(self._h, self._pc, 0, 0, count)
         self.stats.code_bytes += s.executed - before
+        self.stats.instructions = self._insns.value
         pc = self.reg(_PC)
         self._pc = pc
         if self._fatal is not None:
@@ -531,6 +548,7 @@ class Vcpu:
     def _forward(self, epc: int, cause: int, tval: int) -> None:
         """Deliver a synchronous exception to the guest's S-mode vector, exactly once."""
         self.stats.traps_forwarded += 1
+        self.stats.traps_by_cause[cause] += 1
         priv = self.reg(_PRIV)
         self.set_reg(_PRIV, PRIV_S)  # S CSRs are invisible from Python while the guest is in U
         b = self._trap_in

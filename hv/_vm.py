@@ -55,6 +55,7 @@ class VmConfig:
     name: str = "vm"
     dtb_out: Path | None = None
     stop_on_panic: bool = True  # a Linux "Kernel panic" on the console stops the VM (exit 1)
+    count_instructions: bool = False  # exact instruction count in stats (profiling; slower)
 
     def machine_config(self) -> MachineConfig:
         kernel = self.kernel if isinstance(self.kernel, bytes) else load_file(self.kernel, "kernel")
@@ -68,6 +69,7 @@ class VmConfig:
             initrd=initrd,
             quantum=self.quantum,
             dtb_out=self.dtb_out,
+            count_instructions=self.count_instructions,
         )
 
 
@@ -104,8 +106,15 @@ class Vm:
 
     @property
     def stats(self) -> dict[str, int]:
-        s = self.machine.vcpu.stats
-        return {k: int(v) for k, v in vars(s).items()}
+        """Counters: slices, exits by kind, interrupts raised, SBI calls by extension."""
+        m = self.machine
+        out = {k: v for k, v in vars(m.vcpu.stats).items() if isinstance(v, int)}
+        for cause, n in m.vcpu.stats.traps_by_cause.items():
+            out[f"trap_cause_{cause}"] = n
+        for eid, n in m.sbi.calls.items():
+            out[f"sbi_{eid:#x}"] = n
+        out.update(m.counters)
+        return out
 
     def pause(self) -> None:
         """Stop running the vCPU after the current slice; guest time stands still."""
