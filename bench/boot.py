@@ -25,8 +25,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import hv  # noqa: E402
-from hv import _image_linux, _log  # noqa: E402
+import hv
+from hv import _image_linux, _log
 
 OPENSBI = Path("/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin")
 RUN_INIT = re.compile(rb"Run /init as init process")
