@@ -10,7 +10,6 @@ import re
 import sys
 import termios
 import time
-import tty
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -171,13 +170,20 @@ def resolve_kernel(arg: str) -> tuple[Path, Path | None, str | None]:
 
 @contextlib.contextmanager
 def _raw_terminal(fd: int) -> Iterator[bool]:
-    """Raw mode on a terminal (so keys reach the guest as typed); nothing on a pipe."""
+    """Keys reach the guest as typed (no line editing, echo or Ctrl-C signal on the host); on a
+    pipe, nothing changes. Output processing stays on, so a guest's bare LF starts a new line
+    at the left margin."""
     if not os.isatty(fd):
         yield False
         return
     saved = termios.tcgetattr(fd)
+    mode = termios.tcgetattr(fd)
+    mode[0] &= ~(termios.ICRNL | termios.IXON | termios.INLCR | termios.IGNCR | termios.BRKINT)
+    mode[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG | termios.IEXTEN)
+    mode[6][termios.VMIN] = 1
+    mode[6][termios.VTIME] = 0
     try:
-        tty.setraw(fd)
+        termios.tcsetattr(fd, termios.TCSANOW, mode)
         yield True
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
@@ -185,7 +191,6 @@ def _raw_terminal(fd: int) -> Iterator[bool]:
 
 async def _pump_output(vm: Vm, out: int) -> None:
     while data := await vm.console.receive_some():
-        # The terminal is raw: send CR LF for LF so lines start at the left margin.
         await trio.to_thread.run_sync(os.write, out, data)
 
 
@@ -195,14 +200,22 @@ async def _pump_input(vm: Vm, fd: int, interactive: bool) -> None:
         data = await trio.to_thread.run_sync(os.read, fd, 1024, abandon_on_cancel=True)
         if not data:
             return  # EOF: the guest keeps running without input
-        if interactive:
-            if escape and data[:1] in (b"x", b"X"):
-                vm.stop("quit from the terminal (Ctrl-A x)")
-                return
-            escape = data[-1:] == bytes([ESCAPE])
-            if escape:
-                data = data[:-1]
-        await vm.console.send_all(data)
+        if interactive:  # Ctrl-A x quits; Ctrl-A Ctrl-A sends one Ctrl-A
+            out = bytearray()
+            for byte in data:
+                if escape:
+                    escape = False
+                    if byte in b"xX":
+                        vm.stop("quit from the terminal (Ctrl-A x)")
+                        return
+                    out += bytes([ESCAPE]) if byte == ESCAPE else bytes([ESCAPE, byte])
+                elif byte == ESCAPE:
+                    escape = True
+                else:
+                    out.append(byte)
+            data = bytes(out)
+        if data:
+            await vm.console.send_all(data)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -216,7 +229,7 @@ async def _run(args: argparse.Namespace) -> int:
         name=Path(args.kernel).name,
         dtb_out=args.dtb_out,
     )
-    vm = Vm(config)  # bad input raises ConfigError here, before anything runs
+    vm = Vm(config)  # bad input (file, size, not a kernel) raises ConfigError here
     stdin = sys.stdin.fileno() if sys.stdin is not None else -1
     with _raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive:
         async with trio.open_nursery() as nursery:

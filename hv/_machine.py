@@ -289,6 +289,8 @@ class Machine:
     # -- SbiPlatform -----------------------------------------------------------------------
 
     def console_write(self, data: bytes) -> None:
+        if self.uart.has_output:  # what the UART sent earlier in this slice comes first
+            self.output += self.uart.take_output()
         self.output += data
         if len(self.output) > 4096:
             self.vcpu.request_stop()  # hand it to the host soon

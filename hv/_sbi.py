@@ -14,7 +14,6 @@ import enum
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Protocol
 
-from hv._errors import GuestError
 from hv._memory import GuestMemory
 
 SPEC_VERSION = (2 << 24) | 0  # SBI v2.0
@@ -232,16 +231,15 @@ class Sbi:
         if a[2]:  # high half of the address: beyond 64 bits on rv64
             self.counters["bad_address"] += 1
             return (ERR_INVALID_PARAM, 0)
-        try:
-            if fid == 0:
-                self.p.console_write(self.p.mem.read(addr, n))
-                return (SUCCESS, n)
-            got = self.p.console_read(n)
-            self.p.mem.write(addr, got)
-            return (SUCCESS, len(got))
-        except GuestError:
+        if not self.p.mem.contains(addr, n):  # check the whole buffer before any effect
             self.counters["bad_address"] += 1
             return (ERR_INVALID_PARAM, 0)
+        if fid == 0:
+            self.p.console_write(self.p.mem.read(addr, n))
+            return (SUCCESS, n)
+        got = self.p.console_read(n)
+        self.p.mem.write(addr, got)
+        return (SUCCESS, len(got))
 
     def _bad_fid(self) -> tuple[int, int]:
         self.counters["not_supported"] += 1

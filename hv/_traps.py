@@ -128,8 +128,9 @@ def fetch_insn(mem: GuestMemory, satp: int, vaddr: int) -> int | None:
 
 def fetch_fault_address(mem: GuestMemory, satp: int, epc: int) -> int:
     """stval of a fetch fault: the pc, or the next page when only the second half faulted."""
-    if translate(mem, satp, epc) is None:
-        return epc
+    pa = translate(mem, satp, epc)
+    if pa is None or not mem.contains(pa, 2):
+        return epc  # the first half itself could not be fetched
     return (epc & ~0xFFF) + 0x1000
 
 

@@ -409,6 +409,9 @@ class Vcpu:
         s = self._slice
         s.budget = self.quantum * BYTES_PER_INSN
         s.stopped = 0
+        # A stop asked for before this slice (e.g. to deliver an interrupt raised between
+        # slices) is already served by starting the engine again: mip is written.
+        s.request = 0
         self.stats.slices += 1
         before = s.executed
         count = 0 if self.native_slicing else self.quantum

@@ -83,6 +83,9 @@ class Vm:
         self.config = config
         self.name = config.name
         self.machine = Machine(config.machine_config())
+        # Load the kernel now, so a file that is not a kernel raises ConfigError from the
+        # constructor (and so from nursery.start), not later from the running task.
+        self.machine.boot()
         self.console = Console(self.machine.feed_input)
         self._state = VmState.CREATED
         self._wake = trio.Event()
@@ -148,7 +151,6 @@ class Vm:
     async def _run(self) -> StopInfo:
         m = self.machine
         try:
-            m.boot()
             self._state = VmState.RUNNING
             self.log.info("started", mem_mib=m.mem.size >> 20, kernel=m.kernel and m.kernel.kind)
             while m.stop_info is None:
@@ -162,6 +164,7 @@ class Vm:
                 if m.reboot_requested:
                     self.log.info("reboot")
                     m.reboot()
+                    await trio.lowlevel.checkpoint()  # a guest rebooting in a loop must yield
                     continue
                 if ex.kind is ExitKind.WFI or m.suspended:
                     await self._idle()
