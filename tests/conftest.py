@@ -1,0 +1,147 @@
+"""Shared fixtures: the bundled guests' ELFs, hand-made kernel files, and a VM runner."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+import pytest
+import trio
+
+from hv import StopInfo, Vm, VmConfig, run_vm
+from hv._guests import build_guest
+
+# Guests the VM-level tests boot; built (or found in the cache) once per session.
+TEST_GUESTS = ("hello", "sleep", "fault", "cpu", "traps", "sbi", "echo")
+
+RunGuest = Callable[..., Awaitable[tuple[StopInfo, bytes]]]
+
+
+@pytest.fixture(scope="session")
+def guest_elfs() -> dict[str, Path]:
+    """Bundled guest name -> path of its built ELF."""
+    return {name: build_guest(name) for name in TEST_GUESTS}
+
+
+@pytest.fixture
+def run_guest(guest_elfs: dict[str, Path]) -> RunGuest:
+    """``await run_guest("hello", cmdline="...", timeout=10)`` boots a bundled guest (or a
+    ``VmConfig``), runs it to the end and returns (exit info, console transcript)."""
+
+    async def run(
+        guest: str | VmConfig, *, cmdline: str = "", timeout: float = 20.0
+    ) -> tuple[StopInfo, bytes]:
+        if isinstance(guest, str):
+            config = VmConfig(kernel=guest_elfs[guest], cmdline=cmdline, name=guest)
+        else:
+            config = guest
+        with trio.fail_after(timeout):
+            async with trio.open_nursery() as nursery:
+                vm: Vm = await nursery.start(run_vm, config)
+                info = await vm.wait()
+        return info, vm.console.transcript
+
+    return run
+
+
+# -- hand-made kernels ---------------------------------------------------------------------
+
+
+def rv_lui(rd: int, imm20: int) -> int:
+    return ((imm20 & 0xFFFFF) << 12) | (rd << 7) | 0x37
+
+
+def rv_addi(rd: int, rs1: int, imm: int) -> int:
+    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (rd << 7) | 0x13
+
+
+def rv_sw(rs2: int, rs1: int, imm: int) -> int:
+    imm &= 0xFFF
+    return (
+        ((imm >> 5) << 25) | (rs2 << 20) | (rs1 << 15) | (0b010 << 12) | ((imm & 0x1F) << 7) | 0x23
+    )
+
+
+def rv_jal(rd: int, offset: int) -> int:
+    o = offset & 0x1FFFFF
+    imm = (
+        ((o >> 20) & 1) << 31
+        | ((o >> 1) & 0x3FF) << 21
+        | ((o >> 11) & 1) << 20
+        | ((o >> 12) & 0xFF) << 12
+    )
+    return imm | (rd << 7) | 0x6F
+
+
+def rv_li32(rd: int, value: int) -> list[int]:
+    """lui + addi loading a 32-bit value (sign-extended, as lui does on rv64)."""
+    lo = value & 0xFFF
+    if lo >= 0x800:
+        lo -= 0x1000
+    hi = ((value - lo) >> 12) & 0xFFFFF
+    return [rv_lui(rd, hi), rv_addi(rd, rd, lo)]
+
+
+def raw_binary(words: Iterable[int]) -> bytes:
+    """Instruction words as a raw binary (loaded and entered at 0x80200000)."""
+    return b"".join(struct.pack("<I", w) for w in words)
+
+
+T0, T1 = 5, 6
+FINISHER = 0x0010_0000
+
+
+def finisher_kernel(value: int) -> bytes:
+    """A raw-binary guest that writes ``value`` to the sifive,test1 finisher, then spins."""
+    return raw_binary([*rv_li32(T0, FINISHER), *rv_li32(T1, value), rv_sw(T1, T0, 0), rv_jal(0, 0)])
+
+
+def spin_kernel() -> bytes:
+    """A raw-binary guest that spins forever (``j .``)."""
+    return raw_binary([rv_jal(0, 0)])
+
+
+@pytest.fixture
+def empty_file(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.bin"
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.fixture
+def x86_elf(tmp_path: Path) -> Path:
+    """A well-formed little ELF64 file for x86-64 (one PT_LOAD segment, four bytes of code)."""
+    ehdr_size, phdr_size = 64, 56
+    code = b"\xf4\xeb\xfd\x90"  # hlt; jmp .-1; nop
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    header = ident + struct.pack(
+        "<HHIQQQIHHHHHH",
+        2,  # ET_EXEC
+        62,  # EM_X86_64
+        1,
+        0x400000 + ehdr_size + phdr_size,  # entry
+        ehdr_size,  # phoff
+        0,  # shoff
+        0,
+        ehdr_size,
+        phdr_size,
+        1,  # phnum
+        64,  # shentsize
+        0,
+        0,
+    )
+    phdr = struct.pack(
+        "<IIQQQQQQ",
+        1,  # PT_LOAD
+        5,  # R+X
+        0,
+        0x400000,
+        0x400000,
+        ehdr_size + phdr_size + len(code),
+        ehdr_size + phdr_size + len(code),
+        0x1000,
+    )
+    path = tmp_path / "x86.elf"
+    path.write_bytes(header + phdr + code)
+    return path

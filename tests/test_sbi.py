@@ -1,0 +1,422 @@
+"""hv._sbi.Sbi against a fake platform: every extension and function, errors, legacy calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from hv import _sbi as S
+from hv._memory import GuestMemory
+from hv._sbi import ResetKind, Sbi
+
+RAM = 0x8000_0000
+RAM_SIZE = 1 << 20
+ALL_HARTS = (1 << 64) - 1  # hart_mask_base = -1
+
+
+@dataclass
+class FakePlatform:
+    """An SbiPlatform that records what the SBI asked of it."""
+
+    mem: GuestMemory = field(default_factory=lambda: GuestMemory(RAM, RAM_SIZE))
+    output: bytearray = field(default_factory=bytearray)
+    input: bytearray = field(default_factory=bytearray)
+    timers: list[int] = field(default_factory=list)
+    ipis_sent: int = 0
+    ipis_cleared: int = 0
+    tlb_flushes: int = 0
+    resets: list[tuple[ResetKind, bool, str]] = field(default_factory=list)
+    suspends: int = 0
+
+    def console_write(self, data: bytes) -> None:
+        self.output += data
+
+    def console_read(self, limit: int) -> bytes:
+        got = bytes(self.input[:limit])
+        del self.input[:limit]
+        return got
+
+    def set_timer(self, deadline: int) -> None:
+        self.timers.append(deadline)
+
+    def send_ipi(self) -> None:
+        self.ipis_sent += 1
+
+    def clear_ipi(self) -> None:
+        self.ipis_cleared += 1
+
+    def flush_tlb(self) -> None:
+        self.tlb_flushes += 1
+
+    def reset(self, kind: ResetKind, failure: bool, reason: str) -> None:
+        self.resets.append((kind, failure, reason))
+
+    def hart_suspend(self) -> None:
+        self.suspends += 1
+
+
+@pytest.fixture
+def plat() -> FakePlatform:
+    return FakePlatform()
+
+
+@pytest.fixture
+def sbi(plat: FakePlatform) -> Sbi:
+    return Sbi(plat)
+
+
+def call(sbi: Sbi, eid: int, fid: int, *args: int) -> tuple[int, int] | None:
+    a = [*args, 0, 0, 0, 0, 0, 0][:6]
+    return sbi.call(eid, fid, a)
+
+
+# -- BASE -----------------------------------------------------------------------------------
+
+
+def test_base_versions_and_ids(sbi: Sbi) -> None:
+    assert call(sbi, S.EXT_BASE, 0) == (S.SUCCESS, 2 << 24)  # v2.0
+    assert call(sbi, S.EXT_BASE, 1) == (S.SUCCESS, S.IMPL_ID)
+    assert call(sbi, S.EXT_BASE, 2) == (S.SUCCESS, S.IMPL_VERSION)
+    for fid in (4, 5, 6):  # mvendorid, marchid, mimpid
+        assert call(sbi, S.EXT_BASE, fid) == (S.SUCCESS, 0)
+
+
+@pytest.mark.parametrize(
+    "eid",
+    [
+        S.EXT_BASE,
+        S.EXT_TIME,
+        S.EXT_IPI,
+        S.EXT_RFENCE,
+        S.EXT_HSM,
+        S.EXT_SRST,
+        S.EXT_DBCN,
+        0x00,
+        0x01,
+        0x02,
+        0x03,
+        0x04,
+        0x08,
+    ],
+)
+def test_probe_finds_implemented_extensions(sbi: Sbi, eid: int) -> None:
+    assert call(sbi, S.EXT_BASE, 3, eid) == (S.SUCCESS, 1)
+
+
+@pytest.mark.parametrize(
+    "eid",
+    [0x05, 0x06, 0x07, 0x504D55, 0x535441, 0x43505043, 0x4E41434C, 0x53555350, 0xDEADBEEF],
+)
+def test_probe_reports_absent_extensions(sbi: Sbi, eid: int) -> None:
+    # legacy remote fences, PMU, STA, CPPC, NACL, SUSP, and nonsense
+    assert call(sbi, S.EXT_BASE, 3, eid) == (S.SUCCESS, 0)
+
+
+def test_unknown_base_function(sbi: Sbi) -> None:
+    assert call(sbi, S.EXT_BASE, 7) == (S.ERR_NOT_SUPPORTED, 0)
+    assert sbi.counters["not_supported"] == 1
+
+
+def test_unknown_extension(sbi: Sbi) -> None:
+    assert call(sbi, 0x0A000000, 0) == (S.ERR_NOT_SUPPORTED, 0)
+    assert call(sbi, 0x504D55, 0) == (S.ERR_NOT_SUPPORTED, 0)  # PMU: not implemented
+    assert sbi.counters["not_supported"] == 2
+    assert sbi.calls[0x504D55] == 1
+
+
+def test_calls_are_counted_by_extension(sbi: Sbi) -> None:
+    for _ in range(3):
+        call(sbi, S.EXT_BASE, 0)
+    call(sbi, S.EXT_TIME, 0, 5)
+    assert sbi.calls[S.EXT_BASE] == 3
+    assert sbi.calls[S.EXT_TIME] == 1
+
+
+# -- TIME -----------------------------------------------------------------------------------
+
+
+def test_time_set_timer(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.EXT_TIME, 0, 12345) == (S.SUCCESS, 0)
+    assert call(sbi, S.EXT_TIME, 0, ALL_HARTS) == (S.SUCCESS, 0)  # "no timer"
+    assert plat.timers == [12345, ALL_HARTS]
+    assert call(sbi, S.EXT_TIME, 1, 1) == (S.ERR_NOT_SUPPORTED, 0)
+    assert plat.timers == [12345, ALL_HARTS]
+
+
+# -- IPI ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mask", "base", "result", "sent"),
+    [
+        (1, 0, S.SUCCESS, 1),  # hart 0
+        (0, 0, S.SUCCESS, 0),  # nobody
+        (0, ALL_HARTS, S.SUCCESS, 1),  # base -1: all harts, the mask is ignored
+        (0b10, 0, S.ERR_INVALID_PARAM, 0),  # hart 1 doesn't exist
+        (0b11, 0, S.ERR_INVALID_PARAM, 0),  # hart 0 and hart 1
+        (1, 1, S.ERR_INVALID_PARAM, 0),  # hart 1 (base 1, bit 0)
+        (1, 64, S.ERR_INVALID_PARAM, 0),
+        (1 << 63, 0, S.ERR_INVALID_PARAM, 0),
+    ],
+)
+def test_ipi_hart_masks(
+    sbi: Sbi, plat: FakePlatform, mask: int, base: int, result: int, sent: int
+) -> None:
+    assert call(sbi, S.EXT_IPI, 0, mask, base) == (result, 0)
+    assert plat.ipis_sent == sent
+
+
+def test_ipi_unknown_function(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.EXT_IPI, 1, 1, 0) == (S.ERR_NOT_SUPPORTED, 0)
+    assert plat.ipis_sent == 0
+
+
+# -- RFENCE ---------------------------------------------------------------------------------
+
+
+def test_rfence_fence_i_needs_no_tlb_flush(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.EXT_RFENCE, 0, 1, 0) == (S.SUCCESS, 0)
+    assert plat.tlb_flushes == 0
+
+
+@pytest.mark.parametrize("fid", [1, 2])  # remote_sfence_vma, remote_sfence_vma_asid
+def test_rfence_sfence_vma_flushes(sbi: Sbi, plat: FakePlatform, fid: int) -> None:
+    assert call(sbi, S.EXT_RFENCE, fid, 1, 0, 0x1000, 0x2000, 7) == (S.SUCCESS, 0)
+    assert call(sbi, S.EXT_RFENCE, fid, 0, ALL_HARTS, 0, ALL_HARTS) == (S.SUCCESS, 0)
+    assert plat.tlb_flushes == 2
+    assert call(sbi, S.EXT_RFENCE, fid, 0, 0) == (S.SUCCESS, 0)  # empty mask: nothing to do
+    assert plat.tlb_flushes == 2
+
+
+@pytest.mark.parametrize("fid", [0, 1, 2, 3, 4, 5, 6])
+def test_rfence_bad_hart_mask(sbi: Sbi, plat: FakePlatform, fid: int) -> None:
+    assert call(sbi, S.EXT_RFENCE, fid, 0b10, 0) == (S.ERR_INVALID_PARAM, 0)
+    assert plat.tlb_flushes == 0
+
+
+@pytest.mark.parametrize("fid", [3, 4, 5, 6])  # HFENCE.GVMA/VVMA variants: no H extension
+def test_rfence_hypervisor_fences_not_supported(sbi: Sbi, plat: FakePlatform, fid: int) -> None:
+    assert call(sbi, S.EXT_RFENCE, fid, 1, 0) == (S.ERR_NOT_SUPPORTED, 0)
+    assert plat.tlb_flushes == 0
+
+
+def test_rfence_unknown_function(sbi: Sbi) -> None:
+    assert call(sbi, S.EXT_RFENCE, 7, 1, 0) == (S.ERR_NOT_SUPPORTED, 0)
+    assert sbi.counters["not_supported"] == 1
+
+
+# -- HSM ------------------------------------------------------------------------------------
+
+
+def test_hsm_hart_start(sbi: Sbi) -> None:
+    assert call(sbi, S.EXT_HSM, 0, 0, RAM, 0) == (S.ERR_ALREADY_AVAILABLE, 0)
+    assert call(sbi, S.EXT_HSM, 0, 1, RAM, 0) == (S.ERR_INVALID_PARAM, 0)
+
+
+def test_hsm_hart_stop_shuts_down_with_failure(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.EXT_HSM, 1) == (S.SUCCESS, 0)
+    assert len(plat.resets) == 1
+    kind, failure, reason = plat.resets[0]
+    assert kind is ResetKind.SHUTDOWN
+    assert failure
+    assert "hart_stop" in reason
+
+
+def test_hsm_hart_get_status(sbi: Sbi) -> None:
+    assert call(sbi, S.EXT_HSM, 2, 0) == (S.SUCCESS, S.HSM_STARTED)
+    assert call(sbi, S.EXT_HSM, 2, 1) == (S.ERR_INVALID_PARAM, 0)
+    assert call(sbi, S.EXT_HSM, 2, ALL_HARTS) == (S.ERR_INVALID_PARAM, 0)
+
+
+def test_hsm_hart_suspend(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.EXT_HSM, 3, S.HSM_SUSPEND_RETENTIVE) == (S.SUCCESS, 0)
+    assert plat.suspends == 1
+    # only the low 32 bits are the suspend type
+    assert call(sbi, S.EXT_HSM, 3, 1 << 32) == (S.SUCCESS, 0)
+    assert plat.suspends == 2
+    assert call(sbi, S.EXT_HSM, 3, S.HSM_SUSPEND_NON_RETENTIVE, RAM, 0) == (
+        S.ERR_NOT_SUPPORTED,
+        0,
+    )
+    assert call(sbi, S.EXT_HSM, 3, 0x1000_0000) == (S.ERR_INVALID_PARAM, 0)  # reserved
+    assert call(sbi, S.EXT_HSM, 3, 0x8000_0001) == (S.ERR_INVALID_PARAM, 0)  # reserved
+    assert call(sbi, S.EXT_HSM, 3, 1) == (S.ERR_INVALID_PARAM, 0)  # reserved
+    assert plat.suspends == 2
+
+
+def test_hsm_unknown_function(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.EXT_HSM, 4) == (S.ERR_NOT_SUPPORTED, 0)
+    assert plat.resets == []
+
+
+# -- SRST -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rtype", "reason", "kind", "failure", "text"),
+    [
+        (0, 0, ResetKind.SHUTDOWN, False, "no reason"),
+        (0, 1, ResetKind.SHUTDOWN, True, "system failure"),
+        (1, 0, ResetKind.COLD_REBOOT, False, "cold reboot"),
+        (2, 0, ResetKind.WARM_REBOOT, False, "warm reboot"),
+        (2, 1, ResetKind.WARM_REBOOT, True, "system failure"),
+        (0, 0xE000_0000, ResetKind.SHUTDOWN, True, "0xe0000000"),  # SBI implementation specific
+        (0, 0xF000_0001, ResetKind.SHUTDOWN, True, "0xf0000001"),  # vendor specific
+        ((1 << 32) | 1, 1 << 32, ResetKind.COLD_REBOOT, False, "no reason"),  # 32-bit args
+    ],
+)
+def test_srst_kinds_and_reasons(
+    sbi: Sbi,
+    plat: FakePlatform,
+    rtype: int,
+    reason: int,
+    kind: ResetKind,
+    failure: bool,
+    text: str,
+) -> None:
+    assert call(sbi, S.EXT_SRST, 0, rtype, reason) == (S.SUCCESS, 0)
+    assert len(plat.resets) == 1
+    got_kind, got_failure, got_reason = plat.resets[0]
+    assert got_kind is kind
+    assert got_failure is failure
+    assert text in got_reason
+    assert kind.value in got_reason
+
+
+@pytest.mark.parametrize(
+    ("rtype", "reason"),
+    [(3, 0), (0xEFFF_FFFF, 0), (0xF000_0000, 0), (0, 2), (0, 0xDFFF_FFFF), (1, 0x1234)],
+)
+def test_srst_reserved_type_or_reason(
+    sbi: Sbi, plat: FakePlatform, rtype: int, reason: int
+) -> None:
+    assert call(sbi, S.EXT_SRST, 0, rtype, reason) == (S.ERR_INVALID_PARAM, 0)
+    assert plat.resets == []
+    assert sbi.counters["bad_reset"] == 1
+
+
+def test_srst_unknown_function(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.EXT_SRST, 1, 0, 0) == (S.ERR_NOT_SUPPORTED, 0)
+    assert plat.resets == []
+
+
+# -- DBCN -----------------------------------------------------------------------------------
+
+
+def test_dbcn_write(sbi: Sbi, plat: FakePlatform) -> None:
+    plat.mem.write(RAM + 0x100, b"hello, world")
+    assert call(sbi, S.EXT_DBCN, 0, 5, RAM + 0x100, 0) == (S.SUCCESS, 5)
+    assert call(sbi, S.EXT_DBCN, 0, 0, RAM + 0x100, 0) == (S.SUCCESS, 0)
+    assert bytes(plat.output) == b"hello"
+
+
+def test_dbcn_write_is_chunked(sbi: Sbi, plat: FakePlatform) -> None:
+    data = bytes(range(256)) * 40  # 10 KiB
+    plat.mem.write(RAM, data)
+    assert call(sbi, S.EXT_DBCN, 0, len(data), RAM, 0) == (S.SUCCESS, S.DBCN_CHUNK)
+    assert bytes(plat.output) == data[: S.DBCN_CHUNK]
+
+
+def test_dbcn_write_up_to_the_end_of_ram(sbi: Sbi, plat: FakePlatform) -> None:
+    end = RAM + RAM_SIZE
+    plat.mem.write(end - 3, b"xyz")
+    assert call(sbi, S.EXT_DBCN, 0, 3, end - 3, 0) == (S.SUCCESS, 3)
+    assert bytes(plat.output) == b"xyz"
+
+
+@pytest.mark.parametrize(
+    ("n", "lo", "hi"),
+    [
+        (4, 0x1000, 0),  # below RAM
+        (4, RAM + RAM_SIZE, 0),  # just past RAM
+        (8, RAM + RAM_SIZE - 4, 0),  # straddles the end of RAM
+        (4, RAM, 1),  # base_addr_hi set: beyond 64 bits
+        (4, (1 << 64) - 2, 0),  # wraps around
+    ],
+)
+@pytest.mark.parametrize("fid", [0, 1])
+def test_dbcn_bad_address(sbi: Sbi, plat: FakePlatform, fid: int, n: int, lo: int, hi: int) -> None:
+    plat.input += bytes(n)  # a read has something to store
+    assert call(sbi, S.EXT_DBCN, fid, n, lo, hi) == (S.ERR_INVALID_PARAM, 0)
+    assert sbi.counters["bad_address"] == 1
+    assert plat.output == b""
+
+
+def test_dbcn_read(sbi: Sbi, plat: FakePlatform) -> None:
+    plat.input += b"typed"
+    assert call(sbi, S.EXT_DBCN, 1, 3, RAM + 0x40, 0) == (S.SUCCESS, 3)
+    assert plat.mem.read(RAM + 0x40, 3) == b"typ"
+    assert call(sbi, S.EXT_DBCN, 1, 100, RAM + 0x80, 0) == (S.SUCCESS, 2)
+    assert plat.mem.read(RAM + 0x80, 2) == b"ed"
+    assert call(sbi, S.EXT_DBCN, 1, 100, RAM + 0x80, 0) == (S.SUCCESS, 0)  # nothing typed
+
+
+@pytest.mark.parametrize(
+    ("typed", "n", "addr"),
+    [
+        (b"abc", 3, 0x1000),  # the bytes must not be lost
+        (b"", 4, RAM + RAM_SIZE),  # the buffer is checked even when there is nothing to read
+        (b"ab", 8, RAM + RAM_SIZE - 4),  # the whole buffer, not only the bytes read
+    ],
+)
+def test_dbcn_read_checks_the_buffer_first(
+    sbi: Sbi, plat: FakePlatform, typed: bytes, n: int, addr: int
+) -> None:
+    plat.input += typed
+    assert call(sbi, S.EXT_DBCN, 1, n, addr, 0) == (S.ERR_INVALID_PARAM, 0)
+    assert bytes(plat.input) == typed
+
+
+def test_dbcn_write_byte(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.EXT_DBCN, 2, ord("A")) == (S.SUCCESS, 0)
+    assert call(sbi, S.EXT_DBCN, 2, 0x100 | ord("B")) == (S.SUCCESS, 0)  # low byte only
+    assert bytes(plat.output) == b"AB"
+
+
+def test_dbcn_unknown_function(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.EXT_DBCN, 3, 1, RAM, 0) == (S.ERR_NOT_SUPPORTED, 0)
+    assert plat.output == b""
+
+
+# -- legacy (v0.1) --------------------------------------------------------------------------
+
+
+def test_legacy_putchar(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.LEGACY_PUTCHAR, 0, ord("x"), 77) == (0, 77)  # a1 is preserved
+    assert call(sbi, S.LEGACY_PUTCHAR, 0, 0x1FF) == (0, 0)  # low byte only
+    assert bytes(plat.output) == b"x\xff"
+
+
+def test_legacy_getchar(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.LEGACY_GETCHAR, 0, 0, 5) == (-1, 5)  # nothing typed
+    plat.input += b"hi"
+    assert call(sbi, S.LEGACY_GETCHAR, 0, 0, 5) == (ord("h"), 5)
+    assert call(sbi, S.LEGACY_GETCHAR, 0) == (ord("i"), 0)
+    assert call(sbi, S.LEGACY_GETCHAR, 0) == (-1, 0)
+
+
+def test_legacy_timer_and_ipis(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.LEGACY_SET_TIMER, 0, 999, 3) == (0, 3)
+    assert plat.timers == [999]
+    assert call(sbi, S.LEGACY_SEND_IPI, 0, RAM, 3) == (0, 3)
+    assert plat.ipis_sent == 1
+    assert call(sbi, S.LEGACY_CLEAR_IPI, 0, 0, 3) == (0, 3)
+    assert plat.ipis_cleared == 1
+
+
+def test_legacy_shutdown(sbi: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi, S.LEGACY_SHUTDOWN, 0) == (0, 0)
+    assert len(plat.resets) == 1
+    kind, failure, reason = plat.resets[0]
+    assert kind is ResetKind.SHUTDOWN
+    assert not failure
+    assert "legacy" in reason
+
+
+@pytest.mark.parametrize("eid", [5, 6, 7])  # legacy remote fence.i / sfence.vma (asid)
+def test_legacy_remote_fences_not_supported(sbi: Sbi, plat: FakePlatform, eid: int) -> None:
+    result = call(sbi, eid, 0, 0, 9)
+    assert result == (S.ERR_NOT_SUPPORTED, 9)
+    assert sbi.counters["not_supported"] == 1
+    assert plat.tlb_flushes == 0
