@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -145,3 +147,17 @@ def x86_elf(tmp_path: Path) -> Path:
     path = tmp_path / "x86.elf"
     path.write_bytes(header + phdr + code)
     return path
+
+
+@pytest.fixture(scope="session")
+def linux_image() -> Any:
+    """The Linux guest image (hv image build linux), built once; a cache hit after that.
+
+    CI (root, with .ci/linux-deps.sh run) always builds it; only a developer machine without
+    the Debian packages and without root skips the tests that need it."""
+    from hv import _image_linux as il
+
+    missing = il.missing_packages()
+    if missing and os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip(f"missing Debian packages {missing}: run .ci/linux-deps.sh as root")
+    return il.build_linux(install_deps=True)

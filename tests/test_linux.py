@@ -6,7 +6,6 @@ The image comes from `hv image build linux` (the Debian packages are installed b
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -26,14 +25,6 @@ BAD_LOG = re.compile(
     r"WARNING|BUG:|Oops|Call Trace|stall|soft lockup|unstable|spurious|nobody cared|"
     r"timed out|timeout|hung task|clocksource.*(skew|unstable)|Unable to handle",
 )
-
-
-@pytest.fixture(scope="module")
-def linux_image() -> il.LinuxImage:
-    missing = il.missing_packages()
-    if missing and os.geteuid() != 0 and not os.environ.get("CI"):
-        pytest.skip(f"missing Debian packages {missing}: run .ci/linux-deps.sh as root")
-    return il.build_linux(install_deps=True)
 
 
 def config(img: il.LinuxImage, cmdline: str | None = None) -> hv.VmConfig:
