@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
             "input. On a terminal, type Ctrl-A x to quit."
         ),
     )
-    run.add_argument("kernel", metavar="KERNEL", help="kernel file or bundled guest name")
+    run.add_argument("kernel", metavar="KERNEL", help="kernel file, bundled guest name, or linux")
     run.add_argument(
         "--mem",
         type=parse_size,

@@ -209,6 +209,7 @@ def _reg(name: str) -> int:
 
 _X = [_reg(f"X{i}") for i in range(32)]
 _PC = _reg("PC")
+_WFI = 0x10500073
 _UNMAPPED_CAUSE = {
     _unicorn.UC_ERR_FETCH_UNMAPPED: _traps.CAUSE_FETCH_ACCESS,
     _unicorn.UC_ERR_READ_UNMAPPED: _traps.CAUSE_LOAD_ACCESS,
@@ -420,19 +421,27 @@ class Vcpu:
         self.stats.instructions = self._insns.value
         pc = self.reg(_PC)
         self._pc = pc
-        if self._fatal is not None:
-            exit_, self._fatal = self._fatal, None
-            return exit_
+        fatal = self._take_fatal()
+        if fatal is not None:
+            return fatal
         if err == unicorn.UC_ERR_INSN_INVALID and self._is_ebreak(pc):
             # ebreak never reaches the INTR hook: the engine stops on it. Forward cause 3.
             self._forward(pc, _traps.CAUSE_BREAKPOINT, pc)
-            return self._fatal or Exit(ExitKind.PREEMPTED)
+            return self._take_fatal() or Exit(ExitKind.PREEMPTED)
         if err:
             return self._engine_error(err, pc)
-        if s.stopped or not self.native_slicing:
+        if s.stopped:
+            return Exit(ExitKind.PREEMPTED)
+        # The engine returned by itself: a wfi (pc is past it). With count slicing (no native
+        # hook) a spent count looks the same, so look at the instruction.
+        if not self.native_slicing and self._fetch(pc - 4) != _WFI:
             return Exit(ExitKind.PREEMPTED)
         self.stats.wfi += 1
         return Exit(ExitKind.WFI)
+
+    def _take_fatal(self) -> Exit | None:
+        fatal, self._fatal = self._fatal, None
+        return fatal
 
     def _is_ebreak(self, pc: int) -> bool:
         insn = self._fetch(pc)
@@ -452,8 +461,7 @@ class Vcpu:
             if insn is not None and _traps.is_amo_store(insn):
                 cause = _traps.CAUSE_STORE_ACCESS
         self._forward(pc, cause, tval)
-        exit_, self._fatal = self._fatal, None
-        return exit_ or Exit(ExitKind.PREEMPTED)
+        return self._take_fatal() or Exit(ExitKind.PREEMPTED)
 
     def _host_error(self, what: str) -> None:
         self._fatal = Exit(ExitKind.HOST_ERROR, what, traceback.format_exc())

@@ -431,3 +431,26 @@ async def test_reboot_loop_does_not_starve_the_event_loop(
             vm.stop()
     assert running, f"the event loop ran again only after {reboots[0]} reboots"
     assert reboots[0] < limit
+
+
+async def test_count_slicing_fallback_without_the_native_hook(
+    monkeypatch: pytest.MonkeyPatch, guest_elfs: dict[str, Path]
+) -> None:
+    """Where the native block hook can't be built, slices are counted instead (slower, still
+    exact): guests still sleep in wfi and every trap kind still reaches them."""
+    from hv import _vcpu
+
+    monkeypatch.setattr(_vcpu, "_load_native_hook", lambda: None)
+    async with trio.open_nursery() as nursery:
+        cfg = VmConfig(kernel=guest_elfs["sleep"], cmdline="ms=30 count=3")
+        vm: Vm = await nursery.start(run_vm, cfg)
+        assert not vm.machine.vcpu.native_slicing
+        with trio.fail_after(20):
+            info = await vm.wait()
+    assert info.exit_code == 0 and vm.stats["wfi"] >= 3
+    async with trio.open_nursery() as nursery:
+        vm = await nursery.start(run_vm, VmConfig(kernel=guest_elfs["traps"]))
+        with trio.fail_after(20):
+            info = await vm.wait()
+    assert info.exit_code == 0, vm.console.transcript[-300:]
+    assert b"traps: 16 passed, 0 failed" in vm.console.transcript
