@@ -113,11 +113,17 @@ class Machine:
 
     def __init__(self, config: MachineConfig) -> None:
         self.config = config
-        self.mem = GuestMemory(P.RAM_BASE, config.mem_size)
         self.counters: collections.Counter[str] = collections.Counter()
         self.output = bytearray()  # console bytes produced, not yet taken by the host
         self.input = bytearray()  # console bytes from the host, not yet taken by the guest
         self.stop_info: StopInfo | None = None
+        self._power_on()
+
+    def _power_on(self) -> None:
+        """Fresh RAM, devices, firmware state and hart: at creation and on a cold reset.
+        The console streams and the counters belong to the machine's owner and survive."""
+        config = self.config
+        self.mem = GuestMemory(P.RAM_BASE, config.mem_size)
         self.reboot_requested = False
         self.suspended = False  # SBI HSM retentive suspend: sleep like wfi
         self.clock = Clock()
@@ -176,9 +182,11 @@ class Machine:
 
     def reboot(self) -> None:
         """A cold reset: fresh RAM, fresh devices, same kernel."""
-        cfg = self.config
+        if self.uart.has_output:
+            self.output += self.uart.take_output()
         self.vcpu.close()
-        self.__init__(cfg)  # type: ignore[misc]
+        self.counters["reboots"] += 1
+        self._power_on()
         self.boot()
 
     # -- running ---------------------------------------------------------------------------
