@@ -201,3 +201,23 @@ def test_log_json_on_failure_keeps_stderr_parseable(tmp_path: Path) -> None:
     assert any(json.loads(line)["event"] == "stopped" for line in json_lines)
     # the one-line summary stays plain text (the last line)
     assert lines[-1].startswith("hv: ")
+
+
+def test_library_logging_is_quiet_unless_configured() -> None:
+    """Embedding hv without configuring structlog prints no info/debug lines anywhere: how a
+    VM ended is the caller's to report (it has the StopInfo)."""
+    script = (
+        "import trio, hv\n"
+        "async def main():\n"
+        "    for name in ('hello', 'fault'):\n"
+        "        async with trio.open_nursery() as n:\n"
+        "            vm = await n.start(hv.run_vm, hv.VmConfig(kernel=hv.guest_path(name)))\n"
+        "            print(name, (await vm.wait()).exit_code)\n"
+        "trio.run(main)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["hello 0", "fault 2"]
+    assert "started" not in p.stderr and "[info" not in p.stderr and "[debug" not in p.stderr
