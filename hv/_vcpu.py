@@ -426,7 +426,7 @@ class Vcpu:
             return fatal
         if err == unicorn.UC_ERR_INSN_INVALID and self._is_ebreak(pc):
             # ebreak never reaches the INTR hook: the engine stops on it. Forward cause 3.
-            self._forward(pc, _traps.CAUSE_BREAKPOINT, pc)
+            self._trap(pc, _traps.CAUSE_BREAKPOINT, self.reg(_PRIV))
             return self._take_fatal() or Exit(ExitKind.PREEMPTED)
         if err:
             return self._engine_error(err, pc)
@@ -455,12 +455,7 @@ class Vcpu:
             return Exit(ExitKind.FATAL, f"CPU stopped: {unicorn.UcError(err)} at pc={pc:#x}")
         # No UC_HOOK_MEM_UNMAPPED for the address: any memory hook slows every access of the
         # guest (measured about 9% on the cpu guest). Decoding the instruction gives it too.
-        tval = self._tval(cause, pc)
-        if cause == _traps.CAUSE_LOAD_ACCESS:
-            insn = self._fetch(pc)
-            if insn is not None and _traps.is_amo_store(insn):
-                cause = _traps.CAUSE_STORE_ACCESS
-        self._forward(pc, cause, tval)
+        self._trap(pc, cause, self.reg(_PRIV))
         return self._take_fatal() or Exit(ExitKind.PREEMPTED)
 
     def _host_error(self, what: str) -> None:
@@ -483,25 +478,40 @@ class Vcpu:
     def _dispatch_exception(self, cause: int) -> None:
         pc = self.reg(_PC)
         epc = pc - 4  # Unicorn adds 4 to pc, even after a 2-byte instruction.
+        priv = self.reg(_PRIV)  # read once: every register access costs on this path
         if cause == _traps.CAUSE_USER_ECALL:
-            priv = self.reg(_PRIV)
             if priv == PRIV_S:
                 self._sbi(pc)
                 return
             if priv == PRIV_M:
                 self._guest_fatal(f"ecall from M-mode at pc={epc:#x}")
                 return
-        elif cause == _traps.CAUSE_ILLEGAL_INSN and not self.medeleg & (1 << cause):
-            insn = self._fetch(epc)
+        self._trap(epc, cause, priv)
+
+    def _trap(self, epc: int, cause: int, priv: int) -> None:
+        """A synchronous exception at ``epc``: emulate it as the firmware, or forward it."""
+        satp = insn = None
+        if cause == _traps.CAUSE_ILLEGAL_INSN and not self.medeleg & (1 << cause):
+            satp = self._satp(priv)
+            insn = _traps.fetch_insn(self.mem, satp, epc)
             if insn is not None and self._emulate(insn, epc):
                 return
-        elif cause in _traps.LOAD_FAULTS:
-            # QEMU 5.0 reports an AMO's fault as a load fault (it loads first); the spec
-            # says store/AMO. LR stays a load.
-            insn = self._fetch(epc)
-            if insn is not None and _traps.is_amo_store(insn):
-                cause = _traps.LOAD_TO_STORE_CAUSE[cause]
-        self._forward(epc, cause, self._tval(cause, epc))
+        elif cause in _traps.ADDRESS_FAULTS:
+            satp = self._satp(priv)
+            if cause not in _traps.FETCH_FAULTS:
+                insn = _traps.fetch_insn(self.mem, satp, epc)
+                # QEMU 5.0 reports an AMO's fault as a load fault (it loads first); the spec
+                # says store/AMO. LR stays a load.
+                if cause in _traps.LOAD_FAULTS and insn is not None and _traps.is_amo_store(insn):
+                    cause = _traps.LOAD_TO_STORE_CAUSE[cause]
+        tval = 0
+        if cause in _traps.FETCH_FAULTS and satp is not None:
+            tval = _traps.fetch_fault_address(self.mem, satp, epc)
+        elif insn is not None and cause in _traps.ADDRESS_FAULTS:
+            tval = _traps.memory_operand_address(insn, self.x) or 0
+        elif cause == _traps.CAUSE_BREAKPOINT:
+            tval = epc
+        self._forward(epc, cause, tval, priv)
 
     def _sbi(self, pc: int) -> None:
         self.stats.sbi_calls += 1
@@ -527,10 +537,9 @@ class Vcpu:
         self.set_reg(_PC, epc + 4)
         return True
 
-    def _satp(self) -> int:
+    def _satp(self, priv: int) -> int:
         """satp as the guest's MMU sees it (0 in M-mode). In S-mode Python may read it
         directly; from U-mode it is invisible, so switch privilege around the read."""
-        priv = self.reg(_PRIV)
         if priv == PRIV_S:
             return self.reg(_SATP)
         if priv == PRIV_M:
@@ -542,25 +551,12 @@ class Vcpu:
 
     def _fetch(self, vaddr: int) -> int | None:
         """The instruction word at a guest virtual address (None if not mapped)."""
-        return _traps.fetch_insn(self.mem, self._satp(), vaddr)
+        return _traps.fetch_insn(self.mem, self._satp(self.reg(_PRIV)), vaddr)
 
-    def _tval(self, cause: int, epc: int) -> int:
-        if cause in _traps.ADDRESS_FAULTS:
-            satp = self._satp()
-            if cause in _traps.FETCH_FAULTS:
-                return _traps.fetch_fault_address(self.mem, satp, epc)
-            insn = _traps.fetch_insn(self.mem, satp, epc)
-            if insn is not None:
-                addr = _traps.memory_operand_address(insn, self.x)
-                if addr is not None:
-                    return addr
-        return 0
-
-    def _forward(self, epc: int, cause: int, tval: int) -> None:
+    def _forward(self, epc: int, cause: int, tval: int, priv: int) -> None:
         """Deliver a synchronous exception to the guest's S-mode vector, exactly once."""
         self.stats.traps_forwarded += 1
         self.stats.traps_by_cause[cause] += 1
-        priv = self.reg(_PRIV)
         self.set_reg(_PRIV, PRIV_S)  # S CSRs are invisible from Python while the guest is in U
         b = self._trap_in
         _reg_read_batch(self._h, b.ids, b.ptrs, b.n)
