@@ -288,7 +288,7 @@ class Machine:
 
     # -- Firmware (for the vCPU) -----------------------------------------------------------
 
-    def sbi_call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int] | None:
+    def sbi_call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int]:
         return self.sbi.call(eid, fid, args)
 
     def time_ticks(self) -> int:

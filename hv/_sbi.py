@@ -99,9 +99,9 @@ class Sbi:
         self.counters: collections.Counter[str] = collections.Counter()
         self.calls: collections.Counter[int] = collections.Counter()  # by extension id
 
-    def call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int] | None:
-        """Handle one call. Returns (error, value), or None for a legacy call whose result
-        is already in a0 (only putchar leaves a0 untouched)."""
+    def call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int]:
+        """Handle one call; return the new (a0, a1). Legacy calls return their result in a0
+        and hand a1 back unchanged."""
         self.calls[eid] += 1
         if eid <= LEGACY_SHUTDOWN:
             return self._legacy(eid, args)
@@ -113,7 +113,7 @@ class Sbi:
 
     # -- v0.1 legacy ------------------------------------------------------------------------
 
-    def _legacy(self, eid: int, a: Sequence[int]) -> tuple[int, int] | None:
+    def _legacy(self, eid: int, a: Sequence[int]) -> tuple[int, int]:
         if eid == LEGACY_PUTCHAR:
             self.p.console_write(bytes([a[0] & 0xFF]))
             return (0, a[1])

@@ -97,9 +97,8 @@ class Exit:
 class Firmware(Protocol):
     """What the vCPU asks of the machine while the guest runs (all synchronous)."""
 
-    def sbi_call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int] | None:
-        """Handle an SBI call; return (a0, a1), or None for a legacy call that sets a0 only
-        (the machine returns it as (a0, -1) then)."""
+    def sbi_call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int]:
+        """Handle an SBI call; return the new (a0, a1)."""
         ...
 
     def time_ticks(self) -> int:
@@ -367,12 +366,6 @@ class Vcpu:
         self.set_reg(_PRIV, old)
         return v
 
-    def set_csr(self, regid: int, value: int) -> None:
-        old = self.reg(_PRIV)
-        self.set_reg(_PRIV, PRIV_M)
-        self.set_reg(regid, value)
-        self.set_reg(_PRIV, old)
-
     def update_interrupts(self, pending: int) -> bool:
         """Make mip's STIP/SEIP equal to ``pending`` and set SSIP if asked (the guest clears
         SSIP itself). Returns True if a bit was raised: the engine only notices a raised bit
@@ -521,8 +514,6 @@ class Vcpu:
         self._same_trap = 0
         res = self.firmware.sbi_call(v[0], v[1], v[2:8])
         r = self._ret
-        if res is None:  # legacy call: only a0 changes
-            return
         r.vals[0] = res[0] & 0xFFFF_FFFF_FFFF_FFFF
         r.vals[1] = res[1] & 0xFFFF_FFFF_FFFF_FFFF
         _reg_write_batch(self._h, r.ids, r.ptrs, 2)
