@@ -69,7 +69,7 @@ def main() -> None:
         raw_times.append(t_raw)
         hv_times.append(t_hv)
     raw, hvt = min(raw_times), min(hv_times)
-    insns = stats["code_bytes"] / 3
+    insns = stats["guest_insns"]
     print(f"guest: cpu iters={args.iters}  {checksum(out_hv).decode()}")
     print(f"raw unicorn, one emu_start : {raw * 1e3:8.1f} ms  (best of {args.repeat})")
     print(f"hv run_vm                  : {hvt * 1e3:8.1f} ms  (best of {args.repeat})")

@@ -12,14 +12,17 @@ import termios
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from hv import _guests, _image_linux, _log
 from hv import _platform as P
 from hv._errors import ConfigError, HvError
-from hv._machine import DEFAULT_QUANTUM
-from hv._vm import Vm, VmConfig
+from hv._platform import DEFAULT_QUANTUM
+
+if TYPE_CHECKING:
+    from hv._vm import Vm
 
 EXIT_CONFIG = 4  # bad command line or input file (the guest never ran)
 ESCAPE = 0x01  # Ctrl-A, then 'x' quits (as in QEMU's -nographic console)
@@ -136,7 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
     ii.add_argument("name", choices=IMAGES, metavar="NAME", help="image: linux")
     ii.add_argument("--json", action="store_true", help='print {"kernel", "initrd", "cmdline"}')
     isub.add_parser("list", help="list the built images")
+
+    engine = sub.add_parser(
+        "engine",
+        help="build and inspect the CPU engine (patched Unicorn)",
+        description=(
+            "hv runs guests on its fast engine: Unicorn "
+            f"{_engine_version()} built from its PyPI sdist with hvfabric's patches (fast "
+            "guest stores, one inline check per translated block), cached under "
+            "$XDG_CACHE_HOME/hvfabric/engine. The first run builds it (about a minute). "
+            "HV_ENGINE=stock runs on the unicorn wheel's own library instead."
+        ),
+    )
+    esub = engine.add_subparsers(dest="engine_command", metavar="ACTION", required=True)
+    eb = esub.add_parser("build", help="build the fast engine (or find it in the cache)")
+    eb.add_argument("--force", action="store_true", help="rebuild even if it is cached")
+    ei = esub.add_parser("info", help="which engine this process runs on, and where it is")
+    ei.add_argument("--json", action="store_true", help="print it as JSON")
     return p
+
+
+def _engine_version() -> str:
+    from hv.engine import UNICORN_VERSION
+
+    return UNICORN_VERSION
 
 
 IMAGES = ("linux",)
@@ -219,6 +245,8 @@ async def _pump_input(vm: Vm, fd: int, interactive: bool) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from hv._vm import Vm, VmConfig  # loads the engine: only for the commands that run guests
+
     kernel, initrd, cmdline = resolve_kernel(args.kernel)
     config = VmConfig(
         kernel=kernel,
@@ -258,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _guests_command(args)
         if args.command == "image":
             return _image_command(args)
+        if args.command == "engine":
+            return _engine_command(args)
     except HvError as e:
         print(f"hv: {e}", file=sys.stderr)
         return EXIT_CONFIG if isinstance(e, ConfigError) else 3
@@ -310,6 +340,44 @@ def _image_command(args: argparse.Namespace) -> int:
         print(json.dumps(info))
     else:
         print(f"kernel: {img.kernel}\ninitrd: {img.initrd}\ncmdline: {img.cmdline}")
+    return 0
+
+
+def _engine_command(args: argparse.Namespace) -> int:
+    from hv import engine
+
+    if args.engine_command == "build":
+        start = time.monotonic()
+
+        def progress(line: str) -> None:
+            print(f"[{time.monotonic() - start:6.1f}s] {line}", file=sys.stderr, flush=True)
+
+        try:
+            built = engine.build_engine(progress=progress, force=args.force)
+        except engine.EngineBuildError as e:
+            print(f"hv: the fast engine could not be built:\n{e}", file=sys.stderr)
+            print(
+                "hv: guests will run on the stock Unicorn library (HV_ENGINE=stock)",
+                file=sys.stderr,
+            )
+            return 3
+        print(built.library / "libunicorn.so.2")
+        return 0
+    info = engine.engine_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"engine:   {info['engine']} (HV_ENGINE={info['requested']}, source: {info['source']})")
+    print(f"library:  {info['library']}")
+    print(f"unicorn:  {info['unicorn']}")
+    patches = info["patches"]
+    print(f"patches:  {', '.join(patches) if isinstance(patches, list) and patches else 'none'}")
+    made = info["built"]
+    if isinstance(made, dict):
+        print(f"built:    {made.get('built')} with {made.get('compiler')}")
+    print(f"cache:    {info['cache']}")
+    if "note" in info:
+        print(f"note:     {info['note']}")
     return 0
 
 

@@ -21,6 +21,7 @@ from hv._fdt import DeviceTreeSpec, build_device_tree
 from hv._loader import LoadedKernel, load_kernel, plan_layout
 from hv._log import get_logger
 from hv._memory import GuestMemory
+from hv._platform import DEFAULT_QUANTUM, QUANTUM_MAX, QUANTUM_MIN
 from hv._plic import Plic
 from hv._sbi import ResetKind, Sbi
 from hv._testdev import FinishKind, TestDevice
@@ -29,11 +30,6 @@ from hv._vcpu import MIP_SEIP, MIP_SSIP, MIP_STIP, Exit, ExitKind, Vcpu
 
 log = get_logger("hv.machine")
 
-# Instructions per slice: about a millisecond of guest time; short enough for timer latency
-# and fairness, long enough that the per-slice cost (tens of microseconds) stays small.
-DEFAULT_QUANTUM = 2_000_000
-QUANTUM_MIN = 1_000
-QUANTUM_MAX = 1_000_000_000
 # Host-side console input waiting for the guest: beyond this, input is dropped (and counted).
 CONSOLE_INPUT_LIMIT = 1 << 20
 NO_DEADLINE = (1 << 64) - 1

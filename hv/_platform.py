@@ -38,3 +38,10 @@ def virtio_slot_base(n: int) -> int:
     if not 0 <= n < VIRTIO_SLOTS:
         raise ValueError(f"virtio slot {n} out of range 0..{VIRTIO_SLOTS - 1}")
     return VIRTIO_BASE + n * VIRTIO_STRIDE
+
+
+# Scheduling. Instructions per slice: about a millisecond of guest time; short enough for timer
+# latency and fairness, long enough that the per-slice cost (tens of microseconds) stays small.
+DEFAULT_QUANTUM = 2_000_000
+QUANTUM_MIN = 1_000
+QUANTUM_MAX = 1_000_000_000

@@ -13,9 +13,12 @@ M-mode firmware would do (see ../shared/UNICORN-FACTS.md for the measured behavi
   exit in the low microseconds.
 * Interrupts are the engine's: the machine writes SSIP/STIP/SEIP into ``mip`` between slices and
   the guest takes them through its own vector.
-* A slice ends at a translated-block entry, in the native block hook (``_native/preempt.c``),
-  when its budget is spent or when the host asked for a stop. Stopping anywhere else can replay
-  an instruction; stopping there cannot. ``wfi`` ends a slice on its own.
+* A slice ends at a translated-block entry, before the block's first instruction, when its
+  budget is spent or when the host asked for a stop. Stopping anywhere else can replay an
+  instruction; stopping there cannot. ``wfi`` ends a slice on its own. On the fast engine
+  (``hv/engine``) the engine itself charges each block's instruction count to the slice's
+  budget in its inline block-entry check; on a stock Unicorn the native block hook
+  (``_native/preempt.c``) does it with code bytes, and without zig, ``emu_start(count=N)``.
 
 Register access goes through raw ctypes calls (batched where several registers move together):
 the high-level binding costs about 2 us per register, the raw call a fraction of that.
@@ -34,23 +37,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import unicorn as _unicorn
-import unicorn.riscv_const as rc
-import unicorn.unicorn_py3.unicorn as _ucmod
-
 from hv import _traps, _zig
 from hv._bus import Bus
 from hv._errors import HostError
 from hv._log import get_logger
 from hv._memory import GuestMemory
+from hv.engine import _select
+
+# The binding loads libunicorn when first imported: hv's fast engine, unless HV_ENGINE=stock.
+with _select.library_for_import():
+    import unicorn as _unicorn
+    import unicorn.riscv_const as rc
+    import unicorn.unicorn_py3.unicorn as _ucmod
 
 log = get_logger("hv.vcpu")
 
 # The binding's own annotations are partial; this module types its edges itself.
 unicorn: Any = _unicorn
 
-# Code bytes per instruction used to turn a quantum in instructions into a block budget
-# (rv64gc code mixes 2- and 4-byte instructions; the budget is a deterministic proxy).
+# Code bytes per instruction used to turn a quantum in instructions into a block budget for
+# the stock engine's block hook (rv64gc code mixes 2- and 4-byte instructions; the budget is a
+# deterministic proxy). The fast engine counts instructions.
 BYTES_PER_INSN = 3
 # Identical forwarded traps in a row, each taken before the handler moved sepc on, that
 # count as a trap loop: a handler that faults on itself never makes progress.
@@ -115,7 +122,11 @@ class VcpuStats:
     mmio_reads: int = 0
     mmio_writes: int = 0
     wfi: int = 0
-    code_bytes: int = 0
+    # Guest instructions run, counted per translated block entered (fast engine: charged by
+    # the engine, exact unless a block ends early on an exception; stock engine: estimated
+    # from code bytes).
+    guest_insns: int = 0
+    code_bytes: int = 0  # stock engine's block hook only
     instructions: int = 0  # exact, only with count_instructions=True (else 0)
     traps_by_cause: collections.Counter[int] = field(default_factory=collections.Counter)
 
@@ -139,6 +150,27 @@ _BATCH = ctypes.CFUNCTYPE(
 )
 _reg_read_batch = _BATCH(("uc_reg_read_batch", _lib))
 _reg_write_batch = _BATCH(("uc_reg_write_batch", _lib))
+# The fast engine's time slice (hv/engine/patches/0002): absent from a stock library.
+FAST_ENGINE = hasattr(_lib, "uc_hv_slice")
+if FAST_ENGINE:
+    _hv_slice = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p))(
+        ("uc_hv_slice", _lib)
+    )
+
+
+class _HvSlice(ctypes.Structure):
+    _fields_ = (("budget", ctypes.c_int64), ("stops", ctypes.c_uint64))
+
+
+def library_path() -> str:
+    """The file of the libunicorn this process runs on."""
+    return str(getattr(_lib, "_name", "?"))
+
+
+def unicorn_version() -> str:
+    return str(unicorn.__version__)
+
+
 _emu_start = ctypes.CFUNCTYPE(
     ctypes.c_int,
     ctypes.c_void_p,
@@ -257,13 +289,25 @@ class Vcpu:
         self._slice = _Slice()
         self._slice.stop = ctypes.cast(_lib.uc_emu_stop, ctypes.c_void_p).value
         self.quantum = quantum
-        native = _load_native_hook()
-        self.native_slicing = native is not None
+        # How slices end (see the module docstring): "engine", "block-hook" or "count".
+        self._hv: _HvSlice | None = None
+        self._unspent = 0  # budget left when the host ended a slice early (fast engine)
+        native = None
+        if FAST_ENGINE:
+            ptr = ctypes.c_void_p()
+            if _hv_slice(self._h, ctypes.byref(ptr)) or not ptr.value:
+                raise HostError("uc_hv_slice failed on the fast engine")
+            self._hv = _HvSlice.from_address(ptr.value)
+            self.slicing = "engine"
+        else:
+            native = _load_native_hook()
+            self.slicing = "block-hook" if native is not None else "count"
         if native is not None:
             fn = ctypes.cast(native.hv_block_hook, ctypes.c_void_p)
             self._add_hook(unicorn.UC_HOOK_BLOCK, fn, ctypes.byref(self._slice))
         self._insns = ctypes.c_uint64()
         if count_instructions:
+            native = native or _load_native_hook()
             if native is None:
                 raise HostError("exact instruction counting needs the native hook (zig)")
             fn = ctypes.cast(native.hv_count_hook, ctypes.c_void_p)
@@ -392,25 +436,50 @@ class Vcpu:
     def flush_tlb(self) -> None:
         self._uc.ctl(unicorn.unicorn_const.UC_CTL_TLB_FLUSH, unicorn.unicorn_const.UC_CTL_IO_WRITE)
 
+    @property
+    def native_slicing(self) -> bool:
+        """Slices end at block entries (fast engine or block hook), not by counting."""
+        return self.slicing != "count"
+
     def request_stop(self) -> None:
-        """End the current slice at the next block entry (safe from hooks and other threads)."""
-        self._slice.request = 1
+        """End the current slice at the next block entry. Call it from the engine's hooks
+        or between slices (on the VM's thread); a request made between slices is served by
+        the start of the next one."""
+        hv = self._hv
+        if hv is not None:
+            # The engine reads the budget at every block entry: 0 ends the slice there.
+            self._unspent += hv.budget
+            hv.budget = 0
+        else:
+            self._slice.request = 1
 
     # -- running ---------------------------------------------------------------------------
 
     def run_slice(self) -> Exit:
         """Run the guest until its budget is spent, it waits (wfi), or it can't go on."""
-        s = self._slice
-        s.budget = self.quantum * BYTES_PER_INSN
-        s.stopped = 0
         # A stop asked for before this slice (e.g. to deliver an interrupt raised between
         # slices) is already served by starting the engine again: mip is written.
-        s.request = 0
         self.stats.slices += 1
-        before = s.executed
-        count = 0 if self.native_slicing else self.quantum
-        err = _emu_start(self._h, self._pc, 0, 0, count)
-        self.stats.code_bytes += s.executed - before
+        hv = self._hv
+        if hv is not None:
+            hv.budget = self.quantum
+            self._unspent = 0
+            stops = hv.stops
+            err = _emu_start(self._h, self._pc, 0, 0, 0)
+            self.stats.guest_insns += self.quantum - hv.budget - self._unspent
+            stopped = hv.stops != stops
+        else:
+            s = self._slice
+            s.budget = self.quantum * BYTES_PER_INSN
+            s.stopped = 0
+            s.request = 0
+            before = s.executed
+            count = 0 if self.slicing == "block-hook" else self.quantum
+            err = _emu_start(self._h, self._pc, 0, 0, count)
+            ran = s.executed - before
+            self.stats.code_bytes += ran
+            self.stats.guest_insns += ran // BYTES_PER_INSN if count == 0 else 0
+            stopped = bool(s.stopped)
         self.stats.instructions = self._insns.value
         pc = self.reg(_PC)
         self._pc = pc
@@ -423,11 +492,11 @@ class Vcpu:
             return self._take_fatal() or Exit(ExitKind.PREEMPTED)
         if err:
             return self._engine_error(err, pc)
-        if s.stopped:
+        if stopped:
             return Exit(ExitKind.PREEMPTED)
         # The engine returned by itself: a wfi (pc is past it). With count slicing (no native
         # hook) a spent count looks the same, so look at the instruction.
-        if not self.native_slicing and self._fetch(pc - 4) != _WFI:
+        if self.slicing == "count" and self._fetch(pc - 4) != _WFI:
             return Exit(ExitKind.PREEMPTED)
         self.stats.wfi += 1
         return Exit(ExitKind.WFI)

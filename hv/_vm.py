@@ -25,7 +25,8 @@ from hv._console import Console
 from hv._errors import ConfigError, HvError, StateError
 from hv._loader import load_file
 from hv._log import get_logger
-from hv._machine import DEFAULT_QUANTUM, Machine, MachineConfig, StopInfo, StopKind
+from hv._machine import Machine, MachineConfig, StopInfo, StopKind
+from hv._platform import DEFAULT_QUANTUM
 from hv._vcpu import ExitKind
 
 log = get_logger("hv.vm")

@@ -29,9 +29,9 @@ async def test_cpu_bound_vms_progress_at_similar_rates(guest_elfs: dict[str, Pat
             for i in range(3):
                 config = VmConfig(kernel=guest_elfs["cpu"], cmdline="iters=1000000", name=f"c{i}")
                 vms.append(await nursery.start(run_vm, config))
-            start = [vm.stats["code_bytes"] for vm in vms]
+            start = [vm.stats["guest_insns"] for vm in vms]
             await trio.sleep(1.0)
-            progress = [vm.stats["code_bytes"] - s for vm, s in zip(vms, start, strict=True)]
+            progress = [vm.stats["guest_insns"] - s for vm, s in zip(vms, start, strict=True)]
             assert all(vm.state is VmState.RUNNING for vm in vms)
             for vm in vms:
                 vm.stop()
@@ -193,9 +193,9 @@ def test_first_slice_after_a_timer_interrupt_makes_progress(guest_elfs: dict[str
         deadline = m.next_deadline()
         assert deadline is not None
         time.sleep(deadline + 0.001)
-        before = m.vcpu.stats.code_bytes
+        before = m.vcpu.stats.guest_insns
         m.run_slice()
-        assert m.vcpu.stats.code_bytes > before, "the slice ran no guest code"
+        assert m.vcpu.stats.guest_insns > before, "the slice ran no guest code"
         assert b"sleep 1: " in m.take_output()
     finally:
         m.vcpu.close()

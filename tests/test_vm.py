@@ -207,14 +207,14 @@ async def test_pause_freezes_the_guest_and_resume_continues(
             await trio.sleep(0.3)
             after = vm.stats
             assert vm.state is VmState.PAUSED
-            assert after["code_bytes"] == before["code_bytes"]
+            assert after["guest_insns"] == before["guest_insns"]
             assert after["slices"] == before["slices"]
             assert vm.machine.clock.ticks() == ticks_before  # guest time stands still
             vm.pause()  # pausing a paused VM is allowed
             vm.resume()
             await wait_until(lambda: vm.state is VmState.RUNNING)
             await trio.sleep(0.2)
-            assert vm.stats["code_bytes"] > after["code_bytes"]
+            assert vm.stats["guest_insns"] > after["guest_insns"]
             assert vm.machine.clock.ticks() > ticks_before
             vm.stop()
     assert vm.exit is not None
@@ -433,18 +433,22 @@ async def test_reboot_loop_does_not_starve_the_event_loop(
     assert reboots[0] < limit
 
 
-async def test_count_slicing_fallback_without_the_native_hook(
-    monkeypatch: pytest.MonkeyPatch, guest_elfs: dict[str, Path]
+@pytest.mark.parametrize("slicing", ["block-hook", "count"])
+async def test_stock_engine_slicing_paths(
+    slicing: str, monkeypatch: pytest.MonkeyPatch, guest_elfs: dict[str, Path]
 ) -> None:
-    """Where the native block hook can't be built, slices are counted instead (slower, still
-    exact): guests still sleep in wfi and every trap kind still reaches them."""
+    """The stock engine's ways to end a slice, run here on whatever library is loaded: the
+    native block hook, and where it can't be built, counting instructions (slower, still
+    exact). Guests still sleep in wfi and every trap kind still reaches them."""
     from hv import _vcpu
 
-    monkeypatch.setattr(_vcpu, "_load_native_hook", lambda: None)
+    monkeypatch.setattr(_vcpu, "FAST_ENGINE", False)
+    if slicing == "count":
+        monkeypatch.setattr(_vcpu, "_load_native_hook", lambda: None)
     async with trio.open_nursery() as nursery:
         cfg = VmConfig(kernel=guest_elfs["sleep"], cmdline="ms=30 count=3")
         vm: Vm = await nursery.start(run_vm, cfg)
-        assert not vm.machine.vcpu.native_slicing
+        assert vm.machine.vcpu.slicing == slicing
         with trio.fail_after(20):
             info = await vm.wait()
     assert info.exit_code == 0 and vm.stats["wfi"] >= 3

@@ -1,0 +1,64 @@
+"""The engine: which Unicorn library runs the guest, and how hv's fast one is built.
+
+hv runs guests on **the fast engine** by default: Unicorn 2.1.4 built from its PyPI sdist with
+two small patches of hvfabric's own (``patches/``, documented in ``patches/README.md``):
+
+* stores go to host memory directly unless their page holds translated code (stock 2.1.4
+  sends every store of a guest with executable RAM down a slow path, and runs stale code
+  written through a second mapping of a page);
+* one inline check at each translated block's entry serves both stop requests and hv's time
+  slice (stock 2.1.4 calls a helper at every block and after every load and store, and hv
+  needed a block hook of its own on top for slicing).
+
+``HV_ENGINE=stock`` runs on the wheel's library instead (as does any machine where the build
+is impossible). ``hv engine info`` says which library is in use, ``hv engine build`` builds it.
+"""
+
+from __future__ import annotations
+
+from hv.engine._build import (
+    PATCHES,
+    UNICORN_VERSION,
+    BuiltEngine,
+    EngineBuildError,
+    build_engine,
+    cached_engine,
+    engine_dir,
+    failure_note,
+)
+from hv.engine._select import Choice, load_library
+
+__all__ = [
+    "PATCHES",
+    "UNICORN_VERSION",
+    "BuiltEngine",
+    "Choice",
+    "EngineBuildError",
+    "build_engine",
+    "cached_engine",
+    "engine_dir",
+    "engine_info",
+    "failure_note",
+    "load_library",
+]
+
+
+def engine_info() -> dict[str, object]:
+    """What runs the guests in this process: loads the library if it is not loaded yet."""
+    choice = load_library()
+    from hv import _vcpu
+
+    built = cached_engine()
+    info: dict[str, object] = {
+        "engine": "fast" if _vcpu.FAST_ENGINE else "stock",
+        "requested": choice.requested,
+        "source": choice.source,
+        "library": _vcpu.library_path(),
+        "unicorn": _vcpu.unicorn_version(),
+        "patches": list(PATCHES) if _vcpu.FAST_ENGINE else [],
+        "cache": str(engine_dir()),
+        "built": built.info if built is not None else None,
+    }
+    if choice.note:
+        info["note"] = choice.note
+    return info
