@@ -22,6 +22,7 @@ GUESTS: dict[str, str] = {
     "sbi": "self-checking SBI v2.0 test: BASE, TIME, IPI, RFENCE, HSM, SRST, DBCN, legacy",
     "echo": "echoes console input via UART RX interrupts through the PLIC; 'q' quits",
     "exits": "benchmark: repeats one exit kind n times (kind=none|sbi|mmio|rdtime|trap|timer n=)",
+    "smc": "self-checking self-modifying code test: rewrites, page crossings, Sv39 aliases, loader",
 }
 
 TARGET = "riscv64-freestanding-none"

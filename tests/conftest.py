@@ -15,7 +15,7 @@ from hv import StopInfo, Vm, VmConfig, run_vm
 from hv._guests import build_guest
 
 # Guests the VM-level tests boot; built (or found in the cache) once per session.
-TEST_GUESTS = ("hello", "sleep", "fault", "cpu", "traps", "sbi", "echo")
+TEST_GUESTS = ("hello", "sleep", "fault", "cpu", "traps", "sbi", "echo", "smc")
 
 RunGuest = Callable[..., Awaitable[tuple[StopInfo, bytes]]]
 

@@ -69,4 +69,13 @@ static inline void wfi(void) { __asm__ volatile("wfi" ::: "memory"); }
 
 static inline void sfence_vma(void) { __asm__ volatile("sfence.vma" ::: "memory"); }
 
+/* sfence.vma for one virtual address (all address spaces). */
+static inline void sfence_vma_addr(unsigned long va)
+{
+    __asm__ volatile("sfence.vma %0, zero" ::"r"(va) : "memory");
+}
+
+/* Make this hart's earlier stores to instruction memory visible to its instruction fetches. */
+static inline void fence_i(void) { __asm__ volatile("fence.i" ::: "memory"); }
+
 #endif
