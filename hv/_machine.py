@@ -23,7 +23,7 @@ from hv._log import get_logger
 from hv._memory import GuestMemory
 from hv._platform import DEFAULT_QUANTUM, QUANTUM_MAX, QUANTUM_MIN
 from hv._plic import Plic
-from hv._sbi import ResetKind, Sbi
+from hv._sbi import LEGACY_PUTCHAR, ResetKind, Sbi
 from hv._testdev import FinishKind, TestDevice
 from hv._uart import Uart16550
 from hv._vcpu import MIP_SEIP, MIP_SSIP, MIP_STIP, Exit, ExitKind, Vcpu
@@ -45,6 +45,9 @@ class MachineConfig:
     quantum: int = DEFAULT_QUANTUM
     dtb_out: Path | None = None
     count_instructions: bool = False  # exact counts for profiling; slows the guest
+    # Answer the hottest simple exits (SBI console putchar, rdtime) natively; False sends
+    # every exit through the Python models (the reference: tests compare both).
+    native_exits: bool = True
 
     def __post_init__(self) -> None:
         if not P.MEM_MIN <= self.mem_size <= P.MEM_MAX:
@@ -94,6 +97,10 @@ class Clock:
     def seconds_until(self, ticks: int) -> float:
         return max(0.0, (ticks - self.ticks()) / P.TIMEBASE_HZ)
 
+    def offset_ns(self) -> int:
+        """The monotonic time at which guest time would read 0 (the native clock's base)."""
+        return self.start_ns + self.paused_ns
+
     def pause(self) -> None:
         if self._paused_at is None:
             self._paused_at = time.monotonic_ns()
@@ -102,6 +109,27 @@ class Clock:
         if self._paused_at is not None:
             self.paused_ns += time.monotonic_ns() - self._paused_at
             self._paused_at = None
+
+
+class _OrderedUart:
+    """The UART as the bus sees it. Before the guest writes to it, the console bytes the
+    vCPU took natively (SBI putchar) move to the machine's output; after, while the UART holds
+    bytes, native putchar is held off. So the console keeps the order the guest wrote in."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.uart = machine.uart
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        return self.uart.mmio_read(offset, size)
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        m = self.machine
+        if m.vcpu.console_pending():
+            m.output += m.vcpu.take_console()
+        self.uart.mmio_write(offset, size, value)
+        if self.uart.has_output:
+            m.vcpu.hold_console(True)
 
 
 class Machine:
@@ -133,9 +161,18 @@ class Machine:
         self.bus = Bus()
         self.bus.add(P.TEST_BASE, P.TEST_SIZE, "test", self.testdev)
         self.bus.add(P.PLIC_BASE, P.PLIC_SIZE, "plic", self.plic)
-        self.bus.add(P.UART0_BASE, P.UART0_SIZE, "uart0", self.uart)
+        self.bus.add(P.UART0_BASE, P.UART0_SIZE, "uart0", _OrderedUart(self))
         self.sbi = Sbi(self)
-        self.vcpu = Vcpu(self.mem, self.bus, self, config.quantum, config.count_instructions)
+        self.vcpu = Vcpu(
+            self.mem,
+            self.bus,
+            self,
+            config.quantum,
+            config.count_instructions,
+            native_exits=config.native_exits,
+            timebase_hz=P.TIMEBASE_HZ,
+        )
+        self._sbi_native_seen = 0
         self.kernel: LoadedKernel | None = None
         self.dtb = b""
 
@@ -178,8 +215,7 @@ class Machine:
 
     def reboot(self) -> None:
         """A cold reset: fresh RAM, fresh devices, same kernel."""
-        if self.uart.has_output:
-            self.output += self.uart.take_output()
+        self._collect_console()
         self.vcpu.close()
         self.counters["reboots"] += 1
         self._power_on()
@@ -202,9 +238,13 @@ class Machine:
         if self.input:
             self._feed_uart()
         self.sync_interrupts()
+        self.vcpu.set_clock_offset(self.clock.offset_ns())
         ex = self.vcpu.run_slice()
-        if self.uart.has_output:
-            self.output += self.uart.take_output()
+        self._collect_console()
+        native = self.vcpu.stats.sbi_native
+        if native != self._sbi_native_seen:  # putchar calls the native hook answered
+            self.sbi.calls[LEGACY_PUTCHAR] += native - self._sbi_native_seen
+            self._sbi_native_seen = native
         if ex.kind is ExitKind.FATAL:
             self._stop(StopKind.GUEST_FAULT, f"guest fault: {ex.reason}", 2)
         elif ex.kind is ExitKind.HOST_ERROR:
@@ -237,6 +277,15 @@ class Machine:
     def _feed_uart(self) -> None:
         took = self.uart.feed(bytes(self.input[: self.uart.rx_space()]))
         del self.input[:took]
+
+    def _collect_console(self) -> None:
+        """Move console output to ``output`` in the order the guest wrote it: what the
+        native hook took (it takes nothing while the UART holds bytes), then the UART's."""
+        if self.vcpu.console_pending():
+            self.output += self.vcpu.take_console()
+        if self.uart.has_output:
+            self.output += self.uart.take_output()
+        self.vcpu.hold_console(False)
 
     def take_output(self) -> bytes:
         out = bytes(self.output)
@@ -293,8 +342,7 @@ class Machine:
     # -- SbiPlatform -----------------------------------------------------------------------
 
     def console_write(self, data: bytes) -> None:
-        if self.uart.has_output:  # what the UART sent earlier in this slice comes first
-            self.output += self.uart.take_output()
+        self._collect_console()  # what the guest wrote earlier in this slice comes first
         self.output += data
         if len(self.output) > 4096:
             self.vcpu.request_stop()  # hand it to the host soon

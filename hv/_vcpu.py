@@ -83,6 +83,7 @@ _SSTATUS_SIE = 1 << 1
 _SSTATUS_SPIE = 1 << 5
 _SSTATUS_SPP = 1 << 8
 _MSTATUS_FS_INITIAL = 1 << 13
+_MCOUNTEREN_TM = 1 << 1
 
 PRIV_U, PRIV_S, PRIV_M = 0, 1, 3
 
@@ -118,7 +119,9 @@ class VcpuStats:
     slices: int = 0
     sbi_calls: int = 0
     traps_forwarded: int = 0
-    rdtime_emulated: int = 0
+    rdtime_emulated: int = 0  # rdtime trapped and emulated (in Python)
+    rdtime_native: int = 0  # time CSR reads answered by the engine's clock (fast engine)
+    sbi_native: int = 0  # SBI calls answered in the native hook (counted in sbi_calls too)
     mmio_reads: int = 0
     mmio_writes: int = 0
     wfi: int = 0
@@ -169,6 +172,43 @@ def library_path() -> str:
 
 def unicorn_version() -> str:
     return str(unicorn.__version__)
+
+
+_set_time = None
+if hasattr(_lib, "uc_hv_set_time"):  # the fast engine's patch 0003
+    _set_time = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)(
+        ("uc_hv_set_time", _lib)
+    )
+
+# The native console buffer: its size, and how full it gets before the slice ends to hand
+# the bytes over (the Python console path hands over at the same mark).
+NATIVE_CONSOLE_CAP = 1 << 16
+NATIVE_CONSOLE_STOP = 4096
+
+
+class _Clock(ctypes.Structure):  # hv_clock in _native/preempt.c
+    _fields_ = (("offset_ns", ctypes.c_int64), ("hz", ctypes.c_uint64), ("reads", ctypes.c_uint64))
+
+
+class _Exits(ctypes.Structure):  # hv_exits in _native/preempt.c
+    _fields_ = (
+        ("slow", ctypes.c_void_p),
+        ("slow_user", ctypes.c_void_p),
+        ("reg_read", ctypes.c_void_p),
+        ("reg_write", ctypes.c_void_p),
+        ("reg_priv", ctypes.c_int32),
+        ("reg_a0", ctypes.c_int32),
+        ("reg_a7", ctypes.c_int32),
+        ("hold", ctypes.c_int32),
+        ("buf", ctypes.c_void_p),
+        ("len", ctypes.c_uint32),
+        ("cap", ctypes.c_uint32),
+        ("stop_at", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("budget", ctypes.c_void_p),
+        ("unspent", ctypes.c_int64),
+        ("putchar", ctypes.c_uint64),
+    )
 
 
 _emu_start = ctypes.CFUNCTYPE(
@@ -263,6 +303,8 @@ class Vcpu:
         firmware: Firmware,
         quantum: int,
         count_instructions: bool = False,
+        native_exits: bool = True,
+        timebase_hz: int = 10_000_000,
     ) -> None:
         self.mem = mem
         self.firmware = firmware
@@ -284,7 +326,6 @@ class Vcpu:
         self._uc.mem_map_ptr(mem.base, mem.size, unicorn.UC_PROT_ALL, mem.host_address)
         for m in bus:
             self._map_device(m.base, m.size, m.device)
-        self._add_hook(unicorn.UC_HOOK_INTR, _INTR_CB(self._on_intr))
 
         self._slice = _Slice()
         self._slice.stop = ctypes.cast(_lib.uc_emu_stop, ctypes.c_void_p).value
@@ -292,7 +333,7 @@ class Vcpu:
         # How slices end (see the module docstring): "engine", "block-hook" or "count".
         self._hv: _HvSlice | None = None
         self._unspent = 0  # budget left when the host ended a slice early (fast engine)
-        native = None
+        native = _load_native_hook() if (native_exits or not FAST_ENGINE) else None
         if FAST_ENGINE:
             ptr = ctypes.c_void_p()
             if _hv_slice(self._h, ctypes.byref(ptr)) or not ptr.value:
@@ -300,11 +341,39 @@ class Vcpu:
             self._hv = _HvSlice.from_address(ptr.value)
             self.slicing = "engine"
         else:
-            native = _load_native_hook()
             self.slicing = "block-hook" if native is not None else "count"
-        if native is not None:
-            fn = ctypes.cast(native.hv_block_hook, ctypes.c_void_p)
-            self._add_hook(unicorn.UC_HOOK_BLOCK, fn, ctypes.byref(self._slice))
+            if native is not None:
+                fn = ctypes.cast(native.hv_block_hook, ctypes.c_void_p)
+                self._add_hook(unicorn.UC_HOOK_BLOCK, fn, ctypes.byref(self._slice))
+
+        # Exceptions: the native hook answers the hottest simple ones (SBI console putchar)
+        # and hands the rest to Python; without it (or with native_exits=False) Python gets all.
+        intr = _INTR_CB(self._on_intr)
+        self._exits: _Exits | None = None
+        self._clock: _Clock | None = None
+        if native is not None and native_exits:
+            e = _Exits()
+            self._console_buf = (ctypes.c_uint8 * NATIVE_CONSOLE_CAP)()
+            e.slow = ctypes.cast(intr, ctypes.c_void_p).value
+            e.reg_read = ctypes.cast(_reg_read, ctypes.c_void_p).value
+            e.reg_write = ctypes.cast(_reg_write, ctypes.c_void_p).value
+            e.reg_priv, e.reg_a0, e.reg_a7 = _PRIV, _X[10], _X[17]
+            e.buf = ctypes.addressof(self._console_buf)
+            e.cap, e.stop_at = NATIVE_CONSOLE_CAP, NATIVE_CONSOLE_STOP
+            e.budget = ctypes.addressof(self._hv if self._hv is not None else self._slice)
+            self._exits = e
+            self._keep.append(intr)
+            hook = ctypes.cast(native.hv_intr_hook, ctypes.c_void_p)
+            self._add_hook(unicorn.UC_HOOK_INTR, hook, ctypes.byref(e))
+            if FAST_ENGINE and _set_time is not None:
+                # The engine reads the time CSR through hv_clock_ticks: no trap for rdtime.
+                self._clock = _Clock(offset_ns=0, hz=timebase_hz)
+                fn = ctypes.cast(native.hv_clock_ticks, ctypes.c_void_p)
+                if _set_time(self._h, fn, ctypes.byref(self._clock)):
+                    raise HostError("uc_hv_set_time failed on the fast engine")
+        else:
+            self._add_hook(unicorn.UC_HOOK_INTR, intr)
+        self._native_seen = (0, 0)  # (putchar, clock reads) already counted in stats
         self._insns = ctypes.c_uint64()
         if count_instructions:
             native = native or _load_native_hook()
@@ -366,6 +435,9 @@ class Vcpu:
         uc.reg_write(_reg("MIE"), 0)
         uc.reg_write(_MIP, 0)
         uc.reg_write(_reg("MSTATUS"), _MSTATUS_FS_INITIAL)
+        # With the engine's clock the time CSR exists: let S-mode read it (mcounteren.TM),
+        # as OpenSBI does on hardware that has it. U-mode reads obey the guest's scounteren.
+        uc.reg_write(_reg("MCOUNTEREN"), _MCOUNTEREN_TM if self._clock is not None else 0)
         uc.reg_write(_SATP, 0)
         uc.reg_write(_STVEC, 0)
         uc.reg_write(_X[10], hartid)
@@ -441,6 +513,37 @@ class Vcpu:
         """Slices end at block entries (fast engine or block hook), not by counting."""
         return self.slicing != "count"
 
+    # -- the native exits' state, for the machine ------------------------------------------
+
+    @property
+    def native_time(self) -> bool:
+        """The engine answers rdtime from the native clock (no trap)."""
+        return self._clock is not None
+
+    def set_clock_offset(self, offset_ns: int) -> None:
+        """Where the native clock counts from (CLOCK_MONOTONIC ns); set before each slice."""
+        if self._clock is not None:
+            self._clock.offset_ns = offset_ns
+
+    def console_pending(self) -> bool:
+        e = self._exits
+        return e is not None and e.len > 0
+
+    def take_console(self) -> bytes:
+        """Console bytes the native hook took from the guest (SBI putchar), in order."""
+        e = self._exits
+        if e is None or not e.len:
+            return b""
+        out = ctypes.string_at(e.buf, e.len)
+        e.len = 0
+        return out
+
+    def hold_console(self, hold: bool) -> None:
+        """While the host holds console output the native hook hasn't seen (the UART's),
+        putchar goes the Python way, so bytes stay in order."""
+        if self._exits is not None:
+            self._exits.hold = int(hold)
+
     def request_stop(self) -> None:
         """End the current slice at the next block entry. Call it from the engine's hooks
         or between slices (on the VM's thread); a request made between slices is served by
@@ -461,12 +564,16 @@ class Vcpu:
         # slices) is already served by starting the engine again: mip is written.
         self.stats.slices += 1
         hv = self._hv
+        e = self._exits
+        if e is not None:
+            e.unspent = 0
         if hv is not None:
             hv.budget = self.quantum
             self._unspent = 0
             stops = hv.stops
             err = _emu_start(self._h, self._pc, 0, 0, 0)
-            self.stats.guest_insns += self.quantum - hv.budget - self._unspent
+            unspent = self._unspent + (e.unspent if e is not None else 0)
+            self.stats.guest_insns += self.quantum - hv.budget - unspent
             stopped = hv.stops != stops
         else:
             s = self._slice
@@ -481,6 +588,13 @@ class Vcpu:
             self.stats.guest_insns += ran // BYTES_PER_INSN if count == 0 else 0
             stopped = bool(s.stopped)
         self.stats.instructions = self._insns.value
+        if e is not None:
+            clock = self._clock.reads if self._clock is not None else 0
+            seen_putchar, seen_clock = self._native_seen
+            self.stats.sbi_native += e.putchar - seen_putchar
+            self.stats.sbi_calls += e.putchar - seen_putchar
+            self.stats.rdtime_native += clock - seen_clock
+            self._native_seen = (e.putchar, clock)
         pc = self.reg(_PC)
         self._pc = pc
         fatal = self._take_fatal()

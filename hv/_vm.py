@@ -57,6 +57,7 @@ class VmConfig:
     dtb_out: Path | None = None
     stop_on_panic: bool = True  # a Linux "Kernel panic" on the console stops the VM (exit 1)
     count_instructions: bool = False  # exact instruction count in stats (profiling; slower)
+    native_exits: bool = True  # answer SBI putchar and rdtime natively (False: all in Python)
 
     def machine_config(self) -> MachineConfig:
         kernel = self.kernel if isinstance(self.kernel, bytes) else load_file(self.kernel, "kernel")
@@ -71,6 +72,7 @@ class VmConfig:
             quantum=self.quantum,
             dtb_out=self.dtb_out,
             count_instructions=self.count_instructions,
+            native_exits=self.native_exits,
         )
 
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from rvasm import addi as rv_addi
+from rvasm import jal as rv_jal
+from rvasm import li32 as rv_li32
+from rvasm import lui as rv_lui
+from rvasm import raw_binary
+from rvasm import sw as rv_sw
 
 from hv import StopInfo, Vm, VmConfig, run_vm
 from hv._guests import build_guest
@@ -47,47 +53,9 @@ def run_guest(guest_elfs: dict[str, Path]) -> RunGuest:
     return run
 
 
-# -- hand-made kernels ---------------------------------------------------------------------
+# -- hand-made kernels (tests/rvasm.py assembles) ------------------------------------------
 
-
-def rv_lui(rd: int, imm20: int) -> int:
-    return ((imm20 & 0xFFFFF) << 12) | (rd << 7) | 0x37
-
-
-def rv_addi(rd: int, rs1: int, imm: int) -> int:
-    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (rd << 7) | 0x13
-
-
-def rv_sw(rs2: int, rs1: int, imm: int) -> int:
-    imm &= 0xFFF
-    return (
-        ((imm >> 5) << 25) | (rs2 << 20) | (rs1 << 15) | (0b010 << 12) | ((imm & 0x1F) << 7) | 0x23
-    )
-
-
-def rv_jal(rd: int, offset: int) -> int:
-    o = offset & 0x1FFFFF
-    imm = (
-        ((o >> 20) & 1) << 31
-        | ((o >> 1) & 0x3FF) << 21
-        | ((o >> 11) & 1) << 20
-        | ((o >> 12) & 0xFF) << 12
-    )
-    return imm | (rd << 7) | 0x6F
-
-
-def rv_li32(rd: int, value: int) -> list[int]:
-    """lui + addi loading a 32-bit value (sign-extended, as lui does on rv64)."""
-    lo = value & 0xFFF
-    if lo >= 0x800:
-        lo -= 0x1000
-    hi = ((value - lo) >> 12) & 0xFFFFF
-    return [rv_lui(rd, hi), rv_addi(rd, rd, lo)]
-
-
-def raw_binary(words: Iterable[int]) -> bytes:
-    """Instruction words as a raw binary (loaded and entered at 0x80200000)."""
-    return b"".join(struct.pack("<I", w) for w in words)
+__all__ = ["raw_binary", "rv_addi", "rv_jal", "rv_li32", "rv_lui", "rv_sw"]
 
 
 T0, T1 = 5, 6

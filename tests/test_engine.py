@@ -14,22 +14,39 @@ The process-level tests run ``hv`` with HV_ENGINE=stock, and with a build that c
 from __future__ import annotations
 
 import ctypes
+import importlib
 import json
 import os
 import random
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rvasm import (
+    FENCE_I,
+    WFI,
+    add,
+    addi,
+    amoadd_w,
+    andi,
+    blt,
+    bne,
+    code,
+    jalr,
+    lui,
+    sd,
+    slli,
+    sw,
+    xor,
+)
 
 from hv import _vcpu
 from hv import engine as hv_engine
 
 unicorn: Any = _vcpu.unicorn
-rc: Any = _vcpu.rc
+rc: Any = importlib.import_module("unicorn.riscv_const")  # after hv chose the library
 
 STOCK_REQUESTED = os.environ.get("HV_ENGINE", "").strip().lower() == "stock"
 fast_only = pytest.mark.skipif(STOCK_REQUESTED, reason="HV_ENGINE=stock: the fast engine is off")
@@ -40,82 +57,6 @@ X = [getattr(rc, f"UC_RISCV_REG_X{i}") for i in range(32)]
 PC = rc.UC_RISCV_REG_PC
 T0, T1, T2, T3, T4, T5, T6 = 5, 6, 7, 28, 29, 30, 31
 S0, S2, S3, A0, A1, RA = 8, 18, 19, 10, 11, 1
-WFI, FENCE_I = 0x10500073, 0x0000100F
-
-
-# -- a small riscv64 assembler -------------------------------------------------------------
-
-
-def r_type(f7: int, rs2: int, rs1: int, f3: int, rd: int, op: int) -> int:
-    return (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
-
-
-def i_type(imm: int, rs1: int, f3: int, rd: int, op: int) -> int:
-    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
-
-
-def s_type(imm: int, rs2: int, rs1: int, f3: int) -> int:
-    imm &= 0xFFF
-    return ((imm >> 5) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 0x1F) << 7) | 0x23
-
-
-def b_type(offset: int, rs2: int, rs1: int, f3: int) -> int:
-    o = offset & 0x1FFF
-    hi = ((o >> 12) & 1) << 6 | ((o >> 5) & 0x3F)
-    lo = ((o >> 1) & 0xF) << 1 | ((o >> 11) & 1)
-    return (hi << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (lo << 7) | 0x63
-
-
-def addi(rd: int, rs1: int, imm: int) -> int:
-    return i_type(imm, rs1, 0, rd, 0x13)
-
-
-def andi(rd: int, rs1: int, imm: int) -> int:
-    return i_type(imm, rs1, 7, rd, 0x13)
-
-
-def slli(rd: int, rs1: int, sh: int) -> int:
-    return i_type(sh, rs1, 1, rd, 0x13)
-
-
-def add(rd: int, rs1: int, rs2: int) -> int:
-    return r_type(0, rs2, rs1, 0, rd, 0x33)
-
-
-def xor(rd: int, rs1: int, rs2: int) -> int:
-    return r_type(0, rs2, rs1, 4, rd, 0x33)
-
-
-def lui(rd: int, imm20: int) -> int:
-    return ((imm20 & 0xFFFFF) << 12) | (rd << 7) | 0x37
-
-
-def sd(rs2: int, rs1: int, imm: int) -> int:
-    return s_type(imm, rs2, rs1, 3)
-
-
-def sw(rs2: int, rs1: int, imm: int) -> int:
-    return s_type(imm, rs2, rs1, 2)
-
-
-def amoadd_w(rd: int, rs2: int, rs1: int) -> int:
-    return r_type(0, rs2, rs1, 2, rd, 0x2F)
-
-
-def bne(rs1: int, rs2: int, offset: int) -> int:
-    return b_type(offset, rs2, rs1, 1)
-
-
-def blt(rs1: int, rs2: int, offset: int) -> int:
-    return b_type(offset, rs2, rs1, 4)
-
-
-def jalr(rd: int, rs1: int, imm: int = 0) -> int:
-    return i_type(imm, rs1, 0, rd, 0x67)
-
-
-def code(words: Sequence[int]) -> bytes:
-    return b"".join(w.to_bytes(4, "little") for w in words)
 
 
 # -- a bare engine -------------------------------------------------------------------------
@@ -135,7 +76,7 @@ class Bare:
         if _vcpu.FAST_ENGINE:
             ptr = ctypes.c_void_p()
             assert _vcpu._hv_slice(self.uc._uch, ctypes.byref(ptr)) == 0
-            self.slice = _vcpu._HvSlice.from_address(ptr.value)
+            self.slice = _vcpu._HvSlice.from_address(ptr.value or 0)
 
     def run(self, budget: int | None = None) -> int:
         """One emu_start from the current pc; returns the Unicorn error code (0 = ok)."""

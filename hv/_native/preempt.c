@@ -1,5 +1,6 @@
 /*
- * The vCPU's preemption point: a Unicorn block hook, in C, that ends a time slice.
+ * The vCPU's native helpers. First, its preemption point on a stock Unicorn: a block hook, in
+ * C, that ends a time slice (the fast engine does this itself, see hv/engine).
  *
  * Why native code: stopping Unicorn from another thread (uc_emu_stop, or its own timeout=)
  * can land inside an instruction's memory helper; the instruction is then restarted after
@@ -49,4 +50,86 @@ void hv_count_hook(void *uc, uint64_t address, uint32_t size, uint64_t *count)
     (void)address;
     (void)size;
     (*count)++;
+}
+
+/*
+ * The clock behind the riscv `time` CSR on the fast engine (hv/engine patch 0003 lets the
+ * engine call this instead of trapping rdtime to Python: 4-5 us per read becomes a few tens
+ * of nanoseconds). The same arithmetic as hv's Python Clock, which stays the source of truth:
+ * ticks = (CLOCK_MONOTONIC now - offset) * hz / 1e9, with offset = start + time spent paused,
+ * written by the host before every slice.
+ */
+#include <time.h>
+
+struct hv_clock {
+    int64_t offset_ns;
+    uint64_t hz;
+    uint64_t reads;  /* statistics */
+};
+
+uint64_t hv_clock_ticks(struct hv_clock *c)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec - c->offset_ns;
+    c->reads++;
+    if (ns < 0)
+        ns = 0;
+    return (uint64_t)((unsigned __int128)ns * c->hz / 1000000000u);
+}
+
+/*
+ * The console fast path: the SBI legacy console_putchar (a Linux `earlycon=sbi` boot makes
+ * thousands of them, one per character) answered here, into a byte buffer the host drains
+ * after the slice, instead of a trip through Python for each byte. Everything else goes to
+ * the Python INTR handler (`slow`), which stays the reference (tests compare both paths).
+ * Order with the UART's output is kept by the host: it drains this buffer before each UART
+ * write, and sets `hold` while the UART has bytes the host has not taken, which sends
+ * putchar the slow way too.
+ */
+typedef void (*hv_intr_fn)(void *uc, uint32_t intno, void *user);
+typedef int (*hv_reg_fn)(void *uc, int regid, void *value);
+
+struct hv_exits {
+    hv_intr_fn slow;
+    void *slow_user;
+    hv_reg_fn reg_read;
+    hv_reg_fn reg_write;
+    int32_t reg_priv, reg_a0, reg_a7;
+    int32_t hold;             /* the host holds console output: no fast putchar now */
+    uint8_t *buf;             /* console bytes, in order */
+    uint32_t len, cap;
+    uint32_t stop_at;         /* end the slice once this many bytes wait */
+    uint32_t pad;
+    int64_t *budget;          /* the slice's budget (engine's or block hook's): 0 ends it */
+    int64_t unspent;          /* budget given up that way, for the host's statistics */
+    uint64_t putchar;         /* statistics */
+};
+
+#define SBI_LEGACY_PUTCHAR 1
+#define PRIV_S 1
+#define INTR_ECALL 8
+
+void hv_intr_hook(void *uc, uint32_t intno, struct hv_exits *e)
+{
+    if (intno == INTR_ECALL && !e->hold && e->len < e->cap) {
+        uint64_t priv = 0, a7 = 0, a0 = 0;
+        e->reg_read(uc, e->reg_priv, &priv);
+        if (priv == PRIV_S) {
+            e->reg_read(uc, e->reg_a7, &a7);
+            if (a7 == SBI_LEGACY_PUTCHAR) {
+                e->reg_read(uc, e->reg_a0, &a0);
+                e->buf[e->len++] = (uint8_t)a0;
+                a0 = 0;  /* legacy calls return in a0 and leave a1 alone */
+                e->reg_write(uc, e->reg_a0, &a0);
+                e->putchar++;
+                if (e->len >= e->stop_at && e->budget) {
+                    e->unspent += *e->budget;
+                    *e->budget = 0;  /* hand the output to the host at the next block */
+                }
+                return;
+            }
+        }
+    }
+    e->slow(uc, intno, e->slow_user);
 }

@@ -1,0 +1,108 @@
+"""A small riscv64 assembler for tests that hand-write guest code (no toolchain needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+WFI, ECALL, FENCE_I = 0x10500073, 0x00000073, 0x0000100F
+
+
+def r_type(f7: int, rs2: int, rs1: int, f3: int, rd: int, op: int) -> int:
+    return (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
+
+
+def i_type(imm: int, rs1: int, f3: int, rd: int, op: int) -> int:
+    return ((imm & 0xFFF) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
+
+
+def s_type(imm: int, rs2: int, rs1: int, f3: int) -> int:
+    imm &= 0xFFF
+    return ((imm >> 5) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 0x1F) << 7) | 0x23
+
+
+def b_type(offset: int, rs2: int, rs1: int, f3: int) -> int:
+    o = offset & 0x1FFF
+    hi = ((o >> 12) & 1) << 6 | ((o >> 5) & 0x3F)
+    lo = ((o >> 1) & 0xF) << 1 | ((o >> 11) & 1)
+    return (hi << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (lo << 7) | 0x63
+
+
+def addi(rd: int, rs1: int, imm: int) -> int:
+    return i_type(imm, rs1, 0, rd, 0x13)
+
+
+def andi(rd: int, rs1: int, imm: int) -> int:
+    return i_type(imm, rs1, 7, rd, 0x13)
+
+
+def slli(rd: int, rs1: int, sh: int) -> int:
+    return i_type(sh, rs1, 1, rd, 0x13)
+
+
+def add(rd: int, rs1: int, rs2: int) -> int:
+    return r_type(0, rs2, rs1, 0, rd, 0x33)
+
+
+def xor(rd: int, rs1: int, rs2: int) -> int:
+    return r_type(0, rs2, rs1, 4, rd, 0x33)
+
+
+def lui(rd: int, imm20: int) -> int:
+    return ((imm20 & 0xFFFFF) << 12) | (rd << 7) | 0x37
+
+
+def sd(rs2: int, rs1: int, imm: int) -> int:
+    return s_type(imm, rs2, rs1, 3)
+
+
+def sw(rs2: int, rs1: int, imm: int) -> int:
+    return s_type(imm, rs2, rs1, 2)
+
+
+def amoadd_w(rd: int, rs2: int, rs1: int) -> int:
+    return r_type(0, rs2, rs1, 2, rd, 0x2F)
+
+
+def bne(rs1: int, rs2: int, offset: int) -> int:
+    return b_type(offset, rs2, rs1, 1)
+
+
+def blt(rs1: int, rs2: int, offset: int) -> int:
+    return b_type(offset, rs2, rs1, 4)
+
+
+def jalr(rd: int, rs1: int, imm: int = 0) -> int:
+    return i_type(imm, rs1, 0, rd, 0x67)
+
+
+def code(words: Sequence[int]) -> bytes:
+    return b"".join(w.to_bytes(4, "little") for w in words)
+
+
+def sb(rs2: int, rs1: int, imm: int) -> int:
+    return s_type(imm, rs2, rs1, 0)
+
+
+def jal(rd: int, offset: int) -> int:
+    o = offset & 0x1FFFFF
+    imm = (
+        ((o >> 20) & 1) << 31
+        | ((o >> 1) & 0x3FF) << 21
+        | ((o >> 11) & 1) << 20
+        | ((o >> 12) & 0xFF) << 12
+    )
+    return imm | (rd << 7) | 0x6F
+
+
+def li32(rd: int, value: int) -> list[int]:
+    """lui + addi loading a 32-bit value (sign-extended, as lui does on rv64)."""
+    lo = value & 0xFFF
+    if lo >= 0x800:
+        lo -= 0x1000
+    hi = ((value - lo) >> 12) & 0xFFFFF
+    return [lui(rd, hi), addi(rd, rd, lo)]
+
+
+def raw_binary(words: Iterable[int]) -> bytes:
+    """Instruction words as a raw binary (hv loads and enters it at 0x80200000)."""
+    return code(list(words))
