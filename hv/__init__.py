@@ -2,32 +2,34 @@
 
 Layering (each layer uses only the ones above it):
 
-- ``_errors``, ``_platform``: the error classes and the hv-virt memory map.
-- ``_memory``, ``_bus``, ``_traps``, ``_sbi``, ``_plic``, ``_uart``, ``_testdev``, ``_fdt``,
-  ``_loader``: sans-IO cores, testable with bytes and plain calls.
-- ``engine``: which libunicorn runs the guests, and the build of hv's fast (patched) one.
-- ``_vcpu``: the only module that imports Unicorn.
-- ``_machine``: the board: devices + firmware + vCPU, one slice at a time (synchronous).
+- ``_errors``, ``_log``: the error classes and logging.
+- ``riscv``: instruction decoding, the guest page walk and the SBI (sans-IO).
+- ``devices``, ``virtio``: the devices guests see (sans-IO: offsets, IRQ lines, guest memory).
+- ``board``: the hv-virt platform map, guest memory, bus, device tree, loader, and the machine
+  that wires devices, firmware and the vCPU (one slice at a time, synchronous).
+- ``engine``: the vCPU (``engine._vcpu``, the only module that imports Unicorn) and which
+  libunicorn it runs on (the fast engine, patched and built once, or the wheel's stock one).
 - ``_vm``, ``_console``: the machine as a trio task with an async console.
-- ``_cli``, ``_guests``, ``_zig``: the ``hv`` command, bundled guests, the zig build cache.
+- ``lab``: several VMs and switches (to come); ``build``: zig cache, bundled guests, Linux
+  image; ``cli``: the ``hv`` command.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from hv._errors import ConfigError, GuestError, HostError, HvError, StateError
-from hv._guests import guest_path
+from hv.build._guests import guest_path
 
 if TYPE_CHECKING:
     from hv._console import Console
-    from hv._machine import StopInfo, StopKind
     from hv._vm import Vm, VmConfig, VmState, open_vm, run_vm
+    from hv.board._machine import StopInfo, StopKind
 
 # The machine's names load the CPU engine (which may build it on first use), so they are
 # imported on first access: `import hv` alone, or the `hv` command's other actions, do not.
 _LAZY = {
     "Console": "hv._console",
-    "StopInfo": "hv._machine",
-    "StopKind": "hv._machine",
+    "StopInfo": "hv.board._machine",
+    "StopKind": "hv.board._machine",
     "Vm": "hv._vm",
     "VmConfig": "hv._vm",
     "VmState": "hv._vm",

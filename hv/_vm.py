@@ -20,14 +20,14 @@ from pathlib import Path
 
 import trio
 
-from hv import _platform as P
 from hv._console import Console
 from hv._errors import ConfigError, HvError, StateError
-from hv._loader import load_file
 from hv._log import get_logger
-from hv._machine import Machine, MachineConfig, StopInfo, StopKind
-from hv._platform import DEFAULT_QUANTUM
-from hv._vcpu import ExitKind
+from hv.board import _platform as P
+from hv.board._loader import load_file
+from hv.board._machine import Machine, MachineConfig, StopInfo, StopKind
+from hv.board._platform import DEFAULT_QUANTUM
+from hv.engine._vcpu import ExitKind
 
 log = get_logger("hv.vm")
 

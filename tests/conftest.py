@@ -18,7 +18,7 @@ from rvasm import raw_binary
 from rvasm import sw as rv_sw
 
 from hv import StopInfo, Vm, VmConfig, run_vm
-from hv._guests import build_guest
+from hv.build._guests import build_guest
 
 # Guests the VM-level tests boot; built (or found in the cache) once per session.
 TEST_GUESTS = ("hello", "sleep", "fault", "cpu", "traps", "sbi", "echo", "smc")
@@ -123,7 +123,7 @@ def linux_image() -> Any:
 
     CI (root, with .ci/linux-deps.sh run) always builds it; only a developer machine without
     the Debian packages and without root skips the tests that need it."""
-    from hv import _image_linux as il
+    from hv.build import _image_linux as il
 
     missing = il.missing_packages()
     if missing and os.geteuid() != 0 and not os.environ.get("CI"):

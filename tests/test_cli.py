@@ -11,7 +11,7 @@ from pathlib import Path
 import fdt
 import pytest
 
-from hv._guests import GUESTS
+from hv.build._guests import GUESTS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ def hv(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-m", "hv._cli", *map(str, args)],
+        [sys.executable, "-m", "hv.cli", *map(str, args)],
         cwd=cwd,
         env=env,
         input=stdin,

@@ -42,8 +42,8 @@ from rvasm import (
     xor,
 )
 
-from hv import _vcpu
 from hv import engine as hv_engine
+from hv.engine import _vcpu
 
 unicorn: Any = _vcpu.unicorn
 rc: Any = importlib.import_module("unicorn.riscv_const")  # after hv chose the library
@@ -241,7 +241,7 @@ def hv_cmd(
 ) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "hv._cli", *map(str, args)],
+        [sys.executable, "-m", "hv.cli", *map(str, args)],
         capture_output=True,
         text=True,
         env=full,

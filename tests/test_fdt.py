@@ -12,8 +12,8 @@ import fdt
 import pytest
 
 from hv._errors import ConfigError
-from hv._fdt import DeviceTreeSpec, build_device_tree
-from hv._platform import (
+from hv.board._fdt import DeviceTreeSpec, build_device_tree
+from hv.board._platform import (
     PLIC_BASE,
     PLIC_SIZE,
     RAM_BASE,

@@ -10,10 +10,10 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-import hv._guests as guests
+import hv.build._guests as guests
 from hv._errors import ConfigError
-from hv._platform import KERNEL_ADDR, RAM_BASE
-from hv._zig import run_zig
+from hv.board._platform import KERNEL_ADDR, RAM_BASE
+from hv.build._zig import run_zig
 
 
 @pytest.fixture

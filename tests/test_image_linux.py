@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from hv import _image_linux as il
 from hv._errors import HostError
+from hv.build import _image_linux as il
 
 REPO = Path(__file__).resolve().parent.parent
 OPENSBI = Path("/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin")

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 import hv
-from hv import _image_linux as il
+from hv.build import _image_linux as il
 
 PROMPT = re.compile(rb"\n[^\n]*# $")
 BOOT_TIMEOUT = 60
@@ -77,7 +77,7 @@ async def test_command_output(linux_vm: hv.Vm) -> None:
     assert (await run(linux_vm, "echo hv-marker-42")).strip() == "hv-marker-42"
     assert "riscv64" in await run(linux_vm, "uname -a")
     cpuinfo = await run(linux_vm, "cat /proc/cpuinfo")
-    # The kernel's paging mode is the one the device tree advertises (hv._fdt: Sv57).
+    # The kernel's paging mode is the one the device tree advertises (hv.board._fdt: Sv57).
     assert "rv64imafdc" in cpuinfo and "sv57" in cpuinfo
 
 
@@ -127,7 +127,7 @@ async def test_kernel_panic_stops_with_a_clear_failure(linux_image: il.LinuxImag
 def test_hv_run_linux_from_the_command_line(linux_image: il.LinuxImage) -> None:
     # stdin stays open until the prompt is reached, so the command is typed at the shell.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hv._cli", "run", "linux"],
+        [sys.executable, "-m", "hv.cli", "run", "linux"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

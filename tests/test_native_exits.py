@@ -17,8 +17,9 @@ from conftest import FINISHER, raw_binary
 from rvasm import ECALL, addi, bne, li32, sb, sw
 from rvasm import jal as rv_jal
 
-from hv import Vm, VmConfig, _vcpu, run_vm
-from hv._machine import Clock
+from hv import Vm, VmConfig, run_vm
+from hv.board._machine import Clock
+from hv.engine import _vcpu
 
 UART = 0x1000_0000
 A0, A7, T0, T1, S1, S2 = 10, 17, 5, 6, 9, 18

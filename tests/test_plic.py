@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from hv._errors import HostError
-from hv._plic import (
+from hv.devices._plic import (
     CLAIM_OFFSET,
     CONTEXT_BASE,
     CONTEXT_STRIDE,

@@ -1,4 +1,4 @@
-"""hv._sbi.Sbi against a fake platform: every extension and function, errors, legacy calls."""
+"""hv.riscv._sbi.Sbi against a fake platform: every extension and function, errors, legacy calls."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from hv import _sbi as S
-from hv._memory import GuestMemory
-from hv._sbi import ResetKind, Sbi
+from hv.board._memory import GuestMemory
+from hv.riscv import _sbi as S
+from hv.riscv._sbi import ResetKind, Sbi
 
 RAM = 0x8000_0000
 RAM_SIZE = 1 << 20

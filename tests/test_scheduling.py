@@ -11,9 +11,9 @@ import pytest
 import trio
 
 from hv import StopInfo, StopKind, Vm, VmConfig, VmState, run_vm
-from hv._machine import Machine, MachineConfig
-from hv._uart import Uart16550
-from hv._vcpu import ExitKind
+from hv.board._machine import Machine, MachineConfig
+from hv.devices._uart import Uart16550
+from hv.engine._vcpu import ExitKind
 
 SMALL_MEM = 32 << 20
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hv._testdev import FinishKind, TestDevice
+from hv.devices._testdev import FinishKind, TestDevice
 
 
 class Harness:

@@ -1,4 +1,4 @@
-"""hv._traps: operand addresses of (compressed) loads and stores, counter reads, Sv39 walks."""
+"""hv.riscv._traps: operand addresses of (compressed) loads and stores, counter reads, Sv39."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from hv import _traps as T
-from hv._memory import GuestMemory
+from hv.board._memory import GuestMemory
+from hv.riscv import _traps as T
 
 MASK64 = (1 << 64) - 1
 RAM = 0x8000_0000

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hv._uart import (
+from hv.devices._uart import (
     DLL,
     DLM,
     FCR,

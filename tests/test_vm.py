@@ -28,7 +28,7 @@ from hv import (
     open_vm,
     run_vm,
 )
-from hv._machine import Machine
+from hv.board._machine import Machine
 
 GREETING = b"Hello from hvfabric guest!"
 LONG_CPU = "iters=1000000"  # far longer than any test waits
@@ -440,7 +440,7 @@ async def test_stock_engine_slicing_paths(
     """The stock engine's ways to end a slice, run here on whatever library is loaded: the
     native block hook, and where it can't be built, counting instructions (slower, still
     exact). Guests still sleep in wfi and every trap kind still reaches them."""
-    from hv import _vcpu
+    from hv.engine import _vcpu
 
     monkeypatch.setattr(_vcpu, "FAST_ENGINE", False)
     if slicing == "count":

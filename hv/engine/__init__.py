@@ -46,7 +46,7 @@ __all__ = [
 def engine_info() -> dict[str, object]:
     """What runs the guests in this process: loads the library if it is not loaded yet."""
     choice = load_library()
-    from hv import _vcpu
+    from hv.engine import _vcpu
 
     built = cached_engine()
     info: dict[str, object] = {

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from hv import _guests, _image_linux, _log
-from hv import _platform as P
+from hv import _log
 from hv._errors import ConfigError, HvError
-from hv._platform import DEFAULT_QUANTUM
+from hv.board import _platform as P
+from hv.board._platform import DEFAULT_QUANTUM
+from hv.build import _guests, _image_linux
 
 if TYPE_CHECKING:
     from hv._vm import Vm

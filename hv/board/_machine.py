@@ -14,19 +14,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hv import _platform as P
-from hv._bus import Bus
 from hv._errors import ConfigError
-from hv._fdt import DeviceTreeSpec, build_device_tree
-from hv._loader import LoadedKernel, load_kernel, plan_layout
 from hv._log import get_logger
-from hv._memory import GuestMemory
-from hv._platform import DEFAULT_QUANTUM, QUANTUM_MAX, QUANTUM_MIN
-from hv._plic import Plic
-from hv._sbi import LEGACY_PUTCHAR, ResetKind, Sbi
-from hv._testdev import FinishKind, TestDevice
-from hv._uart import Uart16550
-from hv._vcpu import MIP_SEIP, MIP_SSIP, MIP_STIP, Exit, ExitKind, Vcpu
+from hv.board import _platform as P
+from hv.board._bus import Bus
+from hv.board._fdt import DeviceTreeSpec, build_device_tree
+from hv.board._loader import LoadedKernel, load_kernel, plan_layout
+from hv.board._memory import GuestMemory
+from hv.board._platform import DEFAULT_QUANTUM, QUANTUM_MAX, QUANTUM_MIN
+from hv.devices._plic import Plic
+from hv.devices._testdev import FinishKind, TestDevice
+from hv.devices._uart import Uart16550
+from hv.engine._vcpu import MIP_SEIP, MIP_SSIP, MIP_STIP, Exit, ExitKind, Vcpu
+from hv.riscv._sbi import LEGACY_PUTCHAR, ResetKind, Sbi
 
 log = get_logger("hv.machine")
 

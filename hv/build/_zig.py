@@ -1,6 +1,6 @@
 """Build C sources with ``ziglang`` (a PyPI package) and cache the result by content hash.
 
-Both the bundled guests and the native preemption hook are built this way, so no system
+Both the bundled guests and the native vCPU helpers are built this way, so no system
 toolchain is needed. A build is keyed by the hash of its sources and flags: changing a source
 file rebuilds, an unchanged tree reuses the cached output.
 """

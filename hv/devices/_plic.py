@@ -26,8 +26,8 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 
-from hv._bus import IrqLine
 from hv._errors import HostError
+from hv.board._bus import IrqLine
 
 # Sources 0..NUM_SOURCES-1 exist; source 0 is reserved (as on QEMU virt).
 NUM_SOURCES = 96

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hv._errors import HostError
-from hv._zig import cache_dir, zig_command
+from hv.build._zig import cache_dir, zig_command
 
 # Bump when this script's output changes for the same inputs (flags, cpio layout, ...).
 BUILD_SCRIPT_VERSION = "1"
@@ -120,7 +120,7 @@ REQUIRED_SYMBOLS: Mapping[str, str] = {
     "IP_PNP": "n",
 }
 
-IMAGES_DIR = Path(__file__).resolve().parent / "images" / "linux"
+IMAGES_DIR = Path(__file__).resolve().parent.parent / "images" / "linux"
 FRAGMENT = IMAGES_DIR / "config.fragment"
 USERLAND_DIR = IMAGES_DIR / "userland"
 
@@ -620,7 +620,7 @@ def build_linux(
 
 
 def _main(argv: Sequence[str]) -> int:
-    """``python -m hv._image_linux [--install-deps] [-jN]``: build and print the paths."""
+    """``python -m hv.build._image_linux [--install-deps] [-jN]``: build and print the paths."""
     install = "--install-deps" in argv
     jobs = next((int(a[2:]) for a in argv if a.startswith("-j") and a[2:].isdigit()), None)
     try:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import collections
 
-from hv._bus import IrqLine
+from hv.board._bus import IrqLine
 
 # Receive FIFO depth with FIFOs enabled (a 16550A has 16 bytes).
 FIFO_SIZE = 16

@@ -5,9 +5,10 @@ A kernel file is one of:
 - an ELF file for riscv64: its ``PT_LOAD`` segments go to their physical addresses (``p_paddr``),
   with the part of each segment beyond the file's bytes (``.bss``) zeroed;
 - a Linux riscv ``Image`` (the boot image header, magic ``RSC\\x05`` at offset 56): loaded at
-  ``ram_base + text_offset`` (the 2 MiB convention, :data:`~hv._platform.KERNEL_ADDR`, when the
+  ``ram_base + text_offset`` (the 2 MiB convention,
+  :data:`~hv.board._platform.KERNEL_ADDR`, when the
   header says 0), reserving ``image_size`` bytes;
-- anything else, taken as a raw binary and loaded at :data:`~hv._platform.KERNEL_ADDR`.
+- anything else, taken as a raw binary and loaded at :data:`~hv.board._platform.KERNEL_ADDR`.
 
 Every check runs before the first byte is written, so a rejected file leaves RAM untouched.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hv._errors import ConfigError
-from hv._platform import KERNEL_ADDR, RAM_BASE
+from hv.board._platform import KERNEL_ADDR, RAM_BASE
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -75,7 +76,7 @@ class Layout:
 
     @property
     def initrd(self) -> tuple[int, int] | None:
-        """``(start, end)`` as :class:`hv._fdt.DeviceTreeSpec` takes it, or None."""
+        """``(start, end)`` as :class:`hv.board._fdt.DeviceTreeSpec` takes it, or None."""
         if self.initrd_start is None or self.initrd_end is None:
             return None
         return (self.initrd_start, self.initrd_end)

@@ -2,7 +2,7 @@
 
 Sources live in the package (``hv/guests/runtime`` is shared, ``hv/guests/<name>`` holds one
 guest each). A guest is built from the runtime and its own directory with
-``python -m ziglang cc`` and cached by content hash (:func:`hv._zig.cached_build`), so editing
+``python -m ziglang cc`` and cached by content hash (:func:`hv.build._zig.cached_build`), so editing
 any source rebuilds and an unchanged tree reuses the cached ELF.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hv._errors import ConfigError
-from hv._zig import cached_build, run_zig
+from hv.build._zig import cached_build, run_zig
 
 GUESTS: dict[str, str] = {
     "hello": "prints a greeting with its hart id and device tree address, then shuts down",
@@ -47,7 +47,7 @@ COMPILE_SUFFIXES = frozenset({".c", ".S"})
 
 def guests_dir() -> Path:
     """Directory holding ``runtime/`` and one directory per guest (inside the package)."""
-    return Path(__file__).parent / "guests"
+    return Path(__file__).parent.parent / "guests"
 
 
 def guest_names() -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hv._errors import GuestError
-from hv._memory import GuestMemory
+from hv.board._memory import GuestMemory
 
 CAUSE_MISALIGNED_FETCH = 0
 CAUSE_FETCH_ACCESS = 1

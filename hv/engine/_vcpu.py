@@ -18,7 +18,7 @@ M-mode firmware would do (see ../shared/UNICORN-FACTS.md for the measured behavi
   instruction; stopping there cannot. ``wfi`` ends a slice on its own. On the fast engine
   (``hv/engine``) the engine itself charges each block's instruction count to the slice's
   budget in its inline block-entry check; on a stock Unicorn the native block hook
-  (``_native/preempt.c``) does it with code bytes, and without zig, ``emu_start(count=N)``.
+  (``_native/vcpu.c``) does it with code bytes, and without zig, ``emu_start(count=N)``.
 
 Register access goes through raw ctypes calls (batched where several registers move together):
 the high-level binding costs about 2 us per register, the raw call a fraction of that.
@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hv import _traps, _zig
-from hv._bus import Bus
 from hv._errors import HostError
 from hv._log import get_logger
-from hv._memory import GuestMemory
+from hv.board._bus import Bus
+from hv.board._memory import GuestMemory
+from hv.build import _zig
 from hv.engine import _select
+from hv.riscv import _traps
 
 # The binding loads libunicorn when first imported: hv's fast engine, unless HV_ENGINE=stock.
 with _select.library_for_import():
@@ -186,11 +187,11 @@ NATIVE_CONSOLE_CAP = 1 << 16
 NATIVE_CONSOLE_STOP = 4096
 
 
-class _Clock(ctypes.Structure):  # hv_clock in _native/preempt.c
+class _Clock(ctypes.Structure):  # hv_clock in _native/vcpu.c
     _fields_ = (("offset_ns", ctypes.c_int64), ("hz", ctypes.c_uint64), ("reads", ctypes.c_uint64))
 
 
-class _Exits(ctypes.Structure):  # hv_exits in _native/preempt.c
+class _Exits(ctypes.Structure):  # hv_exits in _native/vcpu.c
     _fields_ = (
         ("slow", ctypes.c_void_p),
         ("slow_user", ctypes.c_void_p),
@@ -259,17 +260,17 @@ def _load_native_hook() -> ctypes.CDLL | None:
     global _native_hook
     if _native_hook is not None:
         return _native_hook
-    src = Path(__file__).parent / "_native" / "preempt.c"
+    src = Path(__file__).parent / "_native" / "vcpu.c"
     flags = ["-shared", "-fPIC", "-O2", platform.machine()]
 
     def build(out: Path) -> None:
         _zig.run_zig(["cc", "-shared", "-fPIC", "-O2", "-o", str(out), str(src)])
 
     try:
-        path = _zig.cached_build("libhvpreempt.so", [src], flags, build)
+        path = _zig.cached_build("libhvnative.so", [src], flags, build)
         _native_hook = ctypes.CDLL(str(path))
     except (HostError, OSError) as e:
-        log.warning("native preemption hook unavailable; slicing by instruction count", err=str(e))
+        log.warning("native vCPU helpers unavailable; slicing by instruction count", err=str(e))
         return None
     return _native_hook
 
