@@ -17,19 +17,17 @@ Layering (each layer uses only the ones above it):
 from typing import TYPE_CHECKING, Any
 
 from hv._errors import ConfigError, GuestError, HostError, HvError, StateError
+from hv._status import EXIT_STATUS, StopInfo, StopKind
 from hv.build._guests import guest_path
 
 if TYPE_CHECKING:
     from hv._console import Console
     from hv._vm import Vm, VmConfig, VmState, open_vm, run_vm
-    from hv.board._machine import StopInfo, StopKind
 
 # The machine's names load the CPU engine (which may build it on first use), so they are
 # imported on first access: `import hv` alone, or the `hv` command's other actions, do not.
 _LAZY = {
     "Console": "hv._console",
-    "StopInfo": "hv.board._machine",
-    "StopKind": "hv.board._machine",
     "Vm": "hv._vm",
     "VmConfig": "hv._vm",
     "VmState": "hv._vm",
@@ -50,6 +48,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "EXIT_STATUS",
     "ConfigError",
     "Console",
     "GuestError",

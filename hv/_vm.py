@@ -6,13 +6,18 @@ application run) or, if the guest waits in ``wfi``, sleep until its timer deadli
 millisecond; an idle guest costs nothing until its deadline.
 
 A VM never takes its siblings down: a guest fault or a device-model bug ends this VM with a
-reason (and a traceback in the log), and ``run_vm`` returns normally.
+reason (and a traceback in the log), and ``run_vm`` returns normally. Devices' async work
+(``DeviceContext.spawn``) runs in a nursery of the VM's own: a device task that fails stops
+this VM with a host error naming the device, never a sibling VM or the caller.
+
+Wake-ups: the machine calls ``on_wake`` whenever an interrupt rises (from a hook, or from a
+device's task between slices), console input arrives, or the machine stops; a sleeping guest
+runs again at once.
 """
 
 from __future__ import annotations
 
 import enum
-import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,13 +26,15 @@ from pathlib import Path
 import trio
 
 from hv._console import Console
-from hv._errors import ConfigError, HvError, StateError
+from hv._errors import ConfigError, StateError
 from hv._log import get_logger
+from hv._status import StopInfo, StopKind
 from hv.board import _platform as P
+from hv.board._clock import TimeSource
+from hv.board._device import AsyncWork, Device
 from hv.board._loader import load_file
-from hv.board._machine import Machine, MachineConfig, StopInfo, StopKind
+from hv.board._machine import Machine, MachineConfig
 from hv.board._platform import DEFAULT_QUANTUM
-from hv.engine._vcpu import ExitKind
 
 log = get_logger("hv.vm")
 
@@ -58,6 +65,8 @@ class VmConfig:
     stop_on_panic: bool = True  # a Linux "Kernel panic" on the console stops the VM (exit 1)
     count_instructions: bool = False  # exact instruction count in stats (profiling; slower)
     native_exits: bool = True  # answer SBI putchar and rdtime natively (False: all in Python)
+    devices: tuple[Device, ...] = ()  # in virtio-mmio slots 0, 1, ... (see hv.board._device)
+    time_source: TimeSource | None = None  # guest time's source in ns (None: monotonic)
 
     def machine_config(self) -> MachineConfig:
         kernel = self.kernel if isinstance(self.kernel, bytes) else load_file(self.kernel, "kernel")
@@ -73,6 +82,8 @@ class VmConfig:
             dtb_out=self.dtb_out,
             count_instructions=self.count_instructions,
             native_exits=self.native_exits,
+            devices=self.devices,
+            time_source=self.time_source,
         )
 
 
@@ -89,22 +100,23 @@ class Vm:
         # Load the kernel now, so a file that is not a kernel raises ConfigError from the
         # constructor (and so from nursery.start), not later from the running task.
         self.machine.boot()
-        self.console = Console(self.machine.feed_input)
+        self.console = Console(self._console_input)
         self._state = VmState.CREATED
         self._wake = trio.Event()
+        self.machine.on_wake = self._wake_up
         self._stopped = trio.Event()
         self._pause_requested = False
         self._scan_tail = b""
         self.exit: StopInfo | None = None
         self.log = log.bind(vm=self.name)
-        # Console input must wake a guest sleeping in wfi (its UART interrupt may be enabled).
-        feed = self.machine.feed_input
 
-        def feed_and_wake(data: bytes) -> None:
-            feed(data)
-            self._wake.set()
+    def _wake_up(self) -> None:
+        self._wake.set()
 
-        self.console._feed = feed_and_wake
+    def _console_input(self, data: bytes) -> None:
+        # Input must wake a guest sleeping in wfi (its UART interrupt may be enabled).
+        self.machine.feed_input(data)
+        self._wake.set()
 
     @property
     def state(self) -> VmState:
@@ -112,22 +124,16 @@ class Vm:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: slices, exits by kind, interrupts raised, SBI calls by extension."""
-        m = self.machine
-        out = {k: v for k, v in vars(m.vcpu.stats).items() if isinstance(v, int)}
-        for cause, n in m.vcpu.stats.traps_by_cause.items():
-            out[f"trap_cause_{cause}"] = n
-        for eid, n in m.sbi.calls.items():
-            out[f"sbi_{eid:#x}"] = n
-        out.update(m.counters)
-        return out
+        """Counters: slices, exits by kind, interrupts raised, SBI calls by extension, and
+        each slot device's counters as ``NAME.COUNTER``."""
+        return self.machine.stats()
 
     def pause(self) -> None:
         """Stop running the vCPU after the current slice; guest time stands still."""
         if self._state not in (VmState.RUNNING, VmState.PAUSED):
             raise StateError(self._state.value, "running")
         self._pause_requested = True
-        self.machine.vcpu.request_stop()
+        self.machine.end_slice()
         self._wake.set()
 
     def resume(self) -> None:
@@ -151,51 +157,64 @@ class Vm:
 
     # -- the run loop ----------------------------------------------------------------------
 
-    async def _run(self) -> StopInfo:
+    async def run(self) -> StopInfo:
+        """Run the VM until it stops; return why (``run_vm`` creates the VM and calls this)."""
+        if self._state is not VmState.CREATED:
+            raise StateError(self._state.value, "created")
         m = self.machine
         try:
-            self._state = VmState.RUNNING
-            self.log.info("started", mem_mib=m.mem.size >> 20, kernel=m.kernel and m.kernel.kind)
-            while m.stop_info is None:
-                if self._pause_requested:
-                    await self._paused()
-                    continue
-                ex = m.run_slice()
-                self._flush_output()
-                if m.stop_info is not None:
-                    break
-                if m.reboot_requested:
-                    self.log.info("reboot")
-                    m.reboot()
-                    await trio.lowlevel.checkpoint()  # a guest rebooting in a loop must yield
-                    continue
-                if ex.kind is ExitKind.WFI or m.suspended:
-                    await self._idle()
-                else:
-                    await trio.lowlevel.checkpoint()
+            async with trio.open_nursery() as devices:
+                m.start_device_work(lambda name, work: devices.start_soon(self._device, name, work))
+                await self._loop()
+                devices.cancel_scope.cancel()
         except trio.Cancelled:
             m.stop_by_host("cancelled")
             raise
+        except ConfigError as e:
+            m.stop(StopKind.BAD_INPUT, str(e))
         except Exception as e:
-            if m.stop_info is None:
-                detail = traceback.format_exc()
-                if isinstance(e, ConfigError):
-                    m.stop_info = StopInfo(StopKind.HOST_ERROR, str(e), 4)
-                elif isinstance(e, HvError):
-                    m.stop_info = StopInfo(StopKind.HOST_ERROR, f"host error: {e}", 3, detail)
-                else:
-                    m.stop_info = StopInfo(
-                        StopKind.HOST_ERROR, f"host error: {type(e).__name__}: {e}", 3, detail
-                    )
+            m.host_error("the VM's run loop failed", e)
         finally:
+            m.stop_device_work()
             self._finish()
         assert self.exit is not None
         return self.exit
 
+    async def _loop(self) -> None:
+        m = self.machine
+        self._state = VmState.RUNNING
+        self.log.info("started", mem_mib=m.mem.size >> 20, kernel=m.kernel and m.kernel.kind)
+        while m.stop_info is None:
+            if self._pause_requested:
+                await self._paused()
+                continue
+            ex = m.run_slice()
+            self._flush_output()
+            if m.stop_info is not None:
+                break
+            if m.reboot_requested:
+                self.log.info("reboot")
+                m.reboot()
+                await trio.lowlevel.checkpoint()  # a guest rebooting in a loop must yield
+                continue
+            if m.sleeping(ex):
+                await self._idle()
+            else:
+                await trio.lowlevel.checkpoint()
+
+    async def _device(self, name: str, work: AsyncWork) -> None:
+        """A device's async work: its failure is this VM's host error, nobody else's."""
+        try:
+            await work()
+        except trio.Cancelled:
+            raise
+        except Exception as e:
+            self.machine.host_error(f"device {name}'s task failed", e)
+
     def _finish(self) -> None:
         m = self.machine
         self._flush_output()
-        info = m.stop_info or StopInfo(StopKind.STOPPED, "stopped", 130)
+        info = m.stop_info or StopInfo.make(StopKind.STOPPED, "stopped")
         self.exit = info
         self._state = VmState.STOPPED
         self.console._close()
@@ -204,7 +223,7 @@ class Vm:
         self.log.info("stopped", kind=info.kind, reason=info.reason, code=info.exit_code)
         if info.detail:
             self.log.error("traceback", detail=info.detail)
-        m.vcpu.close()
+        m.close()
 
     def _flush_output(self) -> None:
         out = self.machine.take_output()
@@ -222,13 +241,11 @@ class Vm:
     async def _idle(self) -> None:
         """The guest waits for an interrupt: sleep until one could be pending."""
         m = self.machine
-        m.suspended = False
         while not m.wake_pending() and m.stop_info is None and not self._pause_requested:
             self._wake = trio.Event()
-            if m.input:  # console input arrived: the UART may take it now
-                m.feed_input(b"")
-                if m.wake_pending():
-                    break
+            m.console.feed_uart()  # console input waiting: the UART may take it now
+            if m.wake_pending():
+                break
             deadline = m.next_deadline()
             timeout = IDLE_RECHECK_S if deadline is None else min(deadline, IDLE_RECHECK_S)
             with trio.move_on_after(timeout + 1e-5 if timeout > 0 else 0):
@@ -259,7 +276,7 @@ async def run_vm(
     """
     vm = Vm(config)
     task_status.started(vm)
-    return await vm._run()
+    return await vm.run()
 
 
 @asynccontextmanager

@@ -1,39 +1,51 @@
-"""One ``hv-virt`` machine: RAM, the MMIO bus and its devices, SBI firmware, and the vCPU.
+"""One ``hv-virt`` machine: RAM, the bus and its devices, the firmware, and the vCPU.
 
 The machine is synchronous: it boots, runs one slice at a time and reports what happened. The
-asynchronous side (waiting, the console stream, pause and stop) is ``hv._vm``'s job. Between
-slices the machine recomputes which S-mode interrupts are pending (timer due, PLIC output,
-IPI) and hands them to the vCPU, which puts them in ``mip`` for the engine to deliver.
+asynchronous side (waiting, the console stream, device tasks, pause and stop) is ``hv._vm``'s
+job. Its parts, each with one job:
+
+- the devices (``hv.board._device``): the platform's PLIC, UART and test finisher at their
+  fixed addresses, and ``MachineConfig.devices`` in virtio-mmio slots, all on the ``Bus``;
+- ``HartInterrupts``: which S-level interrupts are pending, written into the vCPU's ``mip``;
+- ``ConsoleIo``: console bytes in and out, in order;
+- ``BoardFirmware``: the SBI and what the vCPU's exception path needs (the M-mode firmware);
+- ``Clock``: guest time, from a replaceable source;
+- the vCPU (``hv.engine._vcpu``).
+
+The machine owns every object for its whole life: a reboot resets their state (RAM cleared,
+devices reset, hart back at the kernel's entry) but keeps the objects, their backends and
+counters. ``close`` releases RAM and the engine.
 """
 
 from __future__ import annotations
 
 import collections
-import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hv._errors import ConfigError
 from hv._log import get_logger
+from hv._status import StopInfo, StopKind
 from hv.board import _platform as P
 from hv.board._bus import Bus
+from hv.board._clock import Clock, TimeSource
+from hv.board._console_io import ConsoleIo, OrderedUart
+from hv.board._device import AsyncWork, Device, DeviceContext
 from hv.board._fdt import DeviceTreeSpec, build_device_tree
+from hv.board._firmware import BoardFirmware
+from hv.board._interrupts import HartInterrupts
 from hv.board._loader import LoadedKernel, load_kernel, plan_layout
 from hv.board._memory import GuestMemory
 from hv.board._platform import DEFAULT_QUANTUM, QUANTUM_MAX, QUANTUM_MIN
 from hv.devices._plic import Plic
 from hv.devices._testdev import FinishKind, TestDevice
 from hv.devices._uart import Uart16550
-from hv.engine._vcpu import MIP_SEIP, MIP_SSIP, MIP_STIP, Exit, ExitKind, Vcpu
-from hv.riscv._sbi import LEGACY_PUTCHAR, ResetKind, Sbi
+from hv.engine._vcpu import Exit, ExitKind, Vcpu
+from hv.riscv._sbi import LEGACY_PUTCHAR
 
 log = get_logger("hv.machine")
-
-# Host-side console input waiting for the guest: beyond this, input is dropped (and counted).
-CONSOLE_INPUT_LIMIT = 1 << 20
-NO_DEADLINE = (1 << 64) - 1
-_IRQ_NAMES = ((MIP_STIP, "irq_timer"), (MIP_SEIP, "irq_external"), (MIP_SSIP, "irq_software"))
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,10 @@ class MachineConfig:
     # Answer the hottest simple exits (SBI console putchar, rdtime) natively; False sends
     # every exit through the Python models (the reference: tests compare both).
     native_exits: bool = True
+    # Devices in virtio-mmio slots 0, 1, ... (base 0x1000_1000 + n * 0x1000, IRQ 1 + n).
+    devices: tuple[Device, ...] = ()
+    # Where guest time comes from (ns); None: the host's monotonic clock.
+    time_source: TimeSource | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not P.MEM_MIN <= self.mem_size <= P.MEM_MAX:
@@ -62,119 +78,75 @@ class MachineConfig:
                 f"quantum {self.quantum} is out of range {QUANTUM_MIN}..{QUANTUM_MAX} "
                 "instructions per slice"
             )
-
-
-class StopKind:
-    """How a machine run ended (strings, so they read well in logs and JSON)."""
-
-    POWEROFF = "poweroff"  # clean shutdown: exit status 0
-    FAILURE = "failure"  # the guest reported a failure (SRST system failure, finisher code)
-    GUEST_FAULT = "guest_fault"  # the guest faulted fatally
-    HOST_ERROR = "host_error"  # a device model or the hypervisor failed
-    STOPPED = "stopped"  # the host stopped it (API stop, cancellation)
-
-
-@dataclass(frozen=True)
-class StopInfo:
-    kind: str
-    reason: str
-    exit_code: int
-    detail: str = ""
-
-
-@dataclass
-class Clock:
-    """Guest time in timebase ticks since boot; paused time does not count."""
-
-    start_ns: int = field(default_factory=time.monotonic_ns)
-    paused_ns: int = 0
-    _paused_at: int | None = None
-
-    def ticks(self) -> int:
-        now = self._paused_at if self._paused_at is not None else time.monotonic_ns()
-        return (now - self.start_ns - self.paused_ns) * P.TIMEBASE_HZ // 1_000_000_000
-
-    def seconds_until(self, ticks: int) -> float:
-        return max(0.0, (ticks - self.ticks()) / P.TIMEBASE_HZ)
-
-    def offset_ns(self) -> int:
-        """The monotonic time at which guest time would read 0 (the native clock's base)."""
-        return self.start_ns + self.paused_ns
-
-    def pause(self) -> None:
-        if self._paused_at is None:
-            self._paused_at = time.monotonic_ns()
-
-    def resume(self) -> None:
-        if self._paused_at is not None:
-            self.paused_ns += time.monotonic_ns() - self._paused_at
-            self._paused_at = None
-
-
-class _OrderedUart:
-    """The UART as the bus sees it. Before the guest writes to it, the console bytes the
-    vCPU took natively (SBI putchar) move to the machine's output; after, while the UART holds
-    bytes, native putchar is held off. So the console keeps the order the guest wrote in."""
-
-    def __init__(self, machine: Machine) -> None:
-        self.machine = machine
-        self.uart = machine.uart
-
-    def mmio_read(self, offset: int, size: int) -> int:
-        return self.uart.mmio_read(offset, size)
-
-    def mmio_write(self, offset: int, size: int, value: int) -> None:
-        m = self.machine
-        if m.vcpu.console_pending():
-            m.output += m.vcpu.take_console()
-        self.uart.mmio_write(offset, size, value)
-        if self.uart.has_output:
-            m.vcpu.hold_console(True)
+        if len(self.devices) > P.VIRTIO_SLOTS:
+            raise ConfigError(
+                f"{len(self.devices)} devices, but hv-virt has {P.VIRTIO_SLOTS} virtio slots"
+            )
+        names = [d.name for d in self.devices]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"device names must be unique: {names}")
 
 
 class Machine:
-    """The hv-virt board with one hart. Implements the vCPU's ``Firmware`` and ``SbiPlatform``."""
+    """The hv-virt board with one hart."""
 
     def __init__(self, config: MachineConfig) -> None:
         self.config = config
         self.counters: collections.Counter[str] = collections.Counter()
-        self.output = bytearray()  # console bytes produced, not yet taken by the host
-        self.input = bytearray()  # console bytes from the host, not yet taken by the guest
         self.stop_info: StopInfo | None = None
-        self._power_on()
-
-    def _power_on(self) -> None:
-        """Fresh RAM, devices, firmware state and hart: at creation and on a cold reset.
-        The console streams and the counters belong to the machine's owner and survive."""
-        config = self.config
-        self.mem = GuestMemory(P.RAM_BASE, config.mem_size)
         self.reboot_requested = False
         self.suspended = False  # SBI HSM retentive suspend: sleep like wfi
-        self.clock = Clock()
-        self.timer_deadline = NO_DEADLINE
-        self.ipi_pending = False
-        self.seip = False
+        # Set by the owner (the VM task): wake a sleeping VM; start async device work.
+        self.on_wake: Callable[[], None] = lambda: None
+        self._spawn: Callable[[str, AsyncWork], None] | None = None
+        self._queued: list[tuple[str, AsyncWork]] = []
 
+        self.mem = GuestMemory(P.RAM_BASE, config.mem_size)
+        self.clock = Clock(config.time_source)
+        self.interrupts = HartInterrupts(self.clock, self.counters, self._wake)
         self.plic = Plic(self._on_plic_change)
         self.uart = Uart16550(self.plic.irq_line(P.UART0_IRQ))
         self.testdev = TestDevice(self._on_finish)
+        self.console = ConsoleIo(self.uart, self.counters)
         self.bus = Bus()
         self.bus.add(P.TEST_BASE, P.TEST_SIZE, "test", self.testdev)
         self.bus.add(P.PLIC_BASE, P.PLIC_SIZE, "plic", self.plic)
-        self.bus.add(P.UART0_BASE, P.UART0_SIZE, "uart0", _OrderedUart(self))
-        self.sbi = Sbi(self)
+        self.bus.add(P.UART0_BASE, P.UART0_SIZE, "uart0", OrderedUart(self.console))
+        self.devices: list[Device] = [self.plic, self.uart, self.testdev]
+        self.slots: dict[int, Device] = {}
+        for slot, dev in enumerate(config.devices):
+            self._place(slot, dev)
+        self.firmware = BoardFirmware(self.mem, self.console, self.interrupts, self.clock, self)
+        self.sbi = self.firmware.sbi
         self.vcpu = Vcpu(
             self.mem,
             self.bus,
-            self,
+            self.firmware,
             config.quantum,
             config.count_instructions,
-            native_exits=config.native_exits,
-            timebase_hz=P.TIMEBASE_HZ,
+            native_exits=config.native_exits and self.clock.monotonic,
+            timebase_hz=self.clock.hz,
         )
+        self.interrupts.sink = self.vcpu
+        self.console.native = self.vcpu
         self._sbi_native_seen = 0
         self.kernel: LoadedKernel | None = None
         self.dtb = b""
+
+    def _place(self, slot: int, dev: Device) -> None:
+        base = P.virtio_slot_base(slot)
+        if dev.mmio_size > P.VIRTIO_STRIDE:
+            raise ConfigError(f"device {dev.name}: {dev.mmio_size:#x} bytes exceed a virtio slot")
+        self.bus.add(base, P.VIRTIO_STRIDE, dev.name, dev)
+        irq = self.plic.irq_line(P.VIRTIO_IRQ_BASE + slot)
+
+        def spawn(work: AsyncWork) -> None:
+            self._spawn_work(dev.name, work)
+
+        ctx = DeviceContext(name=dev.name, memory=self.mem, irq=irq, wake=self._wake, spawn=spawn)
+        dev.attach(ctx)
+        self.devices.append(dev)
+        self.slots[slot] = dev
 
     # -- boot ------------------------------------------------------------------------------
 
@@ -210,172 +182,153 @@ class Machine:
             ram_size=self.mem.size,
             bootargs=self.config.cmdline,
             initrd=initrd,
+            virtio_slots=tuple(sorted(self.slots)),
         )
         return build_device_tree(spec)
 
     def reboot(self) -> None:
-        """A cold reset: fresh RAM, fresh devices, same kernel."""
-        self._collect_console()
-        self.vcpu.close()
+        """A cold reset: RAM cleared, devices and hart reset, the same kernel booted again.
+        The objects stay: counters, device backends and references survive."""
+        self.console.collect()
         self.counters["reboots"] += 1
-        self._power_on()
+        self.reboot_requested = False
+        self.suspended = False
+        self.mem.clear()
+        self.clock.restart()
+        self.interrupts.reset()
+        for dev in self.devices:
+            dev.reset()
         self.boot()
+
+    def close(self) -> None:
+        """Release the engine and guest RAM (the machine cannot run again)."""
+        self.vcpu.close()
+        self.mem.close()
 
     # -- running ---------------------------------------------------------------------------
 
-    def pending_interrupts(self) -> int:
-        bits = 0
-        if self.clock.ticks() >= self.timer_deadline:
-            bits |= MIP_STIP
-        if self.seip:
-            bits |= MIP_SEIP
-        if self.ipi_pending:
-            bits |= MIP_SSIP
-        return bits
-
     def run_slice(self) -> Exit:
-        """Feed console input, deliver interrupts, run one slice, collect console output."""
-        if self.input:
-            self._feed_uart()
-        self.sync_interrupts()
+        """Deliver input and interrupts, run one slice, collect console output."""
+        self.console.feed_uart()
+        self.interrupts.sync()
         self.vcpu.set_clock_offset(self.clock.offset_ns())
         ex = self.vcpu.run_slice()
-        self._collect_console()
+        self.console.collect()
         native = self.vcpu.stats.sbi_native
         if native != self._sbi_native_seen:  # putchar calls the native hook answered
             self.sbi.calls[LEGACY_PUTCHAR] += native - self._sbi_native_seen
             self._sbi_native_seen = native
+        for dev in self.devices:
+            dev.after_slice()
         if ex.kind is ExitKind.FATAL:
-            self._stop(StopKind.GUEST_FAULT, f"guest fault: {ex.reason}", 2)
+            self.stop(StopKind.GUEST_FAULT, f"guest fault: {ex.reason}")
         elif ex.kind is ExitKind.HOST_ERROR:
-            self._stop(StopKind.HOST_ERROR, f"host error: {ex.reason}", 3, ex.detail)
+            self.stop(StopKind.HOST_ERROR, f"host error: {ex.reason}", ex.detail)
         return ex
 
+    def end_slice(self) -> None:
+        """End the running slice at the next block (from hooks, or harmless between slices)."""
+        self.vcpu.request_stop()
+
+    def sleeping(self, ex: Exit) -> bool:
+        """After ``ex``, does the guest wait for an interrupt (``wfi`` or SBI suspend)?"""
+        return ex.kind is ExitKind.WFI or self.suspended
+
     def wake_pending(self) -> bool:
-        """Would a ``wfi`` end now? (An enabled interrupt is pending, or console input for a
-        guest that polls SBI getchar while suspended.)"""
-        pending = self.pending_interrupts()
-        if pending & self.vcpu.enabled_interrupts():
+        """Would the sleeping guest go on now? (A pending enabled interrupt ends ``wfi``.)"""
+        if self.interrupts.wake_pending():
+            self.suspended = False
             return True
-        self.vcpu.update_interrupts(pending)
         return False
 
     def next_deadline(self) -> float | None:
-        """Seconds until the timer fires, or None if no timer is set."""
-        if self.timer_deadline == NO_DEADLINE:
-            return None
-        return self.clock.seconds_until(self.timer_deadline)
+        return self.interrupts.next_deadline()
 
     def feed_input(self, data: bytes) -> None:
-        room = CONSOLE_INPUT_LIMIT - len(self.input)
-        if len(data) > room:
-            self.counters["console_input_dropped"] += len(data) - max(room, 0)
-            data = data[: max(room, 0)]
-        self.input += data
-        self._feed_uart()
-
-    def _feed_uart(self) -> None:
-        took = self.uart.feed(bytes(self.input[: self.uart.rx_space()]))
-        del self.input[:took]
-
-    def _collect_console(self) -> None:
-        """Move console output to ``output`` in the order the guest wrote it: what the
-        native hook took (it takes nothing while the UART holds bytes), then the UART's."""
-        if self.vcpu.console_pending():
-            self.output += self.vcpu.take_console()
-        if self.uart.has_output:
-            self.output += self.uart.take_output()
-        self.vcpu.hold_console(False)
+        self.console.feed(data)
 
     def take_output(self) -> bytes:
-        out = bytes(self.output)
-        self.output.clear()
+        return self.console.take_output()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: slices, exits by kind, interrupts, SBI calls by extension, devices."""
+        v = self.vcpu.stats
+        out = {k: n for k, n in vars(v).items() if isinstance(n, int)}
+        for cause, n in v.traps_by_cause.items():
+            out[f"trap_cause_{cause}"] = n
+        for eid, n in self.sbi.calls.items():
+            out[f"sbi_{eid:#x}"] = n
+        out.update(self.counters)
+        for dev in self.slots.values():
+            for k, n in dev.stats().items():
+                out[f"{dev.name}.{k}"] = n
         return out
 
-    def _stop(self, kind: str, reason: str, code: int, detail: str = "") -> None:
+    # -- stopping --------------------------------------------------------------------------
+
+    def stop(
+        self, kind: StopKind, reason: str, detail: str = "", guest_code: int | None = None
+    ) -> None:
+        """The machine stops for good (the first reason given wins)."""
         if self.stop_info is None:
-            self.stop_info = StopInfo(kind, reason, code, detail)
+            self.stop_info = StopInfo.make(kind, reason, detail, guest_code)
         self.vcpu.request_stop()
+        self._wake()
 
     def guest_failed(self, reason: str) -> None:
         """The guest told us (e.g. on its console) that it failed."""
-        self._stop(StopKind.FAILURE, reason, 1)
+        self.stop(StopKind.FAILURE, reason)
 
     def stop_by_host(self, reason: str) -> None:
-        self._stop(StopKind.STOPPED, reason, 130)
+        self.stop(StopKind.STOPPED, reason)
 
-    # -- callbacks from devices ------------------------------------------------------------
+    def host_error(self, what: str, exc: BaseException) -> None:
+        detail = "".join(traceback.format_exception(exc))
+        self.stop(StopKind.HOST_ERROR, f"host error: {what}: {type(exc).__name__}: {exc}", detail)
 
-    def sync_interrupts(self) -> None:
-        """Bring mip up to date now (also from inside hooks); end the slice if a bit rose,
-        so the engine takes the interrupt at the next block instead of much later."""
-        pending = self.pending_interrupts()
-        if self.vcpu.update_interrupts(pending):
-            self.vcpu.request_stop()
-            for bit, name in _IRQ_NAMES:
-                if pending & bit:
-                    self.counters[name] += 1
-        self.ipi_pending = False  # now in mip; the guest clears SSIP itself
+    # -- Power (for the firmware) ----------------------------------------------------------
 
-    def _on_plic_change(self, ctx: int, level: bool) -> None:
-        if ctx == P.PLIC_CONTEXT_S:
-            self.seip = level
-            self.sync_interrupts()
+    def request_reboot(self) -> None:
+        self.reboot_requested = True
+        self.vcpu.request_stop()
 
-    def _on_finish(self, kind: FinishKind, code: int) -> None:
-        if kind is FinishKind.RESET:
-            self.reboot_requested = True
-            self.vcpu.request_stop()
-        elif kind is FinishKind.POWEROFF_PASS:
-            self._stop(StopKind.POWEROFF, "test device: power-off (pass)", 0)
-        else:
-            self._stop(StopKind.FAILURE, f"test device: failure, code {code}", code or 1)
-
-    # -- Firmware (for the vCPU) -----------------------------------------------------------
-
-    def sbi_call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int]:
-        return self.sbi.call(eid, fid, args)
-
-    def time_ticks(self) -> int:
-        return self.clock.ticks()
-
-    # -- SbiPlatform -----------------------------------------------------------------------
-
-    def console_write(self, data: bytes) -> None:
-        self._collect_console()  # what the guest wrote earlier in this slice comes first
-        self.output += data
-        if len(self.output) > 4096:
-            self.vcpu.request_stop()  # hand it to the host soon
-
-    def console_read(self, limit: int) -> bytes:
-        got = bytes(self.input[:limit])
-        del self.input[:limit]
-        return got
-
-    def set_timer(self, deadline: int) -> None:
-        self.timer_deadline = deadline & NO_DEADLINE
-        self.sync_interrupts()  # setting the timer clears a pending timer interrupt at once
-
-    def send_ipi(self) -> None:
-        self.ipi_pending = True
-        self.sync_interrupts()
-
-    def clear_ipi(self) -> None:
-        self.ipi_pending = False
+    def suspend(self) -> None:
+        self.suspended = True
+        self.vcpu.request_stop()
 
     def flush_tlb(self) -> None:
         self.vcpu.flush_tlb()
 
-    def reset(self, kind: ResetKind, failure: bool, reason: str) -> None:
-        if kind is ResetKind.SHUTDOWN:
-            if failure:
-                self._stop(StopKind.FAILURE, reason, 1)
-            else:
-                self._stop(StopKind.POWEROFF, reason, 0)
-        else:
-            self.reboot_requested = True
-            self.vcpu.request_stop()
+    # -- devices' callbacks and async work -------------------------------------------------
 
-    def hart_suspend(self) -> None:
-        self.suspended = True
-        self.vcpu.request_stop()
+    def _wake(self) -> None:
+        self.on_wake()
+
+    def _on_plic_change(self, ctx: int, level: bool) -> None:
+        if ctx == P.PLIC_CONTEXT_S:
+            self.interrupts.set_external(level)
+
+    def _on_finish(self, kind: FinishKind, code: int) -> None:
+        if kind is FinishKind.RESET:
+            self.request_reboot()
+        elif kind is FinishKind.POWEROFF_PASS:
+            self.stop(StopKind.POWEROFF, "test device: power-off (pass)")
+        else:
+            self.stop(StopKind.FAILURE, f"test device: failure, code {code}", guest_code=code)
+
+    def _spawn_work(self, name: str, work: AsyncWork) -> None:
+        if self._spawn is None:
+            self._queued.append((name, work))  # the VM task starts it once it runs
+        else:
+            self._spawn(name, work)
+
+    def start_device_work(self, spawn: Callable[[str, AsyncWork], None]) -> None:
+        """The owner's nursery is open: start queued device work there, and later work too."""
+        self._spawn = spawn
+        queued, self._queued = self._queued, []
+        for name, work in queued:
+            spawn(name, work)
+
+    def stop_device_work(self) -> None:
+        self._spawn = None
+

@@ -1,19 +1,29 @@
-"""Guest physical RAM as one host buffer, and the bounds-checked accessor devices use.
+"""Guest physical RAM as one host buffer, and the bounds-checked DMA accessor devices use.
 
 RAM is an anonymous ``mmap`` that Unicorn maps with ``mem_map_ptr``: the engine and Python
 share the same bytes, so a device reads a descriptor through a ``memoryview`` in a fraction of
 a microsecond instead of a ``uc.mem_read`` round trip. Every access is checked against RAM's
-bounds first: a guest address is input from a hostile party.
+bounds first: a guest address is input from a hostile party, and a bad one raises
+``GuestError`` (the device's caller turns that into the device's error state and a counter).
+
+Host writes and translated code: Unicorn does not notice the host writing guest RAM, so a
+page that held executed code would keep running its old translation (a disk read that loads
+a program). Every host write through this class records the pages it touched; the vCPU takes
+them (``take_host_writes``) before its next slice and drops their translations, in one
+batch per slice. Writes through a raw view must say so: use ``write_view``, which records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import struct
 
 from hv._errors import GuestError
 
+PAGE_SHIFT = 12
+_U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -31,8 +41,10 @@ class GuestMemory:
         self.view = memoryview(self._mmap)
         # Exporting a ctypes pointer pins the mapping for the life of this object: Unicorn
         # holds the raw address, so the buffer must never move or be unmapped under it.
-        self._anchor = ctypes.c_char.from_buffer(self._mmap)
+        self._anchor: ctypes.c_char | None = ctypes.c_char.from_buffer(self._mmap)
         self.host_address = ctypes.addressof(self._anchor)
+        self._host_pages: set[int] = set()  # page numbers the host wrote since the last take
+        self.host_writes = 0  # statistics: host write calls
 
     def contains(self, addr: int, length: int = 1) -> bool:
         return self.base <= addr and length >= 0 and addr + length <= self.end
@@ -45,18 +57,37 @@ class GuestMemory:
             )
         return addr - self.base
 
+    def _wrote(self, off: int, length: int) -> None:
+        self.host_writes += 1
+        if length:
+            first, last = off >> PAGE_SHIFT, (off + length - 1) >> PAGE_SHIFT
+            if first == last:
+                self._host_pages.add(first)
+            else:
+                self._host_pages.update(range(first, last + 1))
+
+    # -- reads -----------------------------------------------------------------------------
+
     def read(self, addr: int, length: int) -> bytes:
         off = self._offset(addr, length)
         return bytes(self.view[off : off + length])
 
-    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
-        off = self._offset(addr, len(data))
-        self.view[off : off + len(data)] = data
+    def read_into(self, addr: int, out: bytearray | memoryview) -> None:
+        """Copy ``len(out)`` bytes from guest RAM into ``out``."""
+        n = len(out)
+        off = self._offset(addr, n)
+        out[:] = self.view[off : off + n]
 
     def slice(self, addr: int, length: int) -> memoryview:
-        """A zero-copy window onto guest RAM (for DMA); bounds-checked like every access."""
+        """A zero-copy, read-only window onto guest RAM (for DMA reads)."""
         off = self._offset(addr, length)
-        return self.view[off : off + length]
+        return self.view[off : off + length].toreadonly()
+
+    def read_u8(self, addr: int) -> int:
+        return self.view[self._offset(addr, 1)]
+
+    def read_u16(self, addr: int) -> int:
+        return int(_U16.unpack_from(self.view, self._offset(addr, 2))[0])
 
     def read_u32(self, addr: int) -> int:
         return int(_U32.unpack_from(self.view, self._offset(addr, 4))[0])
@@ -64,10 +95,73 @@ class GuestMemory:
     def read_u64(self, addr: int) -> int:
         return int(_U64.unpack_from(self.view, self._offset(addr, 8))[0])
 
+    # -- writes (all recorded for code invalidation) -----------------------------------------
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        off = self._offset(addr, n)
+        self.view[off : off + n] = data
+        self._wrote(off, n)
+
+    def write_view(self, addr: int, length: int) -> memoryview:
+        """A zero-copy writable window (DMA writes); its pages count as written by the host."""
+        off = self._offset(addr, length)
+        self._wrote(off, length)
+        return self.view[off : off + length]
+
+    def write_u8(self, addr: int, value: int) -> None:
+        off = self._offset(addr, 1)
+        self.view[off] = value & 0xFF
+        self._wrote(off, 1)
+
+    def write_u16(self, addr: int, value: int) -> None:
+        off = self._offset(addr, 2)
+        _U16.pack_into(self.view, off, value & 0xFFFF)
+        self._wrote(off, 2)
+
+    def write_u32(self, addr: int, value: int) -> None:
+        off = self._offset(addr, 4)
+        _U32.pack_into(self.view, off, value & 0xFFFF_FFFF)
+        self._wrote(off, 4)
+
     def write_u64(self, addr: int, value: int) -> None:
-        _U64.pack_into(self.view, self._offset(addr, 8), value)
+        off = self._offset(addr, 8)
+        _U64.pack_into(self.view, off, value & 0xFFFF_FFFF_FFFF_FFFF)
+        self._wrote(off, 8)
+
+    def take_host_writes(self) -> list[tuple[int, int]]:
+        """The guest-physical ranges [start, end) the host wrote since the last call, merged
+        from whole pages, in address order."""
+        if not self._host_pages:
+            return []
+        pages = sorted(self._host_pages)
+        self._host_pages.clear()
+        ranges: list[tuple[int, int]] = []
+        start = prev = pages[0]
+        for p in pages[1:]:
+            if p != prev + 1:
+                ranges.append((start, prev + 1))
+                start = p
+            prev = p
+        ranges.append((start, prev + 1))
+        return [(self.base + (a << PAGE_SHIFT), self.base + (b << PAGE_SHIFT)) for a, b in ranges]
+
+    # -- life ------------------------------------------------------------------------------
 
     def clear(self) -> None:
-        """Zero all of RAM (for a reboot)."""
-        self._mmap.seek(0)
-        self._mmap.write(bytes(self.size))
+        """Zero all of RAM (a reboot) and give its pages back to the host: a zeroed page
+        costs no memory until the guest touches it again."""
+        self._mmap.madvise(mmap.MADV_DONTNEED)
+        self._host_pages.clear()
+
+    def close(self) -> None:
+        """Unmap RAM now (the machine is done): the host gets it back at once, whatever
+        still refers to this object. Later accesses raise."""
+        self._host_pages.clear()
+        with contextlib.suppress(ValueError):
+            self._mmap.madvise(mmap.MADV_DONTNEED)
+        self.view.release()
+        self._anchor = None
+        with contextlib.suppress(BufferError):
+            self._mmap.close()
+        self.end = self.base  # every range check fails from now on

@@ -264,7 +264,7 @@ async def _run(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             if stdin >= 0:
                 nursery.start_soon(_pump_input, vm, stdin, interactive)
-            nursery.start_soon(vm._run)
+            nursery.start_soon(vm.run)
             await _pump_output(vm, sys.stdout.fileno())  # returns once the VM has stopped
             nursery.cancel_scope.cancel()
     info = await vm.wait()

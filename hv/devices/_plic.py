@@ -23,11 +23,12 @@ otherwise ignored; reads of it return 0.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 
 from hv._errors import HostError
 from hv.board._bus import IrqLine
+from hv.board._device import Device
+from hv.board._platform import PLIC_SIZE
 
 # Sources 0..NUM_SOURCES-1 exist; source 0 is reserved (as on QEMU virt).
 NUM_SOURCES = 96
@@ -50,14 +51,20 @@ _WORDS = (NUM_SOURCES + 31) // 32  # 32-bit words of pending/enable bits
 _ALL_SOURCES = ((1 << NUM_SOURCES) - 1) & ~1  # bit 0 (source 0) is hardwired to zero
 
 
-class Plic:
+class Plic(Device):
     """A PLIC with ``NUM_SOURCES`` level-triggered sources and ``NUM_CONTEXTS`` contexts.
 
     ``on_context_change(ctx, level)`` is called each time a context's output changes level.
     """
 
+    mmio_size = PLIC_SIZE
+
     def __init__(self, on_context_change: Callable[[int, bool], None]) -> None:
+        super().__init__("plic")
         self._on_context_change = on_context_change
+        self.reset()
+
+    def reset(self) -> None:
         self._priority = [0] * NUM_SOURCES
         # Bit sets indexed by source number.
         self._asserted = 0
@@ -65,7 +72,6 @@ class Plic:
         self._enable = [0] * NUM_CONTEXTS
         self._threshold = [0] * NUM_CONTEXTS
         self._output = [False] * NUM_CONTEXTS
-        self.counters: collections.Counter[str] = collections.Counter()
 
     # -- device side --------------------------------------------------------------------------
 

@@ -7,9 +7,11 @@ The device has no readable state: reads return 0. Every other access is counted,
 
 from __future__ import annotations
 
-import collections
 import enum
 from collections.abc import Callable
+
+from hv.board._device import Device
+from hv.board._platform import TEST_SIZE
 
 # Low-16-bit command codes, as in QEMU's hw/misc/sifive_test.c and Linux's syscon-poweroff DT.
 FINISHER_FAIL = 0x3333
@@ -30,7 +32,7 @@ _COMMANDS = {
 }
 
 
-class TestDevice:
+class TestDevice(Device):
     """The finisher; calls ``on_finish(kind, code)`` for each valid command.
 
     ``code`` is the guest's exit status for ``POWEROFF_FAIL`` (the value's high 16 bits, which a
@@ -40,9 +42,14 @@ class TestDevice:
     # Not a pytest test class, despite the name.
     __test__ = False
 
+    mmio_size = TEST_SIZE
+
     def __init__(self, on_finish: Callable[[FinishKind, int], None]) -> None:
+        super().__init__("test")
         self._on_finish = on_finish
-        self.counters: collections.Counter[str] = collections.Counter()
+
+    def reset(self) -> None:
+        pass  # no state: each write acts at once
 
     def mmio_read(self, offset: int, size: int) -> int:
         self.counters["bad_read"] += 1

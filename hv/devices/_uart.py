@@ -25,6 +25,8 @@ from __future__ import annotations
 import collections
 
 from hv.board._bus import IrqLine
+from hv.board._device import Device
+from hv.board._platform import UART0_SIZE
 
 # Receive FIFO depth with FIFOs enabled (a 16550A has 16 bytes).
 FIFO_SIZE = 16
@@ -97,14 +99,20 @@ MSR_DCD = 0x80
 MSR_DELTAS = 0x0F
 
 
-class Uart16550:
+class Uart16550(Device):
     """A 16550A UART whose interrupt output drives ``irq``.
 
     Host side: ``feed`` bytes in, ``take_output`` bytes out.
     """
 
+    mmio_size = UART0_SIZE
+
     def __init__(self, irq: IrqLine) -> None:
+        super().__init__("uart0")
         self._irq = irq
+        self.reset()
+
+    def reset(self) -> None:
         self._irq_level = False
         self._rx: collections.deque[int] = collections.deque()
         self._ier = 0
@@ -119,7 +127,6 @@ class Uart16550:
         self._rx_trigger = 1
         self._thre_pending = False
         self._output = bytearray()
-        self.counters: collections.Counter[str] = collections.Counter()
 
     # -- host side ----------------------------------------------------------------------------
 

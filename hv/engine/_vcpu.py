@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hv._errors import HostError
+from hv._errors import GuestError, HostError
 from hv._log import get_logger
 from hv.board._bus import Bus
 from hv.board._memory import GuestMemory
@@ -123,6 +123,8 @@ class VcpuStats:
     rdtime_emulated: int = 0  # rdtime trapped and emulated (in Python)
     rdtime_native: int = 0  # time CSR reads answered by the engine's clock (fast engine)
     sbi_native: int = 0  # SBI calls answered in the native hook (counted in sbi_calls too)
+    device_guest_errors: int = 0  # MMIO accesses a device refused as the guest's error
+    code_invalidations: int = 0  # ranges of host-written RAM whose translations were dropped
     mmio_reads: int = 0
     mmio_writes: int = 0
     wfi: int = 0
@@ -399,22 +401,39 @@ class Vcpu:
     def _map_device(self, base: int, size: int, dev: Any) -> None:
         mmio_read = dev.mmio_read
         mmio_write = dev.mmio_write
+        guest_error = getattr(dev, "guest_error", None)
         stats = self.stats
+        name = f"{getattr(dev, 'name', 'device')} at {base:#x}"
+
+        def misused(err: GuestError) -> None:
+            # The guest's doing: the device counts it and sets its own error state; the VM
+            # goes on. Only a device without that hook makes it the vCPU's count.
+            stats.device_guest_errors += 1
+            if guest_error is not None:
+                try:
+                    guest_error(err)
+                except Exception:
+                    self._host_error(f"{name} failed handling a guest error")
 
         def on_read(uc: int, offset: int, sz: int, ud: int) -> int:
             stats.mmio_reads += 1
             try:
                 return int(mmio_read(offset, sz))
+            except GuestError as e:
+                misused(e)
+                return 0
             except Exception:
-                self._host_error(f"device at {base:#x} failed on a read at +{offset:#x}")
+                self._host_error(f"{name} failed on a read at +{offset:#x}")
                 return 0
 
         def on_write(uc: int, offset: int, sz: int, value: int, ud: int) -> None:
             stats.mmio_writes += 1
             try:
                 mmio_write(offset, sz, value)
+            except GuestError as e:
+                misused(e)
             except Exception:
-                self._host_error(f"device at {base:#x} failed on a write at +{offset:#x}")
+                self._host_error(f"{name} failed on a write at +{offset:#x}")
 
         rcb, wcb = _MMIO_READ_CB(on_read), _MMIO_WRITE_CB(on_write)
         self._keep += [rcb, wcb]
@@ -439,8 +458,11 @@ class Vcpu:
         # With the engine's clock the time CSR exists: let S-mode read it (mcounteren.TM),
         # as OpenSBI does on hardware that has it. U-mode reads obey the guest's scounteren.
         uc.reg_write(_reg("MCOUNTEREN"), _MCOUNTEREN_TM if self._clock is not None else 0)
-        uc.reg_write(_SATP, 0)
-        uc.reg_write(_STVEC, 0)
+        for name in ("SATP", "STVEC", "SSCRATCH", "SEPC", "SCAUSE", "STVAL", "SCOUNTEREN"):
+            uc.reg_write(_reg(name), 0)
+        for i in range(32):
+            uc.reg_write(_reg(f"F{i}"), 0)
+        uc.reg_write(_reg("FCSR"), 0)
         uc.reg_write(_X[10], hartid)
         uc.reg_write(_X[11], dtb_addr)
         uc.reg_write(_PRIV, PRIV_S)
@@ -448,7 +470,10 @@ class Vcpu:
         self._mip = 0
         self._fatal = None
         self._same_trap = 0
+        self._last_trap = (-1, -1, -1)
         uc.ctl_flush_tb()
+        self.flush_tlb()
+        self.mem.take_host_writes()  # the whole translation cache is gone anyway
 
     # -- register helpers (raw ctypes) -----------------------------------------------------
 
@@ -505,6 +530,17 @@ class Vcpu:
     def enabled_interrupts(self) -> int:
         """sie & the S-level interrupt bits: what would wake a ``wfi``."""
         return self.csr(_reg("MIE")) & S_INTERRUPTS
+
+    def _drop_translations(self, ranges: list[tuple[int, int]]) -> None:
+        """Host writes to guest RAM are invisible to the engine: drop the translated code of
+        the pages they touched, so the guest runs what is there now. Physical addresses,
+        so from M-mode (bare translation), as Unicorn's cache removal walks the current MMU."""
+        old = self.reg(_PRIV)
+        self.set_reg(_PRIV, PRIV_M)
+        for start, end in ranges:
+            self._uc.ctl_remove_cache(start, end)
+        self.set_reg(_PRIV, old)
+        self.stats.code_invalidations += len(ranges)
 
     def flush_tlb(self) -> None:
         self._uc.ctl(unicorn.unicorn_const.UC_CTL_TLB_FLUSH, unicorn.unicorn_const.UC_CTL_IO_WRITE)
@@ -564,6 +600,9 @@ class Vcpu:
         # A stop asked for before this slice (e.g. to deliver an interrupt raised between
         # slices) is already served by starting the engine again: mip is written.
         self.stats.slices += 1
+        written = self.mem.take_host_writes()
+        if written:
+            self._drop_translations(written)
         hv = self._hv
         e = self._exits
         if e is not None:

@@ -1,0 +1,83 @@
+"""The device protocol: what a device on the hv-virt board implements, and what it is given.
+
+A device sees offsets into its own MMIO window, its interrupt line, guest memory through the
+bounds-checked DMA accessor, a way to wake the VM and a way to start async work in the VM's
+own nursery; never the vCPU, never an absolute address. The board (``Machine``) owns the
+objects: a reboot calls ``reset()`` (device state back to power-on), it does not rebuild them,
+so backends, counters and references survive.
+
+Placement: the platform devices (PLIC, UART, test finisher) sit at their fixed hv-virt
+addresses; every device in ``MachineConfig.devices`` gets the next virtio-mmio slot
+(base ``0x1000_1000 + n * 0x1000``, IRQ ``1 + n``) and a ``virtio,mmio`` node in the device tree.
+
+Blame: a ``GuestError`` raised from an MMIO access is the guest's doing. The vCPU hands it to
+``guest_error``, which counts it and lets the device set its own error state (virtio:
+DEVICE_NEEDS_RESET); the VM goes on. Any other exception is a host bug and stops that VM
+with a host error naming the device.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from hv._errors import GuestError, HostError
+from hv.board._bus import IrqLine
+from hv.board._memory import GuestMemory
+
+AsyncWork = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class DeviceContext:
+    """What the board gives a device when it attaches it."""
+
+    name: str
+    memory: GuestMemory  # guest RAM, bounds-checked: the device's DMA accessor
+    irq: IrqLine  # the device's interrupt line (level), into the PLIC
+    wake: Callable[[], None]  # wake the VM if it sleeps (a rising IRQ already does)
+    spawn: Callable[[AsyncWork], None]  # run async work in the VM's nursery
+
+
+class Device(abc.ABC):
+    """A device on the board (subclass it; the MMIO handlers and ``reset`` are required)."""
+
+    #: bytes of MMIO window the device decodes, from its base
+    mmio_size = 0x1000
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._ctx: DeviceContext | None = None
+
+    @property
+    def ctx(self) -> DeviceContext:
+        if self._ctx is None:
+            raise HostError(f"device {self.name} is not attached to a machine")
+        return self._ctx
+
+    def attach(self, ctx: DeviceContext) -> None:
+        """Called once, when the board places the device (before the guest runs)."""
+        self._ctx = ctx
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Back to the power-on state (the board calls it on every reboot); keep counters."""
+
+    @abc.abstractmethod
+    def mmio_read(self, offset: int, size: int) -> int: ...
+
+    @abc.abstractmethod
+    def mmio_write(self, offset: int, size: int, value: int) -> None: ...
+
+    def after_slice(self) -> None:  # noqa: B027 (optional: most devices have none)
+        """Work after each time slice (batched completions, flushing), on the VM's thread."""
+
+    def guest_error(self, err: GuestError) -> None:
+        """The guest misused the device (the vCPU caught ``err`` from an MMIO access)."""
+        self.counters["guest_errors"] += 1
+
+    def stats(self) -> Mapping[str, int]:
+        return self.counters
