@@ -106,3 +106,22 @@ def li32(rd: int, value: int) -> list[int]:
 def raw_binary(words: Iterable[int]) -> bytes:
     """Instruction words as a raw binary (hv loads and enters it at 0x80200000)."""
     return code(list(words))
+
+
+SRET = 0x10200073
+
+
+def lw(rd: int, rs1: int, imm: int) -> int:
+    return i_type(imm, rs1, 2, rd, 0x03)
+
+
+def auipc(rd: int, imm20: int) -> int:
+    return ((imm20 & 0xFFFFF) << 12) | (rd << 7) | 0x17
+
+
+def csrw(csr: int, rs1: int) -> int:
+    return i_type(csr, rs1, 1, 0, 0x73)
+
+
+def csrs(csr: int, rs1: int) -> int:
+    return i_type(csr, rs1, 2, 0, 0x73)

@@ -129,6 +129,11 @@ class GuestMemory:
         _U64.pack_into(self.view, off, value & 0xFFFF_FFFF_FFFF_FFFF)
         self._wrote(off, 8)
 
+    @property
+    def host_written(self) -> bool:
+        """Has the host written guest RAM since the last ``take_host_writes``?"""
+        return bool(self._host_pages)
+
     def take_host_writes(self) -> list[tuple[int, int]]:
         """The guest-physical ranges [start, end) the host wrote since the last call, merged
         from whole pages, in address order."""

@@ -23,6 +23,7 @@ GUESTS: dict[str, str] = {
     "echo": "echoes console input via UART RX interrupts through the PLIC; 'q' quits",
     "exits": "benchmark: repeats one exit kind n times (kind=none|sbi|mmio|rdtime|trap|timer n=)",
     "smc": "self-checking self-modifying code test: rewrites, page crossings, Sv39 aliases, loader",
+    "dma": "checks that a host write (device DMA) over code it ran is what it runs next",
 }
 
 TARGET = "riscv64-freestanding-none"

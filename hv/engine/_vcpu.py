@@ -426,10 +426,14 @@ class Vcpu:
                 self._host_error(f"{name} failed on a read at +{offset:#x}")
                 return 0
 
+        mem = self.mem
+
         def on_write(uc: int, offset: int, sz: int, value: int, ud: int) -> None:
             stats.mmio_writes += 1
             try:
                 mmio_write(offset, sz, value)
+                if mem.host_written:  # the device wrote guest RAM (DMA): see _drop_translations
+                    self.request_stop()
             except GuestError as e:
                 misused(e)
             except Exception:
@@ -533,8 +537,10 @@ class Vcpu:
 
     def _drop_translations(self, ranges: list[tuple[int, int]]) -> None:
         """Host writes to guest RAM are invisible to the engine: drop the translated code of
-        the pages they touched, so the guest runs what is there now. Physical addresses,
-        so from M-mode (bare translation), as Unicorn's cache removal walks the current MMU."""
+        the pages they touched, so the guest runs what is there now. A write made during a
+        slice (a device's MMIO handler, an SBI call) ends the slice at the next block, so the
+        guest never runs past it on stale code. Physical addresses, so from M-mode (bare
+        translation), as Unicorn's cache removal walks the current MMU."""
         old = self.reg(_PRIV)
         self.set_reg(_PRIV, PRIV_M)
         for start, end in ranges:
@@ -688,6 +694,8 @@ class Vcpu:
     def _on_intr(self, uc: int, intno: int, ud: int) -> None:
         try:
             self._dispatch_exception(intno)
+            if self.mem.host_written:  # an SBI call wrote guest RAM (DBCN read)
+                self.request_stop()
         except Exception:
             self._host_error(f"exception handling for cause {intno} failed")
 

@@ -1,0 +1,3 @@
+"""Things hv builds and caches: the zig build cache (``_zig``), the bundled firmware guests
+(``_guests``) and the Linux guest image (``_image_linux``).
+"""
