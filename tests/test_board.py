@@ -85,9 +85,9 @@ class Doorbell(Device):
         self._acked.set()
 
 
-def irq_waiter_kernel() -> bytes:
-    """Enables slot 0's IRQ (PLIC source 1) for S-mode, then sleeps in wfi forever; its
-    handler claims the interrupt, writes to the device, completes it and returns."""
+def irq_waiter_kernel(busy: bool = False) -> bytes:
+    """Enables slot 0's IRQ (PLIC source 1) for S-mode, then sleeps in wfi forever (or, busy,
+    spins); its handler claims the interrupt, writes to the device, completes it, returns."""
     setup = [
         *li32(T1, PLIC + 4),  # priority of source 1
         addi(T2, 0, 1),
@@ -102,8 +102,7 @@ def irq_waiter_kernel() -> bytes:
         csrs(CSR_SIE, T1),  # SEIE
         addi(T1, 0, 2),
         csrs(CSR_SSTATUS, T1),  # SIE
-        WFI,
-        jal(0, -4),
+        *([addi(0, 0, 0), jal(0, -4)] if busy else [WFI, jal(0, -4)]),
     ]
     handler = [
         *li32(T1, PLIC + 0x20_1004),  # claim/complete of context 1
@@ -137,6 +136,39 @@ async def test_a_device_in_another_task_wakes_a_wfi_guest_at_once() -> None:
     assert vm.stats["wfi"] >= bell.rings
     median = statistics.median(bell.latency)
     assert median < 1e-3, f"IRQ to handler: median {median * 1e3:.2f} ms ({bell.latency})"
+
+
+async def test_a_busy_guest_takes_a_device_interrupt_within_a_quantum() -> None:
+    bell = Doorbell(rings=10)
+    cfg = VmConfig(kernel=irq_waiter_kernel(busy=True), devices=(bell,))
+    async with trio.open_nursery() as nursery:
+        vm: Vm = await nursery.start(run_vm, cfg)
+        with trio.fail_after(10):
+            while len(bell.latency) < bell.rings:
+                await trio.sleep(0.02)
+        vm.stop()
+    assert vm.stats["wfi"] == 0
+    # A quantum of 2 M instructions is about a millisecond here; allow for a noisy machine.
+    assert max(bell.latency) < 0.02, bell.latency
+
+
+async def test_guest_time_comes_from_an_injected_source(guest_elfs: dict[str, Path]) -> None:
+    """A time source running 50x faster than the host's: the guest's 4 x 100 ms of sleep
+    (timed by its own rdtime) pass in a few real milliseconds."""
+    start = time.monotonic_ns()
+
+    def fast() -> int:
+        return start + (time.monotonic_ns() - start) * 50
+
+    cfg = VmConfig(kernel=guest_elfs["sleep"], cmdline="ms=100 count=4", time_source=fast)
+    t0 = time.perf_counter()
+    vm, info = await run_to_end(cfg)
+    real = time.perf_counter() - t0
+    assert info.exit_code == 0, info
+    out = vm.console.transcript.decode()
+    assert "sleep: done" in out
+    assert real < 0.4, f"{real:.3f} s of real time for 400 ms of guest time at 50x"
+    assert vm.stats["rdtime_native"] == 0 and vm.stats["rdtime_emulated"] > 0
 
 
 class FailingWork(Device):

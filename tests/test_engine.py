@@ -43,9 +43,9 @@ from rvasm import (
 )
 
 from hv import engine as hv_engine
-from hv.engine import _vcpu
+from hv.engine import _abi
 
-unicorn: Any = _vcpu.unicorn
+unicorn: Any = _abi.unicorn
 rc: Any = importlib.import_module("unicorn.riscv_const")  # after hv chose the library
 
 STOCK_REQUESTED = os.environ.get("HV_ENGINE", "").strip().lower() == "stock"
@@ -73,10 +73,10 @@ class Bare:
             self.uc.reg_write(X[r], v)
         self.pc = RAM
         self.slice: Any = None
-        if _vcpu.FAST_ENGINE:
+        if _abi.FAST_ENGINE:
             ptr = ctypes.c_void_p()
-            assert _vcpu._hv_slice(self.uc._uch, ctypes.byref(ptr)) == 0
-            self.slice = _vcpu._HvSlice.from_address(ptr.value or 0)
+            assert _abi._hv_slice(self.uc._uch, ctypes.byref(ptr)) == 0
+            self.slice = _abi._HvSlice.from_address(ptr.value or 0)
 
     def run(self, budget: int | None = None) -> int:
         """One emu_start from the current pc; returns the Unicorn error code (0 = ok)."""
@@ -128,7 +128,7 @@ def final_state(b: Bare) -> tuple[list[int], bytes, int]:
 def test_the_fast_engine_is_loaded() -> None:
     """The suite runs on the fast engine (CI builds it first): a failed build must show here,
     not pass quietly on the stock library."""
-    assert _vcpu.FAST_ENGINE, f"running on {_vcpu.library_path()}: run 'hv engine build'"
+    assert _abi.FAST_ENGINE, f"running on {_abi.library_path()}: run 'hv engine build'"
     info = hv_engine.engine_info()
     assert info["engine"] == "fast" and info["patches"] == list(hv_engine.PATCHES)
     assert str(hv_engine.engine_dir()) in str(info["library"])
@@ -197,7 +197,7 @@ def test_a_failed_store_stops_on_its_own_instruction() -> None:
     unmapped = 0x4000_0000
     program = code([addi(T0, 0, 5), sd(T0, A0, 0), sd(T0, A1, 0), addi(T1, 0, 9), WFI])
     b = Bare(program, {A0: RAM + 0x1000, A1: unmapped})
-    assert b.run(budget=1 << 40 if _vcpu.FAST_ENGINE else None) == unicorn.UC_ERR_WRITE_UNMAPPED
+    assert b.run(budget=1 << 40 if _abi.FAST_ENGINE else None) == unicorn.UC_ERR_WRITE_UNMAPPED
     assert b.pc == RAM + 8
     assert b.word(RAM + 0x1000) == 5
     assert b.x(T1) == 0
@@ -228,7 +228,7 @@ def test_a_store_to_a_page_with_translated_code_is_seen() -> None:
     image = bytearray(code(main).ljust(page, b"\0"))
     image += func
     b = Bare(bytes(image), {S0: RAM})
-    assert b.run(budget=1 << 40 if _vcpu.FAST_ENGINE else None) == 0
+    assert b.run(budget=1 << 40 if _abi.FAST_ENGINE else None) == 0
     assert (b.x(S2), b.x(S3)) == (1, 2), "the rewritten code was not seen"
     assert int.from_bytes(b.uc.mem_read(RAM + page + 0x7F8, 8), "little") == RAM + page
 

@@ -19,7 +19,7 @@ from rvasm import jal as rv_jal
 
 from hv import Vm, VmConfig, run_vm
 from hv.board._machine import Clock
-from hv.engine import _vcpu
+from hv.engine import _abi, _native
 
 UART = 0x1000_0000
 A0, A7, T0, T1, S1, S2 = 10, 17, 5, 6, 9, 18
@@ -112,7 +112,7 @@ async def test_rdtime_from_either_path(native: bool, guest_elfs: dict[str, Path]
 
 @pytest.mark.skipif(STOCK, reason="HV_ENGINE=stock: no engine clock")
 def test_the_native_clock_agrees_with_the_python_clock() -> None:
-    native = _vcpu._load_native_hook()
+    native = _native._load_native_hook()
     assert native is not None
     ticks = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p)(
         ctypes.cast(native.hv_clock_ticks, ctypes.c_void_p).value
@@ -120,7 +120,7 @@ def test_the_native_clock_agrees_with_the_python_clock() -> None:
     py = Clock()
     py.paused_ns = 123_456_789  # some time spent paused: the offset covers it
     py.start_ns -= 5_000_000_000
-    c = _vcpu._Clock(offset_ns=py.offset_ns(), hz=10_000_000)
+    c = _abi._Clock(offset_ns=py.offset_ns(), hz=10_000_000)
     for _ in range(1000):
         before = py.ticks()
         got = ticks(ctypes.addressof(c))

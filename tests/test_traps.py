@@ -429,3 +429,33 @@ def test_cause_names() -> None:
     assert T.cause_name(T.CAUSE_BREAKPOINT) == "breakpoint"
     assert T.cause_name(T.CAUSE_STORE_PAGE_FAULT) == "store/AMO page fault"
     assert T.cause_name(42) == "exception 42"
+
+
+# -- forwarding to S-mode (pure) -------------------------------------------------------------
+
+
+def test_enter_supervisor_from_user_with_interrupts_on() -> None:
+    e = T.enter_supervisor(0x1000, T.CAUSE_ILLEGAL_INSN, 0xDEAD, 0, T.SSTATUS_SIE, 0x8020_0101)
+    assert isinstance(e, T.SupervisorEntry)
+    assert (e.sepc, e.scause, e.stval, e.pc) == (0x1000, T.CAUSE_ILLEGAL_INSN, 0xDEAD, 0x8020_0100)
+    assert e.sstatus & T.SSTATUS_SPIE and not e.sstatus & T.SSTATUS_SIE
+    assert not e.sstatus & T.SSTATUS_SPP  # came from U
+
+
+def test_enter_supervisor_from_supervisor_with_interrupts_off() -> None:
+    e = T.enter_supervisor(0x8020_0000, T.CAUSE_BREAKPOINT, 0, 1, T.SSTATUS_SPIE, 0x8030_0000)
+    assert isinstance(e, T.SupervisorEntry)
+    assert e.sstatus & T.SSTATUS_SPP and not e.sstatus & (T.SSTATUS_SPIE | T.SSTATUS_SIE)
+
+
+def test_enter_supervisor_refuses_no_vector_and_a_trap_on_the_vector() -> None:
+    assert "no trap vector" in str(T.enter_supervisor(0x1000, 2, 0, 1, 0, 0))
+    assert "trap loop" in str(T.enter_supervisor(0x8030_0000, 2, 0, 1, 0, 0x8030_0000))
+
+
+def test_trap_loop_needs_a_stuck_sepc() -> None:
+    loop = T.TrapLoop()
+    assert not any(loop.note(13, 0x1000, 0x5000, sepc=0x2000 + i) for i in range(200))
+    loop.reset()
+    hits = [loop.note(13, 0x1000, 0x5000, sepc=0x1000) for _ in range(T.TRAP_LOOP_LIMIT)]
+    assert hits[-1] and not any(hits[:-1])

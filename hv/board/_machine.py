@@ -47,6 +47,9 @@ from hv.riscv._sbi import LEGACY_PUTCHAR
 
 log = get_logger("hv.machine")
 
+# How often a sleeping guest is re-checked when guest time comes from an injected source.
+CUSTOM_CLOCK_POLL_S = 0.001
+
 
 @dataclass(frozen=True)
 class MachineConfig:
@@ -242,7 +245,13 @@ class Machine:
         return False
 
     def next_deadline(self) -> float | None:
-        return self.interrupts.next_deadline()
+        """Host seconds until the guest's timer is due (None: no timer). With an injected
+        time source its pace is unknown to the host, so a sleeping guest is re-checked
+        every CUSTOM_CLOCK_POLL_S instead."""
+        deadline = self.interrupts.next_deadline()
+        if deadline is None or self.clock.monotonic:
+            return deadline
+        return min(deadline, CUSTOM_CLOCK_POLL_S)
 
     def feed_input(self, data: bytes) -> None:
         self.console.feed(data)
@@ -331,4 +340,3 @@ class Machine:
 
     def stop_device_work(self) -> None:
         self._spawn = None
-

@@ -46,16 +46,16 @@ __all__ = [
 def engine_info() -> dict[str, object]:
     """What runs the guests in this process: loads the library if it is not loaded yet."""
     choice = load_library()
-    from hv.engine import _vcpu
+    from hv.engine import _abi  # loads libunicorn
 
     built = cached_engine()
     info: dict[str, object] = {
-        "engine": "fast" if _vcpu.FAST_ENGINE else "stock",
+        "engine": "fast" if _abi.FAST_ENGINE else "stock",
         "requested": choice.requested,
         "source": choice.source,
-        "library": _vcpu.library_path(),
-        "unicorn": _vcpu.unicorn_version(),
-        "patches": list(PATCHES) if _vcpu.FAST_ENGINE else [],
+        "library": _abi.library_path(),
+        "unicorn": _abi.unicorn_version(),
+        "patches": list(PATCHES) if _abi.FAST_ENGINE else [],
         "cache": str(engine_dir()),
         "built": built.info if built is not None else None,
     }

@@ -30,39 +30,56 @@ import collections
 import contextlib
 import ctypes
 import enum
-import platform
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from hv._errors import GuestError, HostError
 from hv._log import get_logger
 from hv.board._bus import Bus
 from hv.board._memory import GuestMemory
-from hv.build import _zig
-from hv.engine import _select
+from hv.engine._abi import (
+    _INTR_CB,
+    _MIP,
+    _MMIO_READ_CB,
+    _MMIO_WRITE_CB,
+    _PC,
+    _PRIV,
+    _SATP,
+    _SSTATUS,
+    _STVEC,
+    _WFI,
+    _X,
+    FAST_ENGINE,
+    NATIVE_CONSOLE_CAP,
+    NATIVE_CONSOLE_STOP,
+    _Batch,
+    _Clock,
+    _emu_start,
+    _Exits,
+    _hv_slice,
+    _HvSlice,
+    _lib,
+    _reg,
+    _reg_read,
+    _reg_read_batch,
+    _reg_write,
+    _reg_write_batch,
+    _set_time,
+    _Slice,
+    unicorn,
+)
+from hv.engine._native import _load_native_hook
 from hv.riscv import _traps
-
-# The binding loads libunicorn when first imported: hv's fast engine, unless HV_ENGINE=stock.
-with _select.library_for_import():
-    import unicorn as _unicorn
-    import unicorn.riscv_const as rc
-    import unicorn.unicorn_py3.unicorn as _ucmod
 
 log = get_logger("hv.vcpu")
 
-# The binding's own annotations are partial; this module types its edges itself.
-unicorn: Any = _unicorn
 
 # Code bytes per instruction used to turn a quantum in instructions into a block budget for
 # the stock engine's block hook (rv64gc code mixes 2- and 4-byte instructions; the budget is a
 # deterministic proxy). The fast engine counts instructions.
 BYTES_PER_INSN = 3
-# Identical forwarded traps in a row, each taken before the handler moved sepc on, that
-# count as a trap loop: a handler that faults on itself never makes progress.
-TRAP_LOOP_LIMIT = 64
 
 MIP_SSIP = 1 << 1
 MIP_STIP = 1 << 5
@@ -80,9 +97,6 @@ MEDELEG_DEFAULT = (
     | (1 << _traps.CAUSE_STORE_PAGE_FAULT)
 )
 
-_SSTATUS_SIE = 1 << 1
-_SSTATUS_SPIE = 1 << 5
-_SSTATUS_SPP = 1 << 8
 _MSTATUS_FS_INITIAL = 1 << 13
 _MCOUNTEREN_TM = 1 << 1
 
@@ -137,163 +151,11 @@ class VcpuStats:
     traps_by_cause: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
-# --- raw libunicorn entry points --------------------------------------------------------------
-
-_lib = _ucmod.uclib
-_c_u64p = ctypes.POINTER(ctypes.c_uint64)
-_reg_read = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)(
-    ("uc_reg_read", _lib)
-)
-_reg_write = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)(
-    ("uc_reg_write", _lib)
-)
-_BATCH = ctypes.CFUNCTYPE(
-    ctypes.c_int,
-    ctypes.c_void_p,
-    ctypes.POINTER(ctypes.c_int),
-    ctypes.POINTER(ctypes.c_void_p),
-    ctypes.c_int,
-)
-_reg_read_batch = _BATCH(("uc_reg_read_batch", _lib))
-_reg_write_batch = _BATCH(("uc_reg_write_batch", _lib))
-# The fast engine's time slice (hv/engine/patches/0002): absent from a stock library.
-FAST_ENGINE = hasattr(_lib, "uc_hv_slice")
-if FAST_ENGINE:
-    _hv_slice = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p))(
-        ("uc_hv_slice", _lib)
-    )
-
-
-class _HvSlice(ctypes.Structure):
-    _fields_ = (("budget", ctypes.c_int64), ("stops", ctypes.c_uint64))
-
-
-def library_path() -> str:
-    """The file of the libunicorn this process runs on."""
-    return str(getattr(_lib, "_name", "?"))
-
-
-def unicorn_version() -> str:
-    return str(unicorn.__version__)
-
-
-_set_time = None
-if hasattr(_lib, "uc_hv_set_time"):  # the fast engine's patch 0003
-    _set_time = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)(
-        ("uc_hv_set_time", _lib)
-    )
-
-# The native console buffer: its size, and how full it gets before the slice ends to hand
-# the bytes over (the Python console path hands over at the same mark).
-NATIVE_CONSOLE_CAP = 1 << 16
-NATIVE_CONSOLE_STOP = 4096
-
-
-class _Clock(ctypes.Structure):  # hv_clock in _native/vcpu.c
-    _fields_ = (("offset_ns", ctypes.c_int64), ("hz", ctypes.c_uint64), ("reads", ctypes.c_uint64))
-
-
-class _Exits(ctypes.Structure):  # hv_exits in _native/vcpu.c
-    _fields_ = (
-        ("slow", ctypes.c_void_p),
-        ("slow_user", ctypes.c_void_p),
-        ("reg_read", ctypes.c_void_p),
-        ("reg_write", ctypes.c_void_p),
-        ("reg_priv", ctypes.c_int32),
-        ("reg_a0", ctypes.c_int32),
-        ("reg_a7", ctypes.c_int32),
-        ("hold", ctypes.c_int32),
-        ("buf", ctypes.c_void_p),
-        ("len", ctypes.c_uint32),
-        ("cap", ctypes.c_uint32),
-        ("stop_at", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("budget", ctypes.c_void_p),
-        ("unspent", ctypes.c_int64),
-        ("putchar", ctypes.c_uint64),
-    )
-
-
-_emu_start = ctypes.CFUNCTYPE(
-    ctypes.c_int,
-    ctypes.c_void_p,
-    ctypes.c_uint64,
-    ctypes.c_uint64,
-    ctypes.c_uint64,
-    ctypes.c_size_t,
-)(("uc_emu_start", _lib))
-
-_INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
-_MMIO_READ_CB = ctypes.CFUNCTYPE(
-    ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_void_p
-)
-_MMIO_WRITE_CB = ctypes.CFUNCTYPE(
-    None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint, ctypes.c_uint64, ctypes.c_void_p
-)
-
-
-class _Slice(ctypes.Structure):
-    _fields_ = (
-        ("budget", ctypes.c_int64),
-        ("request", ctypes.c_int32),
-        ("stopped", ctypes.c_int32),
-        ("stop", ctypes.c_void_p),
-        ("executed", ctypes.c_uint64),
-    )
-
-
-class _Batch:
-    """A fixed list of registers read or written with one call."""
-
-    def __init__(self, regs: Sequence[int]) -> None:
-        n = len(regs)
-        self.n = n
-        self.ids = (ctypes.c_int * n)(*regs)
-        self.vals = (ctypes.c_uint64 * n)()
-        base = ctypes.addressof(self.vals)
-        self.ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
-
-
-_native_hook: ctypes.CDLL | None = None
-
-
-def _load_native_hook() -> ctypes.CDLL | None:
-    """Build (once, cached) and load the native block hook; None if it can't be built."""
-    global _native_hook
-    if _native_hook is not None:
-        return _native_hook
-    src = Path(__file__).parent / "_native" / "vcpu.c"
-    flags = ["-shared", "-fPIC", "-O2", platform.machine()]
-
-    def build(out: Path) -> None:
-        _zig.run_zig(["cc", "-shared", "-fPIC", "-O2", "-o", str(out), str(src)])
-
-    try:
-        path = _zig.cached_build("libhvnative.so", [src], flags, build)
-        _native_hook = ctypes.CDLL(str(path))
-    except (HostError, OSError) as e:
-        log.warning("native vCPU helpers unavailable; slicing by instruction count", err=str(e))
-        return None
-    return _native_hook
-
-
-def _reg(name: str) -> int:
-    return int(getattr(rc, f"UC_RISCV_REG_{name}"))
-
-
-_X = [_reg(f"X{i}") for i in range(32)]
-_PC = _reg("PC")
-_WFI = 0x10500073
 _UNMAPPED_CAUSE = {
-    _unicorn.UC_ERR_FETCH_UNMAPPED: _traps.CAUSE_FETCH_ACCESS,
-    _unicorn.UC_ERR_READ_UNMAPPED: _traps.CAUSE_LOAD_ACCESS,
-    _unicorn.UC_ERR_WRITE_UNMAPPED: _traps.CAUSE_STORE_ACCESS,
+    unicorn.UC_ERR_FETCH_UNMAPPED: _traps.CAUSE_FETCH_ACCESS,
+    unicorn.UC_ERR_READ_UNMAPPED: _traps.CAUSE_LOAD_ACCESS,
+    unicorn.UC_ERR_WRITE_UNMAPPED: _traps.CAUSE_STORE_ACCESS,
 }
-_PRIV = _reg("PRIV")
-_MIP = _reg("MIP")
-_SSTATUS = _reg("SSTATUS")
-_STVEC = _reg("STVEC")
-_SATP = _reg("SATP")
 
 
 class Vcpu:
@@ -317,8 +179,7 @@ class Vcpu:
         self._h = self._uc._uch
         self._keep: list[Any] = []  # ctypes callbacks must outlive the engine
         self._fatal: Exit | None = None
-        self._last_trap: tuple[int, int, int] = (-1, -1, -1)
-        self._same_trap = 0
+        self._trap_loop = _traps.TrapLoop()
         self._one = ctypes.c_uint64()
         self._one_ref = ctypes.byref(self._one)
         self._args = _Batch([_X[17], _X[16], *_X[10:16]])  # a7, a6, a0..a5
@@ -473,8 +334,7 @@ class Vcpu:
         self._pc = entry
         self._mip = 0
         self._fatal = None
-        self._same_trap = 0
-        self._last_trap = (-1, -1, -1)
+        self._trap_loop.reset()
         uc.ctl_flush_tb()
         self.flush_tlb()
         self.mem.take_host_writes()  # the whole translation cache is gone anyway
@@ -742,7 +602,7 @@ class Vcpu:
         b = self._args
         _reg_read_batch(self._h, b.ids, b.ptrs, b.n)
         v = b.vals
-        self._same_trap = 0
+        self._trap_loop.same = 0  # an SBI call between traps: the handler made progress
         res = self.firmware.sbi_call(v[0], v[1], v[2:8])
         r = self._ret
         r.vals[0] = res[0] & 0xFFFF_FFFF_FFFF_FFFF
@@ -783,37 +643,22 @@ class Vcpu:
         b = self._trap_in
         _reg_read_batch(self._h, b.ids, b.ptrs, b.n)
         sstatus, stvec, sepc = b.vals[0], b.vals[1], b.vals[2]
-        # A trap loop: the same trap again, and the handler never moved sepc on from where we
-        # delivered the last one (it faulted before finishing). A loop that traps and skips
-        # the instruction each time advances sepc and is a legitimate program.
-        key = (cause, epc, tval)
-        stuck = key == self._last_trap and sepc == epc
-        self._same_trap = self._same_trap + 1 if stuck else 1
-        self._last_trap = key
-        vector = stvec & ~3
-        if vector == 0 or epc == vector or self._same_trap >= TRAP_LOOP_LIMIT:
+        entry = _traps.enter_supervisor(epc, cause, tval, priv, sstatus, stvec)
+        looping = self._trap_loop.note(cause, epc, tval, sepc)
+        if isinstance(entry, str) or looping:
             self.set_reg(_PRIV, priv)
             what = f"{_traps.cause_name(cause)} at pc={epc:#x} (stval={tval:#x})"
-            if vector == 0:
-                self._guest_fatal(f"{what} with no trap vector (stvec=0)")
-            else:
-                self._guest_fatal(f"trap loop: {what} repeats inside the trap handler")
+            self._guest_fatal(entry if isinstance(entry, str) else f"trap loop: {what} repeats")
             return
-        sie = sstatus & _SSTATUS_SIE
-        sstatus &= ~(_SSTATUS_SIE | _SSTATUS_SPIE | _SSTATUS_SPP)
-        if sie:
-            sstatus |= _SSTATUS_SPIE
-        if priv == PRIV_S:
-            sstatus |= _SSTATUS_SPP
         o = self._trap_out
         o.vals[0] = PRIV_S
-        o.vals[1] = epc & 0xFFFF_FFFF_FFFF_FFFF
-        o.vals[2] = cause
-        o.vals[3] = tval & 0xFFFF_FFFF_FFFF_FFFF
-        o.vals[4] = sstatus
-        o.vals[5] = vector
+        o.vals[1] = entry.sepc
+        o.vals[2] = entry.scause
+        o.vals[3] = entry.stval
+        o.vals[4] = entry.sstatus
+        o.vals[5] = entry.pc
         _reg_write_batch(self._h, o.ids, o.ptrs, o.n)
-        self._pc = vector
+        self._pc = entry.pc
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -9,6 +9,7 @@ memory operand (including the compressed loads and stores).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from hv._errors import GuestError
 from hv.board._memory import GuestMemory
@@ -197,3 +198,66 @@ def decode_counter_read(insn: int) -> int | None:
     if (insn >> 20) not in _COUNTER_CSRS:
         return None
     return _bits(insn, 11, 7)
+
+
+# -- forwarding a trap to S-mode, as a pure function -----------------------------------------
+
+# Identical forwarded traps in a row, each taken before the handler moved sepc on, that
+# count as a trap loop: a handler that faults on itself never makes progress.
+TRAP_LOOP_LIMIT = 64
+SSTATUS_SIE = 1 << 1
+SSTATUS_SPIE = 1 << 5
+SSTATUS_SPP = 1 << 8
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorEntry:
+    """The S-mode state on entering the guest's trap handler (what the firmware writes)."""
+
+    sepc: int
+    scause: int
+    stval: int
+    sstatus: int
+    pc: int  # the vector (stvec, direct mode)
+
+
+@dataclass
+class TrapLoop:
+    """Tells a trap loop (the same trap again while the handler never moved sepc on: it
+    faulted before finishing) from a legitimate program that traps and skips each time."""
+
+    last: tuple[int, int, int] = (-1, -1, -1)
+    same: int = 0
+
+    def reset(self) -> None:
+        self.last, self.same = (-1, -1, -1), 0
+
+    def note(self, cause: int, epc: int, tval: int, sepc: int) -> bool:
+        """Record a trap about to be forwarded; True if it makes a loop."""
+        key = (cause, epc, tval)
+        self.same = self.same + 1 if key == self.last and sepc == epc else 1
+        self.last = key
+        return self.same >= TRAP_LOOP_LIMIT
+
+
+def enter_supervisor(
+    epc: int, cause: int, tval: int, from_priv: int, sstatus: int, stvec: int
+) -> SupervisorEntry | str:
+    """Forward a synchronous exception at ``epc`` to S-mode, as the privileged spec says:
+    sepc, scause, stval; SPIE <- SIE, SIE <- 0, SPP <- the privilege trapped from; pc <- the
+    vector. Returns the reason instead when the guest cannot take it (no vector, or a trap on
+    the vector itself): that guest is stuck for good."""
+    vector = stvec & ~3
+    what = f"{cause_name(cause)} at pc={epc:#x} (stval={tval:#x})"
+    if vector == 0:
+        return f"{what} with no trap vector (stvec=0)"
+    if epc == vector:
+        return f"trap loop: {what} repeats inside the trap handler"
+    sie = sstatus & SSTATUS_SIE
+    sstatus &= ~(SSTATUS_SIE | SSTATUS_SPIE | SSTATUS_SPP)
+    if sie:
+        sstatus |= SSTATUS_SPIE
+    if from_priv == 1:
+        sstatus |= SSTATUS_SPP
+    return SupervisorEntry(epc & _MASK64, cause, tval & _MASK64, sstatus, vector)
