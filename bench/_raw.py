@@ -3,27 +3,37 @@
 RAM is mapped, the guest is entered in S-mode with a device tree (for its bootargs), and a
 minimal SBI stub written the obvious way with the high-level binding answers the guest's
 calls: what someone would write without hv. Benchmarks add their own hooks on top.
+
+It runs on the same libunicorn as hv in this process: hv's machine is loaded first, so the
+engine HV_ENGINE chooses (the fast one by default, see hv/engine) is the one loaded, and not
+the wheel's stock library that a bare ``import unicorn`` would load.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import unicorn
-import unicorn.riscv_const as rc
+import hv
+from hv.board import _platform as P
+from hv.board._fdt import DeviceTreeSpec, build_device_tree
+from hv.board._loader import load_kernel
 
-from hv import _platform as P
-from hv._fdt import DeviceTreeSpec, build_device_tree
-from hv._loader import load_kernel
+# First: loading hv's machine loads the libunicorn HV_ENGINE chooses (hv/engine); unicorn
+# imported after that is the same library, already loaded.
+_ = hv.VmConfig
+
+import unicorn  # noqa: E402  # isort: skip
+import unicorn.riscv_const as rc  # noqa: E402  # isort: skip
 
 RAM_SIZE = 128 << 20
+_unicorn: Any = unicorn
 _A = [getattr(rc, f"UC_RISCV_REG_A{i}") for i in range(8)]
 DBCN, SRST, BASE, TIME = 0x4442434E, 0x53525354, 0x10, 0x54494D45
 
 
 class RawGuest:
     def __init__(self, elf: bytes, bootargs: str = "") -> None:
-        uc: Any = unicorn.Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64)
+        uc: Any = _unicorn.Uc(_unicorn.UC_ARCH_RISCV, _unicorn.UC_MODE_RISCV64)
         self.uc = uc
         uc.mem_map(P.RAM_BASE, RAM_SIZE)
         k = load_kernel(elf, P.RAM_BASE, RAM_SIZE, uc.mem_write)
@@ -35,7 +45,7 @@ class RawGuest:
         self.done = False
         self.on_sbi: dict[int, Any] = {}  # eid -> fn(uc, fid, args) -> (a0, a1)
         self.on_exception: dict[int, Any] = {}  # cause -> fn(uc)
-        uc.hook_add(unicorn.UC_HOOK_INTR, self._intr)
+        uc.hook_add(_unicorn.UC_HOOK_INTR, self._intr)
         uc.reg_write(_A[0], 0)
         uc.reg_write(_A[1], dtb_addr)
         uc.reg_write(rc.UC_RISCV_REG_MSTATUS, 1 << 13)
