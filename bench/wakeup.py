@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_board import Doorbell, irq_waiter_kernel  # noqa: E402
+from test_board import Doorbell, irq_waiter_kernel  # type: ignore[import-not-found]  # noqa: E402
 
 import hv  # noqa: E402
 from hv.board._memory import GuestMemory  # noqa: E402
@@ -39,7 +39,7 @@ async def latencies(busy: bool, rings: int) -> list[float]:
         while len(bell.latency) < rings:
             await trio.sleep(0.05)
         vm.stop()
-    return bell.latency
+    return list(bell.latency)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -80,9 +80,9 @@ def main() -> None:
         print(f"{name:<22}" + "".join(f"{c:8.3f}" for c in cells))
     big, small = host_write_cost()
     print(f"host write into guest RAM: {big:.2f} us per 1500 B, {small:.2f} us per u64")
-    wfi = statistics.median(rows["asleep in wfi"]) * 1e3
-    busy = statistics.median(rows["busy in a slice"]) * 1e3
-    print(f"wakeup: wfi median {wfi:.3f} ms (goal < 1 ms); busy median {busy:.3f} ms")
+    asleep = statistics.median(rows["asleep in wfi"]) * 1e3
+    running = statistics.median(rows["busy in a slice"]) * 1e3
+    print(f"wakeup: wfi median {asleep:.3f} ms (goal < 1 ms); busy median {running:.3f} ms")
 
 
 if __name__ == "__main__":
