@@ -125,3 +125,11 @@ def csrw(csr: int, rs1: int) -> int:
 
 def csrs(csr: int, rs1: int) -> int:
     return i_type(csr, rs1, 2, 0, 0x73)
+
+
+def csrr(rd: int, csr: int) -> int:
+    return i_type(csr, 0, 2, rd, 0x73)
+
+
+def beq(rs1: int, rs2: int, offset: int) -> int:
+    return b_type(offset, rs2, rs1, 0)

@@ -151,8 +151,11 @@ class VcpuStats:
     traps_by_cause: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
+# Engine errors that are access faults on real hardware (pc on the instruction). A fetch
+# from a device window (mapped, not executable) is one too.
 _UNMAPPED_CAUSE = {
     unicorn.UC_ERR_FETCH_UNMAPPED: _traps.CAUSE_FETCH_ACCESS,
+    unicorn.UC_ERR_FETCH_PROT: _traps.CAUSE_FETCH_ACCESS,
     unicorn.UC_ERR_READ_UNMAPPED: _traps.CAUSE_LOAD_ACCESS,
     unicorn.UC_ERR_WRITE_UNMAPPED: _traps.CAUSE_STORE_ACCESS,
 }
