@@ -4,18 +4,26 @@ never a host traceback, a hang, a lost byte or a status of 0 for a failure."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
 import trio
 from conftest import FINISHER, raw_binary
 from rvasm import addi, auipc, bne, csrr, csrw, jal, jalr, li32, sw
 
-from hv import StopKind, Vm, VmConfig, run_vm
+from hv import ConfigError, StopKind, Vm, VmConfig, run_vm
 
 T0, T1, T2, T3 = 5, 6, 7, 28
 CSR_STVEC, CSR_SCAUSE, CSR_STVAL = 0x105, 0x142, 0x143
 UART = 0x1000_0000
 
 
-async def run_to_end(config: VmConfig, timeout: float = 20) -> tuple[Vm, object]:
+async def run_to_end(config: VmConfig, timeout: float = 20) -> tuple[Vm, Any]:
     with trio.fail_after(timeout):
         async with trio.open_nursery() as nursery:
             vm: Vm = await nursery.start(run_vm, config)
@@ -59,3 +67,110 @@ async def test_a_fetch_from_a_device_window_is_an_access_fault_for_the_guest() -
     vm, info = await run_to_end(VmConfig(kernel=fetch_from_device_kernel()))
     assert info.kind is StopKind.POWEROFF, info  # the guest's handler saw cause 1, stval UART
     assert vm.stats["trap_cause_1"] == 1
+
+
+# -- 4: a finisher failure code is never exit status 0 ---------------------------------------
+
+
+async def test_finisher_failure_codes_map_to_failure_statuses() -> None:
+    from conftest import finisher_kernel
+
+    for code, want in ((1, 1), (3, 3), (255, 255), (256, 1), (511, 1), (0xFFFF, 1)):
+        _, info = await run_to_end(VmConfig(kernel=finisher_kernel((code << 16) | 0x3333)))
+        assert info.kind is StopKind.FAILURE, info
+        assert info.exit_code == want and info.exit_code % 256 != 0, (code, info)
+
+
+# -- 6, 7, 8: careless input on the command line ----------------------------------------------
+
+
+def hv_cli(*args: str, stdout: int | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hv.cli", *args],
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], words: str) -> None:
+    assert r.returncode == 4, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hv: "), r.stderr
+    assert words in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_a_kernel_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    one_line_error(hv_cli("run", "/dev/zero"), "not a regular file")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    one_line_error(hv_cli("run", str(fifo)), "not a regular file")  # and no hang
+    one_line_error(hv_cli("run", "hello", "--initrd", "/dev/zero"), "not a regular file")
+
+
+def test_bad_output_paths_and_sizes_are_one_line_errors(tmp_path: Path) -> None:
+    one_line_error(
+        hv_cli("run", "hello", "--dtb-out", str(tmp_path / "no" / "x.dtb")), "device tree"
+    )
+    one_line_error(hv_cli("run", "hello", "--dtb-out", str(tmp_path)), "Is a directory")
+    one_line_error(hv_cli("run", "hello", "--mem=--"), "--mem")
+
+
+def test_a_closed_or_vanishing_stdout_ends_quietly() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "hv.cli", "run", "hello"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+        pass_fds=(),
+        preexec_fn=lambda: os.close(1),
+    )
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    # A reader that reads a little then goes away: no traceback, the SIGPIPE status.
+    with subprocess.Popen(
+        [sys.executable, "-m", "hv.cli", "run", "sbi"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as p:
+        assert p.stdout is not None and p.stderr is not None
+        p.stdout.read(10)
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        p.wait(timeout=60)
+    assert "Traceback" not in err, err
+    assert p.returncode in (0, 141), (p.returncode, err)
+
+
+def test_a_big_endian_elf_is_named_so(tmp_path: Path) -> None:
+    be = tmp_path / "be.elf"
+    be.write_bytes(b"\x7fELF\x02\x02\x01\x00" + bytes(120))
+    one_line_error(hv_cli("run", str(be)), "big-endian")
+
+
+def test_an_initrd_larger_than_ram_names_no_placeholder_address() -> None:
+    big = b"\0" * (17 << 20)
+    with pytest.raises(ConfigError) as e:
+        Vm(VmConfig(kernel=finisher_kernel_bytes(), initrd=big, mem_size=16 << 20))
+    assert "does not fit in 16 MiB of RAM" in str(e.value) and "0x" not in str(e.value)
+
+
+def finisher_kernel_bytes() -> bytes:
+    from conftest import finisher_kernel
+
+    return finisher_kernel(0x5555)
+
+
+def test_a_huge_command_line_is_refused_at_once() -> None:
+    t = time.perf_counter()
+    try:
+        VmConfig(kernel=finisher_kernel_bytes(), cmdline="x" * (100 << 20)).machine_config()
+    except ConfigError as e:
+        assert "limit" in str(e)
+    else:
+        raise AssertionError("a 100 MB command line was accepted")
+    assert time.perf_counter() - t < 0.5

@@ -151,9 +151,16 @@ def _validate(spec: DeviceTreeSpec) -> None:
             )
 
 
+# The longest text property hv writes (bootargs): as U-Boot's and far beyond Linux's riscv
+# COMMAND_LINE_SIZE (1024); a longer one is a mistake, and checking it costs time.
+TEXT_LIMIT = 64 << 10
+
+
 def _check_text(what: str, text: str, *, allow_empty: bool) -> None:
     if not text and not allow_empty:
         raise ConfigError(f"{what} is empty")
+    if len(text) > TEXT_LIMIT:
+        raise ConfigError(f"{what} is {len(text)} characters long; the limit is {TEXT_LIMIT}")
     bad = sorted({c for c in text if c not in printable or c in "\r\n\t\x0b\x0c"})
     if bad:
         raise ConfigError(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,12 +90,19 @@ class _Chunk:
     zero: int  # bytes of zeros that follow `data`
 
 
-def load_file(path: str | os.PathLike[str], what: str = "file") -> bytes:
-    """Read a whole file, or raise ConfigError saying why it cannot be read."""
+# The largest kernel or initrd file hv reads (more than any guest RAM could take in practice).
+FILE_LIMIT = 2 << 30
+
+
+def load_file(path: str | os.PathLike[str], what: str = "file", limit: int = FILE_LIMIT) -> bytes:
+    """Read a whole regular file, or raise ConfigError saying why it cannot be used.
+
+    Only regular files: a device (/dev/zero reads without end) or a FIFO (blocks until a
+    writer comes) is refused, as is a file over ``limit`` bytes. The file is opened without
+    blocking, so a FIFO cannot hang the caller."""
     name = os.fspath(path)
     try:
-        with open(name, "rb") as f:
-            return f.read()
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigError(f"{what} {name!r} does not exist; check the path") from None
     except IsADirectoryError:
@@ -102,7 +110,26 @@ def load_file(path: str | os.PathLike[str], what: str = "file") -> bytes:
     except PermissionError:
         raise ConfigError(f"{what} {name!r} is not readable (permission denied)") from None
     except OSError as e:
+        raise ConfigError(f"cannot open {what} {name!r}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{what} {name!r} is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} {name!r} is not a regular file (a device, FIFO or socket)")
+        if st.st_size > limit:
+            raise ConfigError(
+                f"{what} {name!r} is {st.st_size >> 20} MiB, over the {limit >> 20} MiB limit"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as e:
         raise ConfigError(f"cannot read {what} {name!r}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(f"{what} {name!r} grew past the {limit >> 20} MiB limit while read")
+    return data
 
 
 def load_kernel(data: bytes, ram_base: int, ram_size: int, write: WriteFn) -> LoadedKernel:
@@ -183,6 +210,12 @@ def _elf_chunks(data: bytes) -> tuple[list[_Chunk], int]:
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
+    if data[5:6] == b"\x02":  # EI_DATA: big-endian (pyelftools would misread e_machine)
+        bits = 32 if data[4:5] == b"\x01" else 64
+        raise ConfigError(
+            f"the kernel is a big-endian {bits}-bit ELF file; hv-virt runs little-endian "
+            "riscv64 (build for riscv64, e.g. -target riscv64-freestanding-none)"
+        )
     try:
         elf = ELFFile(io.BytesIO(data))
         header = elf.header

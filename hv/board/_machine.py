@@ -33,7 +33,7 @@ from hv.board._bus import Bus
 from hv.board._clock import Clock, TimeSource
 from hv.board._console_io import ConsoleIo, OrderedUart
 from hv.board._device import AsyncWork, Device, DeviceContext
-from hv.board._fdt import DeviceTreeSpec, build_device_tree
+from hv.board._fdt import TEXT_LIMIT, DeviceTreeSpec, build_device_tree
 from hv.board._firmware import BoardFirmware
 from hv.board._interrupts import HartInterrupts
 from hv.board._loader import LoadedKernel, load_kernel, plan_layout
@@ -80,6 +80,10 @@ class MachineConfig:
             raise ConfigError(
                 f"quantum {self.quantum} is out of range {QUANTUM_MIN}..{QUANTUM_MAX} "
                 "instructions per slice"
+            )
+        if len(self.cmdline) > TEXT_LIMIT:  # before anything slow looks at it
+            raise ConfigError(
+                f"kernel command line is {len(self.cmdline)} characters; the limit is {TEXT_LIMIT}"
             )
         if len(self.devices) > P.VIRTIO_SLOTS:
             raise ConfigError(
@@ -157,6 +161,11 @@ class Machine:
         """Load the kernel, initrd and device tree, and put the hart at the kernel's entry."""
         cfg = self.config
         self.kernel = load_kernel(cfg.kernel, self.mem.base, self.mem.size, self.mem.write)
+        if cfg.initrd and len(cfg.initrd) >= self.mem.size:
+            raise ConfigError(
+                f"initrd of {len(cfg.initrd) >> 20} MiB does not fit in {self.mem.size >> 20} MiB "
+                "of RAM; raise --mem"
+            )
         # The device tree's size depends on the initrd's address only through fixed-size
         # cells, so a first build with a placeholder gives the size to plan around.
         probe = self._device_tree(None)
@@ -167,7 +176,12 @@ class Machine:
         self.dtb = self._device_tree(layout.initrd)
         self.mem.write(layout.dtb_addr, self.dtb)
         if cfg.dtb_out is not None:
-            cfg.dtb_out.write_bytes(self.dtb)
+            try:
+                cfg.dtb_out.write_bytes(self.dtb)
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot write the device tree to {str(cfg.dtb_out)!r}: {e.strerror or e}"
+                ) from None
         self.vcpu.reset(self.kernel.entry, 0, layout.dtb_addr)
         log.debug(
             "boot",

@@ -216,9 +216,37 @@ def _raw_terminal(fd: int) -> Iterator[bool]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+# Exit status when the reader of hv's output went away (as a Unix tool killed by SIGPIPE).
+EXIT_OUTPUT_CLOSED = 128 + 13
+
+
+class OutputClosed(Exception):
+    """stdout is closed, or its reader went away: end quietly, as other Unix tools do."""
+
+
 async def _pump_output(vm: Vm, out: int) -> None:
     while data := await vm.console.receive_some():
-        await trio.to_thread.run_sync(os.write, out, data)
+        if out < 0:
+            continue  # no stdout at all: the guest runs, its output goes nowhere
+        try:
+            while data:
+                n = await trio.to_thread.run_sync(os.write, out, data)
+                data = data[n:]
+        except (BrokenPipeError, ConnectionResetError) as e:
+            vm.stop("the reader of hv's output went away")
+            raise OutputClosed from e
+        except OSError as e:
+            vm.stop(f"cannot write the guest's output: {e.strerror or e}")
+            raise OutputClosed from e
+
+
+def _stdout_fd() -> int:
+    """fd 1 if it is open, else -1 (main() puts /dev/null on a closed one first)."""
+    try:
+        os.fstat(1)
+    except OSError:
+        return -1
+    return 1
 
 
 async def _pump_input(vm: Vm, fd: int, interactive: bool) -> None:
@@ -248,6 +276,8 @@ async def _pump_input(vm: Vm, fd: int, interactive: bool) -> None:
 async def _run(args: argparse.Namespace) -> int:
     from hv._vm import Vm, VmConfig  # loads the engine: only for the commands that run guests
 
+    if not isinstance(args.mem, int):  # argparse hands "--mem=--" over as a list
+        raise ConfigError(f"--mem needs a size such as 128M or 1G, not {args.mem!r}")
     kernel, initrd, cmdline = resolve_kernel(args.kernel)
     config = VmConfig(
         kernel=kernel,
@@ -259,21 +289,42 @@ async def _run(args: argparse.Namespace) -> int:
         dtb_out=args.dtb_out,
     )
     vm = Vm(config)  # bad input (file, size, not a kernel) raises ConfigError here
+    closed = False
     stdin = sys.stdin.fileno() if sys.stdin is not None else -1
     with _raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive:
         async with trio.open_nursery() as nursery:
             if stdin >= 0:
                 nursery.start_soon(_pump_input, vm, stdin, interactive)
             nursery.start_soon(vm.run)
-            await _pump_output(vm, sys.stdout.fileno())  # returns once the VM has stopped
+            try:
+                await _pump_output(vm, _stdout_fd())  # returns once the VM has stopped
+            except OutputClosed:
+                closed = True
             nursery.cancel_scope.cancel()
     info = await vm.wait()
+    if closed:
+        return EXIT_OUTPUT_CLOSED
     if info.exit_code:
         print(f"hv: {info.reason} (exit status {info.exit_code})", file=sys.stderr)
     return info.exit_code
 
 
+def _reserve_std_fds() -> None:
+    """A closed stdin/stdout/stderr (``hv run hello >&-``) would hand its number to the next
+    file hv opens, and guest output would land in it: put /dev/null there first."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                got = os.open(os.devnull, os.O_RDWR)
+                if got != fd:
+                    os.dup2(got, fd)
+                    os.close(got)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _reserve_std_fds()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -295,6 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `hv engine info | head -1`: end quietly
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OUTPUT_CLOSED
     parser.error(f"unknown command {args.command}")
     return 2  # pragma: no cover
 
