@@ -174,3 +174,59 @@ def test_a_huge_command_line_is_refused_at_once() -> None:
     else:
         raise AssertionError("a 100 MB command line was accepted")
     assert time.perf_counter() - t < 0.5
+
+
+# -- 2: an exit-heavy guest does not starve its neighbours -----------------------------------
+
+STORM_KINDS = ("sbi", "mmio", "rdtime", "trap")
+
+
+async def sleeper_beside(
+    storms: tuple[str, ...], guest_elfs: dict[str, Path]
+) -> tuple[float, Any, list[float]]:
+    """(seconds the sleep guest took for 10 x 50 ms, its exit, event-loop lags in seconds)."""
+    import hv
+
+    exits_elf = hv.guest_path("exits")
+    lags: list[float] = []
+    async with trio.open_nursery() as nursery:
+        running = []
+        for kind in storms:
+            cfg = VmConfig(kernel=exits_elf, cmdline=f"kind={kind} n=1000000000", name=kind)
+            running.append(await nursery.start(run_vm, cfg))
+
+        async def probe() -> None:
+            while True:
+                t = time.perf_counter()
+                await trio.sleep(0.001)
+                lags.append(time.perf_counter() - t - 0.001)
+
+        nursery.start_soon(probe)
+        t0 = time.perf_counter()
+        sleeper: Vm = await nursery.start(
+            run_vm, VmConfig(kernel=guest_elfs["sleep"], cmdline="ms=50 count=10", name="sleeper")
+        )
+        with trio.fail_after(30):
+            info = await sleeper.wait()
+        took = time.perf_counter() - t0
+        for vm in running:
+            assert vm.stats["late_stops"] > 0 or vm.name == "rdtime", (vm.name, vm.stats)
+            vm.stop()
+        nursery.cancel_scope.cancel()
+    return took, info, lags
+
+
+async def test_a_sleeper_keeps_time_beside_storms_of_every_exit_kind(
+    guest_elfs: dict[str, Path],
+) -> None:
+    took, info, _ = await sleeper_beside(STORM_KINDS, guest_elfs)
+    assert info.exit_code == 0
+    assert took < 0.8, f"10 x 50 ms of sleep took {took:.2f} s beside {STORM_KINDS}"
+
+
+async def test_event_loop_lag_stays_low_beside_a_trap_storm(guest_elfs: dict[str, Path]) -> None:
+    _, info, lags = await sleeper_beside(("trap",), guest_elfs)
+    assert info.exit_code == 0
+    lags.sort()
+    p99 = lags[int(0.99 * (len(lags) - 1))]
+    assert p99 < 0.005, f"event-loop lag p99 {p99 * 1e3:.1f} ms beside a trap storm"

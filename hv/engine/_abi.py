@@ -78,7 +78,12 @@ NATIVE_CONSOLE_STOP = 4096
 
 
 class _Clock(ctypes.Structure):  # hv_clock in _native/vcpu.c
-    _fields_ = (("offset_ns", ctypes.c_int64), ("hz", ctypes.c_uint64), ("reads", ctypes.c_uint64))
+    _fields_ = (
+        ("offset_ns", ctypes.c_int64),
+        ("hz", ctypes.c_uint64),
+        ("reads", ctypes.c_uint64),
+        ("exits", ctypes.c_void_p),
+    )
 
 
 class _Exits(ctypes.Structure):  # hv_exits in _native/vcpu.c
@@ -99,6 +104,8 @@ class _Exits(ctypes.Structure):  # hv_exits in _native/vcpu.c
         ("budget", ctypes.c_void_p),
         ("unspent", ctypes.c_int64),
         ("putchar", ctypes.c_uint64),
+        ("deadline_ns", ctypes.c_int64),
+        ("late_stops", ctypes.c_uint64),
     )
 
 

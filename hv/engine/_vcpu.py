@@ -30,6 +30,7 @@ import collections
 import contextlib
 import ctypes
 import enum
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ log = get_logger("hv.vcpu")
 # the stock engine's block hook (rv64gc code mixes 2- and 4-byte instructions; the budget is a
 # deterministic proxy). The fast engine counts instructions.
 BYTES_PER_INSN = 3
+# Host time a slice may take: past it, the next exit (or native clock read) ends the slice at
+# the next block, so an exit-heavy guest holds the event loop about this long, not seconds.
+SLICE_HOST_NS = 1_000_000
 
 MIP_SSIP = 1 << 1
 MIP_STIP = 1 << 5
@@ -139,6 +143,8 @@ class VcpuStats:
     sbi_native: int = 0  # SBI calls answered in the native hook (counted in sbi_calls too)
     device_guest_errors: int = 0  # MMIO accesses a device refused as the guest's error
     code_invalidations: int = 0  # ranges of host-written RAM whose translations were dropped
+    late_stops: int = 0  # slices ended by their host-time deadline (exit-heavy guests)
+    host_ns: int = 0  # host time spent running this vCPU's slices
     mmio_reads: int = 0
     mmio_writes: int = 0
     wfi: int = 0
@@ -234,13 +240,14 @@ class Vcpu:
             self._add_hook(unicorn.UC_HOOK_INTR, hook, ctypes.byref(e))
             if FAST_ENGINE and _set_time is not None:
                 # The engine reads the time CSR through hv_clock_ticks: no trap for rdtime.
-                self._clock = _Clock(offset_ns=0, hz=timebase_hz)
+                self._clock = _Clock(offset_ns=0, hz=timebase_hz, exits=ctypes.addressof(e))
                 fn = ctypes.cast(native.hv_clock_ticks, ctypes.c_void_p)
                 if _set_time(self._h, fn, ctypes.byref(self._clock)):
                     raise HostError("uc_hv_set_time failed on the fast engine")
         else:
             self._add_hook(unicorn.UC_HOOK_INTR, intr)
-        self._native_seen = (0, 0)  # (putchar, clock reads) already counted in stats
+        self._native_seen = (0, 0, 0)  # (putchar, clock reads, late stops) counted in stats
+        self._deadline = 0  # CLOCK_MONOTONIC ns at which the running slice should end
         self._insns = ctypes.c_uint64()
         if count_instructions:
             native = native or _load_native_hook()
@@ -281,6 +288,8 @@ class Vcpu:
 
         def on_read(uc: int, offset: int, sz: int, ud: int) -> int:
             stats.mmio_reads += 1
+            if time.monotonic_ns() > self._deadline:
+                self._late()
             try:
                 return int(mmio_read(offset, sz))
             except GuestError as e:
@@ -294,6 +303,8 @@ class Vcpu:
 
         def on_write(uc: int, offset: int, sz: int, value: int, ud: int) -> None:
             stats.mmio_writes += 1
+            if time.monotonic_ns() > self._deadline:
+                self._late()
             try:
                 mmio_write(offset, sz, value)
                 if mem.host_written:  # the device wrote guest RAM (DMA): see _drop_translations
@@ -469,6 +480,8 @@ class Vcpu:
         # A stop asked for before this slice (e.g. to deliver an interrupt raised between
         # slices) is already served by starting the engine again: mip is written.
         self.stats.slices += 1
+        start = time.monotonic_ns()
+        self._deadline = start + SLICE_HOST_NS
         written = self.mem.take_host_writes()
         if written:
             self._drop_translations(written)
@@ -476,6 +489,7 @@ class Vcpu:
         e = self._exits
         if e is not None:
             e.unspent = 0
+            e.deadline_ns = self._deadline
         if hv is not None:
             hv.budget = self.quantum
             self._unspent = 0
@@ -499,11 +513,13 @@ class Vcpu:
         self.stats.instructions = self._insns.value
         if e is not None:
             clock = self._clock.reads if self._clock is not None else 0
-            seen_putchar, seen_clock = self._native_seen
+            seen_putchar, seen_clock, seen_late = self._native_seen
             self.stats.sbi_native += e.putchar - seen_putchar
             self.stats.sbi_calls += e.putchar - seen_putchar
             self.stats.rdtime_native += clock - seen_clock
-            self._native_seen = (e.putchar, clock)
+            self.stats.late_stops += e.late_stops - seen_late
+            self._native_seen = (e.putchar, clock, e.late_stops)
+        self.stats.host_ns += time.monotonic_ns() - start
         pc = self.reg(_PC)
         self._pc = pc
         fatal = self._take_fatal()
@@ -554,7 +570,16 @@ class Vcpu:
 
     # -- synchronous exits, inside the engine ----------------------------------------------
 
+    def _late(self) -> None:
+        """The slice is past its host-time deadline: end it at the next block."""
+        if self._hv is not None and self._hv.budget <= 0:
+            return  # already ending
+        self.stats.late_stops += 1
+        self.request_stop()
+
     def _on_intr(self, uc: int, intno: int, ud: int) -> None:
+        if self._exits is None and time.monotonic_ns() > self._deadline:
+            self._late()  # (with the native hook in front, it checks the deadline itself)
         try:
             self._dispatch_exception(intno)
             if self.mem.host_written:  # an SBI call wrote guest RAM (DBCN read)

@@ -52,40 +52,30 @@ void hv_count_hook(void *uc, uint64_t address, uint32_t size, uint64_t *count)
     (*count)++;
 }
 
-/*
- * The clock behind the riscv `time` CSR on the fast engine (hv/engine patch 0003 lets the
- * engine call this instead of trapping rdtime to Python: 4-5 us per read becomes a few tens
- * of nanoseconds). The same arithmetic as hv's Python Clock, which stays the source of truth:
- * ticks = (CLOCK_MONOTONIC now - offset) * hz / 1e9, with offset = start + time spent paused,
- * written by the host before every slice.
- */
 #include <time.h>
 
-struct hv_clock {
-    int64_t offset_ns;
-    uint64_t hz;
-    uint64_t reads;  /* statistics */
-};
-
-uint64_t hv_clock_ticks(struct hv_clock *c)
+static int64_t hv_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec - c->offset_ns;
-    c->reads++;
-    if (ns < 0)
-        ns = 0;
-    return (uint64_t)((unsigned __int128)ns * c->hz / 1000000000u);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
 /*
+ * The exits the native layer answers or watches. Everything else goes to the Python INTR
+ * handler (`slow`), which stays the reference (tests compare both paths).
+ *
  * The console fast path: the SBI legacy console_putchar (a Linux `earlycon=sbi` boot makes
  * thousands of them, one per character) answered here, into a byte buffer the host drains
- * after the slice, instead of a trip through Python for each byte. Everything else goes to
- * the Python INTR handler (`slow`), which stays the reference (tests compare both paths).
- * Order with the UART's output is kept by the host: it drains this buffer before each UART
- * write, and sets `hold` while the UART has bytes the host has not taken, which sends
- * putchar the slow way too.
+ * after the slice, instead of a trip through Python for each byte. Order with the UART's
+ * output is kept by the host: it drains this buffer before each UART write, and sets `hold`
+ * while the UART has bytes the host has not taken (or its console reader is behind), which
+ * sends putchar the slow way too.
+ *
+ * Host time: a slice's budget counts instructions, but an exit costs the host far more than
+ * an instruction (0.05-10 us). So every exception seen here, and every read of the native
+ * clock, also checks the slice's host-time deadline, and past it ends the slice at the next
+ * block: a slice holds the event loop about as long as the host wants, whatever the guest does.
  */
 typedef void (*hv_intr_fn)(void *uc, uint32_t intno, void *user);
 typedef int (*hv_reg_fn)(void *uc, int regid, void *value);
@@ -104,7 +94,25 @@ struct hv_exits {
     int64_t *budget;          /* the slice's budget (engine's or block hook's): 0 ends it */
     int64_t unspent;          /* budget given up that way, for the host's statistics */
     uint64_t putchar;         /* statistics */
+    int64_t deadline_ns;      /* CLOCK_MONOTONIC: the slice ends at the next block after it */
+    uint64_t late_stops;      /* slices ended by the deadline here */
 };
+
+static void hv_end_slice(struct hv_exits *e)
+{
+    if (e->budget && *e->budget > 0) {
+        e->unspent += *e->budget;
+        *e->budget = 0;  /* the engine (or block hook) stops at the next block entry */
+    }
+}
+
+static void hv_check_deadline(struct hv_exits *e, int64_t now)
+{
+    if (now > e->deadline_ns && e->budget && *e->budget > 0) {
+        e->late_stops++;
+        hv_end_slice(e);
+    }
+}
 
 #define SBI_LEGACY_PUTCHAR 1
 #define PRIV_S 1
@@ -112,6 +120,7 @@ struct hv_exits {
 
 void hv_intr_hook(void *uc, uint32_t intno, struct hv_exits *e)
 {
+    hv_check_deadline(e, hv_now_ns());
     if (intno == INTR_ECALL && !e->hold && e->len < e->cap) {
         uint64_t priv = 0, a7 = 0, a0 = 0;
         e->reg_read(uc, e->reg_priv, &priv);
@@ -123,13 +132,37 @@ void hv_intr_hook(void *uc, uint32_t intno, struct hv_exits *e)
                 a0 = 0;  /* legacy calls return in a0 and leave a1 alone */
                 e->reg_write(uc, e->reg_a0, &a0);
                 e->putchar++;
-                if (e->len >= e->stop_at && e->budget) {
-                    e->unspent += *e->budget;
-                    *e->budget = 0;  /* hand the output to the host at the next block */
-                }
+                if (e->len >= e->stop_at)
+                    hv_end_slice(e);  /* hand the output to the host at the next block */
                 return;
             }
         }
     }
     e->slow(uc, intno, e->slow_user);
+}
+
+/*
+ * The clock behind the riscv `time` CSR on the fast engine (hv/engine patch 0003 lets the
+ * engine call this instead of trapping rdtime to Python: 4-5 us per read becomes a few tens
+ * of nanoseconds). The same arithmetic as hv's Python Clock, which stays the source of truth:
+ * ticks = (CLOCK_MONOTONIC now - offset) * hz / 1e9, with offset = start + time spent paused,
+ * written by the host before every slice.
+ */
+struct hv_clock {
+    int64_t offset_ns;
+    uint64_t hz;
+    uint64_t reads;  /* statistics */
+    struct hv_exits *exits;  /* for the slice's host-time deadline */
+};
+
+uint64_t hv_clock_ticks(struct hv_clock *c)
+{
+    int64_t now = hv_now_ns();
+    int64_t ns = now - c->offset_ns;
+    c->reads++;
+    if (c->exits)
+        hv_check_deadline(c->exits, now);
+    if (ns < 0)
+        ns = 0;
+    return (uint64_t)((unsigned __int128)ns * c->hz / 1000000000u);
 }
