@@ -189,6 +189,10 @@ def test_first_slice_after_a_timer_interrupt_makes_progress(guest_elfs: dict[str
     try:
         m.boot()
         ex = m.run_slice()
+        for _ in range(50):  # boot's first slices may end on host time (cold translation)
+            if ex.kind is not ExitKind.PREEMPTED:
+                break
+            ex = m.run_slice()
         assert ex.kind is ExitKind.WFI  # armed the timer for 5 ms and waits
         deadline = m.next_deadline()
         assert deadline is not None
