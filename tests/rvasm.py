@@ -133,3 +133,21 @@ def csrr(rd: int, csr: int) -> int:
 
 def beq(rs1: int, rs2: int, offset: int) -> int:
     return b_type(offset, rs2, rs1, 0)
+
+
+def touch_ram_kernel(mib: int, then: int) -> bytes:
+    """A raw kernel that writes one word in every page of `mib` MiB of RAM above 4 MiB, then
+    writes `then` to the test finisher (0x5555 power off, 0x7777 reboot) and spins."""
+    t0, t1, t2, t3 = 5, 6, 7, 28
+    body = [
+        addi(t0, 0, 1),
+        slli(t0, t0, 31),  # 0x8000_0000 (lui would sign-extend it)
+        lui(t3, 0x400),
+        add(t0, t0, t3),  # + 4 MiB, above the kernel
+        *li32(t1, mib * 256),  # pages
+        lui(t2, 1),  # 4096
+    ]
+    loop = [sd(t1, t0, 0), add(t0, t0, t2), addi(t1, t1, -1)]
+    loop.append(bne(t1, 0, -4 * len(loop)))
+    tail = [*li32(t0, 0x10_0000), *li32(t1, then), sw(t1, t0, 0), jal(0, 0)]
+    return raw_binary([*body, *loop, *tail])

@@ -230,3 +230,56 @@ async def test_event_loop_lag_stays_low_beside_a_trap_storm(guest_elfs: dict[str
     lags.sort()
     p99 = lags[int(0.99 * (len(lags) - 1))]
     assert p99 < 0.005, f"event-loop lag p99 {p99 * 1e3:.1f} ms beside a trap storm"
+
+
+# -- 1: RAM goes back to the host when a machine stops or reboots -----------------------------
+
+RSS_SCRIPT = r"""
+import resource, sys, trio
+sys.path.insert(0, sys.argv[1])
+from rvasm import touch_ram_kernel
+from hv import VmConfig, run_vm
+
+async def main(mode):
+    if mode == "stops":
+        for i in range(20):  # 20 VMs one after another, 200 MiB touched each
+            cfg = VmConfig(kernel=touch_ram_kernel(200, 0x5555), mem_size=256 << 20)
+            async with trio.open_nursery() as n:
+                vm = await n.start(run_vm, cfg)
+                info = await vm.wait()
+            assert info.exit_code == 0, info
+            assert vm.machine.mem.closed
+    else:  # one 512 MiB guest touching 480 MiB and rebooting, 8 times
+        cfg = VmConfig(kernel=touch_ram_kernel(480, 0x7777), mem_size=512 << 20)
+        async with trio.open_nursery() as n:
+            vm = await n.start(run_vm, cfg)
+            while vm.stats.get("reboots", 0) < 8:
+                await trio.sleep(0.01)
+            vm.stop()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)
+
+trio.run(main, sys.argv[2])
+"""
+
+
+def peak_rss_mib(mode: str) -> int:
+    tests = str(Path(__file__).parent)
+    r = subprocess.run(
+        [sys.executable, "-c", RSS_SCRIPT, tests, mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return int(r.stdout.split()[-1])
+
+
+def test_stopped_machines_give_their_ram_back() -> None:
+    peak = peak_rss_mib("stops")
+    assert peak < 700, f"peak RSS {peak} MiB over 20 VMs of 200 MiB each: RAM was kept"
+
+
+def test_a_rebooting_guest_does_not_pile_up_ram() -> None:
+    peak = peak_rss_mib("reboots")
+    assert peak < 1100, f"peak RSS {peak} MiB over 8 reboots of a 480 MiB guest"

@@ -153,6 +153,10 @@ class GuestMemory:
 
     # -- life ------------------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        return self._mmap.closed
+
     def clear(self) -> None:
         """Zero all of RAM (a reboot) and give its pages back to the host: a zeroed page
         costs no memory until the guest touches it again."""

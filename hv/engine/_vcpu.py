@@ -248,6 +248,7 @@ class Vcpu:
             self._add_hook(unicorn.UC_HOOK_INTR, intr)
         self._native_seen = (0, 0, 0)  # (putchar, clock reads, late stops) counted in stats
         self._deadline = 0  # CLOCK_MONOTONIC ns at which the running slice should end
+        self._closed = False
         self._insns = ctypes.c_uint64()
         if count_instructions:
             native = native or _load_native_hook()
@@ -477,6 +478,8 @@ class Vcpu:
 
     def run_slice(self) -> Exit:
         """Run the guest until its budget is spent, it waits (wfi), or it can't go on."""
+        if self._closed:
+            raise HostError("the vCPU is closed")
         # A stop asked for before this slice (e.g. to deliver an interrupt raised between
         # slices) is already served by starting the engine again: mip is written.
         self.stats.slices += 1
@@ -689,5 +692,19 @@ class Vcpu:
         self._pc = entry.pc
 
     def close(self) -> None:
+        """Release the engine now (its translation cache and CPU state), not at the next
+        garbage collection. The vCPU cannot run again; stop requests become no-ops."""
+        if self._closed:
+            return
+        self._closed = True
         with contextlib.suppress(Exception):
             self._uc.mem_unmap(self.mem.base, self.mem.size)
+        # The HvSlice and the exits' budget pointer live in the engine's memory: forget them
+        # before it is freed, so a late request_stop cannot write there.
+        self._hv = None
+        if self._exits is not None:
+            self._exits.budget = None
+        finalize = getattr(self._uc, "_Uc__finalizer", None)  # the binding's uc_close, once
+        if finalize is not None:
+            finalize()
+        self._keep.clear()
