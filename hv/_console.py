@@ -3,6 +3,14 @@
 Guest output is appended to a transcript; readers either take it in order
 (``receive_some``) or wait for a pattern (``wait_for``). Input goes to the machine, which hands
 it to the UART (or SBI getchar) as the guest makes room.
+
+Nothing is lost to a reader: once anyone has called ``receive_some``, the console is
+flow-controlled. When the unread backlog passes ``BACKLOG_HIGH`` the VM holds the guest
+back (its UART says busy, SBI console writes wait), and lets it go on once the reader is
+under ``BACKLOG_LOW``; so a slow reader (``hv run > slow-disk``) slows the guest instead of
+dropping output. Without a streaming reader (an API user that only calls ``wait_for`` or
+reads ``transcript``), the guest is never held back: the transcript keeps the last
+``TRANSCRIPT_LIMIT`` bytes and counts what it drops (``dropped``).
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ import trio
 
 # Transcript bytes kept for ``wait_for`` and ``transcript``: older output is dropped past this.
 TRANSCRIPT_LIMIT = 8 << 20
+# Unread bytes at which a streaming reader holds the guest back, and at which it lets go.
+BACKLOG_HIGH = 1 << 20
+BACKLOG_LOW = 256 << 10
 
 
 class Console:
@@ -27,6 +38,9 @@ class Console:
         self._match = 0  # absolute offset from which wait_for() searches
         self._changed = trio.Event()
         self._closed = False
+        self.streaming = False  # someone reads with receive_some: flow control applies
+        self.dropped = 0  # bytes dropped from the transcript that a reader had not read
+        self.on_drained: Callable[[], None] = lambda: None  # the backlog fell under LOW
 
     # -- machine side ----------------------------------------------------------------------
 
@@ -36,6 +50,9 @@ class Console:
         self._buf += data
         excess = len(self._buf) - TRANSCRIPT_LIMIT
         if excess > 0:
+            unread_lost = min(excess, max(0, self._base + excess - self._read))
+            if self.streaming:
+                self.dropped += unread_lost
             del self._buf[:excess]
             self._base += excess
         self._notify()
@@ -64,8 +81,17 @@ class Console:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def backlog(self) -> int:
+        """Bytes a streaming reader has not read yet (0 without one)."""
+        if not self.streaming:
+            return 0
+        return self._base + len(self._buf) - max(self._read, self._base)
+
     async def receive_some(self, max_bytes: int = 65536) -> bytes:
-        """The next output bytes, in order; b"" once the VM has stopped and all is read."""
+        """The next output bytes, in order; b"" once the VM has stopped and all is read.
+        The first call makes the console flow-controlled (see the module docstring)."""
+        self.streaming = True
         while True:
             start = max(self._read, self._base)
             end = self._base + len(self._buf)
@@ -73,6 +99,8 @@ class Console:
                 n = min(end - start, max_bytes)
                 self._read = start + n
                 off = start - self._base
+                if self.backlog < BACKLOG_LOW:
+                    self.on_drained()
                 return bytes(self._buf[off : off + n])
             if self._closed:
                 return b""

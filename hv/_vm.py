@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from hv._console import Console
+from hv._console import BACKLOG_HIGH, Console
 from hv._errors import ConfigError, StateError
 from hv._log import get_logger
 from hv._status import StopInfo, StopKind
@@ -101,6 +101,7 @@ class Vm:
         # constructor (and so from nursery.start), not later from the running task.
         self.machine.boot()
         self.console = Console(self._console_input)
+        self.console.on_drained = self._console_drained
         self._state = VmState.CREATED
         self._wake = trio.Event()
         self.machine.on_wake = self._wake_up
@@ -113,6 +114,11 @@ class Vm:
     def _wake_up(self) -> None:
         self._wake.set()
 
+    def _console_drained(self) -> None:
+        if self.machine.console.blocked:
+            self.machine.console.set_blocked(False)
+            self._wake.set()
+
     def _console_input(self, data: bytes) -> None:
         # Input must wake a guest sleeping in wfi (its UART interrupt may be enabled).
         self.machine.feed_input(data)
@@ -124,9 +130,12 @@ class Vm:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: slices, exits by kind, interrupts raised, SBI calls by extension, and
-        each slot device's counters as ``NAME.COUNTER``."""
-        return self.machine.stats()
+        """Counters: slices, exits by kind, interrupts raised, SBI calls by extension, each
+        device's counters as ``NAME.COUNTER`` (``uart0.tx_bytes``...), and the console's
+        ``console_dropped`` (bytes a streaming reader never got)."""
+        out = self.machine.stats()
+        out["console_dropped"] = self.console.dropped
+        return out
 
     def pause(self) -> None:
         """Stop running the vCPU after the current slice; guest time stands still."""
@@ -192,6 +201,9 @@ class Vm:
             self._flush_output()
             if m.stop_info is not None:
                 break
+            if m.console.blocked:
+                await self._held_back()
+                continue
             if m.reboot_requested:
                 self.log.info("reboot")
                 m.reboot()
@@ -230,6 +242,8 @@ class Vm:
         if not out:
             return
         self.console._append(out)
+        if self.console.backlog > BACKLOG_HIGH:
+            self.machine.console.set_blocked(True)  # the reader is behind: hold the guest
         if self.config.stop_on_panic:
             window = self._scan_tail + out
             at = window.find(PANIC_MARKER)
@@ -252,6 +266,14 @@ class Vm:
                 await self._wake.wait()
             if timeout <= 0:
                 await trio.lowlevel.checkpoint()
+
+    async def _held_back(self) -> None:
+        """The console's reader is behind: the guest waits until it catches up (or the VM
+        is stopped or paused). Guest time goes on, as for a stalled serial line."""
+        m = self.machine
+        while m.console.blocked and m.stop_info is None and not self._pause_requested:
+            self._wake = trio.Event()
+            await self._wake.wait()
 
     async def _paused(self) -> None:
         self._state = VmState.PAUSED

@@ -151,3 +151,32 @@ def touch_ram_kernel(mib: int, then: int) -> bytes:
     loop.append(bne(t1, 0, -4 * len(loop)))
     tail = [*li32(t0, 0x10_0000), *li32(t1, then), sw(t1, t0, 0), jal(0, 0)]
     return raw_binary([*body, *loop, *tail])
+
+
+def lbu(rd: int, rs1: int, imm: int) -> int:
+    return i_type(imm, rs1, 4, rd, 0x03)
+
+
+def console_flood_kernel(n: int, sbi: bool) -> bytes:
+    """Writes n bytes, chr(48 + (k & 63)) for k = n down to 1, through the 16550 polling LSR
+    for THRE as real drivers do (or, sbi=True, SBI legacy putchar), then powers off."""
+    s1, s2, t0, t1, a0, a7 = 9, 18, 5, 6, 10, 17
+    if sbi:
+        write = [andi(a0, s2, 63), addi(a0, a0, 48), addi(a7, 0, 1), ECALL]
+    else:
+        write = [
+            lbu(t0, s1, 5),  # LSR
+            andi(t0, t0, 0x20),  # THRE
+            b_type(-8, 0, t0, 0),  # beq t0, zero, back to the LSR read
+            andi(t1, s2, 63),
+            addi(t1, t1, 48),
+            sb(t1, s1, 0),
+        ]
+    loop = [*write, addi(s2, s2, -1)]
+    loop.append(bne(s2, 0, -4 * len(loop)))
+    tail = [*li32(t0, 0x10_0000), *li32(t1, 0x5555), sw(t1, t0, 0), jal(0, 0)]
+    return raw_binary([*li32(s1, 0x1000_0000), *li32(s2, n), *loop, *tail])
+
+
+def flood_expected(n: int) -> bytes:
+    return bytes(48 + (k & 63) for k in range(n, 0, -1))

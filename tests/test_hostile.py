@@ -283,3 +283,82 @@ def test_stopped_machines_give_their_ram_back() -> None:
 def test_a_rebooting_guest_does_not_pile_up_ram() -> None:
     peak = peak_rss_mib("reboots")
     assert peak < 1100, f"peak RSS {peak} MiB over 8 reboots of a 480 MiB guest"
+
+
+# -- 3: console output is never lost; a slow reader slows the guest down -----------------------
+
+
+async def read_after_a_stall(vm: Vm) -> bytes:
+    """Start streaming, then stop reading until the guest is held back; then read it all."""
+    got = bytearray(await vm.console.receive_some(1))
+    while vm.stats.get("console_blocked", 0) == 0:
+        await trio.sleep(0.01)
+    while chunk := await vm.console.receive_some(64 << 10):
+        got += chunk
+    return bytes(got)
+
+
+async def test_a_stalled_console_reader_loses_nothing_through_the_uart() -> None:
+    from rvasm import console_flood_kernel, flood_expected
+
+    n = (1 << 20) + (96 << 10)  # past the 1 MiB backlog mark
+    cfg = VmConfig(kernel=console_flood_kernel(n, sbi=False), quantum=50_000_000)
+    async with trio.open_nursery() as nursery:
+        vm: Vm = await nursery.start(run_vm, cfg)
+        with trio.fail_after(60):
+            got = await read_after_a_stall(vm)
+            info = await vm.wait()
+    assert info.exit_code == 0, info
+    assert len(got) == n and got == flood_expected(n)
+    stats = vm.stats
+    assert stats["console_blocked"] >= 1 and stats["console_resumed"] >= 1
+    assert stats["console_dropped"] == 0 and stats.get("uart0.tx_dropped", 0) == 0
+
+
+async def test_a_stalled_console_reader_loses_nothing_through_sbi_putchar() -> None:
+    from rvasm import console_flood_kernel, flood_expected
+
+    n = 2 << 20
+    cfg = VmConfig(kernel=console_flood_kernel(n, sbi=True))
+    async with trio.open_nursery() as nursery:
+        vm: Vm = await nursery.start(run_vm, cfg)
+        with trio.fail_after(60):
+            got = await read_after_a_stall(vm)
+            info = await vm.wait()
+    assert info.exit_code == 0, info
+    assert got == flood_expected(n)
+    assert vm.stats["console_blocked"] >= 1 and vm.stats["console_dropped"] == 0
+
+
+def test_hv_run_into_a_stalled_pipe_loses_nothing(tmp_path: Path) -> None:
+    from rvasm import console_flood_kernel, flood_expected
+
+    n = 3 << 20  # SBI putchar: fast enough to fill the pipe and the backlog while we wait
+    kernel = tmp_path / "flood.bin"
+    kernel.write_bytes(console_flood_kernel(n, sbi=True))
+    with subprocess.Popen(
+        [sys.executable, "-m", "hv.cli", "run", str(kernel)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as p:
+        assert p.stdout is not None and p.stderr is not None
+        got = bytearray(p.stdout.read(1))
+        time.sleep(1.5)  # a reader that stalls (a slow disk, a paused pager)
+        while chunk := p.stdout.read(64 << 10):
+            got += chunk
+        err = p.stderr.read().decode()
+        p.wait(timeout=60)
+    assert p.returncode == 0, err
+    assert len(got) == n and bytes(got) == flood_expected(n)
+
+
+async def test_a_console_nobody_streams_counts_what_it_drops() -> None:
+    """Without a receive_some reader the guest is never held back; the transcript keeps its
+    last 8 MiB and counts nothing lost to a reader (there is none)."""
+    from rvasm import console_flood_kernel
+
+    cfg = VmConfig(kernel=console_flood_kernel(9 << 20, sbi=True))
+    vm, info = await run_to_end(cfg, timeout=60)
+    assert info.exit_code == 0
+    assert len(vm.console.transcript) == 8 << 20
+    assert vm.stats.get("console_blocked", 0) == 0 and vm.stats["console_dropped"] == 0

@@ -28,9 +28,13 @@ class FakePlatform:
     tlb_flushes: int = 0
     resets: list[tuple[ResetKind, bool, str]] = field(default_factory=list)
     suspends: int = 0
+    busy: bool = False  # the console is flow-controlled: writes are refused
 
-    def console_write(self, data: bytes) -> None:
+    def console_write(self, data: bytes) -> bool:
+        if self.busy:
+            return False
         self.output += data
+        return True
 
     def console_read(self, limit: int) -> bytes:
         got = bytes(self.input[:limit])
@@ -366,6 +370,20 @@ def test_dbcn_read_checks_the_buffer_first(
     plat.input += typed
     assert call(sbi, S.EXT_DBCN, 1, n, addr, 0) == (S.ERR_INVALID_PARAM, 0)
     assert bytes(plat.input) == typed
+
+
+def test_a_busy_console_makes_the_guest_write_again(sbi: Sbi, plat: FakePlatform) -> None:
+    """Flow control: putchar and write_byte ask for the ecall to run again later (None);
+    DBCN write reports nothing written. Nothing reaches the console, nothing is lost."""
+    plat.busy = True
+    plat.mem.write(RAM + 0x100, b"hello")
+    assert sbi.call(S.LEGACY_PUTCHAR, 0, [ord("x"), 0, 0, 0, 0, 0]) is None
+    assert sbi.call(S.EXT_DBCN, 2, [ord("y"), 0, 0, 0, 0, 0]) is None
+    assert call(sbi, S.EXT_DBCN, 0, 5, RAM + 0x100, 0) == (S.SUCCESS, 0)
+    assert plat.output == b"" and sbi.counters["console_waits"] == 3
+    plat.busy = False
+    assert call(sbi, S.EXT_DBCN, 0, 5, RAM + 0x100, 0) == (S.SUCCESS, 5)
+    assert plat.output == b"hello"
 
 
 def test_dbcn_write_byte(sbi: Sbi, plat: FakePlatform) -> None:

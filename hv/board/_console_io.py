@@ -40,6 +40,7 @@ class ConsoleIo:
         self.output = bytearray()  # produced, not yet taken by the host
         self.input = bytearray()  # from the host, not yet taken by the guest
         self.native: NativeConsole | None = None
+        self.blocked = False  # flow control: the host's reader is behind; the guest waits
 
     # -- output ----------------------------------------------------------------------------
 
@@ -50,14 +51,31 @@ class ConsoleIo:
         if self.uart.has_output:
             self.output += self.uart.take_output()
         if native is not None:
-            native.hold_console(False)
+            native.hold_console(self.blocked)
 
-    def write(self, data: bytes) -> None:
-        """The SBI console (Python path): after what the guest wrote before."""
+    def set_blocked(self, blocked: bool) -> None:
+        """Flow control from the host: while blocked the UART says busy, SBI console writes
+        are refused (the guest writes them again later) and the native putchar path is off."""
+        if blocked == self.blocked:
+            return
+        self.blocked = blocked
+        self.uart.set_tx_ready(not blocked)
+        if self.native is not None:
+            self.native.hold_console(blocked or self.uart.has_output)
+            if blocked:
+                self.native.request_stop()
+        self.counters["console_blocked" if blocked else "console_resumed"] += 1
+
+    def write(self, data: bytes) -> bool:
+        """The SBI console (Python path): after what the guest wrote before. False (the
+        bytes not taken) while flow control holds the guest back."""
+        if self.blocked:
+            return False
         self.collect()
         self.output += data
         if len(self.output) > OUTPUT_HANDOVER and self.native is not None:
             self.native.request_stop()  # hand it to the host soon
+        return True
 
     def take_output(self) -> bytes:
         out = bytes(self.output)
@@ -108,6 +126,8 @@ class OrderedUart:
         self.uart.mmio_write(offset, size, value)
         if native is not None and self.uart.has_output:
             native.hold_console(True)
+            if len(self.uart.output_pending) > OUTPUT_HANDOVER:
+                native.request_stop()  # hand it over before the UART's own buffer fills
 
     def guest_error(self, err: Exception) -> None:
         self.uart.counters["guest_errors"] += 1

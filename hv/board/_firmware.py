@@ -46,7 +46,7 @@ class BoardFirmware:
 
     # -- for the vCPU ------------------------------------------------------------------------
 
-    def sbi_call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int]:
+    def sbi_call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int] | None:
         return self.sbi.call(eid, fid, args)
 
     def time_ticks(self) -> int:
@@ -54,8 +54,8 @@ class BoardFirmware:
 
     # -- SbiPlatform -----------------------------------------------------------------------
 
-    def console_write(self, data: bytes) -> None:
-        self.console.write(data)
+    def console_write(self, data: bytes) -> bool:
+        return self.console.write(data)
 
     def console_read(self, limit: int) -> bytes:
         return self.console.read(limit)

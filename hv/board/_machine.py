@@ -282,9 +282,11 @@ class Machine:
         for eid, n in self.sbi.calls.items():
             out[f"sbi_{eid:#x}"] = n
         out.update(self.counters)
-        for dev in self.slots.values():
+        for dev in self.devices:
             for k, n in dev.stats().items():
                 out[f"{dev.name}.{k}"] = n
+        for k, n in self.sbi.counters.items():
+            out[f"sbi.{k}"] = n
         return out
 
     # -- stopping --------------------------------------------------------------------------

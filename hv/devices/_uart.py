@@ -2,10 +2,11 @@
 
 Theory of operation. The transmitter is infinitely fast: a byte written to THR goes straight into
 ``output`` (or, in loopback, into the receive FIFO), so THR and the transmitter are always empty
-and LSR always shows THRE and TEMT. The THR-empty *interrupt* is still a latch, as on hardware,
-because drivers rely on its edges: it is set when the guest writes THR or enables ETBEI, and
-cleared when the guest reads an IIR that reports it. Linux's startup THRE test and its TX
-interrupt path both depend on this.
+and LSR shows THRE and TEMT, except while the host holds the line busy (flow control,
+``set_tx_ready``: the host's console reader is behind). The THR-empty *interrupt* is a latch,
+as on hardware, because drivers rely on its edges: it is set when the guest writes THR or
+enables ETBEI, and cleared when the guest reads an IIR that reports it. Linux's startup THRE
+test and its TX interrupt path both depend on this.
 
 Received bytes come from the host through ``feed``, which only takes what fits (16 bytes with
 FIFOs on, 1 without), so the host keeps the backlog and nothing is lost; overruns happen only in
@@ -126,6 +127,7 @@ class Uart16550(Device):
         self._fifo_enabled = False
         self._rx_trigger = 1
         self._thre_pending = False
+        self._tx_ready = True
         self._output = bytearray()
 
     # -- host side ----------------------------------------------------------------------------
@@ -154,6 +156,11 @@ class Uart16550(Device):
     @property
     def has_output(self) -> bool:
         return bool(self._output)
+
+    @property
+    def output_pending(self) -> bytearray:
+        """Transmitted bytes the host has not taken yet (do not modify)."""
+        return self._output
 
     @property
     def divisor(self) -> int:
@@ -197,7 +204,8 @@ class Uart16550(Device):
         if offset == MCR:
             return self._mcr
         if offset == LSR:
-            lsr = self._lsr_errors | LSR_THRE | LSR_TEMT | (LSR_DR if self._rx else 0)
+            tx = LSR_THRE | LSR_TEMT if self._tx_ready else 0
+            lsr = self._lsr_errors | tx | (LSR_DR if self._rx else 0)
             self._lsr_errors = 0
             return lsr
         if offset == MSR:
@@ -233,6 +241,21 @@ class Uart16550(Device):
         else:
             self._scr = value
 
+    def set_tx_ready(self, ready: bool) -> None:
+        """Host-side flow control: while not ready, LSR shows the transmitter busy (THRE and
+        TEMT clear), so a driver that polls LSR, as real ones do, waits. Becoming ready again
+        raises the THR-empty interrupt, as the transmitter draining would."""
+        if ready == self._tx_ready:
+            return
+        self._tx_ready = ready
+        if ready:
+            self._thre_pending = True
+        self._update_irq()
+
+    @property
+    def tx_ready(self) -> bool:
+        return self._tx_ready
+
     def _transmit(self, byte: int) -> None:
         # Writing THR clears the THRE interrupt, and the byte leaves at once, which re-arms it.
         self._thre_pending = True
@@ -241,6 +264,8 @@ class Uart16550(Device):
             self._receive_loopback(byte)
         elif len(self._output) < OUTPUT_LIMIT:
             self._output.append(byte)
+            if not self._tx_ready:
+                self.counters["tx_while_busy"] += 1  # a driver that ignores LSR: kept anyway
         else:
             self.counters["tx_dropped"] += 1
 

@@ -124,8 +124,8 @@ class Exit:
 class Firmware(Protocol):
     """What the vCPU asks of the machine while the guest runs (all synchronous)."""
 
-    def sbi_call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int]:
-        """Handle an SBI call; return the new (a0, a1)."""
+    def sbi_call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int] | None:
+        """Handle an SBI call; return the new (a0, a1), or None to run the ecall again later."""
         ...
 
     def time_ticks(self) -> int:
@@ -635,6 +635,12 @@ class Vcpu:
         v = b.vals
         self._trap_loop.same = 0  # an SBI call between traps: the handler made progress
         res = self.firmware.sbi_call(v[0], v[1], v[2:8])
+        if res is None:
+            # Not now (a flow-controlled console): back onto the ecall, and end the slice so
+            # the host can drain; the guest makes the same call again in a later slice.
+            self.set_reg(_PC, pc - 4)
+            self.request_stop()
+            return
         r = self._ret
         r.vals[0] = res[0] & 0xFFFF_FFFF_FFFF_FFFF
         r.vals[1] = res[1] & 0xFFFF_FFFF_FFFF_FFFF

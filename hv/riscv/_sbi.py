@@ -69,7 +69,9 @@ class SbiPlatform(Protocol):
 
     mem: GuestMemory
 
-    def console_write(self, data: bytes) -> None: ...
+    def console_write(self, data: bytes) -> bool | None:
+        """Take console output; False means "not now" (the console is flow-controlled)."""
+        ...
 
     def console_read(self, limit: int) -> bytes: ...
 
@@ -99,9 +101,10 @@ class Sbi:
         self.counters: collections.Counter[str] = collections.Counter()
         self.calls: collections.Counter[int] = collections.Counter()  # by extension id
 
-    def call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int]:
-        """Handle one call; return the new (a0, a1). Legacy calls return their result in a0
-        and hand a1 back unchanged."""
+    def call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int] | None:
+        """Handle one call; return the new (a0, a1), or None for "not now: run the ecall again
+        later" (console output while the console is flow-controlled: putchar has no way to
+        say busy). Legacy calls return their result in a0 and hand a1 back unchanged."""
         self.calls[eid] += 1
         if eid <= LEGACY_SHUTDOWN:
             return self._legacy(eid, args)
@@ -113,9 +116,11 @@ class Sbi:
 
     # -- v0.1 legacy ------------------------------------------------------------------------
 
-    def _legacy(self, eid: int, a: Sequence[int]) -> tuple[int, int]:
+    def _legacy(self, eid: int, a: Sequence[int]) -> tuple[int, int] | None:
         if eid == LEGACY_PUTCHAR:
-            self.p.console_write(bytes([a[0] & 0xFF]))
+            if self.p.console_write(bytes([a[0] & 0xFF])) is False:
+                self.counters["console_waits"] += 1
+                return None
             return (0, a[1])
         if eid == LEGACY_GETCHAR:
             got = self.p.console_read(1)
@@ -220,9 +225,11 @@ class Sbi:
         self.p.reset(kind, failure, f"SBI system reset: {kind.value}, {why}")
         return (SUCCESS, 0)
 
-    def _dbcn(self, fid: int, a: Sequence[int]) -> tuple[int, int]:
+    def _dbcn(self, fid: int, a: Sequence[int]) -> tuple[int, int] | None:
         if fid == 2:  # console_write_byte
-            self.p.console_write(bytes([a[0] & 0xFF]))
+            if self.p.console_write(bytes([a[0] & 0xFF])) is False:
+                self.counters["console_waits"] += 1
+                return None
             return (SUCCESS, 0)
         if fid not in (0, 1):
             return self._bad_fid()
@@ -235,7 +242,9 @@ class Sbi:
             self.counters["bad_address"] += 1
             return (ERR_INVALID_PARAM, 0)
         if fid == 0:
-            self.p.console_write(self.p.mem.read(addr, n))
+            if self.p.console_write(self.p.mem.read(addr, n)) is False:
+                self.counters["console_waits"] += 1
+                return (SUCCESS, 0)  # none written: the caller writes the rest again
             return (SUCCESS, n)
         got = self.p.console_read(n)
         self.p.mem.write(addr, got)
@@ -245,7 +254,7 @@ class Sbi:
         self.counters["not_supported"] += 1
         return (ERR_NOT_SUPPORTED, 0)
 
-    _handlers: ClassVar[dict[int, Callable[[Sbi, int, Sequence[int]], tuple[int, int]]]] = {
+    _handlers: ClassVar[dict[int, Callable[[Sbi, int, Sequence[int]], tuple[int, int] | None]]] = {
         EXT_BASE: _base,
         EXT_TIME: _time,
         EXT_IPI: _ipi,
