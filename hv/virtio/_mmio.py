@@ -20,6 +20,7 @@ driver resets the device, notifications are ignored.
 from __future__ import annotations
 
 import abc
+import collections
 from collections.abc import Sequence
 
 from hv._errors import GuestError
@@ -169,6 +170,12 @@ class VirtioMmio(Device):
 
     def guest_error(self, err: GuestError) -> None:
         self.needs_reset(err)
+
+    def stats(self) -> collections.Counter[str]:
+        """The transport's counters and the backend's (frames, drops...)."""
+        out = collections.Counter(self.counters)
+        out.update(getattr(self.backend, "counters", {}))
+        return out
 
     def _drive_irq(self) -> None:
         level = bool(self.interrupt_status)

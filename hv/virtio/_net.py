@@ -1,0 +1,156 @@
+"""virtio-net (virtio 1.x, section 5.1): the device behind a VM's NIC, sans-IO.
+
+Theory of operation. Queue 0 is receive, queue 1 transmit. Every buffer starts with the
+12-byte ``virtio_net_hdr`` (VERSION_1 always has ``num_buffers``). On a TX notify the device
+takes each chain, strips the header and hands the frame to its link (``send``: a switch
+port); RX frames from the link (``deliver``) wait in a bounded backlog until the driver has
+posted buffers, then go in with a zeroed header and ``num_buffers`` = 1. What the guest has no
+room for past ``RX_BACKLOG`` frames is dropped and counted (``rx_dropped``), so a silent or
+flooded guest costs bounded host memory.
+
+Features: MAC (the configured address in config space), STATUS (link up/down, settable from
+the host: ``set_link``), MTU. No offloads yet: the guest computes checksums and segments.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from collections.abc import Callable, Sequence
+
+from hv._errors import GuestError
+from hv.board._memory import GuestMemory
+from hv.virtio._mmio import VirtioBackend, VirtioMmio
+from hv.virtio._queue import Virtqueue
+
+DEVICE_ID_NET = 1
+F_MTU = 1 << 3
+F_MAC = 1 << 5
+F_STATUS = 1 << 16
+STATUS_LINK_UP = 1
+HDR_LEN = 12
+RX, TX = 0, 1
+# Frames waiting for the guest's RX buffers, at most.
+RX_BACKLOG = 256
+MAX_FRAME = 65536 + HDR_LEN
+
+_HDR_RX = struct.pack("<BBHHHHH", 0, 0, 0, 0, 0, 0, 1)  # num_buffers = 1
+
+
+class VirtioNet(VirtioBackend):
+    device_id = DEVICE_ID_NET
+    queue_max = 256
+
+    def __init__(self, mac: bytes, mtu: int = 1500) -> None:
+        super().__init__()
+        if len(mac) != 6 or mac[0] & 1:
+            raise ValueError(f"NIC MAC {mac.hex(':')} is not a unicast address")
+        self.mac = mac
+        self.mtu = mtu
+        self.link_up = True
+        self.send: Callable[[bytes], None] = lambda frame: None  # the link (a switch port)
+        self.backlog: collections.deque[bytes] = collections.deque()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._mem: GuestMemory | None = None
+        self._queues: Sequence[Virtqueue] = ()
+
+    @property
+    def features(self) -> int:
+        return F_MAC | F_STATUS | F_MTU
+
+    @property
+    def num_queues(self) -> int:
+        return 2
+
+    def config(self) -> bytes:
+        status = STATUS_LINK_UP if self.link_up else 0
+        return self.mac + struct.pack("<HHH", status, 1, self.mtu)
+
+    def set_link(self, up: bool) -> None:
+        if up != self.link_up:
+            self.link_up = up
+            if self.transport is not None:
+                self.transport.config_changed()
+
+    def activate(self, mem: GuestMemory, queues: Sequence[Virtqueue], features: int) -> None:
+        self._mem, self._queues = mem, queues
+        self._fill_rx()
+
+    def reset(self) -> None:
+        self._mem, self._queues = None, ()
+        self.backlog.clear()
+
+    def notify(self, queue: int) -> None:
+        if queue == TX:
+            self._transmit()
+        else:
+            self._fill_rx()
+
+    def _transmit(self) -> None:
+        mem, q = self._mem, self._queues[TX]
+        assert mem is not None and self.transport is not None
+        sent = []
+        while (chain := q.pop()) is not None:
+            data = chain.read(mem, MAX_FRAME)
+            q.push(chain.head, 0)
+            if len(data) <= HDR_LEN:
+                self.counters["tx_runt"] += 1
+                continue
+            sent.append(data[HDR_LEN:])
+        self.transport.signal_used(TX)
+        for frame in sent:  # after the used ring is written: delivery may re-enter us
+            self.counters["tx_frames"] += 1
+            self.counters["tx_bytes"] += len(frame)
+            if self.link_up:
+                self.send(frame)
+            else:
+                self.counters["tx_link_down"] += 1
+
+    def deliver(self, frame: bytes) -> None:
+        """A frame from the link for this guest."""
+        if not self.link_up:
+            self.counters["rx_link_down"] += 1
+            return
+        if len(self.backlog) >= RX_BACKLOG:
+            self.counters["rx_dropped"] += 1
+            return
+        self.backlog.append(frame)
+        try:
+            self._fill_rx()
+        except GuestError as e:  # this guest's queue is broken: its fault, not the sender's
+            if self.transport is not None:
+                self.transport.needs_reset(e)
+
+    def _fill_rx(self) -> None:
+        mem = self._mem
+        if mem is None or not self._queues or self.transport is None or not self.transport.running:
+            return
+        q = self._queues[RX]
+        filled = False
+        while self.backlog:
+            chain = q.pop()
+            if chain is None:
+                break
+            frame = self.backlog.popleft()
+            if chain.writable_len < HDR_LEN + len(frame):
+                self.counters["rx_too_small"] += 1
+                q.push(chain.head, 0)
+                filled = True
+                continue
+            n = chain.write(mem, _HDR_RX + frame)
+            q.push(chain.head, n)
+            self.counters["rx_frames"] += 1
+            self.counters["rx_bytes"] += len(frame)
+            filled = True
+        if filled:
+            self.transport.signal_used(RX)
+
+
+def virtio_net(name: str, mac: bytes, switch: object | None = None, mtu: int = 1500) -> VirtioMmio:
+    """A virtio-net NIC for ``VmConfig.devices``, plugged into ``switch`` if given."""
+    net = VirtioNet(mac, mtu)
+    dev = VirtioMmio(name, net)
+    if switch is not None:
+        port = switch.attach(name, net.deliver)  # type: ignore[attr-defined]
+        net.send = port.send
+    return dev

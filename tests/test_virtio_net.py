@@ -1,0 +1,162 @@
+"""virtio-net: the device against a driver in plain memory (TX, RX, the bounded backlog, link
+state, hostile rings), then two real Linux guests (its unmodified virtio_net driver) pinging
+each other through the learning switch, with the capture read back by tshark."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import trio
+
+import hv
+from hv.board._device import DeviceContext
+from hv.board._memory import GuestMemory
+from hv.build import _image_linux as il
+from hv.virtio import _mmio as M
+from hv.virtio._net import HDR_LEN, RX_BACKLOG, VirtioNet, virtio_net
+from hv.virtio.testing import DriverQueue
+from netfabric.fabric import Switch
+
+RAM, SIZE = 0x8000_0000, 1 << 20
+MAC_A, MAC_B = bytes.fromhex("525400000001"), bytes.fromhex("525400000002")
+
+
+class Nic:
+    """A VirtioNet behind its transport, driven by hand like the Linux driver would."""
+
+    def __init__(self) -> None:
+        self.mem = GuestMemory(RAM, SIZE)
+        self.net = VirtioNet(MAC_A)
+        self.sent: list[bytes] = []
+        self.net.send = self.sent.append
+        self.dev = M.VirtioMmio("eth0", self.net)
+        self.irq: list[bool] = []
+        self.dev.attach(
+            DeviceContext("eth0", self.mem, self.irq.append, lambda: None, lambda w: None)
+        )
+        self.rx = DriverQueue(self.mem, 16, RAM + 0x1000, RAM + 0x10000)
+        self.tx = DriverQueue(self.mem, 16, RAM + 0x3000, RAM + 0x80000)
+        w = self.dev.mmio_write
+        w(M.R_STATUS, 4, 3)
+        w(M.R_DRIVER_FEATURES_SEL, 4, 1)
+        w(M.R_DRIVER_FEATURES, 4, 1)  # VERSION_1
+        w(M.R_STATUS, 4, 0x0B)
+        for i, q in enumerate((self.rx, self.tx)):
+            w(M.R_QUEUE_SEL, 4, i)
+            w(M.R_QUEUE_NUM, 4, q.size)
+            w(M.R_QUEUE_DESC_LOW, 4, q.desc & 0xFFFF_FFFF)
+            w(M.R_QUEUE_DRIVER_LOW, 4, q.avail & 0xFFFF_FFFF)
+            w(M.R_QUEUE_DEVICE_LOW, 4, q.used & 0xFFFF_FFFF)
+            w(M.R_QUEUE_READY, 4, 1)
+        w(M.R_STATUS, 4, 0x0F)
+        assert self.dev.running
+
+
+def test_config_space_has_mac_status_and_mtu() -> None:
+    nic = Nic()
+    cfg = bytes(nic.dev.mmio_read(M.CONFIG + i, 1) for i in range(12))
+    assert (
+        cfg[:6] == MAC_A
+        and cfg[6:8] == b"\x01\x00"
+        and int.from_bytes(cfg[10:12], "little") == 1500
+    )
+    nic.net.set_link(False)
+    assert nic.dev.mmio_read(M.CONFIG + 6, 2) == 0 and nic.dev.interrupt_status & M.INT_CONFIG
+
+
+def test_transmit_strips_the_header() -> None:
+    nic = Nic()
+    frame = MAC_B + MAC_A + b"\x08\x00" + bytes(50)
+    nic.tx.add(readable=[bytes(HDR_LEN), frame])
+    nic.dev.mmio_write(M.R_QUEUE_NOTIFY, 4, 1)
+    assert nic.sent == [frame] and len(nic.tx.take_used()) == 1
+    assert nic.dev.stats()["tx_frames"] == 1
+
+
+def test_receive_waits_for_buffers_and_the_backlog_is_bounded() -> None:
+    nic = Nic()
+    frame = MAC_A + MAC_B + b"\x08\x00" + bytes(50)
+    for _ in range(RX_BACKLOG + 10):
+        nic.net.deliver(frame)
+    assert nic.net.counters["rx_dropped"] == 10 and len(nic.net.backlog) == RX_BACKLOG
+    for _ in range(4):
+        nic.rx.add(writable=[HDR_LEN + 1514])
+    nic.dev.mmio_write(M.R_QUEUE_NOTIFY, 4, 0)
+    got = nic.rx.take_used()
+    assert len(got) == 4 and got[0].data[HDR_LEN:] == frame
+    assert int.from_bytes(got[0].data[10:12], "little") == 1  # num_buffers
+    assert nic.irq and nic.irq[-1] is True
+
+
+def test_a_broken_rx_ring_is_the_receivers_fault_not_the_senders() -> None:
+    nic = Nic()
+    nic.rx.write_desc(nic.rx.desc, 0, RAM + 0x10000, 8, 1, 0)  # loops
+    nic.rx.make_available(0)
+    nic.net.deliver(MAC_A + MAC_B + b"\x08\x00" + bytes(50))  # no exception here
+    assert nic.dev.status & M.STATUS_NEEDS_RESET and nic.dev.counters["needs_reset"] == 1
+
+
+async def test_two_linux_guests_ping_through_the_switch(
+    linux_image: il.LinuxImage, tmp_path: Path
+) -> None:
+    img = linux_image
+    capture = tmp_path / "lan.pcapng"
+    sw = Switch("lan", capture=capture)
+    base = img.cmdline
+    a = hv.VmConfig(
+        kernel=img.kernel,
+        initrd=img.initrd,
+        name="a",
+        cmdline=base + ' ip=10.0.0.1/24 hv.run="ping -c 3 -i 0.2 10.0.0.2"',
+        devices=(virtio_net("a.eth0", MAC_A, sw),),
+    )
+    b = hv.VmConfig(
+        kernel=img.kernel,
+        initrd=img.initrd,
+        name="b",
+        cmdline=base + " ip=10.0.0.2/24",
+        devices=(virtio_net("b.eth0", MAC_B, sw),),
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sw.run)
+        vb: hv.Vm = await nursery.start(hv.run_vm, b)
+        va: hv.Vm = await nursery.start(hv.run_vm, a)
+        with trio.fail_after(60):
+            await va.console.wait_for("packet loss")
+        out = va.console.transcript.decode()
+        stats = va.stats
+        va.stop()
+        vb.stop()
+        nursery.cancel_scope.cancel()
+    assert "3 packets transmitted, 3 received, 0% packet loss" in out, out[-800:]
+    assert stats["a.eth0.tx_frames"] >= 4 and stats["a.eth0.rx_frames"] >= 4
+    tshark = shutil.which("tshark")
+    assert tshark
+    r = subprocess.run(
+        [
+            tshark,
+            "-r",
+            str(capture),
+            "-T",
+            "fields",
+            "-e",
+            "frame.interface_name",
+            "-e",
+            "_ws.col.Protocol",
+            "-e",
+            "_ws.col.Info",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = r.stdout.splitlines()
+    assert any("ARP" in ln and "Who has 10.0.0.2" in ln for ln in lines), r.stdout
+    requests = [ln for ln in lines if "Echo (ping) request" in ln]
+    replies = [ln for ln in lines if "Echo (ping) reply" in ln]
+    assert len(requests) == 3 and len(replies) == 3
+    assert all(ln.startswith("a.eth0") for ln in requests)
+    assert all(ln.startswith("b.eth0") for ln in replies)
