@@ -12,7 +12,7 @@ import termios
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -21,6 +21,7 @@ from hv._errors import ConfigError, HvError
 from hv.board import _platform as P
 from hv.board._platform import DEFAULT_QUANTUM
 from hv.build import _guests, _image_linux
+from hv.build._kernels import resolve_kernel
 
 if TYPE_CHECKING:
     from hv._vm import Vm
@@ -141,6 +142,24 @@ def build_parser() -> argparse.ArgumentParser:
     ii.add_argument("--json", action="store_true", help='print {"kernel", "initrd", "cmdline"}')
     isub.add_parser("list", help="list the built images")
 
+    up = sub.add_parser(
+        "up",
+        help="run a lab: switches and VMs described in a TOML file",
+        description=(
+            "Run the lab in LAB.toml: its switches (with captures) and VMs, each VM's console "
+            "printed with its name in front of every line. The lab ends when every VM has "
+            "stopped (status 0 only if all stopped cleanly), or with --exit-code-from when "
+            "that VM stops. Ctrl-C stops everything; captures are flushed. Paths in the file "
+            "are relative to it."
+        ),
+    )
+    up.add_argument("lab", metavar="LAB.toml", help="the lab file")
+    up.add_argument("--attach", metavar="NAME", help="send this terminal's input to VM NAME")
+    up.add_argument(
+        "--exit-code-from", metavar="NAME", help="end the lab when VM NAME stops, with its status"
+    )
+    _add_log_options(up)
+
     engine = sub.add_parser(
         "engine",
         help="build and inspect the CPU engine (patched Unicorn)",
@@ -177,22 +196,6 @@ def _add_log_options(p: argparse.ArgumentParser) -> None:
         help="log verbosity on stderr (default warning)",
     )
     p.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
-
-
-def resolve_kernel(arg: str) -> tuple[Path, Path | None, str | None]:
-    """(kernel, initrd, default cmdline) for a path, a bundled guest or a built image."""
-    path = Path(arg)
-    if path.exists() or os.sep in arg:
-        return path, None, None
-    if arg in _guests.GUESTS:
-        return _guests.build_guest(arg), None, None
-    if arg == "linux":
-        img = _image_linux.linux_image_info()
-        if img is None:
-            raise ConfigError("the linux image is not built yet; run: hv image build linux")
-        return img.kernel, img.initrd, img.cmdline
-    known = ", ".join([*_guests.guest_names(), "linux"])
-    raise ConfigError(f"kernel '{arg}' not found: give a file path or one of: {known}")
 
 
 @contextlib.contextmanager
@@ -340,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _image_command(args)
         if args.command == "engine":
             return _engine_command(args)
+        if args.command == "up":
+            return trio.run(_up, args)
     except HvError as e:
         print(f"hv: {e}", file=sys.stderr)
         return EXIT_CONFIG if isinstance(e, ConfigError) else 3
@@ -398,6 +403,41 @@ def _image_command(args: argparse.Namespace) -> int:
     else:
         print(f"kernel: {img.kernel}\ninitrd: {img.initrd}\ncmdline: {img.cmdline}")
     return 0
+
+
+async def _up(args: argparse.Namespace) -> int:
+    from hv.lab import load_lab, run_lab
+
+    spec = load_lab(Path(args.lab))
+    if args.attach is not None and args.attach not in spec.vms:
+        raise ConfigError(f"--attach: no VM named {args.attach!r} ({', '.join(spec.vms)})")
+    out = _stdout_fd()
+
+    def write(data: bytes) -> None:
+        if out >= 0:
+            with contextlib.suppress(BrokenPipeError):
+                os.write(out, data)
+
+    stdin = sys.stdin.fileno() if sys.stdin is not None and args.attach else -1
+    result: list[int] = []
+    with _raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive:
+        async with trio.open_nursery() as nursery:
+
+            async def lab(task_status: trio.TaskStatus[Any]) -> None:
+                result.append(
+                    await run_lab(spec, write, args.exit_code_from, task_status=task_status)
+                )
+                nursery.cancel_scope.cancel()  # the lab is over: stop reading the terminal
+
+            run = await nursery.start(lab)
+            if stdin >= 0:
+                nursery.start_soon(_pump_input, run.vms[args.attach], stdin, interactive)
+    from hv._status import StopKind
+
+    for name, info in run.exits.items():
+        if info.exit_code and info.kind is not StopKind.STOPPED:
+            print(f"hv: {name}: {info.reason} (exit status {info.exit_code})", file=sys.stderr)
+    return result[0] if result else 130
 
 
 def _engine_command(args: argparse.Namespace) -> int:

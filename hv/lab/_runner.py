@@ -1,0 +1,129 @@
+"""Running a lab: its switches and VMs in one trio nursery, consoles prefixed by VM name.
+
+``run_lab(spec)`` is what ``hv up`` runs, and is callable from trio. The lab ends when every
+VM has stopped (status 0 only if all stopped cleanly), or, with ``exit_code_from``, when that
+VM stops (the others are stopped; its status is the lab's, as ``docker compose up
+--exit-code-from`` does). Cancellation (Ctrl-C) stops everything; switch captures are flushed
+and closed on the way out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from hv._errors import ConfigError
+from hv._status import StopInfo
+from hv._vm import Vm, VmConfig, run_vm
+from hv.board._platform import DEFAULT_QUANTUM
+from hv.build._kernels import resolve_kernel
+from hv.lab._spec import LabSpec, VmSpec, nic_cmdline
+from hv.virtio._net import virtio_net
+from netfabric.fabric import Switch
+
+Output = Callable[[bytes], None]
+
+
+class PrefixedOutput:
+    """Writes each VM's console as lines prefixed with its name; a partial line (a prompt)
+    is written at once, and continued on the same line if the same VM goes on."""
+
+    def __init__(self, write: Output, names: list[str]) -> None:
+        self.write = write
+        self.width = max(map(len, names), default=1)
+        self._mid: str | None = None  # the VM whose line is open (no newline yet)
+
+    def feed(self, name: str, data: bytes) -> None:
+        out = bytearray()
+        if self._mid is not None and self._mid != name:
+            out += b"\n"
+            self._mid = None
+        for line in data.splitlines(keepends=True):
+            if self._mid != name:
+                out += f"{name:<{self.width}} | ".encode()
+            out += line
+            self._mid = None if line.endswith(b"\n") else name
+        self.write(bytes(out))
+
+
+@dataclass
+class LabRun:
+    spec: LabSpec
+    switches: dict[str, Switch] = field(default_factory=dict)
+    vms: dict[str, Vm] = field(default_factory=dict)
+    exits: dict[str, StopInfo] = field(default_factory=dict)
+
+
+def vm_config(spec: LabSpec, vm: VmSpec, switches: dict[str, Switch]) -> VmConfig:
+    kernel, initrd, default_cmdline = resolve_kernel(vm.kernel, spec.base)
+    cmdline = vm.cmdline if vm.cmdline is not None else (default_cmdline or "")
+    extra = " ".join(x for x in (nic_cmdline(vm.nics), vm.append) if x)
+    if extra:
+        cmdline = f"{cmdline} {extra}".strip()
+    devices = tuple(
+        virtio_net(f"{vm.name}.eth{i}", nic.mac, switches[nic.switch])
+        for i, nic in enumerate(vm.nics)
+    )
+    return VmConfig(
+        kernel=kernel,
+        initrd=vm.initrd or initrd,
+        cmdline=cmdline,
+        mem_size=vm.mem,
+        quantum=vm.quantum or DEFAULT_QUANTUM,
+        name=vm.name,
+        devices=devices,
+    )
+
+
+async def run_lab(
+    spec: LabSpec,
+    output: Output | None = None,
+    exit_code_from: str | None = None,
+    *,
+    task_status: trio.TaskStatus[LabRun] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run ``spec`` to its end; return the lab's exit status."""
+    if exit_code_from is not None and exit_code_from not in spec.vms:
+        raise ConfigError(
+            f"--exit-code-from: no VM named {exit_code_from!r} ({', '.join(spec.vms)})"
+        )
+    run = LabRun(spec)
+    prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
+    async with trio.open_nursery() as nursery:
+        try:
+            for name, s in spec.switches.items():
+                run.switches[name] = await nursery.start(Switch(name, s.capture).run)
+            configs = {name: vm_config(spec, vm, run.switches) for name, vm in spec.vms.items()}
+            for name, cfg in configs.items():
+                run.vms[name] = await nursery.start(run_vm, cfg)
+        except BaseException:
+            nursery.cancel_scope.cancel()
+            raise
+        task_status.started(run)
+        done = trio.Event()
+
+        async def watch(name: str, vm: Vm) -> None:
+            if prefixed is not None:
+                while data := await vm.console.receive_some():
+                    prefixed.feed(name, data)
+            run.exits[name] = await vm.wait()
+            if name == exit_code_from or len(run.exits) == len(run.vms):
+                done.set()
+
+        for name, vm in run.vms.items():
+            nursery.start_soon(watch, name, vm)
+        await done.wait()
+        for vm in run.vms.values():
+            vm.stop("the lab is ending")
+        with trio.move_on_after(5):
+            for name, vm in run.vms.items():
+                run.exits.setdefault(name, await vm.wait())
+        nursery.cancel_scope.cancel()
+    if exit_code_from is not None:
+        return run.exits[exit_code_from].exit_code
+    for info in run.exits.values():
+        if info.exit_code:
+            return info.exit_code
+    return 0

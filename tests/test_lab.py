@@ -1,0 +1,118 @@
+"""Lab files and ``hv up``: validation errors that name the key, the stable default MAC, the
+ip= the NICs give their guests, prefixed console output, and a real two-VM Linux lab."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hv import ConfigError
+from hv.build import _image_linux as il
+from hv.lab import parse_lab
+from hv.lab._runner import PrefixedOutput
+from hv.lab._spec import default_mac, nic_cmdline
+
+GOOD = """
+[switches.lan]
+capture = "lan.pcapng"
+
+[vms.a]
+kernel = "linux"
+append = 'hv.run="ping -c 5 10.0.0.2"'
+mem = "256M"
+nics = [{ switch = "lan", ip = "10.0.0.1/24" }]
+
+[vms.b]
+kernel = "linux"
+nics = [{ switch = "lan", ip = "10.0.0.2/24", mac = "52:54:00:12:34:56" }]
+"""
+
+
+def test_a_good_lab_file(tmp_path: Path) -> None:
+    lab = parse_lab(GOOD, tmp_path, "demo")
+    assert lab.name == "demo" and list(lab.vms) == ["a", "b"]
+    assert lab.switches["lan"].capture == tmp_path / "lan.pcapng"
+    a, b = lab.vms["a"], lab.vms["b"]
+    assert a.mem == 256 << 20 and a.nics[0].mac == default_mac("a", 0)
+    assert b.nics[0].mac == bytes.fromhex("525400123456")
+    assert default_mac("a", 0) == default_mac("a", 0) != default_mac("a", 1)
+    assert nic_cmdline(a.nics) == "ip=10.0.0.1/24"
+
+
+def test_a_second_nic_is_named_on_the_command_line(tmp_path: Path) -> None:
+    lab = parse_lab(
+        '[switches.x]\n[switches.y]\n[vms.r]\nkernel = "linux"\n'
+        'nics = [{switch = "x", ip = "10.0.0.1/24"}, {switch = "y", ip = "10.0.1.1/24"}]\n',
+        tmp_path,
+    )
+    assert nic_cmdline(lab.vms["r"].nics) == "ip=10.0.0.1/24 ip=10.0.1.1:::255.255.255.0::eth1:off"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GOOD.replace('switch = "lan", ip = "10.0.0.2/24"', 'switch = "lna", ip = "10.0.0.2/24"'),
+         'vms.b.nics[0].switch: no switch named "lna" (switches: lan)'),
+        (GOOD.replace('mem = "256M"', 'mem = "lots"'), "vms.a.mem: 'lots' is not a size"),
+        (GOOD.replace('mem = "256M"', 'mem = "64G"'), "vms.a.mem: '64G' is out of range"),
+        (GOOD.replace('ip = "10.0.0.1/24"', 'ip = "10.0.0.300"'), "vms.a.nics[0].ip"),
+        (GOOD.replace('mac = "52:54:00:12:34:56"', 'mac = "01:00:00:00:00:01"'), "multicast"),
+        (GOOD.replace('mac = "52:54:00:12:34:56"', 'mac = "52:54:00"'), "vms.b.nics[0].mac"),
+        (GOOD.replace('kernel = "linux"\nnics', 'kernal = "linux"\nnics'), "vms.b.kernal: unknown key"),  # noqa: E501
+        (GOOD.replace('[vms.b]\nkernel = "linux"', '[vms.B]\nkernel = "linux"'), "vms.B: VM names"),
+        ("[switches.lan]\n", "vms: a lab needs at least one VM"),
+        ("[vms.a\n", "not a valid TOML file"),
+        (GOOD + '\n[vms.c]\nkernel = "linux"\nnics = [{switch = "lan", mac = "52:54:00:12:34:56"}]\n',  # noqa: E501
+         "vms.c.nics[0].mac: 52:54:00:12:34:56 is also vms.b.nics[0]'s"),
+    ],
+)  # fmt: skip
+def test_bad_lab_files_name_the_key(text: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_lab(text, tmp_path)
+    assert message in str(e.value)
+
+
+def test_prefixed_output_keeps_partial_lines_and_switches_cleanly() -> None:
+    out: list[bytes] = []
+    p = PrefixedOutput(out.append, ["a", "bb"])
+    p.feed("a", b"one\ntw")
+    p.feed("a", b"o\n=> ")
+    p.feed("bb", b"hello\n")
+    assert b"".join(out) == b"a  | one\na  | two\na  | => \nbb | hello\n"
+
+
+def test_hv_up_runs_a_two_vm_linux_lab(linux_image: il.LinuxImage, tmp_path: Path) -> None:
+    lab = tmp_path / "ping.toml"
+    lab.write_text(
+        GOOD.replace('hv.run="ping -c 5 10.0.0.2"', 'hv.run="ping -c 2 -i 0.2 10.0.0.2; poweroff"')
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "hv.cli", "up", str(lab), "--exit-code-from", "a"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "a | 2 packets transmitted, 2 received, 0% packet loss" in r.stdout, r.stdout[-1500:]
+    assert any(line.startswith("b | ") for line in r.stdout.splitlines())
+    assert (tmp_path / "lan.pcapng").stat().st_size > 0  # relative to the lab file, flushed
+
+
+def test_hv_up_reports_a_bad_file_in_one_line(tmp_path: Path) -> None:
+    lab = tmp_path / "bad.toml"
+    lab.write_text(
+        GOOD.replace('switch = "lan", ip = "10.0.0.2/24"', 'switch = "lna", ip = "10.0.0.2/24"')
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "hv.cli", "up", str(lab)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 4
+    assert r.stderr.strip() == 'hv: vms.b.nics[0].switch: no switch named "lna" (switches: lan)'
