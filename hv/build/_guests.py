@@ -24,6 +24,9 @@ GUESTS: dict[str, str] = {
     "exits": "benchmark: repeats one exit kind n times (kind=none|sbi|mmio|rdtime|trap|timer n=)",
     "smc": "self-checking self-modifying code test: rewrites, page crossings, Sv39 aliases, loader",
     "dma": "checks that a host write (device DMA) over code it ran is what it runs next",
+    "ping": "pings peer=A.B.C.D over virtio-net and prints a summary (ip=, count=, interval=)",
+    "udpecho": "answers pings and echoes UDP (port=7) until stopped",
+    "udpgen": "UDP load generator against an echo server: sent, echoed, lost, datagrams/s",
 }
 
 TARGET = "riscv64-freestanding-none"

@@ -82,9 +82,12 @@ async def run_lab(
     output: Output | None = None,
     exit_code_from: str | None = None,
     *,
+    until: frozenset[str] | None = None,
     task_status: trio.TaskStatus[LabRun] = trio.TASK_STATUS_IGNORED,
 ) -> int:
-    """Run ``spec`` to its end; return the lab's exit status."""
+    """Run ``spec`` to its end; return the lab's exit status. The end: every VM stopped; or
+    ``exit_code_from`` stopped (its status is the lab's); or every VM in ``until`` stopped
+    (the lab's status is 0 only if they all stopped cleanly)."""
     if exit_code_from is not None and exit_code_from not in spec.vms:
         raise ConfigError(
             f"--exit-code-from: no VM named {exit_code_from!r} ({', '.join(spec.vms)})"
@@ -109,7 +112,11 @@ async def run_lab(
                 while data := await vm.console.receive_some():
                     prefixed.feed(name, data)
             run.exits[name] = await vm.wait()
-            if name == exit_code_from or len(run.exits) == len(run.vms):
+            if (
+                name == exit_code_from
+                or len(run.exits) == len(run.vms)
+                or (until is not None and until <= run.exits.keys())
+            ):
                 done.set()
 
         for name, vm in run.vms.items():
@@ -123,7 +130,8 @@ async def run_lab(
         nursery.cancel_scope.cancel()
     if exit_code_from is not None:
         return run.exits[exit_code_from].exit_code
-    for info in run.exits.values():
+    watched = until if until is not None else run.exits.keys()
+    for info in (run.exits[n] for n in watched):
         if info.exit_code:
             return info.exit_code
     return 0

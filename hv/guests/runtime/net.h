@@ -1,0 +1,41 @@
+/* A small network stack for the bundled guests: a virtio-net driver (virtio-mmio, found in the
+ * device tree) and Ethernet, ARP (with a cache), IPv4, ICMP echo (both ways) and UDP.
+ * Configured from bootargs "ip=A.B.C.D/N" (as the Linux guests' init reads it).
+ *
+ * Receive is polled: net_poll() handles what has arrived (ARP and pings are answered there);
+ * net_wait_us() polls until something is received for the caller or the time is up, sleeping
+ * in short wfi naps in between so an idle guest costs the host little. */
+#ifndef RT_NET_H
+#define RT_NET_H
+
+#include "types.h"
+
+struct net_stats {
+    unsigned long rx_frames, tx_frames, rx_dropped, arp_replies, icmp_echo_replied;
+};
+
+/* Find and start the first virtio-net device and read ip=; false (with a message) if none. */
+bool net_init(void);
+uint32_t net_ip(void);           /* our address, host order */
+const uint8_t *net_mac(void);
+bool net_parse_ip(const char *s, size_t len, uint32_t *ip, unsigned *prefix);
+void net_format_ip(uint32_t ip, char *buf); /* "a.b.c.d", buf >= 16 bytes */
+
+/* Handle everything received so far (answers ARP and pings). */
+void net_poll(void);
+
+/* ICMP echo: send one request; the reply is reported by net_ping_reply(). */
+bool net_ping_send(uint32_t dst, uint16_t id, uint16_t seq, size_t payload);
+/* true once the reply for (id, seq) arrived since the request was sent */
+bool net_ping_reply(uint16_t id, uint16_t seq);
+
+/* UDP: send a datagram; receive the next datagram for `port` (its length, 0 if none). */
+bool net_udp_send(uint32_t dst, uint16_t sport, uint16_t dport, const void *data, size_t len);
+size_t net_udp_recv(uint16_t port, void *buf, size_t cap, uint32_t *src, uint16_t *sport);
+
+/* Poll for up to `us` microseconds or until `done(ctx)` is true; returns done's last answer. */
+bool net_wait_us(uint64_t us, bool (*done)(void *ctx), void *ctx);
+
+const struct net_stats *net_stats(void);
+
+#endif
