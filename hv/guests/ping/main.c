@@ -24,14 +24,9 @@ int main(unsigned long hartid, const void *fdt)
     UNUSED(fdt);
     if (!net_init())
         return 1;
-    const char *v;
-    size_t len;
     uint32_t peer;
-    unsigned prefix;
-    if (!bootarg_get("peer", &v, &len) || !net_parse_ip(v, len, &peer, &prefix)) {
-        puts("ping: give peer=A.B.C.D");
+    if (!net_bootarg_ip("peer", &peer))
         return 1;
-    }
     unsigned long count = bootarg_ulong("count", 5), interval = bootarg_ulong("interval", 100);
     unsigned long size = bootarg_ulong("size", 56);
     char name[16];

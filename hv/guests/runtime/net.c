@@ -478,3 +478,20 @@ bool net_wait_us(uint64_t us, bool (*done)(void *ctx), void *ctx)
     }
 }
 
+bool net_bootarg_ip(const char *key, uint32_t *ip)
+{
+    const char *v;
+    size_t len;
+    unsigned prefix;
+    if (!bootarg_get(key, &v, &len) || !net_parse_ip(v, len, ip, &prefix)) {
+        printf("net: give %s=A.B.C.D\n", key);
+        return false;
+    }
+    return true;
+}
+
+bool net_never(void *ctx)
+{
+    UNUSED(ctx);
+    return false;
+}

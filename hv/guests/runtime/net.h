@@ -38,4 +38,9 @@ bool net_wait_us(uint64_t us, bool (*done)(void *ctx), void *ctx);
 
 const struct net_stats *net_stats(void);
 
+/* An address from bootargs ("peer=10.0.0.2"); false (with a message) if absent or bad. */
+bool net_bootarg_ip(const char *key, uint32_t *ip);
+/* A net_wait_us condition that is never met: just poll (and answer ARP/pings) for a while. */
+bool net_never(void *ctx);
+
 #endif

@@ -6,12 +6,6 @@
 #include "rt.h"
 #include "net.h"
 
-static bool never(void *ctx)
-{
-    UNUSED(ctx);
-    return false;
-}
-
 int main(unsigned long hartid, const void *fdt)
 {
     UNUSED(hartid);
@@ -31,7 +25,7 @@ int main(unsigned long hartid, const void *fdt)
         while ((n = net_udp_recv(port, buf, sizeof buf, &src, &sport)) != 0)
             if (net_udp_send(src, port, sport, buf, n))
                 echoed++;
-        net_wait_us(2000, never, NULL);
+        net_wait_us(2000, net_never, NULL);
     }
     const struct net_stats *s = net_stats();
     printf("udpecho: %lu echoed, %lu pings answered, %lu frames in\n", echoed,

@@ -8,26 +8,15 @@
 #include "rt.h"
 #include "net.h"
 
-static bool never(void *ctx)
-{
-    UNUSED(ctx);
-    return false;
-}
-
 int main(unsigned long hartid, const void *fdt)
 {
     UNUSED(hartid);
     UNUSED(fdt);
     if (!net_init())
         return 1;
-    const char *v;
-    size_t len;
     uint32_t peer;
-    unsigned prefix;
-    if (!bootarg_get("peer", &v, &len) || !net_parse_ip(v, len, &peer, &prefix)) {
-        puts("udpgen: give peer=A.B.C.D");
+    if (!net_bootarg_ip("peer", &peer))
         return 1;
-    }
     uint16_t port = (uint16_t)bootarg_ulong("port", 7);
     unsigned long count = bootarg_ulong("count", 1000), size = bootarg_ulong("size", 64);
     unsigned long window = bootarg_ulong("window", 8);
@@ -50,7 +39,7 @@ int main(unsigned long hartid, const void *fdt)
             idle_since = time_now();
         }
         if (sent - echoed >= window || sent == count)
-            net_wait_us(100, never, NULL);
+            net_wait_us(100, net_never, NULL);
     }
     uint64_t us = timer_ticks_to_us(time_now() - t0);
     char name[16];
