@@ -1,0 +1,90 @@
+"""Debian's U-Boot (qemu-riscv64_smode, unmodified) as a client: it boots on hv-virt, finds
+its virtio-net NIC, and pings a Linux guest on the same switch under `hv up --attach`."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hv.build import _image_linux as il
+
+UBOOT = Path("/usr/lib/u-boot/qemu-riscv64_smode/u-boot.bin")
+
+
+def uboot() -> Path:
+    if not UBOOT.is_file():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs u-boot-qemu (.ci/linux-deps.sh)")
+        pytest.skip("needs Debian's u-boot-qemu: run .ci/linux-deps.sh as root")
+    return UBOOT
+
+
+class Session:
+    """hv up with the terminal's input going to VM u: wait for text, then type."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.p = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.out = b""
+
+    def wait_for(self, text: bytes, timeout: float = 30.0) -> None:
+        assert self.p.stdout is not None
+        end = time.monotonic() + timeout
+        while text not in self.out:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {text!r} in: {self.out[-1500:]!r}")
+            ready, _, _ = select.select([self.p.stdout], [], [], left)
+            if ready:
+                chunk = os.read(self.p.stdout.fileno(), 65536)
+                if not chunk:
+                    raise AssertionError(f"hv exited before {text!r}: {self.out[-1500:]!r}")
+                self.out += chunk
+
+    def type(self, text: bytes) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(text)
+        self.p.stdin.flush()
+
+    def close(self) -> int:
+        try:
+            rc = self.p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            rc = self.p.wait(timeout=30)
+        for f in (self.p.stdin, self.p.stdout):
+            if f is not None:
+                f.close()
+        return rc
+
+
+def test_uboot_pings_a_linux_guest_under_hv_up(linux_image: il.LinuxImage, tmp_path: Path) -> None:
+    lab = tmp_path / "uboot.toml"
+    lab.write_text(
+        "[switches.lan]\n"
+        f'[vms.u]\nkernel = "{uboot()}"\nnics = [{{ switch = "lan" }}]\n'
+        '[vms.b]\nkernel = "linux"\nnics = [{ switch = "lan", ip = "10.0.0.2/24" }]\n'
+    )
+    s = Session([sys.executable, "-m", "hv.cli", "up", str(lab), "--attach", "u",
+                 "--exit-code-from", "u"])  # fmt: skip
+    try:
+        s.wait_for(b"eth0: virtio-net#0")
+        s.wait_for(b"Hit any key to stop autoboot")
+        s.type(b"\r")
+        s.wait_for(b"u | => ")
+        s.wait_for(b"b | init: eth0 10.0.0.2/24", timeout=60)  # the peer is up
+        s.type(b"setenv ipaddr 10.0.0.5\r")
+        s.type(b"ping 10.0.0.2\r")
+        s.wait_for(b"host 10.0.0.2 is alive")
+        s.type(b"poweroff\r")
+        s.wait_for(b"poweroff ...")
+    finally:
+        s.close()
+    assert b"is not alive" not in s.out
