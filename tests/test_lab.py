@@ -207,3 +207,47 @@ async def test_a_flooding_guest_costs_bounded_memory_and_the_others_keep_working
     accounted = st.get("s2.eth0.rx_frames", 0) + st.get("s2.eth0.rx_dropped", 0)
     assert port.counters.tx_frames == accounted + len(nic.backlog)
     assert port.counters.tx_frames >= 5000
+
+
+ROUTER = """
+[switches.left]
+[switches.right]
+
+[vms.r]
+kernel = "linux"
+append = 'hv.run="echo 1 > /proc/sys/net/ipv4/ip_forward"'
+nics = [{ switch = "left", ip = "10.0.1.1/24" }, { switch = "right", ip = "10.0.2.1/24" }]
+
+[vms.h1]
+kernel = "linux"
+append = 'hv.run="sleep 1; ping -c 3 -i 0.2 10.0.2.2; poweroff"'
+nics = [{ switch = "left", ip = "10.0.1.2/24", gateway = "10.0.1.1" }]
+
+[vms.h2]
+kernel = "linux"
+nics = [{ switch = "right", ip = "10.0.2.2/24", gateway = "10.0.2.1" }]
+"""
+
+
+def test_a_linux_guest_with_two_nics_routes_between_two_switches(
+    linux_image: il.LinuxImage, tmp_path: Path
+) -> None:
+    lab = tmp_path / "router.toml"
+    lab.write_text(ROUTER)
+    r = subprocess.run(
+        [sys.executable, "-m", "hv.cli", "up", str(lab), "--exit-code-from", "h1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    assert "h1 | 3 packets transmitted, 3 received, 0% packet loss" in r.stdout, r.stdout[-2000:]
+    assert "ttl=63" in r.stdout  # one hop: the router forwarded it
+
+
+def test_gateways_reach_the_command_line_and_must_be_in_the_subnet(tmp_path: Path) -> None:
+    lab = parse_lab(ROUTER, tmp_path)
+    assert nic_cmdline(lab.vms["h1"].nics) == "ip=10.0.1.2::10.0.1.1:255.255.255.0::eth0:off"
+    with pytest.raises(ConfigError, match=r"vms.h1.nics\[0\].gateway: 10.9.9.9 is not in"):
+        parse_lab(ROUTER.replace('gateway = "10.0.1.1"', 'gateway = "10.9.9.9"'), tmp_path)

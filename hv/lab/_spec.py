@@ -35,7 +35,7 @@ _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.IGNORECASE)
 
 SWITCH_KEYS = {"capture"}
 VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum"}
-NIC_KEYS = {"switch", "ip", "mac"}
+NIC_KEYS = {"switch", "ip", "mac", "gateway"}
 LAB_KEYS = {"name", "switches", "vms"}
 
 
@@ -50,6 +50,7 @@ class NicSpec:
     switch: str
     mac: bytes
     ip: ipaddress.IPv4Interface | None = None
+    gateway: ipaddress.IPv4Address | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,15 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
                     raise ConfigError(
                         f"{nkey}.ip: {text!r} is not an IPv4 address like 10.0.0.1/24"
                     ) from None
+            gateway = None
+            if "gateway" in n:
+                text = _str(n["gateway"], f"{nkey}.gateway")
+                try:
+                    gateway = ipaddress.IPv4Address(text)
+                except ValueError:
+                    raise ConfigError(f"{nkey}.gateway: {text!r} is not an IPv4 address") from None
+                if ip is None or gateway not in ip.network:
+                    raise ConfigError(f"{nkey}.gateway: {text} is not in the NIC's subnet")
             if "mac" in n:
                 text = _str(n["mac"], f"{nkey}.mac")
                 if not _MAC.match(text):
@@ -173,7 +183,7 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
             if mac in macs:
                 raise ConfigError(f"{nkey}.mac: {mac.hex(':')} is also {macs[mac]}'s")
             macs[mac] = nkey
-            nics.append(NicSpec(sw, mac, ip))
+            nics.append(NicSpec(sw, mac, ip, gateway))
         quantum = t.get("quantum")
         if quantum is not None and not isinstance(quantum, int):
             raise ConfigError(f"{key}.quantum: expected a whole number of instructions")
@@ -204,8 +214,9 @@ def nic_cmdline(nics: tuple[NicSpec, ...]) -> str:
     for i, nic in enumerate(nics):
         if nic.ip is None:
             continue
-        if i == 0:
+        gw = nic.gateway or ""
+        if i == 0 and not gw:
             parts.append(f"ip={nic.ip.with_prefixlen}")
         else:
-            parts.append(f"ip={nic.ip.ip}:::{nic.ip.netmask}::eth{i}:off")
+            parts.append(f"ip={nic.ip.ip}::{gw}:{nic.ip.netmask}::eth{i}:off")
     return " ".join(parts)
