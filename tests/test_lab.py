@@ -251,3 +251,25 @@ def test_gateways_reach_the_command_line_and_must_be_in_the_subnet(tmp_path: Pat
     assert nic_cmdline(lab.vms["h1"].nics) == "ip=10.0.1.2::10.0.1.1:255.255.255.0::eth0:off"
     with pytest.raises(ConfigError, match=r"vms.h1.nics\[0\].gateway: 10.9.9.9 is not in"):
         parse_lab(ROUTER.replace('gateway = "10.0.1.1"', 'gateway = "10.9.9.9"'), tmp_path)
+
+
+def test_two_linux_guests_move_tcp_and_udp(linux_image: il.LinuxImage, tmp_path: Path) -> None:
+    lab = tmp_path / "traffic.toml"
+    lab.write_text(
+        "[switches.lan]\n"
+        '[vms.a]\nkernel = "linux"\nnics = [{ switch = "lan", ip = "10.0.0.1/24" }]\n'
+        "append = 'hv.run=\"sleep 1; traffic send -t 10.0.0.2 4000000; "
+        "traffic send -u -b 20 10.0.0.2 500000; poweroff\"'\n"
+        '[vms.b]\nkernel = "linux"\nnics = [{ switch = "lan", ip = "10.0.0.2/24" }]\n'
+        "append = 'hv.run=\"traffic recv -t -1; traffic recv -u -1\"'\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "hv.cli", "up", str(lab), "--exit-code-from", "a"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    assert "b | traffic: received from 10.0.0.1: 4000000 bytes" in r.stdout, r.stdout[-2000:]
+    assert "b | traffic: received 500000 bytes" in r.stdout
