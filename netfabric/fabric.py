@@ -21,12 +21,15 @@ from pathlib import Path
 import trio
 
 from netfabric.capture import PcapngWriter
+from netfabric.offload import Offload, resolve
 from netfabric.switch import DEFAULT_AGING, DEFAULT_MAX_MACS, LearningSwitch, PortCounters
 
 # The capture reaches the disk at least this often (and at exit).
 FLUSH_INTERVAL = 1.0
 
-Deliver = Callable[[bytes], None]
+# A port takes a frame and, for an offloaded one (a partial checksum, a TCP segment to cut),
+# its Offload; a port that cannot take offloads calls netfabric.offload.resolve on it.
+Deliver = Callable[[bytes, "Offload | None"], None]
 
 
 class SwitchPort:
@@ -38,8 +41,8 @@ class SwitchPort:
         self.name = name
         self.deliver = deliver
 
-    def send(self, frame: bytes) -> None:
-        self.switch.send(self.id, frame)
+    def send(self, frame: bytes, offload: Offload | None = None) -> None:
+        self.switch.send(self.id, frame, offload)
 
     @property
     def counters(self) -> PortCounters:
@@ -75,14 +78,17 @@ class Switch:
             self._iface[port.id] = self.capture.add_interface(name)
         return port
 
-    def send(self, port_id: int, frame: bytes) -> None:
+    def send(self, port_id: int, frame: bytes, offload: Offload | None = None) -> None:
         now = time.monotonic()
         out = self.core.forward(port_id, frame, now)
         if self.capture is not None and (out or self.core.is_up(port_id)):
-            self.capture.write(self._iface[port_id], frame, time.time_ns())
+            ts = time.time_ns()
+            # The capture shows the wire: an offloaded frame as the segments it stands for.
+            for wire in resolve(frame, offload) if offload is not None else (frame,):
+                self.capture.write(self._iface[port_id], wire, ts)
         ports = self.ports
         for p in out:
-            ports[p].deliver(frame)
+            ports[p].deliver(frame, offload)
 
     async def run(self, *, task_status: trio.TaskStatus[Switch] = trio.TASK_STATUS_IGNORED) -> None:
         """The switch's task: flushes the capture periodically; closes it when cancelled."""

@@ -30,7 +30,7 @@ class Nic:
         self.mem = GuestMemory(RAM, SIZE)
         self.net = VirtioNet(MAC_A)
         self.sent: list[bytes] = []
-        self.net.send = self.sent.append
+        self.net.send = lambda frame, off: self.sent.append(frame)
         self.dev = M.VirtioMmio("eth0", self.net)
         self.irq: list[bool] = []
         self.dev.attach(

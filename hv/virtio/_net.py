@@ -9,7 +9,11 @@ room for past ``RX_BACKLOG`` frames is dropped and counted (``rx_dropped``), so 
 flooded guest costs bounded host memory.
 
 Features: MAC (the configured address in config space), STATUS (link up/down, settable from
-the host: ``set_link``), MTU. No offloads yet: the guest computes checksums and segments.
+the host: ``set_link``), MTU, and the offloads that make guest-to-guest TCP cheap: CSUM and
+HOST_TSO4 (the guest sends partial checksums and TCP segments up to 64 KiB) and GUEST_CSUM,
+GUEST_TSO4 (it takes them). An offloaded frame crosses the switch once, with its
+``netfabric.offload.Offload``; a receiver that did not negotiate the offload gets it resolved
+in software (segmented, checksums filled in), as does the capture.
 """
 
 from __future__ import annotations
@@ -22,8 +26,13 @@ from hv._errors import GuestError
 from hv.board._memory import GuestMemory
 from hv.virtio._mmio import VirtioBackend, VirtioMmio
 from hv.virtio._queue import Virtqueue
+from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload, resolve
 
 DEVICE_ID_NET = 1
+F_CSUM = 1 << 0
+F_GUEST_CSUM = 1 << 1
+F_GUEST_TSO4 = 1 << 7
+F_HOST_TSO4 = 1 << 11
 F_MTU = 1 << 3
 F_MAC = 1 << 5
 F_STATUS = 1 << 16
@@ -34,7 +43,12 @@ RX, TX = 0, 1
 RX_BACKLOG = 256
 MAX_FRAME = 65536 + HDR_LEN
 
-_HDR_RX = struct.pack("<BBHHHHH", 0, 0, 0, 0, 0, 0, 1)  # num_buffers = 1
+_HDR = struct.Struct(
+    "<BBHHHHH"
+)  # flags, gso_type, hdr_len, gso_size, csum_start/offset, num_buffers
+_HDR_RX = _HDR.pack(0, 0, 0, 0, 0, 0, 1)  # num_buffers = 1
+HDR_F_NEEDS_CSUM = 1
+GSO_ECN = 0x80
 
 
 class VirtioNet(VirtioBackend):
@@ -48,15 +62,18 @@ class VirtioNet(VirtioBackend):
         self.mac = mac
         self.mtu = mtu
         self.link_up = True
-        self.send: Callable[[bytes], None] = lambda frame: None  # the link (a switch port)
-        self.backlog: collections.deque[bytes] = collections.deque()
+        # the link (a switch port): send(frame, offload)
+        self.send: Callable[[bytes, Offload | None], None] = lambda frame, off: None
+        self.backlog: collections.deque[tuple[bytes, Offload | None]] = collections.deque()
         self.counters: collections.Counter[str] = collections.Counter()
         self._mem: GuestMemory | None = None
         self._queues: Sequence[Virtqueue] = ()
+        self.guest_csum = self.guest_tso4 = False  # what the guest's driver takes (negotiated)
 
     @property
     def features(self) -> int:
-        return F_MAC | F_STATUS | F_MTU
+        offloads = F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_HOST_TSO4
+        return F_MAC | F_STATUS | F_MTU | offloads
 
     @property
     def num_queues(self) -> int:
@@ -74,6 +91,8 @@ class VirtioNet(VirtioBackend):
 
     def activate(self, mem: GuestMemory, queues: Sequence[Virtqueue], features: int) -> None:
         self._mem, self._queues = mem, queues
+        self.guest_csum = bool(features & F_GUEST_CSUM)
+        self.guest_tso4 = self.guest_csum and bool(features & F_GUEST_TSO4)
         self._fill_rx()
 
     def reset(self) -> None:
@@ -89,37 +108,62 @@ class VirtioNet(VirtioBackend):
     def _transmit(self) -> None:
         mem, q = self._mem, self._queues[TX]
         assert mem is not None and self.transport is not None
-        sent = []
+        sent: list[tuple[bytes, Offload | None]] = []
         while (chain := q.pop()) is not None:
             data = chain.read(mem, MAX_FRAME)
             q.push(chain.head, 0)
             if len(data) <= HDR_LEN:
                 self.counters["tx_runt"] += 1
                 continue
-            sent.append(data[HDR_LEN:])
+            flags, gso, hdr_len, gso_size, start, offset, _ = _HDR.unpack_from(data)
+            off = None
+            if flags & HDR_F_NEEDS_CSUM or gso & ~GSO_ECN:
+                gso_type = GSO_TCPV4 if gso & ~GSO_ECN == GSO_TCPV4 else GSO_NONE
+                if gso & ~GSO_ECN and gso_type == GSO_NONE:
+                    self.counters["tx_gso_unsupported"] += 1
+                    continue
+                off = Offload(
+                    bool(flags & HDR_F_NEEDS_CSUM), start, offset, gso_type, gso_size, hdr_len
+                )
+                self.counters["tx_offloaded"] += 1
+            sent.append((data[HDR_LEN:], off))
         self.transport.signal_used(TX)
-        for frame in sent:  # after the used ring is written: delivery may re-enter us
+        for frame, off in sent:  # after the used ring is written: delivery may re-enter us
             self.counters["tx_frames"] += 1
             self.counters["tx_bytes"] += len(frame)
             if self.link_up:
-                self.send(frame)
+                self.send(frame, off)
             else:
                 self.counters["tx_link_down"] += 1
 
-    def deliver(self, frame: bytes) -> None:
-        """A frame from the link for this guest."""
+    def _takes(self, off: Offload) -> bool:
+        return (not off.needs_csum or self.guest_csum) and (
+            off.gso_type == GSO_NONE or self.guest_tso4
+        )
+
+    def deliver(self, frame: bytes, off: Offload | None = None) -> None:
+        """A frame from the link for this guest (offloaded ones resolved if it can't take
+        them: segmented, checksums filled in)."""
         if not self.link_up:
             self.counters["rx_link_down"] += 1
             return
-        if len(self.backlog) >= RX_BACKLOG:
-            self.counters["rx_dropped"] += 1
-            return
-        self.backlog.append(frame)
+        if off is not None and not self._takes(off):
+            self.counters["rx_resolved"] += 1
+            for wire in resolve(frame, off):
+                self._queue(wire, None)
+        else:
+            self._queue(frame, off)
         try:
             self._fill_rx()
         except GuestError as e:  # this guest's queue is broken: its fault, not the sender's
             if self.transport is not None:
                 self.transport.needs_reset(e)
+
+    def _queue(self, frame: bytes, off: Offload | None) -> None:
+        if len(self.backlog) >= RX_BACKLOG:
+            self.counters["rx_dropped"] += 1
+            return
+        self.backlog.append((frame, off))
 
     def _fill_rx(self) -> None:
         mem = self._mem
@@ -131,13 +175,30 @@ class VirtioNet(VirtioBackend):
             chain = q.pop()
             if chain is None:
                 break
-            frame = self.backlog.popleft()
+            frame, off = self.backlog.popleft()
             if chain.writable_len < HDR_LEN + len(frame):
+                if off is not None:  # a big offloaded frame in small buffers: cut it up
+                    self.backlog.extendleft((w, None) for w in reversed(resolve(frame, off)))
+                    q.push(chain.head, 0)
+                    filled = True
+                    continue
                 self.counters["rx_too_small"] += 1
                 q.push(chain.head, 0)
                 filled = True
                 continue
-            n = chain.write(mem, _HDR_RX + frame)
+            hdr = _HDR_RX
+            if off is not None:
+                flags = HDR_F_NEEDS_CSUM if off.needs_csum else 0
+                hdr = _HDR.pack(
+                    flags,
+                    off.gso_type,
+                    off.hdr_len,
+                    off.gso_size,
+                    off.csum_start,
+                    off.csum_offset,
+                    1,
+                )
+            n = chain.write(mem, hdr + frame)
             q.push(chain.head, n)
             self.counters["rx_frames"] += 1
             self.counters["rx_bytes"] += len(frame)
