@@ -39,6 +39,9 @@ class DeviceContext:
     irq: IrqLine  # the device's interrupt line (level), into the PLIC
     wake: Callable[[], None]  # wake the VM if it sleeps (a rising IRQ already does)
     spawn: Callable[[AsyncWork], None]  # run async work in the VM's nursery
+    # End the running slice at the next block: the device did something other tasks (another
+    # VM it sent a frame to) should see now, not when this guest's slice would have ended.
+    end_slice: Callable[[], None] = lambda: None
 
 
 class Device(abc.ABC):

@@ -150,7 +150,14 @@ class Machine:
         def spawn(work: AsyncWork) -> None:
             self._spawn_work(dev.name, work)
 
-        ctx = DeviceContext(name=dev.name, memory=self.mem, irq=irq, wake=self._wake, spawn=spawn)
+        ctx = DeviceContext(
+            name=dev.name,
+            memory=self.mem,
+            irq=irq,
+            wake=self._wake,
+            spawn=spawn,
+            end_slice=self.end_slice,
+        )
         dev.attach(ctx)
         self.devices.append(dev)
         self.slots[slot] = dev
