@@ -273,3 +273,18 @@ def test_two_linux_guests_move_tcp_and_udp(linux_image: il.LinuxImage, tmp_path:
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     assert "b | traffic: received from 10.0.0.1: 4000000 bytes" in r.stdout, r.stdout[-2000:]
     assert "b | traffic: received 500000 bytes" in r.stdout
+
+
+def test_hv_demo_with_linux_guests(linux_image: il.LinuxImage, tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "hv.cli", "demo", "--linux", "--pings", "2", "--datagrams", "400"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    assert r.stdout.count("ping: 2 sent, 2 received") == 2, r.stdout[-2000:]
+    assert "tcp: 2000000 bytes in" in r.stdout
+    assert (tmp_path / "demo.pcapng").stat().st_size > 2_000_000

@@ -176,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--pings", type=int, default=10, help="pings per client (default 10)")
     demo.add_argument("--datagrams", type=int, default=2000, help="UDP datagrams (default 2000)")
+    demo.add_argument(
+        "--linux",
+        action="store_true",
+        help="the same network with Linux guests (needs 'hv image build linux'); TCP, not UDP",
+    )
     _add_log_options(demo)
 
     engine = sub.add_parser(
@@ -435,7 +440,7 @@ async def _demo(args: argparse.Namespace) -> int:
             with contextlib.suppress(BrokenPipeError):
                 os.write(out, data)
 
-    return await run_demo(write, Path(args.capture), args.pings, args.datagrams)
+    return await run_demo(write, Path(args.capture), args.pings, args.datagrams, args.linux)
 
 
 async def _up(args: argparse.Namespace) -> int:

@@ -47,6 +47,42 @@ append = "ip=10.0.0.3/24 peer=10.0.0.4 count={datagrams}"
 nics = [{{ switch = "lan" }}]
 """
 CLIENTS = frozenset({"a", "c", "e"})
+
+# The same network with Linux guests (hv image build linux): b and d are servers, a pings b,
+# e pings d, c moves TCP to d with the userland's traffic tool.
+LINUX_LAB = """
+[switches.lan]
+capture = "{capture}"
+
+[vms.b]
+kernel = "linux"
+nics = [{{ switch = "lan", ip = "10.0.0.2/24" }}]
+
+[vms.d]
+kernel = "linux"
+append = 'hv.run="traffic recv -t -1"'
+nics = [{{ switch = "lan", ip = "10.0.0.4/24" }}]
+
+[vms.a]
+kernel = "linux"
+append = 'hv.run="sleep 1; ping -q -c {pings} -i 0.05 10.0.0.2; poweroff"'
+nics = [{{ switch = "lan", ip = "10.0.0.1/24" }}]
+
+[vms.e]
+kernel = "linux"
+append = 'hv.run="sleep 1; ping -q -c {pings} -i 0.05 10.0.0.4; poweroff"'
+nics = [{{ switch = "lan", ip = "10.0.0.5/24" }}]
+
+[vms.c]
+kernel = "linux"
+append = 'hv.run="sleep 1; traffic send -t 10.0.0.4 {tcp_bytes}; poweroff"'
+nics = [{{ switch = "lan", ip = "10.0.0.3/24" }}]
+"""
+_LPING = re.compile(
+    r"(\d+) packets transmitted, (\d+) received.*\n"
+    r".*rtt min/avg/max = ([\d.]+)/([\d.]+)/([\d.]+) ms"
+)
+_LTCP = re.compile(r"traffic: sent \(tcp.*\) (\d+) bytes in ([\d.]+) s = ([\d.]+) Mbit/s")
 _PING = re.compile(
     r"ping: (\S+): (\d+) sent, (\d+) received, rtt min/avg/max = (\d+)/(\d+)/(\d+) us"
 )
@@ -57,13 +93,24 @@ def summary(run: LabRun) -> list[str]:
     lines = ["", "guest  ip         result"]
     for name, vm in run.vms.items():
         text = vm.console.transcript.decode(errors="replace")
-        m_ip = re.search(r"ip=([\d.]+)", run.spec.vms[name].append)
-        addr = m_ip.group(1) if m_ip else "?"
+        vm_spec = run.spec.vms[name]
+        m_ip = re.search(r"ip=([\d.]+)", vm_spec.append)
+        if vm_spec.nics and vm_spec.nics[0].ip is not None:
+            addr = str(vm_spec.nics[0].ip.ip)
+        else:
+            addr = m_ip.group(1) if m_ip else "?"
         if m := _PING.search(text):
             rtt = f"{m[4]}/{m[5]}/{m[6]} us"
             res = f"ping {m[1]}: {m[2]} sent, {m[3]} received, rtt min/avg/max {rtt}"
         elif m := _GEN.search(text):
             res = f"udp to {m[1]}: {m[2]} sent, {m[3]} echoed, {m[4]} lost, {m[5]}/s"
+        elif m := _LPING.search(text):
+            rtt = f"{m[3]}/{m[4]}/{m[5]} ms"
+            res = f"ping: {m[1]} sent, {m[2]} received, rtt min/avg/max {rtt}"
+        elif m := _LTCP.search(text):
+            res = f"tcp: {m[1]} bytes in {m[2]} s = {m[3]} Mbit/s"
+        elif "traffic: receiving" in text or "init: eth0" in text:
+            res = "server"
         elif "udpecho: echoing" in text:
             res = "udp echo server (answers pings too)"
         else:
@@ -80,10 +127,17 @@ def summary(run: LabRun) -> list[str]:
 
 
 async def run_demo(
-    output: Callable[[bytes], None], capture: Path, pings: int = 10, datagrams: int = 2000
+    output: Callable[[bytes], None],
+    capture: Path,
+    pings: int = 10,
+    datagrams: int = 2000,
+    linux: bool = False,
 ) -> int:
     """Run the demo lab, print its summary through ``output``; return its exit status."""
-    text = LAB.format(capture=capture.resolve(), pings=pings, datagrams=datagrams)
+    if linux:
+        text = LINUX_LAB.format(capture=capture.resolve(), pings=pings, tcp_bytes=datagrams * 5000)
+    else:
+        text = LAB.format(capture=capture.resolve(), pings=pings, datagrams=datagrams)
     spec = parse_lab(text, Path.cwd(), "demo")
     result: list[int] = []
     async with trio.open_nursery() as nursery:
