@@ -288,3 +288,60 @@ def test_hv_demo_with_linux_guests(linux_image: il.LinuxImage, tmp_path: Path) -
     assert r.stdout.count("ping: 2 sent, 2 received") == 2, r.stdout[-2000:]
     assert "tcp: 2000000 bytes in" in r.stdout
     assert (tmp_path / "demo.pcapng").stat().st_size > 2_000_000
+
+
+def test_ctrl_c_stops_hv_up_cleanly_with_its_capture_flushed(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    lab = tmp_path / "long.toml"
+    lab.write_text(
+        '[switches.lan]\ncapture = "long.pcapng"\n'
+        '[vms.a]\nkernel = "ping"\n'
+        'append = "ip=10.0.0.1/24 peer=10.0.0.2 count=100000 interval=5"\n'
+        'nics = [{ switch = "lan" }]\n'
+        '[vms.b]\nkernel = "udpecho"\nappend = "ip=10.0.0.2/24"\nnics = [{ switch = "lan" }]\n'
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "hv.cli", "up", str(lab)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as p:
+        assert p.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"seq=5 " not in seen and time.monotonic() < deadline:
+            seen += p.stdout.read1(4096)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert b"stopped by SIGINT" in err and b"Traceback" not in err
+    import shutil
+
+    tshark = shutil.which("tshark")
+    assert tshark
+    t = subprocess.run(
+        [tshark, "-r", str(tmp_path / "long.pcapng"), "-Y", "icmp.type == 0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert len(t.stdout.splitlines()) >= 5
+
+
+def test_sigterm_stops_hv_run() -> None:
+    import signal
+    import time
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "hv.cli", "run", "cpu", "--append", "iters=100000000"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as p:
+        time.sleep(1.5)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert b"Traceback" not in err

@@ -7,10 +7,11 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import termios
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -335,6 +336,41 @@ async def _run(args: argparse.Namespace) -> int:
     return info.exit_code
 
 
+async def _with_signals(
+    command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+) -> int:
+    """Run a command that runs guests; SIGINT or SIGTERM cancels it cleanly: every VM stops,
+    switch captures are flushed and closed. (Without this, trio would raise the interrupt
+    wherever Python happened to be, and inside an engine hook that exception is lost.)"""
+    got: list[int] = []
+    result: list[int] = []
+    failure: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+
+        async def body() -> None:
+            try:
+                result.append(await command(args))
+            except HvError as e:  # reported by main(), not wrapped in an exception group
+                failure.append(e)
+            nursery.cancel_scope.cancel()
+
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for sig in signals:
+                    got.append(sig)
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch)
+        nursery.start_soon(body)
+    if failure:
+        raise failure[0]
+    if got:
+        print(f"hv: stopped by {signal.Signals(got[0]).name}", file=sys.stderr)
+        return 128 + got[0]
+    return result[0] if result else 130
+
+
 def _reserve_std_fds() -> None:
     """A closed stdin/stdout/stderr (``hv run hello >&-``) would hand its number to the next
     file hv opens, and guest output would land in it: put /dev/null there first."""
@@ -359,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log.configure(getattr(args, "log_level", "warning"), getattr(args, "log_json", False))
     try:
         if args.command == "run":
-            return trio.run(_run, args)
+            return trio.run(_with_signals, _run, args)
         if args.command == "guests":
             return _guests_command(args)
         if args.command == "image":
@@ -367,9 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "engine":
             return _engine_command(args)
         if args.command == "up":
-            return trio.run(_up, args)
+            return trio.run(_with_signals, _up, args)
         if args.command == "demo":
-            return trio.run(_demo, args)
+            return trio.run(_with_signals, _demo, args)
     except HvError as e:
         print(f"hv: {e}", file=sys.stderr)
         return EXIT_CONFIG if isinstance(e, ConfigError) else 3
