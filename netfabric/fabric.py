@@ -35,11 +35,30 @@ Deliver = Callable[[bytes, "Offload | None"], None]
 class SwitchPort:
     """A port's handle: ``send`` puts a frame on the switch."""
 
-    def __init__(self, switch: Switch, port_id: int, name: str, deliver: Deliver) -> None:
+    def __init__(
+        self, switch: Switch, port_id: int, name: str, deliver: Deliver, capture: Path | None
+    ) -> None:
         self.switch = switch
         self.id = port_id
         self.name = name
         self.deliver = deliver
+        # This port's own capture: what it sends and what it is given, one interface.
+        self._capture_file = open(capture, "wb") if capture is not None else None  # noqa: SIM115
+        self.capture = PcapngWriter(self._capture_file) if self._capture_file else None
+        if self.capture is not None:
+            self.capture.add_interface(name)
+
+    def record(self, frame: bytes, offload: Offload | None, ts: int) -> None:
+        assert self.capture is not None
+        for wire in resolve(frame, offload) if offload is not None else (frame,):
+            self.capture.write(0, wire, ts)
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.close()
+        if self._capture_file is not None:
+            self._capture_file.close()
+            self._capture_file = None
 
     def send(self, frame: bytes, offload: Offload | None = None) -> None:
         self.switch.send(self.id, frame, offload)
@@ -69,8 +88,9 @@ class Switch:
         self.capture = PcapngWriter(self._capture_file) if self._capture_file else None
         self._iface: dict[int, int] = {}
 
-    def attach(self, name: str, deliver: Deliver) -> SwitchPort:
-        port = SwitchPort(self, self._next, name, deliver)
+    def attach(self, name: str, deliver: Deliver, capture: Path | None = None) -> SwitchPort:
+        """Plug a port in; ``capture``: a pcapng file of this port's traffic alone."""
+        port = SwitchPort(self, self._next, name, deliver, capture)
         self._next += 1
         self.core.add_port(port.id)
         self.ports[port.id] = port
@@ -87,8 +107,14 @@ class Switch:
             for wire in resolve(frame, offload) if offload is not None else (frame,):
                 self.capture.write(self._iface[port_id], wire, ts)
         ports = self.ports
+        src = ports[port_id]
+        if src.capture is not None:
+            src.record(frame, offload, time.time_ns())
         for p in out:
-            ports[p].deliver(frame, offload)
+            dst = ports[p]
+            if dst.capture is not None:
+                dst.record(frame, offload, time.time_ns())
+            dst.deliver(frame, offload)
 
     async def run(self, *, task_status: trio.TaskStatus[Switch] = trio.TASK_STATUS_IGNORED) -> None:
         """The switch's task: flushes the capture periodically; closes it when cancelled."""
@@ -98,6 +124,9 @@ class Switch:
                 await trio.sleep(FLUSH_INTERVAL)
                 if self.capture is not None:
                     self.capture.flush()
+                for port in self.ports.values():
+                    if port.capture is not None:
+                        port.capture.flush()
         finally:
             self.close()
 
@@ -107,3 +136,5 @@ class Switch:
         if self._capture_file is not None:
             self._capture_file.close()
             self._capture_file = None
+        for port in self.ports.values():
+            port.close()

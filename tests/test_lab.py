@@ -345,3 +345,40 @@ def test_sigterm_stops_hv_run() -> None:
         _, err = p.communicate(timeout=30)
     assert p.returncode == 128 + signal.SIGTERM, err
     assert b"Traceback" not in err
+
+
+def test_a_nic_can_have_a_capture_of_its_own(tmp_path: Path) -> None:
+    import shutil
+
+    lab = tmp_path / "cap.toml"
+    lab.write_text(
+        '[switches.lan]\ncapture = "lan.pcapng"\n'
+        '[vms.s]\nkernel = "udpecho"\nappend = "ip=10.0.0.2/24"\nnics = [{switch = "lan"}]\n'
+        '[vms.a]\nkernel = "ping"\nappend = "ip=10.0.0.1/24 peer=10.0.0.2 count=3"\n'
+        'nics = [{switch = "lan", capture = "a.pcapng"}]\n'
+        '[vms.g]\nkernel = "udpgen"\nappend = "ip=10.0.0.3/24 peer=10.0.0.2 count=50"\n'
+        'nics = [{switch = "lan"}]\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "hv.cli", "up", str(lab), "--exit-code-from", "g"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout[-1500:] + r.stderr
+    tshark = shutil.which("tshark")
+    assert tshark
+
+    def rows(name: str) -> list[str]:
+        return subprocess.run(
+            [tshark, "-r", str(tmp_path / name), "-T", "fields", "-e", "frame.interface_name",
+             "-e", "ip.src", "-e", "ip.dst", "-Y", "ip"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.splitlines()  # fmt: skip
+
+    mine = rows("a.pcapng")
+    assert mine and all(row.startswith("a.eth0\t") for row in mine)
+    assert all("10.0.0.1" in row for row in mine)  # only a's traffic, both ways
+    assert any(row.endswith("10.0.0.2\t10.0.0.1") for row in mine)  # the replies a was given
+    assert len(rows("lan.pcapng")) > len(mine) + 90  # the switch saw g's 100 datagrams too

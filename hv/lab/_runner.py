@@ -63,7 +63,7 @@ def vm_config(spec: LabSpec, vm: VmSpec, switches: dict[str, Switch]) -> VmConfi
     if extra:
         cmdline = f"{cmdline} {extra}".strip()
     devices = tuple(
-        virtio_net(f"{vm.name}.eth{i}", nic.mac, switches[nic.switch])
+        virtio_net(f"{vm.name}.eth{i}", nic.mac, switches[nic.switch], capture=nic.capture)
         for i, nic in enumerate(vm.nics)
     )
     return VmConfig(

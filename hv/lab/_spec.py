@@ -35,7 +35,7 @@ _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.IGNORECASE)
 
 SWITCH_KEYS = {"capture"}
 VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum"}
-NIC_KEYS = {"switch", "ip", "mac", "gateway"}
+NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture"}
 LAB_KEYS = {"name", "switches", "vms"}
 
 
@@ -51,6 +51,7 @@ class NicSpec:
     mac: bytes
     ip: ipaddress.IPv4Interface | None = None
     gateway: ipaddress.IPv4Address | None = None
+    capture: Path | None = None  # this NIC's own pcapng file
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,8 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
             if mac in macs:
                 raise ConfigError(f"{nkey}.mac: {mac.hex(':')} is also {macs[mac]}'s")
             macs[mac] = nkey
-            nics.append(NicSpec(sw, mac, ip, gateway))
+            cap = base / _str(n["capture"], f"{nkey}.capture") if "capture" in n else None
+            nics.append(NicSpec(sw, mac, ip, gateway, cap))
         quantum = t.get("quantum")
         if quantum is not None and not isinstance(quantum, int):
             raise ConfigError(f"{key}.quantum: expected a whole number of instructions")

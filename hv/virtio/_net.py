@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import struct
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from hv._errors import GuestError
 from hv.board._memory import GuestMemory
@@ -209,11 +210,18 @@ class VirtioNet(VirtioBackend):
             self.transport.signal_used(RX)
 
 
-def virtio_net(name: str, mac: bytes, switch: object | None = None, mtu: int = 1500) -> VirtioMmio:
-    """A virtio-net NIC for ``VmConfig.devices``, plugged into ``switch`` if given."""
+def virtio_net(
+    name: str,
+    mac: bytes,
+    switch: object | None = None,
+    mtu: int = 1500,
+    capture: Path | None = None,
+) -> VirtioMmio:
+    """A virtio-net NIC for ``VmConfig.devices``, plugged into ``switch`` if given
+    (``capture``: a pcapng file of this NIC's traffic alone)."""
     net = VirtioNet(mac, mtu)
     dev = VirtioMmio(name, net)
     if switch is not None:
-        port = switch.attach(name, net.deliver)  # type: ignore[attr-defined]
+        port = switch.attach(name, net.deliver, capture)  # type: ignore[attr-defined]
         net.send = port.send
     return dev
