@@ -15,6 +15,18 @@ from hv.lab import parse_lab
 from hv.lab._runner import PrefixedOutput
 from hv.lab._spec import default_mac, nic_cmdline
 
+
+def hv_up(lab: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``hv up LAB ARGS...`` as a user runs it; its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "hv.cli", "up", str(lab), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 GOOD = """
 [switches.lan]
 capture = "lan.pcapng"
@@ -89,13 +101,7 @@ def test_hv_up_runs_a_two_vm_linux_lab(linux_image: il.LinuxImage, tmp_path: Pat
     lab.write_text(
         GOOD.replace('hv.run="ping -c 5 10.0.0.2"', 'hv.run="ping -c 2 -i 0.2 10.0.0.2; poweroff"')
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "hv.cli", "up", str(lab), "--exit-code-from", "a"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = hv_up(lab, "--exit-code-from", "a")
     assert r.returncode == 0, r.stderr
     assert "a | 2 packets transmitted, 2 received, 0% packet loss" in r.stdout, r.stdout[-1500:]
     assert any(line.startswith("b | ") for line in r.stdout.splitlines())
@@ -156,13 +162,7 @@ def test_firmware_guests_in_a_lab_file(tmp_path: Path) -> None:
         '[vms.g]\nkernel = "udpgen"\nappend = "ip=10.0.0.3/24 peer=10.0.0.2 count=300 size=1000"\n'
         'nics = [{switch = "lan"}]\n'
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "hv.cli", "up", str(lab), "--exit-code-from", "g"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = hv_up(lab, "--exit-code-from", "g")
     assert r.returncode == 0, r.stdout[-1500:] + r.stderr
     assert "g | udpgen: 10.0.0.2:7: 300 sent, 300 echoed, 0 lost" in r.stdout
 
@@ -234,13 +234,7 @@ def test_a_linux_guest_with_two_nics_routes_between_two_switches(
 ) -> None:
     lab = tmp_path / "router.toml"
     lab.write_text(ROUTER)
-    r = subprocess.run(
-        [sys.executable, "-m", "hv.cli", "up", str(lab), "--exit-code-from", "h1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = hv_up(lab, "--exit-code-from", "h1")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     assert "h1 | 3 packets transmitted, 3 received, 0% packet loss" in r.stdout, r.stdout[-2000:]
     assert "ttl=63" in r.stdout  # one hop: the router forwarded it
@@ -263,13 +257,7 @@ def test_two_linux_guests_move_tcp_and_udp(linux_image: il.LinuxImage, tmp_path:
         '[vms.b]\nkernel = "linux"\nnics = [{ switch = "lan", ip = "10.0.0.2/24" }]\n'
         "append = 'hv.run=\"traffic recv -t -1; traffic recv -u -1\"'\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "hv.cli", "up", str(lab), "--exit-code-from", "a"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = hv_up(lab, "--exit-code-from", "a")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     assert "b | traffic: received from 10.0.0.1: 4000000 bytes" in r.stdout, r.stdout[-2000:]
     assert "b | traffic: received 500000 bytes" in r.stdout
@@ -359,13 +347,7 @@ def test_a_nic_can_have_a_capture_of_its_own(tmp_path: Path) -> None:
         '[vms.g]\nkernel = "udpgen"\nappend = "ip=10.0.0.3/24 peer=10.0.0.2 count=50"\n'
         'nics = [{switch = "lan"}]\n'
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "hv.cli", "up", str(lab), "--exit-code-from", "g"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = hv_up(lab, "--exit-code-from", "g")
     assert r.returncode == 0, r.stdout[-1500:] + r.stderr
     tshark = shutil.which("tshark")
     assert tshark

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
+from test_lab import hv_up
 
 from hv.build import _image_linux as il
 from netfabric.offload import GSO_TCPV4, Offload, finish_checksum, resolve, segment_tcp4
@@ -83,13 +83,7 @@ def test_a_capture_of_offloaded_linux_tcp_is_the_wire(
         '[vms.b]\nkernel = "linux"\nnics = [{ switch = "lan", ip = "10.0.0.2/24" }]\n'
         "append = 'hv.run=\"traffic recv -t -1\"'\n"
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "hv.cli", "up", str(lab), "--exit-code-from", "a"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = hv_up(lab, "--exit-code-from", "a")
     assert r.returncode == 0, r.stdout[-1500:] + r.stderr
     assert "b | traffic: received from 10.0.0.1: 1000000 bytes" in r.stdout
     tshark = shutil.which("tshark")
