@@ -267,6 +267,18 @@ async def _pump_output(vm: Vm, out: int) -> None:
             raise OutputClosed from e
 
 
+def _stdout_writer() -> Callable[[bytes], None]:
+    """Writes to stdout (lab consoles, summaries); nothing if it is closed or gone."""
+    out = _stdout_fd()
+
+    def write(data: bytes) -> None:
+        if out >= 0:
+            with contextlib.suppress(BrokenPipeError):
+                os.write(out, data)
+
+    return write
+
+
 def _stdout_fd() -> int:
     """fd 1 if it is open, else -1 (main() puts /dev/null on a closed one first)."""
     try:
@@ -469,13 +481,7 @@ def _image_command(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     from hv.lab._demo import run_demo
 
-    out = _stdout_fd()
-
-    def write(data: bytes) -> None:
-        if out >= 0:
-            with contextlib.suppress(BrokenPipeError):
-                os.write(out, data)
-
+    write = _stdout_writer()
     return await run_demo(write, Path(args.capture), args.pings, args.datagrams, args.linux)
 
 
@@ -485,13 +491,7 @@ async def _up(args: argparse.Namespace) -> int:
     spec = load_lab(Path(args.lab))
     if args.attach is not None and args.attach not in spec.vms:
         raise ConfigError(f"--attach: no VM named {args.attach!r} ({', '.join(spec.vms)})")
-    out = _stdout_fd()
-
-    def write(data: bytes) -> None:
-        if out >= 0:
-            with contextlib.suppress(BrokenPipeError):
-                os.write(out, data)
-
+    write = _stdout_writer()
     stdin = sys.stdin.fileno() if sys.stdin is not None and args.attach else -1
     result: list[int] = []
     with _raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive:

@@ -27,7 +27,6 @@ unicorn: Any = _unicorn
 # --- raw libunicorn entry points --------------------------------------------------------------
 
 _lib = _ucmod.uclib
-_c_u64p = ctypes.POINTER(ctypes.c_uint64)
 _reg_read = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)(
     ("uc_reg_read", _lib)
 )

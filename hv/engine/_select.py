@@ -107,7 +107,3 @@ def library_for_import() -> Iterator[Choice]:
         yield choice
     finally:
         del os.environ["LIBUNICORN_PATH"]
-
-
-def current() -> Choice | None:
-    return _choice
