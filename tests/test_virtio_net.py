@@ -5,6 +5,7 @@ each other through the learning switch, with the capture read back by tshark."""
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -15,9 +16,18 @@ from hv.board._device import DeviceContext
 from hv.board._memory import GuestMemory
 from hv.build import _image_linux as il
 from hv.virtio import _mmio as M
-from hv.virtio._net import HDR_LEN, RX_BACKLOG, VirtioNet, virtio_net
-from hv.virtio.testing import DriverQueue
+from hv.virtio._net import (
+    F_GUEST_CSUM,
+    F_GUEST_TSO4,
+    F_MRG_RXBUF,
+    HDR_LEN,
+    RX_BACKLOG,
+    VirtioNet,
+    virtio_net,
+)
+from hv.virtio.testing import DriverQueue, Used
 from netfabric.fabric import Switch
+from netfabric.offload import GSO_TCPV4, Offload
 
 RAM, SIZE = 0x8000_0000, 1 << 20
 MAC_A, MAC_B = bytes.fromhex("525400000001"), bytes.fromhex("525400000002")
@@ -26,7 +36,7 @@ MAC_A, MAC_B = bytes.fromhex("525400000001"), bytes.fromhex("525400000002")
 class Nic:
     """A VirtioNet behind its transport, driven by hand like the Linux driver would."""
 
-    def __init__(self) -> None:
+    def __init__(self, features: int = 0, rx_size: int = 16) -> None:
         self.mem = GuestMemory(RAM, SIZE)
         self.net = VirtioNet(MAC_A)
         self.sent: list[bytes] = []
@@ -36,12 +46,14 @@ class Nic:
         self.dev.attach(
             DeviceContext("eth0", self.mem, self.irq.append, lambda: None, lambda w: None)
         )
-        self.rx = DriverQueue(self.mem, 16, RAM + 0x1000, RAM + 0x10000)
+        self.rx = DriverQueue(self.mem, rx_size, RAM + 0x1000, RAM + 0x10000)
         self.tx = DriverQueue(self.mem, 16, RAM + 0x3000, RAM + 0x80000)
         w = self.dev.mmio_write
         w(M.R_STATUS, 4, 3)
         w(M.R_DRIVER_FEATURES_SEL, 4, 1)
         w(M.R_DRIVER_FEATURES, 4, 1)  # VERSION_1
+        w(M.R_DRIVER_FEATURES_SEL, 4, 0)
+        w(M.R_DRIVER_FEATURES, 4, features)
         w(M.R_STATUS, 4, 0x0B)
         for i, q in enumerate((self.rx, self.tx)):
             w(M.R_QUEUE_SEL, 4, i)
@@ -88,6 +100,65 @@ def test_receive_waits_for_buffers_and_the_backlog_is_bounded() -> None:
     assert len(got) == 4 and got[0].data[HDR_LEN:] == frame
     assert int.from_bytes(got[0].data[10:12], "little") == 1  # num_buffers
     assert nic.irq and nic.irq[-1] is True
+
+
+def _num_buffers(used: Used) -> int:
+    return int.from_bytes(used.data[10:12], "little")
+
+
+def test_mergeable_buffers_carry_a_frame_bigger_than_one_buffer() -> None:
+    nic = Nic(F_MRG_RXBUF)
+    assert nic.net.mergeable
+    frame = MAC_A + MAC_B + b"\x08\x00" + bytes(range(256)) * 15
+    for _ in range(2):
+        nic.rx.add(writable=[1526])
+    nic.net.deliver(frame)  # 3 buffers needed, 2 posted: it waits, nothing is taken
+    assert nic.rx.take_used() == [] and len(nic.net.backlog) == 1
+    nic.rx.add(writable=[1526])
+    nic.dev.mmio_write(M.R_QUEUE_NOTIFY, 4, 0)
+    got = nic.rx.take_used()
+    assert [_num_buffers(got[0]), len(got)] == [3, 3]
+    assert b"".join(u.data for u in got)[HDR_LEN:] == frame
+    assert nic.net.counters["rx_merged"] == 1
+
+
+def test_mergeable_offloaded_segment_keeps_its_gso_header() -> None:
+    nic = Nic(F_MRG_RXBUF | F_GUEST_CSUM | F_GUEST_TSO4)
+    frame = MAC_A + MAC_B + b"\x08\x00" + bytes(20000)
+    off = Offload(True, 34, 16, GSO_TCPV4, 1448, 54)
+    for _ in range(16):
+        nic.rx.add(writable=[4096])
+    nic.net.deliver(frame, off)
+    got = nic.rx.take_used()
+    assert len(got) == 5 and _num_buffers(got[0]) == 5
+    flags, gso, hdr_len, gso_size = (
+        got[0].data[0],
+        got[0].data[1],
+        *struct.unpack_from("<HH", got[0].data, 2),
+    )
+    assert (flags, gso, hdr_len, gso_size) == (1, GSO_TCPV4, 54, 1448)
+    assert b"".join(u.data for u in got)[HDR_LEN:] == frame
+
+
+def test_mergeable_frame_that_can_never_fit_is_dropped_not_stuck() -> None:
+    nic = Nic(F_MRG_RXBUF, rx_size=4)
+    for _ in range(4):
+        nic.rx.add(writable=[100])
+    nic.net.deliver(MAC_A + MAC_B + b"\x08\x00" + bytes(1000))  # 4 x 100 B is all there is
+    assert len(nic.rx.take_used()) == 4 and nic.net.counters["rx_too_small"] == 1
+    small = MAC_A + MAC_B + b"\x08\x00" + bytes(46)
+    for _ in range(4):
+        nic.rx.add(writable=[100])
+    nic.net.deliver(small)
+    got = nic.rx.take_used()
+    assert len(got) == 1 and got[0].data[HDR_LEN:] == small and not nic.net.backlog
+
+
+def test_mergeable_buffer_with_no_room_needs_reset() -> None:
+    nic = Nic(F_MRG_RXBUF)
+    nic.rx.add(readable=[b"x"])  # no device-writable part at all
+    nic.net.deliver(MAC_A + MAC_B + b"\x08\x00" + bytes(50))
+    assert nic.dev.status & M.STATUS_NEEDS_RESET
 
 
 def test_a_broken_rx_ring_is_the_receivers_fault_not_the_senders() -> None:

@@ -4,7 +4,10 @@ Theory of operation. Queue 0 is receive, queue 1 transmit. Every buffer starts w
 12-byte ``virtio_net_hdr`` (VERSION_1 always has ``num_buffers``). On a TX notify the device
 takes each chain, strips the header and hands the frame to its link (``send``: a switch
 port); RX frames from the link (``deliver``) wait in a bounded backlog until the driver has
-posted buffers, then go in with a zeroed header and ``num_buffers`` = 1. What the guest has no
+posted buffers, then go in with a zeroed header and ``num_buffers`` = 1; with MRG_RXBUF
+negotiated a frame bigger than one buffer spreads over as many as it needs (``num_buffers``
+of them, published together), so a 64 KiB segment fits in the page-sized buffers Linux posts
+instead of 64 KiB chains per slot. What the guest has no
 room for past ``RX_BACKLOG`` frames is dropped and counted (``rx_dropped``), so a silent or
 flooded guest costs bounded host memory.
 
@@ -26,7 +29,7 @@ from pathlib import Path
 from hv._errors import GuestError
 from hv.board._memory import GuestMemory
 from hv.virtio._mmio import VirtioBackend, VirtioMmio
-from hv.virtio._queue import Virtqueue
+from hv.virtio._queue import DescriptorChain, QueueError, Virtqueue
 from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload, resolve
 
 DEVICE_ID_NET = 1
@@ -36,6 +39,7 @@ F_GUEST_TSO4 = 1 << 7
 F_HOST_TSO4 = 1 << 11
 F_MTU = 1 << 3
 F_MAC = 1 << 5
+F_MRG_RXBUF = 1 << 15
 F_STATUS = 1 << 16
 STATUS_LINK_UP = 1
 HDR_LEN = 12
@@ -69,12 +73,13 @@ class VirtioNet(VirtioBackend):
         self.counters: collections.Counter[str] = collections.Counter()
         self._mem: GuestMemory | None = None
         self._queues: Sequence[Virtqueue] = ()
-        self.guest_csum = self.guest_tso4 = False  # what the guest's driver takes (negotiated)
+        # what the guest's driver takes (negotiated)
+        self.guest_csum = self.guest_tso4 = self.mergeable = False
 
     @property
     def features(self) -> int:
         offloads = F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_HOST_TSO4
-        return F_MAC | F_STATUS | F_MTU | offloads
+        return F_MAC | F_STATUS | F_MTU | F_MRG_RXBUF | offloads
 
     @property
     def num_queues(self) -> int:
@@ -94,6 +99,7 @@ class VirtioNet(VirtioBackend):
         self._mem, self._queues = mem, queues
         self.guest_csum = bool(features & F_GUEST_CSUM)
         self.guest_tso4 = self.guest_csum and bool(features & F_GUEST_TSO4)
+        self.mergeable = bool(features & F_MRG_RXBUF)
         self._fill_rx()
 
     def reset(self) -> None:
@@ -175,39 +181,66 @@ class VirtioNet(VirtioBackend):
         q = self._queues[RX]
         filled = False
         while self.backlog:
-            chain = q.pop()
-            if chain is None:
-                break
-            frame, off = self.backlog.popleft()
-            if chain.writable_len < HDR_LEN + len(frame):
+            frame, off = self.backlog[0]
+            if self.mergeable:
+                chains = self._take_buffers(q, HDR_LEN + len(frame))
+                if chains is None:
+                    break
+            else:
+                chain = q.pop()
+                if chain is None:
+                    break
+                chains = [chain]
+            self.backlog.popleft()
+            filled = True
+            if sum(c.writable_len for c in chains) < HDR_LEN + len(frame):  # never fits
+                for chain in chains:
+                    q.push(chain.head, 0)
                 if off is not None:  # a big offloaded frame in small buffers: cut it up
                     self.backlog.extendleft((w, None) for w in reversed(resolve(frame, off)))
-                    q.push(chain.head, 0)
-                    filled = True
-                    continue
-                self.counters["rx_too_small"] += 1
-                q.push(chain.head, 0)
-                filled = True
+                else:
+                    self.counters["rx_too_small"] += 1
                 continue
-            hdr = _HDR_RX
-            if off is not None:
-                flags = HDR_F_NEEDS_CSUM if off.needs_csum else 0
-                hdr = _HDR.pack(
-                    flags,
-                    off.gso_type,
-                    off.hdr_len,
-                    off.gso_size,
-                    off.csum_start,
-                    off.csum_offset,
-                    1,
-                )
-            n = chain.write(mem, hdr + frame)
-            q.push(chain.head, n)
+            hdr = _HDR_RX if off is None else _offload_header(off)
+            data = memoryview(hdr[:10] + len(chains).to_bytes(2, "little") + frame)
+            done = 0
+            for chain in chains:  # all written before the guest runs again: published together
+                n = chain.write(mem, data[done:])
+                q.push(chain.head, n)
+                done += n
             self.counters["rx_frames"] += 1
             self.counters["rx_bytes"] += len(frame)
-            filled = True
+            if len(chains) > 1:
+                self.counters["rx_merged"] += 1
         if filled:
             self.transport.signal_used(RX)
+
+    def _take_buffers(self, q: Virtqueue, need: int) -> list[DescriptorChain] | None:
+        """Enough available chains for ``need`` bytes (mergeable buffers), or None (all
+        given back) if the driver has not posted that much yet; a whole ring's worth if even
+        that is too small (the frame can never fit)."""
+        chains: list[DescriptorChain] = []
+        room = 0
+        while room < need:
+            if len(chains) == q.size:
+                return chains
+            chain = q.pop()
+            if chain is None:
+                q.unpop(len(chains))
+                return None
+            if not chain.writable_len:
+                q.unpop(len(chains) + 1)
+                raise QueueError("a receive buffer with no device-writable space")
+            chains.append(chain)
+            room += chain.writable_len
+        return chains
+
+
+def _offload_header(off: Offload) -> bytes:
+    flags = HDR_F_NEEDS_CSUM if off.needs_csum else 0
+    return _HDR.pack(
+        flags, off.gso_type, off.hdr_len, off.gso_size, off.csum_start, off.csum_offset, 1
+    )
 
 
 def virtio_net(

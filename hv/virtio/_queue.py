@@ -141,6 +141,12 @@ class Virtqueue:
             self.mem.write_u16(self.used + 4 + 8 * self.size, self.last_avail)
         return self._chain(head)
 
+    def unpop(self, n: int) -> None:
+        """Give back the last ``n`` chains taken (not used yet): they are taken again next."""
+        self.last_avail = (self.last_avail - n) & 0xFFFF
+        if self.event_idx:
+            self.mem.write_u16(self.used + 4 + 8 * self.size, self.last_avail)
+
     def _read_desc(self, table: int, index: int) -> tuple[int, int, int, int]:
         addr, length, flags, nxt = _DESC.unpack(self.mem.read(table + 16 * index, 16))
         return addr, length, flags, nxt
