@@ -28,6 +28,7 @@ import trio
 from hv._console import BACKLOG_HIGH, Console
 from hv._errors import ConfigError, StateError
 from hv._log import get_logger
+from hv._nic import Nic, nic_cmdline
 from hv._status import StopInfo, StopKind
 from hv.board import _platform as P
 from hv.board._clock import TimeSource
@@ -67,6 +68,7 @@ class VmConfig:
     native_exits: bool = True  # answer SBI putchar and rdtime natively (False: all in Python)
     devices: tuple[Device, ...] = ()  # in virtio-mmio slots 0, 1, ... (see hv.board._device)
     time_source: TimeSource | None = None  # guest time's source in ns (None: monotonic)
+    nics: tuple[Nic, ...] = ()  # virtio-net cards on switches, after ``devices`` (hv.Nic)
 
     def machine_config(self) -> MachineConfig:
         kernel = self.kernel if isinstance(self.kernel, bytes) else load_file(self.kernel, "kernel")
@@ -76,13 +78,14 @@ class VmConfig:
         return MachineConfig(
             kernel=kernel,
             mem_size=self.mem_size,
-            cmdline=self.cmdline,
+            cmdline=" ".join(x for x in (self.cmdline, nic_cmdline(self.nics)) if x),
             initrd=initrd,
             quantum=self.quantum,
             dtb_out=self.dtb_out,
             count_instructions=self.count_instructions,
             native_exits=self.native_exits,
-            devices=self.devices,
+            devices=self.devices
+            + tuple(nic.device(self.name, i) for i, nic in enumerate(self.nics)),
             time_source=self.time_source,
         )
 

@@ -304,6 +304,7 @@ def test_the_public_api_is_pinned() -> None:
             "GuestError",
             "HostError",
             "HvError",
+            "Nic",
             "StateError",
             "StopInfo",
             "StopKind",

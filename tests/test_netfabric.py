@@ -6,13 +6,17 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hv
 from netfabric import LearningSwitch, PcapngWriter, mac_str, parse_mac
+from netfabric.fabric import Switch
 
 A, B, C = (
     parse_mac("52:54:00:00:00:0a"),
@@ -184,3 +188,48 @@ def test_a_capture_is_readable_up_to_its_last_flush() -> None:
     assert len(buf.getvalue()) == flushed and flushed % 4 == 0
     with pytest.raises(ValueError, match="no interface 5"):
         w.write(5, b"x", 0)
+
+
+async def test_vms_on_a_switch_in_code_with_nics(tmp_path: Path) -> None:
+    """The Python API: VmConfig(nics=[hv.Nic(switch, ip=...)]), the switch opened in a
+    nursery; the ping guest's replies come back and the port counters saw them."""
+    async with trio.open_nursery() as nursery:
+        lan = await nursery.start(Switch("lan", capture=tmp_path / "lan.pcapng").run)
+        echo = hv.VmConfig(
+            kernel=hv.guest_path("udpecho"),
+            name="b",
+            mem_size=16 << 20,
+            nics=(hv.Nic(lan, ip="10.0.0.2/24"),),
+        )
+        ping = hv.VmConfig(
+            kernel=hv.guest_path("ping"),
+            name="a",
+            mem_size=16 << 20,
+            cmdline="peer=10.0.0.2 count=3 interval=20",
+            nics=(hv.Nic(lan, ip="10.0.0.1/24", mac="52:54:00:00:00:0a"),),
+        )
+        server = await nursery.start(hv.run_vm, echo)
+        client = await nursery.start(hv.run_vm, ping)
+        with trio.fail_after(20):
+            await client.console.wait_for(b"3 received")
+            info = await client.wait()
+        server.stop("done")
+        nursery.cancel_scope.cancel()
+    assert info.exit_code == 0
+    assert "ip=10.0.0.1/24" in client.machine.config.cmdline
+    ports = {p.name: p for p in lan.ports.values()}
+    assert set(ports) == {"a.eth0", "b.eth0"}
+    assert ports["a.eth0"].counters.rx_frames >= 4  # ARP + 3 echo requests
+    assert lan.core.lookup(bytes.fromhex("52540000000a"), time.monotonic()) == ports["a.eth0"].id
+
+
+def test_nic_settings_are_checked() -> None:
+    lan = Switch("lan")
+    for bad, msg in (
+        ({"ip": "10.0.0.300"}, "not an IPv4 address"),
+        ({"mac": "01:00:5e:00:00:01"}, "multicast"),
+        ({"mac": "52:54:00"}, "not a MAC"),
+        ({"ip": "10.0.0.1/24", "gateway": "10.0.1.1"}, "not in the NIC's subnet"),
+    ):
+        with pytest.raises(hv.ConfigError, match=msg):
+            hv.Nic(lan, **bad)  # type: ignore[arg-type]

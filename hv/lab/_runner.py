@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import trio
 
 from hv._errors import ConfigError
+from hv._nic import Nic
 from hv._status import StopInfo
 from hv._vm import Vm, VmConfig, run_vm
 from hv.board._platform import DEFAULT_QUANTUM
 from hv.build._kernels import resolve_kernel
-from hv.lab._spec import LabSpec, VmSpec, nic_cmdline
-from hv.virtio._net import virtio_net
+from hv.lab._spec import LabSpec, VmSpec
 from netfabric.fabric import Switch
 
 Output = Callable[[bytes], None]
@@ -59,13 +59,9 @@ class LabRun:
 def vm_config(spec: LabSpec, vm: VmSpec, switches: dict[str, Switch]) -> VmConfig:
     kernel, initrd, default_cmdline = resolve_kernel(vm.kernel, spec.base)
     cmdline = vm.cmdline if vm.cmdline is not None else (default_cmdline or "")
-    extra = " ".join(x for x in (nic_cmdline(vm.nics), vm.append) if x)
-    if extra:
-        cmdline = f"{cmdline} {extra}".strip()
-    devices = tuple(
-        virtio_net(f"{vm.name}.eth{i}", nic.mac, switches[nic.switch], capture=nic.capture)
-        for i, nic in enumerate(vm.nics)
-    )
+    if vm.append:
+        cmdline = f"{cmdline} {vm.append}".strip()
+    nics = tuple(Nic(switches[n.switch], n.ip, n.mac, n.gateway, n.capture) for n in vm.nics)
     return VmConfig(
         kernel=kernel,
         initrd=vm.initrd or initrd,
@@ -73,7 +69,7 @@ def vm_config(spec: LabSpec, vm: VmSpec, switches: dict[str, Switch]) -> VmConfi
         mem_size=vm.mem,
         quantum=vm.quantum or DEFAULT_QUANTUM,
         name=vm.name,
-        devices=devices,
+        nics=nics,
     )
 
 

@@ -18,7 +18,6 @@ init and the firmware runtime read; ``append`` adds to the kernel's default comm
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 import tomllib
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hv._errors import ConfigError
+from hv._nic import default_mac, nic_cmdline
 from hv.board import _platform as P
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -72,12 +72,6 @@ class LabSpec:
     base: Path  # the folder paths are relative to
     switches: dict[str, SwitchSpec] = field(default_factory=dict)
     vms: dict[str, VmSpec] = field(default_factory=dict)
-
-
-def default_mac(vm: str, index: int) -> bytes:
-    """A stable MAC from the VM's name and the NIC's position (QEMU's 52:54:00 prefix)."""
-    digest = hashlib.sha256(f"{vm}/{index}".encode()).digest()
-    return bytes([0x52, 0x54, 0x00]) + digest[:3]
 
 
 def _table(value: Any, key: str) -> dict[str, Any]:
@@ -210,15 +204,13 @@ def load_lab(path: Path) -> LabSpec:
     return parse_lab(text, path.resolve().parent, default_name=path.stem)
 
 
-def nic_cmdline(nics: tuple[NicSpec, ...]) -> str:
-    """The ``ip=`` arguments for a VM's NICs (the first in short form, the rest by name)."""
-    parts = []
-    for i, nic in enumerate(nics):
-        if nic.ip is None:
-            continue
-        gw = nic.gateway or ""
-        if i == 0 and not gw:
-            parts.append(f"ip={nic.ip.with_prefixlen}")
-        else:
-            parts.append(f"ip={nic.ip.ip}::{gw}:{nic.ip.netmask}::eth{i}:off")
-    return " ".join(parts)
+__all__ = [
+    "LabSpec",
+    "NicSpec",
+    "SwitchSpec",
+    "VmSpec",
+    "default_mac",
+    "load_lab",
+    "nic_cmdline",
+    "parse_lab",
+]
