@@ -14,6 +14,7 @@ The fabric knows nothing of machines or Unicorn: a port is a callable.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,14 @@ import trio
 
 from netfabric.capture import PcapngWriter
 from netfabric.offload import Offload, resolve
-from netfabric.switch import DEFAULT_AGING, DEFAULT_MAX_MACS, LearningSwitch, PortCounters
+from netfabric.switch import (
+    DEFAULT_AGING,
+    DEFAULT_MAX_MACS,
+    TPID_8021Q,
+    LearningSwitch,
+    PortCounters,
+    PortVlan,
+)
 
 # The capture reaches the disk at least this often (and at exit).
 FLUSH_INTERVAL = 1.0
@@ -70,6 +78,34 @@ class SwitchPort:
     def set_up(self, up: bool) -> None:
         self.switch.core.set_up(self.id, up)
 
+    def set_vlan(self, vlan: PortVlan) -> None:
+        """Make this an access port (``PortVlan(access=10)``) or a trunk
+        (``PortVlan(access=None, allowed=frozenset({10, 20}), native=1)``)."""
+        core = self.switch.core
+        core.set_vlan(self.id, vlan)
+        for p in self.switch.trunk_ports:  # links carry every VLAN once the switch has them
+            if p not in core.vlans:
+                core.set_vlan(p, PortVlan(access=None, native=1))
+
+
+def _retag(
+    frame: bytes, off: Offload | None, tagged: bool, want: bool, vid: int
+) -> list[tuple[bytes, Offload | None]]:
+    """``frame`` (with or without its 802.1Q tag) as it leaves a port that wants it tagged or
+    not. An offload follows the header it describes when the tag goes; a frame that gains a
+    tag is resolved to wire frames first (receivers' offloads are for untagged frames)."""
+    if tagged == want:
+        return [(frame, off)]
+    if tagged:  # strip the 4-byte tag
+        if off is not None:
+            off = dataclasses.replace(
+                off, csum_start=max(0, off.csum_start - 4), hdr_len=max(0, off.hdr_len - 4)
+            )
+        return [(frame[:12] + frame[16:], off)]
+    tag = TPID_8021Q + vid.to_bytes(2, "big")
+    wires = resolve(frame, off) if off is not None else [frame]
+    return [(w[:12] + tag + w[12:], None) for w in wires]
+
 
 class Switch:
     def __init__(
@@ -87,6 +123,7 @@ class Switch:
         self._capture_file = open(capture, "wb") if capture is not None else None  # noqa: SIM115
         self.capture = PcapngWriter(self._capture_file) if self._capture_file else None
         self._iface: dict[int, int] = {}
+        self.trunk_ports: set[int] = set()  # links to other switches (trunks when VLAN-aware)
 
     def attach(self, name: str, deliver: Deliver, capture: Path | None = None) -> SwitchPort:
         """Plug a port in; ``capture``: a pcapng file of this port's traffic alone."""
@@ -110,11 +147,30 @@ class Switch:
         src = ports[port_id]
         if src.capture is not None:
             src.record(frame, offload, time.time_ns())
+        if out and self.core.vlans:
+            self._deliver_vlan(out, frame, offload)
+            return
         for p in out:
             dst = ports[p]
             if dst.capture is not None:
                 dst.record(frame, offload, time.time_ns())
             dst.deliver(frame, offload)
+
+    def _deliver_vlan(self, out: tuple[int, ...], frame: bytes, offload: Offload | None) -> None:
+        """Each output port gets the frame as its VLAN role wants it: tagged or not."""
+        core = self.core
+        vid, tagged = core.vlan, core.tagged_in
+        variants: dict[bool, list[tuple[bytes, Offload | None]]] = {}
+        for p in out:
+            want = core.egress_tagged(p, vid)
+            got = variants.get(want)
+            if got is None:
+                got = variants[want] = _retag(frame, offload, tagged, want, vid)
+            dst = self.ports[p]
+            for f, off in got:
+                if dst.capture is not None:
+                    dst.record(f, off, time.time_ns())
+                dst.deliver(f, off)
 
     async def run(self, *, task_status: trio.TaskStatus[Switch] = trio.TASK_STATUS_IGNORED) -> None:
         """The switch's task: flushes the capture periodically; closes it when cancelled."""
@@ -138,3 +194,78 @@ class Switch:
             self._capture_file = None
         for port in self.ports.values():
             port.close()
+
+
+def find_loop(edges: list[tuple[str, str]]) -> list[str] | None:
+    """The first loop the edges (links between switches, in order) close, as the switches
+    around it (``[a, b, c, a]``); None for a forest. Without spanning tree a loop would send
+    every broadcast around forever."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    adjacent: dict[str, list[str]] = {}
+    for a, b in edges:
+        if a == b:
+            return [a, a]
+        ra, rb = root(a), root(b)
+        if ra == rb:  # already connected: the path between them plus this edge
+            path = _path(adjacent, a, b)
+            return [*path, a]
+        parent[ra] = rb
+        adjacent.setdefault(a, []).append(b)
+        adjacent.setdefault(b, []).append(a)
+    return None
+
+
+def _path(adjacent: dict[str, list[str]], a: str, b: str) -> list[str]:
+    prev: dict[str, str | None] = {a: None}
+    todo = [a]
+    while todo:
+        x = todo.pop(0)
+        for y in adjacent.get(x, []):
+            if y not in prev:
+                prev[y] = x
+                todo.append(y)
+    out = [b]
+    while (p := prev.get(out[-1])) is not None:
+        out.append(p)
+    return out[::-1]
+
+
+class Link:
+    """A cable between two switches: a port on each, frames crossing as between two real
+    switches (``wrap_ab``/``wrap_ba`` may put an impairment on each direction). It carries
+    every VLAN tagged, VLAN 1 untagged, once either switch is VLAN-aware."""
+
+    def __init__(
+        self,
+        a: Switch,
+        b: Switch,
+        wrap_ab: Callable[[Deliver], Deliver] | None = None,
+        wrap_ba: Callable[[Deliver], Deliver] | None = None,
+    ) -> None:
+        if a is b:
+            raise ValueError(f"a link from switch {a.name!r} to itself is a loop")
+        self.a, self.b = a, b
+        to_b: Deliver = lambda f, off: self.port_b.send(f, off)  # noqa: E731
+        to_a: Deliver = lambda f, off: self.port_a.send(f, off)  # noqa: E731
+        # what leaves switch a's link port travels to b, and the other way round
+        self.port_a = a.attach(f"link:{b.name}", wrap_ab(to_b) if wrap_ab else to_b)
+        self.port_b = b.attach(f"link:{a.name}", wrap_ba(to_a) if wrap_ba else to_a)
+        for sw, port in ((a, self.port_a), (b, self.port_b)):
+            sw.trunk_ports.add(port.id)
+            if sw.core.vlans:
+                port.set_vlan(PortVlan(access=None, native=1))
+
+    def trunk(self, allowed: frozenset[int] | None = None, native: int | None = 1) -> None:
+        """Restrict the VLANs the link carries (tagged ``allowed``, untagged ``native``)."""
+        for port in (self.port_a, self.port_b):
+            port.set_vlan(PortVlan(access=None, allowed=allowed, native=native))
+
+    def set_up(self, up: bool) -> None:
+        self.port_a.set_up(up)
+        self.port_b.set_up(up)

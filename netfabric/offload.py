@@ -62,10 +62,10 @@ def finish_checksum(frame: bytes, start: int, offset: int) -> bytes:
 def segment_tcp4(frame: bytes, mss: int) -> list[bytes]:
     """Cut an IPv4/TCP frame with a payload larger than ``mss`` into wire-size segments, each
     with its IP and TCP checksums filled in."""
-    if len(frame) < ETH + 40 or frame[12:14] != b"\x08\x00" or mss <= 0:
+    ip0 = ETH + 4 if frame[12:14] == b"\x81\x00" else ETH  # an 802.1Q tag before IPv4
+    if len(frame) < ip0 + 40 or frame[ip0 - 2 : ip0] != b"\x08\x00" or mss <= 0:
         return [frame]
-    ihl = (frame[ETH] & 0xF) * 4
-    ip0 = ETH
+    ihl = (frame[ip0] & 0xF) * 4
     tcp0 = ip0 + ihl
     if frame[ip0 + 9] != 6 or len(frame) < tcp0 + 20:
         return [frame]

@@ -11,6 +11,15 @@ cannot grow it without limit. When it is full, the oldest entry is evicted first
 with a full CAM). Frames shorter than an Ethernet header are dropped and counted per port, as
 are frames arriving on, or only destined to, a port that is down.
 
+VLANs (802.1Q). Until a port is given a VLAN role, the switch is VLAN-unaware and every
+port is an untagged member of one LAN (the fast path). An access port carries one VLAN
+untagged (a tagged frame arriving on it is dropped, ``tagged_on_access``); a trunk carries its
+allowed VLANs tagged, and its native VLAN (if any) untagged. Each frame is classified on
+ingress (``vlan`` after ``forward``), learning is per VLAN (the same MAC may live behind
+different ports in different VLANs), and a frame floods or goes only to ports that carry its
+VLAN: a frame never leaks into another VLAN. Whether it leaves a port tagged is
+``egress_tagged(port, vlan)``; the fabric adds or strips the tag.
+
 Hand-written and kept lean on purpose: this is the fabric's hot path (one call per frame, or
 ``forward_many`` per burst), so it uses plain dicts and byte slices, no per-frame objects.
 Time comes from the caller (``now``), so tests and virtual time drive aging.
@@ -41,6 +50,34 @@ def parse_mac(text: str) -> bytes:
         raise ValueError(f"{text!r} is not a MAC address like 52:54:00:12:34:56") from None
 
 
+VLAN_MAX = 4094
+TPID_8021Q = b"\x81\x00"
+
+
+@dataclass(frozen=True)
+class PortVlan:
+    """A port's VLAN role: access (one untagged VLAN) or trunk (tagged ``allowed`` VLANs,
+    None meaning all, and an untagged ``native`` one)."""
+
+    access: int | None = 1
+    allowed: frozenset[int] | None = None
+    native: int | None = None
+
+    @property
+    def trunk(self) -> bool:
+        return self.access is None
+
+    def carries(self, vid: int) -> bool:
+        if self.access is not None:
+            return vid == self.access
+        return vid == self.native or self.allowed is None or vid in self.allowed
+
+
+def _check_vid(vid: int, what: str) -> None:
+    if not 1 <= vid <= VLAN_MAX:
+        raise ValueError(f"{what} {vid} is not a VLAN id in 1..{VLAN_MAX}")
+
+
 @dataclass
 class PortCounters:
     rx_frames: int = 0
@@ -64,6 +101,11 @@ class LearningSwitch:
         self._flood_cache: dict[int, tuple[int, ...]] = {}
         self.evictions = 0
         self.aged = 0
+        # VLAN roles: empty while the switch is VLAN-unaware (every port untagged in one LAN)
+        self.vlans: dict[int, PortVlan] = {}
+        self.vlan = 0  # the VLAN the last forwarded frame was classified into (0: unaware)
+        self.tagged_in = False  # whether it arrived with an 802.1Q tag
+        self._vlan_flood: dict[tuple[int, int], tuple[int, ...]] = {}
 
     # -- ports -----------------------------------------------------------------------------
 
@@ -74,15 +116,41 @@ class LearningSwitch:
         self._up[port] = True
         self._flood_cache.clear()
 
+    def set_vlan(self, port: int, vlan: PortVlan) -> None:
+        """Give ``port`` a VLAN role (the switch becomes VLAN-aware: other ports are access
+        ports of VLAN 1 until told otherwise)."""
+        if port not in self.ports:
+            raise KeyError(f"no port {port} on the switch")
+        if vlan.access is not None:
+            _check_vid(vlan.access, "access VLAN")
+        for vid in vlan.allowed or ():
+            _check_vid(vid, "allowed VLAN")
+        if vlan.native is not None:
+            _check_vid(vlan.native, "native VLAN")
+        self.vlans[port] = vlan
+        self._vlan_flood.clear()
+        self.table.clear()
+
+    def port_vlan(self, port: int) -> PortVlan:
+        return self.vlans.get(port, PortVlan())
+
+    def egress_tagged(self, port: int, vid: int) -> bool:
+        """Whether a frame of VLAN ``vid`` leaves ``port`` with a tag."""
+        v = self.vlans.get(port)
+        return v is not None and v.access is None and vid != v.native
+
     def remove_port(self, port: int) -> None:
         self.ports.pop(port, None)
         self._up.pop(port, None)
+        self.vlans.pop(port, None)
+        self._vlan_flood.clear()
         self._flood_cache.clear()
         self.table = {mac: e for mac, e in self.table.items() if e[0] != port}
 
     def set_up(self, port: int, up: bool) -> None:
         self._up[port] = up
         self._flood_cache.clear()
+        self._vlan_flood.clear()
         if not up:  # what was learned behind it is stale once it is down
             self.table = {mac: e for mac, e in self.table.items() if e[0] != port}
 
@@ -114,6 +182,8 @@ class LearningSwitch:
         if n < ETH_HEADER:
             c.drops["runt"] += 1
             return ()
+        if self.vlans:
+            return self._forward_vlan(in_port, c, frame, now)
         src = bytes(frame[6:12])
         table = self.table
         if not src[0] & 1:  # learn unicast sources only
@@ -147,6 +217,70 @@ class LearningSwitch:
             pc.tx_bytes += n
         return out
 
+    def _forward_vlan(
+        self, in_port: int, c: PortCounters, frame: bytes | bytearray | memoryview, now: float
+    ) -> tuple[int, ...]:
+        role = self.vlans.get(in_port) or PortVlan()
+        tagged = frame[12:14] == TPID_8021Q
+        if tagged:
+            if len(frame) < ETH_HEADER + 4:
+                c.drops["runt"] += 1
+                return ()
+            vid = int.from_bytes(frame[14:16], "big") & 0xFFF
+            if vid == 0:  # priority-tagged: the port's own VLAN
+                vid = role.access if role.access is not None else (role.native or 0)
+            elif role.access is not None:
+                c.drops["tagged_on_access"] += 1
+                return ()
+            elif not role.carries(vid):
+                c.drops["vlan_not_allowed"] += 1
+                return ()
+        else:
+            vid = role.access if role.access is not None else (role.native or 0)
+        if not vid:
+            c.drops["untagged_on_trunk"] += 1
+            return ()
+        self.vlan, self.tagged_in = vid, tagged
+        tag = vid.to_bytes(2, "big")
+        src = bytes(frame[6:12])
+        table = self.table
+        if not src[0] & 1:
+            key = src + tag
+            entry = table.get(key)
+            if entry is None or entry[0] != in_port or now - entry[1] > 1.0:
+                if entry is not None:
+                    del table[key]
+                elif len(table) >= self.max_macs:
+                    self._make_room(now)
+                table[key] = (in_port, now)
+        dst = bytes(frame[0:6])
+        out: tuple[int, ...] | None = None
+        if not dst[0] & 1:
+            entry = table.get(dst + tag)
+            if entry is not None and now - entry[1] <= self.aging:
+                if entry[0] == in_port:
+                    c.drops["same_port"] += 1
+                    return ()
+                if not self._up.get(entry[0], False):
+                    c.drops["dest_down"] += 1
+                    return ()
+                out = (entry[0],)
+        if out is None:
+            out = self._vlan_flood.get((in_port, vid))
+            if out is None:
+                out = tuple(
+                    p
+                    for p, up in self._up.items()
+                    if up and p != in_port and (self.vlans.get(p) or PortVlan()).carries(vid)
+                )
+                self._vlan_flood[(in_port, vid)] = out
+        n = len(frame)
+        for p in out:
+            pc = self.ports[p]
+            pc.tx_frames += 1
+            pc.tx_bytes += n
+        return out
+
     def _make_room(self, now: float) -> None:
         table = self.table
         oldest = next(iter(table))
@@ -169,8 +303,8 @@ class LearningSwitch:
         self.aged += gone
         return gone
 
-    def lookup(self, mac: bytes, now: float) -> int | None:
-        entry = self.table.get(mac)
+    def lookup(self, mac: bytes, now: float, vlan: int = 1) -> int | None:
+        entry = self.table.get(mac + vlan.to_bytes(2, "big") if self.vlans else mac)
         if entry is None or now - entry[1] > self.aging:
             return None
         return entry[0]

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 import hv
 from netfabric import LearningSwitch, PcapngWriter, mac_str, parse_mac
-from netfabric.fabric import Switch
+from netfabric.fabric import Link, Switch, find_loop
+from netfabric.switch import PortVlan
 
 A, B, C = (
     parse_mac("52:54:00:00:00:0a"),
@@ -233,3 +234,107 @@ def test_nic_settings_are_checked() -> None:
     ):
         with pytest.raises(hv.ConfigError, match=msg):
             hv.Nic(lan, **bad)  # type: ignore[arg-type]
+
+
+# -- VLANs and links ---------------------------------------------------------------------------
+
+
+def tagged(dst: bytes, src: bytes, vid: int, payload: bytes = b"x" * 46) -> bytes:
+    return dst + src + b"\x81\x00" + vid.to_bytes(2, "big") + b"\x08\x00" + payload
+
+
+@pytest.fixture
+def vsw() -> LearningSwitch:
+    """Ports 1, 2: access VLAN 10; 3: access VLAN 20; 4: trunk (10, 20; native 1); 5: VLAN 1."""
+    s = LearningSwitch()
+    for p in (1, 2, 3, 4, 5):
+        s.add_port(p)
+    s.set_vlan(1, PortVlan(access=10))
+    s.set_vlan(2, PortVlan(access=10))
+    s.set_vlan(3, PortVlan(access=20))
+    s.set_vlan(4, PortVlan(access=None, allowed=frozenset({10, 20}), native=1))
+    return s
+
+
+def test_vlan_broadcast_stays_in_its_vlan(vsw: LearningSwitch) -> None:
+    assert vsw.forward(1, frame(BCAST, A), 0.0) == (2, 4) and vsw.vlan == 10
+    assert vsw.egress_tagged(4, 10) and not vsw.egress_tagged(2, 10)
+    assert vsw.forward(3, frame(BCAST, C), 0.0) == (4,) and vsw.vlan == 20
+    assert vsw.forward(5, frame(BCAST, B), 0.0) == (4,) and vsw.vlan == 1
+    assert not vsw.egress_tagged(4, 1)  # the native VLAN leaves untagged
+
+
+def test_vlan_trunk_classifies_by_tag_and_learns_per_vlan(vsw: LearningSwitch) -> None:
+    assert vsw.forward(4, tagged(BCAST, B, 20), 0.0) == (3,)
+    assert vsw.forward(4, tagged(BCAST, B, 10), 0.0) == (1, 2)
+    # B is learned on the trunk in both VLANs; A (VLAN 10) reaches B through it only in 10
+    assert vsw.lookup(B, 0.0, vlan=10) == 4 and vsw.lookup(B, 0.0, vlan=20) == 4
+    assert vsw.forward(1, frame(B, A), 0.1) == (4,)
+    # the same MAC behind another port in another VLAN is a different entry
+    assert vsw.forward(3, frame(BCAST, A), 0.2) == (4,)
+    assert vsw.lookup(A, 0.2, vlan=10) == 1 and vsw.lookup(A, 0.2, vlan=20) == 3
+
+
+def test_vlan_frames_that_do_not_belong_are_dropped_and_counted(vsw: LearningSwitch) -> None:
+    assert vsw.forward(1, tagged(BCAST, A, 20), 0.0) == ()  # tagged on an access port
+    assert vsw.forward(4, tagged(BCAST, B, 30), 0.0) == ()  # not allowed on the trunk
+    assert vsw.ports[1].drops["tagged_on_access"] == 1
+    assert vsw.ports[4].drops["vlan_not_allowed"] == 1
+    with pytest.raises(ValueError, match="VLAN id"):
+        vsw.set_vlan(1, PortVlan(access=4095))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 5), st.integers(0, 40), st.binary(min_size=12, max_size=40)),
+        max_size=100,
+    )
+)
+def test_fuzzed_vlan_frames_never_leak(frames: list[tuple[int, int, bytes]]) -> None:
+    s = LearningSwitch()
+    for p in (1, 2, 3, 4, 5):
+        s.add_port(p)
+    roles = {1: 10, 2: 10, 3: 20, 5: 1}
+    for p, vid in roles.items():
+        s.set_vlan(p, PortVlan(access=vid))
+    s.set_vlan(4, PortVlan(access=None, allowed=frozenset({10, 20}), native=1))
+    for port, vid, data in frames:
+        raw = data[:12] + (b"\x81\x00" + vid.to_bytes(2, "big") if vid else b"") + data[12:]
+        out = s.forward(port, raw, 0.0)
+        for p in out:  # an access port only ever gets its own VLAN's frames
+            assert p not in roles or roles[p] == s.vlan
+
+
+async def test_vlans_across_a_link_between_two_switches() -> None:
+    """lan and wan joined by a link: VLAN 10 on lan reaches VLAN 10 on wan (tagged on the
+    link, untagged at the edges) and never VLAN 20."""
+    lan, wan = Switch("lan"), Switch("wan")
+    got: dict[str, list[bytes]] = {n: [] for n in ("a", "b", "c")}
+    pa = lan.attach("a", lambda f, off: got["a"].append(f))
+    link = Link(lan, wan)
+    pb = wan.attach("b", lambda f, off: got["b"].append(f))
+    pc = wan.attach("c", lambda f, off: got["c"].append(f))
+    pa.set_vlan(PortVlan(access=10))
+    pb.set_vlan(PortVlan(access=10))
+    pc.set_vlan(PortVlan(access=20))
+    pa.send(frame(BCAST, A))
+    assert got["b"] == [frame(BCAST, A)] and got["c"] == [] and got["a"] == []
+    assert link.port_a.counters.tx_frames == 1
+    pb.send(frame(A, B))
+    assert got["a"] == [frame(A, B)]
+    assert lan.core.lookup(B, time.monotonic(), vlan=10) == link.port_a.id
+
+
+def test_a_loop_of_links_is_found() -> None:
+    assert find_loop([("lan", "wan"), ("wan", "dmz")]) is None
+    assert find_loop([("lan", "wan"), ("wan", "dmz"), ("dmz", "lan")]) == [
+        "dmz",
+        "wan",
+        "lan",
+        "dmz",
+    ]
+    assert find_loop([("a", "b"), ("a", "b")]) == ["a", "b", "a"]
+    x = Switch("x")
+    with pytest.raises(ValueError, match="loop"):
+        Link(x, x)
