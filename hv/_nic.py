@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from hv._errors import ConfigError
+from netfabric.switch import PortVlan
 
 if TYPE_CHECKING:
     from hv.board._device import Device
-    from netfabric.fabric import Switch
+    from netfabric.fabric import Cable, Switch
 
 
 def default_mac(vm: str, index: int) -> bytes:
@@ -80,6 +81,8 @@ class Nic:
     gateway: ipaddress.IPv4Address | str | None = None
     capture: Path | None = None
     mtu: int = 1500
+    vlan: PortVlan | int | None = None  # an access VLAN id, or a PortVlan (a trunk)
+    cable: Cable | None = None  # an impairment on the cable (netfabric.impair)
 
     def __post_init__(self) -> None:
         ip = self.ip
@@ -102,6 +105,8 @@ class Nic:
             raise ConfigError(f"NIC gateway {gw} is not in the NIC's subnet ({ip})")
         if isinstance(self.mac, str):
             object.__setattr__(self, "mac", parse_mac(self.mac))
+        if isinstance(self.vlan, int):
+            object.__setattr__(self, "vlan", PortVlan(access=self.vlan))
         if not 68 <= self.mtu <= 65535:
             raise ConfigError(f"NIC mtu {self.mtu} is out of range 68..65535")
 
@@ -110,4 +115,7 @@ class Nic:
         from hv.virtio._net import virtio_net
 
         mac = self.mac if isinstance(self.mac, bytes) else default_mac(vm, index)
-        return virtio_net(f"{vm}.eth{index}", mac, self.switch, self.mtu, self.capture)
+        vlan = self.vlan if not isinstance(self.vlan, int) else PortVlan(access=self.vlan)
+        return virtio_net(
+            f"{vm}.eth{index}", mac, self.switch, self.mtu, self.capture, vlan, self.cable
+        )

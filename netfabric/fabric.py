@@ -38,17 +38,31 @@ FLUSH_INTERVAL = 1.0
 # A port takes a frame and, for an offloaded one (a partial checksum, a TCP segment to cut),
 # its Offload; a port that cannot take offloads calls netfabric.offload.resolve on it.
 Deliver = Callable[[bytes, "Offload | None"], None]
+# A cable's two directions: (into the switch, out of the switch), each wrapping a Deliver.
+Cable = tuple[Callable[[Deliver], Deliver], Callable[[Deliver], Deliver]]
 
 
 class SwitchPort:
     """A port's handle: ``send`` puts a frame on the switch."""
 
     def __init__(
-        self, switch: Switch, port_id: int, name: str, deliver: Deliver, capture: Path | None
+        self,
+        switch: Switch,
+        port_id: int,
+        name: str,
+        deliver: Deliver,
+        capture: Path | None,
+        cable: Cable | None = None,
     ) -> None:
         self.switch = switch
         self.id = port_id
         self.name = name
+        # A cable (an impairment) sits between the port and what is plugged into it: what is
+        # sent goes through its "in" direction, what is delivered through its "out" one.
+        self._into: Deliver = lambda f, off: switch.send(port_id, f, off)
+        if cable is not None:
+            self._into = cable[0](self._into)
+            deliver = cable[1](deliver)
         self.deliver = deliver
         # This port's own capture: what it sends and what it is given, one interface.
         self._capture_file = open(capture, "wb") if capture is not None else None  # noqa: SIM115
@@ -69,7 +83,7 @@ class SwitchPort:
             self._capture_file = None
 
     def send(self, frame: bytes, offload: Offload | None = None) -> None:
-        self.switch.send(self.id, frame, offload)
+        self._into(frame, offload)
 
     @property
     def counters(self) -> PortCounters:
@@ -125,14 +139,25 @@ class Switch:
         self._iface: dict[int, int] = {}
         self.trunk_ports: set[int] = set()  # links to other switches (trunks when VLAN-aware)
 
-    def attach(self, name: str, deliver: Deliver, capture: Path | None = None) -> SwitchPort:
-        """Plug a port in; ``capture``: a pcapng file of this port's traffic alone."""
-        port = SwitchPort(self, self._next, name, deliver, capture)
+    def attach(
+        self,
+        name: str,
+        deliver: Deliver,
+        capture: Path | None = None,
+        *,
+        vlan: PortVlan | None = None,
+        cable: Cable | None = None,
+    ) -> SwitchPort:
+        """Plug a port in; ``capture``: a pcapng file of this port's traffic alone; ``vlan``:
+        its VLAN role; ``cable``: an impairment between the port and its device."""
+        port = SwitchPort(self, self._next, name, deliver, capture, cable)
         self._next += 1
         self.core.add_port(port.id)
         self.ports[port.id] = port
         if self.capture is not None:
             self._iface[port.id] = self.capture.add_interface(name)
+        if vlan is not None:
+            port.set_vlan(vlan)
         return port
 
     def send(self, port_id: int, frame: bytes, offload: Offload | None = None) -> None:

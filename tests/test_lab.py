@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 from hv import ConfigError
 from hv.build import _image_linux as il
 from hv.lab import parse_lab
-from hv.lab._runner import PrefixedOutput
+from hv.lab._runner import PrefixedOutput, run_lab
 from hv.lab._spec import default_mac, nic_cmdline
 
 
@@ -364,3 +365,71 @@ def test_a_nic_can_have_a_capture_of_its_own(tmp_path: Path) -> None:
     assert all("10.0.0.1" in row for row in mine)  # only a's traffic, both ways
     assert any(row.endswith("10.0.0.2\t10.0.0.1") for row in mine)  # the replies a was given
     assert len(rows("lan.pcapng")) > len(mine) + 90  # the switch saw g's 100 datagrams too
+
+
+VLANS = """
+[switches.lan]
+[switches.wan]
+[[links]]
+a = "lan"
+b = "wan"
+
+[vms.b]
+kernel = "udpecho"
+nics = [{ switch = "wan", ip = "10.0.0.2/24", vlan = 10 }]
+[vms.c]
+kernel = "udpecho"
+nics = [{ switch = "wan", ip = "10.0.0.3/24", vlan = 20 }]
+[vms.a]
+kernel = "ping"
+append = "peer=10.0.0.2 count=3 interval=20"
+nics = [{ switch = "lan", ip = "10.0.0.1/24", vlan = 10 }]
+[vms.x]
+kernel = "ping"
+append = "peer=10.0.0.3 count=2 interval=20"
+nics = [{ switch = "lan", ip = "10.0.0.4/24", vlan = 10 }]
+"""
+
+
+async def test_vlans_across_linked_switches_in_a_lab(tmp_path: Path) -> None:
+    """a (VLAN 10 on lan) reaches b (VLAN 10 on wan) across the link; x (VLAN 10) never
+    reaches c, which is in VLAN 20."""
+    spec = parse_lab(VLANS, tmp_path)
+    out: list[bytes] = []
+    with trio.fail_after(60):
+        status = await run_lab(spec, out.append, until=frozenset({"a", "x"}))
+    text = b"".join(out).decode()
+    assert "ping: 10.0.0.2: 3 sent, 3 received" in text, text[-2000:]
+    assert "ping: 10.0.0.3: 2 sent, 0 received" in text, text[-2000:]
+    assert status != 0  # x's pings were not answered
+
+
+def test_lab_network_errors_name_the_key(tmp_path: Path) -> None:
+    def err(text: str) -> str:
+        with pytest.raises(ConfigError) as e:
+            parse_lab(text, tmp_path)
+        return str(e.value)
+
+    vm = '[vms.a]\nkernel = "ping"\n'
+    loop = "[switches.a]\n[switches.b]\n[switches.c]\n" + "".join(
+        f'[[links]]\na = "{x}"\nb = "{y}"\n' for x, y in (("a", "b"), ("b", "c"), ("c", "a"))
+    )
+    assert err(loop + vm).startswith("links[2]: this link closes a loop (c - b - a - c)")
+    assert "no switch named" in err('[switches.a]\n[[links]]\na = "a"\nb = "z"\n' + vm)
+    sub = '[switches.lan]\nsubnet = "10.0.0.0/24"\ndhcp = { pool = "10.0.0.100-10.0.0.110" }\n'
+    assert err(sub + vm + 'nics = [{ switch = "lan", ip = "10.0.1.5" }]\n') == (
+        "vms.a.nics[0].ip: 10.0.1.5 is outside switch lan's subnet 10.0.0.0/24"
+    )
+    assert "inside switch lan's DHCP pool" in err(
+        sub + vm + 'nics = [{ switch = "lan", ip = "10.0.0.105" }]\n'
+    )
+    assert "services' address" in err(sub + vm + 'nics = [{ switch = "lan", ip = "10.0.0.1" }]\n')
+    assert "dhcp needs a DHCP server" in err(
+        "[switches.lan]\n" + vm + 'nics = [{ switch = "lan", ip = "dhcp" }]\n'
+    )
+    assert "need switches.lan.subnet" in err("[switches.lan]\ndns = true\n" + vm)
+    assert "not a host of" in err(
+        '[switches.lan]\nsubnet = "10.0.0.0/24"\ndhcp = { pool = "10.0.0.100-10.0.1.2" }\n' + vm
+    )
+    assert "VLAN id" in err("[switches.lan]\n" + vm + 'nics = [{ switch = "lan", vlan = 5000 }]\n')
+    assert "interface name" in err('[switches.lan]\ntap = "a-very-long-tap-name"\n' + vm)

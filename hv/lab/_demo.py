@@ -95,8 +95,9 @@ def summary(run: LabRun) -> list[str]:
         text = vm.console.transcript.decode(errors="replace")
         vm_spec = run.spec.vms[name]
         m_ip = re.search(r"ip=([\d.]+)", vm_spec.append)
-        if vm_spec.nics and vm_spec.nics[0].ip is not None:
-            addr = str(vm_spec.nics[0].ip.ip)
+        ip = vm_spec.nics[0].ip if vm_spec.nics else None
+        if ip is not None:
+            addr = str(ip.ip) if not isinstance(ip, str) else ip
         else:
             addr = m_ip.group(1) if m_ip else "?"
         if m := _PING.search(text):

@@ -20,8 +20,9 @@ from hv._status import StopInfo
 from hv._vm import Vm, VmConfig, run_vm
 from hv.board._platform import DEFAULT_QUANTUM
 from hv.build._kernels import resolve_kernel
-from hv.lab._spec import LabSpec, VmSpec
-from netfabric.fabric import Switch
+from hv.lab._spec import LabSpec, NicSpec, VmSpec
+from netfabric.fabric import Cable, Link, Switch
+from netfabric.switch import PortVlan
 
 Output = Callable[[bytes], None]
 
@@ -53,15 +54,41 @@ class LabRun:
     spec: LabSpec
     switches: dict[str, Switch] = field(default_factory=dict)
     vms: dict[str, Vm] = field(default_factory=dict)
+    links: list[Link] = field(default_factory=list)
     exits: dict[str, StopInfo] = field(default_factory=dict)
 
 
-def vm_config(spec: LabSpec, vm: VmSpec, switches: dict[str, Switch]) -> VmConfig:
+def _port_vlan(nic: NicSpec) -> PortVlan | None:
+    if nic.vlan is not None:
+        return PortVlan(access=nic.vlan)
+    if nic.trunk is not None:
+        return PortVlan(access=None, allowed=nic.trunk, native=nic.native)
+    return None
+
+
+def vm_config(
+    spec: LabSpec,
+    vm: VmSpec,
+    switches: dict[str, Switch],
+    cables: dict[tuple[str, int], Cable] | None = None,
+) -> VmConfig:
+    cables = cables or {}
     kernel, initrd, default_cmdline = resolve_kernel(vm.kernel, spec.base)
     cmdline = vm.cmdline if vm.cmdline is not None else (default_cmdline or "")
     if vm.append:
         cmdline = f"{cmdline} {vm.append}".strip()
-    nics = tuple(Nic(switches[n.switch], n.ip, n.mac, n.gateway, n.capture) for n in vm.nics)
+    nics = tuple(
+        Nic(
+            switches[n.switch],
+            n.ip,
+            n.mac,
+            n.gateway,
+            n.capture,
+            vlan=_port_vlan(n),
+            cable=cables.get((vm.name, i)),
+        )
+        for i, n in enumerate(vm.nics)
+    )
     return VmConfig(
         kernel=kernel,
         initrd=vm.initrd or initrd,
@@ -94,6 +121,11 @@ async def run_lab(
         try:
             for name, s in spec.switches.items():
                 run.switches[name] = await nursery.start(Switch(name, s.capture).run)
+            for link in spec.links:
+                made = Link(run.switches[link.a], run.switches[link.b])
+                if link.vlans is not None:
+                    made.trunk(link.vlans)
+                run.links.append(made)
             configs = {name: vm_config(spec, vm, run.switches) for name, vm in spec.vms.items()}
             for name, cfg in configs.items():
                 run.vms[name] = await nursery.start(run_vm, cfg)

@@ -2,12 +2,26 @@
 
     [switches.lan]
     capture = "lan.pcapng"            # optional: every frame on this switch
+    subnet = "10.0.0.0/24"            # built-in services at its first address (10.0.0.1)
+    dhcp = true                       # or { pool = "10.0.0.100-10.0.0.199", lease = "1h" }
+    dns = true                        # answers a.lab, b.lab with the VMs' addresses
+    tftp = "tftp-root"                # read-only, relative to the lab file
+    tap = "hvtap0"                    # the host on this switch
+
+    [switches.wan]
+
+    [[links]]
+    a = "lan"
+    b = "wan"
+    impair = { delay = "20ms", jitter = "5ms", loss = 0.01, rate = "50Mbit", seed = 7 }
 
     [vms.a]
     kernel = "linux"                  # a bundled guest, an image name or a path
     append = 'hv.run="ping -c 5 10.0.0.2"'
     mem = "256M"
     nics = [{ switch = "lan", ip = "10.0.0.1/24" }]   # mac optional: stable from the names
+    # more NIC keys: ip = "dhcp", vlan = 10 (access port), trunk = [10, 20] with native = 1,
+    # gateway, capture, impair = {...} (on the cable: each direction, or egress/ingress)
 
 Every error names the key it is about (``vms.b.nics[0].switch: no switch named "lna"
 (switches: lan)``) and is a ``ConfigError``. Paths are relative to the lab file. A NIC's
@@ -33,25 +47,70 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(i?B)?\s*$", re.IGNORECASE)
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.IGNORECASE)
 
-SWITCH_KEYS = {"capture"}
+SWITCH_KEYS = {"capture", "subnet", "dhcp", "dns", "tftp", "tap"}
+DHCP_KEYS = {"pool", "lease", "boot"}
 VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum"}
-NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture"}
-LAB_KEYS = {"name", "switches", "vms"}
+NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
+LINK_KEYS = {"a", "b", "impair", "vlans"}
+LAB_KEYS = {"name", "switches", "vms", "links"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+TAP_NAME_MAX = 15  # IFNAMSIZ - 1
+
+
+@dataclass(frozen=True)
+class DhcpSpec:
+    pool: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]  # first, last (inclusive)
+    lease: float = 3600.0  # seconds
+    boot: str | None = None  # boot file name offered (with the TFTP server as next-server)
 
 
 @dataclass(frozen=True)
 class SwitchSpec:
     name: str
     capture: Path | None = None
+    subnet: ipaddress.IPv4Network | None = None
+    dhcp: DhcpSpec | None = None
+    dns: bool = False
+    tftp: Path | None = None
+    tap: str | None = None
+
+    @property
+    def service_ip(self) -> ipaddress.IPv4Address | None:
+        """Where the built-in services answer: the subnet's first address."""
+        return None if self.subnet is None else self.subnet.network_address + 1
+
+    @property
+    def services(self) -> bool:
+        return self.dhcp is not None or self.dns or self.tftp is not None
+
+
+@dataclass(frozen=True)
+class Impair:
+    """An impairment table as written (checked by netfabric.impair when parsed)."""
+
+    table: dict[str, Any]
+    key: str
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    a: str
+    b: str
+    impair: Impair | None = None
+    vlans: frozenset[int] | None = None  # tagged VLANs it carries (None: all)
 
 
 @dataclass(frozen=True)
 class NicSpec:
     switch: str
     mac: bytes
-    ip: ipaddress.IPv4Interface | None = None
+    ip: ipaddress.IPv4Interface | str | None = None  # or "dhcp"
     gateway: ipaddress.IPv4Address | None = None
     capture: Path | None = None  # this NIC's own pcapng file
+    vlan: int | None = None  # an access port of this VLAN
+    trunk: frozenset[int] | None = None  # a trunk carrying these VLANs tagged
+    native: int | None = None  # and this one untagged
+    impair: Impair | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +131,16 @@ class LabSpec:
     base: Path  # the folder paths are relative to
     switches: dict[str, SwitchSpec] = field(default_factory=dict)
     vms: dict[str, VmSpec] = field(default_factory=dict)
+    links: tuple[LinkSpec, ...] = ()
+
+    def static_leases(self, switch: str) -> dict[bytes, tuple[ipaddress.IPv4Address, str]]:
+        """MAC -> (address, host name) for the NICs on ``switch`` with a fixed address."""
+        out = {}
+        for vm in self.vms.values():
+            for nic in vm.nics:
+                if nic.switch == switch and isinstance(nic.ip, ipaddress.IPv4Interface):
+                    out[nic.mac] = (nic.ip.ip, vm.name)
+        return out
 
 
 def _table(value: Any, key: str) -> dict[str, Any]:
@@ -103,6 +172,211 @@ def _size(value: Any, key: str) -> int:
     return n
 
 
+def _duration(value: Any, key: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    m = _DURATION.match(_str(value, key))
+    if not m:
+        raise ConfigError(f"{key}: {value!r} is not a duration; use e.g. 1h, 30m or 600s")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+    return float(m.group(1)) * scale
+
+
+def _vid(value: Any, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4094:
+        raise ConfigError(f"{key}: {value!r} is not a VLAN id in 1..4094")
+    return value
+
+
+def _vids(value: Any, key: str) -> frozenset[int]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a list of VLAN ids, e.g. [10, 20]")
+    return frozenset(_vid(v, f"{key}[{i}]") for i, v in enumerate(value))
+
+
+def _address(text: str, key: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text.strip())
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not an IPv4 address") from None
+
+
+def _switch(name: str, t: dict[str, Any], base: Path) -> SwitchSpec:
+    key = f"switches.{name}"
+    _unknown(set(t), SWITCH_KEYS, key)
+    cap = base / _str(t["capture"], f"{key}.capture") if "capture" in t else None
+    subnet = None
+    if "subnet" in t:
+        text = _str(t["subnet"], f"{key}.subnet")
+        try:
+            subnet = ipaddress.IPv4Network(text)
+        except ValueError:
+            raise ConfigError(
+                f"{key}.subnet: {text!r} is not an IPv4 network like 10.0.0.0/24"
+            ) from None
+        if subnet.num_addresses < 4:
+            raise ConfigError(f"{key}.subnet: {text} is too small for hosts (at most /30)")
+    wants = [k for k in ("dhcp", "dns", "tftp") if t.get(k, False) is not False]
+    if wants and subnet is None:
+        raise ConfigError(f"{key}.{wants[0]}: the built-in services need {key}.subnet")
+    dhcp = None
+    raw = t.get("dhcp", False)
+    if raw is True or isinstance(raw, dict):
+        assert subnet is not None
+        d = raw if isinstance(raw, dict) else {}
+        _unknown(set(d), DHCP_KEYS, f"{key}.dhcp")
+        hosts = list(subnet.hosts())
+        if "pool" in d:
+            text = _str(d["pool"], f"{key}.dhcp.pool")
+            first_s, sep, last_s = text.partition("-")
+            if not sep:
+                raise ConfigError(f"{key}.dhcp.pool: {text!r} is not a range like A.B.C.D-A.B.C.E")
+            first = _address(first_s, f"{key}.dhcp.pool")
+            last = _address(last_s, f"{key}.dhcp.pool")
+            if last < first:
+                raise ConfigError(f"{key}.dhcp.pool: {text} ends before it starts")
+            for a in (first, last):
+                if a not in subnet or a in (subnet.network_address, subnet.broadcast_address):
+                    raise ConfigError(f"{key}.dhcp.pool: {a} is not a host of {subnet}")
+            if first <= subnet.network_address + 1 <= last:
+                raise ConfigError(
+                    f"{key}.dhcp.pool: {text} holds the services' address "
+                    f"{subnet.network_address + 1}"
+                )
+        else:  # the upper half of the subnet's hosts
+            first, last = hosts[len(hosts) // 2], hosts[-1]
+        lease = _duration(d.get("lease", 3600), f"{key}.dhcp.lease")
+        if not 60 <= lease <= 86400 * 365:
+            raise ConfigError(f"{key}.dhcp.lease: {lease:g} s is out of range 60 s..365 d")
+        boot = _str(d["boot"], f"{key}.dhcp.boot") if "boot" in d else None
+        dhcp = DhcpSpec((first, last), lease, boot)
+    elif raw is not False:
+        raise ConfigError(f"{key}.dhcp: expected true, false or a table (pool, lease, boot)")
+    dns = t.get("dns", False)
+    if not isinstance(dns, bool):
+        raise ConfigError(f"{key}.dns: expected true or false")
+    tftp = None
+    if "tftp" in t:
+        tftp = base / _str(t["tftp"], f"{key}.tftp")
+        if not tftp.is_dir():
+            raise ConfigError(f"{key}.tftp: {str(tftp)!r} is not a directory")
+    tap = None
+    if "tap" in t:
+        tap = _str(t["tap"], f"{key}.tap")
+        if not 0 < len(tap.encode()) <= TAP_NAME_MAX or "/" in tap or tap.strip() != tap:
+            raise ConfigError(
+                f"{key}.tap: {tap!r} is not an interface name (1..{TAP_NAME_MAX} bytes)"
+            )
+    return SwitchSpec(name, cap, subnet, dhcp, bool(dns), tftp, tap)
+
+
+def _impair(value: Any, key: str) -> Impair:
+    t = _table(value, key)
+    from netfabric.impair import parse_impairment
+
+    try:
+        parse_impairment(t, key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return Impair(t, key)
+
+
+def _nic(
+    n: dict[str, Any], nkey: str, vname: str, i: int, switches: dict[str, SwitchSpec], base: Path
+) -> NicSpec:
+    _unknown(set(n), NIC_KEYS, nkey)
+    sw = _str(n.get("switch"), f"{nkey}.switch") if "switch" in n else None
+    if sw is None:
+        raise ConfigError(f"{nkey}.switch: missing (switches: {', '.join(switches) or 'none'})")
+    if sw not in switches:
+        known = ", ".join(switches) or "none defined"
+        raise ConfigError(f'{nkey}.switch: no switch named "{sw}" (switches: {known})')
+    spec = switches[sw]
+    ip: ipaddress.IPv4Interface | str | None = None
+    if "ip" in n:
+        text = _str(n["ip"], f"{nkey}.ip")
+        if text == "dhcp":
+            if spec.dhcp is None:
+                raise ConfigError(
+                    f"{nkey}.ip: dhcp needs a DHCP server on the switch "
+                    f"([switches.{sw}] subnet = ..., dhcp = true)"
+                )
+            ip = "dhcp"
+        else:
+            try:
+                default_len = f"/{spec.subnet.prefixlen}" if spec.subnet else "/24"
+                ip = ipaddress.IPv4Interface(text if "/" in text else text + default_len)
+            except ValueError:
+                raise ConfigError(
+                    f"{nkey}.ip: {text!r} is not an IPv4 address like 10.0.0.1/24 or dhcp"
+                ) from None
+            if spec.subnet is not None:
+                if ip.ip not in spec.subnet:
+                    raise ConfigError(
+                        f"{nkey}.ip: {ip.ip} is outside switch {sw}'s subnet {spec.subnet}"
+                    )
+                if spec.services and ip.ip == spec.service_ip:
+                    raise ConfigError(
+                        f"{nkey}.ip: {ip.ip} is the built-in services' address on {sw}"
+                    )
+    gateway = None
+    if "gateway" in n:
+        text = _str(n["gateway"], f"{nkey}.gateway")
+        gateway = _address(text, f"{nkey}.gateway")
+        if not isinstance(ip, ipaddress.IPv4Interface) or gateway not in ip.network:
+            raise ConfigError(f"{nkey}.gateway: {text} is not in the NIC's subnet")
+    if "mac" in n:
+        text = _str(n["mac"], f"{nkey}.mac")
+        if not _MAC.match(text):
+            raise ConfigError(f"{nkey}.mac: {text!r} is not a MAC like 52:54:00:12:34:56")
+        mac = bytes(int(x, 16) for x in text.split(":"))
+        if mac[0] & 1:
+            raise ConfigError(f"{nkey}.mac: {text} is a multicast address")
+    else:
+        mac = default_mac(vname, i)
+    cap = base / _str(n["capture"], f"{nkey}.capture") if "capture" in n else None
+    vlan = _vid(n["vlan"], f"{nkey}.vlan") if "vlan" in n else None
+    trunk = _vids(n["trunk"], f"{nkey}.trunk") if "trunk" in n else None
+    native = _vid(n["native"], f"{nkey}.native") if "native" in n else None
+    if vlan is not None and (trunk is not None or native is not None):
+        raise ConfigError(f"{nkey}.vlan: a port is either an access port (vlan) or a trunk")
+    if native is not None and trunk is None:
+        raise ConfigError(f"{nkey}.native: only a trunk has a native VLAN (add trunk = [...])")
+    impair = _impair(n["impair"], f"{nkey}.impair") if "impair" in n else None
+    return NicSpec(sw, mac, ip, gateway, cap, vlan, trunk, native, impair)
+
+
+def _links(raw: Any, switches: dict[str, SwitchSpec]) -> tuple[LinkSpec, ...]:
+    from netfabric.fabric import find_loop
+
+    if not isinstance(raw, list):
+        raise ConfigError("links: expected [[links]] tables with a and b")
+    links = []
+    for i, val in enumerate(raw):
+        key = f"links[{i}]"
+        t = _table(val, key)
+        _unknown(set(t), LINK_KEYS, key)
+        ends = []
+        for end in ("a", "b"):
+            if end not in t:
+                raise ConfigError(f"{key}.{end}: missing (the switches the link joins)")
+            name = _str(t[end], f"{key}.{end}")
+            if name not in switches:
+                known = ", ".join(switches) or "none defined"
+                raise ConfigError(f'{key}.{end}: no switch named "{name}" (switches: {known})')
+            ends.append(name)
+        impair = _impair(t["impair"], f"{key}.impair") if "impair" in t else None
+        vlans = _vids(t["vlans"], f"{key}.vlans") if "vlans" in t else None
+        links.append(LinkSpec(ends[0], ends[1], impair, vlans))
+        loop = find_loop([(x.a, x.b) for x in links])
+        if loop is not None:
+            raise ConfigError(
+                f"{key}: this link closes a loop ({' - '.join(loop)}); hv has no spanning "
+                "tree, so a loop would send every broadcast around forever: remove a link"
+            )
+    return tuple(links)
+
+
 def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
     try:
         doc = tomllib.loads(text)
@@ -110,20 +384,26 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
         raise ConfigError(f"not a valid TOML file: {e}") from None
     _unknown(set(doc), LAB_KEYS, "lab")
     name = _str(doc.get("name", default_name), "name")
+    if not _NAME.match(name):
+        raise ConfigError(f"name: {name!r}: lab names are lowercase letters, digits, - and _")
     switches: dict[str, SwitchSpec] = {}
+    taps: dict[str, str] = {}
     for sname, sval in _table(doc.get("switches", {}), "switches").items():
         key = f"switches.{sname}"
         if not _NAME.match(sname):
             raise ConfigError(f"{key}: switch names are lowercase letters, digits, - and _")
-        t = _table(sval, key)
-        _unknown(set(t), SWITCH_KEYS, key)
-        cap = base / _str(t["capture"], f"{key}.capture") if "capture" in t else None
-        switches[sname] = SwitchSpec(sname, cap)
+        switches[sname] = spec = _switch(sname, _table(sval, key), base)
+        if spec.tap is not None:
+            if spec.tap in taps:
+                raise ConfigError(f"{key}.tap: {spec.tap} is also on switch {taps[spec.tap]}")
+            taps[spec.tap] = sname
+    links = _links(doc.get("links", []), switches)
     vms: dict[str, VmSpec] = {}
     raw_vms = _table(doc.get("vms", {}), "vms")
     if not raw_vms:
         raise ConfigError("vms: a lab needs at least one VM ([vms.NAME] with a kernel)")
     macs: dict[bytes, str] = {}
+    addresses: dict[tuple[str, ipaddress.IPv4Address], str] = {}
     for vname, vval in raw_vms.items():
         key = f"vms.{vname}"
         if not _NAME.match(vname):
@@ -138,48 +418,22 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
             raise ConfigError(f"{key}.nics: expected a list of tables")
         for i, nval in enumerate(raw_nics):
             nkey = f"{key}.nics[{i}]"
-            n = _table(nval, nkey)
-            _unknown(set(n), NIC_KEYS, nkey)
-            sw = _str(n.get("switch"), f"{nkey}.switch") if "switch" in n else None
-            if sw is None:
-                raise ConfigError(
-                    f"{nkey}.switch: missing (switches: {', '.join(switches) or 'none'})"
-                )
-            if sw not in switches:
-                known = ", ".join(switches) or "none defined"
-                raise ConfigError(f'{nkey}.switch: no switch named "{sw}" (switches: {known})')
-            ip = None
-            if "ip" in n:
-                text = _str(n["ip"], f"{nkey}.ip")
-                try:
-                    ip = ipaddress.IPv4Interface(text if "/" in text else text + "/24")
-                except ValueError:
+            nic = _nic(_table(nval, nkey), nkey, vname, i, switches, base)
+            if nic.mac in macs:
+                raise ConfigError(f"{nkey}.mac: {nic.mac.hex(':')} is also {macs[nic.mac]}'s")
+            macs[nic.mac] = nkey
+            if isinstance(nic.ip, ipaddress.IPv4Interface):
+                where = (nic.switch, nic.ip.ip)
+                if where in addresses:
+                    raise ConfigError(f"{nkey}.ip: {nic.ip.ip} is also {addresses[where]}'s")
+                addresses[where] = nkey
+                dhcp = switches[nic.switch].dhcp
+                if dhcp is not None and dhcp.pool[0] <= nic.ip.ip <= dhcp.pool[1]:
                     raise ConfigError(
-                        f"{nkey}.ip: {text!r} is not an IPv4 address like 10.0.0.1/24"
-                    ) from None
-            gateway = None
-            if "gateway" in n:
-                text = _str(n["gateway"], f"{nkey}.gateway")
-                try:
-                    gateway = ipaddress.IPv4Address(text)
-                except ValueError:
-                    raise ConfigError(f"{nkey}.gateway: {text!r} is not an IPv4 address") from None
-                if ip is None or gateway not in ip.network:
-                    raise ConfigError(f"{nkey}.gateway: {text} is not in the NIC's subnet")
-            if "mac" in n:
-                text = _str(n["mac"], f"{nkey}.mac")
-                if not _MAC.match(text):
-                    raise ConfigError(f"{nkey}.mac: {text!r} is not a MAC like 52:54:00:12:34:56")
-                mac = bytes(int(x, 16) for x in text.split(":"))
-                if mac[0] & 1:
-                    raise ConfigError(f"{nkey}.mac: {text} is a multicast address")
-            else:
-                mac = default_mac(vname, i)
-            if mac in macs:
-                raise ConfigError(f"{nkey}.mac: {mac.hex(':')} is also {macs[mac]}'s")
-            macs[mac] = nkey
-            cap = base / _str(n["capture"], f"{nkey}.capture") if "capture" in n else None
-            nics.append(NicSpec(sw, mac, ip, gateway, cap))
+                        f"{nkey}.ip: {nic.ip.ip} is inside switch {nic.switch}'s DHCP pool "
+                        f"{dhcp.pool[0]}-{dhcp.pool[1]} (a static lease must not overlap it)"
+                    )
+            nics.append(nic)
         quantum = t.get("quantum")
         if quantum is not None and not isinstance(quantum, int):
             raise ConfigError(f"{key}.quantum: expected a whole number of instructions")
@@ -193,7 +447,7 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
             quantum=quantum,
             nics=tuple(nics),
         )
-    return LabSpec(name=name, base=base, switches=switches, vms=vms)
+    return LabSpec(name=name, base=base, switches=switches, vms=vms, links=links)
 
 
 def load_lab(path: Path) -> LabSpec:

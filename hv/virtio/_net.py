@@ -30,7 +30,9 @@ from hv._errors import GuestError
 from hv.board._memory import GuestMemory
 from hv.virtio._mmio import VirtioBackend, VirtioMmio
 from hv.virtio._queue import DescriptorChain, QueueError, Virtqueue
+from netfabric.fabric import Cable, Switch
 from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload, resolve
+from netfabric.switch import PortVlan
 
 DEVICE_ID_NET = 1
 F_CSUM = 1 << 0
@@ -246,15 +248,18 @@ def _offload_header(off: Offload) -> bytes:
 def virtio_net(
     name: str,
     mac: bytes,
-    switch: object | None = None,
+    switch: Switch | None = None,
     mtu: int = 1500,
     capture: Path | None = None,
+    vlan: PortVlan | None = None,
+    cable: Cable | None = None,
 ) -> VirtioMmio:
     """A virtio-net NIC for ``VmConfig.devices``, plugged into ``switch`` if given
-    (``capture``: a pcapng file of this NIC's traffic alone)."""
+    (``capture``: a pcapng file of this NIC's traffic alone; ``vlan``: the switch port's
+    VLAN role; ``cable``: an impairment on the cable)."""
     net = VirtioNet(mac, mtu)
     dev = VirtioMmio(name, net)
     if switch is not None:
-        port = switch.attach(name, net.deliver, capture)  # type: ignore[attr-defined]
+        port = switch.attach(name, net.deliver, capture, vlan=vlan, cable=cable)
         net.send = port.send
     return dev
