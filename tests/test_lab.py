@@ -3,6 +3,7 @@ ip= the NICs give their guests, prefixed console output, and a real two-VM Linux
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -433,3 +434,42 @@ def test_lab_network_errors_name_the_key(tmp_path: Path) -> None:
     )
     assert "VLAN id" in err("[switches.lan]\n" + vm + 'nics = [{ switch = "lan", vlan = 5000 }]\n')
     assert "interface name" in err('[switches.lan]\ntap = "a-very-long-tap-name"\n' + vm)
+
+
+IMPAIRED = """
+[switches.lan]
+[switches.wan]
+[[links]]
+a = "lan"
+b = "wan"
+impair = { delay = "5ms", seed = 3 }
+
+[vms.b]
+kernel = "udpecho"
+nics = [{ switch = "wan", ip = "10.0.0.2/24" }]
+[vms.a]
+kernel = "ping"
+append = "peer=10.0.0.2 count=4 interval=10"
+nics = [{ switch = "lan", ip = "10.0.0.1/24", impair = { delay = "20ms" } }]
+"""
+
+
+async def test_impairment_sits_on_the_cable_both_ways(tmp_path: Path) -> None:
+    """20 ms on a's NIC and 5 ms on the link, each way: every RTT is at least 50 ms, and the
+    impairment can be changed while the lab runs."""
+    spec = parse_lab(IMPAIRED, tmp_path)
+    out: list[bytes] = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            run = await nursery.start(run_lab, spec, out.append)
+            assert set(run.impairments) == {"links[0]", "a.eth0"}
+            await run.vms["a"].wait()
+            run.impairments["links[0]"].set(delay=0.05)  # live, other settings kept
+            assert run.impairments["links[0]"].egress.impairment.seed == 3
+            nursery.cancel_scope.cancel()
+    text = b"".join(out).decode()
+    m = re.search(r"4 sent, 4 received, rtt min/avg/max = (\d+)/(\d+)/(\d+) us", text)
+    assert m, text[-2000:]
+    assert 50_000 <= int(m[1]) < 80_000
+    c = run.impairments["a.eth0"]
+    assert c.egress.counters["frames_out"] >= 5 and c.ingress.counters["frames_out"] >= 5

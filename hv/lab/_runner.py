@@ -20,8 +20,9 @@ from hv._status import StopInfo
 from hv._vm import Vm, VmConfig, run_vm
 from hv.board._platform import DEFAULT_QUANTUM
 from hv.build._kernels import resolve_kernel
-from hv.lab._spec import LabSpec, NicSpec, VmSpec
-from netfabric.fabric import Cable, Link, Switch
+from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec
+from netfabric.fabric import Cable, Deliver, Link, Switch
+from netfabric.impair import ImpairedLink
 from netfabric.switch import PortVlan
 
 Output = Callable[[bytes], None]
@@ -55,7 +56,28 @@ class LabRun:
     switches: dict[str, Switch] = field(default_factory=dict)
     vms: dict[str, Vm] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
+    # "links[0]", "a.eth0": the impairments on cables, changeable while the lab runs
+    impairments: dict[str, ImpairedLink] = field(default_factory=dict)
     exits: dict[str, StopInfo] = field(default_factory=dict)
+
+
+def _cable(impair: Impair, name: str) -> ImpairedLink:
+    try:
+        return ImpairedLink.from_table(impair.table, impair.key, name)
+    except ValueError as e:  # checked when the file was parsed; a spec built in code may not be
+        raise ConfigError(str(e)) from None
+
+
+def _sides(imp: ImpairedLink) -> Cable:
+    """A cable's two directions: egress (a to b, or a VM into its switch) and ingress."""
+
+    def egress(deliver: Deliver) -> Deliver:
+        return imp.wrap(deliver, "egress")
+
+    def ingress(deliver: Deliver) -> Deliver:
+        return imp.wrap(deliver, "ingress")
+
+    return egress, ingress
 
 
 def _port_vlan(nic: NicSpec) -> PortVlan | None:
@@ -121,12 +143,30 @@ async def run_lab(
         try:
             for name, s in spec.switches.items():
                 run.switches[name] = await nursery.start(Switch(name, s.capture).run)
-            for link in spec.links:
-                made = Link(run.switches[link.a], run.switches[link.b])
+            for i, link in enumerate(spec.links):
+                imp = None
+                if link.impair is not None:
+                    imp = run.impairments[f"links[{i}]"] = await nursery.start(
+                        _cable(link.impair, f"{link.a}-{link.b}").run
+                    )
+                ab, ba = _sides(imp) if imp is not None else (None, None)
+                made = Link(run.switches[link.a], run.switches[link.b], ab, ba)
                 if link.vlans is not None:
                     made.trunk(link.vlans)
                 run.links.append(made)
-            configs = {name: vm_config(spec, vm, run.switches) for name, vm in spec.vms.items()}
+            cables: dict[tuple[str, int], Cable] = {}
+            for vspec in spec.vms.values():
+                for i, nic in enumerate(vspec.nics):
+                    if nic.impair is not None:
+                        name = f"{vspec.name}.eth{i}"
+                        imp = run.impairments[name] = await nursery.start(
+                            _cable(nic.impair, name).run
+                        )
+                        # egress: from the VM into the switch; ingress: the other way
+                        cables[(vspec.name, i)] = _sides(imp)
+            configs = {
+                name: vm_config(spec, v, run.switches, cables) for name, v in spec.vms.items()
+            }
             for name, cfg in configs.items():
                 run.vms[name] = await nursery.start(run_vm, cfg)
         except BaseException:
