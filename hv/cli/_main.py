@@ -19,6 +19,7 @@ import trio
 
 from hv import _log
 from hv._errors import ConfigError, HvError
+from hv._nic import Nic
 from hv.board import _platform as P
 from hv.board._platform import DEFAULT_QUANTUM
 from hv.build import _guests, _image_linux
@@ -90,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--initrd", type=Path, metavar="FILE", help="initial ramdisk to load")
     run.add_argument(
         "--dtb-out", type=Path, metavar="FILE", help="also write the generated device tree here"
+    )
+    run.add_argument(
+        "--net",
+        action="append",
+        default=[],
+        metavar="tap:NAME[,ip=ADDR/N][,mac=MAC]",
+        help=(
+            "a virtio-net NIC on the host's TAP interface NAME (created if missing: needs "
+            "root or CAP_NET_ADMIN; or pre-create it with 'ip tuntap add mode tap user $USER "
+            "name NAME'); ip= reaches the guest's command line; repeat for more NICs"
+        ),
     )
     run.add_argument(
         "--quantum",
@@ -312,13 +324,36 @@ async def _pump_input(vm: Vm, fd: int, interactive: bool) -> None:
             await vm.console.send_all(data)
 
 
+def _net_option(text: str) -> tuple[str, str | None, str | None]:
+    """``tap:NAME[,ip=ADDR/N][,mac=MAC]`` -> (tap name, ip, mac)."""
+    kind, _, rest = text.partition(":")
+    if kind != "tap" or not rest:
+        raise ConfigError(f"--net {text!r}: use tap:NAME[,ip=ADDR/N][,mac=MAC], e.g. tap:hvtap0")
+    name, *opts = rest.split(",")
+    found: dict[str, str] = {}
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        if key not in ("ip", "mac") or not eq or not value:
+            raise ConfigError(f"--net {text!r}: unknown option {opt!r} (known: ip=, mac=)")
+        found[key] = value
+    return name, found.get("ip"), found.get("mac")
+
+
 async def _run(args: argparse.Namespace) -> int:
     from hv._vm import Vm, VmConfig  # loads the engine: only for the commands that run guests
+    from hv.lab._runner import open_tap
+    from netfabric.fabric import Switch
 
     if not isinstance(args.mem, int):  # argparse hands "--mem=--" over as a list
         raise ConfigError(f"--mem needs a size such as 128M or 1G, not {args.mem!r}")
     kernel, initrd, cmdline = resolve_kernel(args.kernel)
+    nets = [_net_option(text) for text in args.net]
+    switches = [Switch(f"net{i}") for i in range(len(nets))]
+    taps = [open_tap(sw, tap) for sw, (tap, _, _) in zip(switches, nets, strict=True)]
     config = VmConfig(
+        nics=tuple(
+            Nic(sw, ip=ip, mac=mac) for sw, (_, ip, mac) in zip(switches, nets, strict=True)
+        ),
         kernel=kernel,
         mem_size=args.mem,
         cmdline=args.append if args.append is not None else cmdline or "",
@@ -334,6 +369,9 @@ async def _run(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             if stdin >= 0:
                 nursery.start_soon(_pump_input, vm, stdin, interactive)
+            for sw, tap in zip(switches, taps, strict=True):
+                nursery.start_soon(sw.run)
+                nursery.start_soon(tap.run)
             nursery.start_soon(vm.run)
             try:
                 await _pump_output(vm, _stdout_fd())  # returns once the VM has stopped
@@ -346,6 +384,11 @@ async def _run(args: argparse.Namespace) -> int:
     if info.exit_code:
         print(f"hv: {info.reason} (exit status {info.exit_code})", file=sys.stderr)
     return info.exit_code
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def _with_signals(
@@ -364,6 +407,11 @@ async def _with_signals(
                 result.append(await command(args))
             except HvError as e:  # reported by main(), not wrapped in an exception group
                 failure.append(e)
+            except BaseExceptionGroup as group:  # from inside a lab's nurseries
+                errors, rest = group.split(HvError)
+                if errors is None or rest is not None:
+                    raise
+                failure.append(_first_leaf(errors))
             nursery.cancel_scope.cancel()
 
         async def watch() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from hv._errors import ConfigError
+from hv._errors import ConfigError, HostError
 from hv._nic import Nic
 from hv._status import StopInfo
 from hv._vm import Vm, VmConfig, run_vm
@@ -24,6 +24,7 @@ from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec
 from netfabric.fabric import Cable, Deliver, Link, Switch
 from netfabric.impair import ImpairedLink
 from netfabric.switch import PortVlan
+from netfabric.tap import TapError, TapPort
 
 Output = Callable[[bytes], None]
 
@@ -56,6 +57,7 @@ class LabRun:
     switches: dict[str, Switch] = field(default_factory=dict)
     vms: dict[str, Vm] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
+    taps: dict[str, TapPort] = field(default_factory=dict)  # switch name -> its TAP
     # "links[0]", "a.eth0": the impairments on cables, changeable while the lab runs
     impairments: dict[str, ImpairedLink] = field(default_factory=dict)
     exits: dict[str, StopInfo] = field(default_factory=dict)
@@ -66,6 +68,14 @@ def _cable(impair: Impair, name: str) -> ImpairedLink:
         return ImpairedLink.from_table(impair.table, impair.key, name)
     except ValueError as e:  # checked when the file was parsed; a spec built in code may not be
         raise ConfigError(str(e)) from None
+
+
+def open_tap(switch: Switch, name: str) -> TapPort:
+    """The TAP ``name`` on ``switch`` (a HostError that says what to do if it can't be)."""
+    try:
+        return TapPort(switch, name)
+    except TapError as e:
+        raise HostError(f"switch {switch.name}: {e}") from None
 
 
 def _sides(imp: ImpairedLink) -> Cable:
@@ -143,6 +153,8 @@ async def run_lab(
         try:
             for name, s in spec.switches.items():
                 run.switches[name] = await nursery.start(Switch(name, s.capture).run)
+                if s.tap is not None:
+                    run.taps[name] = await nursery.start(open_tap(run.switches[name], s.tap).run)
             for i, link in enumerate(spec.links):
                 imp = None
                 if link.impair is not None:
