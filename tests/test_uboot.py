@@ -98,3 +98,42 @@ def test_uboot_pings_a_linux_guest_under_hv_up(linux_image: il.LinuxImage, tmp_p
         s.wait_for(b"poweroff ...")
     finally:
         s.close()
+
+
+def test_uboot_dhcp_ping_and_tftpboot_from_the_switch_services(tmp_path: Path) -> None:
+    """The switch's built-in services as U-Boot sees them on qemu's user network: `dhcp` gets
+    a lease (and the next-server), `ping $serverip` answers, `tftpboot` loads a 3 MB file
+    whose CRC-32 U-Boot computes the same as ours."""
+    import random
+    import zlib
+
+    root = tmp_path / "tftp"
+    root.mkdir()
+    data = random.Random(5).randbytes(3_000_000)
+    (root / "blob.bin").write_bytes(data)
+    lab = tmp_path / "uboot.toml"
+    lab.write_text(
+        '[switches.lan]\nsubnet = "10.0.0.0/24"\ndhcp = true\ntftp = "tftp"\n'
+        f'[vms.u]\nkernel = "{uboot()}"\nmem = "256M"\nnics = [{{ switch = "lan" }}]\n'
+    )
+    s = Session([sys.executable, "-m", "hv.cli", "up", str(lab), "--attach", "u",
+                 "--exit-code-from", "u"])  # fmt: skip
+    try:
+        s.wait_for(b"Hit any key to stop autoboot")
+        s.type(b"\r")
+        s.wait_for(b"=> ")
+        s.type(b"setenv autoload no; dhcp\r")
+        s.wait_for(b"DHCP client bound to address 10.0.0.")
+        mark = len(s.out)
+        s.type(b"echo server=$serverip; ping $serverip\r")
+        s.wait_for(b"host 10.0.0.1 is alive", since=mark)
+        assert b"server=10.0.0.1" in s.out[mark:]
+        mark = len(s.out)
+        s.type(b"tftpboot ${kernel_addr_r} blob.bin; crc32 ${kernel_addr_r} ${filesize}\r")
+        s.wait_for(b"Bytes transferred = 3000000", timeout=60, since=mark)
+        crc = f"{zlib.crc32(data):08x}".encode()
+        s.wait_for(b"==> " + crc, since=mark)
+        s.type(b"poweroff\r")
+        s.wait_for(b"poweroff ...")
+    finally:
+        s.close()

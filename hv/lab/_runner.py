@@ -9,6 +9,7 @@ and closed on the way out.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from hv.build._kernels import resolve_kernel
 from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec
 from netfabric.fabric import Cable, Deliver, Link, Switch
 from netfabric.impair import ImpairedLink
+from netfabric.services import DhcpConfig, DnsConfig, ServiceHost, ServicesConfig
 from netfabric.switch import PortVlan
 from netfabric.tap import TapError, TapPort
 
@@ -58,6 +60,7 @@ class LabRun:
     vms: dict[str, Vm] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
     taps: dict[str, TapPort] = field(default_factory=dict)  # switch name -> its TAP
+    services: dict[str, ServiceHost] = field(default_factory=dict)  # switch -> its services
     # "links[0]", "a.eth0": the impairments on cables, changeable while the lab runs
     impairments: dict[str, ImpairedLink] = field(default_factory=dict)
     exits: dict[str, StopInfo] = field(default_factory=dict)
@@ -68,6 +71,39 @@ def _cable(impair: Impair, name: str) -> ImpairedLink:
         return ImpairedLink.from_table(impair.table, impair.key, name)
     except ValueError as e:  # checked when the file was parsed; a spec built in code may not be
         raise ConfigError(str(e)) from None
+
+
+def services_config(spec: LabSpec, switch: str) -> ServicesConfig:
+    """What the built-in services on ``switch`` are told: its subnet, the DHCP pool and the
+    static leases of the lab's NICs there, every VM's name for the DNS server, TFTP."""
+    s = spec.switches[switch]
+    assert s.subnet is not None
+    static = {mac: (ip, name) for mac, (ip, name) in spec.static_leases(switch).items()}
+    dhcp = dns = None
+    if s.dhcp is not None:
+        hostnames = {
+            nic.mac: vm.name
+            for vm in spec.vms.values()
+            for nic in vm.nics
+            if nic.switch == switch and nic.ip == "dhcp"
+        }
+        dhcp = DhcpConfig(
+            pool=s.dhcp.pool, lease=s.dhcp.lease, static=static, hostnames=hostnames,
+            boot=s.dhcp.boot,
+        )  # fmt: skip
+    if s.dns:
+        names: dict[str, list[ipaddress.IPv4Address]] = {}
+        for vm in spec.vms.values():
+            for nic in vm.nics:
+                if isinstance(nic.ip, ipaddress.IPv4Interface):
+                    names.setdefault(vm.name, []).append(nic.ip.ip)
+        dns = DnsConfig(names=names)
+    try:
+        return ServicesConfig(
+            subnet=s.subnet, dhcp=dhcp, dns=dns, tftp_root=s.tftp, router=s.gateway
+        )
+    except ValueError as e:
+        raise ConfigError(f"switches.{switch}: {e}") from None
 
 
 def open_tap(switch: Switch, name: str) -> TapPort:
@@ -155,6 +191,10 @@ async def run_lab(
                 run.switches[name] = await nursery.start(Switch(name, s.capture).run)
                 if s.tap is not None:
                     run.taps[name] = await nursery.start(open_tap(run.switches[name], s.tap).run)
+                if s.subnet is not None:
+                    host = ServiceHost(services_config(spec, name))
+                    host.attach(run.switches[name])
+                    run.services[name] = await nursery.start(host.run)
             for i, link in enumerate(spec.links):
                 imp = None
                 if link.impair is not None:

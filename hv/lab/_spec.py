@@ -3,6 +3,7 @@
     [switches.lan]
     capture = "lan.pcapng"            # optional: every frame on this switch
     subnet = "10.0.0.0/24"            # built-in services at its first address (10.0.0.1)
+    gateway = "10.0.0.254"            # the router DHCP hands out (default: the services)
     dhcp = true                       # or { pool = "10.0.0.100-10.0.0.199", lease = "1h" }
     dns = true                        # answers a.lab, b.lab with the VMs' addresses
     tftp = "tftp-root"                # read-only, relative to the lab file
@@ -47,7 +48,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(i?B)?\s*$", re.IGNORECASE)
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.IGNORECASE)
 
-SWITCH_KEYS = {"capture", "subnet", "dhcp", "dns", "tftp", "tap"}
+SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap"}
 DHCP_KEYS = {"pool", "lease", "boot"}
 VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
@@ -73,6 +74,7 @@ class SwitchSpec:
     dns: bool = False
     tftp: Path | None = None
     tap: str | None = None
+    gateway: ipaddress.IPv4Address | None = None  # the router DHCP hands out (default: services)
 
     @property
     def service_ip(self) -> ipaddress.IPv4Address | None:
@@ -267,7 +269,12 @@ def _switch(name: str, t: dict[str, Any], base: Path) -> SwitchSpec:
             raise ConfigError(
                 f"{key}.tap: {tap!r} is not an interface name (1..{TAP_NAME_MAX} bytes)"
             )
-    return SwitchSpec(name, cap, subnet, dhcp, bool(dns), tftp, tap)
+    gateway = None
+    if "gateway" in t:
+        gateway = _address(_str(t["gateway"], f"{key}.gateway"), f"{key}.gateway")
+        if subnet is None or gateway not in subnet:
+            raise ConfigError(f"{key}.gateway: {gateway} is not in {key}.subnet")
+    return SwitchSpec(name, cap, subnet, dhcp, bool(dns), tftp, tap, gateway)
 
 
 def _impair(value: Any, key: str) -> Impair:
@@ -315,7 +322,7 @@ def _nic(
                     raise ConfigError(
                         f"{nkey}.ip: {ip.ip} is outside switch {sw}'s subnet {spec.subnet}"
                     )
-                if spec.services and ip.ip == spec.service_ip:
+                if ip.ip == spec.service_ip:
                     raise ConfigError(
                         f"{nkey}.ip: {ip.ip} is the built-in services' address on {sw}"
                     )
