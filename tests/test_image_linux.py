@@ -116,7 +116,7 @@ def test_read_cpio_rejects_garbage() -> None:
 
 def test_applets_come_from_the_dispatch_table() -> None:
     applets = il.userland_applets()
-    for name in ("sh", "init", "ping", "ip", "dd", "stress", "poweroff", "traffic"):
+    for name in ("sh", "init", "ping", "ip", "dhcp", "dd", "stress", "poweroff", "traffic"):
         assert name in applets
 
 

@@ -1,7 +1,7 @@
 /* ping: pings a peer over the network and prints a summary.
  *
- * bootargs: ip=A.B.C.D/N (ours), peer=A.B.C.D, count=<n> (default 5), interval=<ms> (default
- * 100), size=<payload bytes> (default 56).
+ * bootargs: ip=A.B.C.D/N or ip=dhcp (ours), peer=A.B.C.D, count=<n> (default 5),
+ * interval=<ms> (default 100), size=<payload bytes> (default 56).
  * Output: "ping: 10.0.0.2: 5 sent, 5 received, rtt min/avg/max = 210/350/900 us", then
  * shuts down: exit 0 if every request was answered.
  */

@@ -64,6 +64,9 @@ static struct queue txq __attribute__((aligned(4096)));
 static volatile uint32_t *regs;
 static uint8_t mac[6];
 static uint32_t my_ip, my_mask;
+static uint32_t my_router, my_dns; /* from DHCP only (0: none): the static ip= has no router */
+static bool dhcp_listening;        /* while DHCP runs: take UDP to port 68 whatever its dst */
+static const uint8_t bcast_mac[6] = {255, 255, 255, 255, 255, 255};
 static struct net_stats stats;
 static unsigned tx_next;
 
@@ -88,6 +91,10 @@ static struct {
     uint8_t data[1500];
     bool full;
 } udp_q[UDP_SLOTS];
+
+#define DHCP_SERVER 67
+#define DHCP_CLIENT 68
+static bool dhcp_run(void);
 
 static inline void w(unsigned off, uint32_t v) { regs[off / 4] = v; }
 static inline uint32_t r(unsigned off) { return regs[off / 4]; }
@@ -191,11 +198,12 @@ bool net_init(void)
     const char *v;
     size_t len;
     unsigned prefix = 24;
-    if (!bootarg_get("ip", &v, &len) || !net_parse_ip(v, len, &my_ip, &prefix)) {
-        puts("net: no usable ip=A.B.C.D/N in bootargs");
+    bool dhcp = bootarg_get("ip", &v, &len) && len == 4 && strncmp(v, "dhcp", 4) == 0;
+    if (!dhcp && (!bootarg_get("ip", &v, &len) || !net_parse_ip(v, len, &my_ip, &prefix))) {
+        puts("net: no usable ip=A.B.C.D/N (or ip=dhcp) in bootargs");
         return false;
     }
-    my_mask = prefix ? 0xffffffffu << (32 - prefix) : 0;
+    my_mask = dhcp ? 0 : prefix ? 0xffffffffu << (32 - prefix) : 0;
     w(R_STATUS, 0);
     w(R_STATUS, 1 | 2); /* ACKNOWLEDGE | DRIVER */
     w(R_DEV_FEATURES_SEL, 0);
@@ -220,6 +228,11 @@ bool net_init(void)
         rx_post(i);
     w(R_STATUS, 1 | 2 | 8 | 4); /* DRIVER_OK */
     w(R_QUEUE_NOTIFY, 0);
+    if (dhcp) {
+        printf("net: eth0 %02x:%02x:%02x:%02x:%02x:%02x dhcp\n", mac[0], mac[1], mac[2], mac[3],
+               mac[4], mac[5]);
+        return dhcp_run();
+    }
     char ipbuf[16];
     net_format_ip(my_ip, ipbuf);
     printf("net: eth0 %02x:%02x:%02x:%02x:%02x:%02x %s/%u\n", mac[0], mac[1], mac[2], mac[3],
@@ -228,6 +241,9 @@ bool net_init(void)
 }
 
 uint32_t net_ip(void) { return my_ip; }
+uint32_t net_netmask(void) { return my_mask; }
+uint32_t net_router(void) { return my_router; }
+uint32_t net_dns(void) { return my_dns; }
 const uint8_t *net_mac(void) { return mac; }
 const struct net_stats *net_stats(void) { return &stats; }
 
@@ -283,9 +299,8 @@ static void arp_learn(uint32_t ip, const uint8_t *m)
 
 static void arp_send(uint16_t op, const uint8_t *tha, uint32_t tpa)
 {
-    static const uint8_t bcast[6] = {255, 255, 255, 255, 255, 255};
     uint8_t *f = tx_buf();
-    memcpy(f, op == 1 ? bcast : tha, 6);
+    memcpy(f, op == 1 ? bcast_mac : tha, 6);
     memcpy(f + 6, mac, 6);
     wr16(f + 12, 0x0806);
     uint8_t *a = f + 14;
@@ -296,20 +311,22 @@ static void arp_send(uint16_t op, const uint8_t *tha, uint32_t tpa)
 }
 
 /* Build an IPv4 packet to dst with `plen` bytes of payload already at f+14+20; resolves ARP
- * (waiting up to 200 ms for a reply). */
+ * (waiting up to 200 ms for a reply). 255.255.255.255 goes to the broadcast MAC; an address
+ * off our subnet goes through the router when DHCP gave one. */
 static bool ip_send(uint8_t *f, uint32_t dst, uint8_t proto, size_t plen)
 {
-    const uint8_t *dmac = arp_lookup(dst);
+    uint32_t hop = my_router && ((dst ^ my_ip) & my_mask) ? my_router : dst;
+    const uint8_t *dmac = dst == 0xffffffffu ? bcast_mac : arp_lookup(hop);
     if (!dmac) {
         for (int tries = 0; tries < 4 && !dmac; tries++) {
             /* the frame being built lives in a TX buffer: copy it aside while we ask */
             static uint8_t saved[1514];
             memcpy(saved, f, 34 + plen);
-            arp_send(1, NULL, dst);
+            arp_send(1, NULL, hop);
             uint64_t until = time_now() + timer_ms_to_ticks(50);
-            while (!(dmac = arp_lookup(dst)) && time_now() < until) {
+            while (!(dmac = arp_lookup(hop)) && time_now() < until) {
                 net_poll();
-                if (!arp_lookup(dst))
+                if (!arp_lookup(hop))
                     sleep_ticks(timer_us_to_ticks(100));
             }
             f = tx_buf();
@@ -394,10 +411,12 @@ static void handle_ip(const uint8_t *f, size_t n)
     if (ihl < 20 || tot < ihl || 14 + tot > n || csum(ip, ihl, 0) != 0)
         return;
     uint32_t src = rd32(ip + 12), dst = rd32(ip + 16);
-    if (dst != my_ip)
-        return;
     const uint8_t *p = ip + ihl;
     size_t plen = tot - ihl;
+    /* a DHCP server's answer comes broadcast, or to the address it offers (not ours yet) */
+    bool dhcp_reply = dhcp_listening && ip[9] == 17 && plen >= 8 && rd16(p + 2) == DHCP_CLIENT;
+    if (dst != my_ip && !dhcp_reply)
+        return;
     arp_learn(src, f + 6);
     if (ip[9] == 1 && plen >= 8) {
         if (p[0] == 8) { /* echo request: answer with the same payload */
@@ -434,7 +453,7 @@ static void handle_arp(const uint8_t *f, size_t n)
         return;
     uint32_t spa = rd32(a + 14), tpa = rd32(a + 24);
     arp_learn(spa, a + 8);
-    if (rd16(a + 6) == 1 && tpa == my_ip) {
+    if (rd16(a + 6) == 1 && tpa == my_ip && my_ip) {
         arp_send(2, a + 8, spa);
         stats.arp_replies++;
     }
@@ -494,4 +513,195 @@ bool net_never(void *ctx)
 {
     UNUSED(ctx);
     return false;
+}
+
+/* ------------------------------------------------------------------ DHCP client
+ *
+ * ip=dhcp in bootargs: net_init() runs RFC 2131 from INIT: DISCOVER, take the first OFFER,
+ * REQUEST it (with server identifier 54 and requested address 50, ciaddr 0), ACK -> bound:
+ * address yiaddr, netmask from option 1 (else /24, as the static ip= default), router from
+ * option 3 (used as the next hop off the subnet: net_router()), DNS from option 6 (kept for
+ * net_dns()). A NAK, or no answer to 3 REQUESTs, starts over with a new DISCOVER (new xid).
+ * Every message has the broadcast flag set, client identifier 61 = 01 + MAC and, with bootargs
+ * hostname=NAME, host name option 12; it is sent from 0.0.0.0:68 to 255.255.255.255:67 and
+ * padded to the 300-byte BOOTP minimum.
+ * Retransmission (one timer for DISCOVER and REQUEST): 1 s, then doubling up to 16 s, each
+ * randomized by +-1/8 (RFC 2131 4.1 says 4 s doubling to 64 s, +-1 s: shorter here, a VM's
+ * network is fast and its boot must be quick). Overall limit: bootargs dhcp.timeout=<seconds>
+ * (default 10). Not done: renewal (the bundled guests live shorter than a lease), the ARP
+ * probe of the offered address (DHCPDECLINE), option overload (52).
+ *
+ * Console, one line each, stable for tests and scripts:
+ *   dhcp: eth0 bound 10.0.2.15/24 router 10.0.2.2 lease 86400 s in 12 ms
+ *       ("router none" without option 3; lease: option 51 in seconds, 4294967295 is
+ *       infinite, 0 if absent; "in": from the first DISCOVER to the ACK)
+ *   dhcp: eth0 no lease after 10 s (4 DISCOVERs, 0 OFFERs, 0 NAKs)
+ *       and net_init() returns false: the guest exits with "system failure".
+ */
+
+#define DHCP_DISCOVER 1
+#define DHCP_OFFER 2
+#define DHCP_REQUEST 3
+#define DHCP_ACK 5
+#define DHCP_NAK 6
+#define DHCP_COOKIE 0x63825363u
+#define BOOTP_MIN 300 /* RFC 1542: relays may drop shorter BOOTP messages */
+
+struct dhcp_reply {
+    uint8_t type;
+    uint32_t yiaddr, server, mask, router, dns, lease;
+};
+
+static uint64_t rng_state;
+
+static uint32_t rng(void)
+{
+    /* xorshift64: good enough for transaction ids and timer jitter */
+    uint64_t x = rng_state;
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    rng_state = x;
+    return (uint32_t)(x >> 16);
+}
+
+static char dhcp_host[64]; /* bootargs hostname=, sent as option 12 */
+
+static size_t dhcp_build(uint8_t *m, uint8_t type, uint32_t xid, uint16_t secs, uint32_t want,
+                         uint32_t server)
+{
+    memset(m, 0, BOOTP_MIN);
+    m[0] = 1, m[1] = 1, m[2] = 6; /* BOOTREQUEST, Ethernet, 6-byte address */
+    wr32(m + 4, xid);
+    wr16(m + 8, secs);
+    wr16(m + 10, 0x8000); /* broadcast flag: answer to 255.255.255.255 */
+    memcpy(m + 28, mac, 6);
+    uint8_t *o = m + 236;
+    wr32(o, DHCP_COOKIE), o += 4;
+    *o++ = 53, *o++ = 1, *o++ = type;
+    *o++ = 61, *o++ = 7, *o++ = 1;
+    memcpy(o, mac, 6), o += 6;
+    if (want)
+        *o++ = 50, *o++ = 4, wr32(o, want), o += 4;
+    if (server)
+        *o++ = 54, *o++ = 4, wr32(o, server), o += 4;
+    size_t hlen = strlen(dhcp_host);
+    if (hlen) {
+        *o++ = 12, *o++ = (uint8_t)hlen;
+        memcpy(o, dhcp_host, hlen), o += hlen;
+    }
+    *o++ = 55, *o++ = 4, *o++ = 1, *o++ = 3, *o++ = 6, *o++ = 51; /* mask router dns lease */
+    *o++ = 255;
+    size_t n = (size_t)(o - m);
+    return n < BOOTP_MIN ? BOOTP_MIN : n;
+}
+
+/* A BOOTREPLY for us (xid, chaddr) with a DHCP message type: its fields in r. */
+static bool dhcp_parse(const uint8_t *m, size_t n, uint32_t xid, struct dhcp_reply *r)
+{
+    if (n < 240 || m[0] != 2 || m[1] != 1 || m[2] != 6 || rd32(m + 4) != xid ||
+        memcmp(m + 28, mac, 6) != 0 || rd32(m + 236) != DHCP_COOKIE)
+        return false;
+    memset(r, 0, sizeof *r);
+    r->yiaddr = rd32(m + 16);
+    for (size_t i = 240; i < n;) {
+        uint8_t code = m[i++];
+        if (code == 0)
+            continue;
+        if (code == 255 || i >= n)
+            break;
+        size_t len = m[i++];
+        if (i + len > n)
+            break;
+        const uint8_t *v = m + i;
+        i += len;
+        if (code == 53 && len >= 1)
+            r->type = v[0];
+        else if (len >= 4 && code == 54)
+            r->server = rd32(v);
+        else if (len >= 4 && code == 1)
+            r->mask = rd32(v);
+        else if (len >= 4 && code == 3)
+            r->router = rd32(v); /* the first one */
+        else if (len >= 4 && code == 6)
+            r->dns = rd32(v);
+        else if (len >= 4 && code == 51)
+            r->lease = rd32(v);
+    }
+    return r->type != 0;
+}
+
+static unsigned mask_prefix(uint32_t m)
+{
+    unsigned n = 0;
+    while (n < 32 && (m & (0x80000000u >> n)))
+        n++;
+    return n;
+}
+
+static bool dhcp_run(void)
+{
+    unsigned long timeout_s = bootarg_ulong("dhcp.timeout", 10);
+    uint64_t t0 = time_now(), deadline = t0 + timer_ms_to_ticks(timeout_s * 1000);
+    rng_state = t0 ^ ((uint64_t)rd32(mac) << 16 | rd16(mac + 4)) ^ 0x9e3779b97f4a7c15ull;
+    static uint8_t msg[BOOTP_MIN + 128], in[1500];
+    bootarg_str("hostname", dhcp_host, sizeof dhcp_host, "");
+    bool requesting = false;
+    uint32_t xid = rng(), offered = 0, server = 0;
+    unsigned tries = 0, discovers = 0, offers = 0, naks = 0;
+    dhcp_listening = true;
+    for (;;) {
+        uint16_t secs = (uint16_t)(timer_ticks_to_us(time_now() - t0) / 1000000);
+        size_t n = requesting ? dhcp_build(msg, DHCP_REQUEST, xid, secs, offered, server)
+                              : dhcp_build(msg, DHCP_DISCOVER, xid, secs, 0, 0);
+        net_udp_send(0xffffffffu, DHCP_CLIENT, DHCP_SERVER, msg, n);
+        discovers += !requesting;
+        uint64_t rto = 1000ull << (tries < 4 ? tries : 4); /* ms */
+        rto = rto - rto / 8 + rng() % (rto / 4 + 1);
+        uint64_t until = time_now() + timer_ms_to_ticks(rto);
+        if (until > deadline)
+            until = deadline;
+        bool moved = false; /* an OFFER or a NAK: send the next message now */
+        while (!moved && time_now() < until) {
+            uint32_t src;
+            size_t len;
+            while (!moved && (len = net_udp_recv(DHCP_CLIENT, in, sizeof in, &src, NULL)) != 0) {
+                struct dhcp_reply r;
+                if (!dhcp_parse(in, len, xid, &r))
+                    continue;
+                if (!requesting && r.type == DHCP_OFFER && r.yiaddr) {
+                    offers++;
+                    offered = r.yiaddr, server = r.server ? r.server : src;
+                    requesting = true, tries = 0, moved = true;
+                } else if (requesting && r.server && r.server != server) {
+                    continue; /* another server's answer to our broadcast REQUEST */
+                } else if (requesting && r.type == DHCP_NAK) {
+                    naks++;
+                    requesting = false, xid = rng(), tries = 0, moved = true;
+                } else if (requesting && r.type == DHCP_ACK && r.yiaddr) {
+                    dhcp_listening = false;
+                    while (net_udp_recv(DHCP_CLIENT, in, sizeof in, NULL, NULL) != 0)
+                        ; /* what else came for port 68 would hold a queue slot for good */
+                    my_ip = r.yiaddr;
+                    my_mask = r.mask ? r.mask : 0xffffff00u;
+                    my_router = r.router, my_dns = r.dns;
+                    char a[16], g[16];
+                    net_format_ip(my_ip, a);
+                    net_format_ip(my_router, g);
+                    printf("dhcp: eth0 bound %s/%u router %s lease %u s in %lu ms\n", a,
+                           mask_prefix(my_mask), my_router ? g : "none", r.lease,
+                           (unsigned long)(timer_ticks_to_us(time_now() - t0) / 1000));
+                    return true;
+                }
+            }
+            if (!moved)
+                sleep_ticks(timer_us_to_ticks(100));
+        }
+        if (!moved && time_now() >= deadline) {
+            dhcp_listening = false;
+            printf("dhcp: eth0 no lease after %lu s (%u DISCOVERs, %u OFFERs, %u NAKs)\n",
+                   timeout_s, discovers, offers, naks);
+            return false;
+        }
+        if (!moved && ++tries >= 3 && requesting)
+            requesting = false, xid = rng(), tries = 0; /* the REQUEST went unanswered */
+    }
 }

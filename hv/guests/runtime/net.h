@@ -1,6 +1,8 @@
 /* A small network stack for the bundled guests: a virtio-net driver (virtio-mmio, found in the
  * device tree) and Ethernet, ARP (with a cache), IPv4, ICMP echo (both ways) and UDP.
- * Configured from bootargs "ip=A.B.C.D/N" (as the Linux guests' init reads it).
+ * Configured from bootargs "ip=A.B.C.D/N" (as the Linux guests' init reads it), or by DHCP
+ * with "ip=dhcp" (net.c's DHCP section: the messages, timers and the "dhcp: eth0 bound ..."
+ * console line; bootargs dhcp.timeout=<seconds>, default 10).
  *
  * Receive is polled: net_poll() handles what has arrived (ARP and pings are answered there);
  * net_wait_us() polls until something is received for the caller or the time is up, sleeping
@@ -14,9 +16,13 @@ struct net_stats {
     unsigned long rx_frames, tx_frames, rx_dropped, arp_replies, icmp_echo_replied;
 };
 
-/* Find and start the first virtio-net device and read ip=; false (with a message) if none. */
+/* Find and start the first virtio-net device and read ip= (with ip=dhcp: get a lease first);
+ * false (with a message) if there is no device, no usable ip=, or no DHCP lease in time. */
 bool net_init(void);
 uint32_t net_ip(void);           /* our address, host order */
+uint32_t net_netmask(void);      /* host order */
+uint32_t net_router(void);       /* DHCP option 3 (the next hop off the subnet); 0: none */
+uint32_t net_dns(void);          /* DHCP option 6 (the first server); 0: none */
 const uint8_t *net_mac(void);
 bool net_parse_ip(const char *s, size_t len, uint32_t *ip, unsigned *prefix);
 void net_format_ip(uint32_t ip, char *buf); /* "a.b.c.d", buf >= 16 bytes */

@@ -1,7 +1,7 @@
 /* udpecho: a network peer: answers ARP and pings, and echoes every UDP datagram sent to its
  * port back to the sender. Runs until the host stops it (or for seconds=<n>).
  *
- * bootargs: ip=A.B.C.D/N, port=<n> (default 7), seconds=<n> (default: forever).
+ * bootargs: ip=A.B.C.D/N (or ip=dhcp), port=<n> (default 7), seconds=<n> (default: forever).
  */
 #include "rt.h"
 #include "net.h"

@@ -1,7 +1,7 @@
 /* udpgen: a UDP load generator: sends datagrams to an echo server and counts what comes back.
  *
- * bootargs: ip=A.B.C.D/N, peer=A.B.C.D, port=<n> (default 7), count=<n> (default 1000),
- * size=<bytes> (default 64), window=<n> (datagrams in flight, default 8).
+ * bootargs: ip=A.B.C.D/N (or ip=dhcp), peer=A.B.C.D, port=<n> (default 7), count=<n> (default
+ * 1000), size=<bytes> (default 64), window=<n> (datagrams in flight, default 8).
  * Output: "udpgen: 10.0.0.2:7: 1000 sent, 1000 echoed, 0 lost, 8123 datagrams/s", exit 0 if
  * nothing was lost.
  */

@@ -40,7 +40,14 @@ int sh_builtin_help(int argc, char **argv);
 int net_if_up(const char *ifname, int up);
 int net_if_set_addr(const char *ifname, struct in_addr addr, int prefix);
 int net_add_default_route(struct in_addr gw, const char *ifname);
-int net_configure_from_cmdline(const char *cmdline); /* ip= options; returns #configured */
+int net_configure_from_cmdline(const char *cmdline); /* vlan=, ip=; returns #configured */
+void net_wait_link_up(const char *ifname, uint64_t timeout_ns);
+int net_vlan_add(const char *parent, const char *name, int id); /* rtnetlink; -1 + errno */
+int net_link_del(const char *name);
+
+/* dhcp.c */
+int net_dhcp(const char *ifname, double timeout_s); /* get a lease, configure; 0 or -1 */
+int ap_dhcp(int argc, char **argv);
 
 /* applets */
 int ap_echo(int argc, char **argv);

@@ -2,7 +2,8 @@
  *
  *  1. mounts proc on /proc, sysfs on /sys, devtmpfs on /dev, tmpfs on /tmp;
  *  2. brings up lo (127.0.0.1/8) and configures interfaces from the kernel command line's
- *     ip= options (see net.c for the accepted forms);
+ *     vlan= and ip= options (see net.c for the accepted forms; ip=dhcp runs dhcp.c's client
+ *     before anything else, so hv.run= commands find the network configured);
  *  3. prints a banner, then runs "hv.run=..." once if given (sh -c), then the interactive
  *     shell on the console's real tty (so Ctrl-C and job control work), respawning it
  *     when it exits;

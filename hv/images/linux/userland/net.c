@@ -1,11 +1,20 @@
-/* Network configuration (ioctls) and the network applets: ip, ping, echod, echoc, traffic.
+/* Network configuration (ioctls, rtnetlink for VLANs) and the network applets: ip, ping,
+ * echod, echoc, traffic.
  *
  * Kernel command line, handled by /init (the kernel's own IP_PNP is off, so ip= reaches us):
  *   ip=ADDR[/PREFIX]                                   e.g. ip=10.0.0.2/24  (on eth0)
  *   ip=ADDR[/PREFIX]:SERVER:GATEWAY:NETMASK:HOST:IFACE:AUTOCONF
  *       the kernel's nfsroot form, e.g. ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off
- *       (empty fields are skipped; SERVER and AUTOCONF are ignored; no DHCP)
- * ip= may be given several times, one interface each. Without a prefix or netmask: /24.
+ *       (empty fields are skipped; SERVER is ignored)
+ *   ip=dhcp (also on, any, both)                       DHCP on eth0 (dhcp.c)
+ *   ip=:::::IFACE:dhcp                                 DHCP on IFACE (AUTOCONF dhcp, on, any or
+ *       both; the address, gateway and netmask fields are then ignored, HOST still applies)
+ *   dhcp.timeout=SECONDS                               how long DHCP tries (default 10)
+ *   vlan=NAME:PHYS                                     (dracut's form) creates 802.1Q VLAN
+ *       device NAME on PHYS before ip= is applied, e.g. vlan=eth0.10:eth0; the VLAN id is
+ *       the number after NAME's last '.', or after "vlan" (vlan0010, vlan10)
+ * ip= may be given several times, one interface each, in order. Without a prefix or netmask:
+ * /24. A VLAN device is configured like any other: ip=10.0.10.2:::255.255.255.0::eth0.10:off.
  */
 #include "hv.h"
 
@@ -13,6 +22,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <linux/if_link.h>
+#include <linux/if_vlan.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sockios.h>
 #include <math.h>
 #include <net/if.h>
 #include <net/route.h>
@@ -145,15 +159,21 @@ static int parse_cidr(const char *s, struct in_addr *addr, int *prefix)
     return parse_ipv4(buf, addr);
 }
 
-static int configure_one(const char *spec, char *ifname_out)
+static int is_dhcp(const char *autoconf)
+{
+    return !strcmp(autoconf, "dhcp") || !strcmp(autoconf, "on") || !strcmp(autoconf, "any") ||
+           !strcmp(autoconf, "both");
+}
+
+static int configure_one(const char *spec, char *ifname_out, double dhcp_timeout)
 {
     char buf[256], *fields[7] = {0};
     snprintf(buf, sizeof buf, "%s", spec);
     if (!strcmp(buf, "off") || !strcmp(buf, "none") || !buf[0])
         return 0;
-    if (!strcmp(buf, "dhcp") || !strcmp(buf, "on") || !strcmp(buf, "any")) {
-        fprintf(stderr, "init: ip=%s: DHCP is not supported, give an address\n", buf);
-        return 0;
+    if (is_dhcp(buf)) {
+        snprintf(ifname_out, IFNAMSIZ, "eth0");
+        return net_dhcp("eth0", dhcp_timeout) == 0;
     }
     char *p = buf;
     for (int i = 0; i < 7 && p; i++) {
@@ -161,6 +181,18 @@ static int configure_one(const char *spec, char *ifname_out)
         p = strchr(p, ':');
         if (p)
             *p++ = 0;
+    }
+    if (fields[6] && (is_dhcp(fields[6]) || !strcmp(fields[6], "bootp") ||
+                      !strcmp(fields[6], "rarp"))) {
+        const char *ifname = fields[5] && fields[5][0] ? fields[5] : "eth0";
+        if (fields[4] && fields[4][0])
+            sethostname(fields[4], strlen(fields[4]));
+        if (!is_dhcp(fields[6])) {
+            fprintf(stderr, "init: ip=%s: %s is not supported (dhcp is)\n", spec, fields[6]);
+            return 0;
+        }
+        snprintf(ifname_out, IFNAMSIZ, "%s", ifname);
+        return net_dhcp(ifname, dhcp_timeout) == 0;
     }
     struct in_addr addr, gw, mask;
     int prefix = 24;
@@ -198,7 +230,7 @@ static int configure_one(const char *spec, char *ifname_out)
 /* Until the kernel's link watcher has seen the carrier (up to a second after the device
  * is opened), the interface has no queue discipline and drops what is sent: wait for it
  * so that the network works as soon as the prompt appears. */
-static void wait_link_up(const char *ifname, uint64_t timeout_ns)
+void net_wait_link_up(const char *ifname, uint64_t timeout_ns)
 {
     char path[96], state[16];
     snprintf(path, sizeof path, "/sys/class/net/%s/operstate", ifname);
@@ -220,26 +252,229 @@ static void wait_link_up(const char *ifname, uint64_t timeout_ns)
     }
 }
 
-int net_configure_from_cmdline(const char *cmdline)
+/* The VLAN id in a VLAN device's name: "eth0.10", "vlan10", "vlan0010"; -1 if none. */
+static int vlan_id_from_name(const char *name)
 {
-    int n = 0;
-    char configured[8][IFNAMSIZ];
-    const char *p = cmdline;
-    while (*p) {
+    const char *dot = strrchr(name, '.');
+    const char *digits = dot ? dot + 1 : !strncmp(name, "vlan", 4) ? name + 4 : NULL;
+    if (!digits || !*digits)
+        return -1;
+    char *end;
+    long id = strtol(digits, &end, 10);
+    return *end || id < 1 || id > 4094 ? -1 : (int)id;
+}
+
+/* vlan=NAME:PHYS: create the device (PHYS is brought up: the VLAN's carrier follows it). */
+static void configure_vlan(const char *spec)
+{
+    char buf[64];
+    snprintf(buf, sizeof buf, "%s", spec);
+    char *phys = strchr(buf, ':');
+    if (phys)
+        *phys++ = 0;
+    int id = vlan_id_from_name(buf);
+    if (!phys || !*phys || id < 0) {
+        fprintf(stderr, "init: vlan=%s: give vlan=NAME:PHYS with a VLAN id in NAME "
+                        "(eth0.10:eth0)\n", spec);
+        return;
+    }
+    if (net_if_up(phys, 1) < 0 || net_vlan_add(phys, buf, id) < 0) {
+        fprintf(stderr, "init: vlan=%s: %s\n", spec, strerror(errno));
+        return;
+    }
+    printf("init: %s vlan %d on %s\n", buf, id, phys);
+}
+
+/* Each "key=value" of the command line, in order, to fn (value as a NUL-terminated copy).
+ * Words are split at spaces outside double quotes (an ip= inside hv.run="..." is not one). */
+static void each_param(const char *cmdline, const char *key, void (*fn)(const char *, void *),
+                       void *ctx)
+{
+    size_t klen = strlen(key);
+    for (const char *p = cmdline; *p;) {
         while (*p == ' ')
             p++;
-        size_t len = strcspn(p, " ");
-        if (len > 3 && strncmp(p, "ip=", 3) == 0) {
-            char spec[256];
-            snprintf(spec, sizeof spec, "%.*s", (int)(len - 3), p + 3);
-            if (configure_one(spec, configured[n < 8 ? n : 7]))
-                n++;
+        size_t len = 0;
+        for (int quoted = 0; p[len] && (quoted || p[len] != ' '); len++)
+            if (p[len] == '"')
+                quoted = !quoted;
+        if (len > klen && strncmp(p, key, klen) == 0) {
+            char value[256];
+            snprintf(value, sizeof value, "%.*s", (int)(len - klen), p + klen);
+            fn(value, ctx);
         }
         p += len;
     }
-    for (int i = 0; i < n && i < 8; i++)
-        wait_link_up(configured[i], 3000000000ull);
-    return n;
+}
+
+struct ip_ctx {
+    int n;
+    double dhcp_timeout;
+    char configured[8][IFNAMSIZ];
+};
+
+static void vlan_param(const char *value, void *ctx)
+{
+    (void)ctx;
+    configure_vlan(value);
+}
+
+static void timeout_param(const char *value, void *ctx)
+{
+    char *end;
+    double t = strtod(value, &end);
+    if (!*end && t > 0)
+        ((struct ip_ctx *)ctx)->dhcp_timeout = t;
+    else
+        fprintf(stderr, "init: dhcp.timeout=%s: not a number of seconds\n", value);
+}
+
+static void ip_param(const char *value, void *ctx)
+{
+    struct ip_ctx *c = ctx;
+    if (configure_one(value, c->configured[c->n < 8 ? c->n : 7], c->dhcp_timeout))
+        c->n++;
+}
+
+int net_configure_from_cmdline(const char *cmdline)
+{
+    struct ip_ctx c = {.n = 0, .dhcp_timeout = 10};
+    each_param(cmdline, "vlan=", vlan_param, NULL);
+    each_param(cmdline, "dhcp.timeout=", timeout_param, &c);
+    each_param(cmdline, "ip=", ip_param, &c);
+    for (int i = 0; i < c.n && i < 8; i++)
+        net_wait_link_up(c.configured[i], 3000000000ull);
+    return c.n;
+}
+
+/* ------------------------------------------------------------------ rtnetlink (VLANs) */
+
+static struct rtattr *nl_attr(struct nlmsghdr *h, size_t cap, int type, const void *data,
+                              size_t len)
+{
+    struct rtattr *rta = (struct rtattr *)((char *)h + NLMSG_ALIGN(h->nlmsg_len));
+    if (NLMSG_ALIGN(h->nlmsg_len) + RTA_SPACE(len) > cap)
+        return NULL;
+    rta->rta_type = (unsigned short)type;
+    rta->rta_len = (unsigned short)RTA_LENGTH(len);
+    if (len)
+        memcpy(RTA_DATA(rta), data, len);
+    h->nlmsg_len = NLMSG_ALIGN(h->nlmsg_len) + RTA_ALIGN(rta->rta_len);
+    return rta;
+}
+
+static void nl_nest_end(struct nlmsghdr *h, struct rtattr *nest)
+{
+    nest->rta_len = (unsigned short)((char *)h + h->nlmsg_len - (char *)nest);
+}
+
+/* Send one request and wait for its ACK: 0, or -1 with errno set from the kernel's answer. */
+static int rtnl_talk(struct nlmsghdr *req)
+{
+    static unsigned seq;
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+    req->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+    req->nlmsg_seq = ++seq;
+    if (sendto(fd, req, req->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    for (;;) {
+        char buf[8192] __attribute__((aligned(NLMSG_ALIGNTO)));
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n);
+             h = NLMSG_NEXT(h, n)) {
+            if (h->nlmsg_seq != req->nlmsg_seq || h->nlmsg_type != NLMSG_ERROR)
+                continue;
+            const struct nlmsgerr *e = NLMSG_DATA(h);
+            close(fd);
+            if (e->error) {
+                errno = -e->error;
+                return -1;
+            }
+            return 0;
+        }
+    }
+    close(fd);
+    errno = EIO;
+    return -1;
+}
+
+int net_vlan_add(const char *parent, const char *name, int id)
+{
+    unsigned link = if_nametoindex(parent);
+    if (!link)
+        return -1;
+    if (id < 1 || id > 4094 || strlen(name) >= IFNAMSIZ) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct {
+        struct nlmsghdr h;
+        struct ifinfomsg i;
+        char attrs[256];
+    } req;
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_len = NLMSG_LENGTH(sizeof req.i);
+    req.h.nlmsg_type = RTM_NEWLINK;
+    req.h.nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+    req.i.ifi_family = AF_UNSPEC;
+    uint32_t link32 = link;
+    uint16_t vid = (uint16_t)id;
+    nl_attr(&req.h, sizeof req, IFLA_LINK, &link32, sizeof link32);
+    nl_attr(&req.h, sizeof req, IFLA_IFNAME, name, strlen(name) + 1);
+    struct rtattr *info = nl_attr(&req.h, sizeof req, IFLA_LINKINFO, NULL, 0);
+    nl_attr(&req.h, sizeof req, IFLA_INFO_KIND, "vlan", 4);
+    struct rtattr *data = nl_attr(&req.h, sizeof req, IFLA_INFO_DATA, NULL, 0);
+    nl_attr(&req.h, sizeof req, IFLA_VLAN_ID, &vid, sizeof vid);
+    nl_nest_end(&req.h, data);
+    nl_nest_end(&req.h, info);
+    return rtnl_talk(&req.h);
+}
+
+int net_link_del(const char *name)
+{
+    unsigned index = if_nametoindex(name);
+    if (!index)
+        return -1;
+    struct {
+        struct nlmsghdr h;
+        struct ifinfomsg i;
+    } req;
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_len = NLMSG_LENGTH(sizeof req.i);
+    req.h.nlmsg_type = RTM_DELLINK;
+    req.i.ifi_family = AF_UNSPEC;
+    req.i.ifi_index = (int)index;
+    return rtnl_talk(&req.h);
+}
+
+/* A VLAN device's id and lower device (SIOCGIFVLAN); -1 if name is not a VLAN device. */
+static int vlan_info(const char *name, char *real, size_t n)
+{
+    struct vlan_ioctl_args v;
+    memset(&v, 0, sizeof v);
+    v.cmd = GET_VLAN_VID_CMD;
+    snprintf(v.device1, sizeof v.device1, "%s", name);
+    if (ioctl(ctl_sock(), SIOCGIFVLAN, &v) < 0)
+        return -1;
+    int id = v.u.VID;
+    memset(&v, 0, sizeof v);
+    v.cmd = GET_VLAN_REALDEV_NAME_CMD;
+    snprintf(v.device1, sizeof v.device1, "%s", name);
+    if (ioctl(ctl_sock(), SIOCGIFVLAN, &v) < 0)
+        return -1;
+    snprintf(real, n, "%s", v.u.device2);
+    return id;
 }
 
 /* ------------------------------------------------------------------ ip */
@@ -268,7 +503,9 @@ static void show_if(unsigned idx, const char *name, int with_stats)
         {IFF_POINTOPOINT, "POINTOPOINT"}, {IFF_RUNNING, "RUNNING"}, {IFF_PROMISC, "PROMISC"},
         {IFF_MULTICAST, "MULTICAST"},
     };
-    printf("%u: %s: <", idx, name);
+    char real[IFNAMSIZ + 1];
+    int vid = vlan_info(name, real, sizeof real);
+    printf("%u: %s%s%s: <", idx, name, vid >= 0 ? "@" : "", vid >= 0 ? real : "");
     const char *sep = "";
     for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++)
         if (flags & fl[i].bit) {
@@ -284,6 +521,8 @@ static void show_if(unsigned idx, const char *name, int with_stats)
                (flags & IFF_LOOPBACK) ? "loopback" : "ether", m[0], m[1], m[2], m[3], m[4],
                m[5]);
     }
+    if (vid >= 0)
+        printf("    vlan id %d\n", vid);
     ifr_init(&ifr, name);
     if (ioctl(fd, SIOCGIFADDR, &ifr) == 0) {
         struct in_addr a = get_sin(&ifr.ifr_addr);
@@ -350,6 +589,44 @@ static int ip_route_show(void)
     return 0;
 }
 
+/* ip link add [link IFACE] [name] NAME type vlan id ID  (iproute2's syntax, VLANs only) */
+static int ip_link_add(int argc, char **argv)
+{
+    const char *link = NULL, *name = NULL, *type = NULL;
+    int id = -1;
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(arg, "link") && val)
+            link = val, i++;
+        else if ((!strcmp(arg, "name") || !strcmp(arg, "dev")) && val)
+            name = val, i++;
+        else if (!strcmp(arg, "type") && val)
+            type = val, i++;
+        else if (!strcmp(arg, "id") && val && type) {
+            char *end;
+            long v = strtol(val, &end, 10);
+            id = *end || v < 1 || v > 4094 ? 0 : (int)v;
+            i++;
+        } else if (!name && !type)
+            name = arg;
+        else
+            return usage_error("ip");
+    }
+    if (!type || strcmp(type, "vlan")) {
+        errorf("ip: link add: only 'type vlan' is supported");
+        return 2;
+    }
+    if (!link || !name || id < 1) {
+        errorf("ip: link add: give link IFACE name NAME type vlan id ID (1-4094)");
+        return 2;
+    }
+    if (net_vlan_add(link, name, id) < 0) {
+        errorf("ip: link add %s: %s", name, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
 int ap_ip(int argc, char **argv)
 {
     const char *obj = argc > 1 ? argv[1] : "addr";
@@ -372,6 +649,18 @@ int ap_ip(int argc, char **argv)
             return usage_error("ip");
         if (net_if_set_addr(argv[5], a, prefix) < 0) {
             errorf("ip: %s: %s", argv[5], strerror(errno));
+            return 1;
+        }
+        return 0;
+    }
+    if (is_link && !strcmp(verb, "add"))
+        return ip_link_add(argc - 3, argv + 3);
+    if (is_link && (!strcmp(verb, "del") || !strcmp(verb, "delete")) && argc >= 4) {
+        const char *ifname = argc == 5 && !strcmp(argv[3], "dev") ? argv[4] : argv[3];
+        if (argc > 5 || (argc == 5 && strcmp(argv[3], "dev")))
+            return usage_error("ip");
+        if (net_link_del(ifname) < 0) {
+            errorf("ip: %s: %s", ifname, strerror(errno));
             return 1;
         }
         return 0;
@@ -413,6 +702,8 @@ int ap_ip(int argc, char **argv)
             "usage: ip addr|link [show [IFACE]]      interfaces, addresses (link: + counters)\n"
             "       ip addr add ADDR/PREFIX dev IFACE\n"
             "       ip link set IFACE up|down|mtu N\n"
+            "       ip link add link IFACE name NAME type vlan id ID   (802.1Q; IFACE up first)\n"
+            "       ip link del [dev] NAME\n"
             "       ip route [show] | ip route add default via GW [dev IFACE]\n");
     return 2;
 }
