@@ -155,3 +155,38 @@ def _up_as_nobody(home: Path) -> subprocess.CompletedProcess[str]:
         env={**os.environ, "HOME": str(home), "HV_ENGINE": "stock"},
     )  # fmt: skip
     return r
+
+
+DNS_LAB = """
+[switches.lan]
+subnet = "10.0.9.0/24"
+dns = true
+tap = "hvdns0"
+
+[vms.fw]
+kernel = "udpecho"
+nics = [{ switch = "lan", ip = "10.0.9.5/24" }]
+"""
+
+DNS_CLIENT = """
+from dnslib import DNSRecord
+for name in ("fw.lab", "nobody.lab"):
+    reply = DNSRecord.parse(DNSRecord.question(name).send("10.0.9.1", 53, timeout=5))
+    print(name, reply.header.rcode, [str(r.rdata) for r in reply.rr])
+"""
+
+
+def test_the_host_asks_the_switch_dns_for_a_guest(netns: str, tmp_path: Path) -> None:
+    lab = tmp_path / "dns.toml"
+    lab.write_text(DNS_LAB)
+    proc = start_hv(netns, "up", str(lab))
+    try:
+        host_side_up(netns, "hvdns0", "10.0.9.254/24", proc)
+        r = in_ns(netns, "ping", "-c", "1", "-w", "10", "10.0.9.1")  # the services answer
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = in_ns(netns, sys.executable, "-c", DNS_CLIENT)
+        assert r.stdout.splitlines() == ["fw.lab 0 ['10.0.9.5']", "nobody.lab 3 []"], (
+            r.stdout + r.stderr
+        )
+    finally:
+        stop(proc)
