@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -28,3 +30,45 @@ def test_linux_command(linux_image: object) -> None:
     p = run(str(EXAMPLES / "linux_command.py"), "echo", "example-ok")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "example-ok", p.stdout
+
+
+def test_two_subnets_lab_with_the_host_on_its_tap(linux_image: object) -> None:
+    """examples/two-subnets.toml as its comment says to run it, inside a network namespace
+    of the test's own (the TAP's host side there): the laptop gets a lease and reaches the
+    server through the router and the impaired WAN; the host reaches the server too."""
+    import secrets
+
+    ns = "hvex-" + secrets.token_hex(3)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    in_ns = ["ip", "netns", "exec", ns]
+    proc = subprocess.Popen(
+        [*in_ns, sys.executable, "-m", "hv.cli", "up", str(EXAMPLES / "two-subnets.toml"),
+         "--exit-code-from", "laptop"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            assert proc.poll() is None, proc.communicate()[0]
+            if subprocess.run([*in_ns, "ip", "link", "show", "hvlab0"],
+                              capture_output=True, check=False).returncode == 0:  # fmt: skip
+                break
+            time.sleep(0.05)
+        for cmd in ("ip addr add 10.0.1.2/24 dev hvlab0", "ip link set hvlab0 up",
+                    "ip route add 10.0.2.0/24 via 10.0.1.254"):  # fmt: skip
+            subprocess.run([*in_ns, *cmd.split()], check=True)
+        ping = subprocess.run([*in_ns, "ping", "-c", "2", "-w", "30", "10.0.2.10"],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert proc.returncode == 0, out[-3000:]
+    assert ping.returncode == 0, ping.stdout + out[-2000:]
+    assert re.search(r"laptop +\| dhcp: eth0 bound 10\.0\.1\.1\d\d/24 router 10\.0\.1\.254", out)
+    m = re.search(r"sensor +\| ping: 10\.0\.2\.10: 20 sent, (\d+) received", out)
+    assert m and int(m[1]) >= 10, out[-3000:]
+    assert re.search(r"server +\| traffic: received from 10\.0\.1\.1\d\d: 2000000 bytes", out)
+    m = re.search(r"rtt min/avg/max = ([\d.]+)/", out)
+    assert m and float(m[1]) >= 40.0, out[-3000:]  # 20 ms each way on the WAN cable

@@ -245,8 +245,8 @@ def _switch(name: str, t: dict[str, Any], base: Path) -> SwitchSpec:
                     f"{key}.dhcp.pool: {text} holds the services' address "
                     f"{subnet.network_address + 1}"
                 )
-        else:  # the upper half of the subnet's hosts
-            first, last = hosts[len(hosts) // 2], hosts[-1]
+        else:  # the upper half of the subnet's hosts but the last (often a router's)
+            first, last = hosts[len(hosts) // 2], hosts[-2]
         lease = _duration(d.get("lease", 3600), f"{key}.dhcp.lease")
         if not 60 <= lease <= 86400 * 365:
             raise ConfigError(f"{key}.dhcp.lease: {lease:g} s is out of range 60 s..365 d")
