@@ -5,7 +5,7 @@
 set -eu
 
 build_pkgs="linux-source-6.1 gcc-riscv64-linux-gnu binutils-riscv64-linux-gnu gcc libc6-dev make bc bison flex xz-utils"
-test_pkgs="qemu-system-misc opensbi u-boot-qemu"
+test_pkgs="qemu-system-misc qemu-utils opensbi u-boot-qemu"
 
 missing=""
 for p in $build_pkgs $test_pkgs; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs. Idempotent; needs root (CI is root).
 set -euo pipefail
-pkgs=(device-tree-compiler tshark iproute2 iputils-ping)
+pkgs=(device-tree-compiler tshark iproute2 iputils-ping e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
