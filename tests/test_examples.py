@@ -32,17 +32,19 @@ def test_linux_command(linux_image: object) -> None:
     assert p.stdout.strip() == "example-ok", p.stdout
 
 
-def test_two_subnets_lab_with_the_host_on_its_tap(linux_image: object) -> None:
+def test_two_subnets_lab_with_the_host_on_its_tap(linux_image: object, tmp_path: Path) -> None:
     """examples/two-subnets.toml as its comment says to run it, inside a network namespace
     of the test's own (the TAP's host side there): the laptop gets a lease and reaches the
     server through the router and the impaired WAN; the host reaches the server too."""
     import secrets
+    import shutil
 
+    shutil.copytree(EXAMPLES, tmp_path / "examples")  # its capture goes next to the file
     ns = "hvex-" + secrets.token_hex(3)
     subprocess.run(["ip", "netns", "add", ns], check=True)
     in_ns = ["ip", "netns", "exec", ns]
     proc = subprocess.Popen(
-        [*in_ns, sys.executable, "-m", "hv.cli", "up", str(EXAMPLES / "two-subnets.toml"),
+        [*in_ns, sys.executable, "-m", "hv.cli", "up", str(tmp_path / "examples" / "two-subnets.toml"),
          "--exit-code-from", "laptop"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -67,8 +69,8 @@ def test_two_subnets_lab_with_the_host_on_its_tap(linux_image: object) -> None:
     assert proc.returncode == 0, out[-3000:]
     assert ping.returncode == 0, ping.stdout + out[-2000:]
     assert re.search(r"laptop +\| dhcp: eth0 bound 10\.0\.1\.1\d\d/24 router 10\.0\.1\.254", out)
-    m = re.search(r"sensor +\| ping: 10\.0\.2\.10: 20 sent, (\d+) received", out)
-    assert m and int(m[1]) >= 10, out[-3000:]
+    m = re.search(r"sensor +\| ping: 10\.0\.2\.10: 10 sent, (\d+) received", out)
+    assert m and int(m[1]) >= 4, out[-3000:]
     assert re.search(r"server +\| traffic: received from 10\.0\.1\.1\d\d: 2000000 bytes", out)
     m = re.search(r"rtt min/avg/max = ([\d.]+)/", out)
     assert m and float(m[1]) >= 40.0, out[-3000:]  # 20 ms each way on the WAN cable
