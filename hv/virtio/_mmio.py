@@ -174,7 +174,10 @@ class VirtioMmio(Device):
     def stats(self) -> collections.Counter[str]:
         """The transport's counters and the backend's (frames, drops...)."""
         out = collections.Counter(self.counters)
-        out.update(getattr(self.backend, "counters", {}))
+        backend_stats = getattr(self.backend, "stats", None)
+        out.update(
+            backend_stats() if callable(backend_stats) else getattr(self.backend, "counters", {})
+        )
         return out
 
     def _drive_irq(self) -> None:

@@ -65,10 +65,11 @@ class DescriptorChain:
         """The device-readable bytes, concatenated (at most ``limit``)."""
         out = bytearray()
         for addr, n in self.readable:
-            take = min(n, limit - len(out))
-            if take <= 0:
+            if len(out) >= limit:
                 break
-            out += mem.read(addr, take)
+            take = min(n, limit - len(out))
+            if take:  # a zero-length descriptor is allowed: it adds nothing
+                out += mem.read(addr, take)
         return bytes(out)
 
     def write(self, mem: GuestMemory, data: bytes | bytearray | memoryview) -> int:
