@@ -43,8 +43,9 @@ def test_two_subnets_lab_with_the_host_on_its_tap(linux_image: object, tmp_path:
     ns = "hvex-" + secrets.token_hex(3)
     subprocess.run(["ip", "netns", "add", ns], check=True)
     in_ns = ["ip", "netns", "exec", ns]
+    lab = tmp_path / "examples" / "two-subnets.toml"
     proc = subprocess.Popen(
-        [*in_ns, sys.executable, "-m", "hv.cli", "up", str(tmp_path / "examples" / "two-subnets.toml"),
+        [*in_ns, sys.executable, "-m", "hv.cli", "up", str(lab),
          "--exit-code-from", "laptop"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
