@@ -1,0 +1,820 @@
+"""qcow2, held to qemu-img: images hv writes pass ``qemu-img check`` and ``qemu-img compare``
+with the bytes they should hold; images qemu makes (backing files, compressed clusters, small
+clusters, version 2, zero clusters) hv reads byte-exact; refused features are named; a
+killed writer leaves no corruption and keeps what it flushed; random operation sequences
+match a memory model; mutated headers open or fail with ``BlockError``, nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import blockdev
+from blockdev import (
+    BlockBackend,
+    BlockError,
+    BlockIOError,
+    MemoryDisk,
+    Qcow2Image,
+    RawFile,
+    create_qcow2,
+    image_info,
+    open_disk,
+)
+from blockdev import qcow2 as q
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("qemu-img") and shutil.which("qemu-io")),
+    reason="qemu-img and qemu-io (qemu-utils) are the oracle",
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+def qemu_img(*args: object, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["qemu-img", *map(str, args)], capture_output=True, text=True)
+    assert result.returncode in ok, (args, result.returncode, result.stdout, result.stderr)
+    return result
+
+
+def qemu_io(image: Path, *commands: str, fmt: str = "qcow2") -> None:
+    argv = ["qemu-io", "-f", fmt]
+    for command in commands:
+        argv += ["-c", command]
+    result = subprocess.run([*argv, str(image)], capture_output=True, text=True)
+    assert result.returncode == 0 and "rror" not in result.stdout + result.stderr, result
+
+
+def check(image: Path) -> None:
+    """qemu-img check: no errors and no leaks."""
+    result = qemu_img("check", image)
+    assert "No errors were found on the image." in result.stdout, result.stdout
+
+
+def as_raw(image: Path) -> bytes:
+    """What qemu reads from ``image``, whole."""
+    out = image.with_name(image.name + ".oracle.raw")
+    qemu_img("convert", "-O", "raw", image, out)
+    data = out.read_bytes()
+    out.unlink()
+    return data
+
+
+def compare(image: Path, expected: bytes) -> None:
+    """qemu-img compare ``image`` with a raw file holding ``expected``."""
+    raw = image.with_name(image.name + ".expected.raw")
+    raw.write_bytes(expected)
+    result = qemu_img("compare", "-f", "qcow2", "-F", "raw", image, raw, ok=(0, 1))
+    raw.unlink()
+    assert result.returncode == 0, result.stdout
+
+
+async def read_all(disk: BlockBackend) -> bytes:
+    parts = []
+    for offset in range(0, disk.size, MiB):
+        parts.append(await disk.read(offset, min(MiB, disk.size - offset)))
+    return b"".join(parts)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Model:
+    """The bytes a disk should hold, and the same operations applied to a disk."""
+
+    def __init__(self, disk: BlockBackend, data: bytes) -> None:
+        self.disk = disk
+        self.data = bytearray(data)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        await self.disk.write(offset, data)
+        self.data[offset : offset + len(data)] = data
+
+    async def zero(self, offset: int, length: int, discard: bool = False) -> None:
+        if discard:
+            await self.disk.discard(offset, length)
+        else:
+            await self.disk.write_zeroes(offset, length)
+        self.data[offset : offset + length] = bytes(length)
+
+    async def random_ops(self, rng: random.Random, count: int, cluster: int) -> None:
+        size = self.disk.size
+        for _ in range(count):
+            offset = rng.randrange(0, size - 1)
+            if rng.random() < 0.3:
+                offset -= offset % cluster
+            length = min(size - offset, rng.choice([1, 511, 4096, cluster, 3 * cluster + 17]))
+            kind = rng.random()
+            if kind < 0.7:
+                await self.write(offset, rng.randbytes(length))
+            else:
+                await self.zero(offset, length, discard=kind < 0.85)
+            if rng.random() < 0.1:
+                await self.disk.flush()
+
+
+# -- images hv writes, qemu checks ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("cluster_size", [512, 4096, 65536])
+async def test_hv_image_passes_check_and_compare(tmp_path: Path, cluster_size: int) -> None:
+    image = tmp_path / "hv.qcow2"
+    create_qcow2(image, 3 * MiB, cluster_size=cluster_size)
+    check(image)
+    disk = await Qcow2Image.open(image)
+    model = Model(disk, bytes(disk.size))
+    await model.random_ops(random.Random(cluster_size), 120, cluster_size)
+    assert await read_all(disk) == model.data
+    await disk.close()
+    check(image)
+    compare(image, bytes(model.data))
+    info = json.loads(qemu_img("info", "--output=json", image).stdout)
+    assert info["cluster-size"] == cluster_size and info["virtual-size"] == 3 * MiB
+
+
+@pytest.mark.parametrize("backing_format", ["raw", "qcow2"])
+async def test_hv_writes_over_a_backing_file(tmp_path: Path, backing_format: str) -> None:
+    rng = random.Random(7)
+    base_bytes = rng.randbytes(2 * MiB)
+    raw = tmp_path / "base.raw"
+    raw.write_bytes(base_bytes)
+    if backing_format == "qcow2":
+        base = tmp_path / "base.qcow2"
+        qemu_img("convert", "-O", "qcow2", raw, base)
+    else:
+        base = raw
+    image = tmp_path / "top.qcow2"
+    create_qcow2(image, None, backing=base.name, backing_format=backing_format)
+    base_hash = sha(base)
+    info = json.loads(qemu_img("info", "--output=json", image).stdout)
+    assert info["backing-filename"] == base.name
+    assert info["backing-filename-format"] == backing_format
+    disk = await Qcow2Image.open(image)
+    assert disk.size == 2 * MiB and disk.backing is not None
+    model = Model(disk, base_bytes)
+    await model.random_ops(rng, 100, 65536)
+    await disk.flush()
+    assert await read_all(disk) == model.data
+    await disk.close()
+    check(image)
+    compare(image, bytes(model.data))
+    assert sha(base) == base_hash  # the backing file is only read
+
+
+async def test_partial_write_copies_the_rest_of_the_cluster_from_the_backing(
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\x11" * MiB)
+    image = tmp_path / "top.qcow2"
+    create_qcow2(image, MiB, backing=base, backing_format="raw")
+    disk = await Qcow2Image.open(image)
+    await disk.write(65536 + 100, b"\x22" * 10)
+    await disk.close()
+    data = as_raw(image)
+    assert data[65536:65636] == b"\x11" * 100
+    assert data[65636:65646] == b"\x22" * 10
+    assert data[65646 : 2 * 65536] == b"\x11" * (65536 - 110)
+    check(image)
+
+
+async def test_refcount_table_grows(tmp_path: Path) -> None:
+    # 512-byte clusters: a refcount block covers 128 KiB, the first table 8 MiB of file
+    image = tmp_path / "small.qcow2"
+    create_qcow2(image, 12 * MiB, cluster_size=512)
+    disk = await Qcow2Image.open(image)
+    model = Model(disk, bytes(disk.size))
+    rng = random.Random(3)
+    for offset in range(0, 10 * MiB, 256 * 1024):
+        await model.write(offset, rng.randbytes(256 * 1024))
+    await model.random_ops(rng, 40, 512)
+    assert disk.counters["reftable_grown"] >= 1
+    await disk.close()
+    check(image)
+    compare(image, bytes(model.data))
+    header = q.read_header(str(image))
+    assert header.refcount_table_clusters > 1
+
+
+async def test_metadata_caches_small_and_early_writebacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(q, "DIRTY_LIMIT", 2)
+    monkeypatch.setattr(q, "REFBLOCK_CACHE", 2)
+    image = tmp_path / "cache.qcow2"
+    create_qcow2(image, 8 * MiB, cluster_size=4096)  # an L2 table covers 2 MiB
+    disk = await Qcow2Image.open(image, l2_cache_tables=2)
+    model = Model(disk, bytes(disk.size))
+    await model.random_ops(random.Random(11), 150, 4096)
+    assert disk.counters["early_writebacks"] > 0 and disk.counters["l2_misses"] > 4
+    assert await read_all(disk) == model.data
+    await disk.close()
+    check(image)
+    compare(image, bytes(model.data))
+
+
+async def test_discard_frees_clusters_for_reuse(tmp_path: Path) -> None:
+    image = tmp_path / "reuse.qcow2"
+    create_qcow2(image, 4 * MiB)
+    disk = await Qcow2Image.open(image)
+    await disk.write(0, b"\x01" * (2 * MiB))
+    await disk.flush()
+    end = os.path.getsize(image)
+    await disk.discard(0, 2 * MiB)
+    assert await disk.read(0, 2 * MiB) == bytes(2 * MiB)
+    await disk.flush()  # now the clusters are free
+    await disk.write(2 * MiB, b"\x02" * (2 * MiB))
+    await disk.close()
+    assert os.path.getsize(image) == end  # the freed clusters were used again
+    check(image)
+    compare(image, bytes(2 * MiB) + b"\x02" * (2 * MiB))
+
+
+async def test_zeroes_hide_the_backing_file(tmp_path: Path) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\xee" * MiB)
+    image = tmp_path / "top.qcow2"
+    create_qcow2(image, MiB, backing=base, backing_format="raw")
+    disk = await Qcow2Image.open(image)
+    await disk.write_zeroes(0, 3 * 65536 + 1000)  # three whole clusters and a part
+    await disk.discard(5 * 65536, 65536)
+    expected = bytearray(b"\xee" * MiB)
+    expected[: 3 * 65536 + 1000] = bytes(3 * 65536 + 1000)
+    expected[5 * 65536 : 6 * 65536] = bytes(65536)
+    assert await read_all(disk) == expected
+    await disk.close()
+    check(image)
+    compare(image, bytes(expected))
+    qemu_map = json.loads(qemu_img("map", "--output=json", image).stdout)
+    assert any(m["start"] == 0 and m["zero"] and m["depth"] == 0 for m in qemu_map)
+
+
+# -- images qemu makes, hv reads ---------------------------------------------------------
+
+
+async def test_reads_qemu_written_image(tmp_path: Path) -> None:
+    image = tmp_path / "q.qcow2"
+    qemu_img("create", "-f", "qcow2", image, "4M")
+    qemu_io(image, "write -P 0xab 0 64k", "write -P 0xcd 100k 10k", "write -P 0x5a 3M 1M")
+    disk = await Qcow2Image.open(image, read_only=True)
+    data = await read_all(disk)
+    await disk.close()
+    assert data == as_raw(image)
+    assert data[:65536] == b"\xab" * 65536 and data[102400:112640] == b"\xcd" * 10240
+
+
+@pytest.mark.parametrize("backing_format", ["raw", "qcow2"])
+async def test_reads_qemu_image_over_backing(tmp_path: Path, backing_format: str) -> None:
+    base = tmp_path / f"base.{backing_format}"
+    qemu_img("create", "-f", backing_format, base, "2M")
+    qemu_io(base, "write -P 0x11 0 2M", fmt=backing_format)
+    image = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", base.name, "-F", backing_format, image)
+    qemu_io(image, "write -P 0x22 64k 4k", "write -z 1M 128k", "write -P 0x33 1536k 1")
+    disk = await Qcow2Image.open(image, read_only=True)
+    data = await read_all(disk)
+    await disk.close()
+    assert data == as_raw(image)
+    assert data[:65536] == b"\x11" * 65536
+    assert data[65536:69632] == b"\x22" * 4096 and data[69632:131072] == b"\x11" * 61440
+    assert data[MiB : MiB + 131072] == bytes(131072)
+
+
+async def test_reads_and_rewrites_compressed_clusters(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    content = b"".join(bytes([rng.randrange(4)]) * rng.randrange(1, 300) for _ in range(40000))[
+        : 3 * MiB
+    ]
+    raw = tmp_path / "plain.raw"
+    raw.write_bytes(content)
+    image = tmp_path / "packed.qcow2"
+    qemu_img("convert", "-c", "-O", "qcow2", raw, image)
+    assert "compressed" in qemu_img("check", image).stdout
+    disk = await Qcow2Image.open(image, read_only=True)
+    assert await read_all(disk) == content
+    await disk.close()
+    disk = await Qcow2Image.open(image)
+    model = Model(disk, content)
+    await model.write(65536 + 7, b"new data in a compressed cluster")
+    await model.zero(4 * 65536, 65536)
+    await model.random_ops(rng, 30, 65536)
+    assert disk.counters["decompressed_clusters"] > 0
+    await disk.close()
+    check(image)  # the compressed clusters' refcounts were dropped, not leaked
+    compare(image, bytes(model.data))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        "cluster_size=4096",
+        "cluster_size=512",
+        "cluster_size=2M",
+        "refcount_bits=1",
+        "refcount_bits=8",
+        "refcount_bits=64",
+        "compat=0.10",
+        "cluster_size=4096,lazy_refcounts=on",
+    ],
+)
+async def test_qemu_image_options_read_and_write(tmp_path: Path, options: str) -> None:
+    image = tmp_path / "opt.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", options, image, "3M")
+    qemu_io(image, "write -P 0xab 0 64k", "write -P 0x77 2M 5000")
+    expected = as_raw(image)
+    disk = await Qcow2Image.open(image)
+    assert await read_all(disk) == expected
+    model = Model(disk, expected)
+    cluster = disk.header.cluster_size
+    await model.random_ops(random.Random(options), 60, cluster)
+    await disk.close()
+    check(image)
+    compare(image, bytes(model.data))
+
+
+async def test_backing_chain_of_three_relative_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sub").mkdir()
+    base = tmp_path / "sub" / "base.raw"
+    base.write_bytes(b"\x01" * (2 * MiB))
+    mid = tmp_path / "sub" / "mid.qcow2"
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", mid)
+    qemu_img("create", "-f", "qcow2", "-b", "sub/mid.qcow2", "-F", "qcow2", top)
+    qemu_io(mid, "write -P 0x02 64k 64k")
+    qemu_io(top, "write -P 0x03 96k 4k")
+    monkeypatch.chdir("/")  # relative names are relative to each image, not to the cwd
+    disk = await Qcow2Image.open(top, read_only=True)
+    data = await read_all(disk)
+    assert data == as_raw(top)
+    assert data[:65536] == b"\x01" * 65536
+    assert data[65536:98304] == b"\x02" * 32768
+    assert data[98304:102400] == b"\x03" * 4096
+    assert "mid.qcow2" in disk.describe() and "base.raw" in disk.describe()
+    await disk.close()
+    info = image_info(top)
+    assert [Path(i["filename"]).name for i in info["backing_chain"]] == ["mid.qcow2", "base.raw"]
+    assert [i["format"] for i in info["backing_chain"]] == ["qcow2", "raw"]
+    assert info["format"] == "qcow2" and info["virtual_size"] == 2 * MiB
+    assert info["cluster_size"] == 65536 and info["disk_size"] > 0
+
+
+async def test_backing_loop(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    qemu_img("create", "-f", "qcow2", b, "1M")
+    qemu_img("create", "-f", "qcow2", "-b", b.name, "-F", "qcow2", a)
+    qemu_img("rebase", "-u", "-b", a.name, "-F", "qcow2", b)
+    with pytest.raises(BlockError, match=r"backing loop: .*a\.qcow2 -> .*b\.qcow2 -> .*a\.qcow2"):
+        await Qcow2Image.open(a, read_only=True)
+    with pytest.raises(BlockError, match="backing loop"):
+        image_info(a)
+    qemu_img("rebase", "-u", "-b", a.name, "-F", "qcow2", a)  # itself
+    with pytest.raises(BlockError, match="backing loop"):
+        await open_disk(f"{a},ro")
+
+
+async def test_missing_backing_file(tmp_path: Path) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(bytes(MiB))
+    image = tmp_path / "top.qcow2"
+    create_qcow2(image, None, backing="base.raw")
+    base.unlink()
+    with pytest.raises(BlockError, match=r"backing file 'base.raw'.*no such file"):
+        await Qcow2Image.open(image)
+
+
+@pytest.mark.parametrize(
+    ("options", "feature"),
+    [
+        (["-o", "extended_l2=on"], "extended L2 entries"),
+        (["-o", "compression_type=zstd"], "zstd"),
+        (["-o", "data_file={tmp}/data.raw"], "external data file"),
+    ],
+)
+async def test_unsupported_features_are_refused(
+    tmp_path: Path, options: list[str], feature: str
+) -> None:
+    image = tmp_path / "x.qcow2"
+    qemu_img("create", "-f", "qcow2", *(o.format(tmp=tmp_path) for o in options), image, "1M")
+    for read_only in (True, False):
+        with pytest.raises(BlockError, match=feature):
+            await Qcow2Image.open(image, read_only=read_only)
+
+
+async def test_unknown_feature_bits_and_encryption(tmp_path: Path) -> None:
+    image = tmp_path / "x.qcow2"
+    create_qcow2(image, MiB)
+    data = bytearray(image.read_bytes())
+    struct.pack_into(">I", data, 32, 2)  # crypt_method LUKS (qemu takes seconds to make one)
+    image.write_bytes(data)
+    with pytest.raises(BlockError, match=r"encrypted qcow2 images \(crypt_method 2\)"):
+        await Qcow2Image.open(image, read_only=True)
+    struct.pack_into(">I", data, 32, 0)
+    struct.pack_into(">Q", data, 72, 1 << 9)  # an incompatible bit no one knows
+    image.write_bytes(data)
+    with pytest.raises(BlockError, match=r"unknown \(incompatible bit 9\)"):
+        await Qcow2Image.open(image, read_only=True)
+    struct.pack_into(">Q", data, 72, 0)
+    struct.pack_into(">Q", data, 80, 1 << 20)  # compatible: ignored
+    struct.pack_into(">Q", data, 88, 1 << 7)  # autoclear: a writer clears it
+    image.write_bytes(data)
+    before = sha(image)
+    disk = await Qcow2Image.open(image, read_only=True)
+    await disk.close()
+    assert sha(image) == before
+    disk = await Qcow2Image.open(image)
+    await disk.write(0, b"x" * 512)
+    await disk.close()
+    assert q.read_header(str(image)).autoclear == 0
+    check(image)
+
+
+async def test_dirty_corrupt_and_snapshots_open_read_only(tmp_path: Path) -> None:
+    image = tmp_path / "x.qcow2"
+    qemu_img("create", "-f", "qcow2", image, "1M")
+    qemu_io(image, "write -P 0x42 0 4k")
+    qemu_img("snapshot", "-c", "first", image)
+    with pytest.raises(BlockError, match="internal snapshot"):
+        await Qcow2Image.open(image)
+    disk = await Qcow2Image.open(image, read_only=True)
+    assert await disk.read(0, 4096) == b"\x42" * 4096
+    await disk.close()
+    over = await open_disk(f"{image},snapshot")  # an overlay takes the writes
+    await over.write(0, b"\x43" * 4096)
+    assert await over.read(0, 4096) == b"\x43" * 4096
+    await over.close()
+    for bit, word in ((0, "dirty"), (1, "corrupt")):
+        other = tmp_path / f"{word}.qcow2"
+        create_qcow2(other, MiB)
+        data = bytearray(other.read_bytes())
+        struct.pack_into(">Q", data, 72, 1 << bit)
+        other.write_bytes(data)
+        with pytest.raises(BlockError, match=word):
+            await Qcow2Image.open(other)
+        disk = await Qcow2Image.open(other, read_only=True)
+        assert await disk.read(0, 512) == bytes(512)
+        await disk.close()
+
+
+async def test_read_only_never_writes(tmp_path: Path) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(os.urandom(MiB))
+    image = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", base.name, "-F", "raw", image)
+    qemu_io(image, "write -P 0x01 0 100k")
+    before = sha(image), sha(base), os.stat(image).st_mtime_ns
+    disk = await Qcow2Image.open(image, read_only=True)
+    await read_all(disk)
+    with pytest.raises(ValueError, match="read-only"):
+        await disk.write(0, b"x")
+    with pytest.raises(ValueError, match="read-only"):
+        await disk.discard(0, 512)
+    await disk.flush()
+    await disk.close()
+    assert (sha(image), sha(base), os.stat(image).st_mtime_ns) == before
+
+
+async def test_concurrent_requests(tmp_path: Path) -> None:
+    image = tmp_path / "c.qcow2"
+    create_qcow2(image, 4 * MiB, cluster_size=4096)
+    disk = await Qcow2Image.open(image)
+    chunks = {i: bytes([i + 1]) * 12288 for i in range(64)}
+
+    async def writer(i: int) -> None:
+        await disk.write(i * 65536 + 1000, chunks[i])
+
+    async with trio.open_nursery() as nursery:
+        for i in chunks:
+            nursery.start_soon(writer, i)
+    results: dict[int, bytes] = {}
+
+    async def reader(i: int) -> None:
+        results[i] = await disk.read(i * 65536 + 1000, 12288)
+
+    async with trio.open_nursery() as nursery:
+        for i in chunks:
+            nursery.start_soon(reader, i)
+    assert results == chunks
+    await disk.close()
+    check(image)
+
+
+async def test_full_file_system_is_an_io_error(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)])
+    if mounted.returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        image = mnt / "full.qcow2"
+        create_qcow2(image, 4 * MiB)
+        disk = await Qcow2Image.open(image)
+        with pytest.raises(BlockIOError, match="ENOSPC"):
+            for offset in range(0, 4 * MiB, 256 * 1024):
+                await disk.write(offset, b"\x5a" * 256 * 1024)
+                await disk.flush()
+        with contextlib.suppress(BlockIOError):
+            await disk.close()
+        result = qemu_img("check", image, ok=(0, 3))  # leaks at most, no corruption
+        assert "ERROR" not in result.stdout, result.stdout
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+# -- crash consistency ---------------------------------------------------------------------
+
+CHILD = r"""
+import random, sys, trio
+sys.stdout.reconfigure(line_buffering=True)
+from blockdev import Qcow2Image
+
+async def main(path, seed):
+    disk = await Qcow2Image.open(path)
+    rng = random.Random(seed)
+    size, cluster = disk.size, disk.header.cluster_size
+    print("ready")
+    while True:
+        for _ in range(rng.randrange(1, 6)):
+            offset = rng.randrange(0, size - 1)
+            if rng.random() < 0.3:
+                offset -= offset % cluster
+            length = min(size - offset, rng.choice([1, 4096, cluster, rng.randrange(1, 200000)]))
+            fill = rng.randrange(1, 256)
+            if rng.random() < 0.85:
+                print(f"W {offset} {length} {fill}")
+                await disk.write(offset, bytes([fill]) * length)
+            else:
+                print(f"Z {offset} {length} 0")
+                await disk.write_zeroes(offset, length)
+        await disk.flush()
+        print("F")
+
+trio.run(main, sys.argv[1], int(sys.argv[2]))
+"""
+
+
+def verify_after_crash(actual: bytes, before: bytes, lines: list[str]) -> bytes:
+    """``actual`` holds everything flushed (the ops up to the last F line) and, where later
+    ops wrote, each byte is the flushed value or one of theirs. Returns ``actual``."""
+    ops = [line.split() for line in lines if line and line != "ready"]
+    flushed = max((i for i, op in enumerate(ops) if op == ["F"]), default=-1)
+    model = bytearray(before)
+    for op in ops[: flushed + 1]:
+        if op[0] in ("W", "Z"):
+            offset, length, fill = map(int, op[1:])
+            model[offset : offset + length] = bytes([fill]) * length
+    later = [tuple(map(int, op[1:])) for op in ops[flushed + 1 :] if op[0] in ("W", "Z")]
+    edges = sorted({0, len(model)} | {o for o, _, _ in later} | {o + n for o, n, _ in later})
+    for start, end in itertools.pairwise(edges):
+        if actual[start:end] == model[start:end]:
+            continue
+        allowed = {fill for o, n, fill in later if o <= start and end <= o + n}
+        assert allowed, f"flushed data lost at {start}..{end}"
+        for i in range(start, end):
+            assert actual[i] == model[i] or actual[i] in allowed, f"byte {i}: {actual[i]}"
+    return actual
+
+
+@pytest.mark.parametrize("cluster_size", [65536, 512])
+def test_killed_writer_leaves_a_consistent_image(tmp_path: Path, cluster_size: int) -> None:
+    rng = random.Random(cluster_size)
+    base = tmp_path / "base.raw"
+    base_bytes = rng.randbytes(2 * MiB)
+    base.write_bytes(base_bytes)
+    image = tmp_path / "crash.qcow2"
+    create_qcow2(image, None, backing=base, backing_format="raw", cluster_size=cluster_size)
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    content = base_bytes
+    flushes = 0
+    for round_ in range(4):
+        with subprocess.Popen(
+            [sys.executable, str(script), str(image), str(round_)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        ) as child:
+            assert child.stdout is not None
+            assert child.stdout.readline() == "ready\n"
+            time.sleep(rng.uniform(0.05, 0.4))
+            child.kill()
+            rest = child.stdout.read()
+        lines = rest.split("\n")[:-1]  # whole lines only
+        flushes += lines.count("F")
+        result = qemu_img("check", image, ok=(0, 3))  # 3: leaked clusters, allowed
+        assert "ERROR" not in result.stdout, result.stdout
+        content = verify_after_crash(as_raw(image), content, lines)
+    assert flushes > 0  # the child got to flush, so the check above checked something
+
+
+# -- a memory model -------------------------------------------------------------------------
+
+SIZE = 256 * 1024 + 1536  # not a whole number of clusters
+
+op = st.one_of(
+    st.tuples(st.just("w"), st.integers(0, SIZE - 1), st.integers(1, 70000), st.integers(0, 255)),
+    st.tuples(st.just("z"), st.integers(0, SIZE - 1), st.integers(1, 140000), st.just(0)),
+    st.tuples(st.just("d"), st.integers(0, SIZE - 1), st.integers(1, 140000), st.just(0)),
+    st.tuples(st.just("f"), st.just(0), st.just(0), st.just(0)),
+    st.tuples(st.just("reopen"), st.just(0), st.just(0), st.just(0)),
+)
+
+
+async def run_model(
+    directory: Path, ops: list[tuple[str, int, int, int]], backing: bool, cluster_size: int
+) -> None:
+    image = directory / "m.qcow2"
+    rng = random.Random(len(ops))
+    initial = bytes(SIZE)
+    if backing:
+        base = directory / "base.raw"
+        initial = rng.randbytes(SIZE - 4096)  # a backing file smaller than the image
+        base.write_bytes(initial)
+        initial += bytes(4096)
+        create_qcow2(image, SIZE, backing=base, backing_format="raw", cluster_size=cluster_size)
+    else:
+        create_qcow2(image, SIZE, cluster_size=cluster_size)
+    model = MemoryDisk(SIZE, data=initial)
+    disk: BlockBackend = await Qcow2Image.open(image, l2_cache_tables=2)
+    for kind, offset, length, fill in ops:
+        length = min(length, SIZE - offset)
+        if kind == "w":
+            data = bytes([fill]) * length
+            await disk.write(offset, data)
+            await model.write(offset, data)
+        elif kind in "zd":
+            await (disk.write_zeroes if kind == "z" else disk.discard)(offset, length)
+            await model.write_zeroes(offset, length)
+        elif kind == "f":
+            await disk.flush()
+        else:
+            await disk.close()
+            disk = await Qcow2Image.open(image, l2_cache_tables=2)
+    assert await disk.read(0, SIZE) == await model.read(0, SIZE)
+    await disk.close()
+    check(image)
+    disk = await Qcow2Image.open(image, read_only=True)
+    assert await disk.read(0, SIZE) == await model.read(0, SIZE)
+    await disk.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=st.lists(op, max_size=20),
+    backing=st.booleans(),
+    cluster_size=st.sampled_from([512, 4096, 65536]),
+)
+def test_random_operations_match_a_memory_model(
+    ops: list[tuple[str, int, int, int]], backing: bool, cluster_size: int
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        trio.run(run_model, Path(directory), ops, backing, cluster_size)
+
+
+# -- fuzzed images --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fuzz_seed_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small image (4 KiB clusters) with a raw backing file, compressed clusters, a zero
+    cluster and plain data."""
+    directory = tmp_path_factory.mktemp("fuzz")
+    base = directory / "base.raw"
+    base.write_bytes(b"\x99" * (256 * 1024))
+    plain = directory / "plain.raw"
+    plain.write_bytes(b"".join(bytes([i % 7]) * 4096 for i in range(64)))
+    image = directory / "seed.qcow2"
+    qemu_img(
+        "convert", "-c", "-O", "qcow2", "-o", "cluster_size=4096", "-B", "base.raw", "-F", "raw",
+        plain, image,
+    )  # fmt: skip
+    qemu_io(image, "write -P 0x12 0 8k", "write -z 64k 8k", "write -P 0x34 100k 3k")
+    assert "compressed" in qemu_img("check", image).stdout
+    return image
+
+
+async def open_fuzzed(path: Path, read_only: bool) -> None:
+    with trio.fail_after(20):
+        try:
+            disk = await Qcow2Image.open(path, read_only=read_only)
+        except BlockError:
+            return
+        try:
+            await disk.read(0, min(disk.size, 512 * 1024))
+            await disk.read(disk.size - min(disk.size, 65536), min(disk.size, 65536))
+            if not read_only and disk.size >= 8192:
+                await disk.write(disk.size // 2 - 4096 + 11, b"\xab" * 5000)
+                await disk.write_zeroes(0, 8192)
+                await disk.flush()
+        except BlockError:
+            pass
+        finally:
+            with contextlib.suppress(BlockError):
+                await disk.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    mutations=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 111), st.integers(0, 8 * 4096 - 1), st.integers(0, 1 << 20)),
+            st.integers(0, 255),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    read_only=st.booleans(),
+)
+def test_mutated_images_open_or_fail_cleanly(
+    fuzz_seed_image: Path, mutations: list[tuple[int, int]], read_only: bool
+) -> None:
+    directory = fuzz_seed_image.parent
+    data = bytearray(fuzz_seed_image.read_bytes())
+    for position, value in mutations:
+        data[position % len(data)] = value
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".qcow2") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        trio.run(open_fuzzed, Path(tmp.name), read_only)
+
+
+# -- creating, describing -------------------------------------------------------------------
+
+
+def test_create_qcow2_checks_its_arguments(tmp_path: Path) -> None:
+    image = tmp_path / "c.qcow2"
+    with pytest.raises(BlockError, match="multiple of 512"):
+        create_qcow2(image, 1000)
+    with pytest.raises(BlockError, match="power of two"):
+        create_qcow2(image, MiB, cluster_size=3000)
+    with pytest.raises(BlockError, match="a size is needed"):
+        create_qcow2(image, None)
+    with pytest.raises(BlockError, match="no such file"):
+        create_qcow2(image, MiB, backing=tmp_path / "nothing.raw")
+    raw = tmp_path / "r.raw"
+    raw.write_bytes(bytes(MiB))
+    with pytest.raises(BlockError, match="not a qcow2 image"):
+        create_qcow2(image, MiB, backing=raw, backing_format="qcow2")
+    create_qcow2(image, 0)
+    with pytest.raises(BlockError, match="already exists"):
+        create_qcow2(image, MiB)
+    create_qcow2(image, 3 * MiB, overwrite=True, cluster_size=512, backing=raw)
+    info = json.loads(qemu_img("info", "--output=json", image).stdout)
+    assert info["virtual-size"] == 3 * MiB and info["backing-filename-format"] == "raw"
+    check(image)
+    blockdev.create_image(tmp_path / "r2.raw", "raw", 5 * 512)
+    assert (tmp_path / "r2.raw").stat().st_size == 2560
+    with pytest.raises(BlockError, match="backing"):
+        blockdev.create_image(tmp_path / "r3.raw", "raw", 512, backing=raw)
+
+
+def test_image_info(tmp_path: Path) -> None:
+    raw = tmp_path / "r.raw"
+    raw.write_bytes(b"\x01" * MiB)
+    info = image_info(raw)
+    assert info["format"] == "raw" and info["virtual_size"] == MiB
+    assert info["cluster_size"] is None and info["backing_chain"] == []
+    assert info["disk_size"] == os.stat(raw).st_blocks * 512
+    image = tmp_path / "i.qcow2"
+    create_qcow2(image, 2 * MiB, backing=raw, cluster_size=4096)
+    info = image_info(image)
+    assert info["format"] == "qcow2" and info["virtual_size"] == 2 * MiB
+    assert info["cluster_size"] == 4096 and info["backing_file"] == str(raw)
+    assert info["backing_format"] == "raw" and info["version"] == 3
+    assert info["backing_chain"] == [{"filename": str(raw), "format": "raw", "virtual_size": MiB}]
+    with pytest.raises(BlockError, match="no such file"):
+        image_info(tmp_path / "nope")
+
+
+async def test_raw_backing_through_open_disk(tmp_path: Path) -> None:
+    raw = tmp_path / "r.raw"
+    raw.write_bytes(b"\x05" * MiB)
+    image = tmp_path / "i.qcow2"
+    create_qcow2(image, MiB, backing=raw)
+    disk = await open_disk(str(image))
+    assert isinstance(disk, Qcow2Image) and isinstance(disk.backing, RawFile)
+    assert disk.backing.read_only
+    assert await disk.read(MiB - 512, 512) == b"\x05" * 512
+    await disk.close()
