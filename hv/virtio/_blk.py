@@ -1,0 +1,556 @@
+"""virtio-blk (virtio 1.x, section 5.2): a VM's disk, over any ``blockdev.BlockBackend``.
+
+Theory of operation. One request queue. Each chain is one request: a 16-byte device-readable
+header (type u32, reserved u32, sector u64), the data, and a final device-writable status
+byte. Parsing is sans-IO and pure (``parse_request``): the chain's bytes are a stream, framed
+by length only (the driver may split or merge descriptors as it likes), so the header is the
+first 16 readable bytes, the data the rest of the readable bytes (OUT, DISCARD, WRITE_ZEROES)
+or the writable bytes before the last (IN, GET_ID), and the status byte the chain's last
+writable byte. The device then checks the request against the disk (range, read-only) and
+hands it to the backend in a task of the VM's nursery (``DeviceContext.spawn``): the guest
+keeps running while the host does the I/O. The task's completion writes the read data and
+the status byte, pushes the chain on the used ring and raises the interrupt; it runs between
+slices, not inside an MMIO access, so it also wakes the VM (``ctx.wake``) in case the guest
+waits in ``wfi``. Completions come in any order (the spec allows it).
+
+Bounds. At most ``MAX_IN_FLIGHT`` requests and ``MAX_IN_FLIGHT_BYTES`` of data are with the
+backend at once (one request is always admitted, whatever its size); past that the device
+stops taking chains and leaves them in the ring until a request completes. The in-flight
+count covers requests of earlier generations too (see reset), so a guest that resets the
+device in a loop cannot pile up host work.
+
+Blame. A malformed request (no status byte, a short header, data in the wrong direction, a
+length that is not whole sectors, a bad discard segment list) is answered with IOERR or
+UNSUPP, as the spec says, and counted (``bad_requests`` and one counter per reason); a range
+past the end of the disk or a write to a read-only disk is IOERR. A chain that breaks the
+virtqueue's own rules (``QueueError``) sets DEVICE_NEEDS_RESET, as for virtio-net. The host's
+I/O failing (``BlockIOError``) is IOERR for that request and a log line; the VM goes on. Any
+other exception from a backend is a host bug and stops the VM (the VM's device-task rule).
+
+Reset. The device reset (Status 0, or a reboot) bumps a generation number; a request that
+completes after it belongs to the old generation and is discarded without touching guest
+memory (the backend's I/O itself is not cancelled: a half-done write is worse than a late
+one, and the disk's contents under requests in flight at a reset are undefined anyway).
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from blockdev import BlockBackend, BlockIOError
+from hv._errors import GuestError
+from hv._log import get_logger
+from hv.board._memory import GuestMemory
+from hv.virtio._mmio import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, VirtioBackend, VirtioMmio
+from hv.virtio._queue import DescriptorChain, Virtqueue
+
+log = get_logger("hv.virtio.blk")
+
+DEVICE_ID_BLK = 2
+SECTOR = 512
+
+# Feature bits (5.2.3).
+F_SIZE_MAX = 1 << 1
+F_SEG_MAX = 1 << 2
+F_RO = 1 << 5
+F_BLK_SIZE = 1 << 6
+F_FLUSH = 1 << 9
+F_DISCARD = 1 << 13
+F_WRITE_ZEROES = 1 << 14
+
+# Request types and status values (5.2.6).
+T_IN = 0
+T_OUT = 1
+T_FLUSH = 4
+T_GET_ID = 8
+T_DISCARD = 11
+T_WRITE_ZEROES = 13
+S_OK = 0
+S_IOERR = 1
+S_UNSUPP = 2
+TYPE_NAMES = {
+    T_IN: "in",
+    T_OUT: "out",
+    T_FLUSH: "flush",
+    T_GET_ID: "get_id",
+    T_DISCARD: "discard",
+    T_WRITE_ZEROES: "write_zeroes",
+}
+
+HEADER_LEN = 16
+SEGMENT_LEN = 16  # struct virtio_blk_discard_write_zeroes
+WRITE_ZEROES_F_UNMAP = 1
+ID_BYTES = 20
+
+# What the config space tells the driver. seg_max * size_max stays under the virtqueue's
+# MAX_CHAIN_BYTES (16 MiB), so a driver that honours them never builds a chain the queue
+# refuses; blk_size 512 keeps Linux's logical block size at one sector.
+QUEUE_MAX = 256
+SIZE_MAX = 128 << 10
+SEG_MAX = 126
+BLK_SIZE = SECTOR
+MAX_DISCARD_SECTORS = 1 << 21  # 1 GiB per segment
+MAX_DISCARD_SEG = 32
+DISCARD_SECTOR_ALIGNMENT = 8  # 4 KiB: a hint for how the driver splits
+MAX_WRITE_ZEROES_SECTORS = 1 << 21
+MAX_WRITE_ZEROES_SEG = 32
+
+# Requests with the backend at once, and their data (one request is always admitted).
+MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT_BYTES = 32 << 20
+# Host I/O errors logged one by one before the log thins out to one in LOG_EVERY.
+LOG_FIRST, LOG_EVERY = 10, 1000
+
+_HEADER = struct.Struct("<IIQ")
+_SEGMENT = struct.Struct("<QII")
+_CONFIG = struct.Struct("<QIIHBBIBBHIBBHIIIIIB3xIII")
+
+Buffers = tuple[tuple[int, int], ...]  # (guest address, length)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One range of a DISCARD or WRITE_ZEROES request."""
+
+    sector: int
+    num_sectors: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class BlkRequest:
+    """A well-formed request, parsed from its chain (not yet checked against the disk)."""
+
+    head: int
+    type: int
+    sector: int
+    data: Buffers  # device-readable for OUT, device-writable for IN and GET_ID, else ()
+    status_addr: int
+    segments: tuple[Segment, ...] = ()  # DISCARD and WRITE_ZEROES
+
+    @property
+    def data_len(self) -> int:
+        return sum(n for _, n in self.data)
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    """A request the device answers at once with ``status`` (``status_addr`` None: the chain
+    has no status byte, so it goes back with nothing written). ``reason``: its counter."""
+
+    head: int
+    status_addr: int | None
+    status: int
+    reason: str
+
+
+def _trim(bufs: Sequence[tuple[int, int]], skip: int = 0, drop: int = 0) -> Buffers:
+    """``bufs`` without their first ``skip`` and last ``drop`` bytes (empty buffers gone)."""
+    out: list[tuple[int, int]] = []
+    total = sum(n for _, n in bufs)
+    end = total - drop
+    pos = 0
+    for addr, n in bufs:
+        lo, hi = max(pos, skip), min(pos + n, end)
+        if hi > lo:
+            out.append((addr + lo - pos, hi - lo))
+        pos += n
+    return tuple(out)
+
+
+def _read(mem: GuestMemory, bufs: Sequence[tuple[int, int]], limit: int) -> bytes:
+    """The first ``limit`` bytes of ``bufs`` (empty buffers on the way are skipped)."""
+    out = bytearray()
+    for addr, n in bufs:
+        if len(out) >= limit:
+            break
+        out += mem.read(addr, min(n, limit - len(out)))
+    return bytes(out)
+
+
+def parse_request(
+    chain: DescriptorChain,
+    mem: GuestMemory,
+    max_discard_seg: int = MAX_DISCARD_SEG,
+    max_write_zeroes_seg: int = MAX_WRITE_ZEROES_SEG,
+) -> BlkRequest | BadRequest:
+    """The request ``chain`` carries, or the status it is answered with if it is malformed.
+    Reads the header and any segment list from ``mem``; writes nothing. The chain's buffers
+    were checked by the queue (inside RAM, readable before writable)."""
+    head = chain.head
+    last = next(((a, n) for a, n in reversed(chain.writable) if n), None)
+    if last is None:
+        return BadRequest(head, None, S_IOERR, "no_status")
+    status_addr = last[0] + last[1] - 1
+    readable_len = chain.readable_len
+    if readable_len < HEADER_LEN:
+        return BadRequest(head, status_addr, S_IOERR, "short_header")
+    rtype, _reserved, sector = _HEADER.unpack(_read(mem, chain.readable, HEADER_LEN))
+    rdata = _trim(chain.readable, skip=HEADER_LEN)
+    wdata = _trim(chain.writable, drop=1)
+    if rtype not in TYPE_NAMES:
+        return BadRequest(head, status_addr, S_UNSUPP, "unsupported_type")
+
+    def bad(reason: str, status: int = S_IOERR) -> BadRequest:
+        return BadRequest(head, status_addr, status, reason)
+
+    if rtype == T_IN:
+        if rdata:
+            return bad("bad_direction")
+        if sum(n for _, n in wdata) % SECTOR:
+            return bad("unaligned_length")
+        return BlkRequest(head, rtype, sector, wdata, status_addr)
+    if rtype == T_OUT:
+        if wdata:
+            return bad("bad_direction")
+        if (readable_len - HEADER_LEN) % SECTOR:
+            return bad("unaligned_length")
+        return BlkRequest(head, rtype, sector, rdata, status_addr)
+    if rtype == T_FLUSH:
+        if rdata or wdata:
+            return bad("bad_direction")
+        return BlkRequest(head, rtype, sector, (), status_addr)
+    if rtype == T_GET_ID:
+        if rdata or not wdata:
+            return bad("bad_direction")
+        return BlkRequest(head, rtype, sector, wdata, status_addr)
+    # DISCARD, WRITE_ZEROES: a list of 16-byte segments
+    if wdata:
+        return bad("bad_direction")
+    seg_bytes = readable_len - HEADER_LEN
+    if seg_bytes == 0 or seg_bytes % SEGMENT_LEN:
+        return bad("bad_segments")
+    max_seg = max_discard_seg if rtype == T_DISCARD else max_write_zeroes_seg
+    if seg_bytes // SEGMENT_LEN > max_seg:
+        return bad("too_many_segments")
+    raw = _read(mem, rdata, seg_bytes)
+    segments = tuple(Segment(*s) for s in _SEGMENT.iter_unpack(raw))
+    allowed = 0 if rtype == T_DISCARD else WRITE_ZEROES_F_UNMAP
+    if any(s.flags & ~allowed for s in segments):
+        return bad("bad_flags", S_UNSUPP)  # 5.2.6.2: unknown flags, or unmap on a discard
+    return BlkRequest(head, rtype, sector, (), status_addr, segments)
+
+
+@dataclass
+class _Work:
+    """A request with the backend: what to write back when it completes."""
+
+    req: BlkRequest
+    generation: int
+    cost: int  # bytes counted against MAX_IN_FLIGHT_BYTES
+    payload: bytes = b""  # OUT: the data, copied from the guest when the request was taken
+
+
+class VirtioBlk(VirtioBackend):
+    """A virtio-blk device over ``disk``; ``serial`` is what GET_ID answers (ASCII, at most
+    20 bytes)."""
+
+    device_id = DEVICE_ID_BLK
+    queue_max = QUEUE_MAX
+
+    def __init__(self, disk: BlockBackend, serial: str = "") -> None:
+        super().__init__()
+        try:
+            raw = serial.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError(f"disk serial {serial!r} is not ASCII") from None
+        if len(raw) > ID_BYTES:
+            raise ValueError(f"disk serial {serial!r} is longer than {ID_BYTES} bytes")
+        self.disk = disk
+        self.serial = serial
+        self._id = raw.ljust(ID_BYTES, b"\0")
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._mem: GuestMemory | None = None
+        self._queue: Virtqueue | None = None
+        self._features = 0
+        self.generation = 0
+        self.in_flight = 0  # requests with the backend, of any generation
+        self.in_flight_bytes = 0
+
+    # -- what the driver sees ----------------------------------------------------------------
+
+    @property
+    def features(self) -> int:
+        f = F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_DISCARD | F_WRITE_ZEROES
+        if self.disk.read_only:
+            f |= F_RO
+        return f | F_RING_EVENT_IDX | F_RING_INDIRECT_DESC
+
+    @property
+    def num_queues(self) -> int:
+        return 1
+
+    def config(self) -> bytes:
+        return _CONFIG.pack(
+            self.disk.size // SECTOR,  # capacity
+            SIZE_MAX,
+            SEG_MAX,
+            0, 0, 0,  # geometry: none (no F_GEOMETRY)
+            BLK_SIZE,
+            0, 0, 0, 0,  # topology: none (no F_TOPOLOGY)
+            0,  # writeback (no F_CONFIG_WCE)
+            0,  # unused0
+            1,  # num_queues (no F_MQ: one)
+            MAX_DISCARD_SECTORS,
+            MAX_DISCARD_SEG,
+            DISCARD_SECTOR_ALIGNMENT,
+            MAX_WRITE_ZEROES_SECTORS,
+            MAX_WRITE_ZEROES_SEG,
+            1,  # write_zeroes_may_unmap
+            0, 0, 0,  # secure erase: none
+        )  # fmt: skip
+
+    def stats(self) -> collections.Counter[str]:
+        """The counters, and the requests and bytes in flight now."""
+        out = collections.Counter(self.counters)
+        out["in_flight"] = self.in_flight
+        out["in_flight_bytes"] = self.in_flight_bytes
+        return out
+
+    # -- transport callbacks -----------------------------------------------------------------
+
+    def activate(self, mem: GuestMemory, queues: Sequence[Virtqueue], features: int) -> None:
+        self.generation += 1
+        self._mem, self._queue, self._features = mem, queues[0], features
+
+    def reset(self) -> None:
+        if self.in_flight:
+            self.counters["reset_in_flight"] += self.in_flight
+        self.generation += 1
+        self._mem, self._queue, self._features = None, None, 0
+
+    def notify(self, queue: int) -> None:
+        self._take()
+
+    # -- taking requests ---------------------------------------------------------------------
+
+    def _running(self) -> bool:
+        t = self.transport
+        return t is not None and t.running and self._queue is not None
+
+    def _take(self) -> None:
+        """Take chains while there is room in flight; answer the bad ones at once."""
+        if not self._running():
+            return
+        q, mem, transport = self._queue, self._mem, self.transport
+        assert q is not None and mem is not None and transport is not None
+        answered = started = False
+        while self.in_flight < MAX_IN_FLIGHT:
+            chain = q.pop()  # a QueueError goes up: the transport sets NEEDS_RESET
+            if chain is None:
+                break
+            parsed = parse_request(chain, mem)
+            if isinstance(parsed, BadRequest):
+                self._count_bad(parsed.reason)
+                self._answer(q, mem, parsed.head, parsed.status_addr, parsed.status)
+                answered = True
+                continue
+            status = self._check(parsed)
+            if status is not None:
+                self._answer(q, mem, parsed.head, parsed.status_addr, status)
+                answered = True
+                continue
+            if parsed.type == T_GET_ID:
+                n = min(parsed.data_len, ID_BYTES)
+                _scatter(mem, parsed.data, self._id[:n])
+                self.counters["get_ids"] += 1
+                self._answer(q, mem, parsed.head, parsed.status_addr, S_OK, n)
+                answered = True
+                continue
+            cost = parsed.data_len
+            if self.in_flight and self.in_flight_bytes + cost > MAX_IN_FLIGHT_BYTES:
+                q.unpop(1)  # taken again when something completes
+                self.counters["throttled"] += 1
+                break
+            payload = _read(mem, parsed.data, cost) if parsed.type == T_OUT else b""
+            self._start(_Work(parsed, self.generation, cost, payload))
+            started = True
+        else:
+            if q.pending():
+                self.counters["throttled"] += 1
+        if answered:
+            self._signal()
+        if started:
+            transport.ctx.end_slice()  # let the I/O tasks run now, not after the slice
+
+    def _count_bad(self, reason: str) -> None:
+        self.counters["bad_requests"] += 1
+        self.counters[f"bad_{reason}"] += 1
+
+    def _check(self, req: BlkRequest) -> int | None:
+        """The status a well-formed request fails with against this disk, or None."""
+        size, rtype = self.disk.size, req.type
+        if rtype in (T_IN, T_OUT):
+            if req.sector * SECTOR + req.data_len > size:
+                self.counters["out_of_range"] += 1
+                return S_IOERR
+        elif rtype in (T_DISCARD, T_WRITE_ZEROES):
+            bit = F_DISCARD if rtype == T_DISCARD else F_WRITE_ZEROES
+            if not self._features & bit:
+                self.counters["not_negotiated"] += 1
+                return S_UNSUPP
+            limit = MAX_DISCARD_SECTORS if rtype == T_DISCARD else MAX_WRITE_ZEROES_SECTORS
+            for s in req.segments:
+                if s.num_sectors > limit:
+                    self.counters["segment_too_long"] += 1
+                    return S_IOERR
+                if (s.sector + s.num_sectors) * SECTOR > size:
+                    self.counters["out_of_range"] += 1
+                    return S_IOERR
+        if rtype in (T_OUT, T_DISCARD, T_WRITE_ZEROES) and self.disk.read_only:
+            self.counters["read_only"] += 1
+            return S_IOERR
+        return None
+
+    def _answer(
+        self,
+        q: Virtqueue,
+        mem: GuestMemory,
+        head: int,
+        status_addr: int | None,
+        status: int,
+        data_written: int = 0,
+    ) -> None:
+        """Write the status byte (if there is one) and hand the chain back."""
+        if status_addr is None:
+            q.push(head, 0)
+            return
+        if status == S_IOERR:
+            self.counters["ioerr"] += 1
+        elif status == S_UNSUPP:
+            self.counters["unsupp"] += 1
+        mem.write(status_addr, bytes((status,)))
+        q.push(head, data_written + 1)
+
+    def _signal(self) -> None:
+        assert self.transport is not None
+        self.transport.signal_used(0)
+
+    # -- doing them --------------------------------------------------------------------------
+
+    def _start(self, work: _Work) -> None:
+        assert self.transport is not None
+        self.in_flight += 1
+        self.in_flight_bytes += work.cost
+        self.counters["in_flight_peak"] = max(self.counters["in_flight_peak"], self.in_flight)
+
+        async def run() -> None:
+            await self._run(work)
+
+        self.transport.ctx.spawn(run)
+
+    async def _run(self, work: _Work) -> None:
+        try:
+            status, data = await self._execute(work)
+        finally:  # cancelled too (the VM stops): the slot is free
+            self.in_flight -= 1
+            self.in_flight_bytes -= work.cost
+        self._complete(work, status, data)
+
+    async def _execute(self, work: _Work) -> tuple[int, bytes]:
+        req, disk = work.req, self.disk
+        offset = req.sector * SECTOR
+        rtype = req.type
+        try:
+            if rtype == T_IN:
+                data = await disk.read(offset, req.data_len) if req.data_len else b""
+                return S_OK, data
+            if rtype == T_OUT:
+                if work.payload:
+                    await disk.write(offset, work.payload)
+            elif rtype == T_FLUSH:
+                await disk.flush()
+            elif rtype == T_DISCARD:
+                for s in req.segments:
+                    await disk.discard(s.sector * SECTOR, s.num_sectors * SECTOR)
+            else:  # T_WRITE_ZEROES
+                for s in req.segments:
+                    await disk.write_zeroes(s.sector * SECTOR, s.num_sectors * SECTOR)
+            return S_OK, b""
+        except BlockIOError as e:
+            self.counters["host_io_errors"] += 1
+            n = self.counters["host_io_errors"]
+            if n <= LOG_FIRST or n % LOG_EVERY == 0:
+                log.warning(
+                    "host I/O error",
+                    device=self.transport.name if self.transport else "?",
+                    op=TYPE_NAMES[rtype],
+                    sector=req.sector,
+                    bytes=req.data_len,
+                    error=str(e),
+                    errors=n,
+                )
+            return S_IOERR, b""
+
+    def _complete(self, work: _Work, status: int, data: bytes) -> None:
+        """Back on the guest's side: data, status byte, used ring, interrupt, wake-up."""
+        if work.generation != self.generation or not self._running():
+            self.counters["discarded_completions"] += 1
+            self._kick()
+            return
+        q, mem, transport = self._queue, self._mem, self.transport
+        assert q is not None and mem is not None and transport is not None
+        req = work.req
+        written = 0
+        try:
+            if status == S_OK:
+                self._count_done(req)
+                if req.type == T_IN:
+                    _scatter(mem, req.data, data)
+                    written = len(data)
+            self._answer(q, mem, req.head, req.status_addr, status, written)
+            self._signal()
+        except GuestError as e:
+            transport.needs_reset(e)
+            return
+        transport.ctx.wake()
+        self._kick()
+
+    def _count_done(self, req: BlkRequest) -> None:
+        c = self.counters
+        if req.type == T_IN:
+            c["reads"] += 1
+            c["read_bytes"] += req.data_len
+        elif req.type == T_OUT:
+            c["writes"] += 1
+            c["write_bytes"] += req.data_len
+        elif req.type == T_FLUSH:
+            c["flushes"] += 1
+        elif req.type == T_DISCARD:
+            c["discards"] += 1
+            c["discard_bytes"] += sum(s.num_sectors for s in req.segments) * SECTOR
+        else:
+            c["write_zeroes"] += 1
+            c["write_zeroes_bytes"] += sum(s.num_sectors for s in req.segments) * SECTOR
+
+    def _kick(self) -> None:
+        """A slot came free: take what the driver left in the ring meanwhile."""
+        if not self._running():
+            return
+        assert self.transport is not None
+        try:
+            self._take()
+        except GuestError as e:
+            self.transport.needs_reset(e)
+
+
+def _scatter(mem: GuestMemory, bufs: Buffers, data: bytes) -> None:
+    view = memoryview(data)
+    done = 0
+    for addr, n in bufs:
+        if done >= len(view):
+            break
+        take = min(n, len(view) - done)
+        mem.write(addr, view[done : done + take])
+        done += take
+
+
+def virtio_blk(name: str, disk: BlockBackend, serial: str | None = None) -> VirtioMmio:
+    """A virtio-blk disk for ``VmConfig.devices`` over ``disk`` (a ``blockdev`` backend);
+    GET_ID answers ``serial`` (default ``hv-NAME``, cut to 20 bytes)."""
+    if serial is None:
+        serial = f"hv-{name}"[:ID_BYTES]
+    return VirtioMmio(name, VirtioBlk(disk, serial))
