@@ -27,6 +27,8 @@ GUESTS: dict[str, str] = {
     "ping": "pings peer=A.B.C.D over virtio-net and prints a summary (ip=, count=, interval=)",
     "udpecho": "answers pings and echoes UDP (port=7) until stopped",
     "udpgen": "UDP load generator against an echo server: sent, echoed, lost, datagrams/s",
+    "blktest": "virtio-blk: writes a pattern, FLUSH, reads back (blk.mode=write|verify|"
+    "write-flush-hang blk.sectors= blk.seed=)",
 }
 
 TARGET = "riscv64-freestanding-none"

@@ -3,56 +3,24 @@
  * and recycled, one transmit buffer per descriptor. No offloads: checksums are computed here. */
 #include "rt.h"
 #include "net.h"
+#include "virtio.h"
 
 #define QSIZE 16
 #define BUF 2048
 #define HDR 12 /* virtio_net_hdr with num_buffers (VERSION_1) */
 
-/* virtio-mmio registers */
-#define R_MAGIC 0x000
-#define R_VERSION 0x004
-#define R_DEVICE_ID 0x008
-#define R_DEV_FEATURES 0x010
-#define R_DEV_FEATURES_SEL 0x014
-#define R_DRV_FEATURES 0x020
-#define R_DRV_FEATURES_SEL 0x024
-#define R_QUEUE_SEL 0x030
-#define R_QUEUE_NUM_MAX 0x034
-#define R_QUEUE_NUM 0x038
-#define R_QUEUE_READY 0x044
-#define R_QUEUE_NOTIFY 0x050
-#define R_INT_STATUS 0x060
-#define R_INT_ACK 0x064
-#define R_STATUS 0x070
-#define R_DESC_LO 0x080
-#define R_DESC_HI 0x084
-#define R_DRIVER_LO 0x090
-#define R_DRIVER_HI 0x094
-#define R_DEVICE_LO 0x0a0
-#define R_DEVICE_HI 0x0a4
-#define R_CONFIG 0x100
-
 #define F_MAC (1u << 5)
-#define F_VERSION_1_HI 1u /* bit 32 */
 
-struct desc {
-    uint64_t addr;
-    uint32_t len;
-    uint16_t flags, next;
-};
 struct avail {
     uint16_t flags, idx, ring[QSIZE], used_event;
 };
-struct used_elem {
-    uint32_t id, len;
-};
 struct used {
     uint16_t flags, idx;
-    struct used_elem ring[QSIZE];
+    struct virtq_used_elem ring[QSIZE];
     uint16_t avail_event;
 };
 struct queue {
-    struct desc desc[QSIZE] __attribute__((aligned(16)));
+    struct virtq_desc desc[QSIZE] __attribute__((aligned(16)));
     struct avail avail __attribute__((aligned(4)));
     struct used used __attribute__((aligned(4)));
     uint16_t last_used, next_avail;
@@ -61,7 +29,7 @@ struct queue {
 
 static struct queue rxq __attribute__((aligned(4096)));
 static struct queue txq __attribute__((aligned(4096)));
-static volatile uint32_t *regs;
+static struct virtio_dev dev;
 static uint8_t mac[6];
 static uint32_t my_ip, my_mask;
 static uint32_t my_router, my_dns; /* from DHCP only (0: none): the static ip= has no router */
@@ -96,9 +64,7 @@ static struct {
 #define DHCP_CLIENT 68
 static bool dhcp_run(void);
 
-static inline void w(unsigned off, uint32_t v) { regs[off / 4] = v; }
-static inline uint32_t r(unsigned off) { return regs[off / 4]; }
-static inline void mb(void) { __asm__ volatile("fence rw, rw" ::: "memory"); }
+static inline void mb(void) { virtio_mb(); }
 
 static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static uint32_t rd32(const uint8_t *p) { return (uint32_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3]; }
@@ -117,17 +83,6 @@ static uint16_t csum(const uint8_t *p, size_t n, uint32_t sum)
     while (sum >> 16)
         sum = (sum & 0xffff) + (sum >> 16);
     return (uint16_t)~sum;
-}
-
-static void setup_queue(unsigned index, struct queue *q)
-{
-    w(R_QUEUE_SEL, index);
-    w(R_QUEUE_NUM, QSIZE);
-    uint64_t d = (uintptr_t)q->desc, a = (uintptr_t)&q->avail, u = (uintptr_t)&q->used;
-    w(R_DESC_LO, (uint32_t)d), w(R_DESC_HI, (uint32_t)(d >> 32));
-    w(R_DRIVER_LO, (uint32_t)a), w(R_DRIVER_HI, (uint32_t)(a >> 32));
-    w(R_DEVICE_LO, (uint32_t)u), w(R_DEVICE_HI, (uint32_t)(u >> 32));
-    w(R_QUEUE_READY, 1);
 }
 
 static void rx_post(uint16_t i)
@@ -180,18 +135,7 @@ void net_format_ip(uint32_t ip, char *buf)
 
 bool net_init(void)
 {
-    int node = -1;
-    while ((node = fdt_node_by_compatible("virtio,mmio", node)) >= 0) {
-        uint64_t base, size;
-        if (!fdt_reg(node, 0, &base, &size))
-            continue;
-        volatile uint32_t *p = (volatile uint32_t *)(uintptr_t)base;
-        if (p[R_MAGIC / 4] == 0x74726976 && p[R_VERSION / 4] == 2 && p[R_DEVICE_ID / 4] == 1) {
-            regs = p;
-            break;
-        }
-    }
-    if (!regs) {
+    if (!virtio_find(VIRTIO_DEVICE_NET, &dev)) {
         puts("net: no virtio-net device in the device tree");
         return false;
     }
@@ -204,30 +148,22 @@ bool net_init(void)
         return false;
     }
     my_mask = dhcp ? 0 : prefix ? 0xffffffffu << (32 - prefix) : 0;
-    w(R_STATUS, 0);
-    w(R_STATUS, 1 | 2); /* ACKNOWLEDGE | DRIVER */
-    w(R_DEV_FEATURES_SEL, 0);
-    uint32_t lo = r(R_DEV_FEATURES) & F_MAC;
-    w(R_DRV_FEATURES_SEL, 0), w(R_DRV_FEATURES, lo);
-    w(R_DRV_FEATURES_SEL, 1), w(R_DRV_FEATURES, F_VERSION_1_HI);
-    w(R_STATUS, 1 | 2 | 8);
-    if (!(r(R_STATUS) & 8)) {
+    if (!virtio_negotiate(&dev, F_MAC)) {
         puts("net: the device refused our features");
         return false;
     }
-    if (r(R_QUEUE_NUM_MAX) < QSIZE) {
+    if (!virtio_setup_queue(&dev, 0, QSIZE, rxq.desc, &rxq.avail, &rxq.used) ||
+        !virtio_setup_queue(&dev, 1, QSIZE, txq.desc, &txq.avail, &txq.used)) {
         puts("net: queues too small");
         return false;
     }
-    setup_queue(0, &rxq);
-    setup_queue(1, &txq);
-    volatile uint8_t *cfg = (volatile uint8_t *)regs + R_CONFIG;
+    volatile uint8_t *cfg = virtio_config(&dev);
     for (int i = 0; i < 6; i++)
         mac[i] = cfg[i];
     for (uint16_t i = 0; i < QSIZE; i++)
         rx_post(i);
-    w(R_STATUS, 1 | 2 | 8 | 4); /* DRIVER_OK */
-    w(R_QUEUE_NOTIFY, 0);
+    virtio_driver_ok(&dev);
+    virtio_w(&dev, VIRTIO_R_QUEUE_NOTIFY, 0);
     if (dhcp) {
         printf("net: eth0 %02x:%02x:%02x:%02x:%02x:%02x dhcp\n", mac[0], mac[1], mac[2], mac[3],
                mac[4], mac[5]);
@@ -265,7 +201,7 @@ static bool tx(uint8_t *frame, size_t len)
     txq.next_avail++;
     txq.avail.idx = txq.next_avail;
     mb();
-    w(R_QUEUE_NOTIFY, 1);
+    virtio_w(&dev, VIRTIO_R_QUEUE_NOTIFY, 1);
     stats.tx_frames++;
     return true;
 }
@@ -461,11 +397,11 @@ static void handle_arp(const uint8_t *f, size_t n)
 
 void net_poll(void)
 {
-    if (!regs)
+    if (!dev.regs)
         return;
     mb();
     while (rxq.last_used != rxq.used.idx) {
-        struct used_elem e = rxq.used.ring[rxq.last_used % QSIZE];
+        struct virtq_used_elem e = rxq.used.ring[rxq.last_used % QSIZE];
         rxq.last_used++;
         if (e.id < QSIZE && e.len > HDR) {
             const uint8_t *f = rxq.buf[e.id] + HDR;
@@ -478,10 +414,9 @@ void net_poll(void)
                 handle_ip(f, n);
         }
         rx_post((uint16_t)(e.id % QSIZE));
-        w(R_QUEUE_NOTIFY, 0);
+        virtio_w(&dev, VIRTIO_R_QUEUE_NOTIFY, 0);
     }
-    if (r(R_INT_STATUS))
-        w(R_INT_ACK, r(R_INT_STATUS));
+    virtio_ack_interrupt(&dev);
 }
 
 bool net_wait_us(uint64_t us, bool (*done)(void *ctx), void *ctx)
