@@ -26,6 +26,7 @@ from pathlib import Path
 import trio
 
 from hv._console import BACKLOG_HIGH, Console
+from hv._disk import Disk
 from hv._errors import ConfigError, StateError
 from hv._log import get_logger
 from hv._nic import Nic, nic_cmdline
@@ -69,6 +70,7 @@ class VmConfig:
     devices: tuple[Device, ...] = ()  # in virtio-mmio slots 0, 1, ... (see hv.board._device)
     time_source: TimeSource | None = None  # guest time's source in ns (None: monotonic)
     nics: tuple[Nic, ...] = ()  # virtio-net cards on switches, after ``devices`` (hv.Nic)
+    disks: tuple[Disk, ...] = ()  # virtio-blk disks, after the NICs (hv.Disk)
 
     def machine_config(self) -> MachineConfig:
         kernel = self.kernel if isinstance(self.kernel, bytes) else load_file(self.kernel, "kernel")
@@ -85,7 +87,8 @@ class VmConfig:
             count_instructions=self.count_instructions,
             native_exits=self.native_exits,
             devices=self.devices
-            + tuple(nic.device(self.name, i) for i, nic in enumerate(self.nics)),
+            + tuple(nic.device(self.name, i) for i, nic in enumerate(self.nics))
+            + tuple(disk.device(self.name, i) for i, disk in enumerate(self.disks)),
             time_source=self.time_source,
         )
 

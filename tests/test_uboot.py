@@ -137,3 +137,53 @@ def test_uboot_dhcp_ping_and_tftpboot_from_the_switch_services(tmp_path: Path) -
         s.wait_for(b"poweroff ...")
     finally:
         s.close()
+
+
+def test_uboot_reads_ext4_and_writes_raw_sectors_on_virtio_disks(tmp_path: Path) -> None:
+    """U-Boot as a virtio-blk client: `virtio scan/info`, `ext4ls` and `ext4load` on a
+    host-made ext4 image, `virtio write` of raw sectors on a second disk that the host then
+    reads back."""
+    import subprocess
+
+    fs, raw = tmp_path / "fs.img", tmp_path / "raw.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(fs), "16M"], check=True)
+    note = tmp_path / "note.txt"
+    note.write_text("hello from the host's ext4\n")
+    subprocess.run(["debugfs", "-w", "-R", f"write {note} note.txt", str(fs)], check=True,
+                   capture_output=True)  # fmt: skip
+    raw.write_bytes(bytes(1 << 20))
+    lab = tmp_path / "disks.toml"
+    lab.write_text(
+        f'[vms.u]\nkernel = "{uboot()}"\nmem = "256M"\n'
+        'disks = ["fs.img,serial=fs0", { file = "raw.img", format = "raw" }]\n'
+    )
+    s = Session([sys.executable, "-m", "hv.cli", "up", str(lab), "--attach", "u",
+                 "--exit-code-from", "u"])  # fmt: skip
+    try:
+        s.wait_for(b"Hit any key to stop autoboot")
+        s.type(b"\r")
+        s.wait_for(b"=> ")
+        mark = len(s.out)
+        s.type(b"virtio scan; virtio info\r")
+        s.wait_for(b"Capacity: 16.0 MB", since=mark)
+        mark = len(s.out)
+        s.type(b"ext4ls virtio 0\r")
+        s.wait_for(b"note.txt", since=mark)
+        mark = len(s.out)
+        s.type(b"ext4load virtio 0 ${kernel_addr_r} note.txt; md.b ${kernel_addr_r} 0x10\r")
+        s.wait_for(b"27 bytes read", since=mark)
+        s.wait_for(b"hello from the h", since=mark)
+        mark = len(s.out)
+        s.type(b"mw.b ${kernel_addr_r} 0xa5 0x1000; virtio dev 1; "
+               b"virtio write ${kernel_addr_r} 8 8\r")  # fmt: skip
+        s.wait_for(b"8 blocks written: OK", since=mark)
+        mark = len(s.out)
+        s.type(b"mw.b ${kernel_addr_r} 0 0x1000; virtio read ${kernel_addr_r} 8 1; "
+               b"md.b ${kernel_addr_r} 4\r")  # fmt: skip
+        s.wait_for(b"a5 a5 a5 a5", since=mark)
+        s.type(b"poweroff\r")
+        s.wait_for(b"poweroff ...")
+    finally:
+        s.close()
+    data = raw.read_bytes()
+    assert data[8 * 512 : 16 * 512] == b"\xa5" * 4096 and data[: 8 * 512] == bytes(4096)

@@ -24,9 +24,12 @@ from hv.board import _platform as P
 from hv.board._platform import DEFAULT_QUANTUM
 from hv.build import _guests, _image_linux
 from hv.build._kernels import resolve_kernel
+from hv.cli import _disk as _disk_cli
 
 if TYPE_CHECKING:
     from hv._vm import Vm
+    from netfabric.fabric import Switch
+    from netfabric.tap import TapPort
 
 EXIT_CONFIG = 4  # bad command line or input file (the guest never ran)
 ESCAPE = 0x01  # Ctrl-A, then 'x' quits (as in QEMU's -nographic console)
@@ -104,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument(
+        "--disk",
+        action="append",
+        default=[],
+        metavar="FILE[,ro][,format=raw|qcow2][,snapshot][,serial=ID]",
+        help=(
+            "a virtio-blk disk (repeatable): the format is detected unless given; snapshot "
+            "sends writes to a temporary overlay dropped at exit (see hv disk create)"
+        ),
+    )
+    run.add_argument(
         "--quantum",
         type=_quantum,
         default=DEFAULT_QUANTUM,
@@ -154,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     ii.add_argument("name", choices=IMAGES, metavar="NAME", help="image: linux")
     ii.add_argument("--json", action="store_true", help='print {"kernel", "initrd", "cmdline"}')
     isub.add_parser("list", help="list the built images")
+
+    _disk_cli.add_parser(sub)
 
     up = sub.add_parser(
         "up",
@@ -340,6 +355,7 @@ def _net_option(text: str) -> tuple[str, str | None, str | None]:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from hv._disk import close_disks, open_disks
     from hv._vm import Vm, VmConfig  # loads the engine: only for the commands that run guests
     from hv.lab._runner import open_tap
     from netfabric.fabric import Switch
@@ -350,7 +366,9 @@ async def _run(args: argparse.Namespace) -> int:
     nets = [_net_option(text) for text in args.net]
     switches = [Switch(f"net{i}") for i in range(len(nets))]
     taps = [open_tap(sw, tap) for sw, (tap, _, _) in zip(switches, nets, strict=True)]
+    disks = await open_disks(args.disk)
     config = VmConfig(
+        disks=tuple(disks),
         nics=tuple(
             Nic(sw, ip=ip, mac=mac) for sw, (_, ip, mac) in zip(switches, nets, strict=True)
         ),
@@ -362,14 +380,21 @@ async def _run(args: argparse.Namespace) -> int:
         name=Path(args.kernel).name,
         dtb_out=args.dtb_out,
     )
-    vm = Vm(config)  # bad input (file, size, not a kernel) raises ConfigError here
+    try:
+        vm = Vm(config)  # bad input (file, size, not a kernel) raises ConfigError here
+        return await _run_vm(vm, [(sw, tap) for sw, tap in zip(switches, taps, strict=True)])
+    finally:
+        await close_disks(disks)
+
+
+async def _run_vm(vm: Vm, ports: list[tuple[Switch, TapPort]]) -> int:
     closed = False
     stdin = sys.stdin.fileno() if sys.stdin is not None else -1
     with _raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive:
         async with trio.open_nursery() as nursery:
             if stdin >= 0:
                 nursery.start_soon(_pump_input, vm, stdin, interactive)
-            for sw, tap in zip(switches, taps, strict=True):
+            for sw, tap in ports:
                 nursery.start_soon(sw.run)
                 nursery.start_soon(tap.run)
             nursery.start_soon(vm.run)
@@ -464,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _engine_command(args)
         if args.command == "up":
             return trio.run(_with_signals, _up, args)
+        if args.command == "disk":
+            return _disk_cli.disk_command(args)
         if args.command == "demo":
             return trio.run(_with_signals, _demo, args)
     except HvError as e:

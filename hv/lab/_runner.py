@@ -10,11 +10,12 @@ and closed on the way out.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
+from hv._disk import Disk, close_disks, open_disks
 from hv._errors import ConfigError, HostError
 from hv._nic import Nic
 from hv._status import StopInfo
@@ -61,6 +62,7 @@ class LabRun:
     links: list[Link] = field(default_factory=list)
     taps: dict[str, TapPort] = field(default_factory=dict)  # switch name -> its TAP
     services: dict[str, ServiceHost] = field(default_factory=dict)  # switch -> its services
+    disks: dict[str, list[Disk]] = field(default_factory=dict)  # VM -> its disks (opened)
     # "links[0]", "a.eth0": the impairments on cables, changeable while the lab runs
     impairments: dict[str, ImpairedLink] = field(default_factory=dict)
     exits: dict[str, StopInfo] = field(default_factory=dict)
@@ -139,6 +141,7 @@ def vm_config(
     vm: VmSpec,
     switches: dict[str, Switch],
     cables: dict[tuple[str, int], Cable] | None = None,
+    disks: Sequence[Disk] = (),
 ) -> VmConfig:
     cables = cables or {}
     kernel, initrd, default_cmdline = resolve_kernel(vm.kernel, spec.base)
@@ -165,6 +168,7 @@ def vm_config(
         quantum=vm.quantum or DEFAULT_QUANTUM,
         name=vm.name,
         nics=nics,
+        disks=tuple(disks),
     )
 
 
@@ -185,69 +189,78 @@ async def run_lab(
         )
     run = LabRun(spec)
     prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
-    async with trio.open_nursery() as nursery:
-        try:
-            for name, s in spec.switches.items():
-                run.switches[name] = await nursery.start(Switch(name, s.capture).run)
-                if s.tap is not None:
-                    run.taps[name] = await nursery.start(open_tap(run.switches[name], s.tap).run)
-                if s.subnet is not None:
-                    host = ServiceHost(services_config(spec, name))
-                    host.attach(run.switches[name])
-                    run.services[name] = await nursery.start(host.run)
-            for i, link in enumerate(spec.links):
-                imp = None
-                if link.impair is not None:
-                    imp = run.impairments[f"links[{i}]"] = await nursery.start(
-                        _cable(link.impair, f"{link.a}-{link.b}").run
-                    )
-                ab, ba = _sides(imp) if imp is not None else (None, None)
-                made = Link(run.switches[link.a], run.switches[link.b], ab, ba)
-                if link.vlans is not None:
-                    made.trunk(link.vlans)
-                run.links.append(made)
-            cables: dict[tuple[str, int], Cable] = {}
-            for vspec in spec.vms.values():
-                for i, nic in enumerate(vspec.nics):
-                    if nic.impair is not None:
-                        name = f"{vspec.name}.eth{i}"
-                        imp = run.impairments[name] = await nursery.start(
-                            _cable(nic.impair, name).run
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                for name, s in spec.switches.items():
+                    run.switches[name] = await nursery.start(Switch(name, s.capture).run)
+                    if s.tap is not None:
+                        run.taps[name] = await nursery.start(
+                            open_tap(run.switches[name], s.tap).run
                         )
-                        # egress: from the VM into the switch; ingress: the other way
-                        cables[(vspec.name, i)] = _sides(imp)
-            configs = {
-                name: vm_config(spec, v, run.switches, cables) for name, v in spec.vms.items()
-            }
-            for name, cfg in configs.items():
-                run.vms[name] = await nursery.start(run_vm, cfg)
-        except BaseException:
-            nursery.cancel_scope.cancel()
-            raise
-        task_status.started(run)
-        done = trio.Event()
+                    if s.subnet is not None:
+                        host = ServiceHost(services_config(spec, name))
+                        host.attach(run.switches[name])
+                        run.services[name] = await nursery.start(host.run)
+                for i, link in enumerate(spec.links):
+                    imp = None
+                    if link.impair is not None:
+                        imp = run.impairments[f"links[{i}]"] = await nursery.start(
+                            _cable(link.impair, f"{link.a}-{link.b}").run
+                        )
+                    ab, ba = _sides(imp) if imp is not None else (None, None)
+                    made = Link(run.switches[link.a], run.switches[link.b], ab, ba)
+                    if link.vlans is not None:
+                        made.trunk(link.vlans)
+                    run.links.append(made)
+                cables: dict[tuple[str, int], Cable] = {}
+                for vspec in spec.vms.values():
+                    for i, nic in enumerate(vspec.nics):
+                        if nic.impair is not None:
+                            name = f"{vspec.name}.eth{i}"
+                            imp = run.impairments[name] = await nursery.start(
+                                _cable(nic.impair, name).run
+                            )
+                            # egress: from the VM into the switch; ingress: the other way
+                            cables[(vspec.name, i)] = _sides(imp)
+                for vspec in spec.vms.values():
+                    run.disks[vspec.name] = await open_disks(vspec.disks, spec.base)
+                configs = {
+                    name: vm_config(spec, v, run.switches, cables, run.disks.get(name, []))
+                    for name, v in spec.vms.items()
+                }
+                for name, cfg in configs.items():
+                    run.vms[name] = await nursery.start(run_vm, cfg)
+            except BaseException:
+                nursery.cancel_scope.cancel()
+                raise
+            task_status.started(run)
+            done = trio.Event()
 
-        async def watch(name: str, vm: Vm) -> None:
-            if prefixed is not None:
-                while data := await vm.console.receive_some():
-                    prefixed.feed(name, data)
-            run.exits[name] = await vm.wait()
-            if (
-                name == exit_code_from
-                or len(run.exits) == len(run.vms)
-                or (until is not None and until <= run.exits.keys())
-            ):
-                done.set()
+            async def watch(name: str, vm: Vm) -> None:
+                if prefixed is not None:
+                    while data := await vm.console.receive_some():
+                        prefixed.feed(name, data)
+                run.exits[name] = await vm.wait()
+                if (
+                    name == exit_code_from
+                    or len(run.exits) == len(run.vms)
+                    or (until is not None and until <= run.exits.keys())
+                ):
+                    done.set()
 
-        for name, vm in run.vms.items():
-            nursery.start_soon(watch, name, vm)
-        await done.wait()
-        for vm in run.vms.values():
-            vm.stop("the lab is ending")
-        with trio.move_on_after(5):
             for name, vm in run.vms.items():
-                run.exits.setdefault(name, await vm.wait())
-        nursery.cancel_scope.cancel()
+                nursery.start_soon(watch, name, vm)
+            await done.wait()
+            for vm in run.vms.values():
+                vm.stop("the lab is ending")
+            with trio.move_on_after(5):
+                for name, vm in run.vms.items():
+                    run.exits.setdefault(name, await vm.wait())
+            nursery.cancel_scope.cancel()
+    finally:  # after every VM has stopped: what the guests flushed is on disk
+        for disks in run.disks.values():
+            await close_disks(disks)
     if exit_code_from is not None:
         return run.exits[exit_code_from].exit_code
     watched = until if until is not None else run.exits.keys()

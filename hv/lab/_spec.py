@@ -50,7 +50,8 @@ _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.IGNORECASE)
 
 SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap"}
 DHCP_KEYS = {"pool", "lease", "boot"}
-VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum"}
+VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks"}
+DISK_KEYS = {"file", "ro", "format", "snapshot", "serial"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
 LINK_KEYS = {"a", "b", "impair", "vlans"}
 LAB_KEYS = {"name", "switches", "vms", "links"}
@@ -125,6 +126,7 @@ class VmSpec:
     initrd: Path | None = None
     quantum: int | None = None
     nics: tuple[NicSpec, ...] = ()
+    disks: tuple[str, ...] = ()  # --disk specs, FILE relative to the lab's folder
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,38 @@ def _nic(
     return NicSpec(sw, mac, ip, gateway, cap, vlan, trunk, native, impair)
 
 
+def _disks(raw: Any, key: str) -> tuple[str, ...]:
+    """``disks = ["base.qcow2,snapshot", { file = "data.img", ro = true, serial = "x" }]``."""
+    from blockdev.open import parse_disk_spec
+
+    if not isinstance(raw, list):
+        raise ConfigError(f"{key}: expected a list of disk specs or tables")
+    out = []
+    for i, val in enumerate(raw):
+        dkey = f"{key}[{i}]"
+        if isinstance(val, dict):
+            _unknown(set(val), DISK_KEYS, dkey)
+            if "file" not in val:
+                raise ConfigError(f"{dkey}.file: missing (the image file)")
+            text = _str(val["file"], f"{dkey}.file").replace(",", ",,")
+            for flag in ("ro", "snapshot"):
+                if not isinstance(val.get(flag, False), bool):
+                    raise ConfigError(f"{dkey}.{flag}: expected true or false")
+                if val.get(flag):
+                    text += f",{flag}"
+            for opt in ("format", "serial"):
+                if opt in val:
+                    text += f",{opt}=" + _str(val[opt], f"{dkey}.{opt}").replace(",", ",,")
+        else:
+            text = _str(val, dkey)
+        try:
+            parse_disk_spec(text)
+        except ValueError as e:
+            raise ConfigError(f"{dkey}: {e}") from None
+        out.append(text)
+    return tuple(out)
+
+
 def _links(raw: Any, switches: dict[str, SwitchSpec]) -> tuple[LinkSpec, ...]:
     from netfabric.fabric import find_loop
 
@@ -453,6 +487,7 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
             initrd=base / _str(t["initrd"], f"{key}.initrd") if "initrd" in t else None,
             quantum=quantum,
             nics=tuple(nics),
+            disks=_disks(t["disks"], f"{key}.disks") if "disks" in t else (),
         )
     return LabSpec(name=name, base=base, switches=switches, vms=vms, links=links)
 

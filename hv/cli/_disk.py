@@ -1,0 +1,92 @@
+"""``hv disk create`` and ``hv disk info``: images for ``--disk`` and lab ``disks``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from hv._errors import ConfigError
+
+_DISK_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_disk_size(text: str) -> int:
+    """'10G', '512M', '1048576' (bytes) -> bytes; a multiple of 512."""
+    m = _DISK_SIZE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size; use e.g. 1G, 512M or bytes")
+    n = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()]
+    if n <= 0 or n % 512:
+        raise argparse.ArgumentTypeError(f"'{text}' is {n} bytes: not a multiple of 512")
+    return n
+
+
+def add_parser(sub: Any) -> None:
+    disk = sub.add_parser("disk", help="create disk images and show what is in them")
+    dsub = disk.add_subparsers(dest="disk_command", metavar="ACTION")
+    dc = dsub.add_parser(
+        "create",
+        help="create a raw image, or a qcow2 image (an overlay with --backing)",
+        description=(
+            "Create FILE: raw by default, qcow2 with --format qcow2 or when --backing is "
+            "given (an overlay: reads come from BASE until written; SIZE defaults to BASE's)."
+        ),
+    )
+    dc.add_argument("file", type=Path, metavar="FILE")
+    dc.add_argument("size", type=parse_disk_size, nargs="?", metavar="SIZE", help="e.g. 1G")
+    dc.add_argument("--backing", type=Path, metavar="BASE", help="the image underneath")
+    dc.add_argument("--format", choices=("raw", "qcow2"), help="image format (see above)")
+    dc.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    di = dsub.add_parser("info", help="format, sizes and backing chain of an image")
+    di.add_argument("file", type=Path, metavar="FILE")
+    di.add_argument("--json", action="store_true", help="print it as JSON")
+
+
+def _size_text(n: int) -> str:
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.4g} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
+def disk_command(args: argparse.Namespace) -> int:
+    from blockdev import BlockError
+    from blockdev.qcow2 import create_image, image_info
+
+    try:
+        if args.disk_command == "create":
+            fmt = args.format or ("qcow2" if args.backing else "raw")
+            if args.size is None and args.backing is None:
+                raise ConfigError("hv disk create: give a SIZE (e.g. 1G), or --backing BASE")
+            create_image(
+                args.file,
+                fmt,
+                args.size,
+                backing=args.backing,
+                overwrite=args.force,
+            )
+            info = image_info(args.file)
+            print(f"{args.file}: {fmt}, {_size_text(info['virtual_size'])}", file=sys.stderr)
+            return 0
+        if args.disk_command == "info":
+            info = image_info(args.file)
+            if args.json:
+                print(json.dumps(info, indent=2))
+                return 0
+            print(f"file:          {info['filename']}")
+            print(f"format:        {info['format']}")
+            print(f"virtual size:  {_size_text(info['virtual_size'])}")
+            print(f"allocated:     {_size_text(info['disk_size'])}")
+            if info.get("cluster_size"):
+                print(f"cluster size:  {info['cluster_size']}")
+            for i, b in enumerate(info.get("backing_chain", [])):
+                print(f"backing {i}:     {b['filename']} ({b['format']})")
+            return 0
+    except (BlockError, OSError) as e:
+        raise ConfigError(str(e)) from None
+    print("hv disk: give an action: create or info (hv disk --help)", file=sys.stderr)
+    return 2

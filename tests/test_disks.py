@@ -1,0 +1,175 @@
+"""Disks end to end: `hv disk create/info`, `hv run --disk` with the firmware blktest guest
+(raw and qcow2, checked by qemu-img), durability across a real SIGKILL, bad specs, Linux's
+virtio_blk and ext4 on a host-made image (e2fsck and debugfs as the oracles), Debian's
+U-Boot reading and writing a disk, and 100 guests booting from one base image with
+`snapshot` overlays."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from hv.lab import parse_lab
+from hv.lab._runner import run_lab
+
+HV = [sys.executable, "-m", "hv.cli"]
+
+
+def hv(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*HV, *args], capture_output=True, text=True, timeout=timeout,
+                          check=False, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("qemu-img")
+    assert exe, "qemu-img (qemu-utils) is needed: .ci/linux-deps.sh installs it"
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_hv_disk_create_and_info(tmp_path: Path) -> None:
+    base, top = tmp_path / "base.img", tmp_path / "top.qcow2"
+    assert hv("disk", "create", str(base), "8M").returncode == 0
+    assert base.stat().st_size == 8 << 20
+    r = hv("disk", "create", str(top), "--backing", str(base))
+    assert r.returncode == 0, r.stderr
+    info = json.loads(hv("disk", "info", str(top), "--json").stdout)
+    assert info["format"] == "qcow2" and info["virtual_size"] == 8 << 20
+    assert [b["format"] for b in info["backing_chain"]] == ["raw"]
+    assert qemu_img("check", str(top)).returncode == 0
+    text = hv("disk", "info", str(top)).stdout
+    assert "format:        qcow2" in text and "backing 0:" in text
+    bad = hv("disk", "create", str(tmp_path / "x.img"), "1000")
+    assert bad.returncode != 0 and "not a multiple of 512" in bad.stderr
+
+
+def test_blktest_writes_raw_and_qcow2_and_qemu_img_agrees(tmp_path: Path) -> None:
+    raw, q = tmp_path / "d.img", tmp_path / "d.qcow2"
+    hv("disk", "create", str(raw), "4M")
+    hv("disk", "create", str(q), "4M", "--format", "qcow2")
+    for disk in (raw, q):
+        r = hv("run", "blktest", "--mem", "16M", "--disk", f"{disk},serial=disk-{disk.suffix[1:]}",
+               "--append", "blk.sectors=2048 blk.seed=7")  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (
+            "read back 2048 sectors: ok" in r.stdout
+            and f"serial disk-{disk.suffix[1:]}" in r.stdout
+        )
+        v = hv("run", "blktest", "--mem", "16M", "--disk", f"{disk},ro",
+               "--append", "blk.mode=verify blk.sectors=2048 blk.seed=7")  # fmt: skip
+        assert "verified 2048 sectors: ok" in v.stdout, v.stdout + v.stderr
+    assert qemu_img("check", str(q)).returncode == 0
+    same = qemu_img("compare", "-f", "raw", "-F", "qcow2", str(raw), str(q))
+    assert same.returncode == 0, same.stdout + same.stderr
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_flushed_data_survives_sigkill(tmp_path: Path, fmt: str) -> None:
+    """The guest writes, flushes, says so and hangs; hv is SIGKILLed; the data is there."""
+    disk = tmp_path / f"d.{fmt}"
+    hv("disk", "create", str(disk), "8M", "--format", fmt)
+    p = subprocess.Popen([*HV, "run", "blktest", "--mem", "16M", "--disk", str(disk),
+                          "--append", "blk.mode=write-flush-hang blk.sectors=8192 blk.seed=3"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL)  # fmt: skip
+    out = b""
+    deadline = time.monotonic() + 60
+    assert p.stdout is not None
+    while b"blktest: flushed" not in out:
+        assert time.monotonic() < deadline and p.poll() is None, out
+        out += os.read(p.stdout.fileno(), 4096)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p.stdout.close()
+    if fmt == "qcow2":
+        check = qemu_img("check", str(disk))
+        assert check.returncode in (0, 3), check.stdout  # leaked clusters allowed, no corruption
+    v = hv("run", "blktest", "--mem", "16M", "--disk", f"{disk},ro",
+           "--append", "blk.mode=verify blk.sectors=8192 blk.seed=3")  # fmt: skip
+    assert "verified 8192 sectors: ok" in v.stdout, v.stdout + v.stderr
+
+
+def test_bad_disk_specs_are_clear_errors(tmp_path: Path) -> None:
+    raw = tmp_path / "r.img"
+    raw.write_bytes(bytes(4096))
+    odd = tmp_path / "odd.img"
+    odd.write_bytes(bytes(1000))
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    hv("disk", "create", str(a), "1M", "--format", "qcow2")
+    hv("disk", "create", str(b), "--backing", str(a))
+    # a backing loop: a's header made to point at b
+    r = qemu_img("rebase", "-u", "-b", str(b), "-F", "qcow2", str(a))
+    assert r.returncode == 0, r.stderr
+    for spec, msg in (
+        (str(tmp_path / "missing.img"), "missing.img"),
+        (f"{raw},format=qcow2", "not a qcow2 image"),
+        (str(odd), "512"),
+        (str(b), "backing loop"),
+        (f"{raw},bogus", "unknown option bogus"),
+    ):
+        r = hv("run", "blktest", "--mem", "16M", "--disk", spec)
+        assert r.returncode == 4 and msg in r.stderr, (spec, r.stderr)
+
+
+def test_linux_mounts_a_host_made_ext4_image(tmp_path: Path, linux_image: Any) -> None:
+    img = tmp_path / "fs.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img), "32M"], check=True)
+    hello = tmp_path / "hello.txt"
+    hello.write_text("written by the host\n")
+    subprocess.run(["debugfs", "-w", "-R", f"write {hello} hello.txt", str(img)], check=True,
+                   capture_output=True)  # fmt: skip
+    run = ("mkdir /mnt; mount -t ext4 /dev/vda /mnt; cat /mnt/hello.txt; "
+           "echo written by the guest > /mnt/guest.txt; "
+           "dd if=/dev/zero of=/mnt/zeros bs=65536 count=64 conv=fsync; ls /mnt; "
+           "umount /mnt; poweroff")  # fmt: skip
+    r = hv("run", "linux", "--disk", str(img), "--append",
+           f'console=ttyS0 quiet hv.run="{run}"')  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    assert "written by the host" in r.stdout and "guest.txt" in r.stdout, r.stdout[-3000:]
+    fsck = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    cat = subprocess.run(["debugfs", "-R", "cat guest.txt", str(img)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert cat.stdout == "written by the guest\n"
+    stat = subprocess.run(["debugfs", "-R", "stat zeros", str(img)], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    assert "Size: 4194304" in stat.stdout
+
+
+BASE_SECTORS = 2048
+
+
+async def test_100_guests_boot_from_one_base_with_snapshot_overlays(tmp_path: Path) -> None:
+    """One raw base image with blktest's pattern; 100 guests at once each overwrite it with
+    their own pattern through their own `snapshot` overlay and read that back; the base is
+    unchanged afterwards."""
+    base = tmp_path / "base.img"
+    r = hv("disk", "create", str(base), "2M")
+    r = hv("run", "blktest", "--mem", "16M", "--disk", str(base),
+           "--append", f"blk.sectors={BASE_SECTORS} blk.seed=1")  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    digest = hashlib.sha256(base.read_bytes()).hexdigest()
+    vms = "".join(
+        f'[vms.g{i}]\nkernel = "blktest"\nmem = "16M"\ndisks = ["base.img,snapshot"]\n'
+        f'append = "blk.sectors=512 blk.seed={i + 100}"\n'
+        for i in range(100)
+    )
+    spec = parse_lab(vms, tmp_path)
+    out: list[bytes] = []
+    with trio.fail_after(120):
+        status = await run_lab(spec, out.append)
+    text = b"".join(out).decode()
+    assert status == 0, text[-2000:]
+    assert len(re.findall(r"read back 512 sectors: ok", text)) == 100
+    assert hashlib.sha256(base.read_bytes()).hexdigest() == digest
