@@ -17,6 +17,7 @@ Layering (each layer uses only the ones above it):
 from typing import TYPE_CHECKING, Any
 
 from hv._errors import ConfigError, GuestError, HostError, HvError, StateError
+from hv._disk import Disk
 from hv._nic import Nic
 from hv._status import EXIT_STATUS, StopInfo, StopKind
 from hv.build._guests import guest_path
@@ -54,6 +55,7 @@ __all__ = [
     "Console",
     "GuestError",
     "HostError",
+    "Disk",
     "HvError",
     "Nic",
     "StateError",

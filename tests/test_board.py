@@ -303,6 +303,7 @@ def test_the_public_api_is_pinned() -> None:
             "Console",
             "GuestError",
             "HostError",
+            "Disk",
             "HvError",
             "Nic",
             "StateError",
