@@ -16,8 +16,8 @@ Layering (each layer uses only the ones above it):
 
 from typing import TYPE_CHECKING, Any
 
-from hv._errors import ConfigError, GuestError, HostError, HvError, StateError
 from hv._disk import Disk
+from hv._errors import ConfigError, GuestError, HostError, HvError, StateError
 from hv._nic import Nic
 from hv._status import EXIT_STATUS, StopInfo, StopKind
 from hv.build._guests import guest_path
@@ -25,6 +25,7 @@ from hv.build._guests import guest_path
 if TYPE_CHECKING:
     from hv._console import Console
     from hv._vm import Vm, VmConfig, VmState, open_vm, run_vm
+    from hv.lab._api import Lab, open_lab
 
 # The machine's names load the CPU engine (which may build it on first use), so they are
 # imported on first access: `import hv` alone, or the `hv` command's other actions, do not.
@@ -34,6 +35,8 @@ _LAZY = {
     "VmConfig": "hv._vm",
     "VmState": "hv._vm",
     "open_vm": "hv._vm",
+    "Lab": "hv.lab._api",
+    "open_lab": "hv.lab._api",
     "run_vm": "hv._vm",
 }
 
@@ -53,10 +56,11 @@ __all__ = [
     "EXIT_STATUS",
     "ConfigError",
     "Console",
+    "Disk",
     "GuestError",
     "HostError",
-    "Disk",
     "HvError",
+    "Lab",
     "Nic",
     "StateError",
     "StopInfo",
@@ -65,6 +69,7 @@ __all__ = [
     "VmConfig",
     "VmState",
     "guest_path",
+    "open_lab",
     "open_vm",
     "run_vm",
 ]

@@ -18,6 +18,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -30,6 +31,7 @@ from netfabric.switch import (
     LearningSwitch,
     PortCounters,
     PortVlan,
+    mac_str,
 )
 
 # The capture reaches the disk at least this often (and at exit).
@@ -197,6 +199,39 @@ class Switch:
                     dst.record(f, off, time.time_ns())
                 dst.deliver(f, off)
 
+    def open_port(self, name: str, queue: int = 1024, vlan: PortVlan | None = None) -> HostPort:
+        """One more host on this switch, driven from code: ``send`` frames (bytes or scapy
+        packets) and ``await receive()`` what the switch delivers to it (at most ``queue``
+        waiting; more is dropped and counted)."""
+        return HostPort(self, name, queue, vlan)
+
+    def mac_table(self) -> list[tuple[str, str, int, float]]:
+        """What the switch has learned: (MAC, port name, VLAN (0: unaware), age in s)."""
+        now = time.monotonic()
+        out = []
+        for key, (port, seen) in self.core.table.items():
+            vid = int.from_bytes(key[6:8], "big") if len(key) == 8 else 0
+            name = self.ports[port].name if port in self.ports else str(port)
+            out.append((mac_str(key[:6]), name, vid, now - seen))
+        return out
+
+    def start_capture(self, path: Path) -> None:
+        """Capture every frame on this switch to ``path`` from now on (pcapng, one
+        interface per port); a capture already running is closed first."""
+        self.stop_capture()
+        self._capture_file = open(path, "wb")  # noqa: SIM115
+        self.capture = PcapngWriter(self._capture_file)
+        self.capture_path = path
+        self._iface = {pid: self.capture.add_interface(p.name) for pid, p in self.ports.items()}
+
+    def stop_capture(self) -> None:
+        """Flush and close the switch's capture (if any); frames are no longer recorded."""
+        if self.capture is not None:
+            self.capture.close()
+        if self._capture_file is not None:
+            self._capture_file.close()
+        self.capture, self._capture_file, self._iface = None, None, {}
+
     async def run(self, *, task_status: trio.TaskStatus[Switch] = trio.TASK_STATUS_IGNORED) -> None:
         """The switch's task: flushes the capture periodically; closes it when cancelled."""
         task_status.started(self)
@@ -212,13 +247,46 @@ class Switch:
             self.close()
 
     def close(self) -> None:
-        if self.capture is not None:
-            self.capture.close()
-        if self._capture_file is not None:
-            self._capture_file.close()
-            self._capture_file = None
+        self.stop_capture()
         for port in self.ports.values():
             port.close()
+
+
+class HostPort:
+    """A port driven from code (tests, applications): frames in and out as bytes."""
+
+    def __init__(self, switch: Switch, name: str, queue: int, vlan: PortVlan | None) -> None:
+        self.queue = queue
+        self.dropped = 0
+        self._send, self._receive = trio.open_memory_channel[bytes](queue)
+        self.port = switch.attach(name, self._deliver, vlan=vlan)
+        self.name = name
+
+    def _deliver(self, frame: bytes, off: Offload | None) -> None:
+        for wire in resolve(frame, off) if off is not None else (frame,):
+            try:
+                self._send.send_nowait(wire)
+            except trio.WouldBlock:
+                self.dropped += 1
+
+    def send(self, frame: bytes | Any) -> None:
+        """Put a frame on the switch: bytes, or anything ``bytes()`` makes one of (a scapy
+        packet)."""
+        self.port.send(bytes(frame))
+
+    async def receive(self) -> bytes:
+        """The next frame the switch delivered to this port."""
+        return await self._receive.receive()
+
+    def receive_nowait(self) -> bytes | None:
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            return None
+
+    @property
+    def counters(self) -> PortCounters:
+        return self.port.counters
 
 
 def find_loop(edges: list[tuple[str, str]]) -> list[str] | None:

@@ -305,6 +305,7 @@ def test_the_public_api_is_pinned() -> None:
             "HostError",
             "Disk",
             "HvError",
+            "Lab",
             "Nic",
             "StateError",
             "StopInfo",
@@ -313,6 +314,7 @@ def test_the_public_api_is_pinned() -> None:
             "VmConfig",
             "VmState",
             "guest_path",
+            "open_lab",
             "open_vm",
             "run_vm",
         ]

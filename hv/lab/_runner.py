@@ -63,6 +63,20 @@ class LabRun:
     taps: dict[str, TapPort] = field(default_factory=dict)  # switch name -> its TAP
     services: dict[str, ServiceHost] = field(default_factory=dict)  # switch -> its services
     disks: dict[str, list[Disk]] = field(default_factory=dict)  # VM -> its disks (opened)
+    status: int | None = None  # the lab's exit status once it has ended
+    ended: trio.Event = field(default_factory=trio.Event)
+
+    async def wait(self) -> int:
+        """Wait for the lab to end (every VM stopped); its exit status."""
+        await self.ended.wait()
+        assert self.status is not None
+        return self.status
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop every VM (the lab then ends)."""
+        for vm in self.vms.values():
+            vm.stop(reason)
+
     # "links[0]", "a.eth0": the impairments on cables, changeable while the lab runs
     impairments: dict[str, ImpairedLink] = field(default_factory=dict)
     exits: dict[str, StopInfo] = field(default_factory=dict)
@@ -261,6 +275,12 @@ async def run_lab(
     finally:  # after every VM has stopped: what the guests flushed is on disk
         for disks in run.disks.values():
             await close_disks(disks)
+    run.status = _status(run, exit_code_from, until)
+    run.ended.set()
+    return run.status
+
+
+def _status(run: LabRun, exit_code_from: str | None, until: frozenset[str] | None) -> int:
     if exit_code_from is not None:
         return run.exits[exit_code_from].exit_code
     watched = until if until is not None else run.exits.keys()

@@ -423,6 +423,11 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"not a valid TOML file: {e}") from None
+    return parse_doc(doc, base, default_name)
+
+
+def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> LabSpec:
+    """A lab from its tables (what a TOML file holds, or what ``Lab`` builds in code)."""
     _unknown(set(doc), LAB_KEYS, "lab")
     name = _str(doc.get("name", default_name), "name")
     if not _NAME.match(name):
