@@ -32,7 +32,7 @@ static struct queue txq __attribute__((aligned(4096)));
 static struct virtio_dev dev;
 static uint8_t mac[6];
 static uint32_t my_ip, my_mask;
-static uint32_t my_router, my_dns; /* from DHCP only (0: none): the static ip= has no router */
+static uint32_t my_router, my_dns; /* from DHCP, or the static long form's gateway (0: none) */
 static bool dhcp_listening;        /* while DHCP runs: take UDP to port 68 whatever its dst */
 static const uint8_t bcast_mac[6] = {255, 255, 255, 255, 255, 255};
 static struct net_stats stats;
@@ -128,6 +128,43 @@ bool net_parse_ip(const char *s, size_t len, uint32_t *ip, unsigned *prefix)
     return true;
 }
 
+static bool has_colon(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == ':')
+            return true;
+    return false;
+}
+
+/* The kernel's long form ip=CLIENT::GW:NETMASK::DEV:off (what a lab writes for a NIC with a
+ * gateway): the client address, the gateway (the next hop off the subnet) and the netmask. */
+static bool parse_long_ip(const char *s, size_t len, uint32_t *ip, uint32_t *gw, unsigned *prefix)
+{
+    const char *field[4];
+    size_t flen[4], n = 0, start = 0;
+    for (size_t i = 0; i <= len && n < 4; i++)
+        if (i == len || s[i] == ':') {
+            field[n] = s + start, flen[n] = i - start, n++;
+            start = i + 1;
+        }
+    if (n < 4 || !net_parse_ip(field[0], flen[0], ip, prefix))
+        return false;
+    unsigned ignored;
+    *gw = 0;
+    if (flen[2] && !net_parse_ip(field[2], flen[2], gw, &ignored))
+        return false;
+    if (flen[3]) {
+        uint32_t mask;
+        if (!net_parse_ip(field[3], flen[3], &mask, &ignored))
+            return false;
+        unsigned p = 0;
+        while (p < 32 && (mask & (0x80000000u >> p)))
+            p++;
+        *prefix = p;
+    }
+    return true;
+}
+
 void net_format_ip(uint32_t ip, char *buf)
 {
     snprintf(buf, 16, "%u.%u.%u.%u", ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255);
@@ -143,7 +180,10 @@ bool net_init(void)
     size_t len;
     unsigned prefix = 24;
     bool dhcp = bootarg_get("ip", &v, &len) && len == 4 && strncmp(v, "dhcp", 4) == 0;
-    if (!dhcp && (!bootarg_get("ip", &v, &len) || !net_parse_ip(v, len, &my_ip, &prefix))) {
+    bool parsed = !dhcp && bootarg_get("ip", &v, &len) &&
+                  (has_colon(v, len) ? parse_long_ip(v, len, &my_ip, &my_router, &prefix)
+                                       : net_parse_ip(v, len, &my_ip, &prefix));
+    if (!dhcp && !parsed) {
         puts("net: no usable ip=A.B.C.D/N (or ip=dhcp) in bootargs");
         return false;
     }
@@ -171,8 +211,14 @@ bool net_init(void)
     }
     char ipbuf[16];
     net_format_ip(my_ip, ipbuf);
-    printf("net: eth0 %02x:%02x:%02x:%02x:%02x:%02x %s/%u\n", mac[0], mac[1], mac[2], mac[3],
+    printf("net: eth0 %02x:%02x:%02x:%02x:%02x:%02x %s/%u", mac[0], mac[1], mac[2], mac[3],
            mac[4], mac[5], ipbuf, prefix);
+    if (my_router) {
+        char gw[16];
+        net_format_ip(my_router, gw);
+        printf(" via %s", gw);
+    }
+    putchar_('\n');
     return true;
 }
 
