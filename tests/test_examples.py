@@ -75,3 +75,29 @@ def test_two_subnets_lab_with_the_host_on_its_tap(linux_image: object, tmp_path:
     assert re.search(r"server +\| traffic: received from 10\.0\.1\.1\d\d: 2000000 bytes", out)
     m = re.search(r"rtt min/avg/max = ([\d.]+)/", out)
     assert m and float(m[1]) >= 40.0, out[-3000:]  # 20 ms each way on the WAN cable
+
+
+def test_campus_of_23_guests_reports_rtts(linux_image: object) -> None:
+    p = run(str(EXAMPLES / "campus.py"), "--pings", "8")
+    assert p.returncode == 0, p.stdout + p.stderr[-3000:]
+    rows = [line for line in p.stdout.splitlines() if "-cli" in line]
+    assert len(rows) == 12 and "23 guests on 3 subnets" in p.stderr
+    m = re.search(r"median avg RTT: ([\d.]+) ms across the WAN", p.stdout)
+    assert m and float(m[1]) >= 20.0, p.stdout  # 10 ms each way on the WAN cable
+    assert "DHCP leases {'hq': 4, 'core': 4, 'branch': 4}" in p.stdout
+
+
+def test_fleet_boots_guests_on_demand() -> None:
+    p = run(str(EXAMPLES / "fleet.py"), "6", "--parallel", "2")
+    assert p.returncode == 0, p.stderr
+    assert len(re.findall(r"^job iters=\d+ +checksum 0x[0-9a-f]{16}$", p.stdout, re.M)) == 6
+    assert "6 jobs on 6 guests, at most 2 at once" in p.stdout
+
+
+def test_a_capture_analysed_with_scapy_after_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "cap.pcapng"
+    p = run(str(EXAMPLES / "analyse_capture.py"), str(out))
+    assert p.returncode == 0, p.stderr
+    assert "ICMP echo pairs: 10" in p.stdout, p.stdout
+    assert re.search(r"10\.0\.0\.20 -> 10\.0\.0\.3:7  (1\d\d|200) datagrams", p.stdout)
+    assert re.search(r"^  p0\.eth0 +\d+$", p.stdout, re.M)
