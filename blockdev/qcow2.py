@@ -1,9 +1,10 @@
 """qcow2 images (version 3, and version 2), read and write, with backing files.
 
-Hand-written: no maintained Python library reads *and* writes qcow2 (the PyPI packages that
-exist parse headers, or read only, or wrap qemu-img in a subprocess), and the format is
-small enough to own. ``qemu-img`` (check, compare, convert, create, qemu-io) is the oracle
-the tests hold this module to.
+Hand-written, because no maintained Python library reads *and* writes qcow2. The nearest,
+libyal's libqcow (C, with Python bindings: libqcow-python, Debian's python3-libqcow), reads
+only; other packages parse the header or run qemu-img in a subprocess. The format is small
+enough to own. ``qemu-img`` (check, compare, convert, create, map, and qemu-io) is the
+oracle the tests hold this module to.
 
 The format, in one paragraph. A header (cluster 0) says the virtual size, the cluster size
 (``1 << cluster_bits``, 512 bytes to 2 MiB; 64 KiB by default) and where two trees live. The
@@ -32,7 +33,8 @@ This is strict ordering without lazy refcounts (no dirty bit), kept like this:
   and written back by ``flush`` in dependency order, each class stable before the next:
   (1) refcount blocks (and a relocated, grown refcount table), (2) refcount-table entries or
   the header fields that point at the new table, (3) L2 tables, (4) L1 entries, each step
-  preceded by ``fdatasync`` when it has anything to write, and one ``fdatasync`` at the end.
+  that has anything to write preceded by ``fdatasync`` (unless nothing was written since the
+  last one), and one ``fdatasync`` at the end.
   So data and refcounts are stable before the L2 entries that use them, L2 tables before the
   L1 entries that point at them.
 - Freeing is the reverse: a cluster a write or a discard stops referencing is kept allocated
@@ -44,7 +46,10 @@ This is strict ordering without lazy refcounts (no dirty bit), kept like this:
   make safe at every point.
 
 The metadata held in memory is bounded: clean L2 tables and refcount blocks are cached in
-bounded LRUs; when too many are dirty, a write starts a flush of its own first.
+bounded LRUs; when too many are dirty, a write starts a flush of its own first. A writable
+image also keeps the set of clusters that hold metadata, and refuses (``BlockIOError``,
+"corrupt") a data write that would land on one, as qemu's overlap check does, so wrong
+refcounts or L2 entries in a damaged image cannot make a write destroy its metadata.
 
 Refused (``BlockError``, naming the feature): encryption, external data files, compression
 other than zlib (zstd), extended L2 entries (subclusters), unknown incompatible feature bits;
@@ -54,8 +59,11 @@ or corrupt (those open read-only). Compressed clusters are read (raw deflate, as
 this module never writes compressed clusters. Unknown autoclear feature bits are cleared on
 a writable open (that is what they are for: a persistent dirty bitmap is no longer valid).
 
-All file I/O runs in worker threads (``blockdev.raw.FileIO``); one ``trio.Lock`` per image
-serialises requests (each request is a few cache lookups and one or two batches of I/O).
+All file I/O goes through ``blockdev.raw.FileIO``: worker threads, except reads the page
+cache answers without blocking (RWF_NOWAIT). One ``trio.Lock`` per image serialises
+requests (each request is a few cache lookups and one or two batches of I/O), and
+``create_qcow2``, ``image_info`` and ``read_header`` are blocking functions for a CLI, or
+for a thread.
 """
 
 from __future__ import annotations
@@ -1088,7 +1096,8 @@ class Qcow2Image(BlockBackend):
                 for i in sorted(self._rt_dirty)
             ]
         if writes:
-            await io.sync()
+            if io.unsynced:
+                await io.sync()
             await io.write_many(writes)
             self._rt_dirty.clear()
         if relocated:
@@ -1103,20 +1112,23 @@ class Qcow2Image(BlockBackend):
         # (3) L2 tables
         tables = self._l2.dirty_items()
         if tables:
-            await io.sync()
+            if io.unsynced:
+                await io.sync()
             await io.write_many([(offset, _u64_bytes(table)) for offset, table in tables])
             self._l2.clean([offset for offset, _ in tables])
         # (4) L1 entries
         if self._l1_dirty:
-            await io.sync()
+            if io.unsynced:
+                await io.sync()
             writes = []
             for first, last in _runs(sorted(self._l1_dirty)):
                 chunk = _u64_bytes(self._l1[first : last + 1])
                 writes.append((self.header.l1_table_offset + first * 8, chunk))
             await io.write_many(writes)
             self._l1_dirty.clear()
-        await io.sync()
-        self.counters["syncs"] += 1
+        if io.unsynced:
+            await io.sync()
+            self.counters["syncs"] += 1
         # (5) what is no longer referenced on disk is free now (one at a time: _decref's only
         # await comes before its change, so an interrupted flush frees nothing twice)
         if self._pending_free:

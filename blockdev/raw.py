@@ -1,36 +1,47 @@
 """A raw disk image: a regular file (or a block device) whose bytes are the disk's bytes.
 
-Theory of operation. Every request is positional I/O (``os.pread``/``os.pwrite``, no shared
+Theory of operation. Every request is positional I/O (``os.pread``/``os.pwrite``: no shared
 file offset, so requests may overlap freely) run in a worker thread with
-``trio.to_thread.run_sync``; a ``trio.CapacityLimiter`` (8 by default, per disk) bounds how
-many threads one disk occupies. ``flush`` is ``os.fdatasync`` in a thread: it returns once
-everything written before it is on stable storage. ``discard`` punches a hole
-(``fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)``, through ctypes: Python has no
-``os.fallocate`` with a mode); where the file system cannot, it does nothing (a discard is a
-hint). ``write_zeroes`` tries ``FALLOC_FL_ZERO_RANGE``, then a punched hole (which reads back
-as zeroes), then writes zeroes. Any ``OSError`` the host returns is a ``BlockIOError`` whose
-message names the errno (``ENOSPC``, ``EIO``, ...), so the device can answer the guest
-VIRTIO_BLK_S_IOERR and log why. Cancelling a request waits for its thread: a write is never
-left in flight behind the caller's back.
+``trio.to_thread.run_sync``; a ``trio.CapacityLimiter`` (8 threads, per disk) bounds how many
+threads one disk occupies. One exception, for reads: ``preadv(..., RWF_NOWAIT)`` is tried on
+the event loop first. The kernel answers it from the page cache or refuses with EAGAIN, never
+blocking on the device; a miss (or a partial hit) goes to a thread. ``NOWAIT_READS = False``
+turns that off. ``flush`` is ``os.fdatasync`` in a thread: it returns once everything
+written before it is on stable storage. ``discard`` punches a hole
+(``fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`` through ctypes, since Python's
+``os`` has no fallocate with a mode); where the file system cannot, it does nothing, because
+a discard is only a hint. ``write_zeroes`` tries ``FALLOC_FL_ZERO_RANGE``, then a punched
+hole (which reads back as zeroes), then writes zeroes. Every ``OSError`` from the host
+becomes a ``BlockIOError`` whose message names the errno (``ENOSPC``, ``EIO``, ...), so the
+device can answer VIRTIO_BLK_S_IOERR and log why. Cancelling a request waits for its thread,
+so a write is never left in flight behind the caller's back.
 
 Why threads, and not io_uring. Measured on the development machine (2 vCPUs, Linux 6.18,
-page-cache-hot 4 KiB reads; ``python -m blockdev.raw`` repeats the first three)::
+ext4, page-cache-hot reads, microseconds per read, the range over several runs; run
+``python -c "from blockdev.raw import _bench; _bench()"`` for the first four)::
 
-    blocking os.pread                              ~1 us   (but it stalls the event loop)
-    trio.to_thread.run_sync(os.pread)             ~70 us   one request at a time
-    trio.to_thread.run_sync, 8 requests in flight  ~46 us   per request, wall clock
+                                                4 KiB      64 KiB
+    blocking os.pread (it stalls the event loop)    1          5-7
+    trio.to_thread.run_sync(os.pread)            70-210     120-300
+    ... eight requests in flight, per request    46-160     70-160
+    FileIO.read: RWF_NOWAIT hit on the loop       6-8       11-15
     io_uring (liburing via ctypes) + eventfd +
-        trio.lowlevel.wait_readable               ~17 us
+      trio.lowlevel.wait_readable                16-27
 
-io_uring is four times cheaper per request, and threads were still chosen: Python has no
-io_uring in the standard library and no maintained binding, so it means hand-written ctypes
-over liburing's ring structures (whose layout changes between liburing versions) and memory
-ordering on shared rings done from Python; it is disabled in many of the places a hypervisor
-runs (Docker's default seccomp profile, ``kernel.io_uring_disabled``, hardened kernels), so a
-thread fallback is needed anyway; and the cost that matters is per guest request, not per
-4 KiB: guests issue 64 KiB to 1 MiB requests, one thread hop each, and a virtio-blk request
-costs tens of microseconds in the device model alone. A blocking ``pread`` on the event loop
-is not an option: one cache miss on a busy disk stalls every vCPU and NIC of the fabric.
+A thread hop costs about 100 us, mostly waking threads across CPUs. io_uring costs about a
+fifth of that and was still not chosen. Python has no io_uring in its standard library and
+no maintained binding, so using it means hand-written ctypes over liburing's ring structs
+(their layout changes between liburing versions; the measurement above needed an offset
+peculiar to liburing 2.3) and memory ordering on shared rings, done from Python. It is also
+disabled in many places a hypervisor runs (Docker's default seccomp profile,
+``kernel.io_uring_disabled``, hardened kernels), so a thread fallback is needed anyway.
+Finally, the cost that matters is per guest request, not per 4 KiB. Guests issue 64 KiB to
+1 MiB requests, one hop each, and the virtio-blk device model alone costs tens of
+microseconds per request. The hot case io_uring would win, reads the page cache already
+holds (many VMs booting one base image), is what RWF_NOWAIT serves at 6-15 us without a
+thread. Buffered writes with RWF_NOWAIT are refused by ext4 (EOPNOTSUPP), so writes always
+take a thread. Doing blocking reads on the event loop is no option: one cache miss on a busy
+disk would stall every vCPU and NIC of the fabric.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ THREADS = 8  # worker threads one disk may occupy
 IOV_MAX = 1024
 QCOW2_MAGIC = b"QFI\xfb"
 MAX_OFFSET = (1 << 63) - 1  # off_t
+NOWAIT_READS = True  # try reads from the page cache on the event loop first (RWF_NOWAIT)
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -105,8 +117,9 @@ class FileIO:
         self.fd = fd
         self.path = path
         self.limiter = trio.CapacityLimiter(threads)
-        self.nowait = hasattr(os, "RWF_NOWAIT")  # cleared when the file system refuses it
+        self.nowait = NOWAIT_READS and hasattr(os, "RWF_NOWAIT")  # off if the fs refuses it
         self.counters: collections.Counter[str] = collections.Counter()
+        self.unsynced = False  # written to since the last fdatasync
 
     def _error(self, what: str, exc: OSError) -> BlockIOError:
         return BlockIOError(f"{self.path}: {what}: {errno_name(exc)} ({exc.strerror})")
@@ -170,6 +183,7 @@ class FileIO:
 
     async def write(self, offset: int, data: Chunk) -> None:
         self._range(offset, len(data))
+        self.unsynced = True
         await self.run(f"write {len(data)} bytes at {offset}", self.pwrite, offset, data)
 
     async def write_many(self, pieces: Sequence[tuple[int, Chunk]]) -> None:
@@ -177,6 +191,7 @@ class FileIO:
         for offset, data in pieces:
             self._range(offset, len(data))
         if pieces:
+            self.unsynced = True
             what = f"write {sum(len(d) for _, d in pieces)} bytes at {pieces[0][0]}"
             await self.run(what, self.pwrite_many, pieces)
 
@@ -184,11 +199,17 @@ class FileIO:
         for offset, buffers in runs:
             self._range(offset, sum(len(b) for b in buffers))
         if runs:
+            self.unsynced = True
             size = sum(len(b) for _, bufs in runs for b in bufs)
             await self.run(f"write {size} bytes at {runs[0][0]}", self.pwritev_many, runs)
 
     async def sync(self) -> None:
-        await self.run("flush (fdatasync)", os.fdatasync, self.fd)
+        self.unsynced = False  # (set before: a write racing this sync sets it again)
+        try:
+            await self.run("flush (fdatasync)", os.fdatasync, self.fd)
+        except BaseException:
+            self.unsynced = True
+            raise
 
     # -- blocking helpers (a worker thread runs these) --------------------------------------
 
@@ -398,6 +419,8 @@ def create_raw(path: str | os.PathLike[str], size: int, *, overwrite: bool = Fal
 
 
 def _bench(count: int = 5000) -> None:  # pragma: no cover - a tool, not a test
+    """Per-read cost, page cache hot: blocking pread; one to_thread hop; eight in flight;
+    ``FileIO.read`` (preadv RWF_NOWAIT on the loop, a thread only on a miss)."""
     import tempfile
     import time
 
@@ -432,12 +455,16 @@ def _bench(count: int = 5000) -> None:  # pragma: no cover - a tool, not a test
                         nursery.start_soon(worker, offsets[i::THREADS])
                 return (time.perf_counter() - start) / count
 
-            one, many = trio.run(threaded), trio.run(parallel)
+            async def nowait(offsets: list[int] = offsets, size: int = size) -> float:
+                io = FileIO(fd, tmp.name)
+                start = time.perf_counter()
+                for offset in offsets:
+                    await io.read(offset, size)
+                return (time.perf_counter() - start) / count
+
+            one, many, fast = trio.run(threaded), trio.run(parallel), trio.run(nowait)
             print(
                 f"{size // 1024:3d} KiB reads: blocking pread {blocking * 1e6:6.1f} us, "
-                f"to_thread {one * 1e6:6.1f} us, to_thread x{THREADS} {many * 1e6:6.1f} us"
+                f"to_thread {one * 1e6:6.1f} us, to_thread x{THREADS} {many * 1e6:6.1f} us, "
+                f"FileIO.read (RWF_NOWAIT) {fast * 1e6:6.1f} us"
             )
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _bench()

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -265,6 +266,70 @@ async def test_zeroes_hide_the_backing_file(tmp_path: Path) -> None:
     compare(image, bytes(expected))
     qemu_map = json.loads(qemu_img("map", "--output=json", image).stdout)
     assert any(m["start"] == 0 and m["zero"] and m["depth"] == 0 for m in qemu_map)
+
+
+async def test_flush_orders_refcounts_then_l2_then_l1(tmp_path: Path) -> None:
+    image = tmp_path / "order.qcow2"
+    create_qcow2(image, 4 * MiB)
+    disk = await Qcow2Image.open(image)
+    events: list[tuple[str, int]] = []
+    io = disk._io
+    real_write_many, real_writev_many, real_sync = io.write_many, io.writev_many, io.sync
+
+    async def write_many(pieces: Any) -> None:
+        events.extend(("write", offset) for offset, _ in pieces)
+        await real_write_many(pieces)
+
+    async def writev_many(runs: Any) -> None:
+        events.extend(("write", offset) for offset, _ in runs)
+        await real_writev_many(runs)
+
+    async def sync() -> None:
+        events.append(("sync", 0))
+        await real_sync()
+
+    io.write_many, io.writev_many, io.sync = write_many, writev_many, sync  # type: ignore[method-assign]
+    await disk.write(3 * MiB + 5, b"data")  # a new L2 table, a new data cluster
+    refblock = disk._rt[0] & q.REFT_OFFSET_MASK
+    l2_table = disk._l1[0] & q.OFFSET_MASK
+    data = (await disk._entry(3 * MiB // 65536)) & q.OFFSET_MASK
+    l1_entry = disk.header.l1_table_offset
+    assert events == [("write", data)]  # only the data, before the flush
+    await disk.flush()
+    assert events == [
+        ("write", data),
+        ("write", refblock),  # refcounts for the data cluster and the L2 table
+        ("sync", 0),  # data and refcounts stable before anything points at them
+        ("write", l2_table),
+        ("sync", 0),
+        ("write", l1_entry),
+        ("sync", 0),
+    ]
+    events.clear()
+    await disk.discard(3 * MiB, 65536)  # the data cluster is freed after its L2 entry
+    await disk.flush()
+    assert events == [("write", l2_table), ("sync", 0), ("write", refblock)]
+    await disk.close()
+    check(image)
+
+
+async def test_a_write_never_lands_on_metadata(tmp_path: Path) -> None:
+    image = tmp_path / "bad.qcow2"
+    create_qcow2(image, MiB, cluster_size=4096)
+    disk = await Qcow2Image.open(image)
+    await disk.write(0, b"x" * 4096)
+    await disk.close()
+    header = q.read_header(str(image))
+    data = bytearray(image.read_bytes())
+    l2 = struct.unpack_from(">Q", data, header.l1_table_offset)[0] & q.OFFSET_MASK
+    # the first L2 entry now claims the L1 table's cluster as its data
+    struct.pack_into(">Q", data, l2, header.l1_table_offset | q.OFLAG_COPIED)
+    image.write_bytes(data)
+    disk = await Qcow2Image.open(image)
+    with pytest.raises(BlockIOError, match=r"corrupt qcow2 image: data cluster .* is metadata"):
+        await disk.write(0, b"\xff" * 4096)
+    await disk.close()
+    assert image.read_bytes() == data
 
 
 # -- images qemu makes, hv reads ---------------------------------------------------------
@@ -707,9 +772,19 @@ def fuzz_seed_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     plain.write_bytes(b"".join(bytes([i % 7]) * 4096 for i in range(64)))
     image = directory / "seed.qcow2"
     qemu_img(
-        "convert", "-c", "-O", "qcow2", "-o", "cluster_size=4096", "-B", "base.raw", "-F", "raw",
-        plain, image,
-    )  # fmt: skip
+        "convert",
+        "-c",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        "-B",
+        "base.raw",
+        "-F",
+        "raw",
+        plain,
+        image,
+    )
     qemu_io(image, "write -P 0x12 0 8k", "write -z 64k 8k", "write -P 0x34 100k 3k")
     assert "compressed" in qemu_img("check", image).stdout
     return image
