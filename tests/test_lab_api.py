@@ -90,3 +90,33 @@ async def test_a_lab_waits_for_its_vms_and_gives_its_status(tmp_path: Path) -> N
 def test_a_lab_in_code_is_checked_like_a_file() -> None:
     with pytest.raises(ConfigError, match=r'vms.a.nics\[0\].switch: no switch named "lna"'):
         Lab().switch("lan").vm("a", kernel="udpecho", nics=["lna"]).spec()
+
+
+async def test_frames_for_a_vm_that_has_stopped_are_dropped_not_a_crash(tmp_path: Path) -> None:
+    """A late frame (an impaired cable's, a TAP's, another guest's) for a VM whose machine is
+    closed reaches a reset device and is dropped: it used to raise the guest's interrupt line
+    on the released engine, a use after free that killed the whole process."""
+    spec = (
+        Lab("late", base=tmp_path)
+        .switch("lan")
+        .vm(
+            "b",
+            kernel="udpecho",
+            mem="16M",
+            nics=[{"switch": "lan", "ip": "10.0.0.2/24", "impair": {"delay": "30ms"}}],
+        )
+    )
+    async with hv.open_lab(spec) as run:
+        await run.vms["b"].console.wait_for(b"udpecho: echoing")
+        port = run.switches["lan"].open_port("test")
+        me = "52:54:00:aa:bb:cc"
+        arp = Ether(src=me, dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.0.0.2", psrc="10.0.0.9")
+        for _ in range(20):
+            port.send(arp)  # in flight on the 30 ms cable when the VM goes
+        run.vms["b"].stop("gone")
+        await run.vms["b"].wait()
+        await trio.sleep(0.1)  # the cable delivers them now, to a closed machine
+        for _ in range(20):
+            port.send(arp)
+        await trio.sleep(0.05)
+    assert run.impairments["b.eth0"].ingress.counters["frames_out"] >= 20

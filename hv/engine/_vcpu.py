@@ -393,7 +393,7 @@ class Vcpu:
         at its next return to the main loop, so the caller should end the slice.
         Safe inside hooks. Costs a few raw calls, so only when something changed."""
         pending &= S_INTERRUPTS
-        if pending == self._mip and not pending & MIP_SSIP:
+        if self._closed or (pending == self._mip and not pending & MIP_SSIP):
             return False
         raised = bool(pending & ~self._mip)
         old = self.reg(_PRIV)
@@ -408,6 +408,8 @@ class Vcpu:
 
     def enabled_interrupts(self) -> int:
         """sie & the S-level interrupt bits: what would wake a ``wfi``."""
+        if self._closed:
+            return 0
         return self.csr(_reg("MIE")) & S_INTERRUPTS
 
     def _drop_translations(self, ranges: list[tuple[int, int]]) -> None:
