@@ -25,6 +25,20 @@ def uboot() -> Path:
     return UBOOT
 
 
+def demux(out: bytes, name: bytes = b"u") -> bytes:
+    """VM ``name``'s console from hv up's prefixed output. U-Boot writes a character at a
+    time, so another VM's lines can cut one of its lines in two (hv up then starts a new
+    prefixed line); its own line ends are CR LF, so a piece without the CR is joined to the
+    next one."""
+    prefix = name + b" | "
+    text = b""
+    for line in out.split(b"\n"):
+        if line.startswith(prefix):
+            piece = line[len(prefix) :]
+            text += piece + b"\n" if piece.endswith(b"\r") else piece
+    return text
+
+
 class Session:
     """hv up with the terminal's input going to VM u: wait for text, then type."""
 
@@ -42,7 +56,7 @@ class Session:
         assert self.p.stdout is not None
         end = time.monotonic() + timeout
         text = texts[0]
-        while not any(t in self.out[since:] for t in texts):
+        while not any(t in self.out[since:] or t in demux(self.out[since:]) for t in texts):
             left = end - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no {text!r} in: {self.out[-1500:]!r}")
@@ -52,7 +66,7 @@ class Session:
                 if not chunk:
                     raise AssertionError(f"hv exited before {text!r}: {self.out[-1500:]!r}")
                 self.out += chunk
-        return next(t for t in texts if t in self.out[since:])
+        return next(t for t in texts if t in self.out[since:] or t in demux(self.out[since:]))
 
     def type(self, text: bytes) -> None:
         assert self.p.stdin is not None
