@@ -42,6 +42,10 @@ FLUSH_INTERVAL = 1.0
 Deliver = Callable[[bytes, "Offload | None"], None]
 # A cable's two directions: (into the switch, out of the switch), each wrapping a Deliver.
 Cable = tuple[Callable[[Deliver], Deliver], Callable[[Deliver], Deliver]]
+# A listener sees each frame the switch takes in, as its capture records it: (ingress port
+# id, frame, its Offload or None, time.time_ns()). It runs on the forwarding path, so it must
+# be quick and must not raise (a live capture buffers boundedly and drops what it can't keep).
+Listener = Callable[[int, bytes, "Offload | None", int], None]
 
 
 class SwitchPort:
@@ -140,6 +144,7 @@ class Switch:
         self.capture = PcapngWriter(self._capture_file) if self._capture_file else None
         self._iface: dict[int, int] = {}
         self.trunk_ports: set[int] = set()  # links to other switches (trunks when VLAN-aware)
+        self._listeners: tuple[Listener, ...] = ()
 
     def attach(
         self,
@@ -165,11 +170,14 @@ class Switch:
     def send(self, port_id: int, frame: bytes, offload: Offload | None = None) -> None:
         now = time.monotonic()
         out = self.core.forward(port_id, frame, now)
-        if self.capture is not None and (out or self.core.is_up(port_id)):
+        if (self.capture is not None or self._listeners) and (out or self.core.is_up(port_id)):
             ts = time.time_ns()
-            # The capture shows the wire: an offloaded frame as the segments it stands for.
-            for wire in resolve(frame, offload) if offload is not None else (frame,):
-                self.capture.write(self._iface[port_id], wire, ts)
+            if self.capture is not None:
+                # The capture shows the wire: an offloaded frame as the segments it stands for.
+                for wire in resolve(frame, offload) if offload is not None else (frame,):
+                    self.capture.write(self._iface[port_id], wire, ts)
+            for listener in self._listeners:
+                listener(port_id, frame, offload, ts)
         ports = self.ports
         src = ports[port_id]
         if src.capture is not None:
@@ -204,6 +212,16 @@ class Switch:
         packets) and ``await receive()`` what the switch delivers to it (at most ``queue``
         waiting; more is dropped and counted)."""
         return HostPort(self, name, queue, vlan)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(port_id, frame, offload, ts_ns)`` for every frame the switch takes
+        in from now on (what its capture would record: a live capture, a monitor). Without
+        listeners, the forwarding path pays one check."""
+        self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener`` (nothing happens if it is not registered)."""
+        self._listeners = tuple(x for x in self._listeners if x != listener)
 
     def mac_table(self) -> list[tuple[str, str, int, float]]:
         """What the switch has learned: (MAC, port name, VLAN (0: unaware), age in s)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +129,18 @@ def linux_image() -> Any:
     if missing and os.geteuid() != 0 and not os.environ.get("CI"):
         pytest.skip(f"missing Debian packages {missing}: run .ci/linux-deps.sh as root")
     return il.build_linux(install_deps=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Labs' control sockets go under $XDG_RUNTIME_DIR: a folder of this test run's own, so
+    two runs (or a developer's own `hv up -d`) never see each other's lab names."""
+    d = tmp_path_factory.mktemp("runtime")
+    d.chmod(0o700)
+    old = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(d)
+    yield
+    if old is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = old

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from hv.board import _platform as P
 from hv.board._platform import DEFAULT_QUANTUM
 from hv.build import _guests, _image_linux
 from hv.build._kernels import resolve_kernel
+from hv.cli import _control as _control_cli
 from hv.cli import _disk as _disk_cli
 
 if TYPE_CHECKING:
@@ -182,11 +184,33 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     up.add_argument("lab", metavar="LAB.toml", help="the lab file")
+    up.add_argument(
+        "-d",
+        "--detach",
+        action="store_true",
+        help="run the lab in the background (see hv ps, console, capture, stop, down)",
+    )
     up.add_argument("--attach", metavar="NAME", help="send this terminal's input to VM NAME")
     up.add_argument(
         "--exit-code-from", metavar="NAME", help="end the lab when VM NAME stops, with its status"
     )
+    view = up.add_mutually_exclusive_group()
+    view.add_argument(
+        "--stats",
+        dest="view",
+        action="store_const",
+        const="on",
+        help="print per-VM and per-port rates every second even when stdout is not a terminal",
+    )
+    view.add_argument(
+        "--no-view",
+        dest="view",
+        action="store_const",
+        const="off",
+        help="no live table on a terminal: the consoles only",
+    )
     _add_log_options(up)
+    _control_cli.add_parsers(sub)  # ps, console, stop, down, capture: driving a running lab
 
     demo = sub.add_parser(
         "demo",
@@ -472,6 +496,7 @@ def _reserve_std_fds() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _reserve_std_fds()
+    faulthandler.enable()  # a crash in native code still says where Python was
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -488,7 +513,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "engine":
             return _engine_command(args)
         if args.command == "up":
+            if args.detach:
+                return _control_cli.up_detached(args)
             return trio.run(_with_signals, _up, args)
+        if args.command in _control_cli.COMMANDS:
+            return _control_cli.control_command(args)
         if args.command == "disk":
             return _disk_cli.disk_command(args)
         if args.command == "demo":
@@ -561,24 +590,40 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from hv.lab import load_lab, run_lab
+    from hv.lab import load_lab
+    from hv.lab._control import ControlServer
 
     spec = load_lab(Path(args.lab))
     if args.attach is not None and args.attach not in spec.vms:
         raise ConfigError(f"--attach: no VM named {args.attach!r} ({', '.join(spec.vms)})")
+    from functools import partial
+
+    from hv.lab._view import LiveConsole, live_view, view_mode
+
     write = _stdout_writer()
+    # The live view: a table on a terminal (consoles printed above it), lines with --stats
+    mode = view_mode(args.view, _stdout_fd() >= 0 and os.isatty(1))
+    shown = LiveConsole(write) if mode is not None else None
     stdin = sys.stdin.fileno() if sys.stdin is not None and args.attach else -1
     result: list[int] = []
-    with _raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive:
+    with (
+        ControlServer(spec, Path(args.lab)) as control,  # refused if the lab's name is taken
+        _raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive,
+    ):
         async with trio.open_nursery() as nursery:
 
             async def lab(task_status: trio.TaskStatus[Any]) -> None:
-                result.append(
-                    await run_lab(spec, write, args.exit_code_from, task_status=task_status)
+                output = shown.write if shown is not None else write
+                result.append(  # run_lab with the control socket served alongside
+                    await control.run_lab(
+                        spec, output, args.exit_code_from, task_status=task_status
+                    )
                 )
                 nursery.cancel_scope.cancel()  # the lab is over: stop reading the terminal
 
             run = await nursery.start(lab)
+            if shown is not None:
+                nursery.start_soon(partial(live_view, run, shown, terminal=mode == "table"))
             if stdin >= 0:
                 nursery.start_soon(_pump_input, run.vms[args.attach], stdin, interactive)
     from hv._status import StopKind

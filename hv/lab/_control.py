@@ -1,0 +1,695 @@
+"""The control socket of a running lab: what ``hv ps``, ``hv console``, ``hv capture``,
+``hv stop`` and ``hv down`` talk to from another process (docs/CONTROL.md is the protocol).
+
+Each lab that ``hv up`` runs listens on one Unix socket, ``$XDG_RUNTIME_DIR/hvfabric/labs/
+NAME.sock`` (or ``/tmp/hvfabric-$UID/labs/NAME.sock`` without a runtime directory). Only its
+owner can use it: the directories are 0700 and the socket 0600, and the server also checks
+each client's uid (SO_PEERCRED) when it connects, refusing (and counting) any other. A lock
+file next to the socket (``NAME.lock``, held while the lab runs) makes a lab name unique: a
+second ``hv up`` of the same name is refused, and a socket left behind by a lab that died is
+replaced. The socket and the lock file are removed when the lab ends.
+
+Requests and responses are JSON objects, one a line. ``console`` and ``capture`` turn the
+connection into a byte stream after their response (console bytes both ways; a live pcapng
+file of a switch). Nothing a client does can slow the lab down: console output and capture
+data for a client wait in a bounded buffer, and what does not fit is dropped and counted.
+
+The server owns the VMs' console output while the lab runs: it prints it (prefixed by VM
+name, as ``hv up`` always did) and hands it to attached consoles, keeping a tail of each for
+the next client to attach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import importlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, cast
+
+import trio
+
+from hv._errors import ConfigError, HostError
+from hv._log import get_logger
+from hv._status import StopInfo
+from hv._vm import Vm, VmState
+from hv.cli._control import (
+    LOG_ENV,
+    MAX_LINE,
+    OPS,
+    PROTOCOL,
+    SUN_PATH_MAX,
+    VERSION,
+    ControlError,
+    LabPaths,
+    peer_credentials,
+    private_labs_dir,
+    probe,
+    refusal,
+)
+from hv.lab._runner import LabRun, Output, PrefixedOutput, run_lab
+from hv.lab._spec import LabSpec
+from netfabric.capture import PcapngWriter
+from netfabric.fabric import Switch
+from netfabric.offload import Offload, resolve
+
+log = get_logger("hv.control")
+
+TAIL_KEPT = 64 << 10  # console output kept per VM for the next client that attaches
+TAIL_DEFAULT = 4096  # what a console client gets of it unless it asks for more or less
+CONSOLE_BUFFER = 1 << 20  # console output a client may lag behind before bytes are dropped
+CAPTURE_BUFFER = 8 << 20  # capture data a client may lag behind before frames are dropped
+STOP_WAIT = 10.0  # how long ``stop`` waits for the VMs to stop before answering
+
+
+# -- the server's buffers ------------------------------------------------------------------
+
+
+class Outbox:
+    """Bytes on their way to one client: bounded; what would overflow is dropped (counted)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+        self._event = trio.Event()
+        self.closed = False
+        self.dropped = 0  # bytes (console) or frames (capture) dropped
+        self.sent = 0
+
+    def room(self, n: int) -> bool:
+        return len(self._buf) + n <= self.limit
+
+    def push(self, data: bytes, *, force: bool = False) -> bool:
+        if self.closed:
+            return False
+        if not force and not self.room(len(data)):
+            self.dropped += len(data)
+            return False
+        self._buf += data
+        self._event.set()
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self._event.set()
+
+    async def get(self) -> bytes | None:
+        """What is waiting (at least one byte); None once closed and empty."""
+        while True:
+            if self._buf:
+                data = bytes(self._buf)
+                self._buf.clear()
+                self.sent += len(data)
+                return data
+            if self.closed:
+                return None
+            await self._event.wait()
+            self._event = trio.Event()
+
+
+class ConsoleFan:
+    """A VM's console output: printed, kept (a tail), and copied to every attached client."""
+
+    def __init__(self, vm: Vm) -> None:
+        self.vm = vm
+        self.tail = bytearray()
+        self.clients: set[Outbox] = set()
+        self.ended = False
+        self.dropped = 0  # bytes dropped for clients that lagged (all clients, all time)
+        self.attached = 0  # clients attached, all time
+
+    def feed(self, data: bytes) -> None:
+        self.tail += data
+        if len(self.tail) > TAIL_KEPT:
+            del self.tail[: len(self.tail) - TAIL_KEPT]
+        for box in self.clients:
+            before = box.dropped
+            box.push(data)
+            self.dropped += box.dropped - before
+
+    def end(self) -> None:
+        self.ended = True
+        for box in self.clients:
+            box.close()
+        self.clients.clear()
+
+    def attach(self, tail: int) -> Outbox:
+        """A new client's outbox: up to ``tail`` bytes of recent output (from a line's start
+        when there is one), then what comes."""
+        box = Outbox(CONSOLE_BUFFER)
+        recent = bytes(self.tail[-tail:]) if tail > 0 else b""
+        if 0 < tail < len(self.tail):
+            cut = recent.find(b"\n")
+            if 0 <= cut < len(recent) - 1:
+                recent = recent[cut + 1 :]
+        if recent:
+            box.push(recent, force=True)
+        self.attached += 1
+        if self.ended:
+            box.close()
+        else:
+            self.clients.add(box)
+        return box
+
+    def detach(self, box: Outbox) -> None:
+        self.clients.discard(box)
+
+
+class _OutboxFile:
+    """The file a PcapngWriter writes to: the outbox (room was checked per frame)."""
+
+    def __init__(self, box: Outbox) -> None:
+        self.box = box
+
+    def write(self, data: bytes) -> int:
+        self.box.push(data, force=True)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class LiveCapture:
+    """A switch listener that writes a pcapng stream for one client: a section header, an
+    interface per port (ports plugged in later get theirs when they first send), then a
+    packet per frame; frames that do not fit the client's buffer are dropped and counted."""
+
+    def __init__(self, switch: Switch, limit: int = CAPTURE_BUFFER) -> None:
+        self.switch = switch
+        self.box = Outbox(limit)
+        self.writer = PcapngWriter(cast(BinaryIO, _OutboxFile(self.box)))
+        self._iface: dict[int, int] = {}
+        for pid in list(switch.ports):
+            self._interface(pid)
+        self.writer.flush()
+        self.packets = 0
+        self.dropped = 0
+
+    def _interface(self, port_id: int) -> int:
+        port = self.switch.ports.get(port_id)
+        iface = self._iface[port_id] = self.writer.add_interface(
+            port.name if port is not None else f"port{port_id}"
+        )
+        return iface
+
+    def __call__(self, port_id: int, frame: bytes, offload: Offload | None, ts: int) -> None:
+        if self.box.closed:
+            return
+        iface = self._iface.get(port_id)
+        if iface is None:
+            iface = self._interface(port_id)
+        for wire in resolve(frame, offload) if offload is not None else (frame,):
+            if not self.box.room(len(wire) + 36):
+                self.dropped += 1
+                continue
+            self.writer.write(iface, wire, ts)
+            self.packets += 1
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.switch.remove_listener(self)
+        self.writer.flush()
+        self.box.close()
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+def _exit(info: StopInfo | None) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    return {"code": info.exit_code, "kind": info.kind.value, "reason": info.reason}
+
+
+class _Lines:
+    """Request lines from a client's stream; ``rest`` is what came after the last one."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    async def line(self) -> bytes | None:
+        while True:
+            end = self.buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self.buf[:end])
+                del self.buf[: end + 1]
+                return line
+            if len(self.buf) > MAX_LINE:
+                raise ControlError(f"request line longer than {MAX_LINE} bytes")
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.buf += data
+
+    def rest(self) -> bytes:
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
+
+
+async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
+    await stream.send_all(json.dumps(message, default=str).encode() + b"\n")
+
+
+class ControlServer:
+    """A lab's control socket, for the lab's life.
+
+        with ControlServer(spec, path) as control:          # claims the name (or refuses)
+            status = await control.run_lab(spec, output)    # runs the lab, serving clients
+
+    ``run_lab`` is ``hv.lab.run_lab`` with the socket served alongside; console output goes
+    to ``output`` (prefixed by VM name) and to attached clients.
+    """
+
+    def __init__(self, spec: LabSpec, file: Path | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.file = file.resolve() if file is not None else None
+        self.log_file = os.environ.pop(LOG_ENV, None)
+        self.paths: LabPaths | None = None
+        self.pid = os.getpid()
+        self.uid = os.getuid()
+        self.started = time.time()
+        self.run: LabRun | None = None
+        self.refused = 0
+        self.consoles: dict[str, ConsoleFan] = {}
+        self.captures: set[LiveCapture] = set()
+        self.stopped_at: dict[str, float] = {}
+        self.ending = False
+        self._lock_fd: int | None = None
+        self._listener: trio.SocketListener | None = None
+        self._accepting = trio.CancelScope()
+        self._closed = trio.Event()  # the socket is gone: the lab has ended
+        self._streaming = 0  # clients being served a stream or waiting for the end
+        self._fans_left = 0
+
+    # -- claiming the name ---------------------------------------------------------------
+
+    def __enter__(self) -> ControlServer:
+        self.claim()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def claim(self) -> None:
+        """Take the lab's name: its lock, then clear a stale socket. A ConfigError if a lab of
+        that name is running already."""
+        folder = private_labs_dir()
+        self.paths = paths = LabPaths.of(self.name, folder)
+        if len(os.fsencode(paths.sock)) > SUN_PATH_MAX:
+            raise HostError(
+                f"the control socket's path {str(paths.sock)!r} is longer than a Unix socket "
+                f"allows ({SUN_PATH_MAX} bytes): set XDG_RUNTIME_DIR to a shorter folder"
+            )
+        while True:
+            fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise HostError(f"cannot lock {paths.lock}: {e.strerror or e}") from None
+                hello = probe(self.name)
+                who = f" (pid {hello['pid']})" if hello and "pid" in hello else " (starting up?)"
+                raise ConfigError(
+                    f"a lab named {self.name!r} is already running{who}: attach with "
+                    f"'hv console {self.name} VM', end it with 'hv down {self.name}', or give "
+                    'this one another name (name = "..." in the lab file)'
+                ) from None
+            # The lab that held it may have removed the file meanwhile (release): then this
+            # lock is on a file nobody else will look at; take the one at the path instead.
+            held = os.fstat(fd)
+            try:
+                now = os.stat(paths.lock)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{self.pid}\n".encode())
+        self._lock_fd = fd
+        with contextlib.suppress(FileNotFoundError):  # a lab that died left it: nobody answers
+            os.unlink(paths.sock)
+
+    def release(self) -> None:
+        self._close_socket()
+        if self._lock_fd is not None:
+            if self.paths is not None:  # removed while held (see claim), then let go
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.paths.lock)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _close_socket(self) -> None:
+        if self._listener is not None:
+            self._listener.socket.close()
+            self._listener = None
+            if self.paths is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.paths.sock)
+
+    async def _bind(self) -> None:
+        assert self.paths is not None, "claim() the name first"
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = str(self.paths.sock)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        try:
+            await sock.bind(path)
+            os.chmod(path, 0o600)  # the folder is 0700 already: nobody else got in meanwhile
+            sock.listen(16)
+        except OSError as e:
+            sock.close()
+            raise HostError(f"cannot listen on {path}: {e.strerror or e}") from None
+        self._listener = trio.SocketListener(sock)
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run_lab(
+        self,
+        spec: LabSpec,
+        output: Output | None = None,
+        exit_code_from: str | None = None,
+        *,
+        task_status: trio.TaskStatus[LabRun] = trio.TASK_STATUS_IGNORED,
+    ) -> int:
+        """``hv.lab.run_lab(spec, output, exit_code_from)`` with the control socket served
+        while the lab runs (``spec`` is the one the name was claimed for)."""
+        if spec.name != self.name:
+            raise ValueError(f"this control socket is lab {self.name}'s, not {spec.name}'s")
+        self.spec = spec
+        if self._lock_fd is None:
+            self.claim()
+        async with trio.open_nursery() as nursery:
+            run: LabRun = await nursery.start(self._lab, exit_code_from)
+            self.run = run
+            self.started = time.time()
+            prefixed = PrefixedOutput(output, list(run.vms)) if output is not None else None
+            for name, vm in run.vms.items():
+                fan = self.consoles[name] = ConsoleFan(vm)
+                self._fans_left += 1
+                nursery.start_soon(self._pump_console, name, fan, prefixed)
+            await self._bind()
+            nursery.start_soon(self._accept)
+            log.info("control socket", lab=self.name, path=str(self.paths and self.paths.sock))
+            task_status.started(run)
+            status = await run.wait()
+            await self._finish()
+            nursery.cancel_scope.cancel()
+        return status
+
+    async def _lab(
+        self, exit_code_from: str | None, *, task_status: trio.TaskStatus[LabRun]
+    ) -> None:
+        await run_lab(self.spec, None, exit_code_from, task_status=task_status)
+
+    async def _pump_console(self, name: str, fan: ConsoleFan, out: PrefixedOutput | None) -> None:
+        vm = fan.vm
+        try:
+            while data := await vm.console.receive_some():
+                if out is not None:
+                    out.feed(name, data)
+                fan.feed(data)
+        finally:
+            fan.end()
+            self._fans_left -= 1
+        await vm.wait()
+        self.stopped_at.setdefault(name, time.time())
+
+    async def _finish(self) -> None:
+        """The lab has ended: the rest of its output reaches clients, the socket goes, clients
+        that wait for the end are told, streams are flushed and closed."""
+        self.ending = True
+        with trio.move_on_after(5):
+            while self._fans_left:
+                await trio.sleep(0.01)
+        self._accepting.cancel()
+        self._close_socket()
+        for cap in list(self.captures):
+            cap.close()
+        self._closed.set()
+        with trio.move_on_after(3):
+            while self._streaming:
+                await trio.sleep(0.01)
+
+    async def _accept(self) -> None:
+        assert self._listener is not None
+        listener = self._listener
+        async with trio.open_nursery() as clients:
+            with self._accepting:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except trio.ClosedResourceError:
+                        return
+                    except OSError as e:  # out of file descriptors, ...: try again shortly
+                        log.warning("accept failed", lab=self.name, error=str(e))
+                        await trio.sleep(0.1)
+                        continue
+                    clients.start_soon(self._client, stream)
+
+    async def _client(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._serve(stream)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass  # the client went away
+        except* ControlError as group:
+            with contextlib.suppress(Exception):
+                await _send(stream, {"ok": False, "error": str(group.exceptions[0])})
+        except* Exception as group:
+            log.error("control client failed", lab=self.name, error=repr(group.exceptions[0]))
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        pid, uid, _ = peer_credentials(stream.socket)
+        why = refusal(uid, self.uid, self.name)
+        if why is not None:
+            self.refused += 1
+            log.warning("control client refused", lab=self.name, uid=uid, pid=pid)
+            await _send(stream, {"ok": False, "error": why})
+            return
+        lines = _Lines(stream)
+        while (line := await lines.line()) is not None:
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except ValueError:
+                await _send(stream, {"ok": False, "error": "not JSON: one object a line"})
+                continue
+            if not isinstance(request, dict):
+                await _send(stream, {"ok": False, "error": "a request is a JSON object"})
+                continue
+            op = request.get("op")
+            if op == "console":
+                return await self._console(stream, lines, request)
+            if op == "capture":
+                return await self._capture(stream, request)
+            if op == "down":
+                return await self._down(stream)
+            try:
+                answer = await self._simple(op, request)
+            except ControlError as e:
+                answer = {"ok": False, "error": str(e)}
+            await _send(stream, answer)
+
+    async def _simple(self, op: object, request: dict[str, Any]) -> dict[str, Any]:
+        if op == "hello":
+            return {"ok": True, "protocol": PROTOCOL, "version": VERSION, "lab": self.name,
+                    "pid": self.pid, "ops": list(OPS)}  # fmt: skip
+        if op == "ps":
+            return {"ok": True, **self.ps()}
+        if op == "stats":
+            return {"ok": True, "stats": self.stats()}
+        if op == "stop":  # answered even when it ends the lab (the last VMs stopped)
+            with self._stream():
+                return {"ok": True, "stopped": await self._stop(request.get("vm"))}
+        known = ", ".join(OPS)
+        raise ControlError(f"unknown op {op!r} (ops: {known})")
+
+    # -- the requests --------------------------------------------------------------------
+
+    def _vm(self, name: object) -> Vm:
+        assert self.run is not None
+        if not isinstance(name, str) or name not in self.run.vms:
+            raise ControlError(
+                f"lab {self.name} has no VM named {name!r} (VMs: {', '.join(self.run.vms)})"
+            )
+        return self.run.vms[name]
+
+    def vm_info(self, name: str) -> dict[str, Any]:
+        assert self.run is not None
+        vm = self.run.vms[name]
+        end = self.stopped_at.get(name)
+        info = vm.exit if vm.state is VmState.STOPPED else None
+        fan = self.consoles.get(name)
+        return {
+            "name": name,
+            "kernel": self.spec.vms[name].kernel,
+            "state": vm.state.value,
+            "uptime": round((end if end is not None else time.time()) - self.started, 3),
+            "exit": _exit(info),
+            "consoles": len(fan.clients) if fan is not None else 0,
+        }
+
+    def ps(self) -> dict[str, Any]:
+        assert self.run is not None
+        return {
+            "name": self.name,
+            "file": str(self.file) if self.file is not None else None,
+            "pid": self.pid,
+            "started": round(self.started, 3),
+            "uptime": round(time.time() - self.started, 3),
+            "state": "ending" if self.ending else "running",
+            "log": self.log_file,
+            "switches": list(self.run.switches),
+            "refused": self.refused,
+            "captures": [
+                {"switch": c.switch.name, "packets": c.packets, "dropped": c.dropped}
+                for c in self.captures
+            ],
+            "console_dropped": {n: f.dropped for n, f in self.consoles.items() if f.dropped},
+            "vms": [self.vm_info(name) for name in self.run.vms],
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """``hv.lab._stats.snapshot(run)`` where that module exists, else VMs and ports."""
+        assert self.run is not None
+        try:
+            module = importlib.import_module("hv.lab._stats")
+        except ModuleNotFoundError as e:
+            if e.name != "hv.lab._stats":
+                raise
+        else:
+            snapshot: Callable[[LabRun], dict[str, Any]] = module.snapshot
+            return snapshot(self.run)
+        return self._own_stats()
+
+    def _own_stats(self) -> dict[str, Any]:
+        assert self.run is not None
+        vms = {}
+        for name, vm in self.run.vms.items():
+            info = self.vm_info(name)
+            vms[name] = {k: info[k] for k in ("state", "uptime", "exit")}
+            vms[name]["counters"] = vm.stats
+        switches = {}
+        for sname, sw in self.run.switches.items():
+            ports = {}
+            for port in sw.ports.values():
+                c = port.counters
+                ports[port.name] = {
+                    "rx_frames": c.rx_frames, "rx_bytes": c.rx_bytes,
+                    "tx_frames": c.tx_frames, "tx_bytes": c.tx_bytes, "drops": dict(c.drops),
+                }  # fmt: skip
+            switches[sname] = {"ports": ports, "macs": len(sw.core.table)}
+        return {"lab": self.name, "time": time.time(), "vms": vms, "switches": switches}
+
+    async def _stop(self, which: object) -> list[dict[str, Any]]:
+        assert self.run is not None
+        if which is None:
+            names = list(self.run.vms)
+        elif isinstance(which, list):
+            names = [self._vm(n).name for n in which]
+        else:
+            names = [self._vm(which).name]
+        for name in names:
+            self.run.vms[name].stop("stopped by hv stop")
+        with trio.move_on_after(STOP_WAIT):
+            for name in names:
+                await self.run.vms[name].wait()
+                self.stopped_at.setdefault(name, time.time())
+        return [self.vm_info(name) for name in names]
+
+    @contextlib.contextmanager
+    def _stream(self) -> Iterator[None]:
+        self._streaming += 1
+        try:
+            yield
+        finally:
+            self._streaming -= 1
+
+    async def _down(self, stream: trio.SocketStream) -> None:
+        assert self.run is not None
+        with self._stream():
+            self.ending = True
+            self.run.stop("the lab was taken down (hv down)")
+            await _send(stream, {"ok": True, "lab": self.name, "pid": self.pid})
+            await self._closed.wait()
+            await _send(stream, {"event": "ended", "status": self.run.status})
+
+    async def _console(
+        self, stream: trio.SocketStream, lines: _Lines, request: dict[str, Any]
+    ) -> None:
+        vm = self._vm(request.get("vm"))
+        tail = request.get("tail", TAIL_DEFAULT)
+        if not isinstance(tail, int) or isinstance(tail, bool) or tail < 0:
+            raise ControlError("tail: a number of bytes (0 or more)")
+        fan = self.consoles[vm.name]
+        box = fan.attach(min(tail, TAIL_KEPT))
+        with self._stream():
+            try:
+                await _send(stream, {"ok": True, "vm": vm.name, "state": vm.state.value})
+                typed = lines.rest()
+                async with trio.open_nursery() as nursery:
+
+                    async def keys(data: bytes) -> None:
+                        while True:
+                            if data and vm.state is not VmState.STOPPED:
+                                await vm.console.send_all(data)
+                            data = await stream.receive_some(4096)
+                            if not data:
+                                return  # no more input; the output goes on
+
+                    nursery.start_soon(keys, typed)
+                    while (chunk := await box.get()) is not None:
+                        await stream.send_all(chunk)
+                    nursery.cancel_scope.cancel()
+                with contextlib.suppress(trio.BrokenResourceError, OSError):
+                    await stream.send_eof()
+            finally:
+                fan.detach(box)
+
+    async def _capture(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
+        assert self.run is not None
+        name = request.get("switch")
+        if not isinstance(name, str) or name not in self.run.switches:
+            known = ", ".join(self.run.switches) or "none"
+            raise ControlError(f"lab {self.name} has no switch named {name!r} (switches: {known})")
+        sw = self.run.switches[name]
+        with self._stream():
+            await _send(
+                stream,
+                {"ok": True, "switch": name, "ports": [p.name for p in sw.ports.values()]},
+            )
+            cap = LiveCapture(sw)
+            self.captures.add(cap)
+            sw.add_listener(cap)
+            try:
+                async with trio.open_nursery() as nursery:
+
+                    async def until_closed() -> None:
+                        while await stream.receive_some(4096):
+                            pass  # a capture client has nothing to say; its end ends it
+                        cap.close()
+
+                    nursery.start_soon(until_closed)
+                    while (chunk := await cap.box.get()) is not None:
+                        await stream.send_all(chunk)
+                    nursery.cancel_scope.cancel()
+            finally:
+                cap.close()
+                self.captures.discard(cap)
