@@ -321,6 +321,17 @@ def test_a_second_lab_of_the_same_name_is_refused(fw: tuple[Host, str]) -> None:
     assert h.ps(name)[0]["pid"] == lab["pid"]  # the first one goes on
 
 
+def test_hv_top_prints_the_live_view_as_lines_off_a_terminal(fw: tuple[Host, str]) -> None:
+    h, name = fw
+    r = h.hv("top", name, "--interval", "0.3", "--count", "2")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert sum(line.startswith(f"lab {name} ") for line in lines) == 2, r.stdout
+    vm_lines = [line for line in lines if line.startswith("vm c running ")]
+    assert len(vm_lines) == 2 and "mips=" in vm_lines[0] and "exits/s=" in vm_lines[0]
+    assert any(line.startswith("port lan c.eth0 rx=") for line in lines), r.stdout
+
+
 def test_stats_and_protocol_errors(fw: tuple[Host, str]) -> None:
     h, name = fw
     r = h.hv("stats", name)

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import stat
 import struct
@@ -35,7 +36,7 @@ MAX_LINE = 64 << 10  # longest line either end reads
 SUN_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path is 108, NUL-terminated)
 # How ``hv up -d`` tells the lab it starts where its log is (shown by ``hv ps``).
 LOG_ENV = "HV_CONTROL_LOG"
-COMMANDS = ("ps", "stats", "console", "stop", "down", "capture")
+COMMANDS = ("ps", "stats", "console", "stop", "down", "capture", "top")
 EXIT_FAILED = 1  # no such lab, VM or switch; the lab refused or went away
 
 
@@ -256,6 +257,19 @@ def add_parsers(sub: Any) -> None:
     )
     stats.add_argument("lab", metavar="LAB")
 
+    top = sub.add_parser(
+        "top",
+        help="a running lab's live view: VMs and ports, refreshed",
+        description=(
+            "Show lab LAB's VMs (state, guest MIPS, exits/s, CPU share) and switch ports "
+            "(frames/s, bytes/s, drops), refreshed every --interval seconds: a table on a "
+            "terminal, plain lines otherwise. It ends when the lab does, or on Ctrl-C."
+        ),
+    )
+    top.add_argument("lab", metavar="LAB")
+    top.add_argument("--interval", type=float, default=1.0, metavar="S", help="default 1 s")
+    top.add_argument("--count", type=int, metavar="N", help="stop after N refreshes")
+
     console = sub.add_parser(
         "console",
         help="attach to a VM's console in a running lab",
@@ -329,6 +343,8 @@ def control_command(args: argparse.Namespace) -> int:
             return _capture(args)
         if args.command == "stats":
             return _stats(args)
+        if args.command == "top":
+            return _top(args)
     except ControlError as e:
         print(f"hv: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -601,6 +617,44 @@ def _stats(args: argparse.Namespace) -> int:
     with Connection.open(args.lab) as conn:
         answer = conn.request("stats")
     print(json.dumps(answer["stats"], indent=2))
+    return 0
+
+
+def _top(args: argparse.Namespace) -> int:
+    import trio
+
+    from hv.lab._view import live_view
+
+    conn = Connection.open(args.lab)
+    left = [args.count + 1 if args.count is not None else -1]
+
+    async def sample() -> dict[str, Any] | None:
+        if left[0] == 0:
+            return None
+        left[0] -= 1
+        try:
+            answer = await trio.to_thread.run_sync(conn.request, "stats")
+        except ControlError:
+            return None  # the lab has ended
+        stats: dict[str, Any] = answer["stats"]
+        return stats
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def view() -> None:
+                    await live_view(sample, interval=args.interval, terminal=sys.stdout.isatty())
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(view)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        conn.close()
     return 0
 
 
