@@ -1,0 +1,433 @@
+"""The hvfabric pytest plugin: VMs and labs as trio fixtures, their consoles in failure reports.
+
+Installing hvfabric registers it (the ``hvfabric`` ``pytest11`` entry point); the tests need
+pytest-trio (``trio_mode = true``, or ``@pytest.mark.trio`` on each test)::
+
+    from hv import Lab
+
+    async def test_ping(hv_lab):
+        lab = await hv_lab(
+            Lab("pair")
+            .switch("lan")
+            .vm("s", kernel="udpecho", mem="16M", nics=[{"switch": "lan", "ip": "10.0.0.2/24"}])
+            .vm("p", kernel="ping", mem="16M", append="peer=10.0.0.2 count=2",
+                nics=[{"switch": "lan", "ip": "10.0.0.1/24"}])
+        )
+        assert (await lab.vms["p"].wait()).exit_code == 0
+
+Fixtures (each an async factory; what it starts runs in the fixture's pytest-trio nursery
+and is stopped when the test ends):
+
+- ``hv_vm``: ``vm = await hv_vm(kernel="udpecho", mem="16M", nics=[...])`` or
+  ``await hv_vm(VmConfig(...))`` gives a running ``hv.Vm``. A NIC is an ``hv.Nic``, a switch
+  name, or a table as in lab files (``{"switch": "lan", "ip": "10.0.0.1/24"}``); a switch
+  named is started on first use (``hv_vm.switches[name]``, or ``await hv_vm.switch(name)``).
+- ``hv_lab``: ``lab = await hv_lab("lab.toml")`` (relative to the test file) or
+  ``await hv_lab(Lab()...)`` gives a running ``LabRun`` (``.vms``, ``.switches``, ...).
+
+Every switch they start that has no capture of its own captures into the test's
+``tmp_path`` (``--hv-no-capture``, the ``hv_capture`` ini option or
+``@pytest.mark.hv(capture=False)`` turn that off). When a test that used them fails, its
+report gets a section "hvfabric consoles": each VM's state and the last
+``--hv-console-tail`` lines (ini ``hv_console_tail``, marker ``hv(console_tail=N)``;
+default 40) of its console, and the paths of the captures. Parametrize a test over lab files
+the usual way (``@pytest.mark.parametrize("path", [...])``, then ``await hv_lab(path)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+if TYPE_CHECKING:
+    from hv._nic import Nic
+    from hv._vm import Vm, VmConfig
+    from hv.lab._api import Lab
+    from hv.lab._runner import LabRun
+    from hv.lab._spec import LabSpec
+    from netfabric.fabric import Switch
+
+DEFAULT_TAIL = 40
+# How long teardown waits for the VMs to stop (each stops within a slice when asked).
+STOP_TIMEOUT = 10.0
+SECTION = "hvfabric consoles"
+NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "mtu", "vlan"}
+
+
+# -- options -------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hvfabric", "hvfabric VMs and labs")
+    group.addoption(
+        "--hv-console-tail",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"console lines of each VM in a failed test's report (default {DEFAULT_TAIL})",
+    )
+    group.addoption(
+        "--hv-no-capture",
+        action="store_true",
+        default=False,
+        help="don't capture the fixtures' switches into the test's tmp_path",
+    )
+    parser.addini(
+        "hv_console_tail", "console lines per VM in a failure report", default=str(DEFAULT_TAIL)
+    )
+    parser.addini(
+        "hv_capture", "capture the fixtures' switches into tmp_path", type="bool", default=True
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "hv(capture=True, console_tail=40): hvfabric fixture settings for this test",
+    )
+
+
+def _marker(node: pytest.Item | pytest.Collector, key: str) -> Any:
+    mark = node.get_closest_marker("hv")
+    return None if mark is None else mark.kwargs.get(key)
+
+
+def _tail_lines(item: pytest.Item) -> int:
+    n = _marker(item, "console_tail")
+    if n is None:
+        n = item.config.getoption("--hv-console-tail")
+    if n is None:
+        n = int(str(item.config.getini("hv_console_tail")))
+    return int(n)
+
+
+def _capture_on(request: pytest.FixtureRequest) -> bool:
+    on = _marker(request.node, "capture")
+    if on is not None:
+        return bool(on)
+    if request.config.getoption("--hv-no-capture"):
+        return False
+    return bool(request.config.getini("hv_capture"))
+
+
+# -- what a test used ----------------------------------------------------------------------
+
+
+@dataclass
+class _Used:
+    """The VMs, switches and labs the fixtures started for one test (for its report)."""
+
+    vms: list[Vm] = field(default_factory=list)
+    switches: list[Switch] = field(default_factory=list)
+    labs: list[LabRun] = field(default_factory=list)
+    reported: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.vms or self.switches or self.labs)
+
+
+USED = pytest.StashKey[_Used]()
+
+
+def _used(request: pytest.FixtureRequest) -> _Used:
+    node: pytest.Item = request.node
+    return node.stash.setdefault(USED, _Used())
+
+
+class _Captures:
+    """Capture files in the test's tmp_path: one name each."""
+
+    def __init__(self, directory: Path, on: bool) -> None:
+        self.directory = directory
+        self.on = on  # capture by default
+        self.taken: set[str] = set()
+
+    def path(self, stem: str, force: bool = False) -> Path | None:
+        if not (self.on or force):
+            return None
+        name = stem
+        for i in itertools.count(2):
+            if name not in self.taken:
+                break
+            name = f"{stem}-{i}"
+        self.taken.add(name)
+        return self.directory / f"{name}.pcapng"
+
+    def nic(self, capture: bool | str | Path | None, stem: str) -> Path | None:
+        """A NIC's ``capture`` key: True for a file in tmp_path, or a path (under tmp_path
+        if relative)."""
+        if capture is None or capture is False:
+            return None
+        if capture is True:
+            return self.path(stem, force=True)
+        return self.directory / capture  # an absolute path stays as it is
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception in nested groups of one (a ConfigError from a lab's nursery), or
+    the group itself."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, Exception) else group
+
+
+# -- hv_vm ---------------------------------------------------------------------------------
+
+
+class VmFactory:
+    """``await hv_vm(...)``: boots a VM in the test's nursery; see the module docstring."""
+
+    def __init__(self, nursery: trio.Nursery, used: _Used, captures: _Captures, base: Path) -> None:
+        self._nursery = nursery
+        self._used = used
+        self._captures = captures
+        self.base = base  # relative kernel paths are relative to this (the test's folder)
+        self.switches: dict[str, Switch] = {}
+        self.vms: dict[str, Vm] = {}
+
+    async def switch(self, name: str, capture: Path | bool | None = None) -> Switch:
+        """The switch ``name`` (started on first use; ``capture``: a path, True or False,
+        or None for the default: into the test's tmp_path unless capturing is off)."""
+        from netfabric.fabric import Switch
+
+        if name in self.switches:
+            return self.switches[name]
+        if isinstance(capture, Path):
+            path: Path | None = capture
+        else:
+            path = None if capture is False else self._captures.path(name, force=bool(capture))
+        switch: Switch = await self._nursery.start(Switch(name, path).run)
+        self.switches[name] = switch
+        self._used.switches.append(switch)
+        return switch
+
+    async def __call__(
+        self,
+        config: VmConfig | None = None,
+        /,
+        *,
+        kernel: str | Path | None = None,
+        name: str | None = None,
+        cmdline: str | None = None,
+        append: str = "",
+        mem: int | str | None = None,
+        nics: Sequence[Nic | str | Mapping[str, Any]] = (),
+        **more: Any,
+    ) -> Vm:
+        """Boot a VM: a ``VmConfig``, or ``kernel`` (a bundled guest, ``linux``, a path) with
+        ``cmdline`` (replaces the kernel's default) or ``append``, ``mem`` (``"16M"`` or
+        bytes), ``nics`` and any other ``VmConfig`` field. Returns the running ``hv.Vm``."""
+        from hv._vm import run_vm
+
+        if config is None:
+            if kernel is None:
+                raise TypeError("hv_vm needs a VmConfig or kernel=")
+            config = await self._config(kernel, name, cmdline, append, mem, nics, more)
+        elif kernel is not None or name is not None or nics or more or mem is not None:
+            raise TypeError("hv_vm takes a VmConfig or keywords, not both")
+        if config.name in self.vms:
+            raise ValueError(f"hv_vm: this test already has a VM named {config.name!r}")
+        vm: Vm = await self._nursery.start(run_vm, config)
+        self.vms[config.name] = vm
+        self._used.vms.append(vm)
+        return vm
+
+    async def _config(
+        self,
+        kernel: str | Path,
+        name: str | None,
+        cmdline: str | None,
+        append: str,
+        mem: int | str | None,
+        nics: Sequence[Nic | str | Mapping[str, Any]],
+        more: dict[str, Any],
+    ) -> VmConfig:
+        from hv._nic import Nic
+        from hv._vm import VmConfig
+        from hv.build._kernels import resolve_kernel
+        from hv.lab._spec import _size
+
+        path, initrd, default = resolve_kernel(str(kernel), self.base)
+        if name is None:
+            stem = Path(kernel).stem if isinstance(kernel, Path) else str(kernel)
+            name = stem
+            for i in itertools.count(2):
+                if name not in self.vms:
+                    break
+                name = f"{stem}-{i}"
+        line = cmdline if cmdline is not None else (default or "")
+        line = f"{line} {append}".strip()
+        cards: list[Nic] = []
+        for i, nic in enumerate(nics):
+            if isinstance(nic, Nic):
+                cards.append(nic)
+                continue
+            table: dict[str, Any] = {"switch": nic} if isinstance(nic, str) else dict(nic)
+            unknown = set(table) - NIC_KEYS
+            if unknown or "switch" not in table:
+                raise TypeError(
+                    f"hv_vm nics[{i}]: a Nic, a switch name or a table with switch= and "
+                    f"{', '.join(sorted(NIC_KEYS - {'switch'}))}; got {nic!r}"
+                )
+            switch = await self.switch(str(table.pop("switch")))
+            if "capture" in table:  # True: in tmp_path; a relative path: under tmp_path
+                table["capture"] = self._captures.nic(table["capture"], f"{name}.eth{i}")
+            cards.append(Nic(switch, **table))
+        keys: dict[str, Any] = {"initrd": initrd, **more}
+        if mem is not None:
+            keys["mem_size"] = _size(mem, "mem")
+        return VmConfig(kernel=path, cmdline=line, name=name, nics=tuple(cards), **keys)
+
+    async def _close(self) -> None:
+        for vm in self.vms.values():
+            vm.stop("the test ended")
+        with trio.move_on_after(STOP_TIMEOUT):
+            for vm in self.vms.values():
+                await vm.wait()
+        # the switches end with the fixture's nursery (their captures flushed and closed)
+
+
+@pytest.fixture
+async def hv_vm(
+    nursery: trio.Nursery, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[VmFactory]:
+    """An async factory of VMs: ``vm = await hv_vm(kernel="udpecho", mem="16M")``."""
+    captures = _Captures(tmp_path, _capture_on(request))
+    factory = VmFactory(nursery, _used(request), captures, request.path.parent)
+    try:
+        yield factory
+    finally:
+        await factory._close()
+
+
+# -- hv_lab --------------------------------------------------------------------------------
+
+
+class LabFactory:
+    """``await hv_lab(spec)``: runs a lab in the test's nursery; see the module docstring."""
+
+    def __init__(self, nursery: trio.Nursery, used: _Used, captures: _Captures, base: Path) -> None:
+        self._nursery = nursery
+        self._used = used
+        self._captures = captures
+        self.base = base  # a relative lab file is relative to this (the test's folder)
+        self.labs: list[LabRun] = []
+        self._scopes: list[trio.CancelScope] = []
+
+    def spec(self, spec: Lab | LabSpec | str | Path) -> LabSpec:
+        """The parsed lab, with a capture in tmp_path for each switch without one."""
+        from hv.lab._api import as_spec
+
+        if isinstance(spec, str | Path) and not Path(spec).is_absolute():
+            spec = self.base / spec
+        parsed = as_spec(spec)
+        switches = {
+            name: s
+            if s.capture is not None
+            else dataclasses.replace(s, capture=self._captures.path(f"{parsed.name}-{name}"))
+            for name, s in parsed.switches.items()
+        }
+        return dataclasses.replace(parsed, switches=switches)
+
+    async def __call__(self, spec: Lab | LabSpec | str | Path) -> LabRun:
+        """Start the lab (a ``Lab``, a parsed spec, or a lab file's path): its switches,
+        services and VMs are up when this returns the ``LabRun``."""
+        try:
+            run: LabRun = await self._nursery.start(self._run, self.spec(spec))
+        except BaseExceptionGroup as group:  # the lab's nursery: raise what went wrong
+            raise _single(group) from None
+        self.labs.append(run)
+        self._used.labs.append(run)
+        return run
+
+    async def _run(self, spec: LabSpec, *, task_status: trio.TaskStatus[LabRun]) -> None:
+        from hv.lab._runner import run_lab
+
+        with trio.CancelScope() as scope:
+            self._scopes.append(scope)
+            await run_lab(spec, task_status=task_status)
+
+    async def _close(self) -> None:
+        for run in self.labs:
+            run.stop("the test ended")
+        with trio.move_on_after(STOP_TIMEOUT):
+            for run in self.labs:
+                if run.vms:
+                    await run.ended.wait()
+        for scope in self._scopes:
+            scope.cancel()
+
+
+@pytest.fixture
+async def hv_lab(
+    nursery: trio.Nursery, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[LabFactory]:
+    """An async factory of labs: ``lab = await hv_lab("lab.toml")`` or ``hv_lab(Lab()...)``."""
+    captures = _Captures(tmp_path, _capture_on(request))
+    factory = LabFactory(nursery, _used(request), captures, request.path.parent)
+    try:
+        yield factory
+    finally:
+        await factory._close()
+
+
+# -- the failure report --------------------------------------------------------------------
+
+
+def _state(vm: Vm) -> str:
+    if vm.exit is None:
+        return vm.state.value
+    e = vm.exit
+    return f"{e.kind.value} (exit {e.exit_code}): {e.reason}"
+
+
+def _tail(vm: Vm, lines: int) -> tuple[list[str], int]:
+    text = vm.console.transcript.decode(errors="replace").replace("\r", "")
+    all_lines = text.splitlines()
+    return (all_lines[-lines:] if lines > 0 else []), len(all_lines)
+
+
+def describe(used: _Used, lines: int) -> str:
+    """The report section: each VM's state and console tail, then the captures."""
+    vms: list[tuple[str, Vm]] = [(vm.name, vm) for vm in used.vms]
+    switches: list[tuple[str, Switch]] = [(sw.name, sw) for sw in used.switches]
+    for run in used.labs:
+        where = f" [lab {run.spec.name}]"
+        vms += [(name + where, vm) for name, vm in run.vms.items()]
+        switches += [(name + where, sw) for name, sw in run.switches.items()]
+    out: list[str] = []
+    for label, vm in vms:
+        tail, total = _tail(vm, lines)
+        shown = f"last {len(tail)} of {total} lines" if len(tail) < total else f"{total} lines"
+        out.append(f"vm {label}: {_state(vm)}; console, {shown}:")
+        out += [f"  | {line}" for line in tail]
+    captures = [(f"switch {label}", sw.capture_path) for label, sw in switches]
+    for _, vm in vms:
+        captures += [(f"nic {vm.name}.eth{i}", nic.capture) for i, nic in enumerate(vm.config.nics)]
+    taken = [(what, path) for what, path in captures if path is not None]
+    out.append("captures:" if taken else "captures: none")
+    out += [f"  {what}: {path}" for what, path in taken]
+    return "\n".join(out) + "\n"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    used = item.stash.get(USED, None)
+    if report.failed and used and not used.reported:
+        used.reported = True
+        report.sections.append((SECTION, describe(used, _tail_lines(item))))
+    return report
+
+
+__all__ = ["LabFactory", "VmFactory", "describe", "hv_lab", "hv_vm"]
