@@ -101,3 +101,20 @@ def test_a_capture_analysed_with_scapy_after_the_run(tmp_path: Path) -> None:
     assert "ICMP echo pairs: 10" in p.stdout, p.stdout
     assert re.search(r"10\.0\.0\.20 -> 10\.0\.0\.3:7  (1\d\d|200) datagrams", p.stdout)
     assert re.search(r"^  p0\.eth0 +\d+$", p.stdout, re.M)
+
+
+def test_asyncio_fleet() -> None:
+    p = run(str(EXAMPLES / "asyncio_fleet.py"), "4", "--parallel", "2")
+    assert p.returncode == 0, p.stderr
+    assert len(re.findall(r"^job iters=\d+ +checksum 0x[0-9a-f]{16}$", p.stdout, re.M)) == 4
+    # the same answers as the trio version's
+    q = run(str(EXAMPLES / "fleet.py"), "4", "--parallel", "2")
+    assert [x for x in p.stdout.splitlines() if x.startswith("job")] == [
+        x for x in q.stdout.splitlines() if x.startswith("job")
+    ]
+
+
+def test_the_pytest_example_passes_with_the_plugin() -> None:
+    p = run("-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / "test_pair.py"))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr
+    assert "2 passed" in p.stdout
