@@ -106,6 +106,30 @@ def errno_name(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, f"errno {exc.errno}")
 
 
+# glibc's malloc hands allocations above 128 KiB back to the kernel when they are freed, so
+# every 1 MiB read buffer was faulted in again, page by page (480 minor faults a request,
+# about 2 ms of the event loop's time). Keeping big buffers in the heap (mmap threshold 8 MiB,
+# trim threshold 32 MiB) made cold 1 MiB reads by a Linux guest 1.2-1.8x faster
+# (bench/disk.py, docs/BENCHMARKS.md). Once per process, glibc only; harmless elsewhere.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_malloc_tuned = False
+
+
+def _tune_malloc() -> None:
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(_M_MMAP_THRESHOLD, 8 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 32 << 20)
+
+
 class FileIO:
     """A file descriptor and the way to use it off the event loop (shared by ``RawFile`` and
     the qcow2 backend): every method runs its system calls in a worker thread under the
@@ -114,6 +138,7 @@ class FileIO:
     refuses (EAGAIN) without blocking; what it did not read goes to a thread."""
 
     def __init__(self, fd: int, path: str, threads: int = THREADS) -> None:
+        _tune_malloc()
         self.fd = fd
         self.path = path
         self.limiter = trio.CapacityLimiter(threads)
