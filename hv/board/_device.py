@@ -75,6 +75,10 @@ class Device(abc.ABC):
     @abc.abstractmethod
     def mmio_write(self, offset: int, size: int, value: int) -> None: ...
 
+    def close(self) -> None:  # noqa: B027 (optional)
+        """The machine is done (its RAM and vCPU are going): drop what refers to the guest,
+        so late work (a frame, a completion) is dropped instead of touching it."""
+
     def after_slice(self) -> None:  # noqa: B027 (optional: most devices have none)
         """Work after each time slice (batched completions, flushing), on the VM's thread."""
 

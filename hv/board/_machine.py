@@ -227,13 +227,14 @@ class Machine:
 
     def close(self) -> None:
         """Release the engine and guest RAM (the machine cannot run again). Devices are
-        reset first and interrupts disconnected: a frame, a disk completion or an impaired
-        cable's late delivery that reaches a device afterwards is dropped there, and never
-        touches the released engine (that was a use after free: a crash of the whole host)."""
+        closed first (virtio ones reset) and interrupts disconnected: a frame, a disk
+        completion or an impaired cable's late delivery that reaches a device afterwards is
+        dropped there, and never touches the released engine (that was a use after free: a
+        crash of the whole host)."""
         self.interrupts.sink = None
         for dev in self.devices:
             with contextlib.suppress(Exception):
-                dev.reset()
+                dev.close()
         self.vcpu.close()
         self.mem.close()
 

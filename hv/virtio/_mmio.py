@@ -133,6 +133,11 @@ class VirtioMmio(Device):
         self.queues: list[Virtqueue] = []
         self._irq_level = False
 
+    def close(self) -> None:
+        """The machine is done: reset (the backend lets go of guest memory and its queues),
+        so a late frame or completion is dropped rather than written into released RAM."""
+        self.reset()
+
     def reset(self) -> None:
         self.backend.reset()
         self.reset_transport()
