@@ -221,3 +221,14 @@ def test_library_logging_is_quiet_unless_configured() -> None:
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["hello 0", "fault 2"]
     assert "started" not in p.stderr and "[info" not in p.stderr and "[debug" not in p.stderr
+
+
+def test_escape_keys_quit_and_pass_ctrl_a_through() -> None:
+    from hv.cli._main import EscapeKeys
+
+    keys = EscapeKeys()
+    assert keys.feed(b"ls\r") == (b"ls\r", False)
+    assert keys.feed(b"a\x01\x01b") == (b"a\x01b", False)  # Ctrl-A Ctrl-A: one Ctrl-A
+    assert keys.feed(b"\x01c") == (b"\x01c", False)  # Ctrl-A and another key: both
+    assert keys.feed(b"q\x01") == (b"q", False)  # an escape split across reads waits
+    assert keys.feed(b"x rest") == (b"", True)  # ... and then quits

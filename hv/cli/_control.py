@@ -441,7 +441,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _console(args: argparse.Namespace) -> int:
-    from hv.cli._main import ESCAPE, EXIT_OUTPUT_CLOSED, _raw_terminal
+    from hv.cli._main import EXIT_OUTPUT_CLOSED, EscapeKeys, _raw_terminal
 
     conn = Connection.open(args.lab, timeout=10.0)
     detached = threading.Event()
@@ -455,26 +455,18 @@ def _console(args: argparse.Namespace) -> int:
             print(f"hv: attached to {args.lab}/{args.vm}; Ctrl-A x detaches", file=sys.stderr)
 
         def keys() -> None:
-            escape = False
+            filt = EscapeKeys()
             try:
                 while data := os.read(0, 1024):
-                    if interactive:  # Ctrl-A x detaches; Ctrl-A Ctrl-A sends one Ctrl-A
-                        out = bytearray()
-                        for byte in data:
-                            if escape:
-                                escape = False
-                                if byte in b"xX":
-                                    detached.set()
-                                    conn.sock.shutdown(socket.SHUT_RDWR)
-                                    return
-                                out += bytes([ESCAPE]) if byte == ESCAPE else bytes([ESCAPE, byte])
-                            elif byte == ESCAPE:
-                                escape = True
-                            else:
-                                out.append(byte)
-                        data = bytes(out)
+                    quit_ = False
+                    if interactive:
+                        data, quit_ = filt.feed(data)
                     if data:
                         conn.sock.sendall(data)
+                    if quit_:
+                        detached.set()
+                        conn.sock.shutdown(socket.SHUT_RDWR)
+                        return
                 conn.sock.shutdown(socket.SHUT_WR)  # EOF: no more input; the output goes on
             except OSError:
                 return

@@ -339,28 +339,44 @@ def _stdout_fd() -> int:
     return 1
 
 
+class EscapeKeys:
+    """A terminal's keys on their way to a console: Ctrl-A x means quit (detach), Ctrl-A
+    Ctrl-A sends one Ctrl-A, Ctrl-A and any other key send both. An escape split across two
+    reads is kept for the next."""
+
+    def __init__(self) -> None:
+        self.escape = False
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """The bytes to send, and whether Ctrl-A x came (what followed it is dropped)."""
+        out = bytearray()
+        for byte in data:
+            if self.escape:
+                self.escape = False
+                if byte in b"xX":
+                    return bytes(out), True
+                out += bytes([ESCAPE]) if byte == ESCAPE else bytes([ESCAPE, byte])
+            elif byte == ESCAPE:
+                self.escape = True
+            else:
+                out.append(byte)
+        return bytes(out), False
+
+
 async def _pump_input(vm: Vm, fd: int, interactive: bool) -> None:
-    escape = False
+    keys = EscapeKeys()
     while True:
         data = await trio.to_thread.run_sync(os.read, fd, 1024, abandon_on_cancel=True)
         if not data:
             return  # EOF: the guest keeps running without input
-        if interactive:  # Ctrl-A x quits; Ctrl-A Ctrl-A sends one Ctrl-A
-            out = bytearray()
-            for byte in data:
-                if escape:
-                    escape = False
-                    if byte in b"xX":
-                        vm.stop("quit from the terminal (Ctrl-A x)")
-                        return
-                    out += bytes([ESCAPE]) if byte == ESCAPE else bytes([ESCAPE, byte])
-                elif byte == ESCAPE:
-                    escape = True
-                else:
-                    out.append(byte)
-            data = bytes(out)
+        quit_ = False
+        if interactive:
+            data, quit_ = keys.feed(data)
         if data:
             await vm.console.send_all(data)
+        if quit_:
+            vm.stop("quit from the terminal (Ctrl-A x)")
+            return
 
 
 def _net_option(text: str) -> tuple[str, str | None, str | None]:
