@@ -207,9 +207,10 @@ def test_hv_console_shows_recent_output_then_live_output(fw: tuple[Host, str]) -
         try:
             out = read_until(proc, b"ping: reply from 10.0.0.2")
             assert out.startswith(b"ping: reply from")  # the tail starts at a line's start
-            assert len(out) <= 300
             first = int(out.split(b"seq=")[1].split()[0])
-            assert first > 1  # recent output, not all of it
+            # recent output only: 300 bytes hold about 6 of these lines, and seq 20 was out
+            # (live lines may follow the tail in the same read, so its length is not checked)
+            assert first >= 14
             read_until(proc, f"seq={first + 10} ".encode())  # then live: more replies
         finally:
             proc.send_signal(signal.SIGINT)
