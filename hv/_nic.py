@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from hv._errors import ConfigError
 from netfabric.switch import PortVlan
+from netfabric.switch import parse_mac as switch_parse_mac
 
 if TYPE_CHECKING:
     from hv.board._device import Device
@@ -31,13 +32,11 @@ def default_mac(vm: str, index: int) -> bytes:
 
 
 def parse_mac(text: str) -> bytes:
-    parts = text.split(":")
+    """A NIC's MAC from ``52:54:00:12:34:56``: a ConfigError if it is not one, or multicast."""
     try:
-        mac = bytes(int(p, 16) for p in parts if len(p) == 2)
-    except ValueError:
-        mac = b""
-    if len(mac) != 6 or len(parts) != 6:
-        raise ConfigError(f"{text!r} is not a MAC like 52:54:00:12:34:56")
+        mac = switch_parse_mac(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if mac[0] & 1:
         raise ConfigError(f"{text} is a multicast address, not a NIC's")
     return mac

@@ -42,7 +42,7 @@ def mac_str(mac: bytes) -> str:
 def parse_mac(text: str) -> bytes:
     """'52:54:00:12:34:56' -> 6 bytes; ValueError with the reason otherwise."""
     parts = text.strip().split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+    if len(parts) != 6 or not all(len(p) == 2 and p.isascii() and p.isalnum() for p in parts):
         raise ValueError(f"{text!r} is not a MAC address like 52:54:00:12:34:56")
     try:
         return bytes(int(p, 16) for p in parts)

@@ -41,12 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from hv._errors import ConfigError
-from hv._nic import default_mac, nic_cmdline
+from hv._nic import default_mac, nic_cmdline, parse_mac
 from hv.board import _platform as P
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(i?B)?\s*$", re.IGNORECASE)
-_MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.IGNORECASE)
 
 SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap"}
 DHCP_KEYS = {"pool", "lease", "boot"}
@@ -335,12 +334,10 @@ def _nic(
         if not isinstance(ip, ipaddress.IPv4Interface) or gateway not in ip.network:
             raise ConfigError(f"{nkey}.gateway: {text} is not in the NIC's subnet")
     if "mac" in n:
-        text = _str(n["mac"], f"{nkey}.mac")
-        if not _MAC.match(text):
-            raise ConfigError(f"{nkey}.mac: {text!r} is not a MAC like 52:54:00:12:34:56")
-        mac = bytes(int(x, 16) for x in text.split(":"))
-        if mac[0] & 1:
-            raise ConfigError(f"{nkey}.mac: {text} is a multicast address")
+        try:
+            mac = parse_mac(_str(n["mac"], f"{nkey}.mac"))
+        except ConfigError as e:
+            raise ConfigError(f"{nkey}.mac: {e}") from None
     else:
         mac = default_mac(vname, i)
     cap = base / _str(n["capture"], f"{nkey}.capture") if "capture" in n else None
