@@ -204,7 +204,9 @@ class VirtioNet(VirtioBackend):
                     self.counters["rx_too_small"] += 1
                 continue
             hdr = _HDR_RX if off is None else _offload_header(off)
-            data = memoryview(hdr[:10] + len(chains).to_bytes(2, "little") + frame)
+            if len(chains) > 1:  # num_buffers (the header says 1)
+                hdr = hdr[:10] + len(chains).to_bytes(2, "little")
+            data = memoryview(hdr + frame)
             done = 0
             for chain in chains:  # all written before the guest runs again: published together
                 n = chain.write(mem, data[done:])
