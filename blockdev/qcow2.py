@@ -51,7 +51,9 @@ and refcount blocks are cached in bounded LRUs; when too many are dirty, a write
 flush of its own first. A writable image also keeps the set of clusters that hold metadata,
 and refuses (``BlockIOError``, "corrupt") a data write that would land on one, as qemu's
 overlap check does, so wrong refcounts or L2 entries in a damaged image cannot make a write
-destroy its metadata. A writable open refuses (``BlockError`` naming the offset)
+destroy its metadata; nor does a free: a cluster an L2 entry stops referencing is not
+decremented if it is metadata (a compressed entry pointing into the header, say), only
+counted (``free_of_metadata``). A writable open refuses (``BlockError`` naming the offset)
 refcount blocks that are shared by two refcount-table entries, lie past the end of the file
 or on other metadata, and L2 tables on the L1 or refcount table, so the refcount blocks are
 distinct clusters of the file and an allocation scans at most that many. Allocation starts
@@ -1255,7 +1257,14 @@ class Qcow2Image(BlockBackend):
         if self._pending_free:
             self._decompressed.clear()
             while self._pending_free:
-                await self._decref(self._pending_free[-1])
+                cluster = self._pending_free[-1]
+                if cluster in self._meta:
+                    # a corrupt L2 entry (say a compressed one whose offset points into the
+                    # header) claimed a metadata cluster as its data: the metadata keeps
+                    # its count; the entry is gone, so qemu-img check finds nothing left
+                    self.counters["free_of_metadata"] += 1
+                else:
+                    await self._decref(cluster)
                 self._pending_free.pop()
             blocks = self._rb.dirty_items()
             await io.write_many(
