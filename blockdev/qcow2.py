@@ -45,11 +45,21 @@ This is strict ordering without lazy refcounts (no dirty bit), kept like this:
   system call it did issue landed in the page cache in program order, which the steps above
   make safe at every point.
 
-The metadata held in memory is bounded: clean L2 tables and refcount blocks are cached in
-bounded LRUs; when too many are dirty, a write starts a flush of its own first. A writable
-image also keeps the set of clusters that hold metadata, and refuses (``BlockIOError``,
-"corrupt") a data write that would land on one, as qemu's overlap check does, so wrong
-refcounts or L2 entries in a damaged image cannot make a write destroy its metadata.
+The metadata held in memory is bounded: only the L1 entries the virtual size uses are read
+(a header may claim more: qemu keeps a larger L1 when it shrinks an image), clean L2 tables
+and refcount blocks are cached in bounded LRUs; when too many are dirty, a write starts a
+flush of its own first. A writable image also keeps the set of clusters that hold metadata,
+and refuses (``BlockIOError``, "corrupt") a data write that would land on one, as qemu's
+overlap check does, so wrong refcounts or L2 entries in a damaged image cannot make a write
+destroy its metadata; nor does a free: a cluster an L2 entry stops referencing is not
+decremented if it is metadata (a compressed entry pointing into the header, say), only
+counted (``free_of_metadata``). A writable open refuses (``BlockError`` naming the offset)
+refcount blocks that are shared by two refcount-table entries, lie past the end of the file
+or on other metadata, and L2 tables on the L1 or refcount table, so the refcount blocks are
+distinct clusters of the file and an allocation scans at most that many. Allocation starts
+at a free hint (every cluster below it is in use: it moves past each refcount block found
+full and back on a free), each block is searched in C, and the scan lets other tasks run
+after each full block.
 
 Refused (``BlockError``, naming the feature): encryption, external data files, compression
 other than zlib (zstd), extended L2 entries (subclusters), unknown incompatible feature bits;
@@ -72,6 +82,7 @@ import array
 import collections
 import math
 import os
+import re
 import stat
 import struct
 import sys
@@ -146,6 +157,23 @@ _LITTLE = sys.byteorder == "little"
 _U32 = "I" if array.array("I").itemsize == 4 else "L"
 _REFCOUNT_TYPECODES = {3: "B", 4: "H", 5: _U32, 6: "Q"}
 assert array.array("Q").itemsize == 8 and array.array("H").itemsize == 2
+
+
+def _narrow_zero_class(order: int) -> re.Pattern[bytes]:
+    """For counters of ``1 << order`` bits (order 0..2, packed into bytes): a pattern that
+    matches a byte holding at least one zero counter (so a scan runs in C, not per entry)."""
+    bits = 1 << order
+    mask = (1 << bits) - 1
+    hits = [
+        value
+        for value in range(256)
+        if any(not (value >> shift) & mask for shift in range(0, 8, bits))
+    ]
+    return re.compile(b"[" + b"".join(b"\\x%02x" % value for value in hits) + b"]")
+
+
+_ZERO_COUNTER = {order: _narrow_zero_class(order) for order in range(3)}
+_ZERO_BYTE = re.compile(b"\\x00")
 
 
 def _u64_array(raw: bytes) -> array.array[int]:
@@ -309,6 +337,14 @@ def parse_header(data: bytes, path: str = "image") -> Header:
             raise BlockError(f"{path}: backing file name contains NUL")
         header.backing_file = os.fsdecode(raw)
     return header
+
+
+def _l1_entries(header: Header) -> int:
+    """How many L1 entries the virtual size uses: the only ones read. (``l1_size`` may be
+    larger: qemu keeps it when it shrinks an image, and a hostile header can claim 4M
+    entries for a 1 MiB disk; what lies past the virtual size is never loaded.)"""
+    covers = header.cluster_size * (header.cluster_size // 8)
+    return min(header.l1_size, -(-header.size // covers))
 
 
 def check_features(header: Header, path: str, read_only: bool) -> None:
@@ -480,16 +516,27 @@ class _Refblock:
         self.narrow[i // per] = byte | (value << shift)
 
     def find_zero(self, start: int) -> int:
-        """The first index >= start whose refcount is 0, or -1."""
+        """The first index >= start whose refcount is 0, or -1 (a search in C: a full block
+        of a million 1-bit counters costs microseconds, not a second of Python)."""
         if self.wide is not None:
+            if self.order == 3:
+                found = _ZERO_BYTE.search(self.wide, start)
+                return found.start() if found else -1
             try:
                 return self.wide.index(0, start)
             except ValueError:
                 return -1
-        for i in range(start, self.entries):
+        per = 8 // self.bits
+        i = start
+        while i % per and i < self.entries:  # the rest of a partly-scanned byte
             if not self.get(i):
                 return i
-        return -1
+            i += 1
+        found = _ZERO_COUNTER[self.order].search(self.narrow, i // per)
+        if found is None:
+            return -1
+        first = found.start() * per
+        return next(i for i in range(first, first + per) if not self.get(i))
 
     def tobytes(self) -> bytes:
         if self.wide is None:
@@ -503,6 +550,74 @@ class _Refblock:
 
 def _corrupt(path: str, what: str) -> BlockIOError:
     return BlockIOError(f"{path}: corrupt qcow2 image: {what}")
+
+
+def _metadata_clusters(
+    path: str, header: Header, l1: array.array[int], rt: array.array[int], file_size: int
+) -> set[int]:
+    """The clusters of a writable image that hold metadata: the header, the L1 table, the
+    refcount table, the L2 tables ``l1`` points at and the refcount blocks ``rt`` points at.
+    Refuses (``BlockError``, naming the offset) what ``qemu-img check`` calls corrupt and
+    what would make allocation scans unbounded: a refcount block that is not cluster-
+    aligned, lies past the end of the file, is shared by two refcount-table entries, or
+    overlaps other metadata; an L2 table on the L1 or the refcount table. So the refcount
+    blocks are distinct clusters of the file. Blocking (Python loops over the tables)."""
+    cb = header.cluster_bits
+    cs = 1 << cb
+    l1_first = header.l1_table_offset >> cb
+    l1_end = (header.l1_table_offset + header.l1_size * 8 + cs - 1) >> cb
+    rt_first = header.refcount_table_offset >> cb
+    rt_end = rt_first + header.refcount_table_clusters
+
+    def fixed(cluster: int) -> str | None:
+        if cluster == 0:
+            return "the header"
+        if l1_first <= cluster < l1_end:
+            return "the L1 table"
+        if rt_first <= cluster < rt_end:
+            return "the refcount table"
+        return None
+
+    def refuse(what: str) -> BlockError:
+        return BlockError(
+            f"{path}: corrupt qcow2 image: {what}; check it with 'qemu-img check', "
+            "or open it read-only"
+        )
+
+    l2_tables: set[int] = set()
+    for i, entry in enumerate(l1):
+        offset = entry & OFFSET_MASK
+        if offset:
+            where = fixed(offset >> cb)
+            if where:
+                raise refuse(f"L2 table at {offset:#x} (L1 entry {i}) overlaps {where}")
+            l2_tables.add(offset >> cb)
+    blocks: dict[int, int] = {}
+    for i, entry in enumerate(rt):
+        offset = entry & REFT_OFFSET_MASK
+        if not offset:
+            continue
+        what = f"refcount block at {offset:#x} (refcount table entry {i})"
+        if offset % cs:
+            raise refuse(f"refcount block offset {offset:#x} (entry {i}) is not cluster-aligned")
+        if offset + cs > file_size:
+            raise refuse(f"{what} is past the end of the file ({file_size} bytes)")
+        cluster = offset >> cb
+        first = blocks.setdefault(cluster, i)
+        if first != i:
+            raise refuse(
+                f"refcount block at {offset:#x} is referenced by refcount table entries "
+                f"{first} and {i}"
+            )
+        where = fixed(cluster) or ("an L2 table" if cluster in l2_tables else None)
+        if where:
+            raise refuse(f"{what} overlaps {where}")
+    meta = l2_tables
+    meta.add(0)
+    meta.update(range(l1_first, l1_end))
+    meta.update(range(rt_first, rt_end))
+    meta.update(blocks)
+    return meta
 
 
 # -- the backend -----------------------------------------------------------------------------
@@ -578,7 +693,7 @@ class Qcow2Image(BlockBackend):
                 start = await io.read(0, 1 << cluster_bits)  # past the end: zeroes
             header = parse_header(start, name)
             check_features(header, name, read_only)
-            raw_l1 = await io.read(header.l1_table_offset, header.l1_size * 8)
+            raw_l1 = await io.read(header.l1_table_offset, _l1_entries(header) * 8)
             l1 = _u64_array(raw_l1)
             if backing is None and header.backing_file is not None:
                 chain = (*_chain, (name, os.path.realpath(name)))
@@ -599,15 +714,14 @@ class Qcow2Image(BlockBackend):
         self._rt = _u64_array(raw)
         self._rt_disk_entries = len(self._rt)
         # the clusters that hold metadata: no data write may land on one (qemu's overlap
-        # check; it catches images whose refcounts or L2 entries are wrong)
-        cb = self._cbits
-        meta = {0}
-        l1_offset = header.l1_table_offset
-        meta.update(range(l1_offset >> cb, (l1_offset + len(self._l1) * 8 + self._cs - 1) >> cb))
-        meta.update(range(self._rt_offset >> cb, (self._rt_offset >> cb) + self._rt_clusters))
-        meta.update((e & OFFSET_MASK) >> cb for e in self._l1 if e & OFFSET_MASK)
-        meta.update((e & REFT_OFFSET_MASK) >> cb for e in self._rt if e & REFT_OFFSET_MASK)
-        self._meta = meta
+        # check; it catches images whose refcounts or L2 entries are wrong). Up to a million
+        # table entries, in Python: in a thread, not on the event loop.
+        fd, l1, rt = self._io.fd, self._l1, self._rt
+
+        def check() -> set[int]:
+            return _metadata_clusters(self.path, header, l1, rt, os.lseek(fd, 0, os.SEEK_END))
+
+        self._meta = await self._io.run("check the metadata", check)
         if self._v3 and header.autoclear:
             # unknown to this writer: clear them, as the spec asks (a bitmap is now stale)
             await self._io.write_many([(88, bytes(8))])
@@ -767,7 +881,12 @@ class Qcow2Image(BlockBackend):
         self.counters["refblocks_allocated"] += 1
 
     async def _find_free(self, count: int) -> int:
-        """The first run of ``count`` free clusters at or after the hint."""
+        """The first run of ``count`` free clusters at or after the hint. The hint moves past
+        every refcount block found full (so no later request scans it again, until a free
+        below it moves the hint back), and other tasks run after each such block: a request
+        holds the event loop for at most one block's scan (a search in C) at a time. The
+        scan ends: the open checked that the refcount blocks are distinct clusters of the
+        file, so there are no more full blocks than the file has clusters."""
         cluster = self._hint
         first_free = True
         while True:
@@ -775,8 +894,12 @@ class Qcow2Image(BlockBackend):
             block = await self._refblock(index)
             if block is not None:
                 found = block.find_zero(at)
+                self.counters["refblocks_scanned"] += 1
                 if found < 0:
                     cluster = (index + 1) * self._per_block
+                    if first_free:
+                        self._hint = cluster
+                    await trio.lowlevel.checkpoint()
                     continue
                 cluster = index * self._per_block + found
             if first_free:
@@ -1134,7 +1257,14 @@ class Qcow2Image(BlockBackend):
         if self._pending_free:
             self._decompressed.clear()
             while self._pending_free:
-                await self._decref(self._pending_free[-1])
+                cluster = self._pending_free[-1]
+                if cluster in self._meta:
+                    # a corrupt L2 entry (say a compressed one whose offset points into the
+                    # header) claimed a metadata cluster as its data: the metadata keeps
+                    # its count; the entry is gone, so qemu-img check finds nothing left
+                    self.counters["free_of_metadata"] += 1
+                else:
+                    await self._decref(cluster)
                 self._pending_free.pop()
             blocks = self._rb.dirty_items()
             await io.write_many(

@@ -893,3 +893,250 @@ async def test_raw_backing_through_open_disk(tmp_path: Path) -> None:
     assert disk.backing.read_only
     assert await disk.read(MiB - 512, 512) == b"\x05" * 512
     await disk.close()
+
+
+# -- hostile metadata: aliased refcount blocks, long allocation scans, a huge L1, frees ------
+
+_HEAD_V2 = struct.Struct(">4sIQIIQIIQQIIQ")
+_HEAD_V3 = struct.Struct(">QQQII")
+
+
+def handmade_image(
+    path: Path,
+    *,
+    cluster_bits: int,
+    size: int,
+    l1_size: int,
+    l1_offset: int,
+    rt_offset: int,
+    rt_clusters: int,
+    refcount_order: int,
+    pieces: dict[int, bytes],
+    length: int,
+) -> None:
+    """A version-3 image written field by field: the header, then ``pieces`` (offset: bytes),
+    the file ``length`` bytes long."""
+    header = _HEAD_V2.pack(
+        q.MAGIC, 3, 0, 0, cluster_bits, size, 0, l1_size, l1_offset, rt_offset, rt_clusters, 0, 0
+    )
+    header += _HEAD_V3.pack(0, 0, 0, refcount_order, 104) + bytes(8)  # then the end extension
+    with open(path, "wb") as f:
+        f.write(header)
+        for offset, data in sorted(pieces.items()):
+            f.seek(offset)
+            f.write(data)
+        f.truncate(length)
+
+
+def tiny_image(path: Path, refcount_table: list[int], pieces: dict[int, bytes]) -> None:
+    """A 1 MiB disk, 512-byte clusters, 1-bit refcounts: the header, the refcount table
+    (cluster 1, holding ``refcount_table``), the L1 table (cluster 3), ``pieces``; 5
+    clusters of file."""
+    cs = 512
+    table = struct.pack(f">{len(refcount_table)}Q", *refcount_table)
+    handmade_image(
+        path,
+        cluster_bits=9,
+        size=MiB,
+        l1_size=32,
+        l1_offset=3 * cs,
+        rt_offset=cs,
+        rt_clusters=1,
+        refcount_order=0,
+        pieces={cs: table, **pieces},
+        length=5 * cs,
+    )
+
+
+async def test_aliased_refcount_blocks_are_refused_at_open(tmp_path: Path) -> None:
+    image = tmp_path / "alias.qcow2"
+    tiny_image(image, [0x400] * 64, {0x400: b"\xff" * 512})  # 64 entries, one full block
+    result = qemu_img("check", image, ok=(2,))  # qemu: corrupt
+    assert "ERROR" in result.stdout + result.stderr
+    with trio.fail_after(10):
+        with pytest.raises(BlockError, match=r"refcount block at 0x400 .*entries 0 and 1"):
+            await Qcow2Image.open(image)
+    disk = await Qcow2Image.open(image, read_only=True)  # reading needs no refcounts
+    assert await disk.read(0, 4096) == bytes(4096)
+    await disk.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "blocks", "match"),
+    [
+        ([2 * 512, 9 * 512], {2 * 512: b"\x0f"}, r"refcount block at 0x1200 .*past the end"),
+        (
+            [2 * 512, 4 * 512],
+            {2 * 512: b"\x1f", 3 * 512: struct.pack(">Q", 4 * 512 | q.OFLAG_COPIED)},
+            r"refcount block at 0x800 .*overlaps an L2 table",
+        ),
+        ([512], {}, r"refcount block at 0x200 .*overlaps the refcount table"),
+        ([3 * 512], {}, r"refcount block at 0x600 .*overlaps the L1 table"),
+    ],
+)
+async def test_misplaced_refcount_blocks_are_refused_at_open(
+    tmp_path: Path, table: list[int], blocks: dict[int, bytes], match: str
+) -> None:
+    image = tmp_path / "misplaced.qcow2"
+    tiny_image(image, table, blocks)
+    qemu_img("check", image, ok=(2,))  # qemu agrees: corrupt
+    with pytest.raises(BlockError, match=match):
+        await Qcow2Image.open(image)
+
+
+async def test_an_l2_table_on_other_metadata_is_refused_at_open(tmp_path: Path) -> None:
+    image = tmp_path / "l2.qcow2"
+    create_qcow2(image, MiB)
+    data = bytearray(image.read_bytes())
+    header = q.read_header(str(image))
+    struct.pack_into(">Q", data, header.l1_table_offset, header.refcount_table_offset)
+    image.write_bytes(data)
+    qemu_img("check", image, ok=(2,))
+    with pytest.raises(BlockError, match=r"L2 table at 0x10000 .*overlaps the refcount table"):
+        await Qcow2Image.open(image)
+
+
+async def test_long_allocation_scans_leave_the_event_loop_free(tmp_path: Path) -> None:
+    """Eight distinct, full 1-bit refcount blocks (64 KiB clusters: each counts 524,288
+    clusters): the first allocation scans them all, without stalling a neighbour task,
+    and the next allocation does not scan them again."""
+    cs, blocks = 65536, 8
+    image = tmp_path / "full.qcow2"
+    table = [(2 + i) * cs for i in range(blocks)]
+    handmade_image(
+        image,
+        cluster_bits=16,
+        size=MiB,
+        l1_size=1,
+        l1_offset=(2 + blocks) * cs,
+        rt_offset=cs,
+        rt_clusters=1,
+        refcount_order=0,
+        pieces={cs: struct.pack(f">{blocks}Q", *table)}
+        | {offset: b"\xff" * cs for offset in table},
+        length=(3 + blocks) * cs,
+    )
+    disk = await Qcow2Image.open(image)
+    late: list[float] = []
+
+    async def neighbour() -> None:
+        for _ in range(100):
+            start = trio.current_time()
+            await trio.sleep(0.01)
+            late.append(trio.current_time() - start - 0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(neighbour)
+        with trio.fail_after(30):
+            await disk.write(0, b"\x5a" * cs)
+            await disk.flush()
+    scanned = disk.counters["refblocks_scanned"]
+    assert scanned >= blocks
+    await disk.write(cs, b"\x5b" * cs)  # the free hint is past the full blocks now
+    assert disk.counters["refblocks_scanned"] - scanned <= 1
+    await disk.close()
+    assert sorted(late)[98] < 0.05, sorted(late)[-5:]  # p99 lateness of a 10 ms sleep
+    disk = await Qcow2Image.open(image, read_only=True)
+    assert await disk.read(0, 2 * cs) == b"\x5a" * cs + b"\x5b" * cs
+    await disk.close()
+
+
+def huge_l1_image(path: Path, entries: int) -> None:
+    """A 1 MiB disk (64 KiB clusters: one L1 entry is enough) whose header claims an L1
+    table of ``entries`` entries, all but the first distinct offsets past the file."""
+    import array
+    import math
+
+    cs = 65536
+    l1 = array.array("Q", [0] + [((i + 16) * cs) | q.OFLAG_COPIED for i in range(1, entries)])
+    if sys.byteorder == "little":
+        l1.byteswap()
+    l1_clusters = math.ceil(entries * 8 / cs)
+    counts = struct.pack(f">{3 + l1_clusters}H", *[1] * (3 + l1_clusters))
+    handmade_image(
+        path,
+        cluster_bits=16,
+        size=MiB,
+        l1_size=entries,
+        l1_offset=3 * cs,
+        rt_offset=cs,
+        rt_clusters=1,
+        refcount_order=4,
+        pieces={cs: struct.pack(">Q", 2 * cs), 2 * cs: counts, 3 * cs: l1.tobytes()},
+        length=(3 + l1_clusters) * cs,
+    )
+
+
+async def test_an_l1_table_larger_than_the_disk_is_read_only_as_far_as_it_needs(
+    tmp_path: Path,
+) -> None:
+    import tracemalloc
+
+    small = tmp_path / "small-l1.qcow2"
+    huge_l1_image(small, 4096)
+    result = qemu_img("check", small, ok=(2,))  # qemu: those L1 entries are corrupt
+    assert "ERROR" in result.stdout + result.stderr
+    image = tmp_path / "huge-l1.qcow2"
+    huge_l1_image(image, 4 << 20)  # qemu's maximum: 32 MiB of L1 for a 1 MiB disk
+    for read_only in (True, False):
+        tracemalloc.start()
+        try:
+            with trio.fail_after(20):
+                disk = await Qcow2Image.open(image, read_only=read_only)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 * MiB, (read_only, peak)
+        assert len(disk._l1) == 1
+        assert await disk.read(0, MiB) == bytes(MiB)
+        if not read_only:
+            await disk.write(4096, b"\x11" * 4096)
+            assert await disk.read(0, 8192) == bytes(4096) + b"\x11" * 4096
+        await disk.close()
+
+
+async def test_a_qemu_shrunk_image_with_a_larger_l1_opens_and_writes(tmp_path: Path) -> None:
+    """Why a larger L1 is not refused: qemu leaves it so when it shrinks an image."""
+    image = tmp_path / "shrunk.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "cluster_size=512", image, "8M")
+    qemu_io(image, "write -P 0x21 0 64k", "write -P 0x22 6M 64k")
+    qemu_img("resize", "--shrink", image, "1M")
+    header = q.read_header(str(image))
+    assert header.l1_size == 256  # 8 MiB worth; 1 MiB needs 32
+    disk = await Qcow2Image.open(image)
+    assert await disk.read(0, 65536) == b"\x21" * 65536
+    await disk.write(65536, b"\x23" * 4096)
+    await disk.close()
+    check(image)
+    compare(image, b"\x21" * 65536 + b"\x23" * 4096 + bytes(MiB - 65536 - 4096))
+
+
+async def test_freeing_a_compressed_cluster_that_points_at_metadata_frees_nothing(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "bogus.qcow2"
+    qemu_img("create", "-f", "qcow2", image, "1M")
+    qemu_io(image, "write -P 0x77 0 64k")
+    header = q.read_header(str(image))
+    data = bytearray(image.read_bytes())
+    l2 = struct.unpack_from(">Q", data, header.l1_table_offset)[0] & q.OFFSET_MASK
+    refblock = struct.unpack_from(">Q", data, header.refcount_table_offset)[0]
+    # guest clusters 1..4: "compressed data, one sector" in the header, the refcount block,
+    # the L1 table and the L2 table itself
+    targets = [0x200, refblock + 0x200, header.l1_table_offset + 0x200, l2 + 0x200]
+    for vc, target in enumerate(targets, start=1):
+        struct.pack_into(">Q", data, l2 + vc * 8, q.OFLAG_COMPRESSED | target)
+    image.write_bytes(data)
+    qemu_img("check", image, ok=(2,))  # qemu: corrupt (those clusters are referenced twice)
+    disk = await Qcow2Image.open(image)
+    await disk.discard(65536, 65536)
+    await disk.write_zeroes(2 * 65536, 65536)
+    await disk.write(3 * 65536, b"\x33" * 65536)
+    await disk.discard(4 * 65536, 65536)
+    await disk.flush()
+    assert disk.counters["free_of_metadata"] == 4
+    await disk.close()
+    check(image)  # every metadata cluster still counted once: no errors, no leaks
+    assert q.read_header(str(image)).size == MiB
+    expected = b"\x77" * 65536 + bytes(2 * 65536) + b"\x33" * 65536 + bytes(MiB - 4 * 65536)
+    compare(image, expected)
