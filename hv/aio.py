@@ -23,7 +23,10 @@ asyncio task that awaits a call cancels the call in trio (a ``wait_for`` or ``re
 given up on leaves nothing behind); leaving the ``async with`` (normally, by an exception
 or by cancellation) stops the VMs and ends the thread, and a second cancellation while that
 happens leaves the trio side to finish on its own. Anything else of the trio API runs in
-the trio thread through ``await lab.run(async_fn, *args)`` or ``lab.run_sync(fn, *args)``.
+the trio thread through ``await lab.run(async_fn, *args)`` or ``await lab.run_sync(fn,
+*args)``, which call ``fn(trio_lab, *args)``. Where a facade differs from its trio object
+(awaited where trio's call is plain, or absent), ``TRIO_DIFFERENCES`` lists it and the
+method's docstring says so.
 
 Why a thread (``mode="thread"``, the default) rather than trio's guest mode
 (``mode="guest"``: ``trio.lowlevel.start_guest_run`` runs trio on asyncio's loop, in one
@@ -48,7 +51,9 @@ handling; a thread of its own has neither constraint.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import functools
 import threading
 from collections import deque
@@ -61,6 +66,7 @@ import trio
 
 from hv._errors import HvError
 from hv._status import StopInfo
+from netfabric.switch import PortCounters
 
 if TYPE_CHECKING:
     import re
@@ -85,6 +91,48 @@ _Result = tuple[Any, BaseException | None]
 
 class BridgeClosed(HvError):
     """The lab (or VM) behind the facade has been closed: the call cannot run."""
+
+
+# How each facade differs from the trio object it stands for. Every public name of the trio
+# object is on its facade, called the same way, unless it is listed here (tests/test_aio.py
+# checks it, and that each "awaited" difference is in the method's docstring). The rule
+# behind them: what reads or changes state that lives in the trio thread is a call into that
+# thread, so it is awaited here even where trio's is a plain call; plain attributes here are
+# snapshots. What is "not here" is reached in the trio thread with ``LabRun.run_sync``.
+_INTERNAL = "not here: part of the machinery, for the trio thread (LabRun.run_sync)"
+TRIO_DIFFERENCES: dict[str, str] = {
+    "Vm.stats": "awaited: a method here, a property in trio",
+    "Vm.stop": "awaited: returns once the VM has been told, in the trio thread",
+    "Vm.pause": "awaited: returns once the VM is paused, in the trio thread",
+    "Vm.resume": "awaited: returns once the VM runs again, in the trio thread",
+    "Vm.run": "not here: open_vm and open_lab run the VM",
+    "Vm.machine": _INTERNAL,
+    "Vm.log": _INTERNAL,
+    "Console.on_drained": _INTERNAL,
+    "Console.streaming": _INTERNAL,
+    "Switch.mac_table": "awaited: the table is read in the trio thread",
+    "Switch.start_capture": "awaited: the file is opened in the trio thread",
+    "Switch.stop_capture": "awaited: the file is closed in the trio thread",
+    "Switch.add_listener": _INTERNAL,
+    "Switch.remove_listener": _INTERNAL,
+    "Switch.attach": _INTERNAL,
+    "Switch.send": _INTERNAL,
+    "Switch.run": _INTERNAL,
+    "Switch.close": _INTERNAL,
+    "Switch.core": _INTERNAL,
+    "Switch.ports": _INTERNAL,
+    "Switch.trunk_ports": _INTERNAL,
+    "Switch.capture": _INTERNAL,
+    "HostPort.send": "awaited: flow control across the threads (see HostPort)",
+    "HostPort.port": _INTERNAL,
+    "LabRun.stop": "awaited: returns once every VM has been told, in the trio thread",
+    "LabRun.links": _INTERNAL,
+    "LabRun.taps": _INTERNAL,
+    "LabRun.services": _INTERNAL,
+    "LabRun.disks": _INTERNAL,
+    "LabRun.impairments": _INTERNAL,
+    "LabRun.ended": "not here: await wait()",
+}
 
 
 def _collapse(exc: BaseException) -> BaseException:
@@ -365,6 +413,16 @@ class Console:
     def closed(self) -> bool:
         return self._console.closed
 
+    @property
+    def backlog(self) -> int:
+        """Bytes a streaming reader has not read yet (a snapshot)."""
+        return self._console.backlog
+
+    @property
+    def dropped(self) -> int:
+        """Output bytes dropped because nobody read them (a snapshot)."""
+        return self._console.dropped
+
 
 class Vm:
     """A running VM from asyncio: ``console``, ``await stop()``, ``await wait()``."""
@@ -386,17 +444,21 @@ class Vm:
         return self.trio_vm.exit
 
     async def stats(self) -> dict[str, int]:
-        """The VM's counters (``hv.Vm.stats``)."""
+        """The VM's counters (``hv.Vm.stats``). Differs from trio: a method, awaited
+        (``hv.Vm.stats`` is a property)."""
         return await self._portal.run_sync(lambda: self.trio_vm.stats)
 
     async def stop(self, reason: str = "stopped by the host") -> None:
-        """Ask the VM to stop (``await wait()`` for the end)."""
+        """Ask the VM to stop (``await wait()`` for the end). Differs from trio: awaited
+        (it runs in the trio thread)."""
         await self._portal.run_sync(self.trio_vm.stop, reason)
 
     async def pause(self) -> None:
+        """Pause the VM. Differs from trio: awaited (it runs in the trio thread)."""
         await self._portal.run_sync(self.trio_vm.pause)
 
     async def resume(self) -> None:
+        """Resume a paused VM. Differs from trio: awaited (it runs in the trio thread)."""
         await self._portal.run_sync(self.trio_vm.resume)
 
     async def wait(self) -> StopInfo:
@@ -472,7 +534,8 @@ class HostPort:
             raise err
 
     async def send(self, frame: bytes | Any) -> None:
-        """Put a frame on the switch: bytes, or a scapy packet."""
+        """Put a frame on the switch: bytes, or a scapy packet. Differs from trio: awaited
+        (most sends return at once; every ``SEND_WINDOW``-th waits for the trio thread)."""
         self._raise_error()
         data = bytes(frame)
         self._sent += 1
@@ -501,6 +564,14 @@ class HostPort:
         return self._frames.popleft() if self._frames else None
 
     @property
+    def counters(self) -> PortCounters:
+        """The port's counters (a copy, taken now)."""
+        if self._port is None:
+            return PortCounters()
+        c = self._port.counters
+        return dataclasses.replace(c, drops=collections.Counter(c.drops))
+
+    @property
     def dropped(self) -> int:
         """Frames dropped: on the trio port, and here (more than ``queue`` waiting)."""
         return self._dropped + (0 if self._port is None else self._port.dropped)
@@ -524,12 +595,17 @@ class Switch:
         return HostPort(self._portal, self.trio_switch, name, queue, vlan)
 
     async def start_capture(self, path: Path) -> None:
+        """Capture the switch's frames into ``path`` (pcapng). Differs from trio: awaited
+        (the file is opened in the trio thread; its errors are raised here)."""
         await self._portal.run_sync(self.trio_switch.start_capture, path)
 
     async def stop_capture(self) -> None:
+        """End the capture (flushed and closed). Differs from trio: awaited."""
         await self._portal.run_sync(self.trio_switch.stop_capture)
 
     async def mac_table(self) -> list[tuple[str, str, int, float]]:
+        """The learned MACs: (MAC, port name, VLAN, age). Differs from trio: awaited (the
+        table lives in the trio thread; ``Switch.mac_table()`` there is a plain call)."""
         return await self._portal.run_sync(self.trio_switch.mac_table)
 
 
@@ -558,16 +634,19 @@ class LabRun:
         return await self.portal.run(self.trio_run.wait)
 
     async def stop(self, reason: str = "stopped") -> None:
-        """Stop every VM (the lab then ends)."""
+        """Stop every VM (the lab then ends). Differs from trio: awaited."""
         await self.portal.run_sync(self.trio_run.stop, reason)
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``await fn(*args)`` in the trio thread (any of the trio API)."""
-        return await self.portal.run(fn, *args)
+        """``await fn(lab, *args)`` in the trio thread, ``lab`` being the trio ``LabRun``
+        (any of the trio API: ``await lab.run(lambda run: run.vms["a"].wait())``)."""
+        return await self.portal.run(fn, self.trio_run, *args)
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in the trio thread."""
-        return await self.portal.run_sync(fn, *args)
+        """``fn(lab, *args)`` in the trio thread, ``lab`` being the trio ``LabRun``
+        (``await lab.run_sync(lambda run: run.impairments["links[0]"].set(loss=0.1))``);
+        it must not block."""
+        return await self.portal.run_sync(fn, self.trio_run, *args)
 
 
 @asynccontextmanager
@@ -613,5 +692,5 @@ async def open_vm(config: VmConfig, *, mode: Mode = "thread") -> AsyncIterator[V
         await portal.aclose()
 
 
-__all__ = ["BridgeClosed", "Console", "HostPort", "LabRun", "Portal", "Switch", "Vm",
-           "open_lab", "open_vm"]  # fmt: skip
+__all__ = ["TRIO_DIFFERENCES", "BridgeClosed", "Console", "HostPort", "LabRun", "Portal",
+           "Switch", "Vm", "open_lab", "open_vm"]  # fmt: skip

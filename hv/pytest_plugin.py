@@ -1,7 +1,8 @@
 """The hvfabric pytest plugin: VMs and labs as trio fixtures, their consoles in failure reports.
 
 Installing hvfabric registers it (the ``hvfabric`` ``pytest11`` entry point); the tests need
-pytest-trio (``trio_mode = true``, or ``@pytest.mark.trio`` on each test)::
+pytest-trio (``trio_mode = true``, or ``@pytest.mark.trio`` on each test: a test that uses
+the fixtures without either fails at setup with a line saying what to add)::
 
     from hv import Lab
 
@@ -21,7 +22,9 @@ and is stopped when the test ends):
 - ``hv_vm``: ``vm = await hv_vm(kernel="udpecho", mem="16M", nics=[...])`` or
   ``await hv_vm(VmConfig(...))`` gives a running ``hv.Vm``. A NIC is an ``hv.Nic``, a switch
   name, or a table as in lab files (``{"switch": "lan", "ip": "10.0.0.1/24"}``); a switch
-  named is started on first use (``hv_vm.switches[name]``, or ``await hv_vm.switch(name)``).
+  named is started on first use (``hv_vm.switches[name]``), or before with
+  ``await hv_vm.switch("lan", subnet="10.0.0.0/24", dhcp=True, dns=True)``: the keys of a
+  lab file's switch table, checked the same way, services in ``hv_vm.services[name]``.
 - ``hv_lab``: ``lab = await hv_lab("lab.toml")`` (relative to the test file) or
   ``await hv_lab(Lab()...)`` gives a running ``LabRun`` (``.vms``, ``.switches``, ...).
 
@@ -37,6 +40,8 @@ the usual way (``@pytest.mark.parametrize("path", [...])``, then ``await hv_lab(
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import ipaddress
 import itertools
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +58,7 @@ if TYPE_CHECKING:
     from hv.lab._runner import LabRun
     from hv.lab._spec import LabSpec
     from netfabric.fabric import Switch
+    from netfabric.services import ServiceHost
 
 DEFAULT_TAIL = 40
 # How long teardown waits for the VMs to stop (each stops within a slice when asked).
@@ -115,6 +121,37 @@ def _capture_on(request: pytest.FixtureRequest) -> bool:
     if request.config.getoption("--hv-no-capture"):
         return False
     return bool(request.config.getini("hv_capture"))
+
+
+FIXTURES = ("hv_vm", "hv_lab")
+TRIO_MODE_HINT = (
+    "add `trio_mode = true` to your pytest configuration ([tool.pytest.ini_options] in "
+    "pyproject.toml, or [pytest] in pytest.ini), or mark the test `@pytest.mark.trio`"
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that uses the fixtures but that pytest-trio will not run (no ``trio_mode``, no
+    marker, not ``async def``, no pytest-trio) fails here with what to change, instead of
+    pytest-trio's "Trio fixtures can only be used by Trio tests" and what follows it."""
+    names = getattr(item, "fixturenames", ())
+    used = [name for name in FIXTURES if name in names]
+    if not used:
+        return
+    what = f"{item.name} uses {used[0]}, a trio fixture"
+    if not item.config.pluginmanager.hasplugin("trio"):
+        pytest.fail(
+            f"{what}, and pytest-trio is not installed: pip install 'hvfabric[pytest]'",
+            pytrace=False,
+        )
+    if item.get_closest_marker("trio") is not None:
+        return
+    func = getattr(item, "obj", None)
+    if func is not None and not inspect.iscoroutinefunction(func):
+        pytest.fail(f"{what}: make the test `async def` and {TRIO_MODE_HINT}", pytrace=False)
+    pytest.fail(f"{what}, but pytest-trio does not run this test: {TRIO_MODE_HINT}",
+                pytrace=False)  # fmt: skip
 
 
 # -- what a test used ----------------------------------------------------------------------
@@ -191,15 +228,28 @@ class VmFactory:
         self._captures = captures
         self.base = base  # relative kernel paths are relative to this (the test's folder)
         self.switches: dict[str, Switch] = {}
+        self.services: dict[str, ServiceHost] = {}  # switch name -> its built-in services
         self.vms: dict[str, Vm] = {}
 
-    async def switch(self, name: str, capture: Path | bool | None = None) -> Switch:
+    async def switch(self, name: str, capture: Path | bool | None = None, **keys: Any) -> Switch:
         """The switch ``name`` (started on first use; ``capture``: a path, True or False,
-        or None for the default: into the test's tmp_path unless capturing is off)."""
+        or None for the default: into the test's tmp_path unless capturing is off). The
+        other keys are a lab file's switch keys, checked the same way: ``subnet``,
+        ``gateway``, ``dhcp``, ``dns``, ``tftp`` (built-in services, ``services[name]``;
+        the DNS server answers the names of this factory's VMs with a fixed ``ip`` there),
+        ``tap``. Keys for a switch already started are a ``ValueError``."""
+        from hv.lab._runner import open_tap, services_config
+        from hv.lab._spec import LabSpec
+        from hv.lab._spec import _switch as parse_switch
         from netfabric.fabric import Switch
+        from netfabric.services import ServiceHost
 
         if name in self.switches:
+            if keys:
+                raise ValueError(f"hv_vm: switch {name!r} is already running; give its keys "
+                                 "in the first call that names it")  # fmt: skip
             return self.switches[name]
+        spec = parse_switch(name, keys, self.base)
         if isinstance(capture, Path):
             path: Path | None = capture
         else:
@@ -207,6 +257,12 @@ class VmFactory:
         switch: Switch = await self._nursery.start(Switch(name, path).run)
         self.switches[name] = switch
         self._used.switches.append(switch)
+        if spec.tap is not None:
+            await self._nursery.start(open_tap(switch, spec.tap).run)
+        if spec.subnet is not None:
+            host = ServiceHost(services_config(LabSpec(name, self.base, {name: spec}), name))
+            host.attach(switch)
+            self.services[name] = await self._nursery.start(host.run)
         return switch
 
     async def __call__(
@@ -277,10 +333,15 @@ class VmFactory:
                     f"hv_vm nics[{i}]: a Nic, a switch name or a table with switch= and "
                     f"{', '.join(sorted(NIC_KEYS - {'switch'}))}; got {nic!r}"
                 )
-            switch = await self.switch(str(table.pop("switch")))
+            switch_name = str(table.pop("switch"))
+            switch = await self.switch(switch_name)
             if "capture" in table:  # True: in tmp_path; a relative path: under tmp_path
                 table["capture"] = self._captures.nic(table["capture"], f"{name}.eth{i}")
-            cards.append(Nic(switch, **table))
+            card = Nic(switch, **table)
+            cards.append(card)
+            host = self.services.get(switch_name)
+            if host is not None and isinstance(card.ip, ipaddress.IPv4Interface):
+                host.add_name(name, card.ip.ip)  # a no-op for the DNS server if it has none
         keys: dict[str, Any] = {"initrd": initrd, **more}
         if mem is not None:
             keys["mem_size"] = _size(mem, "mem")

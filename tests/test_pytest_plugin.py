@@ -153,3 +153,67 @@ def test_the_report_settings_from_options_and_markers(sample: pytest.Pytester) -
     assert re.search(r"^  switch lan: \S+test_unmarked0/lan\.pcapng$", unmarked, re.M), unmarked
     assert "console, 2 lines:" in marked  # the marker beats the option
     assert "captures: none" in marked
+
+
+NO_TRIO_MODE = """
+import pytest
+
+
+async def test_async_without_trio(hv_vm):
+    await hv_vm(kernel="udpecho", mem="16M")
+
+
+def test_sync(hv_lab):
+    pass
+
+
+@pytest.mark.trio
+async def test_marked_runs(hv_vm):
+    vm = await hv_vm(kernel="hello", mem="16M")
+    await vm.console.wait_for(b"Hello")
+"""
+
+
+def test_without_trio_mode_says_what_to_add(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``trio_mode``: a test using the fixtures fails at setup with one line naming the
+    setting to add (not pytest-trio's RuntimeError and pytest-internal assertions); a test
+    marked ``@pytest.mark.trio`` still runs."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(CACHE_BASE))
+    for var in ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTEST_PLUGINS", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(var, raising=False)
+    pytester.makeini("[pytest]\n")  # no trio_mode
+    pytester.makepyfile(test_mode=NO_TRIO_MODE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1, errors=2)
+    out = result.stdout.str()
+    assert "Trio fixtures can only be used by Trio tests" not in out
+    assert "AssertionError" not in out
+    assert out.count("trio_mode = true") >= 2, out
+    assert "test_sync uses hv_lab" in out and "async def" in out, out
+
+
+LAB_SWITCH = """
+async def test_dhcp_on_a_fixture_switch(hv_vm):
+    await hv_vm.switch("lan", subnet="10.5.0.0/24", dhcp=True, dns=True)
+    vm = await hv_vm(kernel="udpecho", mem="16M", nics=[{"switch": "lan", "ip": "dhcp"}])
+    await vm.console.wait_for(b"bound 10.5.0.")
+    assert hv_vm.services["lan"].leases()
+
+
+async def test_bad_switch_keys(hv_vm):
+    import hv, pytest
+    with pytest.raises(hv.ConfigError, match="subnet"):
+        await hv_vm.switch("lan", subnet="10.5.0.0/33")
+    with pytest.raises(hv.ConfigError, match="nosuch"):
+        await hv_vm.switch("wan", nosuch=1)
+"""
+
+
+def test_hv_vm_switches_with_services(sample: pytest.Pytester) -> None:
+    """A switch ``hv_vm`` starts can have a subnet and DHCP (and DNS, TFTP), with the keys
+    and errors of a lab file's switch table."""
+    sample.makepyfile(test_switch=LAB_SWITCH)
+    result = sample.runpytest_subprocess("-p", "no:cacheprovider", timeout=180)
+    result.assert_outcomes(passed=2)

@@ -73,25 +73,28 @@ class ServiceHost:
         self._names: dict[str, list[IPv4Address]] = {}
         self._rnames: dict[IPv4Address, str] = {}
         if config.dns is not None:
-            suffix = "." + config.domain.lower()
-            entries: list[tuple[str, IPv4Address]] = []
             for name, addrs in config.dns.names.items():
-                bare = name.lower().rstrip(".").removesuffix(suffix)
                 for a in [addrs] if isinstance(addrs, IPv4Address) else addrs:
-                    entries.append((bare, a))
+                    self.add_name(name, a)
             if config.dhcp is not None:
-                entries += [(n.lower(), ip) for ip, n in config.dhcp.static.values() if n]
-            for bare, a in entries:
-                got = self._names.setdefault(bare, [])
-                if a not in got:
-                    got.append(a)
-                self._rnames.setdefault(a, bare)
+                for ip, n in config.dhcp.static.values():
+                    if n:
+                        self.add_name(n, ip)
             self.dns = DnsServer(config, self._lookup, self._reverse, self.counters)
         self._now = 0.0
         self._ident = 0
         self.port: SwitchPort | None = None
         self._wake: trio.Event | None = None
         self._sleeping_until = math.inf
+
+    def add_name(self, name: str, address: IPv4Address) -> None:
+        """Have the DNS server answer ``name`` (bare, or in the services' domain) with
+        ``address`` too (and ``address``'s PTR with ``name`` if it has none yet)."""
+        bare = name.lower().rstrip(".").removesuffix("." + self.config.domain.lower())
+        got = self._names.setdefault(bare, [])
+        if address not in got:
+            got.append(address)
+        self._rnames.setdefault(address, bare)
 
     # -- views -----------------------------------------------------------------------------
 
