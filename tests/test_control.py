@@ -588,3 +588,34 @@ async def test_a_console_client_gets_the_tail_from_a_line_start_then_live_output
         assert await box.get() is None
         assert await late.get() is None
     assert isinstance(fan.attach(tail=4), Outbox)  # after the end: the tail, then the end
+
+
+# -- labs that end at once -----------------------------------------------------------------
+
+
+def _quick_lab(folder: Path, code: int) -> str:
+    """A lab whose only VM reports failure ``code`` at its first instructions."""
+    from conftest import finisher_kernel
+
+    kernel = folder / f"fail{code}.bin"
+    kernel.write_bytes(finisher_kernel((code << 16) | 0x3333))
+    return f'[vms.a]\nkernel = "{kernel}"\n'
+
+
+async def test_a_lab_that_ends_at_once_exits_with_its_status_every_time(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lab may end (and close its socket) before the task that accepts clients first
+    runs: 200 times the same code path hv up takes, each must end with the VM's status."""
+    from hv.lab._control import ControlServer
+    from hv.lab._spec import parse_lab
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(host.runtime))
+    spec = parse_lab(_quick_lab(host.root, 3), host.root, "quick")
+    for _ in range(200):
+        with trio.fail_after(30), ControlServer(spec) as control:
+            assert await control.run_lab(spec) == 3
+    assert list(host.labs.iterdir()) == []  # nothing left behind: no socket, no lock
+    r = host.hv("up", str(host.lab_file("quick", _quick_lab(host.root, 5))))
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr

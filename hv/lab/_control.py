@@ -360,7 +360,7 @@ class ControlServer:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.paths.sock)
 
-    async def _bind(self) -> None:
+    async def _bind(self) -> trio.SocketListener:
         assert self.paths is not None, "claim() the name first"
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path = str(self.paths.sock)
@@ -373,7 +373,8 @@ class ControlServer:
         except OSError as e:
             sock.close()
             raise HostError(f"cannot listen on {path}: {e.strerror or e}") from None
-        self._listener = trio.SocketListener(sock)
+        self._listener = listener = trio.SocketListener(sock)
+        return listener
 
     # -- running -------------------------------------------------------------------------
 
@@ -401,8 +402,8 @@ class ControlServer:
                 fan = self.consoles[name] = ConsoleFan(vm)
                 self._fans_left += 1
                 nursery.start_soon(self._pump_console, name, fan, prefixed)
-            await self._bind()
-            nursery.start_soon(self._accept)
+            listener = await self._bind()
+            nursery.start_soon(self._accept, listener)
             log.info("control socket", lab=self.name, path=str(self.paths and self.paths.sock))
             task_status.started(run)
             status = await run.wait()
@@ -444,12 +445,12 @@ class ControlServer:
             while self._streaming:
                 await trio.sleep(0.01)
 
-    async def _accept(self) -> None:
-        assert self._listener is not None
-        listener = self._listener
+    async def _accept(self, listener: trio.SocketListener) -> None:
+        """Serve clients until the lab ends. The lab may have ended (and closed ``listener``)
+        before this task first runs: then there is nobody to serve."""
         async with trio.open_nursery() as clients:
             with self._accepting:
-                while True:
+                while not self._closed.is_set():
                     try:
                         stream = await listener.accept()
                     except trio.ClosedResourceError:
