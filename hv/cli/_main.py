@@ -397,6 +397,7 @@ def _net_option(text: str) -> tuple[str, str | None, str | None]:
 async def _run(args: argparse.Namespace) -> int:
     from hv._disk import close_disks, open_disks
     from hv._vm import Vm, VmConfig  # loads the engine: only for the commands that run guests
+    from hv.board._loader import NotAKernel
     from hv.lab._runner import open_tap
     from netfabric.fabric import Switch
 
@@ -421,7 +422,16 @@ async def _run(args: argparse.Namespace) -> int:
         dtb_out=args.dtb_out,
     )
     try:
-        vm = Vm(config)  # bad input (file, size, not a kernel) raises ConfigError here
+        try:
+            vm = Vm(config)  # bad input (file, size, not a kernel) raises ConfigError here
+        except NotAKernel as e:
+            what = "a lab file (TOML)" if e.lab else "text"
+            hint = (
+                f": did you mean 'hv up {args.kernel}'?"
+                if e.lab
+                else " (an ELF, a Linux Image or a raw binary)"
+            )
+            raise ConfigError(f"{args.kernel!r} is {what}, not a kernel{hint}") from None
         return await _run_vm(vm, [(sw, tap) for sw, tap in zip(switches, taps, strict=True)])
     finally:
         await close_disks(disks)
