@@ -192,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--attach", metavar="NAME", help="send this terminal's input to VM NAME")
     up.add_argument(
+        "--start-timeout",
+        type=_control_cli.start_timeout,
+        default=_control_cli.START_TIMEOUT,
+        metavar="S",
+        help=f"with -d: give up (and stop the lab) if it does not answer within S seconds "
+        f"(default {_control_cli.START_TIMEOUT:g})",
+    )
+    up.add_argument(
         "--exit-code-from", metavar="NAME", help="end the lab when VM NAME stops, with its status"
     )
     view = up.add_mutually_exclusive_group()

@@ -49,9 +49,11 @@ from hv.cli._control import (
     VERSION,
     ControlError,
     LabPaths,
+    forget_ended,
     peer_credentials,
     private_labs_dir,
     probe,
+    record_ended,
     refusal,
 )
 from hv.lab._runner import LabRun, Output, PrefixedOutput, run_lab
@@ -290,6 +292,7 @@ class ControlServer:
         self._closed = trio.Event()  # the socket is gone: the lab has ended
         self._streaming = 0  # clients being served a stream or waiting for the end
         self._fans_left = 0
+        self._recorded = False  # in the record of ended labs (hv ps -a)
 
     # -- claiming the name ---------------------------------------------------------------
 
@@ -342,8 +345,12 @@ class ControlServer:
         self._lock_fd = fd
         with contextlib.suppress(FileNotFoundError):  # a lab that died left it: nobody answers
             os.unlink(paths.sock)
+        with contextlib.suppress(OSError):  # the name runs again: no longer an ended lab
+            forget_ended(self.name)
 
     def release(self) -> None:
+        if self.run is not None:  # ended without _finish (cancelled: Ctrl-C, SIGTERM)
+            self._record_end(self.run.status if self.run.status is not None else 130)
         self._close_socket()
         if self._lock_fd is not None:
             if self.paths is not None:  # removed while held (see claim), then let go
@@ -437,6 +444,8 @@ class ControlServer:
             while self._fans_left:
                 await trio.sleep(0.01)
         self._accepting.cancel()
+        assert self.run is not None and self.run.status is not None
+        self._record_end(self.run.status)  # before the socket goes: a client finds one or other
         self._close_socket()
         for cap in list(self.captures):
             cap.close()
@@ -444,6 +453,18 @@ class ControlServer:
         with trio.move_on_after(3):
             while self._streaming:
                 await trio.sleep(0.01)
+
+    def _record_end(self, status: int) -> None:
+        """Remember the lab's end (its last ps and status) for hv ps -a, hv console, hv down."""
+        if self._recorded or self.run is None:
+            return
+        self._recorded = True
+        entry = {**self.ps(), "state": "ended", "status": status, "ended": round(time.time(), 3)}
+        entry["uptime"] = round(entry["ended"] - self.started, 3)
+        try:
+            record_ended(entry)
+        except OSError as e:
+            log.warning("cannot record the lab's end", lab=self.name, error=str(e))
 
     async def _accept(self, listener: trio.SocketListener) -> None:
         """Serve clients until the lab ends. The lab may have ended (and closed ``listener``)
@@ -489,7 +510,7 @@ class ControlServer:
                 continue
             try:
                 request = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than it reads
                 await _send(stream, {"ok": False, "error": "not JSON: one object a line"})
                 continue
             if not isinstance(request, dict):
