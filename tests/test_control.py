@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -745,3 +746,88 @@ def test_a_squatted_labs_folder_says_what_to_do(tmp_path: Path) -> None:
         _private_dir(squat)
     assert f"{squat} belongs to uid {NOBODY}" in str(e.value)
     assert "set XDG_RUNTIME_DIR to a folder of your own, or remove" in str(e.value)
+
+
+# -- hv up --attach on a terminal ----------------------------------------------------------
+
+
+class Terminal:
+    """``hv ARGS`` on a new pty that is its controlling terminal (so Ctrl-C there is a
+    SIGINT, as in a shell); ``slave`` is kept to read the terminal's modes."""
+
+    def __init__(self, host: Host, *args: str) -> None:
+        import pty
+
+        self.master, self.slave = pty.openpty()
+        self.saved = termios.tcgetattr(self.slave)
+        wrapper = (
+            "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+            "os.execv(sys.executable, [sys.executable, '-m', 'hv.cli', *sys.argv[1:]])"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", wrapper, *args], env=host.env, start_new_session=True,
+            stdin=self.slave, stdout=self.slave, stderr=self.slave,
+        )  # fmt: skip
+        self.got = b""
+
+    def until(self, wanted: bytes, timeout: float = 30, since: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while wanted not in self.got[since:]:
+            assert time.monotonic() < deadline, f"{wanted!r} not in {self.got[-600:]!r}"
+            if select.select([self.master], [], [], 0.2)[0]:
+                with contextlib.suppress(OSError):
+                    self.got += os.read(self.master, 65536)
+
+    def modes(self) -> list[Any]:
+        return termios.tcgetattr(self.slave)
+
+    def raw(self) -> bool:
+        lflag = self.modes()[3]
+        return not lflag & termios.ISIG and not lflag & termios.ICANON
+
+    def wait(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:  # keep reading: a full pty would block its writer
+            assert time.monotonic() < deadline, f"hv did not end: {self.got[-600:]!r}"
+            if select.select([self.master], [], [], 0.1)[0]:
+                with contextlib.suppress(OSError):
+                    self.got += os.read(self.master, 65536)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.mark.parametrize("leave", ["detach", "vm-stops"])
+def test_hv_up_attach_detaches_and_gives_the_terminal_back(host: Host, leave: str) -> None:
+    """Ctrl-A x detaches (the VM and the lab go on), or the attached VM stops: either way the
+    terminal is as it was (cooked, Ctrl-C a signal again), and Ctrl-C then stops the lab."""
+    lab = host.lab_file("att")
+    t = Terminal(host, "up", str(lab), "--attach", "e", "--no-view")
+    try:
+        t.until(b"e | echo: ready")
+        t.until(b"Ctrl-A x detaches")
+        assert t.raw()  # attached: keys go to e as typed
+        os.write(t.master, b"hi")
+        t.until(b"e | hi")
+        if leave == "detach":
+            os.write(t.master, b"\x01x")
+            t.until(b"hv: detached from e (the lab goes on; Ctrl-C stops it)")
+        else:
+            os.write(t.master, b"q")  # the echo guest powers off
+            t.until(b"hv: e stopped, exit 0 (the lab goes on; Ctrl-C stops it)")
+        wait_for(lambda: not t.raw(), what="the terminal to be given back")
+        assert t.modes() == t.saved
+        t.until(b"c | ping: reply", since=len(t.got))  # the lab goes on
+        os.write(t.master, b"\x03")  # Ctrl-C: a SIGINT now, not a byte for a VM
+        assert t.wait() == 130
+        assert b"hv: stopped by SIGINT" in t.got
+        assert t.modes() == t.saved
+        assert not select.select([t.slave], [], [], 0)[0]  # no key was left for the shell
+    finally:
+        t.close()
+    assert host.ps() == []

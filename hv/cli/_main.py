@@ -371,20 +371,59 @@ class EscapeKeys:
         return bytes(out), False
 
 
-async def _pump_input(vm: Vm, fd: int, interactive: bool) -> None:
+async def _pump_input(vm: Vm, fd: int, interactive: bool, *, detach: bool = False) -> bool:
+    """The terminal's (or a pipe's) bytes to the VM's console until EOF (False) or Ctrl-A x
+    (True), which stops the VM, or with ``detach`` only ends the input."""
     keys = EscapeKeys()
     while True:
-        data = await trio.to_thread.run_sync(os.read, fd, 1024, abandon_on_cancel=True)
+        if interactive:  # no thread: a cancelled read must not take a key the shell is owed
+            await trio.lowlevel.wait_readable(fd)
+            data = os.read(fd, 1024)
+        else:
+            data = await trio.to_thread.run_sync(os.read, fd, 1024, abandon_on_cancel=True)
         if not data:
-            return  # EOF: the guest keeps running without input
+            return False  # EOF: the guest keeps running without input
         quit_ = False
         if interactive:
             data, quit_ = keys.feed(data)
         if data:
             await vm.console.send_all(data)
         if quit_:
-            vm.stop("quit from the terminal (Ctrl-A x)")
-            return
+            if not detach:
+                vm.stop("quit from the terminal (Ctrl-A x)")
+            return True
+
+
+async def _attach(vm: Vm, fd: int) -> None:
+    """``hv up --attach VM``: the terminal's keys go to the VM, raw, until Ctrl-A x detaches
+    or the VM stops; then the terminal is as it was and the lab goes on (Ctrl-C stops it)."""
+    detached = False
+    with _raw_terminal(fd) as interactive:
+        if interactive:
+            _say(f"hv: attached to {vm.name}; Ctrl-A x detaches (the lab goes on)")
+        async with trio.open_nursery() as nursery:
+
+            async def until_stopped() -> None:
+                await vm.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_stopped)
+            detached = await _pump_input(vm, fd, interactive, detach=True)
+            if not detached and not interactive:
+                return  # a pipe's end: the input ends, nothing to say
+            nursery.cancel_scope.cancel()
+    if not interactive:
+        return
+    if detached:
+        _say(f"hv: detached from {vm.name} (the lab goes on; Ctrl-C stops it)")
+    elif vm.exit is not None:
+        _say(f"hv: {vm.name} stopped, exit {vm.exit.exit_code} (the lab goes on; Ctrl-C stops it)")
+
+
+def _say(line: str) -> None:
+    """A line on stderr from the start of a line (a guest's output may have left one open)."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"\r{line}\r\n".encode() if os.isatty(2) else f"{line}\n".encode())
 
 
 def _net_option(text: str) -> tuple[str, str | None, str | None]:
@@ -640,10 +679,7 @@ async def _up(args: argparse.Namespace) -> int:
     shown = LiveConsole(write) if mode is not None else None
     stdin = sys.stdin.fileno() if sys.stdin is not None and args.attach else -1
     result: list[int] = []
-    with (
-        ControlServer(spec, Path(args.lab)) as control,  # refused if the lab's name is taken
-        _raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive,
-    ):
+    with ControlServer(spec, Path(args.lab)) as control:  # refused if the lab's name is taken
         async with trio.open_nursery() as nursery:
 
             async def lab(task_status: trio.TaskStatus[Any]) -> None:
@@ -659,7 +695,7 @@ async def _up(args: argparse.Namespace) -> int:
             if shown is not None:
                 nursery.start_soon(partial(live_view, run, shown, terminal=mode == "table"))
             if stdin >= 0:
-                nursery.start_soon(_pump_input, run.vms[args.attach], stdin, interactive)
+                nursery.start_soon(_attach, run.vms[args.attach], stdin)
     from hv._status import StopKind
 
     for name, info in run.exits.items():
