@@ -73,7 +73,9 @@ class Host:
         return self.runtime / "hvfabric" / "labs"
 
     def lab_file(self, name: str, text: str = LAB) -> Path:
-        path = self.root / f"{name}.toml"
+        """``hv/NAME.toml``: lab ``hv-NAME`` (folder and file) unless the text names it."""
+        path = self.root / "hv" / f"{name}.toml"
+        path.parent.mkdir(exist_ok=True)
         path.write_text(text)
         return path
 
@@ -168,7 +170,7 @@ def fw() -> Iterator[tuple[Host, str]]:
     try:
         r = h.hv("up", "-d", str(h.lab_file("fw")))
         assert r.returncode == 0, r.stdout + r.stderr
-        yield h, "fw"
+        yield h, "hv-fw"
     finally:
         h.cleanup()
 
@@ -181,15 +183,16 @@ def test_hv_up_d_starts_the_lab_in_the_background_and_says_how_to_reach_it(
 ) -> None:
     h, name = fw
     (lab,) = h.ps()
-    assert lab["name"] == name and lab["file"] == str(h.root / "fw.toml")
+    assert lab["name"] == name and lab["file"] == str(h.root / "hv" / "fw.toml")
     assert lab["state"] == "running" and _alive(lab["pid"])
-    assert lab["log"] == str(h.labs / "fw.log") and lab["switches"] == ["lan"]
+    assert lab["log"] == str(h.labs / "hv-fw.log") and lab["switches"] == ["lan"]
+    assert lab["socket"] == str(h.labs / "hv-fw.sock")
     assert [(vm["name"], vm["kernel"]) for vm in lab["vms"]] == [
         ("s", "udpecho"), ("c", "ping"), ("e", "echo")
     ]  # fmt: skip
     assert all(vm["state"] == "running" and vm["exit"] is None for vm in lab["vms"])
     # the socket: in a folder only its owner may enter, itself owner-only
-    sock = h.labs / "fw.sock"
+    sock = h.labs / "hv-fw.sock"
     assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o600
     for folder in (h.labs, h.labs.parent):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
@@ -197,13 +200,14 @@ def test_hv_up_d_starts_the_lab_in_the_background_and_says_how_to_reach_it(
     r = h.hv("ps")
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["LAB", "VM", "KERNEL", "STATE", "UPTIME", "EXIT"]
-    assert lines[1].split()[:4] == ["fw", "s", "udpecho", "running"]
-    wait_for(lambda: b"c | ping: reply from 10.0.0.2" in (h.labs / "fw.log").read_bytes())
+    assert lines[1].split()[:4] == ["hv-fw", "s", "udpecho", "running"]
+    assert f"hv-fw: {h.root}/hv/fw.toml (socket {sock})" in lines
+    wait_for(lambda: b"c | ping: reply from 10.0.0.2" in (h.labs / "hv-fw.log").read_bytes())
 
 
 def test_hv_console_shows_recent_output_then_live_output(fw: tuple[Host, str]) -> None:
     h, name = fw
-    wait_for(lambda: b"seq=20 " in (h.labs / "fw.log").read_bytes(), what="20 pings")
+    wait_for(lambda: b"seq=20 " in (h.labs / "hv-fw.log").read_bytes(), what="20 pings")
     with h.popen("console", name, "c", "--tail", "300", stdin=subprocess.DEVNULL) as proc:
         try:
             out = read_until(proc, b"ping: reply from 10.0.0.2")
@@ -247,7 +251,7 @@ def test_hv_console_on_a_terminal_is_raw_and_ctrl_a_x_detaches(fw: tuple[Host, s
         os.write(master, b"raw")  # no newline: a cooked terminal would hold it back
         until(b"raw")
         os.write(master, b"\x01x")
-        until(b"hv: detached from fw/e (it goes on)")
+        until(b"hv: detached from hv-fw/e (it goes on)")
         assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:
@@ -272,7 +276,7 @@ def test_hv_console_types_at_the_vm_and_ends_when_it_stops(fw: tuple[Host, str])
         read_until(proc, b"echo: bye")
         assert proc.wait(20) == 0
         assert proc.stderr is not None
-        assert b"fw/e stopped, exit 0" in proc.stderr.read()
+        assert b"hv-fw/e stopped, exit 0" in proc.stderr.read()
     e = h.vms(name)["e"]
     assert e["state"] == "stopped" and e["exit"]["code"] == 0 and e["exit"]["kind"] == "poweroff"
 
@@ -317,9 +321,9 @@ def test_a_second_lab_of_the_same_name_is_refused(fw: tuple[Host, str]) -> None:
     h, name = fw
     (lab,) = h.ps(name)
     for args in (("up", "-d"), ("up",)):
-        r = h.hv(*args, str(h.root / "fw.toml"))
+        r = h.hv(*args, str(h.root / "hv" / "fw.toml"))
         assert r.returncode == 4
-        assert f"a lab named 'fw' is already running (pid {lab['pid']})" in r.stderr
+        assert f"a lab named 'hv-fw' is already running (pid {lab['pid']} from " in r.stderr
     assert h.ps(name)[0]["pid"] == lab["pid"]  # the first one goes on
 
 
@@ -358,7 +362,7 @@ def test_stats_and_protocol_errors(fw: tuple[Host, str]) -> None:
             assert conn.read_message() == {"ok": False, "error": "not JSON: one object a line"}
             assert conn.request("ps")["name"] == name  # the connection goes on
         r = h.hv("console", "nolab", "e")
-        assert r.returncode == 1 and "no lab named 'nolab' is running (running: fw)" in r.stderr
+        assert r.returncode == 1 and "no lab named 'nolab' is running (running: hv-fw)" in r.stderr
     finally:
         if env_before is None:
             del os.environ["XDG_RUNTIME_DIR"]
@@ -406,7 +410,7 @@ def test_another_user_is_refused(fw: tuple[Host, str]) -> None:
     answer = json.loads(out.removeprefix("answer: "))
     assert answer["ok"] is False
     assert answer["error"].startswith(
-        f"permission denied: lab fw belongs to uid 0; you are uid {NOBODY}"
+        f"permission denied: lab {name} belongs to uid 0; you are uid {NOBODY}"
     )
     assert h.ps(name)[0]["refused"] == 1
     assert h.vms(name)["s"]["state"] == "running"
@@ -419,12 +423,13 @@ def test_hv_stop_stops_a_vm_and_hv_down_ends_the_lab(host: Host) -> None:
     lab = host.lab_file("pair")
     r = host.hv("up", "-d", str(lab))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "lab pair is up" in r.stdout and "hv console pair VM" in r.stdout
+    assert "lab hv-pair is up" in r.stdout and "hv console hv-pair VM" in r.stdout
+    assert f"socket: {host.labs / 'hv-pair.sock'}" in r.stdout
     (info,) = host.ps("pair")
     pid = info["pid"]
     r = host.hv("stop", "pair", "c")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "pair/c: stopped, exit 130 (stopped by hv stop)"
+    assert r.stdout.strip() == "hv-pair/c: stopped, exit 130 (stopped by hv stop)"
     vms = host.vms("pair")
     assert vms["c"]["state"] == "stopped" and vms["c"]["exit"]["kind"] == "stopped"
     assert vms["s"]["state"] == "running" and vms["e"]["state"] == "running"
@@ -433,17 +438,17 @@ def test_hv_stop_stops_a_vm_and_hv_down_ends_the_lab(host: Host) -> None:
         read_until(console, b"udpecho: echoing on port 7")
         r = host.hv("down", "pair")
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == "lab pair is down (status 130)"
-        assert not (host.labs / "pair.sock").exists()  # gone when hv down returns
+        assert r.stdout.strip() == "lab hv-pair is down (status 130)"
+        assert not (host.labs / "hv-pair.sock").exists()  # gone when hv down returns
         assert console.wait(10) == 130  # the VM's status
         assert console.stderr is not None
         said = console.stderr.read()  # why it ended: from the lab, or its record once gone
-        assert said == b"hv: pair/s stopped, exit 130 (the lab was taken down (hv down))\n"
+        assert said == b"hv: hv-pair/s stopped, exit 130 (the lab was taken down (hv down))\n"
     wait_for(lambda: not _alive(pid), what="the lab's process to end")
     r = host.hv("ps")
     assert r.returncode == 0 and r.stdout.strip().startswith("no labs are running")
     assert host.ps() == []
-    log = (host.labs / "pair.log").read_text()
+    log = (host.labs / "hv-pair.log").read_text()
     assert "s | udpecho: echoing on port 7" in log and "c | ping: reply" in log
 
 
@@ -470,19 +475,23 @@ def test_a_stale_socket_is_replaced(host: Host) -> None:
     folder.mkdir(parents=True, mode=0o700)
     folder.parent.chmod(0o700)
     dead = socket.socket(socket.AF_UNIX)
-    dead.bind(str(folder / "fw.sock"))
+    dead.bind(str(folder / "hv-fw.sock"))
     dead.close()  # the file stays, nobody listens
-    assert (folder / "fw.sock").exists()
+    assert (folder / "hv-fw.sock").exists()
     r = host.hv("up", "-d", str(host.lab_file("fw")))
     assert r.returncode == 0, r.stdout + r.stderr
     assert host.ps("fw")[0]["state"] == "running"
     # hv stop without a VM: all of them, answered though that ends the lab
     r = host.hv("stop", "fw")
     assert r.returncode == 0, r.stderr
-    assert [line.split(":")[0] for line in r.stdout.splitlines()] == ["fw/s", "fw/c", "fw/e"]
+    assert [line.split(":")[0] for line in r.stdout.splitlines()] == [
+        "hv-fw/s",
+        "hv-fw/c",
+        "hv-fw/e",
+    ]
     assert all(", exit 130 (stopped by hv stop)" in line for line in r.stdout.splitlines())
-    wait_for(lambda: not (folder / "fw.sock").exists(), what="the lab to end")
-    assert not (folder / "fw.lock").exists()
+    wait_for(lambda: not (folder / "hv-fw.sock").exists(), what="the lab to end")
+    assert not (folder / "hv-fw.lock").exists()
 
 
 def test_hv_up_d_reports_a_bad_file_and_starts_nothing(host: Host) -> None:
@@ -639,7 +648,7 @@ def test_console_exits_with_the_vms_status_and_down_is_idempotent(host: Host) ->
     wait_for(lambda: host.vms("ending")["f"]["state"] == "stopped", what="f to stop")
     r = host.hv("console", "ending", "f", stdin=subprocess.DEVNULL)
     assert r.returncode == 1, r.stdout + r.stderr  # f's status, not 0
-    assert "unhandled trap" in r.stdout and "ending/f stopped, exit 1" in r.stderr
+    assert "unhandled trap" in r.stdout and "hv-ending/f stopped, exit 1" in r.stderr
     with host.popen("console", "ending", "e", stdin=subprocess.PIPE) as proc:
         assert proc.stdin is not None
         read_until(proc, b"echo: ready")
@@ -647,11 +656,11 @@ def test_console_exits_with_the_vms_status_and_down_is_idempotent(host: Host) ->
         proc.stdin.close()
         assert proc.wait(20) == 0  # e powered off: 0
     # the lab ended by itself (its last VM stopped): hv down says so, and is content
-    wait_for(lambda: not (host.labs / "ending.sock").exists(), what="the lab to end")
+    wait_for(lambda: not (host.labs / "hv-ending.sock").exists(), what="the lab to end")
     for _ in range(2):
         r = host.hv("down", "ending")
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == "lab ending is already down (it ended with status 1)"
+        assert r.stdout.strip() == "lab hv-ending is already down (it ended with status 1)"
     r = host.hv("down", "neverwas")
     assert r.returncode == 0 and r.stdout.strip() == "no lab named 'neverwas' is running"
     # hv ps lists running labs; hv ps -a the ended ones too, with their status
@@ -660,14 +669,14 @@ def test_console_exits_with_the_vms_status_and_down_is_idempotent(host: Host) ->
     assert r.returncode == 0, r.stderr
     rows = [line.split() for line in r.stdout.splitlines()]
     assert rows[0] == ["LAB", "VM", "KERNEL", "STATE", "UPTIME", "EXIT"]
-    assert rows[1][:4] == ["ending", "e", "echo", "stopped"] and rows[1][5] == "0"
-    assert rows[2][:4] == ["ending", "f", "fault", "stopped"] and rows[2][5] == "1"
+    assert rows[1][:4] == ["hv-ending", "e", "echo", "stopped"] and rows[1][5] == "0"
+    assert rows[2][:4] == ["hv-ending", "f", "fault", "stopped"] and rows[2][5] == "1"
     r = host.hv("ps", "-a", "--json")
     (lab,) = json.loads(r.stdout)["labs"]
-    assert lab["name"] == "ending" and lab["state"] == "ended" and lab["status"] == 1
+    assert lab["name"] == "hv-ending" and lab["state"] == "ended" and lab["status"] == 1
     # a console of an ended lab: its status
     r = host.hv("console", "ending", "f")
-    assert r.returncode == 1 and "lab ending has ended (status 1)" in r.stderr
+    assert r.returncode == 1 and "lab hv-ending has ended (status 1)" in r.stderr
 
 
 def test_ended_labs_are_kept_boundedly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -729,8 +738,8 @@ def test_hv_up_d_gives_up_after_its_start_timeout(host: Host) -> None:
     lab = host.lab_file("slow")
     r = host.hv("up", "-d", "--start-timeout", "0.01", str(lab))
     assert r.returncode == 3, r.stdout + r.stderr
-    assert "lab slow did not come up within 0.01 s (--start-timeout); it was stopped" in r.stderr
-    assert host.ps() == [] and not (host.labs / "slow.lock").exists()
+    assert "lab hv-slow did not come up within 0.01 s (--start-timeout); it was stopped" in r.stderr
+    assert host.ps() == [] and not (host.labs / "hv-slow.lock").exists()
     r = host.hv("up", "-d", "--start-timeout", "-1", str(lab))
     assert r.returncode == 2 and "--start-timeout" in r.stderr
 
@@ -831,3 +840,57 @@ def test_hv_up_attach_detaches_and_gives_the_terminal_back(host: Host, leave: st
     finally:
         t.close()
     assert host.ps() == []
+
+
+# -- lab names: folder and file, or -p -----------------------------------------------------
+
+
+def test_the_same_file_name_in_two_folders_makes_two_labs(host: Host) -> None:
+    """A lab is named after its folder and file (``one/fw.toml``: ``one-fw``), or ``-p``;
+    every command that takes LAB takes that name, the file's path, or the file's stem when
+    one running lab has it."""
+    one, two = host.root / "one", host.root / "two"
+    for folder in (one, two):
+        folder.mkdir()
+        (folder / "fw.toml").write_text(LAB)
+    for folder in (one, two):
+        r = host.hv("up", "-d", str(folder / "fw.toml"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.startswith(f"lab {folder.name}-fw is up")
+        assert f"socket: {host.labs / f'{folder.name}-fw.sock'}" in r.stdout
+    r = host.hv("up", "-d", "-p", "mine", str(one / "fw.toml"))  # a project name of its own
+    assert r.returncode == 0 and r.stdout.startswith("lab mine is up"), r.stdout + r.stderr
+    assert {lab["name"]: lab["file"] for lab in host.ps()} == {
+        "mine": str(one / "fw.toml"), "one-fw": str(one / "fw.toml"), "two-fw": str(two / "fw.toml")
+    }  # fmt: skip
+    # the stem is ambiguous now: the error names the labs it could mean
+    r = host.hv("stats", "fw")
+    assert r.returncode == 1
+    assert "3 running labs have a file named 'fw': " in r.stderr and "two-fw (" in r.stderr
+    r = host.hv("console", "nolab", "e")
+    assert r.returncode == 1
+    assert "no lab named 'nolab' is running (running: mine, one-fw, two-fw)" in r.stderr
+    # by full name, by path (relative to where hv runs), and by stem once it is unique
+    assert host.hv("stop", "mine").returncode == 0
+    wait_for(lambda: not (host.labs / "mine.sock").exists(), what="lab mine to end")
+    r = host.hv("stop", "fw.toml", "e", cwd=two)
+    assert r.returncode == 0 and r.stdout.startswith("two-fw/e: stopped"), r.stdout + r.stderr
+    r = host.hv("down", "one-fw")
+    assert r.returncode == 0 and r.stdout.strip() == "lab one-fw is down (status 130)"
+    for command in ("ps", "top", "stats", "console", "capture", "stop", "down"):
+        args = {"console": ["e"], "capture": ["lan", "--duration", "0.1", "-w", "x.pcapng"],
+                "top": ["--count", "1"], "stop": ["e"]}.get(command, [])  # fmt: skip
+        r = host.hv(command, "fw", *args, stdin=subprocess.DEVNULL, cwd=host.root)
+        assert r.returncode in (0, 130), (command, r.stdout, r.stderr)  # e stopped: 130
+        assert "no lab named" not in r.stderr and "two-fw" in r.stdout + r.stderr, command
+
+
+def test_default_lab_names() -> None:
+    from hv.cli._control import default_lab_name
+
+    assert default_lab_name(Path("/home/me/net/lab.toml")) == "net-lab"
+    assert default_lab_name(Path("/srv/My Project.v2/Core_Lab.toml")) == "myprojectv2-core_lab"
+    assert default_lab_name(Path("/lab.toml")) == "lab"
+    assert default_lab_name(Path("/x/2024/9.toml")) == "lab"  # a name starts with a letter
+    long = default_lab_name(Path("/" + "f" * 50 + "/" + "s" * 20 + ".toml"))
+    assert long == "f" * 11 + "-" + "s" * 20 and len(long) == 32

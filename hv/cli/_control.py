@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -30,6 +31,8 @@ from hv._errors import ConfigError, HostError, HvError
 if TYPE_CHECKING:
     import trio
 
+    from hv.lab._spec import LabSpec
+
 PROTOCOL = "hvfabric-control"
 VERSION = 1
 OPS = ("hello", "ps", "stats", "stop", "down", "console", "capture")
@@ -42,6 +45,7 @@ EXIT_FAILED = 1  # no such lab, VM or switch; the lab refused or went away
 EXIT_HOST = 3  # hv up -d: the lab did not come up in time
 ENDED_KEEP = 32  # ended labs remembered for hv ps -a (the newest)
 START_TIMEOUT = 120.0  # seconds hv up -d waits for a lab to answer by default
+NAME_MAX = 32  # characters in a lab's name (as a name = "..." in a lab file may have)
 
 
 class ControlError(HvError):
@@ -97,6 +101,75 @@ class LabPaths:
     def of(cls, name: str, folder: Path | None = None) -> LabPaths:
         folder = folder if folder is not None else labs_dir()
         return cls(folder / f"{name}.sock", folder / f"{name}.lock", folder / f"{name}.log")
+
+
+def default_lab_name(path: Path) -> str:
+    """A lab file's name when neither ``-p`` nor ``name = "..."`` gives one: its folder's
+    name and its own stem (``~/net/lab.toml`` -> ``net-lab``), lowercased, without the
+    characters a name may not have (as compose names a project after its folder), cut to
+    ``NAME_MAX``: the same file name in two folders makes two labs."""
+
+    def clean(text: str) -> str:
+        return re.sub(r"^[^a-z]+", "", re.sub(r"[^a-z0-9_-]", "", text.lower()))
+
+    path = Path(os.path.abspath(path))
+    stem = clean(path.stem)[:NAME_MAX] or "lab"
+    folder = clean(path.parent.name)[: NAME_MAX - len(stem) - 1].rstrip("-_")
+    return f"{folder}-{stem}" if folder else stem
+
+
+def load_named(path: Path, project: str | None) -> LabSpec:
+    """The lab in ``path`` under its name: ``-p NAME``, else the file's ``name = "..."``,
+    else ``default_lab_name``."""
+    from dataclasses import replace
+
+    from hv.lab._spec import check_lab_name, load_lab
+
+    spec = load_lab(path, default_name=default_lab_name(path))
+    if project is not None:
+        spec = replace(spec, name=check_lab_name(project, "-p/--project-name"))
+    return spec
+
+
+def lab_file_name(path: Path) -> str | None:
+    """The name lab file ``path`` runs under without ``-p`` (None if it cannot be read)."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    name = doc.get("name")
+    return name if isinstance(name, str) else default_lab_name(path)
+
+
+def resolve_lab(text: str) -> str:
+    """The running (or ended) lab that LAB on the command line means: its full name; the
+    path of its lab file; or its file's stem when one running lab has it (``hv console lab
+    a`` for lab ``net-lab`` of ``~/net/lab.toml``). Unknown names are returned as they are
+    (the caller says that no such lab runs)."""
+    running = running_labs()
+    if text in running:
+        return text
+    if os.sep in text or text.endswith(".toml"):
+        name = lab_file_name(Path(text))
+        if name is not None:
+            return name
+    found = []
+    for name in running:
+        with contextlib.suppress(ControlError, OSError):
+            with Connection.open(name, timeout=5.0) as conn:
+                file = conn.request("ps").get("file")
+            if isinstance(file, str) and Path(file).stem == text:
+                found.append((name, file))
+    if not found and ended_lab(text) is None:
+        ended = [(e["name"], e.get("file")) for e in ended_labs()]
+        found = [(n, f) for n, f in ended if isinstance(f, str) and Path(f).stem == text][-1:]
+    if len(found) > 1:
+        which = ", ".join(f"{name} ({file})" for name, file in found)
+        raise ControlError(f"{len(found)} running labs have a file named {text!r}: {which}; "
+                           "name one of them")  # fmt: skip
+    return found[0][0] if found else text
 
 
 def running_labs() -> list[str]:
@@ -407,6 +480,8 @@ def add_parsers(sub: Any) -> None:
 
 def control_command(args: argparse.Namespace) -> int:
     try:
+        if getattr(args, "lab", None) is not None:  # every command's LAB: a name, file, stem
+            args.lab = resolve_lab(args.lab)
         if args.command == "ps":
             return _ps(args)
         if args.command == "console":
@@ -494,6 +569,13 @@ def _ps(args: argparse.Namespace) -> int:
         return 0
     for line in ps_table(labs):
         print(line.rstrip())
+    print()
+    for lab in labs:  # where each came from, and where to reach it
+        if lab.get("state") == "ended":
+            where = f"ended, status {lab.get('status')}"
+        else:
+            where = f"socket {lab.get('socket')}"
+        print(f"{lab['name']}: {lab.get('file') or '-'} ({where})")
     return 0
 
 
@@ -770,22 +852,16 @@ def _top(args: argparse.Namespace) -> int:
 def up_detached(args: argparse.Namespace) -> int:
     """``hv up -d LAB.toml``: start the lab in the background (its output to NAME.log next
     to its socket), wait until it answers on its socket, say how to reach it."""
-    from hv.lab._spec import load_lab
-
     if args.attach is not None:
         raise ConfigError("--attach and -d do not go together: attach later with hv console LAB VM")
     lab = Path(args.lab)
-    spec = load_lab(lab)
+    spec = load_named(lab, args.project_name)
     folder = private_labs_dir()
     paths = LabPaths.of(spec.name, folder)
     hello = probe(spec.name)
     if hello is not None:
-        raise ConfigError(
-            f"a lab named {spec.name!r} is already running (pid {hello.get('pid')}): attach "
-            f"with 'hv console {spec.name} VM', end it with 'hv down {spec.name}', or give "
-            'this one another name (name = "..." in the lab file)'
-        )
-    argv = [sys.executable, "-m", "hv.cli", "up", str(lab.resolve())]
+        raise ConfigError(already_running(spec.name, hello))
+    argv = [sys.executable, "-m", "hv.cli", "up", str(lab.resolve()), "-p", spec.name]
     if args.exit_code_from is not None:
         argv += ["--exit-code-from", args.exit_code_from]
     if getattr(args, "view", None) == "on":  # --stats: rates every second, into the log
@@ -851,7 +927,19 @@ def up_detached(args: argparse.Namespace) -> int:
     print(f"  hv stop {name} [VM...]          stop VMs")
     print(f"  hv down {name}                  stop the lab")
     print(f"log: {paths.log}")
+    print(f"socket: {paths.sock}")
     return 0
+
+
+def already_running(name: str, hello: dict[str, Any] | None) -> str:
+    """The error for a second lab of a name."""
+    who = f"pid {hello['pid']}" if hello and "pid" in hello else "starting up?"
+    file = f" from {hello['file']}" if hello and hello.get("file") else ""
+    return (
+        f"a lab named {name!r} is already running ({who}{file}; socket {LabPaths.of(name).sock}"
+        f"): attach with 'hv console {name} VM', end it with 'hv down {name}', or give this "
+        'one another name (-p NAME, or name = "..." in the lab file)'
+    )
 
 
 def _end(pid: int) -> None:

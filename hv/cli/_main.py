@@ -190,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the lab in the background (see hv ps, console, capture, stop, down)",
     )
+    up.add_argument(
+        "-p",
+        "--project-name",
+        metavar="NAME",
+        help="the lab's name (default: the file's name = \"...\", else FOLDER-STEM of its path, "
+        "as ~/net/lab.toml -> net-lab); hv ps, console, down ... take it",
+    )
     up.add_argument("--attach", metavar="NAME", help="send this terminal's input to VM NAME")
     up.add_argument(
         "--start-timeout",
@@ -663,10 +670,9 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from hv.lab import load_lab
     from hv.lab._control import ControlServer
 
-    spec = load_lab(Path(args.lab))
+    spec = _control_cli.load_named(Path(args.lab), args.project_name)
     if args.attach is not None and args.attach not in spec.vms:
         raise ConfigError(f"--attach: no VM named {args.attach!r} ({', '.join(spec.vms)})")
     from functools import partial

@@ -49,6 +49,7 @@ from hv.cli._control import (
     VERSION,
     ControlError,
     LabPaths,
+    already_running,
     forget_ended,
     peer_credentials,
     private_labs_dir,
@@ -323,13 +324,7 @@ class ControlServer:
                 os.close(fd)
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise HostError(f"cannot lock {paths.lock}: {e.strerror or e}") from None
-                hello = probe(self.name)
-                who = f" (pid {hello['pid']})" if hello and "pid" in hello else " (starting up?)"
-                raise ConfigError(
-                    f"a lab named {self.name!r} is already running{who}: attach with "
-                    f"'hv console {self.name} VM', end it with 'hv down {self.name}', or give "
-                    'this one another name (name = "..." in the lab file)'
-                ) from None
+                raise ConfigError(already_running(self.name, probe(self.name))) from None
             # The lab that held it may have removed the file meanwhile (release): then this
             # lock is on a file nobody else will look at; take the one at the path instead.
             held = os.fstat(fd)
@@ -532,7 +527,8 @@ class ControlServer:
     async def _simple(self, op: object, request: dict[str, Any]) -> dict[str, Any]:
         if op == "hello":
             return {"ok": True, "protocol": PROTOCOL, "version": VERSION, "lab": self.name,
-                    "pid": self.pid, "ops": list(OPS)}  # fmt: skip
+                    "pid": self.pid, "ops": list(OPS),
+                    "file": str(self.file) if self.file is not None else None}  # fmt: skip
         if op == "ps":
             return {"ok": True, **self.ps()}
         if op == "stats":
@@ -573,6 +569,7 @@ class ControlServer:
         return {
             "name": self.name,
             "file": str(self.file) if self.file is not None else None,
+            "socket": str(self.paths.sock) if self.paths is not None else None,
             "pid": self.pid,
             "started": round(self.started, 3),
             "uptime": round(time.time() - self.started, 3),
