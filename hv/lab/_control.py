@@ -340,7 +340,7 @@ class ControlServer:
         self._lock_fd = fd
         with contextlib.suppress(FileNotFoundError):  # a lab that died left it: nobody answers
             os.unlink(paths.sock)
-        with contextlib.suppress(OSError):  # the name runs again: no longer an ended lab
+        with contextlib.suppress(OSError, HostError):  # the name runs again: not ended
             forget_ended(self.name)
 
     def release(self) -> None:
@@ -458,7 +458,7 @@ class ControlServer:
         entry["uptime"] = round(entry["ended"] - self.started, 3)
         try:
             record_ended(entry)
-        except OSError as e:
+        except (OSError, HostError) as e:
             log.warning("cannot record the lab's end", lab=self.name, error=str(e))
 
     async def _accept(self, listener: trio.SocketListener) -> None:
