@@ -232,3 +232,20 @@ def test_escape_keys_quit_and_pass_ctrl_a_through() -> None:
     assert keys.feed(b"\x01c") == (b"\x01c", False)  # Ctrl-A and another key: both
     assert keys.feed(b"q\x01") == (b"q", False)  # an escape split across reads waits
     assert keys.feed(b"x rest") == (b"", True)  # ... and then quits
+
+
+def test_run_of_a_lab_file_or_text_is_bad_input_not_a_guest_fault(tmp_path: Path) -> None:
+    """``hv run lab.toml`` (meaning ``hv up``): the file is no kernel, so it is bad input
+    (status 4) with a hint; any other text file too. Raw binaries still load (test_loader)."""
+    (tmp_path / "mylab.toml").write_text('[vms.a]\nkernel = "hello"\n')
+    (tmp_path / "broken.conf").write_text('# a lab with a typo\n[vms.a]\nkernel = "hello\n')
+    (tmp_path / "notes.txt").write_text("remember: hv run boots a kernel\n")
+    for name, message in [
+        ("mylab.toml", "a lab file (TOML), not a kernel: did you mean 'hv up ./mylab.toml'?"),
+        ("broken.conf", "a lab file (TOML), not a kernel: did you mean 'hv up ./broken.conf'?"),
+        ("notes.txt", "is text, not a kernel"),
+    ]:
+        r = hv("run", f"./{name}", cwd=tmp_path)
+        assert r.returncode == 4, (name, r.stdout, r.stderr)
+        (line,) = r.stderr.splitlines()
+        assert line.startswith("hv: ") and message in line, line

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,7 +73,9 @@ class Host:
         return self.runtime / "hvfabric" / "labs"
 
     def lab_file(self, name: str, text: str = LAB) -> Path:
-        path = self.root / f"{name}.toml"
+        """``hv/NAME.toml``: lab ``hv-NAME`` (folder and file) unless the text names it."""
+        path = self.root / "hv" / f"{name}.toml"
+        path.parent.mkdir(exist_ok=True)
         path.write_text(text)
         return path
 
@@ -167,7 +170,7 @@ def fw() -> Iterator[tuple[Host, str]]:
     try:
         r = h.hv("up", "-d", str(h.lab_file("fw")))
         assert r.returncode == 0, r.stdout + r.stderr
-        yield h, "fw"
+        yield h, "hv-fw"
     finally:
         h.cleanup()
 
@@ -180,15 +183,16 @@ def test_hv_up_d_starts_the_lab_in_the_background_and_says_how_to_reach_it(
 ) -> None:
     h, name = fw
     (lab,) = h.ps()
-    assert lab["name"] == name and lab["file"] == str(h.root / "fw.toml")
+    assert lab["name"] == name and lab["file"] == str(h.root / "hv" / "fw.toml")
     assert lab["state"] == "running" and _alive(lab["pid"])
-    assert lab["log"] == str(h.labs / "fw.log") and lab["switches"] == ["lan"]
+    assert lab["log"] == str(h.labs / "hv-fw.log") and lab["switches"] == ["lan"]
+    assert lab["socket"] == str(h.labs / "hv-fw.sock")
     assert [(vm["name"], vm["kernel"]) for vm in lab["vms"]] == [
         ("s", "udpecho"), ("c", "ping"), ("e", "echo")
     ]  # fmt: skip
     assert all(vm["state"] == "running" and vm["exit"] is None for vm in lab["vms"])
     # the socket: in a folder only its owner may enter, itself owner-only
-    sock = h.labs / "fw.sock"
+    sock = h.labs / "hv-fw.sock"
     assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o600
     for folder in (h.labs, h.labs.parent):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
@@ -196,13 +200,14 @@ def test_hv_up_d_starts_the_lab_in_the_background_and_says_how_to_reach_it(
     r = h.hv("ps")
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["LAB", "VM", "KERNEL", "STATE", "UPTIME", "EXIT"]
-    assert lines[1].split()[:4] == ["fw", "s", "udpecho", "running"]
-    wait_for(lambda: b"c | ping: reply from 10.0.0.2" in (h.labs / "fw.log").read_bytes())
+    assert lines[1].split()[:4] == ["hv-fw", "s", "udpecho", "running"]
+    assert f"hv-fw: {h.root}/hv/fw.toml (socket {sock})" in lines
+    wait_for(lambda: b"c | ping: reply from 10.0.0.2" in (h.labs / "hv-fw.log").read_bytes())
 
 
 def test_hv_console_shows_recent_output_then_live_output(fw: tuple[Host, str]) -> None:
     h, name = fw
-    wait_for(lambda: b"seq=20 " in (h.labs / "fw.log").read_bytes(), what="20 pings")
+    wait_for(lambda: b"seq=20 " in (h.labs / "hv-fw.log").read_bytes(), what="20 pings")
     with h.popen("console", name, "c", "--tail", "300", stdin=subprocess.DEVNULL) as proc:
         try:
             out = read_until(proc, b"ping: reply from 10.0.0.2")
@@ -246,7 +251,7 @@ def test_hv_console_on_a_terminal_is_raw_and_ctrl_a_x_detaches(fw: tuple[Host, s
         os.write(master, b"raw")  # no newline: a cooked terminal would hold it back
         until(b"raw")
         os.write(master, b"\x01x")
-        until(b"hv: detached from fw/e (it goes on)")
+        until(b"hv: detached from hv-fw/e (it goes on)")
         assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:
@@ -271,7 +276,7 @@ def test_hv_console_types_at_the_vm_and_ends_when_it_stops(fw: tuple[Host, str])
         read_until(proc, b"echo: bye")
         assert proc.wait(20) == 0
         assert proc.stderr is not None
-        assert b"fw/e stopped, exit 0" in proc.stderr.read()
+        assert b"hv-fw/e stopped, exit 0" in proc.stderr.read()
     e = h.vms(name)["e"]
     assert e["state"] == "stopped" and e["exit"]["code"] == 0 and e["exit"]["kind"] == "poweroff"
 
@@ -316,9 +321,9 @@ def test_a_second_lab_of_the_same_name_is_refused(fw: tuple[Host, str]) -> None:
     h, name = fw
     (lab,) = h.ps(name)
     for args in (("up", "-d"), ("up",)):
-        r = h.hv(*args, str(h.root / "fw.toml"))
+        r = h.hv(*args, str(h.root / "hv" / "fw.toml"))
         assert r.returncode == 4
-        assert f"a lab named 'fw' is already running (pid {lab['pid']})" in r.stderr
+        assert f"a lab named 'hv-fw' is already running (pid {lab['pid']} from " in r.stderr
     assert h.ps(name)[0]["pid"] == lab["pid"]  # the first one goes on
 
 
@@ -353,9 +358,11 @@ def test_stats_and_protocol_errors(fw: tuple[Host, str]) -> None:
                 conn.request("stop", vm="zz")
             conn.sock.sendall(b"not json\n")
             assert conn.read_message() == {"ok": False, "error": "not JSON: one object a line"}
+            conn.sock.sendall(b"[" * 30000 + b"]" * 30000 + b"\n")  # deeper than json recurses
+            assert conn.read_message() == {"ok": False, "error": "not JSON: one object a line"}
             assert conn.request("ps")["name"] == name  # the connection goes on
         r = h.hv("console", "nolab", "e")
-        assert r.returncode == 1 and "no lab named 'nolab' is running (running: fw)" in r.stderr
+        assert r.returncode == 1 and "no lab named 'nolab' is running (running: hv-fw)" in r.stderr
     finally:
         if env_before is None:
             del os.environ["XDG_RUNTIME_DIR"]
@@ -403,7 +410,7 @@ def test_another_user_is_refused(fw: tuple[Host, str]) -> None:
     answer = json.loads(out.removeprefix("answer: "))
     assert answer["ok"] is False
     assert answer["error"].startswith(
-        f"permission denied: lab fw belongs to uid 0; you are uid {NOBODY}"
+        f"permission denied: lab {name} belongs to uid 0; you are uid {NOBODY}"
     )
     assert h.ps(name)[0]["refused"] == 1
     assert h.vms(name)["s"]["state"] == "running"
@@ -416,12 +423,13 @@ def test_hv_stop_stops_a_vm_and_hv_down_ends_the_lab(host: Host) -> None:
     lab = host.lab_file("pair")
     r = host.hv("up", "-d", str(lab))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "lab pair is up" in r.stdout and "hv console pair VM" in r.stdout
+    assert "lab hv-pair is up" in r.stdout and "hv console hv-pair VM" in r.stdout
+    assert f"socket: {host.labs / 'hv-pair.sock'}" in r.stdout
     (info,) = host.ps("pair")
     pid = info["pid"]
     r = host.hv("stop", "pair", "c")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "pair/c: stopped, exit 130 (stopped by hv stop)"
+    assert r.stdout.strip() == "hv-pair/c: stopped, exit 130 (stopped by hv stop)"
     vms = host.vms("pair")
     assert vms["c"]["state"] == "stopped" and vms["c"]["exit"]["kind"] == "stopped"
     assert vms["s"]["state"] == "running" and vms["e"]["state"] == "running"
@@ -430,20 +438,17 @@ def test_hv_stop_stops_a_vm_and_hv_down_ends_the_lab(host: Host) -> None:
         read_until(console, b"udpecho: echoing on port 7")
         r = host.hv("down", "pair")
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == "lab pair is down (status 130)"
-        assert not (host.labs / "pair.sock").exists()  # gone when hv down returns
-        assert console.wait(10) == 0
+        assert r.stdout.strip() == "lab hv-pair is down (status 130)"
+        assert not (host.labs / "hv-pair.sock").exists()  # gone when hv down returns
+        assert console.wait(10) == 130  # the VM's status
         assert console.stderr is not None
-        said = console.stderr.read()  # why it ended: seen before or after the socket went
-        assert said in (
-            b"hv: lab pair has ended\n",
-            b"hv: pair/s stopped, exit 130 (the lab was taken down (hv down))\n",
-        )
+        said = console.stderr.read()  # why it ended: from the lab, or its record once gone
+        assert said == b"hv: hv-pair/s stopped, exit 130 (the lab was taken down (hv down))\n"
     wait_for(lambda: not _alive(pid), what="the lab's process to end")
     r = host.hv("ps")
     assert r.returncode == 0 and r.stdout.strip().startswith("no labs are running")
     assert host.ps() == []
-    log = (host.labs / "pair.log").read_text()
+    log = (host.labs / "hv-pair.log").read_text()
     assert "s | udpecho: echoing on port 7" in log and "c | ping: reply" in log
 
 
@@ -470,19 +475,23 @@ def test_a_stale_socket_is_replaced(host: Host) -> None:
     folder.mkdir(parents=True, mode=0o700)
     folder.parent.chmod(0o700)
     dead = socket.socket(socket.AF_UNIX)
-    dead.bind(str(folder / "fw.sock"))
+    dead.bind(str(folder / "hv-fw.sock"))
     dead.close()  # the file stays, nobody listens
-    assert (folder / "fw.sock").exists()
+    assert (folder / "hv-fw.sock").exists()
     r = host.hv("up", "-d", str(host.lab_file("fw")))
     assert r.returncode == 0, r.stdout + r.stderr
     assert host.ps("fw")[0]["state"] == "running"
     # hv stop without a VM: all of them, answered though that ends the lab
     r = host.hv("stop", "fw")
     assert r.returncode == 0, r.stderr
-    assert [line.split(":")[0] for line in r.stdout.splitlines()] == ["fw/s", "fw/c", "fw/e"]
+    assert [line.split(":")[0] for line in r.stdout.splitlines()] == [
+        "hv-fw/s",
+        "hv-fw/c",
+        "hv-fw/e",
+    ]
     assert all(", exit 130 (stopped by hv stop)" in line for line in r.stdout.splitlines())
-    wait_for(lambda: not (folder / "fw.sock").exists(), what="the lab to end")
-    assert not (folder / "fw.lock").exists()
+    wait_for(lambda: not (folder / "hv-fw.sock").exists(), what="the lab to end")
+    assert not (folder / "hv-fw.lock").exists()
 
 
 def test_hv_up_d_reports_a_bad_file_and_starts_nothing(host: Host) -> None:
@@ -588,3 +597,300 @@ async def test_a_console_client_gets_the_tail_from_a_line_start_then_live_output
         assert await box.get() is None
         assert await late.get() is None
     assert isinstance(fan.attach(tail=4), Outbox)  # after the end: the tail, then the end
+
+
+# -- labs that end at once -----------------------------------------------------------------
+
+
+def _quick_lab(folder: Path, code: int) -> str:
+    """A lab whose only VM reports failure ``code`` at its first instructions."""
+    from conftest import finisher_kernel
+
+    kernel = folder / f"fail{code}.bin"
+    kernel.write_bytes(finisher_kernel((code << 16) | 0x3333))
+    return f'[vms.a]\nkernel = "{kernel}"\n'
+
+
+async def test_a_lab_that_ends_at_once_exits_with_its_status_every_time(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lab may end (and close its socket) before the task that accepts clients first
+    runs: 200 times the same code path hv up takes, each must end with the VM's status."""
+    from hv.lab._control import ControlServer
+    from hv.lab._spec import parse_lab
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(host.runtime))
+    spec = parse_lab(_quick_lab(host.root, 3), host.root, "quick")
+    for _ in range(200):
+        with trio.fail_after(30), ControlServer(spec) as control:
+            assert await control.run_lab(spec) == 3
+    assert list(host.labs.iterdir()) == []  # nothing left behind: no socket, no lock
+    r = host.hv("up", str(host.lab_file("quick", _quick_lab(host.root, 5))))
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# -- ended labs: hv console's status, hv down twice, hv ps -a ------------------------------
+
+ENDING = """
+[vms.e]
+kernel = "echo"
+
+[vms.f]
+kernel = "fault"
+append = "mode=handler"
+"""
+
+
+def test_console_exits_with_the_vms_status_and_down_is_idempotent(host: Host) -> None:
+    r = host.hv("up", "-d", str(host.lab_file("ending", ENDING)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: host.vms("ending")["f"]["state"] == "stopped", what="f to stop")
+    r = host.hv("console", "ending", "f", stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, r.stdout + r.stderr  # f's status, not 0
+    assert "unhandled trap" in r.stdout and "hv-ending/f stopped, exit 1" in r.stderr
+    with host.popen("console", "ending", "e", stdin=subprocess.PIPE) as proc:
+        assert proc.stdin is not None
+        read_until(proc, b"echo: ready")
+        proc.stdin.write(b"q")
+        proc.stdin.close()
+        assert proc.wait(20) == 0  # e powered off: 0
+    # the lab ended by itself (its last VM stopped): hv down says so, and is content
+    wait_for(lambda: not (host.labs / "hv-ending.sock").exists(), what="the lab to end")
+    for _ in range(2):
+        r = host.hv("down", "ending")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "lab hv-ending is already down (it ended with status 1)"
+    r = host.hv("down", "neverwas")
+    assert r.returncode == 0 and r.stdout.strip() == "no lab named 'neverwas' is running"
+    # hv ps lists running labs; hv ps -a the ended ones too, with their status
+    assert host.ps() == []
+    r = host.hv("ps", "-a")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()]
+    assert rows[0] == ["LAB", "VM", "KERNEL", "STATE", "UPTIME", "EXIT"]
+    assert rows[1][:4] == ["hv-ending", "e", "echo", "stopped"] and rows[1][5] == "0"
+    assert rows[2][:4] == ["hv-ending", "f", "fault", "stopped"] and rows[2][5] == "1"
+    r = host.hv("ps", "-a", "--json")
+    (lab,) = json.loads(r.stdout)["labs"]
+    assert lab["name"] == "hv-ending" and lab["state"] == "ended" and lab["status"] == 1
+    # a console of an ended lab: its status
+    r = host.hv("console", "ending", "f")
+    assert r.returncode == 1 and "lab hv-ending has ended (status 1)" in r.stderr
+
+
+def test_ended_labs_are_kept_boundedly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from hv.cli._control import ENDED_KEEP, ended_labs, forget_ended, record_ended
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    for i in range(ENDED_KEEP + 5):
+        record_ended({"name": f"lab{i}", "status": i, "vms": []})
+    record_ended({"name": "lab7", "status": 70, "vms": []})  # a name ends again: one entry
+    kept = ended_labs()
+    assert len(kept) == ENDED_KEEP and kept[-1] == {"name": "lab7", "status": 70, "vms": []}
+    assert [e["name"] for e in kept].count("lab7") == 1 and kept[0]["name"] == "lab5"
+    forget_ended("lab7")
+    assert "lab7" not in [e["name"] for e in ended_labs()]
+    (tmp_path / "hvfabric" / "ended.json").write_text("{not json")  # damaged: starts afresh
+    assert ended_labs() == []
+    record_ended({"name": "x", "status": 0, "vms": []})
+    assert [e["name"] for e in ended_labs()] == ["x"]
+
+
+# -- smaller: another user's lab, start timeout, a squatted folder -------------------------
+
+
+def test_a_refusal_is_reported_even_when_the_server_closed_first() -> None:
+    """The server answers another user's connection at once and closes: the client's
+    request then meets a broken pipe, but the answer waits in its buffer."""
+    a, b = socket.socketpair(socket.AF_UNIX)
+    a.sendall(b'{"ok": false, "error": "permission denied: lab x belongs to uid 1"}\n')
+    a.close()
+    with Connection(b, "x") as conn, pytest.raises(ControlError, match=r"^permission denied"):
+        conn.request("down")
+
+
+async def test_hv_down_and_stop_of_another_users_lab_say_permission_denied(
+    host: Host, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hv.cli._control import control_command
+    from hv.cli._main import build_parser
+    from hv.lab._control import ControlServer
+    from hv.lab._spec import parse_lab
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(host.runtime))
+    spec = parse_lab('[vms.e]\nkernel = "echo"\n', host.root, "theirs")
+    with trio.fail_after(60), ControlServer(spec) as control:
+        control.uid = os.getuid() + 1  # as if another user ran it
+        async with trio.open_nursery() as nursery:
+            run = await nursery.start(control.run_lab, spec)
+            for _ in range(5):
+                for command in (["down", "theirs"], ["stop", "theirs"]):
+                    args = build_parser().parse_args(command)
+                    assert await trio.to_thread.run_sync(control_command, args) == 1
+                    said = capsys.readouterr().err.splitlines()[-1]  # after the lab's log
+                    assert said.startswith("hv: permission denied: lab theirs belongs to uid")
+            run.stop()
+    assert control.refused == 10
+
+
+def test_hv_up_d_gives_up_after_its_start_timeout(host: Host) -> None:
+    lab = host.lab_file("slow")
+    r = host.hv("up", "-d", "--start-timeout", "0.01", str(lab))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "lab hv-slow did not come up within 0.01 s (--start-timeout); it was stopped" in r.stderr
+    assert host.ps() == [] and not (host.labs / "hv-slow.lock").exists()
+    r = host.hv("up", "-d", "--start-timeout", "-1", str(lab))
+    assert r.returncode == 2 and "--start-timeout" in r.stderr
+
+
+def test_a_squatted_labs_folder_says_what_to_do(tmp_path: Path) -> None:
+    from hv._errors import HostError
+    from hv.cli._control import _private_dir
+
+    squat = tmp_path / "hvfabric-1000"
+    squat.mkdir(mode=0o755)
+    os.chown(squat, NOBODY, NOBODY)
+    with pytest.raises(HostError) as e:
+        _private_dir(squat)
+    assert f"{squat} belongs to uid {NOBODY}" in str(e.value)
+    assert "set XDG_RUNTIME_DIR to a folder of your own, or remove" in str(e.value)
+
+
+# -- hv up --attach on a terminal ----------------------------------------------------------
+
+
+class Terminal:
+    """``hv ARGS`` on a new pty that is its controlling terminal (so Ctrl-C there is a
+    SIGINT, as in a shell); ``slave`` is kept to read the terminal's modes."""
+
+    def __init__(self, host: Host, *args: str) -> None:
+        import pty
+
+        self.master, self.slave = pty.openpty()
+        self.saved = termios.tcgetattr(self.slave)
+        wrapper = (
+            "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+            "os.execv(sys.executable, [sys.executable, '-m', 'hv.cli', *sys.argv[1:]])"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", wrapper, *args], env=host.env, start_new_session=True,
+            stdin=self.slave, stdout=self.slave, stderr=self.slave,
+        )  # fmt: skip
+        self.got = b""
+
+    def until(self, wanted: bytes, timeout: float = 30, since: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while wanted not in self.got[since:]:
+            assert time.monotonic() < deadline, f"{wanted!r} not in {self.got[-600:]!r}"
+            if select.select([self.master], [], [], 0.2)[0]:
+                with contextlib.suppress(OSError):
+                    self.got += os.read(self.master, 65536)
+
+    def modes(self) -> list[Any]:
+        return termios.tcgetattr(self.slave)
+
+    def raw(self) -> bool:
+        lflag = self.modes()[3]
+        return not lflag & termios.ISIG and not lflag & termios.ICANON
+
+    def wait(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:  # keep reading: a full pty would block its writer
+            assert time.monotonic() < deadline, f"hv did not end: {self.got[-600:]!r}"
+            if select.select([self.master], [], [], 0.1)[0]:
+                with contextlib.suppress(OSError):
+                    self.got += os.read(self.master, 65536)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.mark.parametrize("leave", ["detach", "vm-stops"])
+def test_hv_up_attach_detaches_and_gives_the_terminal_back(host: Host, leave: str) -> None:
+    """Ctrl-A x detaches (the VM and the lab go on), or the attached VM stops: either way the
+    terminal is as it was (cooked, Ctrl-C a signal again), and Ctrl-C then stops the lab."""
+    lab = host.lab_file("att")
+    t = Terminal(host, "up", str(lab), "--attach", "e", "--no-view")
+    try:
+        t.until(b"e | echo: ready")
+        t.until(b"Ctrl-A x detaches")
+        assert t.raw()  # attached: keys go to e as typed
+        os.write(t.master, b"hi")
+        t.until(b"e | hi")
+        if leave == "detach":
+            os.write(t.master, b"\x01x")
+            t.until(b"hv: detached from e (the lab goes on; Ctrl-C stops it)")
+        else:
+            os.write(t.master, b"q")  # the echo guest powers off
+            t.until(b"hv: e stopped, exit 0 (the lab goes on; Ctrl-C stops it)")
+        wait_for(lambda: not t.raw(), what="the terminal to be given back")
+        assert t.modes() == t.saved
+        t.until(b"c | ping: reply", since=len(t.got))  # the lab goes on
+        os.write(t.master, b"\x03")  # Ctrl-C: a SIGINT now, not a byte for a VM
+        assert t.wait() == 130
+        assert b"hv: stopped by SIGINT" in t.got
+        assert t.modes() == t.saved
+        assert not select.select([t.slave], [], [], 0)[0]  # no key was left for the shell
+    finally:
+        t.close()
+    assert host.ps() == []
+
+
+# -- lab names: folder and file, or -p -----------------------------------------------------
+
+
+def test_the_same_file_name_in_two_folders_makes_two_labs(host: Host) -> None:
+    """A lab is named after its folder and file (``one/fw.toml``: ``one-fw``), or ``-p``;
+    every command that takes LAB takes that name, the file's path, or the file's stem when
+    one running lab has it."""
+    one, two = host.root / "one", host.root / "two"
+    for folder in (one, two):
+        folder.mkdir()
+        (folder / "fw.toml").write_text(LAB)
+    for folder in (one, two):
+        r = host.hv("up", "-d", str(folder / "fw.toml"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.startswith(f"lab {folder.name}-fw is up")
+        assert f"socket: {host.labs / f'{folder.name}-fw.sock'}" in r.stdout
+    r = host.hv("up", "-d", "-p", "mine", str(one / "fw.toml"))  # a project name of its own
+    assert r.returncode == 0 and r.stdout.startswith("lab mine is up"), r.stdout + r.stderr
+    assert {lab["name"]: lab["file"] for lab in host.ps()} == {
+        "mine": str(one / "fw.toml"), "one-fw": str(one / "fw.toml"), "two-fw": str(two / "fw.toml")
+    }  # fmt: skip
+    # the stem is ambiguous now: the error names the labs it could mean
+    r = host.hv("stats", "fw")
+    assert r.returncode == 1
+    assert "3 running labs have a file named 'fw': " in r.stderr and "two-fw (" in r.stderr
+    r = host.hv("console", "nolab", "e")
+    assert r.returncode == 1
+    assert "no lab named 'nolab' is running (running: mine, one-fw, two-fw)" in r.stderr
+    # by full name, by path (relative to where hv runs), and by stem once it is unique
+    assert host.hv("stop", "mine").returncode == 0
+    wait_for(lambda: not (host.labs / "mine.sock").exists(), what="lab mine to end")
+    r = host.hv("stop", "fw.toml", "e", cwd=two)
+    assert r.returncode == 0 and r.stdout.startswith("two-fw/e: stopped"), r.stdout + r.stderr
+    r = host.hv("down", "one-fw")
+    assert r.returncode == 0 and r.stdout.strip() == "lab one-fw is down (status 130)"
+    for command in ("ps", "top", "stats", "console", "capture", "stop", "down"):
+        args = {"console": ["e"], "capture": ["lan", "--duration", "0.1", "-w", "x.pcapng"],
+                "top": ["--count", "1"], "stop": ["e"]}.get(command, [])  # fmt: skip
+        r = host.hv(command, "fw", *args, stdin=subprocess.DEVNULL, cwd=host.root)
+        assert r.returncode in (0, 130), (command, r.stdout, r.stderr)  # e stopped: 130
+        assert "no lab named" not in r.stderr and "two-fw" in r.stdout + r.stderr, command
+
+
+def test_default_lab_names() -> None:
+    from hv.cli._control import default_lab_name
+
+    assert default_lab_name(Path("/home/me/net/lab.toml")) == "net-lab"
+    assert default_lab_name(Path("/srv/My Project.v2/Core_Lab.toml")) == "myprojectv2-core_lab"
+    assert default_lab_name(Path("/lab.toml")) == "lab"
+    assert default_lab_name(Path("/x/2024/9.toml")) == "lab"  # a name starts with a letter
+    long = default_lab_name(Path("/" + "f" * 50 + "/" + "s" * 20 + ".toml"))
+    assert long == "f" * 11 + "-" + "s" * 20 and len(long) == 32

@@ -154,6 +154,18 @@ def test_hv_demo_runs_firmware_guests_on_a_network(tmp_path: Path) -> None:
         check=True,
     )
     assert len(t.stdout.splitlines()) == 8  # 2 clients x 4 echo replies
+    # the frame count it prints is the file's
+    printed = re.search(r"capture: demo.pcapng \((\d+) frames\)", out)
+    assert printed is not None, out[-500:]
+    t = subprocess.run(
+        [tshark, "-r", str(tmp_path / "demo.pcapng"), "-T", "fields", "-e", "frame.number"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    in_file = len(t.stdout.splitlines())
+    assert in_file > 1000 and int(printed[1]) == in_file
 
 
 def test_firmware_guests_in_a_lab_file(tmp_path: Path) -> None:

@@ -446,3 +446,16 @@ def test_kernel_initrd_and_dtb_boot_layout(elfs: dict[str, bytes]) -> None:
     assert ((start[0] << 32) | start[1], (end[0] << 32) | end[1]) == lay.initrd
     assert ram.read(lay.initrd[0], len(initrd)) == initrd
     assert k.end <= lay.initrd[0]
+
+
+def test_text_is_not_a_raw_binary() -> None:
+    """A text file (no NUL, no control bytes but tab and line ends) is refused; a lab file
+    (TOML with [vms] or [switches]) is named as one. Code with such bytes is still raw."""
+    with pytest.raises(ConfigError, match=r"a lab file \(TOML\), not a kernel"):
+        load_kernel(
+            b'[switches.lan]\n[vms.a]\nkernel = "ping"\n', RAM_BASE, RAM_SIZE, FakeRam().write
+        )
+    with pytest.raises(ConfigError, match="is text, not a kernel"):
+        load_kernel("a note, ünïcödé\r\n\tand more\n".encode(), RAM_BASE, RAM_SIZE, FakeRam().write)
+    for code in (b"\x6f\x00\x00\x00", b"\x13\x05\x10\x02\x6f\xf0\xdf\xff", b"\xff" * 8):
+        assert load_kernel(code, RAM_BASE, RAM_SIZE, FakeRam().write).kind == "raw"

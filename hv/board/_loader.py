@@ -8,7 +8,10 @@ A kernel file is one of:
   ``ram_base + text_offset`` (the 2 MiB convention,
   :data:`~hv.board._platform.KERNEL_ADDR`, when the
   header says 0), reserving ``image_size`` bytes;
-- anything else, taken as a raw binary and loaded at :data:`~hv.board._platform.KERNEL_ADDR`.
+- anything else, taken as a raw binary and loaded at :data:`~hv.board._platform.KERNEL_ADDR`;
+  but not text (UTF-8 with no NUL and no control bytes other than tab, CR, LF, FF: machine
+  code always has some), which is refused, a lab file (``hv run lab.toml`` for ``hv up``)
+  named as one.
 
 Every check runs before the first byte is written, so a rejected file leaves RAM untouched.
 """
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import struct
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -55,6 +60,44 @@ _MACHINE_NAMES = {
     "EM_SPARCV9": "SPARC v9",
     "EM_LOONGARCH": "LoongArch",
 }
+
+
+class NotAKernel(ConfigError):
+    """The kernel file is text (``lab``: a lab file), not a kernel."""
+
+    def __init__(self, message: str, *, lab: bool) -> None:
+        super().__init__(message)
+        self.lab = lab
+
+
+# Bytes no text file holds (C0 controls but tab, LF, VT, FF, CR; and DEL); code has some.
+_NOT_TEXT = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
+# A lab file's tables, for one with a syntax error that TOML cannot read.
+_LAB_TABLE = re.compile(r"^\s*\[\[?\s*(vms|switches|links)\b", re.MULTILINE)
+
+
+def _refuse_text(data: bytes) -> None:
+    """NotAKernel if ``data`` is text, not code."""
+    if _NOT_TEXT.search(data):
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    try:
+        doc = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError):
+        lab = _LAB_TABLE.search(text) is not None
+    else:
+        lab = any(isinstance(doc.get(key), (dict, list)) for key in ("vms", "switches", "links"))
+    if lab:
+        raise NotAKernel(
+            "the kernel file is a lab file (TOML), not a kernel: did you mean 'hv up'?", lab=True
+        )
+    raise NotAKernel(
+        "the kernel file is text, not a kernel (an ELF, a Linux Image or a raw binary)",
+        lab=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -144,6 +187,7 @@ def load_kernel(data: bytes, ram_base: int, ram_size: int, write: WriteFn) -> Lo
         kind = "image"
         chunks, entry = _image_chunks(data, ram_base)
     else:
+        _refuse_text(data)
         kind = "raw"
         entry = ram_base + KERNEL_OFFSET
         chunks = [_Chunk(entry, data, 0)]

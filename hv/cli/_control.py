@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -29,6 +31,8 @@ from hv._errors import ConfigError, HostError, HvError
 if TYPE_CHECKING:
     import trio
 
+    from hv.lab._spec import LabSpec
+
 PROTOCOL = "hvfabric-control"
 VERSION = 1
 OPS = ("hello", "ps", "stats", "stop", "down", "console", "capture")
@@ -38,6 +42,10 @@ SUN_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path is 108, NUL-termin
 LOG_ENV = "HV_CONTROL_LOG"
 COMMANDS = ("ps", "stats", "console", "stop", "down", "capture", "top")
 EXIT_FAILED = 1  # no such lab, VM or switch; the lab refused or went away
+EXIT_HOST = 3  # hv up -d: the lab did not come up in time
+ENDED_KEEP = 32  # ended labs remembered for hv ps -a (the newest)
+START_TIMEOUT = 120.0  # seconds hv up -d waits for a lab to answer by default
+NAME_MAX = 32  # characters in a lab's name (as a name = "..." in a lab file may have)
 
 
 class ControlError(HvError):
@@ -60,12 +68,13 @@ def _private_dir(path: Path) -> None:
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
     st = os.lstat(path)
+    fix = f"set XDG_RUNTIME_DIR to a folder of your own, or remove {path}"
     if not stat.S_ISDIR(st.st_mode):
-        raise HostError(f"{path} is not a directory: cannot put lab control sockets there")
+        raise HostError(f"{path} is not a directory: cannot put lab control sockets there ({fix})")
     if st.st_uid != os.getuid():
         raise HostError(
             f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): refusing to "
-            "put lab control sockets there"
+            f"put lab control sockets there ({fix})"
         )
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)
@@ -94,6 +103,75 @@ class LabPaths:
         return cls(folder / f"{name}.sock", folder / f"{name}.lock", folder / f"{name}.log")
 
 
+def default_lab_name(path: Path) -> str:
+    """A lab file's name when neither ``-p`` nor ``name = "..."`` gives one: its folder's
+    name and its own stem (``~/net/lab.toml`` -> ``net-lab``), lowercased, without the
+    characters a name may not have (as compose names a project after its folder), cut to
+    ``NAME_MAX``: the same file name in two folders makes two labs."""
+
+    def clean(text: str) -> str:
+        return re.sub(r"^[^a-z]+", "", re.sub(r"[^a-z0-9_-]", "", text.lower()))
+
+    path = Path(os.path.abspath(path))
+    stem = clean(path.stem)[:NAME_MAX] or "lab"
+    folder = clean(path.parent.name)[: NAME_MAX - len(stem) - 1].rstrip("-_")
+    return f"{folder}-{stem}" if folder else stem
+
+
+def load_named(path: Path, project: str | None) -> LabSpec:
+    """The lab in ``path`` under its name: ``-p NAME``, else the file's ``name = "..."``,
+    else ``default_lab_name``."""
+    from dataclasses import replace
+
+    from hv.lab._spec import check_lab_name, load_lab
+
+    spec = load_lab(path, default_name=default_lab_name(path))
+    if project is not None:
+        spec = replace(spec, name=check_lab_name(project, "-p/--project-name"))
+    return spec
+
+
+def lab_file_name(path: Path) -> str | None:
+    """The name lab file ``path`` runs under without ``-p`` (None if it cannot be read)."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    name = doc.get("name")
+    return name if isinstance(name, str) else default_lab_name(path)
+
+
+def resolve_lab(text: str) -> str:
+    """The running (or ended) lab that LAB on the command line means: its full name; the
+    path of its lab file; or its file's stem when one running lab has it (``hv console lab
+    a`` for lab ``net-lab`` of ``~/net/lab.toml``). Unknown names are returned as they are
+    (the caller says that no such lab runs)."""
+    running = running_labs()
+    if text in running:
+        return text
+    if os.sep in text or text.endswith(".toml"):
+        name = lab_file_name(Path(text))
+        if name is not None:
+            return name
+    found = []
+    for name in running:
+        with contextlib.suppress(ControlError, OSError):
+            with Connection.open(name, timeout=5.0) as conn:
+                file = conn.request("ps").get("file")
+            if isinstance(file, str) and Path(file).stem == text:
+                found.append((name, file))
+    if not found and ended_lab(text) is None:
+        ended = [(e["name"], e.get("file")) for e in ended_labs()]
+        found = [(n, f) for n, f in ended if isinstance(f, str) and Path(f).stem == text][-1:]
+    if len(found) > 1:
+        which = ", ".join(f"{name} ({file})" for name, file in found)
+        raise ControlError(f"{len(found)} running labs have a file named {text!r}: {which}; "
+                           "name one of them")  # fmt: skip
+    return found[0][0] if found else text
+
+
 def running_labs() -> list[str]:
     """The names of the labs with a socket in this user's folder (some may be stale)."""
     try:
@@ -101,6 +179,54 @@ def running_labs() -> list[str]:
     except OSError:
         return []
     return names
+
+
+# -- ended labs (hv ps -a) ----------------------------------------------------------------
+
+
+def _ended_file() -> Path:
+    """The record of ended labs: ``ended.json`` beside the sockets' folder."""
+    return labs_dir().parent / "ended.json"
+
+
+def ended_labs() -> list[dict[str, Any]]:
+    """The labs that ended (their last ``ps``, with ``status`` and ``ended``), oldest first;
+    [] if there is no record or it is damaged."""
+    try:
+        entries = json.loads(_ended_file().read_text())
+    except (OSError, ValueError, RecursionError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
+
+
+def ended_lab(name: str) -> dict[str, Any] | None:
+    return next((e for e in reversed(ended_labs()) if e["name"] == name), None)
+
+
+def _update_ended(change: Any) -> None:
+    """Rewrite the record with ``change(entries)``, under its lock (labs end concurrently)."""
+    private_labs_dir()
+    path = _ended_file()
+    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        entries = change(ended_labs())[-ENDED_KEEP:]
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, default=str))
+        os.replace(tmp, path)
+    finally:
+        os.close(fd)
+
+
+def record_ended(entry: dict[str, Any]) -> None:
+    """Remember a lab that ended (the newest ``ENDED_KEEP`` are kept, one per name)."""
+    _update_ended(lambda old: [e for e in old if e["name"] != entry["name"]] + [entry])
+
+
+def forget_ended(name: str) -> None:
+    _update_ended(lambda old: [e for e in old if e["name"] != name])
 
 
 # -- peer credentials ----------------------------------------------------------------------
@@ -171,7 +297,24 @@ class Connection:
         try:
             self.sock.sendall(json.dumps(message).encode() + b"\n")
         except OSError as e:
+            # The server may have answered before we asked and closed (a refusal): say that.
+            answer = self._pending()
+            if answer is not None and answer.get("ok") is False and "error" in answer:
+                raise ControlError(str(answer["error"])) from None
             raise self._lost(e) from None
+
+    def _pending(self) -> dict[str, Any] | None:
+        """An answer line already received, without waiting; None if there is none."""
+        with contextlib.suppress(OSError):
+            while b"\n" not in self._buf and len(self._buf) <= MAX_LINE:
+                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+                if not data:
+                    break
+                self._buf += data
+        with contextlib.suppress(ControlError):
+            if b"\n" in self._buf:
+                return self.read_message()
+        return None
 
     def _lost(self, e: OSError) -> ControlError:
         if isinstance(e, TimeoutError):
@@ -248,6 +391,9 @@ def add_parsers(sub: Any) -> None:
         ),
     )
     ps.add_argument("lab", nargs="?", metavar="LAB", help="only this lab")
+    ps.add_argument(
+        "-a", "--all", action="store_true", help=f"the labs that ended too (the last {ENDED_KEEP})"
+    )
     ps.add_argument("--json", action="store_true", help='print {"labs": [...]} as JSON')
 
     stats = sub.add_parser(
@@ -277,7 +423,7 @@ def add_parsers(sub: Any) -> None:
             "Attach this terminal to VM's console in lab LAB: its recent output, then what it "
             "prints, and what you type goes to it. On a terminal, Ctrl-A x detaches (the VM "
             "goes on; Ctrl-A Ctrl-A sends Ctrl-A); from a pipe, input is sent as it comes. "
-            "It ends when the VM stops."
+            "It ends when the VM stops, with the VM's exit status (0 after a detach)."
         ),
     )
     console.add_argument("lab", metavar="LAB")
@@ -304,7 +450,10 @@ def add_parsers(sub: Any) -> None:
     down = sub.add_parser(
         "down",
         help="stop a running lab and wait for its end",
-        description="Stop every VM of lab LAB and wait until the lab has ended.",
+        description=(
+            "Stop every VM of lab LAB and wait until the lab has ended. A lab that is not "
+            "running (it ended, or never ran) is already down: status 0."
+        ),
     )
     down.add_argument("lab", metavar="LAB")
 
@@ -331,6 +480,8 @@ def add_parsers(sub: Any) -> None:
 
 def control_command(args: argparse.Namespace) -> int:
     try:
+        if getattr(args, "lab", None) is not None:  # every command's LAB: a name, file, stem
+            args.lab = resolve_lab(args.lab)
         if args.command == "ps":
             return _ps(args)
         if args.command == "console":
@@ -401,7 +552,15 @@ def ps_table(labs: list[dict[str, Any]]) -> list[str]:
 
 
 def _ps(args: argparse.Namespace) -> int:
-    labs = gather(args.lab)
+    labs = gather(args.lab) if not args.all or args.lab is None else []
+    if args.all:
+        if args.lab is not None and not labs:
+            with contextlib.suppress(ControlError):
+                labs = gather(args.lab)
+        running = {lab["name"] for lab in labs}
+        labs += [
+            e for e in ended_labs() if e["name"] not in running and args.lab in (None, e["name"])
+        ]
     if args.json:
         print(json.dumps({"labs": labs}, indent=2))
         return 0
@@ -410,6 +569,13 @@ def _ps(args: argparse.Namespace) -> int:
         return 0
     for line in ps_table(labs):
         print(line.rstrip())
+    print()
+    for lab in labs:  # where each came from, and where to reach it
+        if lab.get("state") == "ended":
+            where = f"ended, status {lab.get('status')}"
+        else:
+            where = f"socket {lab.get('socket')}"
+        print(f"{lab['name']}: {lab.get('file') or '-'} ({where})")
     return 0
 
 
@@ -422,15 +588,33 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    with Connection.open(args.lab, timeout=None) as conn:
-        conn.request("down")
-        status = None
-        while (message := conn.read_message()) is not None:
-            if message.get("event") == "ended":
-                status = message.get("status")
+    """Idempotent, as compose's: a lab that is not running is down already (status 0)."""
+    try:
+        with Connection.open(args.lab, timeout=None) as conn:
+            conn.request("down")
+            status = None
+            while (message := conn.read_message()) is not None:
+                if message.get("event") == "ended":
+                    status = message.get("status")
+    except ControlError as e:
+        if not _gone(args.lab, e):
+            raise
+        record = ended_lab(args.lab)
+        if record is None:
+            print(f"no lab named {args.lab!r} is running")
+        else:
+            print(f"lab {args.lab} is already down (it ended with status {record.get('status')})")
+        return 0
     ended = f" (status {status})" if status is not None else ""
     print(f"lab {args.lab} is down{ended}")
     return 0
+
+
+def _gone(name: str, error: ControlError) -> bool:
+    """Whether ``error`` means lab ``name`` is not running (it ended, or it never ran)."""
+    if str(error).startswith("permission denied"):
+        return False
+    return probe(name) is None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -443,7 +627,13 @@ def _write_all(fd: int, data: bytes) -> None:
 def _console(args: argparse.Namespace) -> int:
     from hv.cli._main import EXIT_OUTPUT_CLOSED, EscapeKeys, _raw_terminal
 
-    conn = Connection.open(args.lab, timeout=10.0)
+    try:
+        conn = Connection.open(args.lab, timeout=10.0)
+    except ControlError:
+        ended = ended_lab(args.lab)
+        if ended is None:
+            raise
+        raise ControlError(f"lab {args.lab} has ended (status {ended.get('status')})") from None
     detached = threading.Event()
     last = b"\n"  # the last byte written: messages start on a line of their own
     stdin_ok = _fd_open(0)
@@ -493,9 +683,10 @@ def _console(args: argparse.Namespace) -> int:
     newline = "\n" if last != b"\n" and os.isatty(2) else ""
     if detached.is_set():
         print(f"{newline}hv: detached from {args.lab}/{args.vm} (it goes on)", file=sys.stderr)
-    else:
-        print(f"{newline}hv: {_why_ended(args.lab, args.vm)}", file=sys.stderr)
-    return 0
+        return 0
+    why, status = _why_ended(args.lab, args.vm)
+    print(f"{newline}hv: {why}", file=sys.stderr)
+    return status
 
 
 def _fd_open(fd: int) -> bool:
@@ -506,17 +697,22 @@ def _fd_open(fd: int) -> bool:
     return True
 
 
-def _why_ended(lab: str, vm: str) -> str:
-    """What happened to a VM whose console closed: it stopped, or its lab ended."""
+def _why_ended(lab: str, vm: str) -> tuple[str, int]:
+    """What happened to a VM whose console closed (it stopped, or its lab ended), and the
+    status ``hv console`` ends with: the VM's."""
     try:
         with Connection.open(lab, timeout=5.0) as conn:
-            answer = conn.request("ps")
+            answer: dict[str, Any] | None = conn.request("ps")
     except ControlError:
-        return f"lab {lab} has ended"
-    for info in answer.get("vms", []):
+        answer = ended_lab(lab)  # it ended meanwhile: its record says how
+    for info in answer.get("vms", []) if answer is not None else []:
         if info.get("name") == vm and info.get("exit"):
-            return f"{lab}/{vm} stopped, exit {exit_text(info['exit'])}"
-    return f"the console of {lab}/{vm} was closed"
+            code = info["exit"].get("code")
+            return (f"{lab}/{vm} stopped, exit {exit_text(info['exit'])}",
+                    code if isinstance(code, int) else EXIT_FAILED)  # fmt: skip
+    if answer is None or answer.get("state") == "ended":
+        return f"lab {lab} has ended", EXIT_FAILED
+    return f"the console of {lab}/{vm} was closed", EXIT_FAILED
 
 
 class PcapngBlocks:
@@ -656,22 +852,16 @@ def _top(args: argparse.Namespace) -> int:
 def up_detached(args: argparse.Namespace) -> int:
     """``hv up -d LAB.toml``: start the lab in the background (its output to NAME.log next
     to its socket), wait until it answers on its socket, say how to reach it."""
-    from hv.lab._spec import load_lab
-
     if args.attach is not None:
         raise ConfigError("--attach and -d do not go together: attach later with hv console LAB VM")
     lab = Path(args.lab)
-    spec = load_lab(lab)
+    spec = load_named(lab, args.project_name)
     folder = private_labs_dir()
     paths = LabPaths.of(spec.name, folder)
     hello = probe(spec.name)
     if hello is not None:
-        raise ConfigError(
-            f"a lab named {spec.name!r} is already running (pid {hello.get('pid')}): attach "
-            f"with 'hv console {spec.name} VM', end it with 'hv down {spec.name}', or give "
-            'this one another name (name = "..." in the lab file)'
-        )
-    argv = [sys.executable, "-m", "hv.cli", "up", str(lab.resolve())]
+        raise ConfigError(already_running(spec.name, hello))
+    argv = [sys.executable, "-m", "hv.cli", "up", str(lab.resolve()), "-p", spec.name]
     if args.exit_code_from is not None:
         argv += ["--exit-code-from", args.exit_code_from]
     if getattr(args, "view", None) == "on":  # --stats: rates every second, into the log
@@ -694,6 +884,7 @@ def up_detached(args: argparse.Namespace) -> int:
         )
     finally:
         os.close(logfd)
+    deadline = time.monotonic() + args.start_timeout
     try:
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -710,10 +901,17 @@ def up_detached(args: argparse.Namespace) -> int:
             hello = probe(spec.name, timeout=1.0)
             if hello is not None and hello.get("pid") == pid:
                 break
+            if time.monotonic() > deadline:
+                _end(pid)
+                print(f"hv: lab {spec.name} did not come up within {args.start_timeout:g} s "
+                      "(--start-timeout); it was stopped. The end of its log "
+                      f"({paths.log}):", file=sys.stderr)  # fmt: skip
+                for line in _tail(paths.log, 20):
+                    print(f"  {line}", file=sys.stderr)
+                return EXIT_HOST
             time.sleep(0.05)
     except KeyboardInterrupt:
-        os.kill(pid, 15)
-        os.waitpid(pid, 0)
+        _end(pid)
         print("hv: interrupted; the lab was stopped", file=sys.stderr)
         return 130
     name = spec.name
@@ -729,7 +927,35 @@ def up_detached(args: argparse.Namespace) -> int:
     print(f"  hv stop {name} [VM...]          stop VMs")
     print(f"  hv down {name}                  stop the lab")
     print(f"log: {paths.log}")
+    print(f"socket: {paths.sock}")
     return 0
+
+
+def already_running(name: str, hello: dict[str, Any] | None) -> str:
+    """The error for a second lab of a name."""
+    who = f"pid {hello['pid']}" if hello and "pid" in hello else "starting up?"
+    file = f" from {hello['file']}" if hello and hello.get("file") else ""
+    return (
+        f"a lab named {name!r} is already running ({who}{file}; socket {LabPaths.of(name).sock}"
+        f"): attach with 'hv console {name} VM', end it with 'hv down {name}', or give this "
+        'one another name (-p NAME, or name = "..." in the lab file)'
+    )
+
+
+def _end(pid: int) -> None:
+    """Stop a lab that hv up -d started (SIGTERM: it ends cleanly), and reap it."""
+    os.kill(pid, signal.SIGTERM)
+    os.waitpid(pid, 0)
+
+
+def start_timeout(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("the start timeout must be more than 0 seconds")
+    return seconds
 
 
 def _tail(path: Path, lines: int) -> list[str]:

@@ -190,7 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the lab in the background (see hv ps, console, capture, stop, down)",
     )
+    up.add_argument(
+        "-p",
+        "--project-name",
+        metavar="NAME",
+        help="the lab's name (default: the file's name = \"...\", else FOLDER-STEM of its path, "
+        "as ~/net/lab.toml -> net-lab); hv ps, console, down ... take it",
+    )
     up.add_argument("--attach", metavar="NAME", help="send this terminal's input to VM NAME")
+    up.add_argument(
+        "--start-timeout",
+        type=_control_cli.start_timeout,
+        default=_control_cli.START_TIMEOUT,
+        metavar="S",
+        help=f"with -d: give up (and stop the lab) if it does not answer within S seconds "
+        f"(default {_control_cli.START_TIMEOUT:g})",
+    )
     up.add_argument(
         "--exit-code-from", metavar="NAME", help="end the lab when VM NAME stops, with its status"
     )
@@ -363,20 +378,59 @@ class EscapeKeys:
         return bytes(out), False
 
 
-async def _pump_input(vm: Vm, fd: int, interactive: bool) -> None:
+async def _pump_input(vm: Vm, fd: int, interactive: bool, *, detach: bool = False) -> bool:
+    """The terminal's (or a pipe's) bytes to the VM's console until EOF (False) or Ctrl-A x
+    (True), which stops the VM, or with ``detach`` only ends the input."""
     keys = EscapeKeys()
     while True:
-        data = await trio.to_thread.run_sync(os.read, fd, 1024, abandon_on_cancel=True)
+        if interactive:  # no thread: a cancelled read must not take a key the shell is owed
+            await trio.lowlevel.wait_readable(fd)
+            data = os.read(fd, 1024)
+        else:
+            data = await trio.to_thread.run_sync(os.read, fd, 1024, abandon_on_cancel=True)
         if not data:
-            return  # EOF: the guest keeps running without input
+            return False  # EOF: the guest keeps running without input
         quit_ = False
         if interactive:
             data, quit_ = keys.feed(data)
         if data:
             await vm.console.send_all(data)
         if quit_:
-            vm.stop("quit from the terminal (Ctrl-A x)")
-            return
+            if not detach:
+                vm.stop("quit from the terminal (Ctrl-A x)")
+            return True
+
+
+async def _attach(vm: Vm, fd: int) -> None:
+    """``hv up --attach VM``: the terminal's keys go to the VM, raw, until Ctrl-A x detaches
+    or the VM stops; then the terminal is as it was and the lab goes on (Ctrl-C stops it)."""
+    detached = False
+    with _raw_terminal(fd) as interactive:
+        if interactive:
+            _say(f"hv: attached to {vm.name}; Ctrl-A x detaches (the lab goes on)")
+        async with trio.open_nursery() as nursery:
+
+            async def until_stopped() -> None:
+                await vm.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_stopped)
+            detached = await _pump_input(vm, fd, interactive, detach=True)
+            if not detached and not interactive:
+                return  # a pipe's end: the input ends, nothing to say
+            nursery.cancel_scope.cancel()
+    if not interactive:
+        return
+    if detached:
+        _say(f"hv: detached from {vm.name} (the lab goes on; Ctrl-C stops it)")
+    elif vm.exit is not None:
+        _say(f"hv: {vm.name} stopped, exit {vm.exit.exit_code} (the lab goes on; Ctrl-C stops it)")
+
+
+def _say(line: str) -> None:
+    """A line on stderr from the start of a line (a guest's output may have left one open)."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"\r{line}\r\n".encode() if os.isatty(2) else f"{line}\n".encode())
 
 
 def _net_option(text: str) -> tuple[str, str | None, str | None]:
@@ -397,6 +451,7 @@ def _net_option(text: str) -> tuple[str, str | None, str | None]:
 async def _run(args: argparse.Namespace) -> int:
     from hv._disk import close_disks, open_disks
     from hv._vm import Vm, VmConfig  # loads the engine: only for the commands that run guests
+    from hv.board._loader import NotAKernel
     from hv.lab._runner import open_tap
     from netfabric.fabric import Switch
 
@@ -421,7 +476,16 @@ async def _run(args: argparse.Namespace) -> int:
         dtb_out=args.dtb_out,
     )
     try:
-        vm = Vm(config)  # bad input (file, size, not a kernel) raises ConfigError here
+        try:
+            vm = Vm(config)  # bad input (file, size, not a kernel) raises ConfigError here
+        except NotAKernel as e:
+            what = "a lab file (TOML)" if e.lab else "text"
+            hint = (
+                f": did you mean 'hv up {args.kernel}'?"
+                if e.lab
+                else " (an ELF, a Linux Image or a raw binary)"
+            )
+            raise ConfigError(f"{args.kernel!r} is {what}, not a kernel{hint}") from None
         return await _run_vm(vm, [(sw, tap) for sw, tap in zip(switches, taps, strict=True)])
     finally:
         await close_disks(disks)
@@ -606,10 +670,9 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from hv.lab import load_lab
     from hv.lab._control import ControlServer
 
-    spec = load_lab(Path(args.lab))
+    spec = _control_cli.load_named(Path(args.lab), args.project_name)
     if args.attach is not None and args.attach not in spec.vms:
         raise ConfigError(f"--attach: no VM named {args.attach!r} ({', '.join(spec.vms)})")
     from functools import partial
@@ -622,10 +685,7 @@ async def _up(args: argparse.Namespace) -> int:
     shown = LiveConsole(write) if mode is not None else None
     stdin = sys.stdin.fileno() if sys.stdin is not None and args.attach else -1
     result: list[int] = []
-    with (
-        ControlServer(spec, Path(args.lab)) as control,  # refused if the lab's name is taken
-        _raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive,
-    ):
+    with ControlServer(spec, Path(args.lab)) as control:  # refused if the lab's name is taken
         async with trio.open_nursery() as nursery:
 
             async def lab(task_status: trio.TaskStatus[Any]) -> None:
@@ -641,7 +701,7 @@ async def _up(args: argparse.Namespace) -> int:
             if shown is not None:
                 nursery.start_soon(partial(live_view, run, shown, terminal=mode == "table"))
             if stdin >= 0:
-                nursery.start_soon(_pump_input, run.vms[args.attach], stdin, interactive)
+                nursery.start_soon(_attach, run.vms[args.attach], stdin)
     from hv._status import StopKind
 
     for name, info in run.exits.items():

@@ -49,9 +49,12 @@ from hv.cli._control import (
     VERSION,
     ControlError,
     LabPaths,
+    already_running,
+    forget_ended,
     peer_credentials,
     private_labs_dir,
     probe,
+    record_ended,
     refusal,
 )
 from hv.lab._runner import LabRun, Output, PrefixedOutput, run_lab
@@ -290,6 +293,7 @@ class ControlServer:
         self._closed = trio.Event()  # the socket is gone: the lab has ended
         self._streaming = 0  # clients being served a stream or waiting for the end
         self._fans_left = 0
+        self._recorded = False  # in the record of ended labs (hv ps -a)
 
     # -- claiming the name ---------------------------------------------------------------
 
@@ -320,13 +324,7 @@ class ControlServer:
                 os.close(fd)
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise HostError(f"cannot lock {paths.lock}: {e.strerror or e}") from None
-                hello = probe(self.name)
-                who = f" (pid {hello['pid']})" if hello and "pid" in hello else " (starting up?)"
-                raise ConfigError(
-                    f"a lab named {self.name!r} is already running{who}: attach with "
-                    f"'hv console {self.name} VM', end it with 'hv down {self.name}', or give "
-                    'this one another name (name = "..." in the lab file)'
-                ) from None
+                raise ConfigError(already_running(self.name, probe(self.name))) from None
             # The lab that held it may have removed the file meanwhile (release): then this
             # lock is on a file nobody else will look at; take the one at the path instead.
             held = os.fstat(fd)
@@ -342,8 +340,12 @@ class ControlServer:
         self._lock_fd = fd
         with contextlib.suppress(FileNotFoundError):  # a lab that died left it: nobody answers
             os.unlink(paths.sock)
+        with contextlib.suppress(OSError, HostError):  # the name runs again: not ended
+            forget_ended(self.name)
 
     def release(self) -> None:
+        if self.run is not None:  # ended without _finish (cancelled: Ctrl-C, SIGTERM)
+            self._record_end(self.run.status if self.run.status is not None else 130)
         self._close_socket()
         if self._lock_fd is not None:
             if self.paths is not None:  # removed while held (see claim), then let go
@@ -360,7 +362,7 @@ class ControlServer:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.paths.sock)
 
-    async def _bind(self) -> None:
+    async def _bind(self) -> trio.SocketListener:
         assert self.paths is not None, "claim() the name first"
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path = str(self.paths.sock)
@@ -373,7 +375,8 @@ class ControlServer:
         except OSError as e:
             sock.close()
             raise HostError(f"cannot listen on {path}: {e.strerror or e}") from None
-        self._listener = trio.SocketListener(sock)
+        self._listener = listener = trio.SocketListener(sock)
+        return listener
 
     # -- running -------------------------------------------------------------------------
 
@@ -401,8 +404,8 @@ class ControlServer:
                 fan = self.consoles[name] = ConsoleFan(vm)
                 self._fans_left += 1
                 nursery.start_soon(self._pump_console, name, fan, prefixed)
-            await self._bind()
-            nursery.start_soon(self._accept)
+            listener = await self._bind()
+            nursery.start_soon(self._accept, listener)
             log.info("control socket", lab=self.name, path=str(self.paths and self.paths.sock))
             task_status.started(run)
             status = await run.wait()
@@ -436,6 +439,8 @@ class ControlServer:
             while self._fans_left:
                 await trio.sleep(0.01)
         self._accepting.cancel()
+        assert self.run is not None and self.run.status is not None
+        self._record_end(self.run.status)  # before the socket goes: a client finds one or other
         self._close_socket()
         for cap in list(self.captures):
             cap.close()
@@ -444,12 +449,24 @@ class ControlServer:
             while self._streaming:
                 await trio.sleep(0.01)
 
-    async def _accept(self) -> None:
-        assert self._listener is not None
-        listener = self._listener
+    def _record_end(self, status: int) -> None:
+        """Remember the lab's end (its last ps and status) for hv ps -a, hv console, hv down."""
+        if self._recorded or self.run is None:
+            return
+        self._recorded = True
+        entry = {**self.ps(), "state": "ended", "status": status, "ended": round(time.time(), 3)}
+        entry["uptime"] = round(entry["ended"] - self.started, 3)
+        try:
+            record_ended(entry)
+        except (OSError, HostError) as e:
+            log.warning("cannot record the lab's end", lab=self.name, error=str(e))
+
+    async def _accept(self, listener: trio.SocketListener) -> None:
+        """Serve clients until the lab ends. The lab may have ended (and closed ``listener``)
+        before this task first runs: then there is nobody to serve."""
         async with trio.open_nursery() as clients:
             with self._accepting:
-                while True:
+                while not self._closed.is_set():
                     try:
                         stream = await listener.accept()
                     except trio.ClosedResourceError:
@@ -488,7 +505,7 @@ class ControlServer:
                 continue
             try:
                 request = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than it reads
                 await _send(stream, {"ok": False, "error": "not JSON: one object a line"})
                 continue
             if not isinstance(request, dict):
@@ -510,7 +527,8 @@ class ControlServer:
     async def _simple(self, op: object, request: dict[str, Any]) -> dict[str, Any]:
         if op == "hello":
             return {"ok": True, "protocol": PROTOCOL, "version": VERSION, "lab": self.name,
-                    "pid": self.pid, "ops": list(OPS)}  # fmt: skip
+                    "pid": self.pid, "ops": list(OPS),
+                    "file": str(self.file) if self.file is not None else None}  # fmt: skip
         if op == "ps":
             return {"ok": True, **self.ps()}
         if op == "stats":
@@ -551,6 +569,7 @@ class ControlServer:
         return {
             "name": self.name,
             "file": str(self.file) if self.file is not None else None,
+            "socket": str(self.paths.sock) if self.paths is not None else None,
             "pid": self.pid,
             "started": round(self.started, 3),
             "uptime": round(time.time() - self.started, 3),

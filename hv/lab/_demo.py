@@ -147,7 +147,9 @@ async def run_demo(
             result.append(await run_lab(spec, output, until=CLIENTS, task_status=task_status))
 
         run: LabRun = await nursery.start(lab)
-    frames = sum(s.capture.frames for s in run.switches.values() if s.capture is not None)
+        # the writers, kept: the lab closes its captures (and forgets them) as it ends
+        writers = [s.capture for s in run.switches.values() if s.capture is not None]
+    frames = sum(w.frames for w in writers)
     for line in [*summary(run), "", f"capture: {capture} ({frames} frames)"]:
         output((line + "\n").encode())
     return result[0]

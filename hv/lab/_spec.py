@@ -426,9 +426,7 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
 def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> LabSpec:
     """A lab from its tables (what a TOML file holds, or what ``Lab`` builds in code)."""
     _unknown(set(doc), LAB_KEYS, "lab")
-    name = _str(doc.get("name", default_name), "name")
-    if not _NAME.match(name):
-        raise ConfigError(f"name: {name!r}: lab names are lowercase letters, digits, - and _")
+    name = check_lab_name(_str(doc.get("name", default_name), "name"), "name")
     switches: dict[str, SwitchSpec] = {}
     taps: dict[str, str] = {}
     for sname, sval in _table(doc.get("switches", {}), "switches").items():
@@ -494,12 +492,21 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
     return LabSpec(name=name, base=base, switches=switches, vms=vms, links=links)
 
 
-def load_lab(path: Path) -> LabSpec:
+def load_lab(path: Path, default_name: str | None = None) -> LabSpec:
+    """The lab in file ``path``; its name is the file's ``name = "..."``, else
+    ``default_name``, else the file's stem."""
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read lab file {str(path)!r}: {e.strerror or e}") from None
-    return parse_lab(text, path.resolve().parent, default_name=path.stem)
+    return parse_lab(text, path.resolve().parent, default_name=default_name or path.stem)
+
+
+def check_lab_name(name: str, key: str) -> str:
+    """``name`` if it may name a lab, else a ConfigError about ``key``."""
+    if not _NAME.match(name):
+        raise ConfigError(f"{key}: {name!r}: lab names are lowercase letters, digits, - and _")
+    return name
 
 
 __all__ = [
