@@ -101,7 +101,7 @@ def services_config(spec: LabSpec, switch: str) -> ServicesConfig:
             nic.mac: vm.name
             for vm in spec.vms.values()
             for nic in vm.nics
-            if nic.switch == switch and nic.ip == "dhcp"
+            if nic.ip == "dhcp" and switch in spec.reaches(nic.switch)
         }
         dhcp = DhcpConfig(
             pool=s.dhcp.pool, lease=s.dhcp.lease, static=static, hostnames=hostnames,

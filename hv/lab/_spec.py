@@ -56,6 +56,9 @@ LINK_KEYS = {"a", "b", "impair", "vlans"}
 LAB_KEYS = {"name", "switches", "vms", "links"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 TAP_NAME_MAX = 15  # IFNAMSIZ - 1
+# The VLAN the built-in services (DHCP, DNS, TFTP) answer in: untagged on their switch, and
+# VLAN 1 is what links carry untagged (netfabric.fabric.Link).
+SERVICES_VLAN = 1
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,11 @@ class LabSpec:
     switches: dict[str, SwitchSpec] = field(default_factory=dict)
     vms: dict[str, VmSpec] = field(default_factory=dict)
     links: tuple[LinkSpec, ...] = ()
+
+    def reaches(self, switch: str) -> frozenset[str]:
+        """The switches whose built-in services ``switch``'s untagged frames reach (itself
+        and those cabled to it, directly or through others)."""
+        return connected(switch, self.links)
 
     def static_leases(self, switch: str) -> dict[bytes, tuple[ipaddress.IPv4Address, str]]:
         """MAC -> (address, host name) for the NICs on ``switch`` with a fixed address."""
@@ -289,9 +297,26 @@ def _impair(value: Any, key: str) -> Impair:
     return Impair(t, key)
 
 
+def _untagged_vlan(n: dict[str, Any], nkey: str) -> int | None:
+    """The VLAN a NIC's untagged frames are in: its access VLAN, a trunk's native one (None:
+    a trunk without one drops them), else VLAN 1."""
+    if "vlan" in n:
+        return _vid(n["vlan"], f"{nkey}.vlan")
+    if "trunk" in n:
+        return _vid(n["native"], f"{nkey}.native") if "native" in n else None
+    return SERVICES_VLAN
+
+
 def _nic(
-    n: dict[str, Any], nkey: str, vname: str, i: int, switches: dict[str, SwitchSpec], base: Path
+    n: dict[str, Any],
+    nkey: str,
+    vname: str,
+    i: int,
+    switches: dict[str, SwitchSpec],
+    base: Path,
+    reach: dict[str, frozenset[str]],
 ) -> NicSpec:
+    """One NIC; ``reach``: the switches each switch's VLAN-1 frames reach over links."""
     _unknown(set(n), NIC_KEYS, nkey)
     sw = _str(n.get("switch"), f"{nkey}.switch") if "switch" in n else None
     if sw is None:
@@ -304,10 +329,16 @@ def _nic(
     if "ip" in n:
         text = _str(n["ip"], f"{nkey}.ip")
         if text == "dhcp":
-            if spec.dhcp is None:
+            vid = _untagged_vlan(n, nkey)
+            if vid != SERVICES_VLAN or not any(switches[x].dhcp for x in reach.get(sw, (sw,))):
+                where = "" if vid == SERVICES_VLAN else (
+                    f" (this port's untagged frames are in VLAN {vid}; the built-in services "
+                    f"answer VLAN {SERVICES_VLAN}, untagged)" if vid else
+                    " (a trunk without a native VLAN sends no untagged frames)"
+                )  # fmt: skip
                 raise ConfigError(
-                    f"{nkey}.ip: dhcp needs a DHCP server on the switch "
-                    f"([switches.{sw}] subnet = ..., dhcp = true)"
+                    f"{nkey}.ip: dhcp needs a DHCP server on switch {sw} or one linked to it"
+                    f"{where} ([switches.{sw}] subnet = ..., dhcp = true)"
                 )
             ip = "dhcp"
         else:
@@ -415,6 +446,20 @@ def _links(raw: Any, switches: dict[str, SwitchSpec]) -> tuple[LinkSpec, ...]:
     return tuple(links)
 
 
+def connected(switch: str, links: tuple[LinkSpec, ...]) -> frozenset[str]:
+    """The switches ``switch`` reaches over ``links`` (itself included) in VLAN 1, where the
+    built-in services answer: every link carries VLAN 1 untagged, whatever else it carries."""
+    seen, todo = {switch}, [switch]
+    while todo:
+        here = todo.pop()
+        for link in links:
+            for a, b in ((link.a, link.b), (link.b, link.a)):
+                if a == here and b not in seen:
+                    seen.add(b)
+                    todo.append(b)
+    return frozenset(seen)
+
+
 def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
     try:
         doc = tomllib.loads(text)
@@ -441,6 +486,7 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
                 raise ConfigError(f"{key}.tap: {spec.tap} is also on switch {taps[spec.tap]}")
             taps[spec.tap] = sname
     links = _links(doc.get("links", []), switches)
+    reach = {name: connected(name, links) for name in switches}
     vms: dict[str, VmSpec] = {}
     raw_vms = _table(doc.get("vms", {}), "vms")
     if not raw_vms:
@@ -461,7 +507,7 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
             raise ConfigError(f"{key}.nics: expected a list of tables")
         for i, nval in enumerate(raw_nics):
             nkey = f"{key}.nics[{i}]"
-            nic = _nic(_table(nval, nkey), nkey, vname, i, switches, base)
+            nic = _nic(_table(nval, nkey), nkey, vname, i, switches, base, reach)
             if nic.mac in macs:
                 raise ConfigError(f"{nkey}.mac: {nic.mac.hex(':')} is also {macs[nic.mac]}'s")
             macs[nic.mac] = nkey
