@@ -20,6 +20,7 @@ from hv._errors import ConfigError, HostError
 from hv._nic import Nic
 from hv._status import StopInfo
 from hv._vm import Vm, VmConfig, run_vm
+from hv.board._loader import load_file
 from hv.board._platform import DEFAULT_QUANTUM
 from hv.build._kernels import resolve_kernel
 from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec
@@ -150,16 +151,59 @@ def _port_vlan(nic: NicSpec) -> PortVlan | None:
     return None
 
 
+@dataclass(frozen=True)
+class BootFiles:
+    """A VM's kernel and initrd, read before anything of the lab starts."""
+
+    kernel: bytes
+    initrd: bytes | None
+    cmdline: str | None  # the kernel's default command line (a built image's)
+
+
+def boot_files(spec: LabSpec, vm: VmSpec) -> BootFiles:
+    """Read ``vm``'s kernel and initrd; a ConfigError naming the key if one can't be used."""
+    key = f"vms.{vm.name}"
+    try:
+        kernel, initrd, cmdline = resolve_kernel(vm.kernel, spec.base)
+        data = load_file(kernel, "kernel")
+    except ConfigError as e:
+        raise ConfigError(f"{key}.kernel: {e}") from None
+    if vm.initrd is not None:
+        initrd = vm.initrd
+    try:
+        ramdisk = load_file(initrd, "initrd") if initrd is not None else None
+    except ConfigError as e:
+        raise ConfigError(f"{key}.initrd: {e}") from None
+    return BootFiles(data, ramdisk, cmdline)
+
+
+async def open_vm_disks(spec: LabSpec, vm: VmSpec) -> list[Disk]:
+    """``vm``'s disks, opened; a ConfigError naming the disk's key (what was opened is closed
+    again)."""
+    disks: list[Disk] = []
+    try:
+        for i, text in enumerate(vm.disks):
+            try:
+                disks += await open_disks([text], spec.base)
+            except ConfigError as e:
+                raise ConfigError(f"vms.{vm.name}.disks[{i}]: {e}") from None
+    except BaseException:
+        await close_disks(disks)
+        raise
+    return disks
+
+
 def vm_config(
     spec: LabSpec,
     vm: VmSpec,
     switches: dict[str, Switch],
     cables: dict[tuple[str, int], Cable] | None = None,
     disks: Sequence[Disk] = (),
+    boot: BootFiles | None = None,
 ) -> VmConfig:
     cables = cables or {}
-    kernel, initrd, default_cmdline = resolve_kernel(vm.kernel, spec.base)
-    cmdline = vm.cmdline if vm.cmdline is not None else (default_cmdline or "")
+    boot = boot or boot_files(spec, vm)
+    cmdline = vm.cmdline if vm.cmdline is not None else (boot.cmdline or "")
     if vm.append:
         cmdline = f"{cmdline} {vm.append}".strip()
     nics = tuple(
@@ -175,11 +219,11 @@ def vm_config(
         for i, n in enumerate(vm.nics)
     )
     return VmConfig(
-        kernel=kernel,
-        initrd=vm.initrd or initrd,
+        kernel=boot.kernel,
+        initrd=boot.initrd,
         cmdline=cmdline,
         mem_size=vm.mem,
-        quantum=vm.quantum or DEFAULT_QUANTUM,
+        quantum=vm.quantum if vm.quantum is not None else DEFAULT_QUANTUM,
         name=vm.name,
         nics=nics,
         disks=tuple(disks),
@@ -201,6 +245,7 @@ async def run_lab(
         raise ConfigError(
             f"--exit-code-from: no VM named {exit_code_from!r} ({', '.join(spec.vms)})"
         )
+    boots = {name: boot_files(spec, v) for name, v in spec.vms.items()}  # before anything
     run = LabRun(spec)
     prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
     try:
@@ -238,9 +283,11 @@ async def run_lab(
                             # egress: from the VM into the switch; ingress: the other way
                             cables[(vspec.name, i)] = _sides(imp)
                 for vspec in spec.vms.values():
-                    run.disks[vspec.name] = await open_disks(vspec.disks, spec.base)
+                    run.disks[vspec.name] = await open_vm_disks(spec, vspec)
                 configs = {
-                    name: vm_config(spec, v, run.switches, cables, run.disks.get(name, []))
+                    name: vm_config(
+                        spec, v, run.switches, cables, run.disks.get(name, []), boots[name]
+                    )
                     for name, v in spec.vms.items()
                 }
                 for name, cfg in configs.items():

@@ -33,8 +33,11 @@ init and the firmware runtime read; ``append`` adds to the kernel's default comm
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +59,7 @@ LINK_KEYS = {"a", "b", "impair", "vlans"}
 LAB_KEYS = {"name", "switches", "vms", "links"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 TAP_NAME_MAX = 15  # IFNAMSIZ - 1
+LAB_FILE_MAX = 1 << 20  # bytes: a lab file is a page or two of TOML
 # The VLAN the built-in services (DHCP, DNS, TFTP) answer in: untagged on their switch, and
 # VLAN 1 is what links carry untagged (netfabric.fabric.Link).
 SERVICES_VLAN = 1
@@ -138,6 +142,7 @@ class LabSpec:
     switches: dict[str, SwitchSpec] = field(default_factory=dict)
     vms: dict[str, VmSpec] = field(default_factory=dict)
     links: tuple[LinkSpec, ...] = ()
+    source: Path | None = None  # the lab file (resolved), when read from one
 
     def reaches(self, switch: str) -> frozenset[str]:
         """The switches whose built-in services ``switch``'s untagged frames reach (itself
@@ -465,6 +470,10 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"not a valid TOML file: {e}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(
+            "not a valid lab file: arrays or tables nested too deeply (a lab needs a few levels)"
+        ) from None
     return parse_doc(doc, base, default_name)
 
 
@@ -524,8 +533,21 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
                     )
             nics.append(nic)
         quantum = t.get("quantum")
-        if quantum is not None and not isinstance(quantum, int):
-            raise ConfigError(f"{key}.quantum: expected a whole number of instructions")
+        if quantum is not None and (
+            not isinstance(quantum, int)
+            or isinstance(quantum, bool)
+            or not P.QUANTUM_MIN <= quantum <= P.QUANTUM_MAX
+        ):
+            raise ConfigError(
+                f"{key}.quantum: {quantum!r} is not a number of instructions per slice in "
+                f"{P.QUANTUM_MIN}..{P.QUANTUM_MAX} (default {P.DEFAULT_QUANTUM})"
+            )
+        disks = _disks(t["disks"], f"{key}.disks") if "disks" in t else ()
+        if len(disks) + len(nics) > P.VIRTIO_SLOTS:
+            raise ConfigError(
+                f"{key}.{'disks' if disks else 'nics'}: {len(disks)} disks and {len(nics)} "
+                f"NICs, but hv-virt has {P.VIRTIO_SLOTS} virtio slots"
+            )
         vms[vname] = VmSpec(
             name=vname,
             kernel=_str(t["kernel"], f"{key}.kernel"),
@@ -535,17 +557,60 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
             initrd=base / _str(t["initrd"], f"{key}.initrd") if "initrd" in t else None,
             quantum=quantum,
             nics=tuple(nics),
-            disks=_disks(t["disks"], f"{key}.disks") if "disks" in t else (),
+            disks=disks,
         )
     return LabSpec(name=name, base=base, switches=switches, vms=vms, links=links)
 
 
-def load_lab(path: Path) -> LabSpec:
+def read_lab_file(path: Path) -> str:
+    """The text of a lab file, or a ConfigError naming it. Opened without blocking and
+    checked to be a regular file first: a FIFO would otherwise wait for a writer forever."""
+    what = f"lab file {str(path)!r}"
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read lab file {str(path)!r}: {e.strerror or e}") from None
-    return parse_lab(text, path.resolve().parent, default_name=path.stem)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {what}: {_why(e)}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} is not a regular file ({file_kind(st.st_mode)})")
+        try:
+            data = f.read(LAB_FILE_MAX + 1)
+        except OSError as e:
+            raise ConfigError(f"cannot read {what}: {_why(e)}") from None
+    if len(data) > LAB_FILE_MAX:
+        raise ConfigError(f"{what} is over {LAB_FILE_MAX >> 10} KiB; is it a lab file?")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: is not UTF-8 text (byte {e.start} is {data[e.start]:#04x}); "
+            "lab files are TOML, which is UTF-8"
+        ) from None
+
+
+def load_lab(path: Path) -> LabSpec:
+    text = read_lab_file(path)
+    try:
+        spec = parse_lab(text, path.resolve().parent, default_name=path.stem)
+    except ConfigError as e:
+        if str(e).startswith("not a valid"):  # about the whole file: say which
+            raise ConfigError(f"{path}: {e}") from None
+        raise
+    return dataclasses.replace(spec, source=path.resolve())
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, for an error message."""
+    kinds = [
+        (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+    ]  # fmt: skip
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def _why(e: OSError | ValueError) -> str:
+    return (e.strerror if isinstance(e, OSError) else None) or str(e)
 
 
 __all__ = [
