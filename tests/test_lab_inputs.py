@@ -184,3 +184,88 @@ def test_random_lab_bytes_give_config_errors_only(data: bytes, tmp_path_factory:
     path.write_bytes(data)
     with contextlib.suppress(ConfigError):
         load_lab(path)
+
+
+# -- captures never destroy a file -------------------------------------------------------
+
+PCAPNG = bytes.fromhex("0a0d0d0a1c0000004d3c2b1a01000000ffffffffffffffff1c000000")
+CAPTURED = """
+[switches.lan]
+capture = "{sw}"
+[vms.a]
+kernel = "hello"
+nics = [{{ switch = "lan", capture = "{nic}" }}]
+disks = ["d.img"]
+"""
+
+
+def capture_lab(tmp_path: Path, sw: str, nic: str = "a.pcapng") -> Path:
+    (tmp_path / "d.img").write_bytes(bytes(4096))
+    return write(tmp_path / "lab.toml", CAPTURED.format(sw=sw, nic=nic))
+
+
+@pytest.mark.parametrize(
+    ("sw", "nic", "message"),
+    [
+        ("lab.toml", "a.pcapng", "switches.lan.capture: '{base}/lab.toml' is the lab file"),
+        ("./sub/../lab.toml", "a.pcapng", "switches.lan.capture: '{base}/sub/../lab.toml' is"),
+        ("d.img", "a.pcapng", "switches.lan.capture: '{base}/d.img' is vms.a.disks[0]'s image"),
+        ("x.pcapng", "x.pcapng", "vms.a.nics[0].capture: '{base}/x.pcapng' is also switches.lan"),
+        ("notes.txt", "a.pcapng", "switches.lan.capture: '{base}/notes.txt' exists and is not"),
+        ("fifo", "a.pcapng", "switches.lan.capture: '{base}/fifo' is a FIFO, not a regular file"),
+        ("dir", "a.pcapng", "switches.lan.capture: '{base}/dir' is a directory"),
+        ("no/such/x.pcapng", "a.pcapng", "switches.lan.capture: folder '{base}/no/such' does not"),
+    ],
+    ids=["lab", "lab-dotted", "disk", "twice", "text", "fifo", "dir", "folder"],
+)
+def test_a_capture_that_would_destroy_a_file_is_refused_before_anything_starts(
+    tmp_path: Path, sw: str, nic: str, message: str
+) -> None:
+    lab = capture_lab(tmp_path, sw, nic)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    write(tmp_path / "notes.txt", "my notes\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    line = one_line(hv_up(lab, "--force") if sw != "notes.txt" else hv_up(lab))
+    assert line.startswith("hv: " + message.format(base=tmp_path)), line
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # nothing written, nothing truncated, no capture made
+
+
+def test_force_overwrites_a_file_that_is_not_pcapng_and_a_pcapng_needs_no_force(
+    tmp_path: Path,
+) -> None:
+    lab = capture_lab(tmp_path, "lan.pcapng")
+    write(tmp_path / "lan.pcapng", "not a capture\n")
+    write(tmp_path / "a.pcapng", PCAPNG)  # an old capture: overwritten as tcpdump -w does
+    assert "--force" in one_line(hv_up(lab))
+    r = hv_up(lab, "--force")
+    assert r.returncode == 0, r.stderr
+    for name in ("lan.pcapng", "a.pcapng"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:4] == PCAPNG[:4] and b"hvfabric" in data, name
+
+
+async def test_open_lab_refuses_and_forces_like_hv_up(tmp_path: Path) -> None:
+    from hv.lab import open_lab
+
+    lab = capture_lab(tmp_path, "lan.pcapng")
+    write(tmp_path / "lan.pcapng", "keep me\n")
+    with pytest.raises(ConfigError, match="exists and is not a pcapng file"):
+        async with open_lab(lab):
+            pass
+    assert (tmp_path / "lan.pcapng").read_text() == "keep me\n"
+    async with open_lab(lab, force=True) as run:
+        assert await run.wait() == 0
+    assert (tmp_path / "lan.pcapng").read_bytes()[:4] == PCAPNG[:4]
+
+
+@pytest.mark.parametrize(
+    "path", ["/proc/self/status", "/proc/hv-nope.pcapng", "/proc/sys/kernel/hv-nope.pcapng"]
+)
+def test_a_capture_in_proc_is_one_line(tmp_path: Path, path: str) -> None:
+    lab = capture_lab(tmp_path, path)
+    for args in ((), ("--force",)):
+        line = one_line(hv_up(lab, *args))
+        assert line.startswith("hv: switches.lan.capture: ") and f"'{path}'" in line, line

@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--attach", metavar="NAME", help="send this terminal's input to VM NAME")
     up.add_argument(
+        "--force",
+        action="store_true",
+        help="let a capture overwrite an existing file that is not pcapng",
+    )
+    up.add_argument(
         "--exit-code-from", metavar="NAME", help="end the lab when VM NAME stops, with its status"
     )
     view = up.add_mutually_exclusive_group()
@@ -632,7 +637,11 @@ async def _up(args: argparse.Namespace) -> int:
                 output = shown.write if shown is not None else write
                 result.append(  # run_lab with the control socket served alongside
                     await control.run_lab(
-                        spec, output, args.exit_code_from, task_status=task_status
+                        spec,
+                        output,
+                        args.exit_code_from,
+                        force=args.force,
+                        task_status=task_status,
                     )
                 )
                 nursery.cancel_scope.cancel()  # the lab is over: stop reading the terminal

@@ -23,7 +23,8 @@ from hv._vm import Vm, VmConfig, run_vm
 from hv.board._loader import load_file
 from hv.board._platform import DEFAULT_QUANTUM
 from hv.build._kernels import resolve_kernel
-from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec
+from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec, check_captures
+from netfabric.capture import CaptureError
 from netfabric.fabric import Cable, Deliver, Link, Switch
 from netfabric.impair import ImpairedLink
 from netfabric.services import DhcpConfig, DnsConfig, ServiceHost, ServicesConfig
@@ -236,23 +237,30 @@ async def run_lab(
     exit_code_from: str | None = None,
     *,
     until: frozenset[str] | None = None,
+    force: bool = False,
     task_status: trio.TaskStatus[LabRun] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run ``spec`` to its end; return the lab's exit status. The end: every VM stopped; or
     ``exit_code_from`` stopped (its status is the lab's); or every VM in ``until`` stopped
-    (the lab's status is 0 only if they all stopped cleanly)."""
+    (the lab's status is 0 only if they all stopped cleanly). A capture may overwrite an
+    existing file that is not pcapng only with ``force`` (see ``check_captures``)."""
     if exit_code_from is not None and exit_code_from not in spec.vms:
         raise ConfigError(
             f"--exit-code-from: no VM named {exit_code_from!r} ({', '.join(spec.vms)})"
         )
-    boots = {name: boot_files(spec, v) for name, v in spec.vms.items()}  # before anything
+    check_captures(spec, force)  # before anything is opened or started
+    boots = {name: boot_files(spec, v) for name, v in spec.vms.items()}
     run = LabRun(spec)
     prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
     try:
         async with trio.open_nursery() as nursery:
             try:
                 for name, s in spec.switches.items():
-                    run.switches[name] = await nursery.start(Switch(name, s.capture).run)
+                    try:
+                        switch = Switch(name, s.capture)
+                    except CaptureError as e:
+                        raise ConfigError(f"switches.{name}.capture: {e}") from None
+                    run.switches[name] = await nursery.start(switch.run)
                     if s.tap is not None:
                         run.taps[name] = await nursery.start(
                             open_tap(run.switches[name], s.tap).run
@@ -291,7 +299,10 @@ async def run_lab(
                     for name, v in spec.vms.items()
                 }
                 for name, cfg in configs.items():
-                    run.vms[name] = await nursery.start(run_vm, cfg)
+                    try:
+                        run.vms[name] = await nursery.start(run_vm, cfg)
+                    except ConfigError as e:  # the kernel's content, a NIC's capture, ...
+                        raise ConfigError(f"vms.{name}: {e}") from None
             except BaseException:
                 nursery.cancel_scope.cancel()
                 raise

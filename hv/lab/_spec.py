@@ -600,6 +600,94 @@ def load_lab(path: Path) -> LabSpec:
     return dataclasses.replace(spec, source=path.resolve())
 
 
+PCAPNG_MAGIC = bytes.fromhex("0a0d0d0a")  # a pcapng file starts with a Section Header Block
+
+
+def check_captures(spec: LabSpec, force: bool = False) -> None:
+    """Refuse, before anything starts, a capture that would destroy a file: the lab file, a
+    disk's image, another capture's file (the same path or inode), anything but a regular
+    file, or an existing file that is not pcapng (unless ``force``; an old capture is
+    overwritten, as ``tcpdump -w`` does). Each error names the capture's key."""
+    from blockdev.open import parse_disk_spec
+
+    taken: dict[Path | tuple[int, int], str] = {}  # resolved path and (dev, inode) -> whose
+
+    def claim(path: Path, whose: str) -> None:
+        for ident in _identities(path):
+            taken.setdefault(ident, whose)
+
+    if spec.source is not None:
+        claim(spec.source, "the lab file")
+    for vm in spec.vms.values():
+        for i, text in enumerate(vm.disks):
+            try:
+                claim(spec.base / parse_disk_spec(text).path, f"vms.{vm.name}.disks[{i}]'s image")
+            except (ValueError, OSError):
+                continue  # the disk's own error comes when it is opened
+    captures = [(f"switches.{n}.capture", s.capture) for n, s in spec.switches.items()]
+    captures += [
+        (f"vms.{vm.name}.nics[{i}].capture", nic.capture)
+        for vm in spec.vms.values()
+        for i, nic in enumerate(vm.nics)
+    ]
+    for key, path in captures:
+        if path is None:
+            continue
+        name = repr(str(path))
+        try:
+            idents = _identities(path)
+            st = os.stat(path) if os.path.lexists(path) else None
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{key}: cannot use {name}: {_why(e)}") from None
+        whose = next((taken[i] for i in idents if i in taken), None)
+        if whose == "the lab file":
+            raise ConfigError(f"{key}: {name} is the lab file; give the capture a file of its own")
+        if whose is not None and whose.endswith("'s image"):
+            raise ConfigError(f"{key}: {name} is {whose}; give the capture a file of its own")
+        if whose is not None:
+            raise ConfigError(f"{key}: {name} is also {whose}; each capture needs its own file")
+        claim(path, key)
+        if st is None:
+            folder = path.parent
+            if not folder.is_dir():
+                raise ConfigError(f"{key}: folder {str(folder)!r} does not exist")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(
+                f"{key}: {name} is {file_kind(st.st_mode)}, not a regular file; "
+                "a capture is written to a file"
+            )
+        if not force and not _is_pcapng(path, key):
+            raise ConfigError(
+                f"{key}: {name} exists and is not a pcapng file; pick another name, or "
+                "overwrite it with --force"
+            )
+
+
+def _identities(path: Path) -> list[Path | tuple[int, int]]:
+    """What makes two paths the same file: the resolved path, and (device, inode) when it
+    exists (a hard link has another path)."""
+    real = path.resolve()
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        return [real]
+    return [real, (st.st_dev, st.st_ino)]
+
+
+def _is_pcapng(path: Path, key: str) -> bool:
+    """Whether ``path`` (a regular file) is empty or starts as a pcapng file does."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            head = os.read(fd, len(PCAPNG_MAGIC))
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {str(path)!r}: {_why(e)}") from None
+    return head in (b"", PCAPNG_MAGIC)
+
+
 def file_kind(mode: int) -> str:
     """What a file that is not a regular file is, for an error message."""
     kinds = [
@@ -618,6 +706,7 @@ __all__ = [
     "NicSpec",
     "SwitchSpec",
     "VmSpec",
+    "check_captures",
     "default_mac",
     "load_lab",
     "nic_cmdline",
