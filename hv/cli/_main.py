@@ -409,6 +409,13 @@ async def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--mem needs a size such as 128M or 1G, not {args.mem!r}")
     kernel, initrd, cmdline = resolve_kernel(args.kernel)
     nets = [_net_option(text) for text in args.net]
+    named: set[str] = set()
+    for text, (tap, _, _) in zip(args.net, nets, strict=True):
+        if tap in named:  # before any is opened: the second open would blame another process
+            raise ConfigError(
+                f"--net {text}: TAP {tap} is named twice (a VM's NICs need a TAP each)"
+            )
+        named.add(tap)
     switches = [Switch(f"net{i}") for i in range(len(nets))]
     taps = [open_tap(sw, tap) for sw, (tap, _, _) in zip(switches, nets, strict=True)]
     disks = await open_disks(args.disk)
