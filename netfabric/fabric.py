@@ -238,7 +238,8 @@ class Switch:
 
     def start_capture(self, path: Path) -> None:
         """Capture every frame on this switch to ``path`` from now on (pcapng, one
-        interface per port); a capture already running is closed first."""
+        interface per port); a capture already running is closed first. A ``CaptureError``
+        if ``path`` is not a regular file (a FIFO, a device) or cannot be written."""
         self.stop_capture()
         self._capture_file, self.capture = open_capture(path)
         self.capture_path = path

@@ -25,7 +25,11 @@
     # gateway, capture, impair = {...} (on the cable: each direction, or egress/ingress)
 
 Every error names the key it is about (``vms.b.nics[0].switch: no switch named "lna"
-(switches: lan)``) and is a ``ConfigError``. Paths are relative to the lab file. A NIC's
+(switches: lan)``) and is a ``ConfigError``. Paths are relative to the lab file. ``ip =
+"dhcp"`` needs a DHCP server the NIC's untagged frames reach in VLAN 1 (where the built-in
+services answer): on its switch or one cabled to it through ``[[links]]``. A capture never
+destroys a file (``check_captures``, before anything starts): not the lab file, a disk, or
+another capture, and an existing file that is not pcapng only with ``hv up --force``. A NIC's
 ``ip`` reaches the guest on its command line as ``ip=``, the form both the Linux userland's
 init and the firmware runtime read; ``append`` adds to the kernel's default command line,
 ``cmdline`` replaces it.
