@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from hv._errors import ConfigError
+from netfabric.capture import CaptureError
 from netfabric.switch import PortVlan
 from netfabric.switch import parse_mac as switch_parse_mac
 
@@ -115,6 +116,9 @@ class Nic:
 
         mac = self.mac if isinstance(self.mac, bytes) else default_mac(vm, index)
         vlan = self.vlan if not isinstance(self.vlan, int) else PortVlan(access=self.vlan)
-        return virtio_net(
-            f"{vm}.eth{index}", mac, self.switch, self.mtu, self.capture, vlan, self.cable
-        )
+        try:
+            return virtio_net(
+                f"{vm}.eth{index}", mac, self.switch, self.mtu, self.capture, vlan, self.cable
+            )
+        except CaptureError as e:
+            raise ConfigError(f"eth{index}: {e}") from None

@@ -13,7 +13,11 @@ file that readers accept up to the last flush).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 import struct
+from pathlib import Path
 from typing import BinaryIO
 
 SHB = 0x0A0D0D0A
@@ -104,3 +108,42 @@ class PcapngWriter:
         if not self.closed:
             self.flush()
             self.closed = True
+
+
+class CaptureError(Exception):
+    """A capture file that cannot be written (the message names it and says why)."""
+
+
+def open_capture(path: Path, application: str = "hvfabric") -> tuple[BinaryIO, PcapngWriter]:
+    """A new capture in ``path`` (created, or an existing regular file truncated), its
+    section header already written: a file that cannot take it fails here, not at the first
+    flush. Anything but a regular file is refused before it is opened for writing: a FIFO
+    would block the open until a reader came, a device would take the frames."""
+    name = str(path)
+    try:
+        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            raise CaptureError(f"capture {name!r} is not a regular file")
+        # O_NONBLOCK: a FIFO put there since the check fails (ENXIO) instead of blocking;
+        # truncated only once fstat says it is a regular file.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o666)
+    except (OSError, ValueError) as e:
+        raise CaptureError(f"cannot write capture {name!r}: {_why(e)}") from None
+    out = os.fdopen(fd, "wb")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CaptureError(f"capture {name!r} is not a regular file")
+        os.ftruncate(fd, 0)
+        writer = PcapngWriter(out, application)
+        writer.flush()
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # closes the file though its flush fails again
+            out.close()
+        if isinstance(e, OSError):
+            raise CaptureError(f"cannot write capture {name!r}: {_why(e)}") from None
+        raise
+    return out, writer
+
+
+def _why(e: OSError | ValueError) -> str:
+    return (e.strerror if isinstance(e, OSError) else None) or str(e)

@@ -18,11 +18,11 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import trio
 
-from netfabric.capture import PcapngWriter
+from netfabric.capture import PcapngWriter, open_capture
 from netfabric.offload import Offload, resolve
 from netfabric.switch import (
     DEFAULT_AGING,
@@ -71,9 +71,10 @@ class SwitchPort:
             deliver = cable[1](deliver)
         self.deliver = deliver
         # This port's own capture: what it sends and what it is given, one interface.
-        self._capture_file = open(capture, "wb") if capture is not None else None  # noqa: SIM115
-        self.capture = PcapngWriter(self._capture_file) if self._capture_file else None
-        if self.capture is not None:
+        self._capture_file: BinaryIO | None = None
+        self.capture: PcapngWriter | None = None
+        if capture is not None:
+            self._capture_file, self.capture = open_capture(capture)
             self.capture.add_interface(name)
 
     def record(self, frame: bytes, offload: Offload | None, ts: int) -> None:
@@ -140,8 +141,10 @@ class Switch:
         self.ports: dict[int, SwitchPort] = {}
         self._next = 0
         self.capture_path = capture
-        self._capture_file = open(capture, "wb") if capture is not None else None  # noqa: SIM115
-        self.capture = PcapngWriter(self._capture_file) if self._capture_file else None
+        self._capture_file: BinaryIO | None = None
+        self.capture: PcapngWriter | None = None
+        if capture is not None:
+            self._capture_file, self.capture = open_capture(capture)
         self._iface: dict[int, int] = {}
         self.trunk_ports: set[int] = set()  # links to other switches (trunks when VLAN-aware)
         self._listeners: tuple[Listener, ...] = ()
@@ -235,10 +238,10 @@ class Switch:
 
     def start_capture(self, path: Path) -> None:
         """Capture every frame on this switch to ``path`` from now on (pcapng, one
-        interface per port); a capture already running is closed first."""
+        interface per port); a capture already running is closed first. A ``CaptureError``
+        if ``path`` is not a regular file (a FIFO, a device) or cannot be written."""
         self.stop_capture()
-        self._capture_file = open(path, "wb")  # noqa: SIM115
-        self.capture = PcapngWriter(self._capture_file)
+        self._capture_file, self.capture = open_capture(path)
         self.capture_path = path
         self._iface = {pid: self.capture.add_interface(p.name) for pid, p in self.ports.items()}
 

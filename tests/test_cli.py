@@ -249,3 +249,34 @@ def test_run_of_a_lab_file_or_text_is_bad_input_not_a_guest_fault(tmp_path: Path
         assert r.returncode == 4, (name, r.stdout, r.stderr)
         (line,) = r.stderr.splitlines()
         assert line.startswith("hv: ") and message in line, line
+
+
+def test_the_same_tap_twice_for_one_vm_is_named_as_such(tmp_path: Path) -> None:
+    """Checked before any TAP is opened. Run in a network namespace of its own (unshare), so
+    that a regression that opens the TAP touches no interface of the host's."""
+    net = [sys.executable, "-m", "hv.cli", "run", "hello", "--net", "tap:hvdup0", "--net"]
+    r = subprocess.run(
+        ["unshare", "--net", "--map-root-user", *net, "tap:hvdup0,ip=10.0.0.2/24"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.strip() == (
+        "hv: --net tap:hvdup0,ip=10.0.0.2/24: TAP hvdup0 is named twice (a VM's NICs need "
+        "a TAP each)"
+    ), r.stderr
+
+
+def test_run_paths_that_are_fifos_are_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO as the kernel, the initrd or --dtb-out: one line, status 4, no waiting for a
+    reader or writer that never comes."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (
+        ("run", fifo),
+        ("run", "hello", "--initrd", fifo),
+        ("run", "hello", "--dtb-out", fifo),
+    ):
+        r = hv(*args, cwd=tmp_path, timeout=30)
+        assert r.returncode == 4, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "FIFO" in r.stderr, (args, r.stderr)

@@ -126,3 +126,37 @@ async def test_tcp_across_two_switches_joined_by_an_impaired_link(
     link = lab.impairments["links[0]"]
     assert link.egress.counters["dropped_loss"] > 0  # frames were really lost, and TCP coped
     assert status == 0
+
+
+DHCP_OVER_LINK = """
+[switches.lan]
+subnet = "10.0.0.0/24"
+dhcp = { pool = "10.0.0.100-10.0.0.150", lease = "10m" }
+
+[switches.wan]
+
+[[links]]
+a = "wan"
+b = "lan"
+
+[vms.srv]
+kernel = "udpecho"
+nics = [{ switch = "lan", ip = "10.0.0.2/24" }]
+
+[vms.fw]
+kernel = "ping"
+append = "peer=10.0.0.2 count=2 interval=20"
+nics = [{ switch = "wan", ip = "dhcp" }]
+"""
+
+
+async def test_a_guest_gets_a_lease_from_a_dhcp_server_across_a_link(tmp_path: Path) -> None:
+    """fw is on wan, the DHCP server on lan, a cable between them: the lab is accepted and
+    fw's lease comes over the link (its host name known to the server as on lan)."""
+    text, (status, lab) = await run(DHCP_OVER_LINK, tmp_path, {"fw"})
+    assert status == 0, text[-3000:]
+    bound = re.search(r"fw +\| dhcp: eth0 bound (10\.0\.0\.\d+)/24", text)
+    assert bound is not None, text[-3000:]
+    assert re.search(r"fw +\| ping: 10\.0\.0\.2: 2 sent, 2 received", text), text[-3000:]
+    leases = lab.services["lan"].leases()
+    assert [lease.ip.exploded for lease in leases.values()] == [bound[1]]

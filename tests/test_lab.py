@@ -485,3 +485,23 @@ async def test_impairment_sits_on_the_cable_both_ways(tmp_path: Path) -> None:
     assert 50_000 <= int(m[1]) < 80_000
     c = run.impairments["a.eth0"]
     assert c.egress.counters["frames_out"] >= 5 and c.ingress.counters["frames_out"] >= 5
+
+
+def test_dhcp_is_checked_over_links_and_vlans(tmp_path: Path) -> None:
+    """ip = "dhcp" needs a DHCP server the NIC's frames reach: on its switch or on one cabled
+    to it ([[links]]), in VLAN 1 (the built-in services answer untagged frames only)."""
+    lan = '[switches.lan]\nsubnet = "10.0.0.0/24"\ndhcp = true\n[switches.wan]\n[switches.dmz]\n'
+    link = '[[links]]\na = "wan"\nb = "lan"\n'
+    vm = '[vms.a]\nkernel = "ping"\n'
+    spec = parse_lab(lan + link + vm + 'nics = [{ switch = "wan", ip = "dhcp" }]\n', tmp_path)
+    assert spec.vms["a"].nics[0].ip == "dhcp"
+    trunked = link + "vlans = [10]\n"
+    assert parse_lab(lan + trunked + vm + 'nics = [{ switch = "wan", ip = "dhcp" }]\n', tmp_path)
+    with pytest.raises(ConfigError) as e:
+        parse_lab(lan + link + vm + 'nics = [{ switch = "dmz", ip = "dhcp" }]\n', tmp_path)
+    assert str(e.value).startswith("vms.a.nics[0].ip: dhcp needs a DHCP server on switch dmz")
+    with pytest.raises(ConfigError) as e:
+        parse_lab(lan + link + vm + 'nics = [{ switch = "wan", ip = "dhcp", vlan = 10 }]\n',
+                  tmp_path)  # fmt: skip
+    assert str(e.value).startswith("vms.a.nics[0].ip: dhcp needs a DHCP server")
+    assert "VLAN 10" in str(e.value)

@@ -175,6 +175,33 @@ def load_file(path: str | os.PathLike[str], what: str = "file", limit: int = FIL
     return data
 
 
+def save_file(path: str | os.PathLike[str], data: bytes, what: str = "file") -> None:
+    """Write ``data`` as the whole of the regular file ``path`` (created if need be), or raise
+    ConfigError saying why it cannot be. Anything else is refused before it is opened for
+    writing (a FIFO would block until a reader came); the open does not block either, and the
+    file is truncated only once it is known to be a regular file."""
+    name = os.fspath(path)
+    try:
+        if os.path.exists(name) and not stat.S_ISREG(os.stat(name).st_mode):
+            raise ConfigError(f"{what} {name!r} is not a regular file (a device, FIFO or socket)")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(name, flags, 0o666)
+    except (OSError, ValueError) as e:
+        why = (e.strerror if isinstance(e, OSError) else None) or e
+        raise ConfigError(f"cannot write {what} {name!r}: {why}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what} {name!r} is not a regular file (a device, FIFO or socket)")
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as e:
+        raise ConfigError(f"cannot write {what} {name!r}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
 def load_kernel(data: bytes, ram_base: int, ram_size: int, write: WriteFn) -> LoadedKernel:
     """Detect the kernel's format, check it fits in RAM, and write it with ``write(addr, data)``."""
     if not data:

@@ -37,7 +37,7 @@ from hv.board._device import AsyncWork, Device, DeviceContext
 from hv.board._fdt import TEXT_LIMIT, DeviceTreeSpec, build_device_tree
 from hv.board._firmware import BoardFirmware
 from hv.board._interrupts import HartInterrupts
-from hv.board._loader import LoadedKernel, load_kernel, plan_layout
+from hv.board._loader import LoadedKernel, load_kernel, plan_layout, save_file
 from hv.board._memory import GuestMemory
 from hv.board._platform import DEFAULT_QUANTUM, QUANTUM_MAX, QUANTUM_MIN
 from hv.devices._plic import Plic
@@ -184,12 +184,7 @@ class Machine:
         self.dtb = self._device_tree(layout.initrd)
         self.mem.write(layout.dtb_addr, self.dtb)
         if cfg.dtb_out is not None:
-            try:
-                cfg.dtb_out.write_bytes(self.dtb)
-            except OSError as e:
-                raise ConfigError(
-                    f"cannot write the device tree to {str(cfg.dtb_out)!r}: {e.strerror or e}"
-                ) from None
+            save_file(cfg.dtb_out, self.dtb, "the device tree file")
         self.vcpu.reset(self.kernel.entry, 0, layout.dtb_addr)
         log.debug(
             "boot",

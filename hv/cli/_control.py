@@ -852,10 +852,13 @@ def _top(args: argparse.Namespace) -> int:
 def up_detached(args: argparse.Namespace) -> int:
     """``hv up -d LAB.toml``: start the lab in the background (its output to NAME.log next
     to its socket), wait until it answers on its socket, say how to reach it."""
+    from hv.lab._spec import check_captures
+
     if args.attach is not None:
         raise ConfigError("--attach and -d do not go together: attach later with hv console LAB VM")
     lab = Path(args.lab)
     spec = load_named(lab, args.project_name)
+    check_captures(spec, args.force)  # said here, in one line, rather than in the log
     folder = private_labs_dir()
     paths = LabPaths.of(spec.name, folder)
     hello = probe(spec.name)
@@ -864,6 +867,8 @@ def up_detached(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "hv.cli", "up", str(lab.resolve()), "-p", spec.name]
     if args.exit_code_from is not None:
         argv += ["--exit-code-from", args.exit_code_from]
+    if args.force:
+        argv.append("--force")
     if getattr(args, "view", None) == "on":  # --stats: rates every second, into the log
         argv.append("--stats")
     argv += ["--log-level", args.log_level] + (["--log-json"] if args.log_json else [])

@@ -207,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {_control_cli.START_TIMEOUT:g})",
     )
     up.add_argument(
+        "--force",
+        action="store_true",
+        help="let a capture overwrite an existing file that is not pcapng",
+    )
+    up.add_argument(
         "--exit-code-from", metavar="NAME", help="end the lab when VM NAME stops, with its status"
     )
     view = up.add_mutually_exclusive_group()
@@ -459,6 +464,13 @@ async def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--mem needs a size such as 128M or 1G, not {args.mem!r}")
     kernel, initrd, cmdline = resolve_kernel(args.kernel)
     nets = [_net_option(text) for text in args.net]
+    named: set[str] = set()
+    for text, (tap, _, _) in zip(args.net, nets, strict=True):
+        if tap in named:  # before any is opened: the second open would blame another process
+            raise ConfigError(
+                f"--net {text}: TAP {tap} is named twice (a VM's NICs need a TAP each)"
+            )
+        named.add(tap)
     switches = [Switch(f"net{i}") for i in range(len(nets))]
     taps = [open_tap(sw, tap) for sw, (tap, _, _) in zip(switches, nets, strict=True)]
     disks = await open_disks(args.disk)
@@ -692,7 +704,11 @@ async def _up(args: argparse.Namespace) -> int:
                 output = shown.write if shown is not None else write
                 result.append(  # run_lab with the control socket served alongside
                     await control.run_lab(
-                        spec, output, args.exit_code_from, task_status=task_status
+                        spec,
+                        output,
+                        args.exit_code_from,
+                        force=args.force,
+                        task_status=task_status,
                     )
                 )
                 nursery.cancel_scope.cancel()  # the lab is over: stop reading the terminal

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from hv.lab._runner import LabRun, Output, run_lab
-from hv.lab._spec import LabSpec, load_lab, parse_doc
+from hv.lab._spec import LabSpec, check_captures, load_lab, parse_doc
 
 
 class Lab:
@@ -63,15 +63,17 @@ def as_spec(spec: LabSpec | Lab | str | Path) -> LabSpec:
 
 @asynccontextmanager
 async def open_lab(
-    spec: LabSpec | Lab | str | Path, output: Output | None = None
+    spec: LabSpec | Lab | str | Path, output: Output | None = None, *, force: bool = False
 ) -> AsyncIterator[LabRun]:
     """Run a lab (a parsed file, a ``Lab``, or a lab file's path) for the body of the
     ``async with``: its switches, services and VMs are up when the body starts; leaving it
     stops every VM (captures flushed and closed). ``await lab.wait()`` waits for every VM
-    to stop on its own and gives the lab's status."""
+    to stop on its own and gives the lab's status. A capture overwrites an existing file
+    that is not pcapng only with ``force`` (as ``hv up --force``); a ConfigError otherwise."""
     parsed = as_spec(spec)
+    check_captures(parsed, force)  # a plain ConfigError here, not one from inside the nursery
     async with trio.open_nursery() as nursery:
-        run: LabRun = await nursery.start(_run, parsed, output)
+        run: LabRun = await nursery.start(_run, parsed, output, force)
         try:
             yield run
         finally:
@@ -79,6 +81,6 @@ async def open_lab(
 
 
 async def _run(
-    spec: LabSpec, output: Output | None, *, task_status: trio.TaskStatus[LabRun]
+    spec: LabSpec, output: Output | None, force: bool, *, task_status: trio.TaskStatus[LabRun]
 ) -> None:
-    await run_lab(spec, output, task_status=task_status)
+    await run_lab(spec, output, force=force, task_status=task_status)

@@ -386,17 +386,18 @@ class ControlServer:
         output: Output | None = None,
         exit_code_from: str | None = None,
         *,
+        force: bool = False,
         task_status: trio.TaskStatus[LabRun] = trio.TASK_STATUS_IGNORED,
     ) -> int:
-        """``hv.lab.run_lab(spec, output, exit_code_from)`` with the control socket served
-        while the lab runs (``spec`` is the one the name was claimed for)."""
+        """``hv.lab.run_lab(spec, output, exit_code_from, force=force)`` with the control
+        socket served while the lab runs (``spec`` is the one the name was claimed for)."""
         if spec.name != self.name:
             raise ValueError(f"this control socket is lab {self.name}'s, not {spec.name}'s")
         self.spec = spec
         if self._lock_fd is None:
             self.claim()
         async with trio.open_nursery() as nursery:
-            run: LabRun = await nursery.start(self._lab, exit_code_from)
+            run: LabRun = await nursery.start(self._lab, exit_code_from, force)
             self.run = run
             self.started = time.time()
             prefixed = PrefixedOutput(output, list(run.vms)) if output is not None else None
@@ -414,9 +415,9 @@ class ControlServer:
         return status
 
     async def _lab(
-        self, exit_code_from: str | None, *, task_status: trio.TaskStatus[LabRun]
+        self, exit_code_from: str | None, force: bool, *, task_status: trio.TaskStatus[LabRun]
     ) -> None:
-        await run_lab(self.spec, None, exit_code_from, task_status=task_status)
+        await run_lab(self.spec, None, exit_code_from, force=force, task_status=task_status)
 
     async def _pump_console(self, name: str, fan: ConsoleFan, out: PrefixedOutput | None) -> None:
         vm = fan.vm

@@ -20,9 +20,11 @@ from hv._errors import ConfigError, HostError
 from hv._nic import Nic
 from hv._status import StopInfo
 from hv._vm import Vm, VmConfig, run_vm
+from hv.board._loader import load_file
 from hv.board._platform import DEFAULT_QUANTUM
 from hv.build._kernels import resolve_kernel
-from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec
+from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec, check_captures
+from netfabric.capture import CaptureError
 from netfabric.fabric import Cable, Deliver, Link, Switch
 from netfabric.impair import ImpairedLink
 from netfabric.services import DhcpConfig, DnsConfig, ServiceHost, ServicesConfig
@@ -101,7 +103,7 @@ def services_config(spec: LabSpec, switch: str) -> ServicesConfig:
             nic.mac: vm.name
             for vm in spec.vms.values()
             for nic in vm.nics
-            if nic.switch == switch and nic.ip == "dhcp"
+            if nic.ip == "dhcp" and switch in spec.reaches(nic.switch)
         }
         dhcp = DhcpConfig(
             pool=s.dhcp.pool, lease=s.dhcp.lease, static=static, hostnames=hostnames,
@@ -150,16 +152,59 @@ def _port_vlan(nic: NicSpec) -> PortVlan | None:
     return None
 
 
+@dataclass(frozen=True)
+class BootFiles:
+    """A VM's kernel and initrd, read before anything of the lab starts."""
+
+    kernel: bytes
+    initrd: bytes | None
+    cmdline: str | None  # the kernel's default command line (a built image's)
+
+
+def boot_files(spec: LabSpec, vm: VmSpec) -> BootFiles:
+    """Read ``vm``'s kernel and initrd; a ConfigError naming the key if one can't be used."""
+    key = f"vms.{vm.name}"
+    try:
+        kernel, initrd, cmdline = resolve_kernel(vm.kernel, spec.base)
+        data = load_file(kernel, "kernel")
+    except ConfigError as e:
+        raise ConfigError(f"{key}.kernel: {e}") from None
+    if vm.initrd is not None:
+        initrd = vm.initrd
+    try:
+        ramdisk = load_file(initrd, "initrd") if initrd is not None else None
+    except ConfigError as e:
+        raise ConfigError(f"{key}.initrd: {e}") from None
+    return BootFiles(data, ramdisk, cmdline)
+
+
+async def open_vm_disks(spec: LabSpec, vm: VmSpec) -> list[Disk]:
+    """``vm``'s disks, opened; a ConfigError naming the disk's key (what was opened is closed
+    again)."""
+    disks: list[Disk] = []
+    try:
+        for i, text in enumerate(vm.disks):
+            try:
+                disks += await open_disks([text], spec.base)
+            except ConfigError as e:
+                raise ConfigError(f"vms.{vm.name}.disks[{i}]: {e}") from None
+    except BaseException:
+        await close_disks(disks)
+        raise
+    return disks
+
+
 def vm_config(
     spec: LabSpec,
     vm: VmSpec,
     switches: dict[str, Switch],
     cables: dict[tuple[str, int], Cable] | None = None,
     disks: Sequence[Disk] = (),
+    boot: BootFiles | None = None,
 ) -> VmConfig:
     cables = cables or {}
-    kernel, initrd, default_cmdline = resolve_kernel(vm.kernel, spec.base)
-    cmdline = vm.cmdline if vm.cmdline is not None else (default_cmdline or "")
+    boot = boot or boot_files(spec, vm)
+    cmdline = vm.cmdline if vm.cmdline is not None else (boot.cmdline or "")
     if vm.append:
         cmdline = f"{cmdline} {vm.append}".strip()
     nics = tuple(
@@ -175,11 +220,11 @@ def vm_config(
         for i, n in enumerate(vm.nics)
     )
     return VmConfig(
-        kernel=kernel,
-        initrd=vm.initrd or initrd,
+        kernel=boot.kernel,
+        initrd=boot.initrd,
         cmdline=cmdline,
         mem_size=vm.mem,
-        quantum=vm.quantum or DEFAULT_QUANTUM,
+        quantum=vm.quantum if vm.quantum is not None else DEFAULT_QUANTUM,
         name=vm.name,
         nics=nics,
         disks=tuple(disks),
@@ -192,22 +237,30 @@ async def run_lab(
     exit_code_from: str | None = None,
     *,
     until: frozenset[str] | None = None,
+    force: bool = False,
     task_status: trio.TaskStatus[LabRun] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run ``spec`` to its end; return the lab's exit status. The end: every VM stopped; or
     ``exit_code_from`` stopped (its status is the lab's); or every VM in ``until`` stopped
-    (the lab's status is 0 only if they all stopped cleanly)."""
+    (the lab's status is 0 only if they all stopped cleanly). A capture may overwrite an
+    existing file that is not pcapng only with ``force`` (see ``check_captures``)."""
     if exit_code_from is not None and exit_code_from not in spec.vms:
         raise ConfigError(
             f"--exit-code-from: no VM named {exit_code_from!r} ({', '.join(spec.vms)})"
         )
+    check_captures(spec, force)  # before anything is opened or started
+    boots = {name: boot_files(spec, v) for name, v in spec.vms.items()}
     run = LabRun(spec)
     prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
     try:
         async with trio.open_nursery() as nursery:
             try:
                 for name, s in spec.switches.items():
-                    run.switches[name] = await nursery.start(Switch(name, s.capture).run)
+                    try:
+                        switch = Switch(name, s.capture)
+                    except CaptureError as e:
+                        raise ConfigError(f"switches.{name}.capture: {e}") from None
+                    run.switches[name] = await nursery.start(switch.run)
                     if s.tap is not None:
                         run.taps[name] = await nursery.start(
                             open_tap(run.switches[name], s.tap).run
@@ -238,13 +291,18 @@ async def run_lab(
                             # egress: from the VM into the switch; ingress: the other way
                             cables[(vspec.name, i)] = _sides(imp)
                 for vspec in spec.vms.values():
-                    run.disks[vspec.name] = await open_disks(vspec.disks, spec.base)
+                    run.disks[vspec.name] = await open_vm_disks(spec, vspec)
                 configs = {
-                    name: vm_config(spec, v, run.switches, cables, run.disks.get(name, []))
+                    name: vm_config(
+                        spec, v, run.switches, cables, run.disks.get(name, []), boots[name]
+                    )
                     for name, v in spec.vms.items()
                 }
                 for name, cfg in configs.items():
-                    run.vms[name] = await nursery.start(run_vm, cfg)
+                    try:
+                        run.vms[name] = await nursery.start(run_vm, cfg)
+                    except ConfigError as e:  # the kernel's content, a NIC's capture, ...
+                        raise ConfigError(f"vms.{name}: {e}") from None
             except BaseException:
                 nursery.cancel_scope.cancel()
                 raise

@@ -25,7 +25,11 @@
     # gateway, capture, impair = {...} (on the cable: each direction, or egress/ingress)
 
 Every error names the key it is about (``vms.b.nics[0].switch: no switch named "lna"
-(switches: lan)``) and is a ``ConfigError``. Paths are relative to the lab file. A NIC's
+(switches: lan)``) and is a ``ConfigError``. Paths are relative to the lab file. ``ip =
+"dhcp"`` needs a DHCP server the NIC's untagged frames reach in VLAN 1 (where the built-in
+services answer): on its switch or one cabled to it through ``[[links]]``. A capture never
+destroys a file (``check_captures``, before anything starts): not the lab file, a disk, or
+another capture, and an existing file that is not pcapng only with ``hv up --force``. A NIC's
 ``ip`` reaches the guest on its command line as ``ip=``, the form both the Linux userland's
 init and the firmware runtime read; ``append`` adds to the kernel's default command line,
 ``cmdline`` replaces it.
@@ -33,8 +37,11 @@ init and the firmware runtime read; ``append`` adds to the kernel's default comm
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +63,10 @@ LINK_KEYS = {"a", "b", "impair", "vlans"}
 LAB_KEYS = {"name", "switches", "vms", "links"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 TAP_NAME_MAX = 15  # IFNAMSIZ - 1
+LAB_FILE_MAX = 1 << 20  # bytes: a lab file is a page or two of TOML
+# The VLAN the built-in services (DHCP, DNS, TFTP) answer in: untagged on their switch, and
+# VLAN 1 is what links carry untagged (netfabric.fabric.Link).
+SERVICES_VLAN = 1
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,12 @@ class LabSpec:
     switches: dict[str, SwitchSpec] = field(default_factory=dict)
     vms: dict[str, VmSpec] = field(default_factory=dict)
     links: tuple[LinkSpec, ...] = ()
+    source: Path | None = None  # the lab file (resolved), when read from one
+
+    def reaches(self, switch: str) -> frozenset[str]:
+        """The switches whose built-in services ``switch``'s untagged frames reach (itself
+        and those cabled to it, directly or through others)."""
+        return connected(switch, self.links)
 
     def static_leases(self, switch: str) -> dict[bytes, tuple[ipaddress.IPv4Address, str]]:
         """MAC -> (address, host name) for the NICs on ``switch`` with a fixed address."""
@@ -289,9 +306,26 @@ def _impair(value: Any, key: str) -> Impair:
     return Impair(t, key)
 
 
+def _untagged_vlan(n: dict[str, Any], nkey: str) -> int | None:
+    """The VLAN a NIC's untagged frames are in: its access VLAN, a trunk's native one (None:
+    a trunk without one drops them), else VLAN 1."""
+    if "vlan" in n:
+        return _vid(n["vlan"], f"{nkey}.vlan")
+    if "trunk" in n:
+        return _vid(n["native"], f"{nkey}.native") if "native" in n else None
+    return SERVICES_VLAN
+
+
 def _nic(
-    n: dict[str, Any], nkey: str, vname: str, i: int, switches: dict[str, SwitchSpec], base: Path
+    n: dict[str, Any],
+    nkey: str,
+    vname: str,
+    i: int,
+    switches: dict[str, SwitchSpec],
+    base: Path,
+    reach: dict[str, frozenset[str]],
 ) -> NicSpec:
+    """One NIC; ``reach``: the switches each switch's VLAN-1 frames reach over links."""
     _unknown(set(n), NIC_KEYS, nkey)
     sw = _str(n.get("switch"), f"{nkey}.switch") if "switch" in n else None
     if sw is None:
@@ -304,10 +338,16 @@ def _nic(
     if "ip" in n:
         text = _str(n["ip"], f"{nkey}.ip")
         if text == "dhcp":
-            if spec.dhcp is None:
+            vid = _untagged_vlan(n, nkey)
+            if vid != SERVICES_VLAN or not any(switches[x].dhcp for x in reach.get(sw, (sw,))):
+                where = "" if vid == SERVICES_VLAN else (
+                    f" (this port's untagged frames are in VLAN {vid}; the built-in services "
+                    f"answer VLAN {SERVICES_VLAN}, untagged)" if vid else
+                    " (a trunk without a native VLAN sends no untagged frames)"
+                )  # fmt: skip
                 raise ConfigError(
-                    f"{nkey}.ip: dhcp needs a DHCP server on the switch "
-                    f"([switches.{sw}] subnet = ..., dhcp = true)"
+                    f"{nkey}.ip: dhcp needs a DHCP server on switch {sw} or one linked to it"
+                    f"{where} ([switches.{sw}] subnet = ..., dhcp = true)"
                 )
             ip = "dhcp"
         else:
@@ -415,11 +455,29 @@ def _links(raw: Any, switches: dict[str, SwitchSpec]) -> tuple[LinkSpec, ...]:
     return tuple(links)
 
 
+def connected(switch: str, links: tuple[LinkSpec, ...]) -> frozenset[str]:
+    """The switches ``switch`` reaches over ``links`` (itself included) in VLAN 1, where the
+    built-in services answer: every link carries VLAN 1 untagged, whatever else it carries."""
+    seen, todo = {switch}, [switch]
+    while todo:
+        here = todo.pop()
+        for link in links:
+            for a, b in ((link.a, link.b), (link.b, link.a)):
+                if a == here and b not in seen:
+                    seen.add(b)
+                    todo.append(b)
+    return frozenset(seen)
+
+
 def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"not a valid TOML file: {e}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(
+            "not a valid lab file: arrays or tables nested too deeply (a lab needs a few levels)"
+        ) from None
     return parse_doc(doc, base, default_name)
 
 
@@ -439,6 +497,7 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
                 raise ConfigError(f"{key}.tap: {spec.tap} is also on switch {taps[spec.tap]}")
             taps[spec.tap] = sname
     links = _links(doc.get("links", []), switches)
+    reach = {name: connected(name, links) for name in switches}
     vms: dict[str, VmSpec] = {}
     raw_vms = _table(doc.get("vms", {}), "vms")
     if not raw_vms:
@@ -459,7 +518,7 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
             raise ConfigError(f"{key}.nics: expected a list of tables")
         for i, nval in enumerate(raw_nics):
             nkey = f"{key}.nics[{i}]"
-            nic = _nic(_table(nval, nkey), nkey, vname, i, switches, base)
+            nic = _nic(_table(nval, nkey), nkey, vname, i, switches, base, reach)
             if nic.mac in macs:
                 raise ConfigError(f"{nkey}.mac: {nic.mac.hex(':')} is also {macs[nic.mac]}'s")
             macs[nic.mac] = nkey
@@ -476,8 +535,21 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
                     )
             nics.append(nic)
         quantum = t.get("quantum")
-        if quantum is not None and not isinstance(quantum, int):
-            raise ConfigError(f"{key}.quantum: expected a whole number of instructions")
+        if quantum is not None and (
+            not isinstance(quantum, int)
+            or isinstance(quantum, bool)
+            or not P.QUANTUM_MIN <= quantum <= P.QUANTUM_MAX
+        ):
+            raise ConfigError(
+                f"{key}.quantum: {quantum!r} is not a number of instructions per slice in "
+                f"{P.QUANTUM_MIN}..{P.QUANTUM_MAX} (default {P.DEFAULT_QUANTUM})"
+            )
+        disks = _disks(t["disks"], f"{key}.disks") if "disks" in t else ()
+        if len(disks) + len(nics) > P.VIRTIO_SLOTS:
+            raise ConfigError(
+                f"{key}.{'disks' if disks else 'nics'}: {len(disks)} disks and {len(nics)} "
+                f"NICs, but hv-virt has {P.VIRTIO_SLOTS} virtio slots"
+            )
         vms[vname] = VmSpec(
             name=vname,
             kernel=_str(t["kernel"], f"{key}.kernel"),
@@ -487,19 +559,137 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
             initrd=base / _str(t["initrd"], f"{key}.initrd") if "initrd" in t else None,
             quantum=quantum,
             nics=tuple(nics),
-            disks=_disks(t["disks"], f"{key}.disks") if "disks" in t else (),
+            disks=disks,
         )
     return LabSpec(name=name, base=base, switches=switches, vms=vms, links=links)
+
+
+def read_lab_file(path: Path) -> str:
+    """The text of a lab file, or a ConfigError naming it. Opened without blocking and
+    checked to be a regular file first: a FIFO would otherwise wait for a writer forever."""
+    what = f"lab file {str(path)!r}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {what}: {_why(e)}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{what} is not a regular file ({file_kind(st.st_mode)})")
+        try:
+            data = f.read(LAB_FILE_MAX + 1)
+        except OSError as e:
+            raise ConfigError(f"cannot read {what}: {_why(e)}") from None
+    if len(data) > LAB_FILE_MAX:
+        raise ConfigError(f"{what} is over {LAB_FILE_MAX >> 10} KiB; is it a lab file?")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: is not UTF-8 text (byte {e.start} is {data[e.start]:#04x}); "
+            "lab files are TOML, which is UTF-8"
+        ) from None
 
 
 def load_lab(path: Path, default_name: str | None = None) -> LabSpec:
     """The lab in file ``path``; its name is the file's ``name = "..."``, else
     ``default_name``, else the file's stem."""
+    text = read_lab_file(path)
     try:
-        text = path.read_text()
+        spec = parse_lab(text, path.resolve().parent, default_name=default_name or path.stem)
+    except ConfigError as e:
+        if str(e).startswith("not a valid"):  # about the whole file: say which
+            raise ConfigError(f"{path}: {e}") from None
+        raise
+    return dataclasses.replace(spec, source=path.resolve())
+
+
+PCAPNG_MAGIC = bytes.fromhex("0a0d0d0a")  # a pcapng file starts with a Section Header Block
+
+
+def check_captures(spec: LabSpec, force: bool = False) -> None:
+    """Refuse, before anything starts, a capture that would destroy a file: the lab file, a
+    disk's image, another capture's file (the same path or inode), anything but a regular
+    file, or an existing file that is not pcapng (unless ``force``; an old capture is
+    overwritten, as ``tcpdump -w`` does). Each error names the capture's key."""
+    from blockdev.open import parse_disk_spec
+
+    taken: dict[Path | tuple[int, int], str] = {}  # resolved path and (dev, inode) -> whose
+
+    def claim(path: Path, whose: str) -> None:
+        for ident in _identities(path):
+            taken.setdefault(ident, whose)
+
+    if spec.source is not None:
+        claim(spec.source, "the lab file")
+    for vm in spec.vms.values():
+        for i, text in enumerate(vm.disks):
+            try:
+                claim(spec.base / parse_disk_spec(text).path, f"vms.{vm.name}.disks[{i}]'s image")
+            except (ValueError, OSError):
+                continue  # the disk's own error comes when it is opened
+    captures = [(f"switches.{n}.capture", s.capture) for n, s in spec.switches.items()]
+    captures += [
+        (f"vms.{vm.name}.nics[{i}].capture", nic.capture)
+        for vm in spec.vms.values()
+        for i, nic in enumerate(vm.nics)
+    ]
+    for key, path in captures:
+        if path is None:
+            continue
+        name = repr(str(path))
+        try:
+            idents = _identities(path)
+            st = os.stat(path) if os.path.lexists(path) else None
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{key}: cannot use {name}: {_why(e)}") from None
+        whose = next((taken[i] for i in idents if i in taken), None)
+        if whose == "the lab file":
+            raise ConfigError(f"{key}: {name} is the lab file; give the capture a file of its own")
+        if whose is not None and whose.endswith("'s image"):
+            raise ConfigError(f"{key}: {name} is {whose}; give the capture a file of its own")
+        if whose is not None:
+            raise ConfigError(f"{key}: {name} is also {whose}; each capture needs its own file")
+        claim(path, key)
+        if st is None:
+            folder = path.parent
+            if not folder.is_dir():
+                raise ConfigError(f"{key}: folder {str(folder)!r} does not exist")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(
+                f"{key}: {name} is {file_kind(st.st_mode)}, not a regular file; "
+                "a capture is written to a file"
+            )
+        if not force and not _is_pcapng(path, key):
+            raise ConfigError(
+                f"{key}: {name} exists and is not a pcapng file; pick another name, or "
+                "overwrite it with --force"
+            )
+
+
+def _identities(path: Path) -> list[Path | tuple[int, int]]:
+    """What makes two paths the same file: the resolved path, and (device, inode) when it
+    exists (a hard link has another path)."""
+    real = path.resolve()
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        return [real]
+    return [real, (st.st_dev, st.st_ino)]
+
+
+def _is_pcapng(path: Path, key: str) -> bool:
+    """Whether ``path`` (a regular file) is empty or starts as a pcapng file does."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            head = os.read(fd, len(PCAPNG_MAGIC))
+        finally:
+            os.close(fd)
     except OSError as e:
-        raise ConfigError(f"cannot read lab file {str(path)!r}: {e.strerror or e}") from None
-    return parse_lab(text, path.resolve().parent, default_name=default_name or path.stem)
+        raise ConfigError(f"{key}: cannot read {str(path)!r}: {_why(e)}") from None
+    return head in (b"", PCAPNG_MAGIC)
 
 
 def check_lab_name(name: str, key: str) -> str:
@@ -509,11 +699,25 @@ def check_lab_name(name: str, key: str) -> str:
     return name
 
 
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, for an error message."""
+    kinds = [
+        (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+    ]  # fmt: skip
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def _why(e: OSError | ValueError) -> str:
+    return (e.strerror if isinstance(e, OSError) else None) or str(e)
+
+
 __all__ = [
     "LabSpec",
     "NicSpec",
     "SwitchSpec",
     "VmSpec",
+    "check_captures",
     "default_mac",
     "load_lab",
     "nic_cmdline",
