@@ -21,7 +21,8 @@ from hv._nic import Nic
 from hv._status import StopInfo
 from hv._vm import Vm, VmConfig, run_vm
 from hv.board._platform import DEFAULT_QUANTUM
-from hv.build._kernels import resolve_kernel
+from hv.build._kernels import build_bundled, resolve_kernel
+from hv.build._progress import StderrProgress
 from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec
 from netfabric.fabric import Cable, Deliver, Link, Switch
 from netfabric.impair import ImpairedLink
@@ -203,6 +204,7 @@ async def run_lab(
         )
     run = LabRun(spec)
     prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
+    build_bundled((v.kernel for v in spec.vms.values()), spec.base, StderrProgress("hv: "))
     try:
         async with trio.open_nursery() as nursery:
             try:
