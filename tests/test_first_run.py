@@ -37,6 +37,14 @@ ninja: Entering directory `/tmp/hv-engine-hzv8yzjz/build-zig'
 [94/94] Creating library symlink libunicorn.so
 """
 
+# cmake's output in the same log (its configure step).
+CMAKE_OUTPUT = """\
+-- The C compiler identification is Clang 22.1.8
+-- Detecting C compiler ABI info
+CMake Warning: something
+-- Detecting C compiler ABI info - done
+"""
+
 # kbuild's output in the Linux image's build log (hv image build linux, captured here).
 KBUILD_OUTPUT = """\
 make[1]: Entering directory '/root/.cache/hvfabric/images/obj/linux-6.1.192-3'
@@ -75,6 +83,17 @@ def test_the_engine_build_reports_ninjas_steps_and_logs_everything(tmp_path: Pat
         "[94/94] libunicorn: Creating library symlink libunicorn.so",
     ]
     assert NINJA_OUTPUT in log.read_text()
+
+
+def test_the_engine_build_reports_cmakes_checks(tmp_path: Path) -> None:
+    (tmp_path / "out.txt").write_text(CMAKE_OUTPUT)
+    said: list[str] = []
+    _build._run(["cat", "out.txt"], tmp_path, "cmake", tmp_path / "log", said.append)
+    assert said == [
+        "[1] cmake: The C compiler identification is Clang 22.1.8",
+        "[2] cmake: Detecting C compiler ABI info",
+        "[3] cmake: Detecting C compiler ABI info - done",
+    ]
 
 
 def test_kbuild_lines_are_steps() -> None:

@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Build the riscv64 Linux kernel from Debian's linux-source-6.1 with Debian's cross "
             "compiler and the config fragment in hv/images/linux, and an initramfs with "
-            "hvfabric's own userland (built with zig). Takes a few minutes the first time."
+            "hvfabric's own userland (built with zig). The first build takes "
+            f"{_image_linux.KERNEL_TIME}, showing make's steps on stderr; then it is cached."
         ),
     )
     ib.add_argument("name", choices=IMAGES, metavar="NAME", help="image to build: linux")
