@@ -1,12 +1,10 @@
-#!/usr/bin/env bash
-# Debian packages the test suite needs. Idempotent; needs root (CI is root).
-set -euo pipefail
-pkgs=(device-tree-compiler tshark iproute2 iputils-ping e2fsprogs)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+#!/bin/sh
+# Debian packages the test suite needs (besides the Linux guest's, .ci/linux-deps.sh).
+# Idempotent; installs as root, otherwise prints the command. --list prints the packages.
+set -eu
+pkgs="device-tree-compiler tshark iproute2 iputils-ping e2fsprogs python3-venv"
+if [ "${1:-}" = --list ]; then echo "$pkgs"; exit 0; fi
+# shellcheck source=.ci/apt.sh
+. "$(dirname "$0")/apt.sh"
+# shellcheck disable=SC2086
+ensure_packages system-deps $pkgs

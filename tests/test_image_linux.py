@@ -1,8 +1,7 @@
 """The Linux guest image: config checking, the initramfs writer, the real build, a qemu boot.
 
-The build test is slow the first time (a kernel build, about 3 minutes on 2 cores) and then a
-cache hit. It needs Debian's packages: as root it installs them itself (CI runs as root on a
-fresh Debian); otherwise it is skipped with the command to run when they are missing.
+The image is built before pytest starts, by the test command (`bash .ci/test`, with its
+progress); these tests check that build and that a second one is a cache hit.
 """
 
 from __future__ import annotations
@@ -151,13 +150,7 @@ def test_ci_script_installs_the_required_packages() -> None:
 # ---------------------------------------------------------------- the real build
 
 
-@pytest.fixture(scope="module")
-def linux_image() -> il.LinuxImage:
-    missing = il.missing_packages()
-    if missing and os.geteuid() != 0:
-        pytest.skip(f"missing Debian packages {missing}: run .ci/linux-deps.sh as root")
-    messages: list[str] = []
-    return il.build_linux(install_deps=True, progress=messages.append)
+# linux_image (conftest.py): the image the test command built before pytest started.
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """A real riscv64 Linux 6.1 kernel under hv: boot, shell, stress, poweroff, reboot, panic.
 
-The image comes from `hv image build linux` (the Debian packages are installed by
-.ci/linux-deps.sh in CI; the build is cached, so only the first run pays for it).
+The image comes from `hv image build linux`, which the test command (`bash .ci/test`) runs
+before pytest starts (cached: only the first run pays for it).
 """
 
 from __future__ import annotations

@@ -8,10 +8,12 @@ any source rebuilds and an unchanged tree reuses the cached ELF.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from hv._errors import ConfigError
-from hv.build._zig import cached_build, run_zig
+from hv.build._progress import Progress, step_line
+from hv.build._zig import cached_build, cached_output, run_zig
 
 GUESTS: dict[str, str] = {
     "hello": "prints a greeting with its hart id and device tree address, then shuts down",
@@ -72,12 +74,8 @@ def _sources(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in SOURCE_SUFFIXES)
 
 
-def build_guest(name: str, *, src_root: Path | None = None) -> Path:
-    """Build guest ``name`` (or reuse the cached build) and return the ELF's path.
-
-    ``src_root`` overrides the source tree (a directory with ``runtime/`` and ``<name>/``);
-    by default the sources shipped in the package are used.
-    """
+def _plan(name: str, src_root: Path | None) -> tuple[list[Path], list[str], Callable[[Path], None]]:
+    """(inputs, key flags, build function) of guest ``name``."""
     _check_name(name)
     root = src_root if src_root is not None else guests_dir()
     runtime = root / "runtime"
@@ -104,12 +102,43 @@ def build_guest(name: str, *, src_root: Path | None = None) -> Path:
             ]
         )
 
+    return inputs, key_flags, build
+
+
+def build_guest(name: str, *, src_root: Path | None = None) -> Path:
+    """Build guest ``name`` (or reuse the cached build) and return the ELF's path.
+
+    ``src_root`` overrides the source tree (a directory with ``runtime/`` and ``<name>/``);
+    by default the sources shipped in the package are used.
+    """
+    inputs, key_flags, build = _plan(name, src_root)
     return cached_build(f"guest-{name}.elf", inputs, key_flags, build)
 
 
-def build_all() -> dict[str, Path]:
+def guest_is_built(name: str, *, src_root: Path | None = None) -> bool:
+    inputs, key_flags, _ = _plan(name, src_root)
+    return cached_output(f"guest-{name}.elf", inputs, key_flags).is_file()
+
+
+def build_guests(
+    names: Iterable[str], progress: Progress | None = None, *, src_root: Path | None = None
+) -> dict[str, Path]:
+    """Build the guests ``names`` (each a few seconds with zig), name -> ELF path; those not
+    in the cache yet are reported as steps, ``[3/14] building udpecho``."""
+    wanted = list(dict.fromkeys(names))
+    todo = [n for n in wanted if not guest_is_built(n, src_root=src_root)]
+    for i, name in enumerate(todo, start=1):
+        if progress is not None:
+            progress(step_line(i, len(todo), f"building {name}"))
+        build_guest(name, src_root=src_root)
+    if todo and progress is not None:
+        progress(f"built {len(todo)} guest{'s' if len(todo) > 1 else ''}")
+    return {n: build_guest(n, src_root=src_root) for n in wanted}
+
+
+def build_all(progress: Progress | None = None) -> dict[str, Path]:
     """Build every bundled guest; name -> ELF path."""
-    return {name: build_guest(name) for name in GUESTS}
+    return build_guests(GUESTS, progress)
 
 
 def guest_path(name: str) -> Path:

@@ -53,6 +53,11 @@ def run_zig(args: Sequence[str], cwd: Path | None = None) -> None:
         raise HostError(f"zig failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr.strip()}")
 
 
+def cached_output(name: str, inputs: Sequence[Path], flags: Sequence[str]) -> Path:
+    """Where :func:`cached_build` keeps the output for (inputs, flags), built or not."""
+    return cache_dir() / "build" / f"{name}-{content_key(inputs, flags)}" / name
+
+
 def cached_build(
     name: str,
     inputs: Sequence[Path],
@@ -64,9 +69,8 @@ def cached_build(
     ``build(out)`` must write the output file ``out``. The write is atomic: a crashed build
     never leaves a half-written file that a later run would trust.
     """
-    key = content_key(inputs, flags)
-    out_dir = cache_dir() / "build" / f"{name}-{key}"
-    out = out_dir / name
+    out = cached_output(name, inputs, flags)
+    out_dir = out.parent
     if out.exists():
         return out
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,9 @@ import: ``hv/_vcpu.py`` (the only module that imports unicorn) calls ``load_libr
 
 ``HV_ENGINE`` chooses: ``fast`` (the default) or ``stock``. A ``LIBUNICORN_PATH`` the user set
 is respected as it is ("custom"). If the fast engine is not built yet, the first use builds it
-(a one-line note on stderr, about a minute); if it cannot be built, hv says so once, remembers
-why (``hv engine info``, ``hv engine build`` retries) and runs on the stock library.
+(a note on stderr, then the build's steps, ``[n/m]`` from ninja); if it cannot be built, hv
+says so once, remembers why (``hv engine info``, ``hv engine build`` retries) and runs on the
+stock library.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hv._log import get_logger
+from hv.build._progress import StderrProgress
 from hv.engine import _build
 
 log = get_logger("hv.engine")
@@ -62,13 +64,16 @@ def _choose() -> Choice:
             return Choice(mode, "stock", None, f"last build failed: {note.splitlines()[0]}")
         print(
             "hv: building the fast engine (Unicorn "
-            f"{_build.UNICORN_VERSION} + hvfabric patches), once, about a minute...",
+            f"{_build.UNICORN_VERSION} + hvfabric patches), once: {_build.BUILD_TIME}; "
+            "'hv engine build' does it ahead",
             file=sys.stderr,
             flush=True,
         )
+        progress = StderrProgress("hv: engine: ", clock=True)
         try:
-            built = _build.build_engine()
+            built = _build.build_engine(progress)
         except _build.EngineBuildError as e:
+            progress.close()
             first = str(e).splitlines()[0]
             print(
                 f"hv: the fast engine could not be built ({first}); running on the stock "

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Unicorn 2.1.4 runs the guest; this module turns what Unicorn does into what a RISC-V hart with
-M-mode firmware would do (see ../shared/UNICORN-FACTS.md for the measured behaviour):
+M-mode firmware would do (the Unicorn behaviour this relies on is below; what hvfabric's
+patches change, in hv/engine/patches/README.md):
 
 * The guest runs in S or U mode. The hypervisor is its M-mode firmware.
 * Unicorn never delivers synchronous exceptions: it calls our INTR hook with the cause and

@@ -22,7 +22,8 @@ from hv._status import StopInfo
 from hv._vm import Vm, VmConfig, run_vm
 from hv.board._loader import load_file
 from hv.board._platform import DEFAULT_QUANTUM
-from hv.build._kernels import resolve_kernel
+from hv.build._kernels import build_bundled, resolve_kernel
+from hv.build._progress import StderrProgress
 from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec, check_captures
 from netfabric.capture import CaptureError
 from netfabric.fabric import Cable, Deliver, Link, Switch
@@ -249,6 +250,7 @@ async def run_lab(
             f"--exit-code-from: no VM named {exit_code_from!r} ({', '.join(spec.vms)})"
         )
     check_captures(spec, force)  # before anything is opened or started
+    build_bundled((v.kernel for v in spec.vms.values()), spec.base, StderrProgress("hv: "))
     boots = {name: boot_files(spec, v) for name, v in spec.vms.items()}
     run = LabRun(spec)
     prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
