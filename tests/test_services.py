@@ -1034,3 +1034,71 @@ def test_a_discover_flood_on_a_big_subnet_is_bounded_and_constant_time() -> None
     # A REQUEST for a free address the server has no record of is refused at the cap too.
     [nak] = ask(s, dhcp(Q_MAC, "request", ("requested_addr", "10.100.0.1")), now=later + 1.0)
     assert kind(nak) == "nak" and s.counters["dhcp_binding_limit"] > 10_000 - cap
+
+
+def test_tftp_transfers_per_client_address_are_limited(svc: ServiceHost, root: Path) -> None:
+    """One client address holds at most MAX_PER_CLIENT transfers: the next RRQ gets an ERROR
+    packet (counted); other clients are served, and an ended transfer frees its place."""
+    from netfabric.services import tftp as tftp_module
+
+    limit = tftp_module.MAX_PER_CLIENT
+    (root / "f").write_bytes(b"f" * 2000)
+    first = [tftp(svc, rrq("f"), sport=2000 + i) for i in range(limit)]
+    assert all(tftp_of(p)[TFTP_DATA].block == 1 for [p] in first)
+    for i in range(3):
+        [err] = tftp(svc, rrq("f"), sport=3000 + i)
+        assert err[UDP].dport == 3000 + i and error_of(err) == (0, b"too many transfers")
+    assert svc.counters["tftp_client_limit"] == 3
+    # Another address (B's static one) still gets its file.
+    other = Ether(src=B_MAC, dst=svc_mac(svc)) / IP(src="10.0.0.11", dst=SVC)
+    [p] = ask(svc, other / UDP(sport=CPORT, dport=69) / rrq("f"))
+    assert data_of(p)[0] == 1
+    # The first client ends one transfer with an ERROR: it may start another.
+    [p0] = first[0]
+    stop = TFTP(op=5) / TFTP_ERROR(errorcode=0, errormsg=b"stop")
+    assert tftp(svc, stop, dport=p0[UDP].sport, sport=2000) == []
+    [p] = tftp(svc, rrq("f"), sport=4000)
+    assert tftp_of(p)[TFTP_DATA].block == 1 and svc.counters["tftp_client_limit"] == 3
+
+
+async def test_tftp_a_client_that_never_acks_frees_its_slot_after_capped_timeouts(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A client asks for the longest timeout (255 s) and never ACKs: the option is refused
+    (left out of the OACK, RFC 2349), so the server keeps its own timeout and the transfer is
+    gone after the retries, not 25 minutes later. An acceptable timeout is still granted."""
+    from netfabric.services import tftp as tftp_module
+
+    root = tmp_path / "tftp"
+    root.mkdir()
+    (root / "f").write_bytes(b"f" * 2000)
+    config = ServicesConfig(NET, dhcp=DhcpConfig(static=STATIC), tftp_root=root)
+    svc = ServiceHost(config, clock=trio.current_time)
+    got: list[Ether] = []
+    async with trio.open_nursery() as nursery:
+        lan = await nursery.start(Switch("lan").run)
+        svc.attach(lan)
+        await nursery.start(svc.run)
+        me = lan.attach("a.eth0", lambda f, off: got.append(Ether(f)))
+        start = trio.current_time()
+        me.send(
+            bytes(
+                to_svc(
+                    svc, UDP(sport=CPORT, dport=69) / rrq("f", ("timeout", "255"), ("tsize", "0"))
+                )
+            )
+        )
+        [oack] = got
+        assert oack_options(oack) == {b"tsize": b"2000"}  # no timeout: refused
+        assert svc.counters["tftp_timeout_refused"] == 1
+        assert svc.tftp is not None and len(svc.tftp.transfers) == 1
+        with trio.fail_after(tftp_module.TIMEOUT_MAX * (config.tftp_retries + 2)):
+            while svc.tftp.transfers:
+                await trio.sleep(0.5)
+        assert trio.current_time() - start <= config.tftp_timeout * (config.tftp_retries + 1) + 1
+        assert svc.counters["tftp_timeouts"] == 1
+        got.clear()
+        ok = str(tftp_module.TIMEOUT_MAX)
+        me.send(bytes(to_svc(svc, UDP(sport=CPORT + 1, dport=69) / rrq("f", ("timeout", ok)))))
+        assert oack_options(got[0]) == {b"timeout": ok.encode()}
+        nursery.cancel_scope.cancel()
