@@ -23,12 +23,15 @@ from typing import BinaryIO
 SHB = 0x0A0D0D0A
 IDB = 0x00000001
 EPB = 0x00000006
+ISB = 0x00000005
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 LINKTYPE_ETHERNET = 1
 OPT_END = 0
 OPT_SHB_USERAPPL = 4
 OPT_IF_NAME = 2
 OPT_IF_TSRESOL = 9
+OPT_ISB_IFDROP = 5
+STATS_BLOCK = 40  # bytes of an Interface Statistics Block with isb_ifdrop
 # Buffered bytes that trigger a write by themselves.
 FLUSH_BYTES = 1 << 20
 
@@ -96,6 +99,15 @@ class PcapngWriter:
         self.frames += 1
         if self._buffered >= FLUSH_BYTES:
             self.flush()
+
+    def write_drops(self, iface: int, dropped: int, ts_ns: int) -> None:
+        """An Interface Statistics Block: ``dropped`` frames lost on ``iface`` so far (as
+        ``isb_ifdrop``: Wireshark shows it in the capture file's properties)."""
+        if not 0 <= iface < len(self.interfaces):
+            raise ValueError(f"no interface {iface} in this capture")
+        opts = _option(OPT_ISB_IFDROP, struct.pack("<Q", dropped)) + _option(OPT_END, b"")
+        head = struct.pack("<III", iface, (ts_ns >> 32) & 0xFFFF_FFFF, ts_ns & 0xFFFF_FFFF)
+        self._append(_block(ISB, head + opts))
 
     def flush(self) -> None:
         if self._buf:

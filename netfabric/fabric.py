@@ -116,6 +116,8 @@ def _retag(
     not. An offload follows the header it describes when the tag goes; a frame that gains a
     tag is resolved to wire frames first (receivers' offloads are for untagged frames)."""
     if tagged == want:
+        if tagged and frame[14:16] != (tci := (frame[14] & 0xF0) << 8 | vid).to_bytes(2, "big"):
+            frame = frame[:14] + tci.to_bytes(2, "big") + frame[16:]  # was a priority tag
         return [(frame, off)]
     if tagged:  # strip the 4-byte tag
         if off is not None:

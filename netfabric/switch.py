@@ -18,7 +18,29 @@ allowed VLANs tagged, and its native VLAN (if any) untagged. Each frame is class
 ingress (``vlan`` after ``forward``), learning is per VLAN (the same MAC may live behind
 different ports in different VLANs), and a frame floods or goes only to ports that carry its
 VLAN: a frame never leaks into another VLAN. Whether it leaves a port tagged is
-``egress_tagged(port, vlan)``; the fabric adds or strips the tag.
+``egress_tagged(port, vlan)``; the fabric adds or strips the tag (and where a frame that came
+in priority-tagged leaves tagged, it writes the VLAN's VID into the tag, keeping the priority).
+
+Tags on ingress, decided per 802.1Q for a C-VLAN bridge, with one rule added against the
+double-tagging escape (a frame [VID 0, VID 20] from an access port of VLAN 1 lost its outer
+tag leaving through a native-VLAN-1 trunk, and the next switch read the inner tag: VLAN 20):
+
+- A C-tag (0x8100) with VID 0 is a priority tag (802.1Q 6.9): the frame is the port's own
+  VLAN (the access VLAN, or the trunk's native one; a trunk without one drops it,
+  ``untagged_on_trunk``), as if untagged.
+- A C-tag with a VID on an access port: dropped (``tagged_on_access``). On a trunk: the VLAN
+  it names if the trunk carries it (``vlan_not_allowed`` otherwise); a tag naming the native
+  VLAN is accepted as that VLAN, as 802.1Q's ingress rules accept any member VLAN tagged.
+- A C-tag around another tag (0x8100, 0x88a8 or 0x9100 right behind it), on any port:
+  dropped (``double_tagged``). This bridge does not carry stacked tags: stripping the outer
+  one at an untagged egress (an access port, a trunk's native VLAN) would hand the next
+  bridge a frame it classifies by the inner tag. Only such frames can escape, so dropping
+  them on ingress closes the escape whatever the egress ports are.
+- An outer service tag (802.1ad 0x88a8, or the pre-standard 0x9100): this is a C-VLAN bridge,
+  not a provider bridge, so it is not ours to carry; 802.1Q would pass it as an untagged
+  frame of another EtherType, but a provider bridge or a Linux 802.1ad device behind a port
+  reads it as a tag. Dropped: on an access port as ``tagged_on_access``, on a trunk as
+  ``s_tag``.
 
 Hand-written and kept lean on purpose: this is the fabric's hot path (one call per frame, or
 ``forward_many`` per burst), so it uses plain dicts and byte slices, no per-frame objects.
@@ -52,6 +74,8 @@ def parse_mac(text: str) -> bytes:
 
 VLAN_MAX = 4094
 TPID_8021Q = b"\x81\x00"
+# Every TPID some bridge reads as a tag: 802.1Q's C-tag, 802.1ad's S-tag, pre-standard QinQ.
+TPIDS = frozenset((TPID_8021Q, b"\x88\xa8", b"\x91\x00"))
 
 
 @dataclass(frozen=True)
@@ -221,20 +245,27 @@ class LearningSwitch:
         self, in_port: int, c: PortCounters, frame: bytes | bytearray | memoryview, now: float
     ) -> tuple[int, ...]:
         role = self.vlans.get(in_port) or PortVlan()
-        tagged = frame[12:14] == TPID_8021Q
+        ethertype = bytes(frame[12:14])
+        tagged = ethertype == TPID_8021Q
         if tagged:
             if len(frame) < ETH_HEADER + 4:
                 c.drops["runt"] += 1
                 return ()
             vid = int.from_bytes(frame[14:16], "big") & 0xFFF
-            if vid == 0:  # priority-tagged: the port's own VLAN
-                vid = role.access if role.access is not None else (role.native or 0)
-            elif role.access is not None:
+            if vid and role.access is not None:
                 c.drops["tagged_on_access"] += 1
                 return ()
+            if bytes(frame[16:18]) in TPIDS:  # a tag inside the tag: see the header
+                c.drops["double_tagged"] += 1
+                return ()
+            if vid == 0:  # priority-tagged: the port's own VLAN
+                vid = role.access if role.access is not None else (role.native or 0)
             elif not role.carries(vid):
                 c.drops["vlan_not_allowed"] += 1
                 return ()
+        elif ethertype in TPIDS:  # a service tag (802.1ad, or the pre-standard 0x9100)
+            c.drops["tagged_on_access" if role.access is not None else "s_tag"] += 1
+            return ()
         else:
             vid = role.access if role.access is not None else (role.native or 0)
         if not vid:

@@ -894,3 +894,111 @@ def test_default_lab_names() -> None:
     assert default_lab_name(Path("/x/2024/9.toml")) == "lab"  # a name starts with a letter
     long = default_lab_name(Path("/" + "f" * 50 + "/" + "s" * 20 + ".toml"))
     assert long == "f" * 11 + "-" + "s" * 20 and len(long) == 32
+
+
+# -- live capture listeners: how many, and how much each may hold --------------------------
+
+LOAD = LAB.split("[vms.c]")[0] + (  # the echo server, and udpgen at full speed
+    '[vms.g]\nkernel = "udpgen"\nnics = [{ switch = "lan" }]\n'
+    'append = "ip=10.0.0.3/24 peer=10.0.0.2 count=100000000 size=1400 window=8"\n'
+)
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _capture_client(h: Host, lab: str, switch: str) -> tuple[socket.socket, dict[str, Any]]:
+    """A raw client of the control protocol that asks for a capture, then never reads."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the lab's buffer fills, not ours
+    s.settimeout(30)
+    s.connect(str(h.labs / f"{lab}.sock"))
+    s.sendall(json.dumps({"op": "capture", "switch": switch}).encode() + b"\n")
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = s.recv(1)
+        assert byte, "the lab closed the connection without an answer"
+        line += byte
+    return s, json.loads(line)
+
+
+def test_live_captures_that_never_read_are_capped_in_number_and_memory(host: Host) -> None:
+    """A lab under load (udpgen at full speed) and 8 capture clients that never read: each
+    holds at most its buffer (the lab's RSS grows by a few MiB, not 8 MiB a client), frames
+    beyond it are dropped and counted, and a 9th listener on the switch is refused."""
+    from hv.lab._control import CAPTURE_BUFFER, CAPTURES_PER_SWITCH
+
+    r = host.hv("up", "-d", str(host.lab_file("load", LOAD)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    (lab,) = host.ps("load")
+    pid = lab["pid"]
+
+    def frames() -> int:
+        r = host.hv("stats", "load")
+        assert r.returncode == 0, r.stderr
+        ports = json.loads(r.stdout)["switches"]["lan"]["ports"]
+        return sum(p["rx_frames"] for p in (ports.values() if isinstance(ports, dict) else ports))
+
+    wait_for(lambda: frames() > 20_000, timeout=60, what="traffic")
+    before = _rss(pid)
+    clients = [_capture_client(host, "load", "lan") for _ in range(CAPTURES_PER_SWITCH)]
+    try:
+        assert all(answer["ok"] for _, answer in clients)
+        extra, answer = _capture_client(host, "load", "lan")
+        extra.close()
+        assert not answer["ok"] and "8 live captures" in answer["error"], answer
+
+        def all_full() -> bool:
+            (lab,) = host.ps("load")
+            caps = lab["captures"]
+            return len(caps) == CAPTURES_PER_SWITCH and all(c["dropped"] > 100 for c in caps)
+
+        wait_for(all_full, timeout=90, what="every capture buffer full and dropping")
+        grown = _rss(pid) - before
+        # a chunk being sent and a buffer filling per client, and slack for the rest (8
+        # clients of 8 MiB buffers grew it by 64 MiB)
+        assert 2 * CAPTURES_PER_SWITCH * CAPTURE_BUFFER <= 16 << 20
+        assert grown < 32 << 20, f"{grown / 2**20:.1f} MiB"
+    finally:
+        for s, _ in clients:
+            s.close()
+    assert host.hv("down", "load").returncode == 0
+
+
+async def test_a_capture_client_learns_how_many_frames_were_dropped() -> None:
+    """Frames dropped for a slow client are reported in the stream: an Interface Statistics
+    Block (isb_ifdrop, as Wireshark shows it) before the first frame after the drops, and at
+    the end; ``PcapngBlocks`` (what ``hv capture`` reads with) adds them up."""
+    from hv.lab._control import LiveCapture
+    from netfabric.fabric import Switch
+
+    sw = Switch("lan")
+    a = sw.open_port("a")
+    sw.open_port("b")
+    cap = LiveCapture(sw, limit=5_000)
+    sw.add_listener(cap)
+    frame = bytes.fromhex("ffffffffffff020000000001") + b"\x08\x00" + bytes(986)
+    blocks = PcapngBlocks()
+    for _ in range(10):
+        a.send(frame)
+    assert cap.dropped == 6
+    stream = blocks.feed(await cap.box.get() or b"")  # the client resumes reading
+    assert blocks.dropped == 0
+    a.send(frame)
+    stream += blocks.feed(await cap.box.get() or b"")
+    assert blocks.dropped == 6 and cap.packets == 5
+    for _ in range(10):
+        a.send(frame)
+    cap.close()
+    while (chunk := await cap.box.get()) is not None:
+        stream += blocks.feed(chunk)
+    assert blocks.dropped == cap.dropped > 6 and cap.packets + cap.dropped == 21
+    t = subprocess.run(
+        ["tshark", "-r", "-", "-T", "fields", "-e", "frame.number"],
+        input=stream, capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert len(t.stdout.split()) == cap.packets  # the statistics blocks are valid pcapng

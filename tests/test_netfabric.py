@@ -284,26 +284,75 @@ def test_vlan_frames_that_do_not_belong_are_dropped_and_counted(vsw: LearningSwi
         vsw.set_vlan(1, PortVlan(access=4095))
 
 
-@settings(max_examples=200, deadline=None)
+TPIDS = (b"\x81\x00", b"\x88\xa8", b"\x91\x00")  # 802.1Q C-tag, 802.1ad S-tag, legacy QinQ
+HOSTS = {  # name: (switch, VLAN role)
+    "lan1": ("lan", PortVlan(access=1)),
+    "lan10": ("lan", PortVlan(access=10)),
+    "lan20": ("lan", PortVlan(access=20)),
+    "lantrunk": ("lan", PortVlan(access=None, allowed=frozenset({10}), native=1)),
+    "wan1": ("wan", PortVlan(access=1)),
+    "wan10": ("wan", PortVlan(access=10)),
+    "wan20": ("wan", PortVlan(access=20)),
+    "wantrunk": ("wan", PortVlan(access=None, allowed=frozenset({1, 20}), native=None)),
+}
+VIDS = (0, 1, 10, 20, 30)
+HOST_MAC = {name: bytes([0x52, 0x54, 0, 0, 9, i]) for i, name in enumerate(HOSTS)}
+
+
+def classified(role: PortVlan, f: bytes) -> int | None:
+    """The VLAN a frame on a port with ``role`` belongs to (by its outer tag), None if it has
+    no business there."""
+    if f[12:14] == TPIDS[0] and int.from_bytes(f[14:16], "big") & 0xFFF:
+        vid = int.from_bytes(f[14:16], "big") & 0xFFF
+        return vid if role.access is None and role.carries(vid) else None
+    return role.access if role.access is not None else role.native
+
+
+@settings(max_examples=300, deadline=None)
 @given(
+    st.sampled_from((1, 10, None)),
     st.lists(
-        st.tuples(st.integers(1, 5), st.integers(0, 40), st.binary(min_size=12, max_size=40)),
-        max_size=100,
-    )
+        st.tuples(
+            st.sampled_from(sorted(HOSTS)),
+            st.sampled_from([BCAST, *HOST_MAC.values()]),
+            st.lists(
+                st.tuples(st.sampled_from(TPIDS), st.sampled_from(VIDS), st.booleans()),
+                max_size=3,
+            ),
+            st.binary(max_size=20),
+        ),
+        max_size=60,
+    ),
 )
-def test_fuzzed_vlan_frames_never_leak(frames: list[tuple[int, int, bytes]]) -> None:
-    s = LearningSwitch()
-    for p in (1, 2, 3, 4, 5):
-        s.add_port(p)
-    roles = {1: 10, 2: 10, 3: 20, 5: 1}
-    for p, vid in roles.items():
-        s.set_vlan(p, PortVlan(access=vid))
-    s.set_vlan(4, PortVlan(access=None, allowed=frozenset({10, 20}), native=1))
-    for port, vid, data in frames:
-        raw = data[:12] + (b"\x81\x00" + vid.to_bytes(2, "big") if vid else b"") + data[12:]
-        out = s.forward(port, raw, 0.0)
-        for p in out:  # an access port only ever gets its own VLAN's frames
-            assert p not in roles or roles[p] == s.vlan
+def test_fuzzed_vlan_frames_never_leak(
+    native: int | None, frames: list[tuple[str, bytes, list[tuple[bytes, int, bool]], bytes]]
+) -> None:
+    """Two switches joined by a trunk link (native VLAN 1, 10 or none), access and trunk
+    hosts on both: frames with stacked tags (priority-tagged outer over a VLAN tag, 802.1ad
+    and legacy QinQ TPIDs, tags carrying the native VLAN) never reach a host in another VLAN,
+    and an access host never gets a tagged frame."""
+    sw = {"lan": Switch("lan"), "wan": Switch("wan")}
+    link = Link(sw["lan"], sw["wan"])
+    got: list[tuple[str, bytes]] = []
+    ports = {}
+    for name, (where, role) in HOSTS.items():
+        ports[name] = sw[where].attach(
+            name, lambda f, off, name=name: got.append((name, f)), vlan=role
+        )
+    link.trunk(native=native)
+    sent_vlan: dict[int, int | None] = {}
+    for i, (sender, dst, tags, body) in enumerate(frames):
+        stack = b"".join(tpid + ((pcp << 13) | vid).to_bytes(2, "big") for tpid, vid, pcp in tags)
+        f = dst + HOST_MAC[sender] + stack + b"\x08\x00" + body + b"ID" + i.to_bytes(2, "big")
+        sent_vlan[i] = classified(HOSTS[sender][1], f)
+        ports[sender].send(f)
+    for receiver, f in got:
+        assert f[-4:-2] == b"ID"
+        role = HOSTS[receiver][1]
+        vlan = sent_vlan[int.from_bytes(f[-2:], "big")]
+        assert vlan is not None and classified(role, f) == vlan, (receiver, f.hex())
+        inner = f[12:14] if role.access is not None else f[16:18]
+        assert inner not in TPIDS, (receiver, f.hex())  # no tag left to be read further on
 
 
 async def test_vlans_across_a_link_between_two_switches() -> None:
@@ -338,3 +387,47 @@ def test_a_loop_of_links_is_found() -> None:
     x = Switch("x")
     with pytest.raises(ValueError, match="loop"):
         Link(x, x)
+
+
+def test_double_tagging_from_an_access_port_does_not_cross_a_trunk() -> None:
+    """The escape: [VID 0, VID 20] from an access port of VLAN 1 lost its outer tag on the
+    native-VLAN-1 link and reached VLAN 20 on the next switch. A priority tag alone is still
+    fine: the frame is the access VLAN's, delivered without the tag (or with the VLAN's own
+    VID where it leaves tagged, never VID 0)."""
+    lan, wan = Switch("lan"), Switch("wan")
+    got: dict[str, list[bytes]] = {n: [] for n in ("b", "c", "t", "u")}
+    pa = lan.attach("a", lambda f, off: None, vlan=PortVlan(access=1))
+    Link(lan, wan)
+    wan.attach("b", lambda f, off: got["b"].append(f), vlan=PortVlan(access=1))
+    wan.attach("c", lambda f, off: got["c"].append(f), vlan=PortVlan(access=20))
+    trunk = PortVlan(access=None, allowed=frozenset({1, 20}), native=None)
+    wan.attach("t", lambda f, off: got["t"].append(f), vlan=trunk)
+    lan.attach("u", lambda f, off: got["u"].append(f), vlan=trunk)
+    ip = b"\x08\x00" + b"x" * 46
+    pa.send(BCAST + A + b"\x81\x00\x00\x00" + b"\x81\x00\x00\x14" + ip)
+    pa.send(BCAST + A + b"\x81\x00\xa0\x00" + b"\x88\xa8\x00\x14" + ip)
+    assert got == {"b": [], "c": [], "t": [], "u": []}
+    assert pa.counters.drops["double_tagged"] == 2
+    pa.send(BCAST + A + b"\x81\x00\xa0\x00" + ip)  # priority 5, no inner tag
+    assert got["b"] == [BCAST + A + ip] and got["c"] == []
+    assert got["u"] == [BCAST + A + b"\x81\x00\xa0\x01" + ip]  # VLAN 1, priority kept
+    assert got["t"] == [BCAST + A + b"\x81\x00\x00\x01" + ip]  # untagged on the link
+
+
+def test_stacked_and_service_tags_on_access_and_trunk_ports(vsw: LearningSwitch) -> None:
+    """Per cause: a service tag (802.1ad, or the old 0x9100) on an access port is a tagged
+    frame; on a trunk it is not this C-VLAN bridge's to carry; a VLAN tag around another tag
+    is dropped on any port; a tagged frame of the native VLAN is the native VLAN's."""
+    ip = b"\x08\x00" + b"x" * 46
+    assert vsw.forward(1, BCAST + A + b"\x88\xa8\x00\x0a" + ip, 0.0) == ()
+    assert vsw.forward(1, BCAST + A + b"\x91\x00\x00\x00" + ip, 0.0) == ()
+    assert vsw.ports[1].drops["tagged_on_access"] == 2
+    assert vsw.forward(4, BCAST + B + b"\x88\xa8\x00\x0a" + ip, 0.0) == ()
+    assert vsw.ports[4].drops["s_tag"] == 1
+    assert vsw.forward(4, BCAST + B + b"\x81\x00\x00\x01\x81\x00\x00\x14" + ip, 0.0) == ()
+    assert vsw.forward(4, BCAST + B + b"\x81\x00\x00\x0a\x88\xa8\x00\x14" + ip, 0.0) == ()
+    assert vsw.ports[4].drops["double_tagged"] == 2
+    assert vsw.forward(4, tagged(BCAST, B, 1), 0.0) == (5,) and vsw.vlan == 1
+    assert vsw.forward(4, BCAST + B + b"\x81\x00\x00\x00" + ip, 0.0) == (5,) and vsw.vlan == 1
+    assert vsw.forward(2, BCAST + C + b"\x81\x00\x00\x00" + ip, 0.0) == (1, 4)
+    assert vsw.vlan == 10 and vsw.tagged_in

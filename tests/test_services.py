@@ -10,6 +10,7 @@ import functools
 import os
 import re
 import struct
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -850,8 +851,9 @@ def dhcp_frame(mac: str, step: str, ip: str) -> bytes:
     return bytes(dhcp(mac, kind, ciaddr=ip, src=ip, dst=SVC, eth_dst="52:55:0a:00:00:01"))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
+    st.sampled_from((None, 1)),
     st.lists(
         st.tuples(
             st.sampled_from(FUZZ_MACS),
@@ -860,12 +862,18 @@ def dhcp_frame(mac: str, step: str, ip: str) -> bytes:
             st.sampled_from([0.0, 1.0, 59.0, 61.0, 1800.0, 4000.0]),
         ),
         max_size=25,
-    )
+    ),
 )
 def test_dhcp_never_leases_one_address_twice(
-    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, str, str, float]]
+    tmp_path_factory: pytest.TempPathFactory,
+    cap: int | None,
+    steps: list[tuple[str, str, str, float]],
 ) -> None:
+    """Also with room for one pool binding only (``cap``): bindings dropped for room never
+    take an address from a client that holds it."""
     s = make(tmp_path_factory.getbasetemp())
+    if cap is not None and s.dhcp is not None:
+        s.dhcp.max_bindings = cap
     statics = {A_MAC: "10.0.0.10", B_MAC: "10.0.0.11"}
     held: dict[str, tuple[str, float]] = {}  # what each client was ACKed: address, until
     now = 0.0
@@ -959,3 +967,138 @@ async def test_run_needs_a_switch() -> None:
     svc = ServiceHost(ServicesConfig(NET))
     with pytest.raises(RuntimeError, match="attach"):
         await svc.run()
+
+
+# -- bounds against a hostile client (after the sections above) ------------------------------
+
+
+def discover_frames(n: int, first: int = 0) -> list[bytes]:
+    """DISCOVERs from ``n`` distinct MACs (one frame built by scapy, the MAC patched in)."""
+    pkt = dhcp(mac_n(0), "discover")
+    pkt[UDP].chksum = 0  # none (IPv4 allows it): the MAC is patched into the payload
+    template = bytes(pkt)
+    mac0 = mac2str(mac_n(0))
+    return [template.replace(mac0, mac2str(mac_n(first + i))) for i in range(n)]
+
+
+def dora_via(s: ServiceHost, server: str, mac: str, now: float) -> tuple[Ether, Ether]:
+    [offer] = ask(s, dhcp(mac, "discover"), now)
+    want = offer[BOOTP].yiaddr
+    [ack] = ask(s, dhcp(mac, "request", ("server_id", server), ("requested_addr", want)), now)
+    return offer, ack
+
+
+def test_a_discover_flood_on_a_big_subnet_is_bounded_and_constant_time() -> None:
+    """10k MACs DISCOVER at a /10 (a pool of 2M addresses): the bindings stop at the cap
+    (plus the static leases), the refusals are counted, a refused DISCOVER costs no scan of
+    the bindings, and once the flood's offers expire a real client gets its lease."""
+    from netfabric.services import dhcp as dhcp_module
+
+    cap = dhcp_module.MAX_BINDINGS
+    net = IPv4Network("10.64.0.0/10")
+    s = ServiceHost(
+        ServicesConfig(
+            net, dhcp=DhcpConfig(static={mac2str(A_MAC): (IPv4Address("10.64.0.10"), "a")})
+        )
+    )
+    server = s.dhcp
+    assert server is not None
+    frames = discover_frames(10_000)
+    t = time.perf_counter()
+    offered = sum(len(s.handle(f, 0.0)) for f in frames[:1000])
+    first_batch = time.perf_counter() - t
+    offered += sum(len(s.handle(f, 0.0)) for f in frames[1000:9000])
+    assert offered == cap
+    assert s.counters["dhcp_binding_limit"] == 9000 - cap
+    t = time.perf_counter()
+    assert all(s.handle(f, 1.0) == [] for f in frames[9000:])  # 1000 refused
+    refused_batch = time.perf_counter() - t
+    assert s.counters["dhcp_binding_limit"] == 10_000 - cap
+    assert len(server._bindings) <= cap and len(server._owner) <= cap
+    # A scan of the 4096 bindings per DISCOVER would cost several times an offer's work.
+    assert refused_batch < 2 * first_batch + 0.05, (refused_batch, first_batch)
+    # The static client is not held back by the cap.
+    offer, ack = dora_via(s, "10.64.0.1", A_MAC, now=2.0)
+    assert kind(ack) == "ack" and ack[BOOTP].yiaddr == "10.64.0.10"
+    # The offers expire after OFFER_HOLD: a real client gets an address, and a lease.
+    later = dhcp_module.OFFER_HOLD + 1.0
+    offer, ack = dora_via(s, "10.64.0.1", P_MAC, now=later)
+    assert kind(offer) == "offer" and kind(ack) == "ack"
+    assert IPv4Address(ack[BOOTP].yiaddr) in net
+    assert s.leases(now=later)[P_MAC].ip == IPv4Address(ack[BOOTP].yiaddr)
+    # A new flood after that: still bounded, the real lease untouched.
+    for f in discover_frames(2 * cap, first=20_000):
+        s.handle(f, later + 1.0)
+    assert len(server._owner) <= cap and len(server._bindings) <= cap + 1
+    assert s.leases(now=later + 1.0)[P_MAC].ip == IPv4Address(ack[BOOTP].yiaddr)
+    # A REQUEST for a free address the server has no record of is refused at the cap too.
+    [nak] = ask(s, dhcp(Q_MAC, "request", ("requested_addr", "10.100.0.1")), now=later + 1.0)
+    assert kind(nak) == "nak" and s.counters["dhcp_binding_limit"] > 10_000 - cap
+
+
+def test_tftp_transfers_per_client_address_are_limited(svc: ServiceHost, root: Path) -> None:
+    """One client address holds at most MAX_PER_CLIENT transfers: the next RRQ gets an ERROR
+    packet (counted); other clients are served, and an ended transfer frees its place."""
+    from netfabric.services import tftp as tftp_module
+
+    limit = tftp_module.MAX_PER_CLIENT
+    (root / "f").write_bytes(b"f" * 2000)
+    first = [tftp(svc, rrq("f"), sport=2000 + i) for i in range(limit)]
+    assert all(tftp_of(p)[TFTP_DATA].block == 1 for [p] in first)
+    for i in range(3):
+        [err] = tftp(svc, rrq("f"), sport=3000 + i)
+        assert err[UDP].dport == 3000 + i and error_of(err) == (0, b"too many transfers")
+    assert svc.counters["tftp_client_limit"] == 3
+    # Another address (B's static one) still gets its file.
+    other = Ether(src=B_MAC, dst=svc_mac(svc)) / IP(src="10.0.0.11", dst=SVC)
+    [p] = ask(svc, other / UDP(sport=CPORT, dport=69) / rrq("f"))
+    assert data_of(p)[0] == 1
+    # The first client ends one transfer with an ERROR: it may start another.
+    [p0] = first[0]
+    stop = TFTP(op=5) / TFTP_ERROR(errorcode=0, errormsg=b"stop")
+    assert tftp(svc, stop, dport=p0[UDP].sport, sport=2000) == []
+    [p] = tftp(svc, rrq("f"), sport=4000)
+    assert tftp_of(p)[TFTP_DATA].block == 1 and svc.counters["tftp_client_limit"] == 3
+
+
+async def test_tftp_a_client_that_never_acks_frees_its_slot_after_capped_timeouts(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A client asks for the longest timeout (255 s) and never ACKs: the option is refused
+    (left out of the OACK, RFC 2349), so the server keeps its own timeout and the transfer is
+    gone after the retries, not 25 minutes later. An acceptable timeout is still granted."""
+    from netfabric.services import tftp as tftp_module
+
+    root = tmp_path / "tftp"
+    root.mkdir()
+    (root / "f").write_bytes(b"f" * 2000)
+    config = ServicesConfig(NET, dhcp=DhcpConfig(static=STATIC), tftp_root=root)
+    svc = ServiceHost(config, clock=trio.current_time)
+    got: list[Ether] = []
+    async with trio.open_nursery() as nursery:
+        lan = await nursery.start(Switch("lan").run)
+        svc.attach(lan)
+        await nursery.start(svc.run)
+        me = lan.attach("a.eth0", lambda f, off: got.append(Ether(f)))
+        start = trio.current_time()
+        me.send(
+            bytes(
+                to_svc(
+                    svc, UDP(sport=CPORT, dport=69) / rrq("f", ("timeout", "255"), ("tsize", "0"))
+                )
+            )
+        )
+        [oack] = got
+        assert oack_options(oack) == {b"tsize": b"2000"}  # no timeout: refused
+        assert svc.counters["tftp_timeout_refused"] == 1
+        assert svc.tftp is not None and len(svc.tftp.transfers) == 1
+        with trio.fail_after(tftp_module.TIMEOUT_MAX * (config.tftp_retries + 2)):
+            while svc.tftp.transfers:
+                await trio.sleep(0.5)
+        assert trio.current_time() - start <= config.tftp_timeout * (config.tftp_retries + 1) + 1
+        assert svc.counters["tftp_timeouts"] == 1
+        got.clear()
+        ok = str(tftp_module.TIMEOUT_MAX)
+        me.send(bytes(to_svc(svc, UDP(sport=CPORT + 1, dport=69) / rrq("f", ("timeout", ok)))))
+        assert oack_options(got[0]) == {b"timeout": ok.encode()}
+        nursery.cancel_scope.cancel()

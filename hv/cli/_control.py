@@ -717,10 +717,28 @@ def _why_ended(lab: str, vm: str) -> tuple[str, int]:
 
 class PcapngBlocks:
     """Cuts a pcapng byte stream into whole blocks (each carries its length at offset 4), so
-    that what is written is a readable file whenever the capture stops."""
+    that what is written is a readable file whenever the capture stops; ``dropped`` adds up
+    the frames the lab reports it dropped for this client (Interface Statistics Blocks)."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._drops: dict[int, int] = {}  # interface -> frames dropped so far
+
+    @property
+    def dropped(self) -> int:
+        return sum(self._drops.values())
+
+    def _statistics(self, block: bytes) -> None:
+        """An Interface Statistics Block: note its isb_ifdrop (option 5), if it has one."""
+        (iface,) = struct.unpack_from("<I", block, 8)
+        at, end = 20, len(block) - 4
+        while at + 4 <= end:
+            code, size = struct.unpack_from("<HH", block, at)
+            if code == 0:
+                break
+            if code == 5 and size == 8 and at + 12 <= end:
+                self._drops[iface] = struct.unpack_from("<Q", block, at + 4)[0]
+            at += 4 + size + (-size % 4)
 
     def feed(self, data: bytes) -> bytes:
         """The whole blocks that ``data`` completes; the rest waits for more."""
@@ -732,6 +750,8 @@ class PcapngBlocks:
                 raise ControlError(f"the capture stream is not pcapng (block length {length})")
             if len(self._buf) - end < length:
                 break
+            if struct.unpack_from("<I", self._buf, end)[0] == 5 and length >= 24:
+                self._statistics(bytes(self._buf[end : end + length]))
             end += length
         out = bytes(self._buf[:end])
         del self._buf[:end]
@@ -798,6 +818,11 @@ def _capture(args: argparse.Namespace) -> int:
         conn.close()
     if not to_stdout:
         print(f"hv: {written} bytes of {args.lab}/{args.switch} to {args.write}", file=sys.stderr)
+    if blocks.dropped:
+        print(
+            f"hv: the lab dropped {blocks.dropped} frames this capture did not read in time",
+            file=sys.stderr,
+        )
     return 0
 
 

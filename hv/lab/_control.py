@@ -59,7 +59,7 @@ from hv.cli._control import (
 )
 from hv.lab._runner import LabRun, Output, PrefixedOutput, run_lab
 from hv.lab._spec import LabSpec
-from netfabric.capture import PcapngWriter
+from netfabric.capture import STATS_BLOCK, PcapngWriter
 from netfabric.fabric import Switch
 from netfabric.offload import Offload, resolve
 
@@ -68,7 +68,9 @@ log = get_logger("hv.control")
 TAIL_KEPT = 64 << 10  # console output kept per VM for the next client that attaches
 TAIL_DEFAULT = 4096  # what a console client gets of it unless it asks for more or less
 CONSOLE_BUFFER = 1 << 20  # console output a client may lag behind before bytes are dropped
-CAPTURE_BUFFER = 8 << 20  # capture data a client may lag behind before frames are dropped
+CAPTURE_BUFFER = 1 << 20  # capture data a client may lag behind before frames are dropped
+CAPTURES_PER_SWITCH = 8  # live capture clients at once on one switch
+CAPTURES_PER_LAB = 32  # and on all the lab's switches
 STOP_WAIT = 10.0  # how long ``stop`` waits for the VMs to stop before answering
 
 
@@ -182,7 +184,10 @@ class _OutboxFile:
 class LiveCapture:
     """A switch listener that writes a pcapng stream for one client: a section header, an
     interface per port (ports plugged in later get theirs when they first send), then a
-    packet per frame; frames that do not fit the client's buffer are dropped and counted."""
+    packet per frame; frames that do not fit the client's buffer are dropped and counted.
+    The client learns of drops in the stream: an Interface Statistics Block per interface
+    that dropped (``isb_ifdrop``: its drops so far) before the next frame that fits, and at
+    the end."""
 
     def __init__(self, switch: Switch, limit: int = CAPTURE_BUFFER) -> None:
         self.switch = switch
@@ -194,6 +199,8 @@ class LiveCapture:
         self.writer.flush()
         self.packets = 0
         self.dropped = 0
+        self._drops: dict[int, int] = {}  # interface -> frames dropped, all time
+        self._unreported = False
 
     def _interface(self, port_id: int) -> int:
         port = self.switch.ports.get(port_id)
@@ -209,15 +216,27 @@ class LiveCapture:
         if iface is None:
             iface = self._interface(port_id)
         for wire in resolve(frame, offload) if offload is not None else (frame,):
-            if not self.box.room(len(wire) + 36):
+            report = STATS_BLOCK * len(self._drops) if self._unreported else 0
+            if not self.box.room(len(wire) + 36 + report):
                 self.dropped += 1
+                self._drops[iface] = self._drops.get(iface, 0) + 1
+                self._unreported = True
                 continue
+            if self._unreported:
+                self._report(ts)
             self.writer.write(iface, wire, ts)
             self.packets += 1
         self.writer.flush()
 
+    def _report(self, ts: int) -> None:
+        for iface, n in self._drops.items():
+            self.writer.write_drops(iface, n, ts)
+        self._unreported = False
+
     def close(self) -> None:
         self.switch.remove_listener(self)
+        if self._unreported and not self.box.closed:
+            self._report(time.time_ns())  # past the limit: a few small blocks, once
         self.writer.flush()
         self.box.close()
 
@@ -690,6 +709,18 @@ class ControlServer:
             known = ", ".join(self.run.switches) or "none"
             raise ControlError(f"lab {self.name} has no switch named {name!r} (switches: {known})")
         sw = self.run.switches[name]
+        on_switch = sum(1 for c in self.captures if c.switch is sw)
+        if on_switch >= CAPTURES_PER_SWITCH:
+            raise ControlError(
+                f"switch {name} has {on_switch} live captures already (at most "
+                f"{CAPTURES_PER_SWITCH} a switch): stop one, or capture to a file with "
+                "'capture =' in the lab file"
+            )
+        if len(self.captures) >= CAPTURES_PER_LAB:
+            raise ControlError(
+                f"lab {self.name} has {len(self.captures)} live captures already (at most "
+                f"{CAPTURES_PER_LAB} a lab): stop one first"
+            )
         with self._stream():
             await _send(
                 stream,

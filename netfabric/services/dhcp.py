@@ -14,9 +14,19 @@ address; everyone else gets one from the pool, in this order: the address it alr
 had: a released or expired lease stays with its client until someone else needs it), the
 address it asks for (option 50) if that is free, an address never handed out, and last the
 pool address whose lease ended longest ago. An offer holds its address for ``OFFER_HOLD``
-seconds. With nothing left the DISCOVER goes unanswered (``dhcp_pool_exhausted``): a guest
-that floods DISCOVERs from random MACs can use up the pool, as on any DHCP server, but not
-host memory (at most one binding per pool address, plus the static ones).
+seconds. With nothing left the DISCOVER goes unanswered (``dhcp_pool_exhausted``).
+
+Bounds against a flood of DISCOVERs from random MACs: the pool addresses the server keeps a
+binding for (offered, leased, declined, or ended but remembered) are at most
+``MAX_BINDINGS`` per switch, plus the static leases, whatever the pool's size (a /10 would
+otherwise hold 2M of them). At the cap, a newcomer takes over the binding whose lease ended
+longest ago; with every binding in force it is refused (``dhcp_binding_limit``: no OFFER,
+or a DHCPNAK to a REQUEST for an address the server has no record of). So a flood can hold
+at most ``MAX_BINDINGS`` addresses for ``OFFER_HOLD`` seconds, and real clients get leases
+again once its offers expire. Finding an address is O(1) amortised, never a scan of the
+bindings: a cursor over the addresses never handed out, a (bounded) set of addresses handed
+back, and a heap of the bindings by the time their lease ends (stale entries are skipped when
+they surface, and the heap is rebuilt when they outnumber the live ones).
 
 The server is authoritative for its subnet: a REQUEST for an address this client may not
 have (someone else's, a static one, one outside the pool) gets a DHCPNAK, which sends the
@@ -39,6 +49,8 @@ Time is the caller's (``now``, any monotonic clock in seconds): nothing here sle
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -64,6 +76,7 @@ TYPE_NAMES = {
 }
 FLAG_BROADCAST = 0x8000
 OFFER_HOLD = 60.0  # seconds an offered address waits for the client's REQUEST
+MAX_BINDINGS = 4096  # pool addresses a switch's server keeps bindings for (static ones apart)
 BOOTP_MIN = 300  # the BOOTP message size old clients require
 
 OPT_PAD, OPT_END = 0, 255
@@ -203,6 +216,13 @@ class DhcpServer:
         self._owner: dict[int, _Binding] = {}  # pool address -> the binding that holds it
         self._names: dict[str, _Binding] = {}  # clients' own names -> their binding
         self._cursor = self.first  # the next pool address never handed out, or past the end
+        self.max_bindings = MAX_BINDINGS
+        # Pool addresses handed out once and free again (their binding was dropped for room).
+        self._free: set[int] = set()
+        # (expires, n, ip, binding) for every binding in _owner; an entry whose binding no
+        # longer holds ip or has another expiry is stale. The top is the longest-ended one.
+        self._ends: list[tuple[float, int, int, _Binding]] = []
+        self._seq = itertools.count()
         self.siaddr = config.service_ip.packed if config.tftp_root is not None else ZERO_IP
         self.boot = d.boot.encode() if d.boot is not None else b""
         subnet = config.subnet
@@ -299,7 +319,8 @@ class DhcpServer:
         else:
             ip = self._allocate(mac, _addr(msg.options.get(OPT_REQUESTED)), now)
             if ip is None:
-                self.counters["dhcp_pool_exhausted"] += 1
+                full = len(self._owner) >= self.max_bindings
+                self.counters["dhcp_binding_limit" if full else "dhcp_pool_exhausted"] += 1
                 return []
         assert ip is not None
         b = self._bindings.get(mac)
@@ -317,7 +338,7 @@ class DhcpServer:
                 self.counters["dhcp_other_server"] += 1
                 b = self._bindings.get(mac)
                 if b is not None and b.state == "offered":
-                    b.state = "released"
+                    self._set_end(b, "released", now)
                 return []
             if want is None:
                 raise Malformed("dhcp_request_without_address")
@@ -326,6 +347,9 @@ class DhcpServer:
             if want is None:
                 raise Malformed("dhcp_request_without_address")
         if not self._may_have(mac, want, now):
+            return [self._reply(msg, NAK, ZERO_IP, mac, src_mac)]
+        if self._in_pool(want) and want not in self._owner and not self._room(now):
+            self.counters["dhcp_binding_limit"] += 1
             return [self._reply(msg, NAK, ZERO_IP, mac, src_mac)]
         self._take(mac, want, "bound", now + self.lease_time, now)
         self._set_hostname(mac, msg, now)
@@ -341,12 +365,12 @@ class DhcpServer:
             return
         # The address is in use by someone we don't know: out of the pool for a lease time.
         self._forget(b)
-        b.state, b.expires = "declined", now + self.lease_time
+        self._set_end(b, "declined", now + self.lease_time)
 
     def _release(self, msg: Message, mac: bytes, now: float) -> None:
         b = self._bindings.get(mac)
         if b is not None and _addr(msg.ciaddr) == b.ip:
-            b.state, b.expires = "released", now
+            self._set_end(b, "released", now)
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -359,17 +383,57 @@ class DhcpServer:
             return b.ip
         if requested is not None and self._in_pool(requested):
             owner = self._owner.get(requested)
-            if owner is None or not owner.active(now):
+            if owner is not None and not owner.active(now):
                 return requested
-        while self._cursor <= self.last:
-            ip = self._cursor
-            self._cursor += 1
-            if ip not in self._reserved and ip not in self._owner:
-                return ip
-        idle = [o for o in self._owner.values() if not o.active(now)]
-        if not idle:
-            return None
-        return min(idle, key=lambda o: o.expires).ip
+            if owner is None and self._room(now):
+                return requested
+        if len(self._owner) < self.max_bindings:
+            while self._cursor <= self.last:
+                ip = self._cursor
+                self._cursor += 1
+                if ip not in self._reserved and ip not in self._owner:
+                    return ip
+            while self._free:
+                ip = self._free.pop()
+                if ip not in self._owner:
+                    return ip
+        idle = self._longest_ended(now)
+        return idle.ip if idle is not None else None
+
+    def _longest_ended(self, now: float) -> _Binding | None:
+        """The binding whose lease ended longest ago (None if every one is in force)."""
+        ends = self._ends
+        while ends:
+            expires, _, ip, b = ends[0]
+            if self._owner.get(ip) is not b or b.expires != expires:
+                heapq.heappop(ends)  # stale
+            elif b.active(now):
+                return None
+            else:
+                return b
+        return None
+
+    def _room(self, now: float) -> bool:
+        """Whether one more pool address may get a binding: under the cap, or by dropping the
+        binding whose lease ended longest ago (its address goes back to the free set)."""
+        if len(self._owner) < self.max_bindings:
+            return True
+        b = self._longest_ended(now)
+        if b is None:
+            return False
+        del self._owner[b.ip]
+        self._forget(b)
+        if len(self._free) < self.max_bindings:
+            self._free.add(b.ip)
+        return True
+
+    def _set_end(self, b: _Binding, state: str, expires: float) -> None:
+        b.state, b.expires = state, expires
+        if self._owner.get(b.ip) is b:
+            heapq.heappush(self._ends, (expires, next(self._seq), b.ip, b))
+            if len(self._ends) > 2 * len(self._owner) + 64:  # mostly stale: rebuild
+                self._ends = [(o.expires, next(self._seq), ip, o) for ip, o in self._owner.items()]
+                heapq.heapify(self._ends)
 
     def _may_have(self, mac: bytes, ip: int, now: float) -> bool:
         static = self._static.get(mac)
@@ -384,18 +448,18 @@ class DhcpServer:
         b = self._bindings.get(mac)
         if b is not None and b.ip != ip:  # moving: the old address stays behind, free
             self._forget(b)
-            b.state, b.expires = "released", now
+            self._set_end(b, "released", now)
             b = None
         if b is None:
             b = _Binding(mac, ip, state, expires)
             self._bindings[mac] = b
-        else:
-            b.state, b.expires = state, expires
         if self._in_pool(ip):
             prev = self._owner.get(ip)
             if prev is not None and prev is not b:
                 self._forget(prev)
             self._owner[ip] = b
+            self._free.discard(ip)
+        self._set_end(b, state, expires)
 
     def _forget(self, b: _Binding) -> None:
         """``b`` is no longer its client's binding (its address may stay held)."""

@@ -26,6 +26,13 @@ are not regular (a FIFO cannot stall the server: files are opened non-blocking a
 Write requests get "access violation" too: the server is read-only. At most
 ``MAX_TRANSFERS`` run at once (a guest cannot exhaust the host's file descriptors), each
 closed when it ends, times out, or the client sends an ERROR.
+
+Slots against a client that never ACKs: one client address holds at most ``MAX_PER_CLIENT``
+transfers at once (the next RRQ gets an ERROR, ``tftp_client_limit``), and a ``timeout``
+option above ``TIMEOUT_MAX`` seconds is refused by leaving it out of the OACK (RFC 2349 lets
+a server only accept the client's value or decline it; ``tftp_timeout_refused``), so the
+server's own timeout applies. A silent transfer is abandoned after ``retries`` timeouts of at
+most ``TIMEOUT_MAX`` seconds (a minute at most, not 255 s x 5 retries), freeing its slot.
 """
 
 from __future__ import annotations
@@ -45,7 +52,9 @@ RRQ, WRQ, DATA, ACK, ERROR, OACK = range(1, 7)
 ERR_UNDEFINED, ERR_NOT_FOUND, ERR_ACCESS, ERR_ILLEGAL, ERR_UNKNOWN_TID = 0, 1, 2, 4, 5
 DEFAULT_BLKSIZE = 512
 WINDOW_MAX = 64
-MAX_TRANSFERS = 64
+MAX_TRANSFERS = 64  # transfers at once per switch (each holds a file descriptor)
+MAX_PER_CLIENT = 4  # of those, transfers at once from one client address
+TIMEOUT_MAX = 10  # the longest RFC 2349 ``timeout`` a client may ask for, in seconds
 PORT_FIRST, PORT_LAST = 49152, 65535  # our transfer IDs: the dynamic port range
 UDP_IP_TFTP_HEADERS = 20 + 8 + 4  # what a DATA packet adds to a block
 
@@ -187,6 +196,7 @@ class TftpServer:
         self.retries = config.tftp_retries
         self.transfers: dict[int, _Transfer] = {}  # by our port
         self._by_client: dict[tuple[bytes, int], _Transfer] = {}
+        self._per_address: collections.Counter[bytes] = collections.Counter()
         self._next_port = PORT_FIRST
 
     def serves(self, port: int) -> bool:
@@ -260,6 +270,9 @@ class TftpServer:
         if len(self.transfers) >= MAX_TRANSFERS:
             self.counters["tftp_busy"] += 1
             return [self._error_to(mac, ip, sport, ERR_UNDEFINED, "too many transfers")]
+        if self._per_address[ip] >= MAX_PER_CLIENT:
+            self.counters["tftp_client_limit"] += 1
+            return [self._error_to(mac, ip, sport, ERR_UNDEFINED, "too many transfers")]
         opened = self._open(name)
         if isinstance(opened, _Refusal):
             self.counters["tftp_refused"] += 1
@@ -272,6 +285,9 @@ class TftpServer:
         if mode == "octet" and _int(options.get("tsize"), 0, 0) is not None:
             accepted["tsize"] = size
         timeout = _int(options.get("timeout"), 1, 255, cap=False)
+        if timeout is not None and timeout > TIMEOUT_MAX:
+            self.counters["tftp_timeout_refused"] += 1
+            timeout = None
         if timeout is not None:
             accepted["timeout"] = timeout
         window = _int(options.get("windowsize"), 1, WINDOW_MAX)
@@ -289,6 +305,7 @@ class TftpServer:
             )
         self.transfers[t.port] = t
         self._by_client[(ip, sport)] = t
+        self._per_address[ip] += 1
         return self._send(t, now)
 
     def _ack(self, t: _Transfer, block: int, now: float) -> list[Datagram]:
@@ -331,6 +348,9 @@ class TftpServer:
     def _end(self, t: _Transfer) -> None:
         if self.transfers.get(t.port) is t:
             del self.transfers[t.port]
+            self._per_address[t.ip] -= 1
+            if not self._per_address[t.ip]:
+                del self._per_address[t.ip]
         if self._by_client.get((t.ip, t.client_port)) is t:
             del self._by_client[(t.ip, t.client_port)]
         os.close(t.fd)
