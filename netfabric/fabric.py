@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import trio
 
 from netfabric.capture import PcapngWriter, open_capture
-from netfabric.offload import Offload, resolve
+from netfabric.offload import Offload, resolve, wire_count
 from netfabric.switch import (
     DEFAULT_AGING,
     DEFAULT_MAX_MACS,
@@ -175,6 +175,8 @@ class Switch:
     def send(self, port_id: int, frame: bytes, offload: Offload | None = None) -> None:
         now = time.monotonic()
         out = self.core.forward(port_id, frame, now)
+        if offload is not None and offload.gso_type:
+            self._count_wire(port_id, out, frame, offload)
         if (self.capture is not None or self._listeners) and (out or self.core.is_up(port_id)):
             ts = time.time_ns()
             if self.capture is not None:
@@ -195,6 +197,24 @@ class Switch:
             if dst.capture is not None:
                 dst.record(frame, offload, time.time_ns())
             dst.deliver(frame, offload)
+
+    def _count_wire(
+        self, port_id: int, out: tuple[int, ...], frame: bytes, offload: Offload
+    ) -> None:
+        """What a segmentation offload frame adds on the wire beyond its one frame (the
+        core counted it as one): to its ingress port and to each port it went out of."""
+        frames, nbytes = wire_count(frame, offload)
+        frames, nbytes = frames - 1, nbytes - len(frame)
+        if not frames:
+            return
+        ports = self.core.ports
+        c = ports[port_id]
+        c.rx_wire_extra_frames += frames
+        c.rx_wire_extra_bytes += nbytes
+        for p in out:
+            c = ports[p]
+            c.tx_wire_extra_frames += frames
+            c.tx_wire_extra_bytes += nbytes
 
     def _deliver_vlan(self, out: tuple[int, ...], frame: bytes, offload: Offload | None) -> None:
         """Each output port gets the frame as its VLAN role wants it: tagged or not."""

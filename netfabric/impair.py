@@ -122,6 +122,7 @@ __all__ = [
     "ImpairedLink",
     "Impairment",
     "direction_rng",
+    "parse_changes",
     "parse_impairment",
 ]
 
@@ -916,3 +917,24 @@ def parse_impairment(table: Mapping[str, Any], key: str) -> tuple[Impairment, Im
                 dseed = _seed(sub["seed"], f"{sk}.seed")
         out.append(_build(fields, dseed, f"{key}.{name}"))
     return out[0], out[1]
+
+
+# Settings a live change may take away again (JSON null): no rate limit, no MTU, no bursts.
+_REMOVABLE = ("rate", "mtu", "loss_burst")
+
+
+def parse_changes(table: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """Live changes (``ImpairedLink.set``) from a table spelled as a lab file's ``impair``
+    table is (``{"loss": "1%", "delay": "20ms"}``; no ``egress``/``ingress``: the caller
+    picks the direction), plus ``None`` for ``rate``, ``mtu`` or ``loss_burst`` to take it
+    away. Only the named settings change. Errors are ``ValueError``s naming ``key.FIELD``."""
+    t = _table(table, key)
+    _unknown(t, {*_FIELDS, "seed"}, key)
+    removed = {f: None for f in _REMOVABLE if f in t and t[f] is None}
+    changes = {
+        f: v for f, (v, _) in _fields({k: v for k, v in t.items() if k not in removed}, key).items()
+    }
+    changes.update(removed)
+    if "seed" in t:
+        changes["seed"] = _seed(t["seed"], f"{key}.seed")
+    return changes

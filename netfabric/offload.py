@@ -59,18 +59,26 @@ def finish_checksum(frame: bytes, start: int, offset: int) -> bytes:
     return bytes(b)
 
 
+def _tcp4_layout(frame: bytes, mss: int) -> tuple[int, int, int] | None:
+    """Where an IPv4/TCP frame's IP header, TCP header and payload start; None if it is not
+    one that can be cut (then it goes on whole)."""
+    ip0 = ETH + 4 if frame[12:14] == b"\x81\x00" else ETH  # an 802.1Q tag before IPv4
+    if len(frame) < ip0 + 40 or frame[ip0 - 2 : ip0] != b"\x08\x00" or mss <= 0:
+        return None
+    tcp0 = ip0 + (frame[ip0] & 0xF) * 4
+    if frame[ip0 + 9] != 6 or len(frame) < tcp0 + 20:
+        return None
+    return ip0, tcp0, tcp0 + (frame[tcp0 + 12] >> 4) * 4
+
+
 def segment_tcp4(frame: bytes, mss: int) -> list[bytes]:
     """Cut an IPv4/TCP frame with a payload larger than ``mss`` into wire-size segments, each
     with its IP and TCP checksums filled in."""
-    ip0 = ETH + 4 if frame[12:14] == b"\x81\x00" else ETH  # an 802.1Q tag before IPv4
-    if len(frame) < ip0 + 40 or frame[ip0 - 2 : ip0] != b"\x08\x00" or mss <= 0:
+    layout = _tcp4_layout(frame, mss)
+    if layout is None:
         return [frame]
-    ihl = (frame[ip0] & 0xF) * 4
-    tcp0 = ip0 + ihl
-    if frame[ip0 + 9] != 6 or len(frame) < tcp0 + 20:
-        return [frame]
-    thl = (frame[tcp0 + 12] >> 4) * 4
-    payload0 = tcp0 + thl
+    ip0, tcp0, payload0 = layout
+    ihl, thl = tcp0 - ip0, payload0 - tcp0
     payload = frame[payload0:]
     src, dst = frame[ip0 + 12 : ip0 + 16], frame[ip0 + 16 : ip0 + 20]
     ip_id = struct.unpack_from("!H", frame, ip0 + 4)[0]
@@ -99,6 +107,22 @@ def segment_tcp4(frame: bytes, mss: int) -> list[bytes]:
         struct.pack_into("!H", seg, tcp0 + 16, checksum(seg[tcp0:], pseudo + tcp_len))
         out.append(bytes(seg))
     return out
+
+
+def wire_count(frame: bytes, off: Offload | None) -> tuple[int, int]:
+    """(frames, bytes) that ``resolve(frame, off)`` would give, computed from the headers
+    without cutting anything: a TSO frame of ``n`` segments is ``n`` frames, each carrying
+    its own copy of the headers. Cheap enough for counters on the forwarding path."""
+    if off is None or off.gso_type != GSO_TCPV4 or not off.gso_size:
+        return 1, len(frame)  # at most a checksum to fill in: one frame of the same size
+    mss = off.gso_size
+    layout = _tcp4_layout(frame, mss)
+    if layout is None:
+        return 1, len(frame)
+    payload0 = layout[2]
+    payload = max(0, len(frame) - payload0)
+    n = max(1, (payload + mss - 1) // mss)
+    return n, n * min(payload0, len(frame)) + payload
 
 
 def resolve(frame: bytes, off: Offload | None) -> list[bytes]:

@@ -104,11 +104,43 @@ def _check_vid(vid: int, what: str) -> None:
 
 @dataclass
 class PortCounters:
+    """One port's counters. ``rx`` is what the port's device sent into the switch, ``tx``
+    what the switch handed to it, and ``drops`` what the switch dropped on the port's
+    ingress, by reason.
+
+    ``*_frames`` and ``*_bytes`` count frames as the device handed them over: an offloaded
+    TCP frame (TSO, up to 64 KiB, see netfabric.offload) counts once, with its length.
+    ``*_wire_frames`` and ``*_wire_bytes`` count them as a wire (and a capture) would: such
+    a frame as the segments it stands for, each with its own headers (computed from the
+    offload, nothing is cut to count). Without offloads the two are the same. The core sees
+    every frame as one; the fabric adds what offloaded frames stand for beyond that to the
+    ``*_wire_extra_*`` fields."""
+
     rx_frames: int = 0
     rx_bytes: int = 0
     tx_frames: int = 0
     tx_bytes: int = 0
     drops: collections.Counter[str] = field(default_factory=collections.Counter)
+    rx_wire_extra_frames: int = 0
+    rx_wire_extra_bytes: int = 0
+    tx_wire_extra_frames: int = 0
+    tx_wire_extra_bytes: int = 0
+
+    @property
+    def rx_wire_frames(self) -> int:
+        return self.rx_frames + self.rx_wire_extra_frames
+
+    @property
+    def rx_wire_bytes(self) -> int:
+        return self.rx_bytes + self.rx_wire_extra_bytes
+
+    @property
+    def tx_wire_frames(self) -> int:
+        return self.tx_frames + self.tx_wire_extra_frames
+
+    @property
+    def tx_wire_bytes(self) -> int:
+        return self.tx_bytes + self.tx_wire_extra_bytes
 
 
 class LearningSwitch:

@@ -340,7 +340,7 @@ def test_hv_top_prints_the_live_view_as_lines_off_a_terminal(fw: tuple[Host, str
 
 def test_stats_and_protocol_errors(fw: tuple[Host, str]) -> None:
     h, name = fw
-    r = h.hv("stats", name)
+    r = h.hv("stats", name, "--json")
     assert r.returncode == 0, r.stderr
     stats = json.loads(r.stdout)
     assert stats["lab"] == name and set(stats["vms"]) == {"s", "c", "e"}

@@ -8,12 +8,22 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import trio
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from test_lab import hv_up
 
+import hv
 from hv.build import _image_linux as il
-from netfabric.offload import GSO_TCPV4, Offload, finish_checksum, resolve, segment_tcp4
+from netfabric.fabric import Switch
+from netfabric.offload import (
+    GSO_TCPV4,
+    Offload,
+    finish_checksum,
+    resolve,
+    segment_tcp4,
+    wire_count,
+)
 
 
 def tso_frame(payload: bytes, flags: str = "PA") -> bytes:
@@ -100,3 +110,73 @@ def test_a_capture_of_offloaded_linux_tcp_is_the_wire(
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     assert bad == "", bad[:2000]
+
+
+# -- counting wire frames without cutting them -----------------------------------------------
+
+
+def test_wire_count_matches_what_resolve_cuts() -> None:
+    cases: list[tuple[bytes, Offload | None]] = [(tso_frame(b"x" * 100), None)]
+    for size in (0, 1, 1447, 1448, 1449, 51200, 65000):
+        big = tso_frame(bytes(range(256)) * (size // 256) + b"y" * (size % 256))
+        for mss in (536, 1448, 9000):
+            cases.append((big, Offload(True, 34, 16, GSO_TCPV4, mss, 70)))
+    udp = bytes(Ether() / IP() / UDP() / (b"u" * 300))
+    cases.append((udp, Offload(True, 34, 6)))  # a partial checksum: still one frame
+    cases.append((udp, Offload(True, 34, 6, GSO_TCPV4, 100, 42)))  # nonsense: left whole
+    for frame, off in cases:
+        wires = resolve(frame, off)
+        assert wire_count(frame, off) == (len(wires), sum(map(len, wires))), off
+
+
+def test_switch_port_counters_give_guest_frames_and_wire_frames() -> None:
+    big = tso_frame(bytes(range(256)) * 200)  # 51200 bytes of payload: 36 segments
+    off = Offload(True, 34, 16, GSO_TCPV4, 1448, 70)
+    wires = resolve(big, off)
+    sw = Switch("lan")
+    got: list[tuple[bytes, Offload | None]] = []
+    a = sw.attach("a", lambda f, o: None)
+    b = sw.attach("b", lambda f, o: got.append((f, o)))
+    b.send(bytes(Ether(src="52:54:00:00:00:02", dst="ff:ff:ff:ff:ff:ff") / (b"l" * 50)))
+    small = tso_frame(b"z" * 10)
+    a.send(small)
+    a.send(big, off)
+    assert got[-1] == (big, off)  # delivered whole: the receiver takes offloads
+    ca, cb = a.counters, b.counters
+    # as the guest sent them: two frames
+    assert (ca.rx_frames, ca.rx_bytes) == (2, len(small) + len(big))
+    assert (cb.tx_frames, cb.tx_bytes) == (2, len(small) + len(big))
+    # on the wire: the small frame and the 36 segments the big one stands for
+    wire = (1 + len(wires), len(small) + sum(map(len, wires)))
+    assert (ca.rx_wire_frames, ca.rx_wire_bytes) == wire
+    assert (cb.tx_wire_frames, cb.tx_wire_bytes) == wire
+    # frames that were never offloaded count the same both ways
+    assert (cb.rx_wire_frames, cb.rx_wire_bytes) == (cb.rx_frames, cb.rx_bytes) == (1, 64)
+    assert (ca.tx_wire_frames, ca.tx_wire_bytes) == (ca.tx_frames, ca.tx_bytes)
+    sw.close()
+
+
+async def test_linux_tcp_port_counters_count_the_wire_the_capture_shows(
+    linux_image: il.LinuxImage, tmp_path: Path
+) -> None:
+    lab = (
+        hv.Lab("tso", base=tmp_path)
+        .switch("lan")
+        .vm("a", kernel="linux", nics=[{"switch": "lan", "ip": "10.0.0.1/24",
+                                        "capture": "a.pcapng"}],
+            append='hv.run="sleep 1; traffic send -t 10.0.0.2 2000000; poweroff"')
+        .vm("b", kernel="linux", nics=[{"switch": "lan", "ip": "10.0.0.2/24"}],
+            append='hv.run="traffic recv -t -1"')
+    )  # fmt: skip
+    async with hv.open_lab(lab) as run:
+        with trio.fail_after(300):
+            info = await run.vms["a"].wait()
+        assert info.exit_code == 0, run.vms["a"].console.transcript[-1500:]
+        port = next(p for p in run.switches["lan"].ports.values() if p.name == "a.eth0")
+        c = port.counters
+        assert port.capture is not None
+        # the guest handed over super-frames: far fewer than the wire carried
+        assert c.rx_bytes >= 2_000_000 and c.rx_wire_frames > 4 * c.rx_frames, c
+        assert c.rx_wire_frames >= 2_000_000 // 1448
+        # the port's own capture records the wire, each way: the counters agree exactly
+        assert c.rx_wire_frames + c.tx_wire_frames == port.capture.frames

@@ -110,8 +110,12 @@ async def test_snapshot_and_rates_of_a_running_lab() -> None:
 # -- the plain lines and the table (made-up snapshots) -------------------------------------
 
 
-def made_up(t: float, insns: int, frames: int, drops: int = 0, stopped: bool = False) -> Any:
-    return {
+def made_up(
+    t: float, insns: int, frames: int, drops: int = 0, stopped: bool = False, tso: int = 0
+) -> Any:
+    """A snapshot; ``tso``: frames of 45 segments among those the port sent (rx), and cable
+    drops by loss on its cable ``c``."""
+    snap: dict[str, Any] = {
         "lab": "demo",
         "time": t,
         "vms": {
@@ -146,6 +150,19 @@ def made_up(t: float, insns: int, frames: int, drops: int = 0, stopped: bool = F
             }
         },
     }
+    if tso:
+        port = snap["switches"]["lan"]["ports"][0]
+        port |= {
+            "rx_wire_frames": frames + 44 * tso,
+            "rx_wire_bytes": frames * 100 + 44 * 54 * tso,
+            "tx_wire_frames": frames // 2,
+            "tx_wire_bytes": frames * 50,
+            "drops": drops + tso,
+            "drops_by": {"dest_down": drops, "loss": tso},
+            "cable": "c",
+            "cable_counts": {"duplicated": 0, "corrupted": 1, "reordered": 0},
+        }
+    return snap
 
 
 def test_rates_and_the_plain_line_format() -> None:
@@ -157,8 +174,15 @@ def test_rates_and_the_plain_line_format() -> None:
         "lab demo interval=2.00s running=1/1 mips=123.0 exits/s=123000 cpu=25%",
         "vm a running mips=123.0 exits/s=123000 cpu=25% uptime=4.0s",
         "port lan a.eth0 rx=100/s rx_bytes=10000/s tx=50/s tx_bytes=5000/s drops=2/s "
-        "drops_total=4 drops_by=dest_down:4",
+        "drops_total=4 rx_wire=100/s tx_wire=50/s drops_by=dest_down:4",
     ]
+    # offloaded frames (each 45 on the wire) and a cable's drops by cause
+    r = rates(made_up(102.0, 0, 100, tso=10), made_up(104.0, 0, 300, drops=4, tso=30))
+    assert render_lines(r)[2] == (
+        "port lan a.eth0 rx=100/s rx_bytes=10000/s tx=50/s tx_bytes=5000/s drops=12/s "
+        "drops_total=34 rx_wire=540/s tx_wire=50/s drops_by=dest_down:4,loss:30 cable=c "
+        "duplicated=0 corrupted=1 reordered=0"
+    )
     end = rates(cur, made_up(105.0, 256_000_000, 300, drops=4, stopped=True))
     assert render_lines(end)[1] == (
         'vm a stopped mips=0.0 exits/s=0 cpu=25% uptime=- exit=0 kind=poweroff reason="shut down"'
@@ -179,6 +203,13 @@ def test_the_table_names_the_lab_its_vms_and_ports() -> None:
     assert "50.0" in row and "25%" in row  # MIPS and CPU share
     port = next(line for line in text.splitlines() if "a.eth0" in line)
     assert "2.0 k" in port and "200.0 kB" in port  # frames/s and bytes/s
+    assert "wire" not in port  # nothing offloaded: one figure
+    r = rates(made_up(102.0, 0, 0), made_up(103.0, 0, 2000, drops=1, tso=100))
+    out = io.StringIO()
+    Console(file=out, width=160, color_system=None).print(render_table(r))
+    port = next(line for line in out.getvalue().splitlines() if "a.eth0" in line)
+    assert "2.0 k (6.4 k wire)" in port, port  # as sent, and on the wire
+    assert "a.eth0 (c)" in port and "dest_down 1, loss 100, corrupted 1" in port, port
 
 
 def test_view_modes() -> None:
@@ -236,7 +267,7 @@ VM_LINE = re.compile(
 )
 PORT_LINE = re.compile(
     r"^port lan (s|a)\.eth0 rx=(\d+)/s rx_bytes=\d+/s tx=(\d+)/s tx_bytes=\d+/s "
-    r"drops=\d+/s drops_total=\d+$"
+    r"drops=\d+/s drops_total=\d+ rx_wire=(\d+)/s tx_wire=(\d+)/s$"
 )
 
 
@@ -264,6 +295,7 @@ def test_hv_up_stats_off_a_terminal_prints_lines_between_the_consoles(tmp_path: 
     ports = [m for line in lines if (m := PORT_LINE.match(line))]
     assert len(ports) == 2 * len(headers)
     assert any(int(m[2]) > 0 and int(m[3]) > 0 for m in ports)  # the pings, every 100 ms
+    assert all((m[2], m[3]) == (m[4], m[5]) for m in ports)  # nothing offloaded: the same
     assert lines[-3].startswith("vm a stopped") and "exit=0 kind=poweroff" in lines[-3]
     assert all(line.startswith(("s | ", "a | ", "lab ", "vm ", "port ")) for line in lines)
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 PROTOCOL = "hvfabric-control"
 VERSION = 1
-OPS = ("hello", "ps", "stats", "stop", "down", "console", "capture")
+OPS = ("hello", "ps", "stats", "stop", "down", "console", "capture", "netem")
 MAX_LINE = 64 << 10  # longest line either end reads
 SUN_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path is 108, NUL-terminated)
 # How ``hv up -d`` tells the lab it starts where its log is (shown by ``hv ps``).
@@ -398,10 +398,17 @@ def add_parsers(sub: Any) -> None:
 
     stats = sub.add_parser(
         "stats",
-        help="a running lab's counters, as JSON",
-        description="Print lab LAB's counters (per VM, per switch port) as JSON.",
+        help="a running lab's counters",
+        description=(
+            "Print lab LAB's counters since it started: per VM, per switch port (frames as "
+            "the devices sent them and as the wire carries them, where an offloaded TCP frame "
+            "is its segments; drops by cause, the switch's and the port's cable's: loss, "
+            "queue, mtu), and per impaired cable and direction (settings and counters). "
+            "Plain lines, or --json."
+        ),
     )
     stats.add_argument("lab", metavar="LAB")
+    stats.add_argument("--json", action="store_true", help="the stats answer, as JSON")
 
     top = sub.add_parser(
         "top",
@@ -829,7 +836,13 @@ def _capture(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     with Connection.open(args.lab) as conn:
         answer = conn.request("stats")
-    print(json.dumps(answer["stats"], indent=2))
+    if args.json:
+        print(json.dumps(answer["stats"], indent=2))
+        return 0
+    from hv.lab._stats import render_snapshot
+
+    for line in render_snapshot(answer["stats"]):
+        print(line)
     return 0
 
 

@@ -27,6 +27,7 @@ from hv.build._kernels import resolve_kernel
 from hv.build._progress import StderrProgress
 from hv.cli import _control as _control_cli
 from hv.cli import _disk as _disk_cli
+from hv.cli import _netem as _netem_cli
 
 if TYPE_CHECKING:
     from hv._vm import Vm
@@ -232,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_log_options(up)
     _control_cli.add_parsers(sub)  # ps, console, stop, down, capture: driving a running lab
+    _netem_cli.add_parsers(sub, up)  # hv netem: a running lab's impaired cables
 
     demo = sub.add_parser(
         "demo",
@@ -609,6 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.detach:
                 return _control_cli.up_detached(args)
             return trio.run(_with_signals, _up, args)
+        if args.command == "netem":
+            return _netem_cli.netem_command(args)
         if args.command in _control_cli.COMMANDS:
             return _control_cli.control_command(args)
         if args.command == "disk":

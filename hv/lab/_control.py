@@ -57,6 +57,7 @@ from hv.cli._control import (
     record_ended,
     refusal,
 )
+from hv.lab._netem import netem
 from hv.lab._runner import LabRun, Output, PrefixedOutput, run_lab
 from hv.lab._spec import LabSpec
 from netfabric.capture import STATS_BLOCK, PcapngWriter
@@ -553,6 +554,8 @@ class ControlServer:
             return {"ok": True, **self.ps()}
         if op == "stats":
             return {"ok": True, "stats": self.stats()}
+        if op == "netem":
+            return {"ok": True, **self.netem(request)}
         if op == "stop":  # answered even when it ends the lab (the last VMs stopped)
             with self._stream():
                 return {"ok": True, "stopped": await self._stop(request.get("vm"))}
@@ -617,6 +620,14 @@ class ControlServer:
             snapshot: Callable[[LabRun], dict[str, Any]] = module.snapshot
             return snapshot(self.run)
         return self._own_stats()
+
+    def netem(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Show or change an impaired cable (``hv.lab._netem.netem``)."""
+        assert self.run is not None
+        try:
+            return netem(self.run, request)
+        except (LookupError, ValueError) as e:
+            raise ControlError(str(e.args[0]) if e.args else str(e)) from None
 
     def _own_stats(self) -> dict[str, Any]:
         assert self.run is not None

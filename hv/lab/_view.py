@@ -20,7 +20,6 @@ The rates come from ``hv.lab._stats`` (``snapshot``, ``rates``).
 from __future__ import annotations
 
 import codecs
-import json
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
@@ -33,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hv.lab._runner import LabRun, Output
-from hv.lab._stats import Rates, Snapshot, rates, snapshot
+from hv.lab._stats import Rates, Snapshot, drops_by_field, exit_fields, rates, snapshot
 
 # How often console lines are printed above the table (a batch per refresh of the display).
 CONSOLE_FLUSH_S = 0.1
@@ -61,14 +60,19 @@ def render_lines(r: Rates) -> list[str]:
         vm NAME STATE mips=123.4 exits/s=5000 cpu=45% uptime=12.3s
         vm NAME stopped mips=0.0 exits/s=0 cpu=0% uptime=- exit=0 kind=poweroff reason="..."
         port SWITCH PORT rx=10/s rx_bytes=980/s tx=9/s tx_bytes=882/s drops=0/s drops_total=0
+             rx_wire=10/s tx_wire=9/s [drops_by=REASON:N,...]
+             [cable=KEY duplicated=N corrupted=N reordered=N]            (one line)
 
     ``mips`` is ``-`` when the engine counts no instructions; ``cpu`` is the share of one host
     CPU, which a busy VM can take all of (100%); ``uptime`` is guest time since boot (``-``
     once stopped). A stopped VM's line ends with its exit status, stop kind and reason (a
     JSON string). Port ``rx`` is what the port's device sent into the switch, ``tx`` what
-    the switch delivered to it; ``drops`` the switch's drops on the port per second and
-    ``drops_total`` since the start, by reason in ``drops_by=REASON:N,...`` when there are
-    any."""
+    the switch delivered to it, as the devices handed frames over; ``rx_wire`` and
+    ``tx_wire`` the same on the wire (an offloaded TCP frame as its segments). ``drops`` the
+    port's drops per second and ``drops_total`` since the start: the switch's, and its
+    cable's when it has one (``cable=``, with what the cable did to frames it passed on), by
+    reason in ``drops_by=REASON:N,...`` when there are any (a cable's: ``loss``, ``queue``,
+    ``mtu``; see hv.lab._stats)."""
     vms = r["vms"].values()
     running = sum(v["state"] == "running" for v in vms)
     t = r["total"]
@@ -81,10 +85,7 @@ def render_lines(r: Rates) -> list[str]:
             f"vm {v['name']} {v['state']} mips={_mips(v)} exits/s={v['exits_per_s']:.0f} "
             f"cpu={v['cpu']:.0%} uptime={_uptime(v)}"
         )
-        e = v["exit"]
-        if e is not None:
-            line += f" exit={e['code']} kind={e['kind']} reason={json.dumps(e['reason'])}"
-        out.append(line)
+        out.append(line + exit_fields(v["exit"]))
     for sw in r["switches"].values():
         for p in sw["ports"]:
             line = (
@@ -93,11 +94,20 @@ def render_lines(r: Rates) -> list[str]:
                 f"tx_bytes={p['tx_bps']:.0f}/s drops={p['drops_per_s']:.0f}/s "
                 f"drops_total={p['drops']}"
             )
-            if p["drops_by"]:
-                by = sorted(p["drops_by"].items())
-                line += " drops_by=" + ",".join(f"{k}:{n}" for k, n in by)
+            line += _wire_and_cable(p)
             out.append(line)
     return out
+
+
+def _wire_and_cable(p: dict[str, Any]) -> str:
+    """The end of a port's line: wire frames per second, drops by cause, its cable's counts."""
+    text = f" rx_wire={p.get('rx_wire_fps', p['rx_fps']):.0f}/s"
+    text += f" tx_wire={p.get('tx_wire_fps', p['tx_fps']):.0f}/s"
+    text += drops_by_field(p["drops_by"])
+    if p.get("cable"):
+        counts = p.get("cable_counts", {})
+        text += f" cable={p['cable']}" + "".join(f" {k}={n}" for k, n in counts.items())
+    return text
 
 
 # -- the table -----------------------------------------------------------------------------
@@ -110,13 +120,28 @@ def _si(x: float, unit: str = "") -> str:
     return f"{x:.0f} {unit}".rstrip()
 
 
+def _frames(p: dict[str, Any], way: str) -> str:
+    """Frames per second as the device sent them, and on the wire when that differs (an
+    offloaded TCP frame is one frame from the guest, its segments on the wire)."""
+    sent, wire = _si(p[f"{way}_fps"]), _si(p.get(f"{way}_wire_fps", p[f"{way}_fps"]))
+    return sent if wire == sent else f"{sent} ({wire} wire)"
+
+
+def _causes(p: dict[str, Any]) -> str:
+    """Drops by cause, then what the port's cable did to the frames it passed on."""
+    parts = [f"{k} {n}" for k, n in sorted(p["drops_by"].items())]
+    parts += [f"{k} {n}" for k, n in p.get("cable_counts", {}).items() if n]
+    return ", ".join(parts)
+
+
 _STATE_STYLE = {"running": "green", "paused": "yellow", "created": "cyan", "stopped": "dim"}
 
 
 def render_table(r: Rates) -> Group:
     """The rates as two ``rich`` tables in a ``Group``: the VMs (title ``lab NAME``; state,
     MIPS, exits/s, CPU share, uptime, exit) and the switch ports (frames and bytes per second
-    each way, drops per second and in all)."""
+    each way, frames as sent and, where offloads make them differ, on the wire; drops per
+    second, in all and by cause, the port's impaired cable included)."""
     vms = Table(
         title=f"lab {r['lab'] or '-'}",
         caption=(
@@ -157,17 +182,19 @@ def render_table(r: Rates) -> Group:
     ports.add_column("tx bytes/s", justify="right")
     ports.add_column("drops/s", justify="right")
     ports.add_column("drops", justify="right")
+    ports.add_column("by cause")
     for sw in r["switches"].values():
         for p in sw["ports"]:
             ports.add_row(
                 sw["name"],
-                p["name"],
-                _si(p["rx_fps"]),
+                p["name"] + (f" ({p['cable']})" if p.get("cable") else ""),
+                _frames(p, "rx"),
                 _si(p["rx_bps"], "B"),
-                _si(p["tx_fps"]),
+                _frames(p, "tx"),
                 _si(p["tx_bps"], "B"),
                 Text(_si(p["drops_per_s"]), style="red" if p["drops_per_s"] else ""),
                 str(p["drops"]),
+                Text(_causes(p), overflow="fold"),
             )
     return Group(vms, ports)
 
