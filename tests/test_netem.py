@@ -163,7 +163,7 @@ def test_hv_stats_shows_loss_drops_by_cause(lossy: tuple[Host, str]) -> None:
     r = h.hv("stats", name)  # plain: one line per VM, port and cable direction
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith(f"lab {name} ")
+    assert lines[0].startswith(f"lab hv-{name} ")  # the lab file is hv/NAME.toml
     port = next(x for x in lines if x.startswith("port lan link:wan "))
     assert "drops_by=" in port and "loss:" in port and "rx_wire=" in port, port
     assert any(x.startswith("cable links[0] lan-wan egress lan->wan ") for x in lines), lines

@@ -51,7 +51,7 @@ nics = [{ switch = "lan" }]
 
 def lab_file(tmp_path: Path, count: int = 15) -> Path:
     path = tmp_path / "view.toml"
-    path.write_text(LAB.replace("COUNT", str(count)))
+    path.write_text('name = "view"\n' + LAB.replace("COUNT", str(count)))
     return path
 
 

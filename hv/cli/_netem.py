@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from hv._errors import ConfigError
-from hv.cli._control import EXIT_FAILED, Connection, ControlError
+from hv.cli._control import EXIT_FAILED, Connection, ControlError, resolve_lab
 
 DELAY_HELP = (
     "Each direction of a cable has its own settings, and a delay applies per direction: "
@@ -198,6 +198,7 @@ def netem_command(args: argparse.Namespace) -> int:
     if action == "set":
         request |= {"set": table, "direction": args.direction}
     try:
+        args.lab = resolve_lab(args.lab)  # a name, the lab file, or its stem
         with Connection.open(args.lab) as conn:
             answer = conn.request("netem", **request)
     except ControlError as e:
