@@ -116,10 +116,16 @@ def parse_disk_spec(text: str) -> DiskSpec:
 
 
 async def open_disk(
-    spec: DiskSpec | str, base_dir: str | os.PathLike[str] | None = None
+    spec: DiskSpec | str,
+    base_dir: str | os.PathLike[str] | None = None,
+    *,
+    owner: str | None = None,
 ) -> BlockBackend:
     """Open the disk ``spec`` says (a relative FILE is relative to ``base_dir``, else to the
-    current directory). ``BlockError`` naming the file for what cannot be opened."""
+    current directory). ``BlockError`` naming the file for what cannot be opened, or what is
+    in use: one writer or any number of readers (``ro``, ``snapshot``, backing files) per
+    image, here and across processes, QEMU's included (``blockdev.raw.lock_image``).
+    ``owner`` names this user in the errors of others (``vms.a.disks[0]``)."""
     if isinstance(spec, str):
         spec = parse_disk_spec(spec)
     path = spec.path
@@ -130,17 +136,17 @@ async def open_disk(
         raise BlockError(f"{path}: format=qcow2, but the file is not a qcow2 image (no magic)")
     fmt = spec.format or detected
     read_only = spec.read_only or spec.snapshot
-    disk = await open_image(path, fmt, read_only, probed=spec.format is None)
+    disk = await open_image(path, fmt, read_only, probed=spec.format is None, owner=owner)
     if not spec.snapshot or spec.read_only:
         return disk
     try:
-        return await _snapshot(disk, path, fmt)
+        return await _snapshot(disk, path, fmt, owner)
     except BaseException:
         await disk.close()
         raise
 
 
-async def _snapshot(base: BlockBackend, path: str, fmt: str) -> Qcow2Image:
+async def _snapshot(base: BlockBackend, path: str, fmt: str, owner: str | None) -> Qcow2Image:
     """A temporary qcow2 overlay over ``base`` (read-only): created in $TMPDIR, opened, and
     unlinked at once, so it goes away with its file descriptor, even if hv is killed."""
     try:
@@ -153,7 +159,7 @@ async def _snapshot(base: BlockBackend, path: str, fmt: str) -> Qcow2Image:
         await trio.to_thread.run_sync(
             lambda: create_qcow2(overlay, base.size, os.path.abspath(path), fmt, overwrite=True)
         )
-        image = await Qcow2Image.open(overlay, backing=base)
+        image = await Qcow2Image.open(overlay, backing=base, owner=owner)
     finally:
         os.unlink(overlay)
     image.label = f"snapshot overlay (deleted {overlay})"

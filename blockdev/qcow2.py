@@ -110,6 +110,7 @@ MAX_REFTABLE_BYTES = 8 << 20  # as qemu (QCOW_MAX_REFTABLE_SIZE)
 MAX_HOST_OFFSET = 1 << 56
 MAX_BACKING_NAME = 1023
 MAX_CHAIN = 64
+BACKING_OWNER = " (backing file)"  # added to an owner's name for its backing files
 
 EXT_END = 0
 EXT_BACKING_FORMAT = 0xE2792ACA
@@ -563,12 +564,14 @@ class Qcow2Image(BlockBackend):
         *,
         backing: BlockBackend | None = None,
         l2_cache_tables: int = L2_CACHE_TABLES,
+        owner: str | None = None,
         _chain: tuple[tuple[str, str], ...] = (),
     ) -> Qcow2Image:
         """Open ``path``. Its backing chain is opened read-only (``backing`` replaces the
-        header's backing file and is then owned, and closed, by the image)."""
+        header's backing file and is then owned, and closed, by the image). ``owner`` names
+        the user in errors of others who find it (or its backing files) in use."""
         name = os.fspath(path)
-        fd, _size = await trio.to_thread.run_sync(open_fd, name, read_only)
+        fd, _size = await trio.to_thread.run_sync(lambda: open_fd(name, read_only, owner=owner))
         io = FileIO(fd, name)
         own_backing: BlockBackend | None = None
         try:
@@ -582,7 +585,7 @@ class Qcow2Image(BlockBackend):
             l1 = _u64_array(raw_l1)
             if backing is None and header.backing_file is not None:
                 chain = (*_chain, (name, os.path.realpath(name)))
-                own_backing = await _open_backing(name, header, chain)
+                own_backing = await _open_backing(name, header, chain, owner)
             image = cls(io, header, l1, backing or own_backing, read_only, max(2, l2_cache_tables))
             if not read_only:
                 await image._load_refcounts()
@@ -1197,7 +1200,7 @@ def _runs(indices: Sequence[int]) -> Iterator[tuple[int, int]]:
 
 
 async def _open_backing(
-    image: str, header: Header, chain: tuple[tuple[str, str], ...]
+    image: str, header: Header, chain: tuple[tuple[str, str], ...], owner: str | None
 ) -> BlockBackend:
     assert header.backing_file is not None
     path = resolve_backing(image, header.backing_file)
@@ -1211,7 +1214,9 @@ async def _open_backing(
     if fmt is None:
         fmt = await trio.to_thread.run_sync(detect_format, path)
     try:
-        return await open_image(path, fmt, read_only=True, _chain=chain)
+        if owner is not None and not owner.endswith(BACKING_OWNER):
+            owner += BACKING_OWNER
+        return await open_image(path, fmt, read_only=True, owner=owner, _chain=chain)
     except BlockError as exc:
         inner = str(exc)
         if inner.startswith("backing loop"):
@@ -1227,13 +1232,14 @@ async def open_image(
     read_only: bool = False,
     *,
     probed: bool = False,
+    owner: str | None = None,
     _chain: tuple[tuple[str, str], ...] = (),
 ) -> BlockBackend:
-    """Open ``path`` as ``fmt`` (``raw`` or ``qcow2``)."""
+    """Open ``path`` as ``fmt`` (``raw`` or ``qcow2``); ``owner`` as for ``RawFile.open``."""
     if fmt == "raw":
-        return await RawFile.open(path, read_only, probed=probed)
+        return await RawFile.open(path, read_only, probed=probed, owner=owner)
     if fmt == "qcow2":
-        return await Qcow2Image.open(path, read_only, _chain=_chain)
+        return await Qcow2Image.open(path, read_only, owner=owner, _chain=_chain)
     raise BlockError(f"{os.fspath(path)}: image format {fmt!r} is not supported (raw, qcow2)")
 
 

@@ -41,18 +41,24 @@ class Disk:
         return virtio_blk(f"{vm}.vd{chr(ord('a') + index)}", self.backend, self.serial)
 
 
-async def open_disks(specs: Sequence[str], base: Path | None = None) -> list[Disk]:
+async def open_disks(
+    specs: Sequence[str], base: Path | None = None, owner: str | None = None
+) -> list[Disk]:
     """Open ``--disk`` specs (``FILE[,ro][,format=raw|qcow2][,snapshot][,serial=ID]``); a bad
-    spec or file is a ConfigError naming it. On an error, what was opened is closed again."""
+    spec or file, or one in use (one writer or any number of readers per image), is a
+    ConfigError naming it. ``owner`` (``vms.a``) names the disks in the errors of others who
+    find them in use (``vms.a.disks[0]``; default ``--disk SPEC``). On an error, what was
+    opened is closed again."""
     from blockdev import BlockError
     from blockdev.open import open_disk, parse_disk_spec
 
     disks: list[Disk] = []
     try:
-        for text in specs:
+        for i, text in enumerate(specs):
+            name = f"{owner}.disks[{i}]" if owner is not None else f"--disk {text}"
             try:
                 spec = parse_disk_spec(text)
-                backend = await open_disk(spec, base)
+                backend = await open_disk(spec, base, owner=name)
             except (ValueError, BlockError) as e:
                 raise ConfigError(str(e)) from None
             disks.append(Disk(backend, spec.serial))

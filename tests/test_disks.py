@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import trio
 
+from hv._disk import close_disks, open_disks
+from hv._errors import ConfigError
 from hv.lab import parse_lab
 from hv.lab._runner import run_lab
 
@@ -74,13 +76,10 @@ def test_blktest_writes_raw_and_qcow2_and_qemu_img_agrees(tmp_path: Path) -> Non
     assert same.returncode == 0, same.stdout + same.stderr
 
 
-@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_flushed_data_survives_sigkill(tmp_path: Path, fmt: str) -> None:
-    """The guest writes, flushes, says so and hangs; hv is SIGKILLed; the data is there."""
-    disk = tmp_path / f"d.{fmt}"
-    hv("disk", "create", str(disk), "8M", "--format", fmt)
-    p = subprocess.Popen([*HV, "run", "blktest", "--mem", "16M", "--disk", str(disk),
-                          "--append", "blk.mode=write-flush-hang blk.sectors=8192 blk.seed=3"],
+def hanging_writer(disk: Path, sectors: int) -> subprocess.Popen[bytes]:
+    """`hv run blktest` that writes ``sectors`` to ``disk``, flushes, says so and hangs."""
+    p = subprocess.Popen([*HV, "run", "blktest", "--mem", "16M", "--disk", str(disk), "--append",
+                          f"blk.mode=write-flush-hang blk.sectors={sectors} blk.seed=3"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          stdin=subprocess.DEVNULL)  # fmt: skip
     out = b""
@@ -89,6 +88,15 @@ def test_flushed_data_survives_sigkill(tmp_path: Path, fmt: str) -> None:
     while b"blktest: flushed" not in out:
         assert time.monotonic() < deadline and p.poll() is None, out
         out += os.read(p.stdout.fileno(), 4096)
+    return p
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_flushed_data_survives_sigkill(tmp_path: Path, fmt: str) -> None:
+    """The guest writes, flushes, says so and hangs; hv is SIGKILLed; the data is there."""
+    disk = tmp_path / f"d.{fmt}"
+    hv("disk", "create", str(disk), "8M", "--format", fmt)
+    p = hanging_writer(disk, 8192)
     p.send_signal(signal.SIGKILL)
     p.wait()
     p.stdout.close()
@@ -173,3 +181,56 @@ async def test_100_guests_boot_from_one_base_with_snapshot_overlays(tmp_path: Pa
     assert status == 0, text[-2000:]
     assert len(re.findall(r"read back 512 sectors: ok", text)) == 100
     assert hashlib.sha256(base.read_bytes()).hexdigest() == digest
+
+
+# -- one writer per image ---------------------------------------------------------------------
+
+
+def test_a_lab_naming_a_writable_disk_twice_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data.img").write_bytes(bytes(1 << 20))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.img").symlink_to("data.img")
+    ok = {"ro": "data.img,ro", "snap": "data.img,snapshot"}
+    parse_lab(
+        "".join(f'[vms.{k}]\nkernel = "blktest"\ndisks = ["{v}"]\n' for k, v in ok.items()),
+        tmp_path,
+    )  # fmt: skip  readers share
+    for first, second in (
+        ('"data.img"', '"sub/../data.img"'),
+        ('"data.img"', '"link.img,ro"'),
+        ('{ file = "data.img", snapshot = true }', '"./data.img"'),
+    ):
+        lab = (f'[vms.a]\nkernel = "blktest"\ndisks = ["other.img", {first}]\n'
+               f'[vms.b]\nkernel = "blktest"\ndisks = [{second}]\n')  # fmt: skip
+        with pytest.raises(ConfigError, match=r"vms\.b\.disks\[0\]: .* is also vms\.a\.disks\[1\]"):
+            parse_lab(lab, tmp_path)
+    lab = '[vms.a]\nkernel = "blktest"\ndisks = ["data.img", "data.img,ro"]\n'
+    with pytest.raises(ConfigError, match=r"vms\.a\.disks\[1\]: .* is also vms\.a\.disks\[0\]"):
+        parse_lab(lab, tmp_path)
+
+
+async def test_open_disks_names_the_vm_that_holds_a_disk(tmp_path: Path) -> None:
+    for fmt in ("raw", "qcow2"):
+        image = tmp_path / f"d.{fmt}"
+        assert hv("disk", "create", str(image), "1M", "--format", fmt).returncode == 0
+        held = await open_disks([str(image)], owner="vms.a")
+        with pytest.raises(ConfigError, match=r"vms\.a\.disks\[0\] has it open for writing"):
+            await open_disks([f"{image},snapshot"], owner="vms.b")
+        await close_disks(held)
+        await close_disks(await open_disks([str(image)], owner="vms.b"))
+
+
+def test_hv_run_refuses_a_disk_another_hv_writes(tmp_path: Path) -> None:
+    image = tmp_path / "d.qcow2"
+    hv("disk", "create", str(image), "4M", "--format", "qcow2")
+    p = hanging_writer(image, 64)
+    try:
+        r = hv("run", "blktest", "--mem", "16M", "--disk", str(image))
+        assert r.returncode == 4, r.stdout + r.stderr
+        assert "another process or VM in this process has it open for writing" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    finally:
+        p.kill()
+        p.wait()
+        assert p.stdout is not None
+        p.stdout.close()

@@ -238,7 +238,8 @@ async def run_lab(
                             # egress: from the VM into the switch; ingress: the other way
                             cables[(vspec.name, i)] = _sides(imp)
                 for vspec in spec.vms.values():
-                    run.disks[vspec.name] = await open_disks(vspec.disks, spec.base)
+                    owner = f"vms.{vspec.name}"
+                    run.disks[vspec.name] = await open_disks(vspec.disks, spec.base, owner)
                 configs = {
                     name: vm_config(spec, v, run.switches, cables, run.disks.get(name, []))
                     for name, v in spec.vms.items()

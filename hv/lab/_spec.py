@@ -33,7 +33,9 @@ init and the firmware runtime read; ``append`` adds to the kernel's default comm
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -384,6 +386,34 @@ def _disks(raw: Any, key: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _shared_disks(vms: dict[str, VmSpec], base: Path) -> None:
+    """Refuse an image that one disk writes and another disk uses too (the same file under
+    any name: relative, through a symlink or a hard link), before anything starts; the image
+    locks would refuse it when the second disk opens (``blockdev.raw.lock_image``)."""
+    from blockdev.open import parse_disk_spec
+
+    seen: dict[object, tuple[str, bool]] = {}
+    for vname, vm in vms.items():
+        for i, text in enumerate(vm.disks):
+            spec = parse_disk_spec(text)
+            path = os.path.realpath(base / spec.path)
+            ident: object = path
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                ident = (st.st_dev, st.st_ino)
+            writes = not (spec.read_only or spec.snapshot)
+            key = f"vms.{vname}.disks[{i}]"
+            if ident in seen and (writes or seen[ident][1]):
+                other, other_writes = seen[ident]
+                writer = other if other_writes else key
+                raise ConfigError(
+                    f"{key}: {spec.path} is also {other}, and {writer} writes it: an image has "
+                    "one writer or any number of readers (give both ro or snapshot)"
+                )
+            if writes or ident not in seen:
+                seen[ident] = (key, writes)
+
+
 def _links(raw: Any, switches: dict[str, SwitchSpec]) -> tuple[LinkSpec, ...]:
     from netfabric.fabric import find_loop
 
@@ -491,6 +521,7 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
             nics=tuple(nics),
             disks=_disks(t["disks"], f"{key}.disks") if "disks" in t else (),
         )
+    _shared_disks(vms, base)
     return LabSpec(name=name, base=base, switches=switches, vms=vms, links=links)
 
 
