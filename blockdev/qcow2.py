@@ -72,7 +72,6 @@ import array
 import collections
 import math
 import os
-import stat
 import struct
 import sys
 import zlib
@@ -83,7 +82,7 @@ from typing import Any, Generic, TypeVar
 import trio
 
 from blockdev._base import SECTOR, BlockBackend, BlockError, BlockIOError
-from blockdev.raw import Chunk, FileIO, RawFile, open_fd
+from blockdev.raw import Chunk, FileIO, RawFile, open_checked, open_fd
 
 __all__ = [
     "MAGIC",
@@ -354,8 +353,9 @@ def check_features(header: Header, path: str, read_only: bool) -> None:
 
 def read_header(path: str) -> Header:
     """Read and parse ``path``'s qcow2 header (blocking; ``BlockError`` if it is not one)."""
+    fd, _st = open_checked(path, os.O_RDONLY)
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(fd, "rb") as f:
             start = f.read(_V2.size)
             if len(start) >= 24 and start[:4] == MAGIC:
                 cluster_bits = struct.unpack_from(">I", start, 20)[0]
@@ -370,15 +370,10 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     """``"qcow2"`` if the file starts with the qcow2 magic, else ``"raw"`` (blocking);
     ``BlockError`` naming the path if it cannot be read."""
     name = os.fspath(path)
-    if "\0" in name:
-        raise BlockError(f"{name!r}: a file name cannot contain NUL")
+    fd, _st = open_checked(name, os.O_RDONLY)
     try:
-        with open(name, "rb") as f:
+        with os.fdopen(fd, "rb") as f:
             magic = f.read(4)
-    except FileNotFoundError:
-        raise BlockError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise BlockError(f"{name}: is a directory, not a disk image") from None
     except OSError as exc:
         raise BlockError(f"{name}: {exc.strerror}") from exc
     return "qcow2" if magic == MAGIC else "raw"
@@ -1247,12 +1242,7 @@ async def open_image(
 
 
 def _virtual_size(path: str, fmt: str) -> int:
-    if fmt == "qcow2":
-        return read_header(path).size
-    try:
-        return os.stat(path).st_size
-    except OSError as exc:
-        raise BlockError(f"{path}: {exc.strerror}") from exc
+    return int(_describe(path, fmt)["virtual_size"])
 
 
 def create_qcow2(
@@ -1419,17 +1409,13 @@ def image_info(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _describe(path: str, fmt: str) -> dict[str, Any]:
+    fd, st = open_checked(path, os.O_RDONLY)
     try:
-        st = os.stat(path)
-        size = st.st_size
-        if stat.S_ISBLK(st.st_mode):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                size = os.lseek(fd, 0, os.SEEK_END)
-            finally:
-                os.close(fd)
+        size = os.lseek(fd, 0, os.SEEK_END)  # a block device's st_size is 0
     except OSError as exc:
-        raise BlockError(f"{path}: {exc.strerror}") from exc
+        raise BlockError(f"{path}: cannot find its size: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
     info: dict[str, Any] = {
         "filename": path,
         "format": fmt,

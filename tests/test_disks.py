@@ -234,3 +234,34 @@ def test_hv_run_refuses_a_disk_another_hv_writes(tmp_path: Path) -> None:
         p.wait()
         assert p.stdout is not None
         p.stdout.close()
+
+
+# -- FIFOs and other non-files ----------------------------------------------------------------
+
+
+def test_fifos_are_refused_at_every_entry_point(tmp_path: Path) -> None:
+    """A FIFO opened blocking waits for a writer forever (in a thread no signal reaches):
+    each entry point must refuse it at once, exit 4, one line. The timeout makes a
+    regression fail instead of hang."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    top = tmp_path / "top.qcow2"
+    base = tmp_path / "base.raw"
+    base.write_bytes(bytes(1 << 20))
+    assert hv("disk", "create", str(top), "--backing", "base.raw").returncode == 0
+    base.unlink()
+    os.mkfifo(base)  # the backing file is now a FIFO
+    (tmp_path / "lab.toml").write_text('[vms.a]\nkernel = "blktest"\ndisks = ["fifo"]\n')
+    for args, what in (
+        (("run", "blktest", "--mem", "16M", "--disk", str(fifo)), "fifo: not a regular file"),
+        (("run", "blktest", "--mem", "16M", "--disk", f"{fifo},format=raw"), "(a FIFO)"),
+        (("run", "blktest", "--mem", "16M", "--disk", str(top)), "base.raw"),
+        (("disk", "info", str(fifo)), "(a FIFO)"),
+        (("disk", "info", str(top)), "base.raw"),
+        (("disk", "create", str(tmp_path / "new.qcow2"), "--backing", str(fifo)), "(a FIFO)"),
+        (("up", str(tmp_path / "lab.toml")), "(a FIFO)"),
+    ):
+        r = hv(*args, timeout=60)
+        assert r.returncode == 4, (args, r.stdout, r.stderr)
+        assert what in r.stderr and "FIFO" in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
