@@ -42,13 +42,17 @@ class Disk:
 
 
 async def open_disks(
-    specs: Sequence[str], base: Path | None = None, owner: str | None = None
+    specs: Sequence[str],
+    base: Path | None = None,
+    owner: str | None = None,
+    backing_dirs: Sequence[str | Path] = (),
 ) -> list[Disk]:
     """Open ``--disk`` specs (``FILE[,ro][,format=raw|qcow2][,snapshot][,serial=ID]``); a bad
     spec or file, or one in use (one writer or any number of readers per image), is a
     ConfigError naming it. ``owner`` (``vms.a``) names the disks in the errors of others who
-    find them in use (``vms.a.disks[0]``; default ``--disk SPEC``). On an error, what was
-    opened is closed again."""
+    find them in use (``vms.a.disks[0]``; default ``--disk SPEC``). qcow2 backing files are
+    followed into each image's folder and ``backing_dirs`` (``blockdev.open_disk``). On an
+    error, what was opened is closed again."""
     from blockdev import BlockError
     from blockdev.open import open_disk, parse_disk_spec
 
@@ -58,7 +62,7 @@ async def open_disks(
             name = f"{owner}.disks[{i}]" if owner is not None else f"--disk {text}"
             try:
                 spec = parse_disk_spec(text)
-                backend = await open_disk(spec, base, owner=name)
+                backend = await open_disk(spec, base, owner=name, backing_dirs=backing_dirs)
             except (ValueError, BlockError) as e:
                 raise ConfigError(str(e)) from None
             disks.append(Disk(backend, spec.serial))

@@ -219,6 +219,7 @@ def test_create_raw(tmp_path: Path) -> None:
         ("a,,b.img,ro", DiskSpec("a,b.img", read_only=True)),
         ("x,serial=" + "s" * 20, DiskSpec("x", serial="s" * 20)),
         ("x,serial=", DiskSpec("x", serial="")),
+        ("x,backing-dir=/a,,b,backing-dir=c", DiskSpec("x", backing_dirs=("/a,b", "c"))),
     ],
 )
 def test_parse_disk_spec(text: str, spec: DiskSpec) -> None:
@@ -231,10 +232,12 @@ def test_parse_disk_spec(text: str, spec: DiskSpec) -> None:
     [
         (
             "x.img,foo",
-            "--disk 'x.img,foo': unknown option foo (known: ro, format=, snapshot, serial=)",
+            "--disk 'x.img,foo': unknown option foo "
+            "(known: ro, format=, snapshot, serial=, backing-dir=)",
         ),
         ("x.img,format=vmdk", "format must be raw or qcow2, not 'vmdk'"),
         ("x.img,format", "format needs a value"),
+        ("x.img,backing-dir=", "backing-dir needs a value"),
         ("x.img,ro=yes", "ro takes no value"),
         ("x.img,ro,ro", "ro given twice"),
         ("x.img,serial=" + "s" * 21, "is 21 bytes; at most 20"),

@@ -265,3 +265,37 @@ def test_fifos_are_refused_at_every_entry_point(tmp_path: Path) -> None:
         assert r.returncode == 4, (args, r.stdout, r.stderr)
         assert what in r.stderr and "FIFO" in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+# -- backing files outside the image's folder -------------------------------------------------
+
+
+async def test_backing_dir_on_the_command_line_and_in_labs(tmp_path: Path) -> None:
+    vm, images = tmp_path / "vm", tmp_path / "images"
+    vm.mkdir()
+    images.mkdir()
+    base = images / "base.raw"
+    assert hv("disk", "create", str(base), "1M").returncode == 0
+    top = vm / "top.qcow2"
+    r = hv("disk", "create", str(top), "--backing", str(base))
+    assert r.returncode == 0 and f"needs --backing-dir {images}" in r.stderr, r.stderr
+    refusal = (f"hv: {top} -> {base}: backing file outside the image's folder; "
+               f"pass --backing-dir {images} to allow it")  # fmt: skip
+    for args in (("disk", "info", str(top)), ("run", "blktest", "--disk", str(top))):
+        r = hv(*args)
+        assert r.returncode == 4 and r.stderr.startswith(refusal), (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = hv("disk", "info", str(top), "--backing-dir", str(images))
+    assert r.returncode == 0 and f"chain:         {top} -> {base}" in r.stdout, r.stdout + r.stderr
+    info = json.loads(hv("disk", "info", str(top), "--backing-dir", str(images), "--json").stdout)
+    assert [b["filename"] for b in info["backing_chain"]] == [str(base)]
+    r = hv("run", "blktest", "--mem", "16M", "--disk", str(top), "--backing-dir", str(images),
+           "--append", "blk.sectors=64 blk.seed=5")  # fmt: skip
+    assert r.returncode == 0 and "read back 64 sectors: ok" in r.stdout, r.stdout + r.stderr
+    lab = '[vms.a]\nkernel = "blktest"\ndisks = [{ file = "top.qcow2", backing_dirs = [%s] }]\n'
+    with pytest.raises(ConfigError, match=r"vms\.a\.disks\[0\]\.backing_dirs: expected a list"):
+        parse_lab(lab % "1", vm)
+    with pytest.raises(ConfigError, match="backing file outside the image's folder"):
+        await open_disks(parse_lab(lab % "", vm).vms["a"].disks, vm)
+    disks = await open_disks(parse_lab(lab % '"../images"', vm).vms["a"].disks, vm)
+    await close_disks(disks)

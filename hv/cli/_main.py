@@ -119,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument(
+        "--backing-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help=(
+            "also follow qcow2 backing files into DIR (repeatable; by default only into the "
+            "image's own folder); a block device as backing file must be named here itself"
+        ),
+    )
+    run.add_argument(
         "--quantum",
         type=_quantum,
         default=DEFAULT_QUANTUM,
@@ -406,7 +416,7 @@ async def _run(args: argparse.Namespace) -> int:
     nets = [_net_option(text) for text in args.net]
     switches = [Switch(f"net{i}") for i in range(len(nets))]
     taps = [open_tap(sw, tap) for sw, (tap, _, _) in zip(switches, nets, strict=True)]
-    disks = await open_disks(args.disk)
+    disks = await open_disks(args.disk, backing_dirs=args.backing_dir)
     config = VmConfig(
         disks=tuple(disks),
         nics=tuple(

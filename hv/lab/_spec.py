@@ -52,7 +52,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(i?B)?\s*$", re.IGNORECASE)
 SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap"}
 DHCP_KEYS = {"pool", "lease", "boot"}
 VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks"}
-DISK_KEYS = {"file", "ro", "format", "snapshot", "serial"}
+DISK_KEYS = {"file", "ro", "format", "snapshot", "serial", "backing_dirs"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
 LINK_KEYS = {"a", "b", "impair", "vlans"}
 LAB_KEYS = {"name", "switches", "vms", "links"}
@@ -355,7 +355,9 @@ def _nic(
 
 
 def _disks(raw: Any, key: str) -> tuple[str, ...]:
-    """``disks = ["base.qcow2,snapshot", { file = "data.img", ro = true, serial = "x" }]``."""
+    """``disks = ["base.qcow2,snapshot", { file = "data.img", ro = true, serial = "x" }]``;
+    a table may allow backing files outside the image's folder: ``backing_dirs = ["../base"]``
+    (relative to the lab file)."""
     from blockdev.open import parse_disk_spec
 
     if not isinstance(raw, list):
@@ -376,6 +378,10 @@ def _disks(raw: Any, key: str) -> tuple[str, ...]:
             for opt in ("format", "serial"):
                 if opt in val:
                     text += f",{opt}=" + _str(val[opt], f"{dkey}.{opt}").replace(",", ",,")
+            dirs = val.get("backing_dirs", [])
+            if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
+                raise ConfigError(f"{dkey}.backing_dirs: expected a list of folder names")
+            text += "".join(",backing-dir=" + d.replace(",", ",,") for d in dirs)
         else:
             text = _str(val, dkey)
         try:
