@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from hv._errors import ConfigError
+from hv._errors import ConfigError, HostError
 
 if TYPE_CHECKING:
     from blockdev import BlockBackend
@@ -38,7 +38,17 @@ class Disk:
         """The virtio-blk device for this disk, named ``VM.vdX`` (vda, vdb, ...)."""
         from hv.virtio._blk import virtio_blk
 
-        return virtio_blk(f"{vm}.vd{chr(ord('a') + index)}", self.backend, self.serial)
+        return virtio_blk(f"{vm}.vd{disk_letters(index)}", self.backend, self.serial)
+
+
+def disk_letters(index: int) -> str:
+    """Linux's disk names: 0 -> a, 25 -> z, 26 -> aa, 701 -> zz, 702 -> aaa."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return letters
 
 
 async def open_disks(
@@ -73,6 +83,31 @@ async def open_disks(
 
 
 async def close_disks(disks: Sequence[Disk]) -> None:
+    """Close every disk, even when some fail (a qcow2 image writes its metadata back when
+    closed, so stopping at the first failure would leave the others' unwritten); then a
+    ``HostError`` with one line per disk that failed (ENOSPC, EFBIG, EIO)."""
+    from blockdev import BlockError
+
+    failed: list[str] = []
+    bug: BaseException | None = None
     with trio.CancelScope(shield=True):
         for disk in disks:
-            await disk.backend.close()
+            try:
+                await disk.backend.close()
+            except (BlockError, OSError) as e:
+                what = e if isinstance(e, BlockError) else _os_error(e)
+                failed.append(f"  {disk.backend.describe()}: {what}")
+            except Exception as e:  # a host bug: its traceback, once every disk is closed
+                bug = bug or e
+    if bug is not None:
+        raise bug
+    if failed:
+        what = "a disk" if len(failed) == 1 else f"{len(failed)} disks"
+        lines = "\n".join(failed)
+        raise HostError(f"{what} failed to close (the last writes may be lost):\n{lines}")
+
+
+def _os_error(e: OSError) -> str:
+    import errno
+
+    return f"{errno.errorcode.get(e.errno or 0, e.errno)} ({e.strerror})"

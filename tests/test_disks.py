@@ -6,6 +6,7 @@ U-Boot reading and writing a disk, and 100 guests booting from one base image wi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,8 +22,9 @@ from typing import Any
 import pytest
 import trio
 
-from hv._disk import close_disks, open_disks
-from hv._errors import ConfigError
+from blockdev import MemoryDisk
+from hv._disk import Disk, close_disks, open_disks
+from hv._errors import ConfigError, HostError
 from hv.lab import parse_lab
 from hv.lab._runner import run_lab
 
@@ -299,3 +301,50 @@ async def test_backing_dir_on_the_command_line_and_in_labs(tmp_path: Path) -> No
         await open_disks(parse_lab(lab % "", vm).vms["a"].disks, vm)
     disks = await open_disks(parse_lab(lab % '"../images"', vm).vms["a"].disks, vm)
     await close_disks(disks)
+
+
+# -- many disks, and disks that fail to close ------------------------------------------------
+
+
+def test_too_many_disks_is_one_line(tmp_path: Path) -> None:
+    image = tmp_path / "d.img"
+    image.write_bytes(bytes(1 << 20))
+    for n in (9, 33):
+        disks = [a for _ in range(n) for a in ("--disk", f"{image},ro")]
+        r = hv("run", "blktest", "--mem", "16M", *disks)
+        assert r.returncode == 4 and "8 virtio slots" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    many = ", ".join(['"d.img,ro"'] * 33)
+    lab = f'[vms.a]\nkernel = "blktest"\nnics = []\ndisks = [{many}]\n'
+    with pytest.raises(ConfigError, match=r"vms\.a\.disks: 33 disks.*8 virtio slots"):
+        parse_lab(lab, tmp_path)
+    names = [Disk(MemoryDisk(512)).device("a", i).name for i in (0, 25, 26, 32, 701, 702)]
+    assert names == ["a.vda", "a.vdz", "a.vdaa", "a.vdag", "a.vdzz", "a.vdaaa"]  # as Linux
+
+
+class FailingClose(MemoryDisk):
+    def __init__(self, code: int) -> None:
+        super().__init__(512)
+        self.code = code
+
+    async def close(self) -> None:
+        await super().close()
+        raise OSError(self.code, os.strerror(self.code))
+
+
+async def test_every_disk_is_closed_and_each_failure_reported() -> None:
+    closed: list[int] = []
+
+    class Tracked(MemoryDisk):
+        async def close(self) -> None:
+            closed.append(id(self))
+
+    good = [Tracked(512) for _ in range(3)]
+    backends = [good[0], FailingClose(errno.ENOSPC), good[1], FailingClose(errno.EFBIG), good[2]]
+    disks = [Disk(b, serial=f"s{i}") for i, b in enumerate(backends)]
+    with pytest.raises(HostError) as info:
+        await close_disks(disks)
+    assert sorted(closed) == sorted(map(id, good))  # closed despite the failures before them
+    lines = str(info.value).splitlines()
+    assert len(lines) == 3 and "2 disks failed to close" in lines[0], lines
+    assert "ENOSPC" in lines[1] and "EFBIG" in lines[2], lines

@@ -416,6 +416,11 @@ async def _run(args: argparse.Namespace) -> int:
     nets = [_net_option(text) for text in args.net]
     switches = [Switch(f"net{i}") for i in range(len(nets))]
     taps = [open_tap(sw, tap) for sw, (tap, _, _) in zip(switches, nets, strict=True)]
+    if len(args.disk) + len(nets) > P.VIRTIO_SLOTS:  # before opening dozens of files
+        raise ConfigError(
+            f"{len(args.disk)} --disk and {len(nets)} --net, but hv-virt has "
+            f"{P.VIRTIO_SLOTS} virtio slots (one per disk or NIC)"
+        )
     disks = await open_disks(args.disk, backing_dirs=args.backing_dir)
     config = VmConfig(
         disks=tuple(disks),

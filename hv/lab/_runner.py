@@ -274,8 +274,7 @@ async def run_lab(
                     run.exits.setdefault(name, await vm.wait())
             nursery.cancel_scope.cancel()
     finally:  # after every VM has stopped: what the guests flushed is on disk
-        for disks in run.disks.values():
-            await close_disks(disks)
+        await close_disks([disk for disks in run.disks.values() for disk in disks])
     run.status = _status(run, exit_code_from, until)
     run.ended.set()
     return run.status

@@ -354,7 +354,7 @@ def _nic(
     return NicSpec(sw, mac, ip, gateway, cap, vlan, trunk, native, impair)
 
 
-def _disks(raw: Any, key: str) -> tuple[str, ...]:
+def _disks(raw: Any, key: str, nics: int = 0) -> tuple[str, ...]:
     """``disks = ["base.qcow2,snapshot", { file = "data.img", ro = true, serial = "x" }]``;
     a table may allow backing files outside the image's folder: ``backing_dirs = ["../base"]``
     (relative to the lab file)."""
@@ -362,6 +362,11 @@ def _disks(raw: Any, key: str) -> tuple[str, ...]:
 
     if not isinstance(raw, list):
         raise ConfigError(f"{key}: expected a list of disk specs or tables")
+    if len(raw) + nics > P.VIRTIO_SLOTS:
+        raise ConfigError(
+            f"{key}: {len(raw)} disks and {nics} NICs, but hv-virt has {P.VIRTIO_SLOTS} virtio "
+            "slots (one per disk or NIC)"
+        )
     out = []
     for i, val in enumerate(raw):
         dkey = f"{key}[{i}]"
@@ -525,7 +530,7 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
             initrd=base / _str(t["initrd"], f"{key}.initrd") if "initrd" in t else None,
             quantum=quantum,
             nics=tuple(nics),
-            disks=_disks(t["disks"], f"{key}.disks") if "disks" in t else (),
+            disks=_disks(t["disks"], f"{key}.disks", len(nics)) if "disks" in t else (),
         )
     _shared_disks(vms, base)
     return LabSpec(name=name, base=base, switches=switches, vms=vms, links=links)
