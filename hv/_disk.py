@@ -73,8 +73,8 @@ async def open_disks(
             try:
                 spec = parse_disk_spec(text)
                 backend = await open_disk(spec, base, owner=name, backing_dirs=backing_dirs)
-            except (ValueError, BlockError) as e:
-                raise ConfigError(str(e)) from None
+            except (ValueError, BlockError) as e:  # a lab's disk: say which key
+                raise ConfigError(f"{name}: {e}" if owner is not None else str(e)) from None
             disks.append(Disk(backend, spec.serial))
     except BaseException:
         await close_disks(disks)

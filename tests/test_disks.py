@@ -261,7 +261,7 @@ def test_fifos_are_refused_at_every_entry_point(tmp_path: Path) -> None:
         (("disk", "info", str(fifo)), "(a FIFO)"),
         (("disk", "info", str(top)), "base.raw"),
         (("disk", "create", str(tmp_path / "new.qcow2"), "--backing", str(fifo)), "(a FIFO)"),
-        (("up", str(tmp_path / "lab.toml")), "(a FIFO)"),
+        (("up", str(tmp_path / "lab.toml")), "vms.a.disks[0]: "),
     ):
         r = hv(*args, timeout=60)
         assert r.returncode == 4, (args, r.stdout, r.stderr)
