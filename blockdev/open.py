@@ -1,18 +1,22 @@
-"""Opening a disk from its spec: ``FILE[,ro][,format=raw|qcow2][,snapshot][,serial=ID]``.
+"""Opening a disk from its spec:
+``FILE[,ro][,format=raw|qcow2][,snapshot][,serial=ID][,backing-dir=DIR]...``.
 
 ``parse_disk_spec`` turns the text (``hv run --disk``, a lab's TOML) into a ``DiskSpec``;
 ``open_disk`` opens it: the format is detected from the file's first bytes when not given
 (``QFI\\xfb``: qcow2, anything else: raw; a probed raw image refuses writes that would make it
 look like qcow2), read-only with ``ro``, and with ``snapshot`` the image is opened read-only
 under a temporary qcow2 overlay that takes the writes and is gone when the disk is closed
-(QEMU's ``-snapshot``): any number of VMs can boot from one base image. A comma in FILE is
-written twice (``a,,b.img`` is the file ``a,b.img``), as in QEMU.
+(QEMU's ``-snapshot``): any number of VMs can boot from one base image. A qcow2 image's
+backing files are followed only into the image's own folder and the ``backing-dir`` folders
+(``blockdev.qcow2.follow_backing``). A comma in FILE is written twice (``a,,b.img`` is the
+file ``a,b.img``), as in QEMU.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -24,7 +28,7 @@ __all__ = ["FORMATS", "SERIAL_MAX", "DiskSpec", "detect_format", "open_disk", "p
 
 FORMATS = ("raw", "qcow2")
 SERIAL_MAX = 20  # bytes: what VIRTIO_BLK_T_GET_ID answers
-KNOWN = "ro, format=, snapshot, serial="
+KNOWN = "ro, format=, snapshot, serial=, backing-dir="
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class DiskSpec:
     format: str | None = None  # None: detect
     snapshot: bool = False
     serial: str | None = None
+    backing_dirs: tuple[str, ...] = ()  # more folders backing files may be in
 
     def __str__(self) -> str:
         parts = [self.path.replace(",", ",,")]
@@ -47,6 +52,7 @@ class DiskSpec:
             parts.append("snapshot")
         if self.serial is not None:
             parts.append(f"serial={self.serial.replace(',', ',,')}")
+        parts += [f"backing-dir={d.replace(',', ',,')}" for d in self.backing_dirs]
         return ",".join(parts)
 
 
@@ -72,8 +78,8 @@ def _split(text: str) -> list[str]:
 
 
 def parse_disk_spec(text: str) -> DiskSpec:
-    """``FILE[,ro][,format=raw|qcow2][,snapshot][,serial=ID]`` -> ``DiskSpec``; ``ValueError``
-    naming the bad part."""
+    """``FILE[,ro][,format=raw|qcow2][,snapshot][,serial=ID][,backing-dir=DIR]...`` ->
+    ``DiskSpec``; ``ValueError`` naming the bad part."""
     where = f"--disk {text!r}"
     path, *options = _split(text)
     if not path:
@@ -81,11 +87,15 @@ def parse_disk_spec(text: str) -> DiskSpec:
     read_only = snapshot = False
     fmt: str | None = None
     serial: str | None = None
+    backing_dirs: list[str] = []
     seen: set[str] = set()
     for option in options:
         key, eq, value = option.partition("=")
         if not option:
             raise ValueError(f"{where}: empty option (known: {KNOWN})")
+        if key == "backing-dir" and value:
+            backing_dirs.append(value)
+            continue
         if key in seen:
             raise ValueError(f"{where}: {key} given twice")
         seen.add(key)
@@ -108,39 +118,55 @@ def parse_disk_spec(text: str) -> DiskSpec:
                     f"{where}: serial {value!r} is {len(value)} bytes; at most {SERIAL_MAX}"
                 )
             serial = value
-        elif key in ("format", "serial"):
+        elif key in ("format", "serial", "backing-dir"):
             raise ValueError(f"{where}: {key} needs a value ({key}=...)")
         else:
             raise ValueError(f"{where}: unknown option {option} (known: {KNOWN})")
-    return DiskSpec(path, read_only, fmt, snapshot, serial)
+    return DiskSpec(path, read_only, fmt, snapshot, serial, tuple(backing_dirs))
 
 
 async def open_disk(
-    spec: DiskSpec | str, base_dir: str | os.PathLike[str] | None = None
+    spec: DiskSpec | str,
+    base_dir: str | os.PathLike[str] | None = None,
+    *,
+    owner: str | None = None,
+    backing_dirs: Sequence[str | os.PathLike[str]] = (),
 ) -> BlockBackend:
     """Open the disk ``spec`` says (a relative FILE is relative to ``base_dir``, else to the
-    current directory). ``BlockError`` naming the file for what cannot be opened."""
+    current directory). ``BlockError`` naming the file for what cannot be opened, or what is
+    in use: one writer or any number of readers (``ro``, ``snapshot``, backing files) per
+    image, here and across processes, QEMU's included (``blockdev.raw.lock_image``).
+    ``owner`` names this user in the errors of others (``vms.a.disks[0]``). Backing files
+    may be in FILE's folder, the spec's ``backing-dir`` folders and ``backing_dirs`` (all
+    relative to ``base_dir``, as FILE)."""
     if isinstance(spec, str):
         spec = parse_disk_spec(spec)
-    path = spec.path
-    if base_dir is not None and not os.path.isabs(path):
-        path = os.path.join(os.fspath(base_dir), path)
+
+    def where(name: str | os.PathLike[str]) -> str:
+        name = os.fspath(name)
+        if base_dir is not None and not os.path.isabs(name):
+            return os.path.join(os.fspath(base_dir), name)
+        return name
+
+    path = where(spec.path)
+    dirs = [where(d) for d in (*spec.backing_dirs, *backing_dirs)]
     detected = await trio.to_thread.run_sync(detect_format, path)
     if spec.format == "qcow2" and detected != "qcow2":
         raise BlockError(f"{path}: format=qcow2, but the file is not a qcow2 image (no magic)")
     fmt = spec.format or detected
     read_only = spec.read_only or spec.snapshot
-    disk = await open_image(path, fmt, read_only, probed=spec.format is None)
+    probed = spec.format is None
+    disk = await open_image(path, fmt, read_only, probed=probed, owner=owner, backing_dirs=dirs)
     if not spec.snapshot or spec.read_only:
         return disk
     try:
-        return await _snapshot(disk, path, fmt)
+        return await _snapshot(disk, path, fmt, owner)
     except BaseException:
         await disk.close()
         raise
 
 
-async def _snapshot(base: BlockBackend, path: str, fmt: str) -> Qcow2Image:
+async def _snapshot(base: BlockBackend, path: str, fmt: str, owner: str | None) -> Qcow2Image:
     """A temporary qcow2 overlay over ``base`` (read-only): created in $TMPDIR, opened, and
     unlinked at once, so it goes away with its file descriptor, even if hv is killed."""
     try:
@@ -153,7 +179,7 @@ async def _snapshot(base: BlockBackend, path: str, fmt: str) -> Qcow2Image:
         await trio.to_thread.run_sync(
             lambda: create_qcow2(overlay, base.size, os.path.abspath(path), fmt, overwrite=True)
         )
-        image = await Qcow2Image.open(overlay, backing=base)
+        image = await Qcow2Image.open(overlay, backing=base, owner=owner)
     finally:
         os.unlink(overlay)
     image.label = f"snapshot overlay (deleted {overlay})"

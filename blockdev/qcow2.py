@@ -89,19 +89,21 @@ import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import trio
 
 from blockdev._base import SECTOR, BlockBackend, BlockError, BlockIOError
-from blockdev.raw import Chunk, FileIO, RawFile, open_fd
+from blockdev.raw import Chunk, FileIO, RawFile, open_checked, open_fd
 
 __all__ = [
     "MAGIC",
+    "BackingChainError",
     "Header",
     "Qcow2Image",
     "create_qcow2",
     "detect_format",
+    "follow_backing",
     "image_info",
     "open_image",
     "parse_header",
@@ -109,6 +111,7 @@ __all__ = [
 ]
 
 MAGIC = b"QFI\xfb"
+StrPath: TypeAlias = str | os.PathLike[str]
 
 OFLAG_COPIED = 1 << 63
 OFLAG_COMPRESSED = 1 << 62
@@ -121,6 +124,7 @@ MAX_REFTABLE_BYTES = 8 << 20  # as qemu (QCOW_MAX_REFTABLE_SIZE)
 MAX_HOST_OFFSET = 1 << 56
 MAX_BACKING_NAME = 1023
 MAX_CHAIN = 64
+BACKING_OWNER = " (backing file)"  # added to an owner's name for its backing files
 
 EXT_END = 0
 EXT_BACKING_FORMAT = 0xE2792ACA
@@ -389,8 +393,9 @@ def check_features(header: Header, path: str, read_only: bool) -> None:
 
 def read_header(path: str) -> Header:
     """Read and parse ``path``'s qcow2 header (blocking; ``BlockError`` if it is not one)."""
+    fd, _st = open_checked(path, os.O_RDONLY)
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(fd, "rb") as f:
             start = f.read(_V2.size)
             if len(start) >= 24 and start[:4] == MAGIC:
                 cluster_bits = struct.unpack_from(">I", start, 20)[0]
@@ -405,15 +410,10 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     """``"qcow2"`` if the file starts with the qcow2 magic, else ``"raw"`` (blocking);
     ``BlockError`` naming the path if it cannot be read."""
     name = os.fspath(path)
-    if "\0" in name:
-        raise BlockError(f"{name!r}: a file name cannot contain NUL")
+    fd, _st = open_checked(name, os.O_RDONLY)
     try:
-        with open(name, "rb") as f:
+        with os.fdopen(fd, "rb") as f:
             magic = f.read(4)
-    except FileNotFoundError:
-        raise BlockError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise BlockError(f"{name}: is a directory, not a disk image") from None
     except OSError as exc:
         raise BlockError(f"{name}: {exc.strerror}") from exc
     return "qcow2" if magic == MAGIC else "raw"
@@ -431,6 +431,54 @@ def resolve_backing(image: str, name: str) -> str:
     if os.path.isabs(name):
         return name
     return os.path.join(os.path.dirname(os.path.abspath(image)), name)
+
+
+class BackingChainError(BlockError):
+    """A backing chain hv will not follow (a loop, too deep, outside the allowed folders); the
+    message names the whole chain, so it is not wrapped again on the way up."""
+
+
+Chain = tuple[tuple[str, str], ...]  # (path, real path) of each image, the top one first
+
+
+def follow_backing(chain: Chain, name: str, backing_dirs: Sequence[StrPath] = ()) -> str:
+    """The path of backing file ``name`` of the last image in ``chain``, if hv may follow it
+    (blocking: it looks at the file). A downloaded image must not read host files into the
+    guest (``/etc/shadow``, ``/dev/sda``), so a backing file must be a regular file in the
+    top image's folder (or below it) or in one of ``backing_dirs``, where the real path
+    counts (``..`` and symlinks cannot lead out); a block device, or any file elsewhere, only
+    where ``backing_dirs`` names it exactly. ``BackingChainError`` naming the chain, else."""
+    path = resolve_backing(chain[-1][0], name)
+    real = os.path.realpath(path)
+    names = " -> ".join([*(n for n, _ in chain), name if path == name else f"{name} ({path})"])
+    if any(real == seen for _, seen in chain):
+        raise BackingChainError(f"backing loop: {names}")
+    if len(chain) > MAX_CHAIN:
+        raise BackingChainError(f"{names}: backing chain is deeper than {MAX_CHAIN} images")
+    roots = [os.path.realpath(os.path.dirname(os.path.abspath(chain[0][0])))]
+    named: set[str] = set()
+    for entry in backing_dirs:
+        allowed = os.path.realpath(entry)
+        (roots.append if os.path.isdir(allowed) else named.add)(allowed)
+    if real in named:
+        return path
+    if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        where = os.path.dirname(real)
+        raise BackingChainError(
+            f"{names}: backing file outside the image's folder; "
+            f"pass --backing-dir {where} to allow it (lab files: backing_dirs)"
+        )
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        return path  # opening it says what is wrong
+    if not stat.S_ISREG(mode):
+        kind = "a block device" if stat.S_ISBLK(mode) else "not a regular file"
+        hint = f"; pass --backing-dir {real} to allow it" if stat.S_ISBLK(mode) else ""
+        if stat.S_ISFIFO(mode):
+            kind = "a FIFO"
+        raise BackingChainError(f"{names}: backing file is {kind}{hint}")
+    return path
 
 
 # -- caches and refcount blocks -------------------------------------------------------------
@@ -678,12 +726,16 @@ class Qcow2Image(BlockBackend):
         *,
         backing: BlockBackend | None = None,
         l2_cache_tables: int = L2_CACHE_TABLES,
-        _chain: tuple[tuple[str, str], ...] = (),
+        owner: str | None = None,
+        backing_dirs: Sequence[StrPath] = (),
+        _chain: Chain = (),
     ) -> Qcow2Image:
         """Open ``path``. Its backing chain is opened read-only (``backing`` replaces the
-        header's backing file and is then owned, and closed, by the image)."""
+        header's backing file and is then owned, and closed, by the image), where
+        ``follow_backing`` allows, with ``backing_dirs``. ``owner`` names the user in errors
+        of others who find it (or its backing files) in use."""
         name = os.fspath(path)
-        fd, _size = await trio.to_thread.run_sync(open_fd, name, read_only)
+        fd, _size = await trio.to_thread.run_sync(lambda: open_fd(name, read_only, owner=owner))
         io = FileIO(fd, name)
         own_backing: BlockBackend | None = None
         try:
@@ -697,7 +749,7 @@ class Qcow2Image(BlockBackend):
             l1 = _u64_array(raw_l1)
             if backing is None and header.backing_file is not None:
                 chain = (*_chain, (name, os.path.realpath(name)))
-                own_backing = await _open_backing(name, header, chain)
+                own_backing = await _open_backing(name, header, chain, owner, backing_dirs)
             image = cls(io, header, l1, backing or own_backing, read_only, max(2, l2_cache_tables))
             if not read_only:
                 await image._load_refcounts()
@@ -1327,25 +1379,28 @@ def _runs(indices: Sequence[int]) -> Iterator[tuple[int, int]]:
 
 
 async def _open_backing(
-    image: str, header: Header, chain: tuple[tuple[str, str], ...]
+    image: str,
+    header: Header,
+    chain: Chain,
+    owner: str | None,
+    backing_dirs: Sequence[StrPath],
 ) -> BlockBackend:
     assert header.backing_file is not None
-    path = resolve_backing(image, header.backing_file)
-    real = os.path.realpath(path)
-    if any(real == seen for _, seen in chain):
-        names = " -> ".join([*(n for n, _ in chain), path])
-        raise BlockError(f"backing loop: {names}")
-    if len(chain) >= MAX_CHAIN:
-        raise BlockError(f"{image}: backing chain is deeper than {MAX_CHAIN} images")
+    name = header.backing_file
+    path = await trio.to_thread.run_sync(follow_backing, chain, name, backing_dirs)
     fmt = header.backing_format
     if fmt is None:
         fmt = await trio.to_thread.run_sync(detect_format, path)
     try:
-        return await open_image(path, fmt, read_only=True, _chain=chain)
+        if owner is not None and not owner.endswith(BACKING_OWNER):
+            owner += BACKING_OWNER
+        return await open_image(
+            path, fmt, read_only=True, owner=owner, backing_dirs=backing_dirs, _chain=chain
+        )
+    except BackingChainError:
+        raise
     except BlockError as exc:
         inner = str(exc)
-        if inner.startswith("backing loop"):
-            raise
         inner = inner.removeprefix(f"{path}: ")
         where = "" if path == header.backing_file else f" ({path})"
         raise BlockError(f"{image}: backing file {header.backing_file!r}{where}: {inner}") from exc
@@ -1357,26 +1412,27 @@ async def open_image(
     read_only: bool = False,
     *,
     probed: bool = False,
-    _chain: tuple[tuple[str, str], ...] = (),
+    owner: str | None = None,
+    backing_dirs: Sequence[StrPath] = (),
+    _chain: Chain = (),
 ) -> BlockBackend:
-    """Open ``path`` as ``fmt`` (``raw`` or ``qcow2``)."""
+    """Open ``path`` as ``fmt`` (``raw`` or ``qcow2``); ``owner`` as for ``RawFile.open``,
+    ``backing_dirs`` as for ``Qcow2Image.open``."""
     if fmt == "raw":
-        return await RawFile.open(path, read_only, probed=probed)
+        return await RawFile.open(path, read_only, probed=probed, owner=owner)
     if fmt == "qcow2":
-        return await Qcow2Image.open(path, read_only, _chain=_chain)
+        return await Qcow2Image.open(
+            path, read_only, owner=owner, backing_dirs=backing_dirs, _chain=_chain
+        )
     raise BlockError(f"{os.fspath(path)}: image format {fmt!r} is not supported (raw, qcow2)")
 
 
 # -- creating and describing images ----------------------------------------------------------
 
 
-def _virtual_size(path: str, fmt: str) -> int:
-    if fmt == "qcow2":
-        return read_header(path).size
-    try:
-        return os.stat(path).st_size
-    except OSError as exc:
-        raise BlockError(f"{path}: {exc.strerror}") from exc
+def read_virtual_size(path: StrPath, fmt: str) -> int:
+    """The disk size of image ``path`` in format ``fmt`` (blocking)."""
+    return int(_describe(os.fspath(path), fmt)["virtual_size"])
 
 
 def create_qcow2(
@@ -1410,7 +1466,7 @@ def create_qcow2(
         elif backing_format == "qcow2" and detected != "qcow2":
             raise BlockError(f"{name}: backing file {backing_path} is not a qcow2 image")
         if size is None:
-            size = _virtual_size(backing_path, backing_format)
+            size = read_virtual_size(backing_path, backing_format)
     elif backing_format is not None:
         raise BlockError(f"{name}: a backing format without a backing file")
     if size is None:
@@ -1518,24 +1574,21 @@ def create_image(
         raise BlockError(f"{os.fspath(path)}: image format {fmt!r} is not supported")
 
 
-def image_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+def image_info(path: StrPath, backing_dirs: Sequence[StrPath] = ()) -> dict[str, Any]:
     """What ``hv disk info`` shows (blocking): filename, format, virtual_size, disk_size
     (bytes allocated on the host: st_blocks * 512), cluster_size (None for raw),
     backing_file and backing_format (as the header says), and backing_chain: one
-    ``{"filename", "format", "virtual_size"}`` per backing image, nearest first."""
+    ``{"filename", "format", "virtual_size"}`` per backing image, nearest first, followed
+    as ``open_image`` follows it (``follow_backing``: ``BackingChainError`` where it
+    would not)."""
     name = os.fspath(path)
     info = _describe(name, detect_format(name))
     chain: list[dict[str, Any]] = []
-    seen = [(name, os.path.realpath(name))]
+    seen: Chain = ((name, os.path.realpath(name)),)
     current = info
     while current["backing_file"] is not None:
-        backing = resolve_backing(current["filename"], current["backing_file"])
-        real = os.path.realpath(backing)
-        if any(real == r for _, r in seen):
-            raise BlockError("backing loop: " + " -> ".join([*(n for n, _ in seen), backing]))
-        if len(seen) > MAX_CHAIN:
-            raise BlockError(f"{name}: backing chain is deeper than {MAX_CHAIN} images")
-        seen.append((backing, real))
+        backing = follow_backing(seen, current["backing_file"], backing_dirs)
+        seen = (*seen, (backing, os.path.realpath(backing)))
         current = _describe(backing, current["backing_format"] or detect_format(backing))
         chain.append({k: current[k] for k in ("filename", "format", "virtual_size")})
     info["backing_chain"] = chain
@@ -1543,17 +1596,13 @@ def image_info(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _describe(path: str, fmt: str) -> dict[str, Any]:
+    fd, st = open_checked(path, os.O_RDONLY)
     try:
-        st = os.stat(path)
-        size = st.st_size
-        if stat.S_ISBLK(st.st_mode):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                size = os.lseek(fd, 0, os.SEEK_END)
-            finally:
-                os.close(fd)
+        size = os.lseek(fd, 0, os.SEEK_END)  # a block device's st_size is 0
     except OSError as exc:
-        raise BlockError(f"{path}: {exc.strerror}") from exc
+        raise BlockError(f"{path}: cannot find its size: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
     info: dict[str, Any] = {
         "filename": path,
         "format": fmt,

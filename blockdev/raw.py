@@ -50,8 +50,10 @@ import collections
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -284,37 +286,187 @@ class FileIO:
                 offset += total
 
     def close(self) -> None:
-        os.close(self.fd)
+        close_fd(self.fd)
 
 
-def open_fd(path: str, read_only: bool) -> tuple[int, int]:
-    """Open a disk image file (blocking): ``(fd, size in bytes)``, or ``BlockError`` saying
-    what is wrong with ``path`` (missing, a directory, not a file or block device, no
-    permission). The size is not checked here."""
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_kind(path: str, mode: int, block_ok: bool) -> None:
+    if stat.S_ISDIR(mode):
+        raise BlockError(f"{path}: is a directory, not a disk image")
+    if stat.S_ISREG(mode) or (block_ok and stat.S_ISBLK(mode)):
+        return
+    kind = next((what for test, what in _KINDS if test(mode)), "not a file")
+    allowed = "a regular file or a block device" if block_ok else "a regular file"
+    raise BlockError(f"{path}: not {allowed} ({kind})")
+
+
+def open_checked(path: str, flags: int, *, block_ok: bool = True) -> tuple[int, os.stat_result]:
+    """Open an image file (blocking, but never for long): ``(fd, its stat)``, or
+    ``BlockError`` saying what is wrong with ``path``. Only a regular file (or a block
+    device, when ``block_ok``) is opened: ``stat`` refuses the rest before any ``open`` (a
+    character device may act on open), and the open itself is ``O_NONBLOCK``, so a FIFO put
+    there in between cannot hang it (a blocking open of a FIFO waits for a writer, in a
+    thread no signal reaches); ``fstat`` then checks what was opened."""
     if "\0" in path:
         raise BlockError(f"{path!r}: a file name cannot contain NUL")
     try:
-        st = os.stat(path)
+        _check_kind(path, os.stat(path).st_mode, block_ok)
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise BlockError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BlockError(f"{path}: is a directory, not a disk image") from None
     except OSError as exc:
-        raise BlockError(f"{path}: {exc.strerror}") from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise BlockError(f"{path}: is a directory, not a disk image")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-        raise BlockError(f"{path}: not a regular file or a block device")
-    flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        hint = " (open it read-only: ,ro)" if exc.errno in (errno.EROFS, errno.EACCES) else ""
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        denied = exc.errno in (errno.EROFS, errno.EACCES)
+        hint = " (open it read-only: ,ro)" if writable and denied else ""
         raise BlockError(f"{path}: cannot open: {exc.strerror}{hint}") from exc
+    try:
+        st = os.fstat(fd)
+        _check_kind(path, st.st_mode, block_ok)
+        os.set_blocking(fd, True)
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, OSError):
+            raise BlockError(f"{path}: {exc.strerror}") from exc
+        raise
+    return fd, st
+
+
+def open_fd(
+    path: str, read_only: bool, *, owner: str | None = None, block_ok: bool = True
+) -> tuple[int, int]:
+    """Open a disk image file (blocking): ``(fd, size in bytes)``, or ``BlockError`` saying
+    what is wrong with ``path`` (missing, a directory, not a file or block device, no
+    permission, in use: see ``lock_image``). ``owner`` names the user in this process's
+    registry of open images (``vms.a.disks[0]``). The size is not checked here; close the fd
+    with ``close_fd``."""
+    fd, st = open_checked(path, os.O_RDONLY if read_only else os.O_RDWR, block_ok=block_ok)
     try:
         size = os.lseek(fd, 0, os.SEEK_END)
     except OSError as exc:
         os.close(fd)
         raise BlockError(f"{path}: cannot find its size: {exc.strerror}") from exc
+    try:
+        lock_image(fd, path, st, not read_only, owner)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd, size
+
+
+def close_fd(fd: int) -> None:
+    """Close an image's fd (its locks go with it) and forget it in the registry."""
+    with _registry_lock:
+        _registry.pop(fd, None)
+    os.close(fd)
+
+
+# -- image locks ------------------------------------------------------------------------------
+#
+# Two writers on one image corrupt it (each keeps its own metadata in memory), and a reader
+# beside a writer sees a mix. So every image hv opens is locked as QEMU locks it
+# (block/file-posix.c, raw_apply_lock_bytes and raw_check_lock_bytes), and hv and qemu see
+# each other: a shared OFD lock on byte 100 + P for each permission P the user holds, and on
+# byte 200 + P for each permission it does not share. A user may open the image if nobody
+# holds byte 200 + P for a permission it wants, nor byte 100 + P for one it refuses to share.
+# Locks are taken first and checked after, so two users opening at once cannot both win.
+# OFD locks (not classic POSIX ones) belong to the open file, not the process: two disks in
+# one process conflict just as two processes do, and closing one fd drops only its locks.
+# OFD locks name no owner (F_OFD_GETLK says pid -1), so a registry of the images this process
+# has open names the holder when it is here.
+
+LOCK_PERM_BASE = 100
+LOCK_SHARED_BASE = 200
+PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, PERM_RESIZE = range(4)
+# (permissions held, permissions not shared): a writer, and a reader (also a backing file)
+_WRITER = ((PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, PERM_RESIZE),
+           (PERM_WRITE, PERM_RESIZE))  # fmt: skip
+_READER = ((PERM_CONSISTENT_READ,), (PERM_WRITE, PERM_RESIZE))
+
+
+class _Flock(ctypes.Structure):
+    _fields_ = [
+        ("l_type", ctypes.c_short),
+        ("l_whence", ctypes.c_short),
+        ("l_start", ctypes.c_int64),
+        ("l_len", ctypes.c_int64),
+        ("l_pid", ctypes.c_int),
+    ]
+
+
+_registry_lock = threading.Lock()
+# fd -> ((st_dev, st_ino), owner, writable) for every image this process has open
+_registry: dict[int, tuple[tuple[int, int], str | None, bool]] = {}
+
+
+def _lock_byte(fd: int, cmd: int, kind: int, offset: int) -> _Flock:
+    lock = _Flock(kind, os.SEEK_SET, offset, 1, 0)
+    got = fcntl.fcntl(fd, cmd, bytes(lock))
+    return _Flock.from_buffer_copy(got)
+
+
+def _others_hold(fd: int, offset: int) -> _Flock | None:
+    """The lock someone else holds on byte ``offset``, or None."""
+    got = _lock_byte(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK, offset)
+    return None if got.l_type == fcntl.F_UNLCK else got
+
+
+def lock_image(
+    fd: int, path: str, st: os.stat_result, writable: bool, owner: str | None = None
+) -> None:
+    """Take QEMU's locks for a writer or a reader on ``fd`` and register it; ``BlockError``
+    naming the holder if another user of the image (here or in another process) conflicts.
+    Where the file system has no OFD locks, the image is used unlocked, as QEMU does."""
+    held, unshared = _WRITER if writable else _READER
+    key = (st.st_dev, st.st_ino)
+    try:
+        for perm in held:
+            _lock_byte(fd, fcntl.F_OFD_SETLK, fcntl.F_RDLCK, LOCK_PERM_BASE + perm)
+        for perm in unshared:
+            _lock_byte(fd, fcntl.F_OFD_SETLK, fcntl.F_RDLCK, LOCK_SHARED_BASE + perm)
+        conflict = any(_others_hold(fd, LOCK_SHARED_BASE + p) for p in held) or any(
+            _others_hold(fd, LOCK_PERM_BASE + p) for p in unshared
+        )
+        writer = _others_hold(fd, LOCK_PERM_BASE + PERM_WRITE) if conflict else None
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):  # a conflicting write lock: not QEMU's
+            raise BlockError(f"{path}: in use: another process has it locked") from None
+        conflict, writer = False, None  # no OFD locks here (EINVAL, ENOLCK, EOPNOTSUPP)
+    with _registry_lock:
+        if conflict:
+            here = [(o, w) for k, o, w in _registry.values() if k == key]
+            if writer is not None:
+                here = [(o, w) for o, w in here if w]
+            names = [o for o, _ in here if o]
+            if names:
+                who = names[0]
+            elif here:
+                who = "another disk in this process"
+            elif writer is not None and writer.l_pid > 0:
+                who = f"process {writer.l_pid}"
+            else:
+                who = "another process or VM in this process"
+        else:
+            _registry[fd] = (key, owner, writable)
+    if not conflict:
+        return
+    if writer is not None:
+        hint = "one writer at a time: stop that one first"
+        if not writable:
+            hint = "it would change under this reader: stop that one first"
+        raise BlockError(f"{path}: in use: {who} has it open for writing ({hint})")
+    raise BlockError(
+        f"{path}: in use: {who} has it open read-only, so it cannot be written "
+        "(use ,ro or ,snapshot)"
+    )
 
 
 class RawFile(BlockBackend):
@@ -331,16 +483,22 @@ class RawFile(BlockBackend):
 
     @classmethod
     async def open(
-        cls, path: str | os.PathLike[str], read_only: bool = False, *, probed: bool = False
+        cls,
+        path: str | os.PathLike[str],
+        read_only: bool = False,
+        *,
+        probed: bool = False,
+        owner: str | None = None,
     ) -> RawFile:
         """Open ``path``. ``probed``: the format was guessed (no ``format=raw``), so refuse
         writes that would make the file start with the qcow2 magic; otherwise the guest could
         turn its disk into a qcow2 image whose backing file is any host file, opened as such
-        next time (qemu restricts probed raw images the same way)."""
+        next time (qemu restricts probed raw images the same way). ``owner`` names the user
+        in errors of others who find it in use."""
         name = os.fspath(path)
-        fd, size = await trio.to_thread.run_sync(open_fd, name, read_only)
+        fd, size = await trio.to_thread.run_sync(lambda: open_fd(name, read_only, owner=owner))
         if size % SECTOR:
-            os.close(fd)
+            close_fd(fd)
             raise BlockError(f"{name}: its size ({size} bytes) is not a multiple of {SECTOR} bytes")
         return cls(FileIO(fd, name), size, read_only, probed)
 

@@ -219,6 +219,7 @@ def test_create_raw(tmp_path: Path) -> None:
         ("a,,b.img,ro", DiskSpec("a,b.img", read_only=True)),
         ("x,serial=" + "s" * 20, DiskSpec("x", serial="s" * 20)),
         ("x,serial=", DiskSpec("x", serial="")),
+        ("x,backing-dir=/a,,b,backing-dir=c", DiskSpec("x", backing_dirs=("/a,b", "c"))),
     ],
 )
 def test_parse_disk_spec(text: str, spec: DiskSpec) -> None:
@@ -231,10 +232,12 @@ def test_parse_disk_spec(text: str, spec: DiskSpec) -> None:
     [
         (
             "x.img,foo",
-            "--disk 'x.img,foo': unknown option foo (known: ro, format=, snapshot, serial=)",
+            "--disk 'x.img,foo': unknown option foo "
+            "(known: ro, format=, snapshot, serial=, backing-dir=)",
         ),
         ("x.img,format=vmdk", "format must be raw or qcow2, not 'vmdk'"),
         ("x.img,format", "format needs a value"),
+        ("x.img,backing-dir=", "backing-dir needs a value"),
         ("x.img,ro=yes", "ro takes no value"),
         ("x.img,ro,ro", "ro given twice"),
         ("x.img,serial=" + "s" * 21, "is 21 bytes; at most 20"),
@@ -347,3 +350,134 @@ async def test_overlay_creation_failure_closes_the_base(
     with pytest.raises(BlockError, match=r"cannot create a snapshot overlay in .*does-not-exist"):
         await open_disk(f"{raw},snapshot")
     assert len(opened) == 1 and opened[0]._closed  # the base was opened, then closed
+
+
+# -- image locks (QEMU's OFD lock bytes) ------------------------------------------------------
+
+HOLDER = r"""
+import sys, trio
+from blockdev import open_disk
+
+async def main(spec):
+    disk = await open_disk(spec)
+    print("ready", flush=True)
+    await trio.to_thread.run_sync(sys.stdin.read)  # hold it until stdin closes
+    await disk.close()
+
+trio.run(main, sys.argv[1])
+"""
+
+
+def make_image(tmp_path: Path, fmt: str) -> Path:
+    path = tmp_path / f"d.{fmt}"
+    (create_raw if fmt == "raw" else create_qcow2)(path, MiB)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+async def test_a_second_writer_is_refused_in_one_process(tmp_path: Path, fmt: str) -> None:
+    path = make_image(tmp_path, fmt)
+    first = await open_disk(str(path), owner="vms.a.disks[0]")
+    await first.write(0, b"a" * 512)
+    await first.flush()
+    for spec in (str(path), f"{path},ro", f"{path},snapshot"):
+        with pytest.raises(BlockError, match=r"vms\.a\.disks\[0\] has it open for writing"):
+            await open_disk(spec, owner="vms.b.disks[0]")
+    await first.close()
+    # readers share: any number of ro and snapshot users, but then no writer
+    readers = [await open_disk(f"{path},ro"), await open_disk(f"{path},snapshot", owner="x")]
+    with pytest.raises(BlockError, match=r"x has it open read-only.*\(use ,ro or ,snapshot\)"):
+        await open_disk(str(path))
+    for reader in readers:
+        await reader.close()
+    again = await open_disk(str(path))  # every lock went with its disk
+    assert await again.read(0, 512) == b"a" * 512
+    await again.close()
+
+
+async def test_a_backing_file_is_shared_but_not_writable(tmp_path: Path) -> None:
+    base = make_image(tmp_path, "raw")
+    top = tmp_path / "top.qcow2"
+    create_qcow2(top, None, backing=base.name)
+    overlay = await open_disk(str(top), owner="vms.a.disks[0]")
+    reader = await open_disk(f"{base},ro")
+    with pytest.raises(BlockError, match=r"vms\.a\.disks\[0\] \(backing file\) has it open"):
+        await open_disk(str(base))
+    await reader.close()
+    await overlay.close()
+    writer = await open_disk(str(base))
+    with pytest.raises(BlockError, match=r"d\.raw.* has it open for writing"):
+        await open_disk(str(top))  # its backing file cannot be read while being written
+    await writer.close()
+
+
+def hold(spec: str) -> subprocess.Popen[str]:
+    """A second process that opens ``spec`` and holds it until its stdin closes."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    child = subprocess.Popen(["python3", "-c", HOLDER, spec], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    return child
+
+
+def release(child: subprocess.Popen[str]) -> None:
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.close()
+    assert child.wait(timeout=30) == 0
+    child.stdout.close()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+async def test_a_writer_in_another_process_is_refused(tmp_path: Path, fmt: str) -> None:
+    path = make_image(tmp_path, fmt)
+    child = hold(str(path))
+    try:
+        for spec in (str(path), f"{path},ro"):
+            with pytest.raises(
+                BlockError, match="another process or VM in this process has it open for writing"
+            ):
+                await open_disk(spec)
+    finally:
+        release(child)
+    child = hold(f"{path},ro")
+    try:
+        with pytest.raises(BlockError, match=r"another process .* has it open read-only"):
+            await open_disk(str(path))
+        reader = await open_disk(f"{path},snapshot")  # readers share
+        await reader.close()
+    finally:
+        release(child)
+    disk = await open_disk(str(path))
+    await disk.close()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+async def test_qemu_and_hv_see_each_others_locks(tmp_path: Path, fmt: str) -> None:
+    path = make_image(tmp_path, fmt)
+    disk = await open_disk(str(path))
+    write = ["qemu-io", "-f", fmt, "-c", "write 0 512", str(path)]
+    refused = subprocess.run(write, capture_output=True, text=True)
+    assert refused.returncode != 0 and 'Failed to get "write" lock' in refused.stderr
+    if fmt == "qcow2":  # qemu's raw readers share writes; its qcow2 readers do not
+        info = subprocess.run(["qemu-img", "info", str(path)], capture_output=True, text=True)
+        assert info.returncode != 0 and 'Failed to get shared "write" lock' in info.stderr
+    await disk.close()
+    assert subprocess.run(write, capture_output=True).returncode == 0
+    qemu = subprocess.Popen(["qemu-io", "-f", fmt, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert qemu.stdin is not None and qemu.stdout is not None
+    try:
+        qemu.stdin.write("write -P 0x5a 0 512\n")
+        qemu.stdin.flush()
+        with trio.fail_after(30):
+            while "wrote 512" not in await trio.to_thread.run_sync(qemu.stdout.readline):
+                pass
+        with pytest.raises(BlockError, match="has it open for writing"):
+            await open_disk(f"{path},ro")
+    finally:
+        qemu.stdin.close()
+        qemu.wait(timeout=30)
+        qemu.stdout.close()
+    disk = await open_disk(f"{path},ro")
+    assert await disk.read(0, 512) == b"\x5a" * 512
+    await disk.close()

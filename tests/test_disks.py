@@ -6,6 +6,7 @@ U-Boot reading and writing a disk, and 100 guests booting from one base image wi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -21,6 +22,9 @@ from typing import Any
 import pytest
 import trio
 
+from blockdev import MemoryDisk
+from hv._disk import Disk, close_disks, open_disks
+from hv._errors import ConfigError, HostError
 from hv.lab import parse_lab
 from hv.lab._runner import run_lab
 
@@ -74,13 +78,10 @@ def test_blktest_writes_raw_and_qcow2_and_qemu_img_agrees(tmp_path: Path) -> Non
     assert same.returncode == 0, same.stdout + same.stderr
 
 
-@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_flushed_data_survives_sigkill(tmp_path: Path, fmt: str) -> None:
-    """The guest writes, flushes, says so and hangs; hv is SIGKILLed; the data is there."""
-    disk = tmp_path / f"d.{fmt}"
-    hv("disk", "create", str(disk), "8M", "--format", fmt)
-    p = subprocess.Popen([*HV, "run", "blktest", "--mem", "16M", "--disk", str(disk),
-                          "--append", "blk.mode=write-flush-hang blk.sectors=8192 blk.seed=3"],
+def hanging_writer(disk: Path, sectors: int) -> subprocess.Popen[bytes]:
+    """`hv run blktest` that writes ``sectors`` to ``disk``, flushes, says so and hangs."""
+    p = subprocess.Popen([*HV, "run", "blktest", "--mem", "16M", "--disk", str(disk), "--append",
+                          f"blk.mode=write-flush-hang blk.sectors={sectors} blk.seed=3"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          stdin=subprocess.DEVNULL)  # fmt: skip
     out = b""
@@ -89,6 +90,15 @@ def test_flushed_data_survives_sigkill(tmp_path: Path, fmt: str) -> None:
     while b"blktest: flushed" not in out:
         assert time.monotonic() < deadline and p.poll() is None, out
         out += os.read(p.stdout.fileno(), 4096)
+    return p
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_flushed_data_survives_sigkill(tmp_path: Path, fmt: str) -> None:
+    """The guest writes, flushes, says so and hangs; hv is SIGKILLed; the data is there."""
+    disk = tmp_path / f"d.{fmt}"
+    hv("disk", "create", str(disk), "8M", "--format", fmt)
+    p = hanging_writer(disk, 8192)
     p.send_signal(signal.SIGKILL)
     p.wait()
     p.stdout.close()
@@ -173,3 +183,168 @@ async def test_100_guests_boot_from_one_base_with_snapshot_overlays(tmp_path: Pa
     assert status == 0, text[-2000:]
     assert len(re.findall(r"read back 512 sectors: ok", text)) == 100
     assert hashlib.sha256(base.read_bytes()).hexdigest() == digest
+
+
+# -- one writer per image ---------------------------------------------------------------------
+
+
+def test_a_lab_naming_a_writable_disk_twice_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data.img").write_bytes(bytes(1 << 20))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.img").symlink_to("data.img")
+    ok = {"ro": "data.img,ro", "snap": "data.img,snapshot"}
+    parse_lab(
+        "".join(f'[vms.{k}]\nkernel = "blktest"\ndisks = ["{v}"]\n' for k, v in ok.items()),
+        tmp_path,
+    )  # fmt: skip  readers share
+    for first, second in (
+        ('"data.img"', '"sub/../data.img"'),
+        ('"data.img"', '"link.img,ro"'),
+        ('{ file = "data.img", snapshot = true }', '"./data.img"'),
+    ):
+        lab = (f'[vms.a]\nkernel = "blktest"\ndisks = ["other.img", {first}]\n'
+               f'[vms.b]\nkernel = "blktest"\ndisks = [{second}]\n')  # fmt: skip
+        with pytest.raises(ConfigError, match=r"vms\.b\.disks\[0\]: .* is also vms\.a\.disks\[1\]"):
+            parse_lab(lab, tmp_path)
+    lab = '[vms.a]\nkernel = "blktest"\ndisks = ["data.img", "data.img,ro"]\n'
+    with pytest.raises(ConfigError, match=r"vms\.a\.disks\[1\]: .* is also vms\.a\.disks\[0\]"):
+        parse_lab(lab, tmp_path)
+
+
+async def test_open_disks_names_the_vm_that_holds_a_disk(tmp_path: Path) -> None:
+    for fmt in ("raw", "qcow2"):
+        image = tmp_path / f"d.{fmt}"
+        assert hv("disk", "create", str(image), "1M", "--format", fmt).returncode == 0
+        held = await open_disks([str(image)], owner="vms.a")
+        with pytest.raises(ConfigError, match=r"vms\.a\.disks\[0\] has it open for writing"):
+            await open_disks([f"{image},snapshot"], owner="vms.b")
+        await close_disks(held)
+        await close_disks(await open_disks([str(image)], owner="vms.b"))
+
+
+def test_hv_run_refuses_a_disk_another_hv_writes(tmp_path: Path) -> None:
+    image = tmp_path / "d.qcow2"
+    hv("disk", "create", str(image), "4M", "--format", "qcow2")
+    p = hanging_writer(image, 64)
+    try:
+        r = hv("run", "blktest", "--mem", "16M", "--disk", str(image))
+        assert r.returncode == 4, r.stdout + r.stderr
+        assert "another process or VM in this process has it open for writing" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    finally:
+        p.kill()
+        p.wait()
+        assert p.stdout is not None
+        p.stdout.close()
+
+
+# -- FIFOs and other non-files ----------------------------------------------------------------
+
+
+def test_fifos_are_refused_at_every_entry_point(tmp_path: Path) -> None:
+    """A FIFO opened blocking waits for a writer forever (in a thread no signal reaches):
+    each entry point must refuse it at once, exit 4, one line. The timeout makes a
+    regression fail instead of hang."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    top = tmp_path / "top.qcow2"
+    base = tmp_path / "base.raw"
+    base.write_bytes(bytes(1 << 20))
+    assert hv("disk", "create", str(top), "--backing", "base.raw").returncode == 0
+    base.unlink()
+    os.mkfifo(base)  # the backing file is now a FIFO
+    (tmp_path / "lab.toml").write_text('[vms.a]\nkernel = "blktest"\ndisks = ["fifo"]\n')
+    for args, what in (
+        (("run", "blktest", "--mem", "16M", "--disk", str(fifo)), "fifo: not a regular file"),
+        (("run", "blktest", "--mem", "16M", "--disk", f"{fifo},format=raw"), "(a FIFO)"),
+        (("run", "blktest", "--mem", "16M", "--disk", str(top)), "base.raw"),
+        (("disk", "info", str(fifo)), "(a FIFO)"),
+        (("disk", "info", str(top)), "base.raw"),
+        (("disk", "create", str(tmp_path / "new.qcow2"), "--backing", str(fifo)), "(a FIFO)"),
+        (("up", str(tmp_path / "lab.toml")), "vms.a.disks[0]: "),
+    ):
+        r = hv(*args, timeout=60)
+        assert r.returncode == 4, (args, r.stdout, r.stderr)
+        assert what in r.stderr and "FIFO" in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+# -- backing files outside the image's folder -------------------------------------------------
+
+
+async def test_backing_dir_on_the_command_line_and_in_labs(tmp_path: Path) -> None:
+    vm, images = tmp_path / "vm", tmp_path / "images"
+    vm.mkdir()
+    images.mkdir()
+    base = images / "base.raw"
+    assert hv("disk", "create", str(base), "1M").returncode == 0
+    top = vm / "top.qcow2"
+    r = hv("disk", "create", str(top), "--backing", str(base))
+    assert r.returncode == 0 and f"needs --backing-dir {images}" in r.stderr, r.stderr
+    refusal = (f"hv: {top} -> {base}: backing file outside the image's folder; "
+               f"pass --backing-dir {images} to allow it")  # fmt: skip
+    for args in (("disk", "info", str(top)), ("run", "blktest", "--disk", str(top))):
+        r = hv(*args)
+        assert r.returncode == 4 and r.stderr.startswith(refusal), (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = hv("disk", "info", str(top), "--backing-dir", str(images))
+    assert r.returncode == 0 and f"chain:         {top} -> {base}" in r.stdout, r.stdout + r.stderr
+    info = json.loads(hv("disk", "info", str(top), "--backing-dir", str(images), "--json").stdout)
+    assert [b["filename"] for b in info["backing_chain"]] == [str(base)]
+    r = hv("run", "blktest", "--mem", "16M", "--disk", str(top), "--backing-dir", str(images),
+           "--append", "blk.sectors=64 blk.seed=5")  # fmt: skip
+    assert r.returncode == 0 and "read back 64 sectors: ok" in r.stdout, r.stdout + r.stderr
+    lab = '[vms.a]\nkernel = "blktest"\ndisks = [{ file = "top.qcow2", backing_dirs = [%s] }]\n'
+    with pytest.raises(ConfigError, match=r"vms\.a\.disks\[0\]\.backing_dirs: expected a list"):
+        parse_lab(lab % "1", vm)
+    with pytest.raises(ConfigError, match="backing file outside the image's folder"):
+        await open_disks(parse_lab(lab % "", vm).vms["a"].disks, vm)
+    disks = await open_disks(parse_lab(lab % '"../images"', vm).vms["a"].disks, vm)
+    await close_disks(disks)
+
+
+# -- many disks, and disks that fail to close ------------------------------------------------
+
+
+def test_too_many_disks_is_one_line(tmp_path: Path) -> None:
+    image = tmp_path / "d.img"
+    image.write_bytes(bytes(1 << 20))
+    for n in (9, 33):
+        disks = [a for _ in range(n) for a in ("--disk", f"{image},ro")]
+        r = hv("run", "blktest", "--mem", "16M", *disks)
+        assert r.returncode == 4 and "8 virtio slots" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    many = ", ".join(['"d.img,ro"'] * 33)
+    lab = f'[vms.a]\nkernel = "blktest"\nnics = []\ndisks = [{many}]\n'
+    with pytest.raises(ConfigError, match=r"vms\.a\.disks: 33 disks.*8 virtio slots"):
+        parse_lab(lab, tmp_path)
+    names = [Disk(MemoryDisk(512)).device("a", i).name for i in (0, 25, 26, 32, 701, 702)]
+    assert names == ["a.vda", "a.vdz", "a.vdaa", "a.vdag", "a.vdzz", "a.vdaaa"]  # as Linux
+
+
+class FailingClose(MemoryDisk):
+    def __init__(self, code: int) -> None:
+        super().__init__(512)
+        self.code = code
+
+    async def close(self) -> None:
+        await super().close()
+        raise OSError(self.code, os.strerror(self.code))
+
+
+async def test_every_disk_is_closed_and_each_failure_reported() -> None:
+    closed: list[int] = []
+
+    class Tracked(MemoryDisk):
+        async def close(self) -> None:
+            closed.append(id(self))
+
+    good = [Tracked(512) for _ in range(3)]
+    backends = [good[0], FailingClose(errno.ENOSPC), good[1], FailingClose(errno.EFBIG), good[2]]
+    disks = [Disk(b, serial=f"s{i}") for i, b in enumerate(backends)]
+    with pytest.raises(HostError) as info:
+        await close_disks(disks)
+    assert sorted(closed) == sorted(map(id, good))  # closed despite the failures before them
+    lines = str(info.value).splitlines()
+    assert len(lines) == 3 and "2 disks failed to close" in lines[0], lines
+    assert "ENOSPC" in lines[1] and "EFBIG" in lines[2], lines

@@ -101,7 +101,8 @@ def test_too_many_devices_for_the_slots_is_one_line(tmp_path: Path, disks: int, 
         (tmp_path / f"d{i}.img").write_bytes(bytes(4096))
     line = one_line(hv_up(lab))
     assert line == (
-        f"hv: vms.a.disks: {disks} disks and {nics} NICs, but hv-virt has 8 virtio slots"
+        f"hv: vms.a.disks: {disks} disks and {nics} NICs, but hv-virt has 8 virtio slots "
+        "(one per disk or NIC)"
     ), line
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -1140,3 +1141,74 @@ async def test_freeing_a_compressed_cluster_that_points_at_metadata_frees_nothin
     assert q.read_header(str(image)).size == MiB
     expected = b"\x77" * 65536 + bytes(2 * 65536) + b"\x33" * 65536 + bytes(MiB - 4 * 65536)
     compare(image, expected)
+
+
+# -- where backing names may lead -------------------------------------------------------------
+
+
+def a_block_device(tmp_path: Path) -> Path:
+    """A block device node (made here as root, else one of the host's)."""
+    if os.geteuid() == 0:
+        node = tmp_path / "blk"
+        os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(7, 0))  # a loop device
+        return node
+    found = [p for p in Path("/dev").iterdir() if p.is_block_device()]
+    assert found, "no block device to test with"
+    return found[0]
+
+
+async def test_backing_files_stay_in_the_images_folder(tmp_path: Path) -> None:
+    """A downloaded image must not read host files into the guest: a backing name may lead
+    only into the image's folder (or below), or where the user allows it."""
+    vm, outside = tmp_path / "vm", tmp_path / "outside"
+    (vm / "sub").mkdir(parents=True)
+    outside.mkdir()
+    secret = outside / "secret.raw"
+    secret.write_bytes(b"\x42" * MiB)
+    (vm / "link.raw").symlink_to(secret)
+    top = vm / "top.qcow2"
+    for name in ("../outside/secret.raw", str(secret), "link.raw", "file:../outside/secret.raw"):
+        qemu_img("create", "-f", "qcow2", "-u", "-b", name, "-F", "raw", top, "1M")
+        refusal = rf"top\.qcow2 -> {name}.*: backing file outside the image's folder; pass "
+        with pytest.raises(BlockError, match=refusal + f"--backing-dir {outside} to allow it"):
+            await open_disk(f"{top},ro")
+        with pytest.raises(BlockError, match=refusal):
+            image_info(top)
+        for allow in (outside, secret):  # the folder, or the file itself
+            disk = await open_disk(f"{top},ro", backing_dirs=[allow])
+            assert await disk.read(0, 512) == b"\x42" * 512
+            await disk.close()
+            info = image_info(top, backing_dirs=[allow])
+            assert [Path(b["filename"]).name for b in info["backing_chain"]] == [Path(name).name]
+    # two steps: the chain is in the error
+    qemu_img("create", "-f", "qcow2", "-u", "-b", "../../outside/secret.raw", "-F", "raw",
+             vm / "sub" / "mid.qcow2", "1M")  # fmt: skip
+    qemu_img("create", "-f", "qcow2", "-u", "-b", "sub/mid.qcow2", "-F", "qcow2", top, "1M")
+    chain = r"top\.qcow2 -> .*vm/sub/mid\.qcow2 -> \.\./\.\./outside/secret\.raw \(.*\): "
+    with pytest.raises(BlockError, match=chain + "backing file outside"):
+        await Qcow2Image.open(top, read_only=True)
+    with pytest.raises(BlockError, match=chain + "backing file outside"):
+        image_info(top)
+    disk = await open_disk(f"{top},ro,backing-dir={outside}")  # the spec's own allow-list
+    await disk.close()
+
+
+async def test_devices_and_fifos_are_no_backing_files(tmp_path: Path) -> None:
+    device = a_block_device(tmp_path)
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-u", "-b", device, "-F", "raw", top, "1M")
+    with pytest.raises(
+        BlockError, match=rf"backing file is a block device; pass --backing-dir {device}"
+    ):
+        await open_disk(f"{top},ro", backing_dirs=[tmp_path])  # in an allowed folder: not enough
+    with pytest.raises(BlockError, match="block device"):
+        image_info(top)
+    info = image_info(top, backing_dirs=[device])  # named: allowed
+    assert info["backing_chain"][0]["filename"] == str(device)
+    qemu_img("create", "-f", "qcow2", "-u", "-b", "/dev/zero", "-F", "raw", top, "1M")
+    with pytest.raises(BlockError, match="backing file is not a regular file"):
+        await open_disk(f"{top},ro", backing_dirs=["/dev"])
+    os.mkfifo(tmp_path / "fifo")
+    qemu_img("create", "-f", "qcow2", "-u", "-b", "fifo", "-F", "raw", top, "1M")
+    with trio.fail_after(20), pytest.raises(BlockError, match="backing file is a FIFO"):
+        await open_disk(f"{top},ro")

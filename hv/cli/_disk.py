@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -44,6 +45,14 @@ def add_parser(sub: Any) -> None:
     di = dsub.add_parser("info", help="format, sizes and backing chain of an image")
     di.add_argument("file", type=Path, metavar="FILE")
     di.add_argument("--json", action="store_true", help="print it as JSON")
+    for p in (dc, di):
+        p.add_argument(
+            "--backing-dir",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="also follow backing files into DIR (default: only the image's own folder)",
+        )
 
 
 def _size_text(n: int) -> str:
@@ -53,15 +62,35 @@ def _size_text(n: int) -> str:
     return f"{n} bytes"
 
 
+def _hint_backing_dir(image: Path, base: Path, allowed: list[str]) -> None:
+    """Say so when ``hv run --disk IMAGE`` will need ``--backing-dir`` for its backing file
+    ``base`` (as stored: relative to IMAGE's folder)."""
+    from blockdev import BlockError
+    from blockdev.qcow2 import follow_backing
+
+    chain = ((str(image), os.path.realpath(image)),)
+    try:
+        follow_backing(chain, str(base), allowed)
+    except BlockError:
+        where = (image.parent / base).resolve().parent
+        print(
+            f"note: {base} is outside {image}'s folder: using {image} needs --backing-dir "
+            f"{where} (lab files: backing_dirs)",
+            file=sys.stderr,
+        )
+
+
 def disk_command(args: argparse.Namespace) -> int:
     from blockdev import BlockError
-    from blockdev.qcow2 import create_image, image_info
+    from blockdev.qcow2 import create_image, image_info, read_virtual_size
 
     try:
         if args.disk_command == "create":
             fmt = args.format or ("qcow2" if args.backing else "raw")
             if args.size is None and args.backing is None:
                 raise ConfigError("hv disk create: give a SIZE (e.g. 1G), or --backing BASE")
+            if args.backing is not None:  # named here, so allowed; its own chain is checked
+                image_info(args.file.parent / args.backing, args.backing_dir)
             create_image(
                 args.file,
                 fmt,
@@ -69,11 +98,13 @@ def disk_command(args: argparse.Namespace) -> int:
                 backing=args.backing,
                 overwrite=args.force,
             )
-            info = image_info(args.file)
-            print(f"{args.file}: {fmt}, {_size_text(info['virtual_size'])}", file=sys.stderr)
+            size = _size_text(read_virtual_size(args.file, fmt))
+            print(f"{args.file}: {fmt}, {size}", file=sys.stderr)
+            if args.backing is not None:
+                _hint_backing_dir(args.file, args.backing, args.backing_dir)
             return 0
         if args.disk_command == "info":
-            info = image_info(args.file)
+            info = image_info(args.file, args.backing_dir)
             if args.json:
                 print(json.dumps(info, indent=2))
                 return 0
@@ -85,6 +116,9 @@ def disk_command(args: argparse.Namespace) -> int:
                 print(f"cluster size:  {info['cluster_size']}")
             for i, b in enumerate(info.get("backing_chain", [])):
                 print(f"backing {i}:     {b['filename']} ({b['format']})")
+            if info["backing_chain"]:
+                names = [info["filename"], *(b["filename"] for b in info["backing_chain"])]
+                print(f"chain:         {' -> '.join(names)}")
             return 0
     except (BlockError, OSError) as e:
         raise ConfigError(str(e)) from None

@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument(
+        "--backing-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help=(
+            "also follow qcow2 backing files into DIR (repeatable; by default only into the "
+            "image's own folder); a block device as backing file must be named here itself"
+        ),
+    )
+    run.add_argument(
         "--quantum",
         type=_quantum,
         default=DEFAULT_QUANTUM,
@@ -476,7 +486,12 @@ async def _run(args: argparse.Namespace) -> int:
         named.add(tap)
     switches = [Switch(f"net{i}") for i in range(len(nets))]
     taps = [open_tap(sw, tap) for sw, (tap, _, _) in zip(switches, nets, strict=True)]
-    disks = await open_disks(args.disk)
+    if len(args.disk) + len(nets) > P.VIRTIO_SLOTS:  # before opening dozens of files
+        raise ConfigError(
+            f"{len(args.disk)} --disk and {len(nets)} --net, but hv-virt has "
+            f"{P.VIRTIO_SLOTS} virtio slots (one per disk or NIC)"
+        )
+    disks = await open_disks(args.disk, backing_dirs=args.backing_dir)
     config = VmConfig(
         disks=tuple(disks),
         nics=tuple(

@@ -179,22 +179,6 @@ def boot_files(spec: LabSpec, vm: VmSpec) -> BootFiles:
     return BootFiles(data, ramdisk, cmdline)
 
 
-async def open_vm_disks(spec: LabSpec, vm: VmSpec) -> list[Disk]:
-    """``vm``'s disks, opened; a ConfigError naming the disk's key (what was opened is closed
-    again)."""
-    disks: list[Disk] = []
-    try:
-        for i, text in enumerate(vm.disks):
-            try:
-                disks += await open_disks([text], spec.base)
-            except ConfigError as e:
-                raise ConfigError(f"vms.{vm.name}.disks[{i}]: {e}") from None
-    except BaseException:
-        await close_disks(disks)
-        raise
-    return disks
-
-
 def vm_config(
     spec: LabSpec,
     vm: VmSpec,
@@ -293,7 +277,8 @@ async def run_lab(
                             # egress: from the VM into the switch; ingress: the other way
                             cables[(vspec.name, i)] = _sides(imp)
                 for vspec in spec.vms.values():
-                    run.disks[vspec.name] = await open_vm_disks(spec, vspec)
+                    owner = f"vms.{vspec.name}"
+                    run.disks[vspec.name] = await open_disks(vspec.disks, spec.base, owner)
                 configs = {
                     name: vm_config(
                         spec, v, run.switches, cables, run.disks.get(name, []), boots[name]
@@ -333,8 +318,7 @@ async def run_lab(
                     run.exits.setdefault(name, await vm.wait())
             nursery.cancel_scope.cancel()
     finally:  # after every VM has stopped: what the guests flushed is on disk
-        for disks in run.disks.values():
-            await close_disks(disks)
+        await close_disks([disk for disks in run.disks.values() for disk in disks])
     run.status = _status(run, exit_code_from, until)
     run.ended.set()
     return run.status

@@ -37,6 +37,7 @@ init and the firmware runtime read; ``append`` adds to the kernel's default comm
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -57,7 +58,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(i?B)?\s*$", re.IGNORECASE)
 SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap"}
 DHCP_KEYS = {"pool", "lease", "boot"}
 VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks"}
-DISK_KEYS = {"file", "ro", "format", "snapshot", "serial"}
+DISK_KEYS = {"file", "ro", "format", "snapshot", "serial", "backing_dirs"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
 LINK_KEYS = {"a", "b", "impair", "vlans"}
 LAB_KEYS = {"name", "switches", "vms", "links"}
@@ -392,12 +393,19 @@ def _nic(
     return NicSpec(sw, mac, ip, gateway, cap, vlan, trunk, native, impair)
 
 
-def _disks(raw: Any, key: str) -> tuple[str, ...]:
-    """``disks = ["base.qcow2,snapshot", { file = "data.img", ro = true, serial = "x" }]``."""
+def _disks(raw: Any, key: str, nics: int = 0) -> tuple[str, ...]:
+    """``disks = ["base.qcow2,snapshot", { file = "data.img", ro = true, serial = "x" }]``;
+    a table may allow backing files outside the image's folder: ``backing_dirs = ["../base"]``
+    (relative to the lab file)."""
     from blockdev.open import parse_disk_spec
 
     if not isinstance(raw, list):
         raise ConfigError(f"{key}: expected a list of disk specs or tables")
+    if len(raw) + nics > P.VIRTIO_SLOTS:
+        raise ConfigError(
+            f"{key}: {len(raw)} disks and {nics} NICs, but hv-virt has {P.VIRTIO_SLOTS} virtio "
+            "slots (one per disk or NIC)"
+        )
     out = []
     for i, val in enumerate(raw):
         dkey = f"{key}[{i}]"
@@ -414,6 +422,10 @@ def _disks(raw: Any, key: str) -> tuple[str, ...]:
             for opt in ("format", "serial"):
                 if opt in val:
                     text += f",{opt}=" + _str(val[opt], f"{dkey}.{opt}").replace(",", ",,")
+            dirs = val.get("backing_dirs", [])
+            if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
+                raise ConfigError(f"{dkey}.backing_dirs: expected a list of folder names")
+            text += "".join(",backing-dir=" + d.replace(",", ",,") for d in dirs)
         else:
             text = _str(val, dkey)
         try:
@@ -422,6 +434,34 @@ def _disks(raw: Any, key: str) -> tuple[str, ...]:
             raise ConfigError(f"{dkey}: {e}") from None
         out.append(text)
     return tuple(out)
+
+
+def _shared_disks(vms: dict[str, VmSpec], base: Path) -> None:
+    """Refuse an image that one disk writes and another disk uses too (the same file under
+    any name: relative, through a symlink or a hard link), before anything starts; the image
+    locks would refuse it when the second disk opens (``blockdev.raw.lock_image``)."""
+    from blockdev.open import parse_disk_spec
+
+    seen: dict[object, tuple[str, bool]] = {}
+    for vname, vm in vms.items():
+        for i, text in enumerate(vm.disks):
+            spec = parse_disk_spec(text)
+            path = os.path.realpath(base / spec.path)
+            ident: object = path
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                ident = (st.st_dev, st.st_ino)
+            writes = not (spec.read_only or spec.snapshot)
+            key = f"vms.{vname}.disks[{i}]"
+            if ident in seen and (writes or seen[ident][1]):
+                other, other_writes = seen[ident]
+                writer = other if other_writes else key
+                raise ConfigError(
+                    f"{key}: {spec.path} is also {other}, and {writer} writes it: an image has "
+                    "one writer or any number of readers (give both ro or snapshot)"
+                )
+            if writes or ident not in seen:
+                seen[ident] = (key, writes)
 
 
 def _links(raw: Any, switches: dict[str, SwitchSpec]) -> tuple[LinkSpec, ...]:
@@ -544,11 +584,10 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
                 f"{key}.quantum: {quantum!r} is not a number of instructions per slice in "
                 f"{P.QUANTUM_MIN}..{P.QUANTUM_MAX} (default {P.DEFAULT_QUANTUM})"
             )
-        disks = _disks(t["disks"], f"{key}.disks") if "disks" in t else ()
-        if len(disks) + len(nics) > P.VIRTIO_SLOTS:
+        disks = _disks(t["disks"], f"{key}.disks", len(nics)) if "disks" in t else ()
+        if len(nics) > P.VIRTIO_SLOTS:
             raise ConfigError(
-                f"{key}.{'disks' if disks else 'nics'}: {len(disks)} disks and {len(nics)} "
-                f"NICs, but hv-virt has {P.VIRTIO_SLOTS} virtio slots"
+                f"{key}.nics: {len(nics)} NICs, but hv-virt has {P.VIRTIO_SLOTS} virtio slots"
             )
         vms[vname] = VmSpec(
             name=vname,
@@ -561,6 +600,7 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
             nics=tuple(nics),
             disks=disks,
         )
+    _shared_disks(vms, base)
     return LabSpec(name=name, base=base, switches=switches, vms=vms, links=links)
 
 
