@@ -256,13 +256,17 @@ def virtio_net(
     capture: Path | None = None,
     vlan: PortVlan | None = None,
     cable: Cable | None = None,
+    ip: bytes | None = None,
 ) -> VirtioMmio:
     """A virtio-net NIC for ``VmConfig.devices``, plugged into ``switch`` if given
     (``capture``: a pcapng file of this NIC's traffic alone; ``vlan``: the switch port's
-    VLAN role; ``cable``: an impairment on the cable)."""
+    VLAN role; ``cable``: an impairment on the cable; ``ip``: its static IPv4 address, which
+    the switch then sends ARP requests for to this port alone: ``Switch.bind_ip``)."""
     net = VirtioNet(mac, mtu)
     dev = VirtioMmio(name, net)
     if switch is not None:
         port = switch.attach(name, net.deliver, capture, vlan=vlan, cable=cable)
         net.send = port.send
+        if ip is not None:
+            switch.bind_ip(port.id, ip, mac)
     return dev
