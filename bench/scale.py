@@ -1,7 +1,10 @@
 """Scale: N firmware guests on one switch, each pinging a neighbour (half run `ping`, half
 `udpecho`), from creating the first VM to the last ping summary; and the memory it took.
+Then idle cost: K `udpecho` guests on a switch, idle, against K idle `sleep` guests (no
+network) in the same run: host CPU (getrusage, user + system) over a fixed wall time, per
+guest in % of a core, and the ratio.
 
-    python bench/scale.py [--guests 100] [--pings 3]
+    python bench/scale.py [--guests 100] [--pings 3] [--idle 20] [--idle-seconds 3]
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import hv
 from hv.lab._runner import LabRun, run_lab
 from hv.lab._spec import parse_lab
+from netfabric.fabric import Switch
 
 
 def lab_text(guests: int, pings: int) -> str:
@@ -59,12 +64,68 @@ async def main_async(guests: int, pings: int) -> None:
     print(f"scale: {guests} guests, {total:.2f} s to the last ping summary, {rss} MiB peak RSS")
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def idle_cost(kind: str, count: int, seconds: float) -> tuple[float, int]:
+    """(% of a core per guest, slices per guest) of ``count`` idle guests of ``kind``
+    ("udpecho" on a switch, or "sleep") over ``seconds`` of wall time."""
+    async with trio.open_nursery() as nursery:
+        lan = await nursery.start(Switch("idle").run)
+        vms: list[hv.Vm] = []
+        for i in range(count):
+            if kind == "udpecho":
+                nic = hv.Nic(lan, ip=f"10.1.{i >> 8}.{(i & 255) + 1}/16")
+                cfg = hv.VmConfig(
+                    kernel=hv.guest_path("udpecho"), name=f"e{i}", mem_size=16 << 20, nics=(nic,)
+                )
+            else:
+                cfg = hv.VmConfig(
+                    kernel=hv.guest_path("sleep"),
+                    name=f"s{i}",
+                    mem_size=16 << 20,
+                    cmdline="ms=3600000 count=1",
+                )
+            vms.append(await nursery.start(hv.run_vm, cfg))
+        ready = b"udpecho: echoing" if kind == "udpecho" else b"sleep: 1 x"
+        for vm in vms:
+            await vm.console.wait_for(ready)
+        await trio.sleep(0.5)  # every guest in its wfi
+        slices0 = sum(vm.stats["slices"] for vm in vms)
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        await trio.sleep(seconds)
+        cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+        slices = sum(vm.stats["slices"] for vm in vms) - slices0
+        nursery.cancel_scope.cancel()
+    return 100 * cpu / wall / count, slices // count
+
+
+async def idle_async(count: int, seconds: float) -> None:
+    net, net_slices = await idle_cost("udpecho", count, seconds)
+    ref, ref_slices = await idle_cost("sleep", count, seconds)
+    print(
+        f"idle: {count} udpecho guests on a switch: {net:.3f} % of a core each "
+        f"({net_slices} slices each in {seconds:g} s)"
+    )
+    print(
+        f"idle: {count} sleep guests (reference): {ref:.3f} % of a core each "
+        f"({ref_slices} slices each); ratio networked/sleep {net / ref if ref else 0:.2f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--guests", type=int, default=100, help="guests, half pinging (default 100)")
     ap.add_argument("--pings", type=int, default=3, help="pings per client (default 3)")
+    ap.add_argument("--idle", type=int, default=20, help="idle guests of each kind (0: skip)")
+    ap.add_argument("--idle-seconds", type=float, default=3.0, help="idle wall time measured")
     args = ap.parse_args()
-    trio.run(main_async, args.guests, args.pings)
+    if args.guests:
+        trio.run(main_async, args.guests, args.pings)
+    if args.idle:
+        trio.run(idle_async, args.idle, args.idle_seconds)
 
 
 if __name__ == "__main__":
