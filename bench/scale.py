@@ -1,5 +1,6 @@
 """Scale: N firmware guests on one switch, each pinging a neighbour (half run `ping`, half
 `udpecho`), from creating the first VM to the last ping summary; and the memory it took.
+The reference, in the same run: N `sleep` guests without a network that live about as long.
 Then idle cost: K `udpecho` guests on a switch, idle, against K idle `sleep` guests (no
 network) in the same run: host CPU (getrusage, user + system) over a fixed wall time, per
 guest in % of a core, and the ratio.
@@ -29,30 +30,49 @@ def lab_text(guests: int, pings: int) -> str:
     parts = ["[switches.lan]\n"]
     for i in range(guests // 2):
         server, client = 2 * i + 2, 2 * i + 3
+        sip = f"10.0.{server >> 8}.{server & 255}"
+        cip = f"10.0.{client >> 8}.{client & 255}"
         parts.append(
-            f'[vms.s{i}]\nkernel = "udpecho"\nappend = "ip=10.0.{server >> 8}.{server & 255}/16"\n'
-            f'mem = "16M"\nnics = [{{switch = "lan"}}]\n'
+            f'[vms.s{i}]\nkernel = "udpecho"\nmem = "16M"\n'
+            f'nics = [{{switch = "lan", ip = "{sip}/16"}}]\n'
             f'[vms.c{i}]\nkernel = "ping"\nmem = "16M"\n'
-            f'append = "ip=10.0.{client >> 8}.{client & 255}/16 '
-            f'peer=10.0.{server >> 8}.{server & 255} count={pings} interval=100"\n'
-            f'nics = [{{switch = "lan"}}]\n'
+            f'append = "peer={sip} count={pings} interval=100"\n'
+            f'nics = [{{switch = "lan", ip = "{cip}/16"}}]\n'
         )
     return "".join(parts)
 
 
-async def main_async(guests: int, pings: int) -> None:
-    spec = parse_lab(lab_text(guests, pings), Path.cwd(), "scale")
-    clients = frozenset(n for n in spec.vms if n.startswith("c"))
+def reference_text(guests: int, pings: int) -> str:
+    """The same number of guests without a network: `sleep` guests that live about as long
+    as a ping client (``pings`` sleeps of 100 ms)."""
+    return "".join(
+        f'[vms.r{i}]\nkernel = "sleep"\nmem = "16M"\nappend = "ms=100 count={pings}"\n'
+        for i in range(guests)
+    )
+
+
+async def timed_lab(text: str, wait_for: str) -> tuple[float, float, float, LabRun]:
+    """(seconds to start every VM, seconds until every VM whose name starts with
+    ``wait_for`` has ended, host CPU seconds, the run) for the lab in ``text``."""
+    spec = parse_lab(text, Path.cwd(), "scale")
+    until = frozenset(n for n in spec.vms if n.startswith(wait_for))
     result: list[int] = []
+    cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
 
         async def lab(task_status: trio.TaskStatus[LabRun]) -> None:
-            result.append(await run_lab(spec, None, until=clients, task_status=task_status))
+            result.append(await run_lab(spec, None, until=until, task_status=task_status))
 
         run: LabRun = await nursery.start(lab)
         started = time.perf_counter() - t0
     total = time.perf_counter() - t0
+    return started, total, cpu_seconds() - cpu0, run
+
+
+async def main_async(guests: int, pings: int) -> None:
+    started, total, cpu, run = await timed_lab(lab_text(guests, pings), "c")
+    clients = [n for n in run.vms if n.startswith("c")]
     ok = sum(
         1
         for n in clients
@@ -60,7 +80,14 @@ async def main_async(guests: int, pings: int) -> None:
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
     print(f"{guests} guests started in {started:.2f} s; every ping round done in {total:.2f} s")
+    print(f"host CPU (user + system): {cpu:.2f} s ({100 * cpu / total:.0f} % of a core)")
     print(f"clients with all {pings} replies: {ok} of {len(clients)}; peak RSS {rss} MiB")
+    ref_started, ref_total, ref_cpu, _ = await timed_lab(reference_text(guests, pings), "r")
+    print(
+        f"reference: {guests} sleep guests without a network started in {ref_started:.2f} s, "
+        f"all done in {ref_total:.2f} s (host CPU {ref_cpu:.2f} s); networked/reference "
+        f"{total / ref_total:.2f}"
+    )
     print(f"scale: {guests} guests, {total:.2f} s to the last ping summary, {rss} MiB peak RSS")
 
 
