@@ -11,6 +11,7 @@ guest in % of a core, and the ratio.
 from __future__ import annotations
 
 import argparse
+import re
 import resource
 import sys
 import time
@@ -78,7 +79,17 @@ async def main_async(guests: int, pings: int) -> None:
         for n in clients
         if f"{pings} sent, {pings} received".encode() in run.vms[n].console.transcript
     )
+    rtts = sorted(
+        int(us)
+        for n in clients
+        for us in re.findall(rb"time=(\d+) us", run.vms[n].console.transcript)
+    )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+    if rtts:
+        print(
+            f"ping RTT: median {rtts[len(rtts) // 2] / 1000:.2f} ms, 90th percentile "
+            f"{rtts[len(rtts) * 9 // 10] / 1000:.2f} ms, max {rtts[-1] / 1000:.2f} ms"
+        )
     print(f"{guests} guests started in {started:.2f} s; every ping round done in {total:.2f} s")
     print(f"host CPU (user + system): {cpu:.2f} s ({100 * cpu / total:.0f} % of a core)")
     print(f"clients with all {pings} replies: {ok} of {len(clients)}; peak RSS {rss} MiB")
