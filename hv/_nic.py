@@ -116,9 +116,10 @@ class Nic:
 
         mac = self.mac if isinstance(self.mac, bytes) else default_mac(vm, index)
         vlan = self.vlan if not isinstance(self.vlan, int) else PortVlan(access=self.vlan)
+        ip = self.ip.ip.packed if isinstance(self.ip, ipaddress.IPv4Interface) else None
         try:
             return virtio_net(
-                f"{vm}.eth{index}", mac, self.switch, self.mtu, self.capture, vlan, self.cable
+                f"{vm}.eth{index}", mac, self.switch, self.mtu, self.capture, vlan, self.cable, ip
             )
         except CaptureError as e:
             raise ConfigError(f"eth{index}: {e}") from None

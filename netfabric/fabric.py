@@ -150,6 +150,8 @@ class Switch:
         self._iface: dict[int, int] = {}
         self.trunk_ports: set[int] = set()  # links to other switches (trunks when VLAN-aware)
         self._listeners: tuple[Listener, ...] = ()
+        # ARP to known addresses (bind_ip): IPv4 address (4 bytes) -> (port id, MAC)
+        self._arp_owner: dict[bytes, tuple[int, bytes]] = {}
 
     def attach(
         self,
@@ -172,9 +174,35 @@ class Switch:
             port.set_vlan(vlan)
         return port
 
+    def bind_ip(self, port_id: int, ip: bytes, mac: bytes) -> None:
+        """``ip`` (4 bytes; a NIC's static address) is ``mac`` behind port ``port_id``. A
+        broadcast ARP request for it then goes to that port alone, as a unicast to ``mac``,
+        instead of being flooded: the owner still answers it itself (its link state and its
+        cable's impairment apply as before), but N guests each asking for another's address
+        cost N frames, not N x ports, and wake one guest each, not all of them. The switch's
+        capture keeps the request as it came in; a VLAN-aware switch floods as before."""
+        if len(ip) != 4 or len(mac) != 6:
+            raise ValueError("bind_ip takes a 4-byte IPv4 address and a 6-byte MAC")
+        self._arp_owner[bytes(ip)] = (port_id, bytes(mac))
+
+    def _arp_to_owner(self, port_id: int, frame: bytes, now: float) -> bytes:
+        """A broadcast ARP request for a bound address, made a unicast to its owner (whose
+        MAC the table is told of, so the core forwards it to that port alone)."""
+        if len(frame) < 42 or frame[12:14] != b"\x08\x06" or frame[20:22] != b"\x00\x01":
+            return frame
+        hit = self._arp_owner.get(bytes(frame[38:42]))
+        if hit is None or hit[0] == port_id or hit[0] not in self.ports:
+            return frame
+        owner, mac = hit
+        self.core.learn(mac, owner, now)
+        return mac + bytes(frame[6:])
+
     def send(self, port_id: int, frame: bytes, offload: Offload | None = None) -> None:
         now = time.monotonic()
-        out = self.core.forward(port_id, frame, now)
+        fwd = frame
+        if self._arp_owner and frame[0] & 1 and not self.core.vlans:
+            fwd = self._arp_to_owner(port_id, frame, now)
+        out = self.core.forward(port_id, fwd, now)
         if offload is not None and offload.gso_type:
             self._count_wire(port_id, out, frame, offload)
         if (self.capture is not None or self._listeners) and (out or self.core.is_up(port_id)):
@@ -195,8 +223,8 @@ class Switch:
         for p in out:
             dst = ports[p]
             if dst.capture is not None:
-                dst.record(frame, offload, time.time_ns())
-            dst.deliver(frame, offload)
+                dst.record(fwd, offload, time.time_ns())
+            dst.deliver(fwd, offload)
 
     def _count_wire(
         self, port_id: int, out: tuple[int, ...], frame: bytes, offload: Offload

@@ -245,11 +245,7 @@ class LearningSwitch:
         if not src[0] & 1:  # learn unicast sources only
             entry = table.get(src)
             if entry is None or entry[0] != in_port or now - entry[1] > 1.0:
-                if entry is not None:
-                    del table[src]  # re-insert at the end: the newest
-                elif len(table) >= self.max_macs:
-                    self._make_room(now)
-                table[src] = (in_port, now)
+                self.learn(src, in_port, now)
         dst = bytes(frame[0:6])
         out: tuple[int, ...]
         if dst[0] & 1:
@@ -343,6 +339,15 @@ class LearningSwitch:
             pc.tx_frames += 1
             pc.tx_bytes += n
         return out
+
+    def learn(self, mac: bytes, port: int, now: float) -> None:
+        """``mac`` is behind ``port`` as of ``now`` (the newest entry; the table stays bounded)."""
+        table = self.table
+        if mac in table:
+            del table[mac]  # re-insert at the end: the newest
+        elif len(table) >= self.max_macs:
+            self._make_room(now)
+        table[mac] = (port, now)
 
     def _make_room(self, now: float) -> None:
         table = self.table

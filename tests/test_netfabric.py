@@ -431,3 +431,31 @@ def test_stacked_and_service_tags_on_access_and_trunk_ports(vsw: LearningSwitch)
     assert vsw.forward(4, BCAST + B + b"\x81\x00\x00\x00" + ip, 0.0) == (5,) and vsw.vlan == 1
     assert vsw.forward(2, BCAST + C + b"\x81\x00\x00\x00" + ip, 0.0) == (1, 4)
     assert vsw.vlan == 10 and vsw.tagged_in
+
+
+def arp_request(sender_mac: bytes, sender_ip: bytes, target_ip: bytes) -> bytes:
+    arp = b"\x00\x01\x08\x00\x06\x04\x00\x01" + sender_mac + sender_ip + bytes(6) + target_ip
+    return BCAST + sender_mac + b"\x08\x06" + arp + bytes(18)
+
+
+def test_an_arp_request_for_a_bound_address_goes_to_its_owner_alone() -> None:
+    """bind_ip (a NIC's static address): a broadcast ARP request for it reaches the owner's
+    port only, as a unicast to the owner's MAC; one for an unbound address floods; the
+    asker's MAC is learned either way."""
+    sw = Switch("lan")
+    got: dict[int, list[bytes]] = {i: [] for i in range(5)}
+    ports = [sw.attach(f"p{i}", lambda f, off, i=i: got[i].append(f)) for i in range(5)]
+    owner_mac = bytes.fromhex("525400000002")
+    sw.bind_ip(ports[2].id, bytes([10, 0, 0, 2]), owner_mac)
+    asker = bytes.fromhex("525400000001")
+    ports[0].send(arp_request(asker, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])))
+    assert [len(got[i]) for i in range(5)] == [0, 0, 1, 0, 0]
+    assert (
+        got[2][0][:6] == owner_mac
+        and got[2][0][6:] == arp_request(asker, b"\n\0\0\1", b"\n\0\0\2")[6:]
+    )
+    assert sw.core.lookup(asker, time.monotonic()) == ports[0].id
+    ports[0].send(arp_request(asker, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 9])))
+    assert [len(got[i]) for i in range(5)] == [0, 1, 2, 1, 1]
+    ports[2].send(arp_request(owner_mac, bytes([10, 0, 0, 2]), bytes([10, 0, 0, 2])))  # its own
+    assert [len(got[i]) for i in range(5)] == [1, 2, 2, 2, 2]

@@ -18,6 +18,7 @@ Every check runs before the first byte is written, so a rejected file leaves RAM
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -207,9 +208,12 @@ def load_kernel(data: bytes, ram_base: int, ram_size: int, write: WriteFn) -> Lo
     if not data:
         raise ConfigError("the kernel file is empty; pass an ELF, a Linux Image or a raw binary")
     kind: KernelKind
+    chunks: list[_Chunk] | tuple[_Chunk, ...]
     if data[:4] == b"\x7fELF":
         kind = "elf"
-        chunks, entry = _elf_chunks(data)
+        chunks, entry = (
+            _elf_chunks_cached(data) if len(data) <= ELF_CACHE_MAX else _elf_chunks(data)
+        )
     elif _is_image(data):
         kind = "image"
         chunks, entry = _image_chunks(data, ram_base)
@@ -274,6 +278,17 @@ def plan_layout(
 
 
 # --- ELF ------------------------------------------------------------------------------------
+
+
+# ELF files up to this size have their parse kept (a lab of 1,000 guests boots a few kernels
+# over and over; pyelftools takes milliseconds per parse).
+ELF_CACHE_MAX = 4 << 20
+
+
+@functools.lru_cache(maxsize=16)
+def _elf_chunks_cached(data: bytes) -> tuple[tuple[_Chunk, ...], int]:
+    chunks, entry = _elf_chunks(data)
+    return tuple(chunks), entry
 
 
 def _elf_chunks(data: bytes) -> tuple[list[_Chunk], int]:

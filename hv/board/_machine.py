@@ -181,7 +181,8 @@ class Machine:
         layout = plan_layout(self.mem.base, self.mem.size, self.kernel.end, initrd_size, len(probe))
         if cfg.initrd and layout.initrd_start is not None:
             self.mem.write(layout.initrd_start, cfg.initrd)
-        self.dtb = self._device_tree(layout.initrd)
+        # without an initrd the probe is the tree (the second build would be the same bytes)
+        self.dtb = probe if not cfg.initrd else self._device_tree(layout.initrd)
         self.mem.write(layout.dtb_addr, self.dtb)
         if cfg.dtb_out is not None:
             save_file(cfg.dtb_out, self.dtb, "the device tree file")

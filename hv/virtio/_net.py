@@ -11,7 +11,8 @@ instead of 64 KiB chains per slot. What the guest has no
 room for past ``RX_BACKLOG`` frames is dropped and counted (``rx_dropped``), so a silent or
 flooded guest costs bounded host memory.
 
-Features: MAC (the configured address in config space), STATUS (link up/down, settable from
+Features: EVENT_IDX (a driver that sleeps until the next frame asks for one interrupt, not
+one per frame), MAC (the configured address in config space), STATUS (link up/down, settable from
 the host: ``set_link``), MTU, and the offloads that make guest-to-guest TCP cheap: CSUM and
 HOST_TSO4 (the guest sends partial checksums and TCP segments up to 64 KiB) and GUEST_CSUM,
 GUEST_TSO4 (it takes them). An offloaded frame crosses the switch once, with its
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from hv._errors import GuestError
 from hv.board._memory import GuestMemory
-from hv.virtio._mmio import VirtioBackend, VirtioMmio
+from hv.virtio._mmio import F_RING_EVENT_IDX, VirtioBackend, VirtioMmio
 from hv.virtio._queue import DescriptorChain, QueueError, Virtqueue
 from netfabric.fabric import Cable, Switch
 from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload, resolve
@@ -81,7 +82,7 @@ class VirtioNet(VirtioBackend):
     @property
     def features(self) -> int:
         offloads = F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_HOST_TSO4
-        return F_MAC | F_STATUS | F_MTU | F_MRG_RXBUF | offloads
+        return F_MAC | F_STATUS | F_MTU | F_MRG_RXBUF | F_RING_EVENT_IDX | offloads
 
     @property
     def num_queues(self) -> int:
@@ -255,13 +256,17 @@ def virtio_net(
     capture: Path | None = None,
     vlan: PortVlan | None = None,
     cable: Cable | None = None,
+    ip: bytes | None = None,
 ) -> VirtioMmio:
     """A virtio-net NIC for ``VmConfig.devices``, plugged into ``switch`` if given
     (``capture``: a pcapng file of this NIC's traffic alone; ``vlan``: the switch port's
-    VLAN role; ``cable``: an impairment on the cable)."""
+    VLAN role; ``cable``: an impairment on the cable; ``ip``: its static IPv4 address, which
+    the switch then sends ARP requests for to this port alone: ``Switch.bind_ip``)."""
     net = VirtioNet(mac, mtu)
     dev = VirtioMmio(name, net)
     if switch is not None:
         port = switch.attach(name, net.deliver, capture, vlan=vlan, cable=cable)
         net.send = port.send
+        if ip is not None:
+            switch.bind_ip(port.id, ip, mac)
     return dev

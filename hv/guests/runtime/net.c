@@ -1,35 +1,48 @@
 /* The bundled guests' network stack: see net.h. One virtio-net device (modern virtio-mmio,
- * version 2), split queues of QSIZE descriptors in static memory, receive buffers posted once
- * and recycled, one transmit buffer per descriptor. No offloads: checksums are computed here. */
+ * version 2, EVENT_IDX), split queues in heap memory, receive buffers posted once and
+ * recycled, one transmit buffer per descriptor. No offloads: checksums are computed here.
+ * Waiting is interrupt-driven: wait_rx() sleeps in wfi until the device uses an RX buffer. */
 #include "rt.h"
 #include "net.h"
 #include "virtio.h"
+#include "plic.h"
 
-#define QSIZE 16
-#define BUF 2048
-#define HDR 12 /* virtio_net_hdr with num_buffers (VERSION_1) */
+/* Ring sizes: RX as Linux's virtio-net (256, or the device's queue max if smaller), so a burst
+ * waits in the ring rather than being dropped; TX smaller (the device takes each frame at the
+ * notify). Buffers come from the heap, never zeroed: a page costs the host only once the
+ * device has written it. */
+#define RX_MAX 256
+#define TX_MAX 32
+#define BUF 1536 /* header + a 1514-byte frame */
+#define HDR 12   /* virtio_net_hdr with num_buffers (VERSION_1) */
 
 #define F_MAC (1u << 5)
 
-struct avail {
-    uint16_t flags, idx, ring[QSIZE], used_event;
-};
-struct used {
-    uint16_t flags, idx;
-    struct virtq_used_elem ring[QSIZE];
-    uint16_t avail_event;
-};
+/* One split virtqueue in driver memory: avail = flags, idx, ring[size], used_event;
+ * used = flags, idx, ring[size] of {id, len}, avail_event. */
 struct queue {
-    struct virtq_desc desc[QSIZE] __attribute__((aligned(16)));
-    struct avail avail __attribute__((aligned(4)));
-    struct used used __attribute__((aligned(4)));
-    uint16_t last_used, next_avail;
-    uint8_t buf[QSIZE][BUF];
+    uint16_t size, last_used, next_avail;
+    struct virtq_desc *desc;
+    volatile uint16_t *avail;
+    volatile uint16_t *used;
+    uint8_t *buf; /* size x BUF */
 };
 
-static struct queue rxq __attribute__((aligned(4096)));
-static struct queue txq __attribute__((aligned(4096)));
+static inline uint16_t used_idx(const struct queue *q) { return q->used[1]; }
+static inline volatile struct virtq_used_elem *used_elem(const struct queue *q, uint16_t i)
+{
+    return (volatile struct virtq_used_elem *)(q->used + 2) + i % q->size;
+}
+static inline volatile uint16_t *avail_event(const struct queue *q)
+{
+    return q->used + 2 + 4 * q->size;
+}
+static inline volatile uint16_t *used_event(const struct queue *q) { return q->avail + 2 + q->size; }
+
+static struct queue rxq, txq;
 static struct virtio_dev dev;
+static bool event_idx; /* VIRTIO_F_RING_EVENT_IDX negotiated */
+static bool irq_ok;    /* the device's interrupt reaches us through the PLIC */
 static uint8_t mac[6];
 static uint32_t my_ip, my_mask;
 static uint32_t my_router, my_dns; /* from DHCP, or the static long form's gateway (0: none) */
@@ -37,28 +50,41 @@ static bool dhcp_listening;        /* while DHCP runs: take UDP to port 68 whate
 static const uint8_t bcast_mac[6] = {255, 255, 255, 255, 255, 255};
 static struct net_stats stats;
 static unsigned tx_next;
+/* TX batching (Linux's xmit_more): while net_poll() answers a burst, frames go in the ring
+ * and the device hears of them once, at the end, or when the ring is full, or before any
+ * sleep; so a burst of answers costs one notify, not one each. */
+static int tx_batch;        /* nesting depth of net_poll */
+static uint16_t tx_unkicked; /* avail index of the first frame the device was not told of */
 
-#define ARP_SLOTS 8
+/* ARP cache: least recently used entry evicted. Entries are added for who asks us or answers
+ * us, and refreshed by what we hear; a broadcast question for someone else adds nothing
+ * (RFC 826), so a big broadcast domain does not churn it. */
+#define ARP_SLOTS 64
 static struct {
     uint32_t ip;
     uint8_t mac[6];
     bool valid;
+    unsigned long used;
 } arp[ARP_SLOTS];
-static unsigned arp_victim;
+static unsigned long arp_clock;
 
-/* the last ping replies and UDP datagrams waiting for the caller */
+/* the last ping reply, and the UDP datagrams waiting for the caller (a FIFO: slot
+ * head % UDP_SLOTS is free while head - tail < UDP_SLOTS; taking one from the middle leaves
+ * a hole that tail skips) */
 static struct {
     uint16_t id, seq;
     bool seen;
 } ping_reply;
-#define UDP_SLOTS 8
+#define UDP_SLOTS 256 /* a full RX ring of datagrams */
+#define UDP_MAX 1472
 static struct {
     uint16_t port, sport;
     uint32_t src;
     size_t len;
-    uint8_t data[1500];
+    uint8_t *data; /* UDP_MAX bytes from the heap */
     bool full;
 } udp_q[UDP_SLOTS];
+static unsigned udp_head, udp_tail;
 
 #define DHCP_SERVER 67
 #define DHCP_CLIENT 68
@@ -85,16 +111,50 @@ static uint16_t csum(const uint8_t *p, size_t n, uint32_t sum)
     return (uint16_t)~sum;
 }
 
+/* Make descriptor i (its own buffer) available; the caller notifies (rx_kick). */
 static void rx_post(uint16_t i)
 {
-    rxq.desc[i].addr = (uintptr_t)rxq.buf[i];
+    rxq.desc[i].addr = (uintptr_t)(rxq.buf + (size_t)i * BUF);
     rxq.desc[i].len = BUF;
-    rxq.desc[i].flags = 2; /* device-writable */
-    rxq.avail.ring[rxq.next_avail % QSIZE] = i;
+    rxq.desc[i].flags = VIRTQ_DESC_F_WRITE;
+    rxq.avail[2 + rxq.next_avail % rxq.size] = i;
     mb();
     rxq.next_avail++;
-    rxq.avail.idx = rxq.next_avail;
+    rxq.avail[1] = rxq.next_avail;
+}
+
+/* Tell the device about buffers posted since avail index `old`, if it asked (EVENT_IDX: it
+ * waits for them only when it has taken everything before). */
+static void kick(struct queue *q, unsigned index, uint16_t old)
+{
     mb();
+    if (q->next_avail != old && (!event_idx || virtio_need_event(*avail_event(q), q->next_avail, old)))
+        virtio_w(&dev, VIRTIO_R_QUEUE_NOTIFY, index);
+}
+
+static bool queue_init(struct queue *q, unsigned index, uint16_t max)
+{
+    virtio_w(&dev, VIRTIO_R_QUEUE_SEL, index);
+    uint32_t dmax = virtio_r(&dev, VIRTIO_R_QUEUE_NUM_MAX);
+    uint16_t size = max;
+    while (size > dmax)
+        size /= 2;
+    if (size < 2)
+        return false;
+    q->size = size;
+    q->last_used = q->next_avail = 0;
+    q->desc = zalloc(16u * size, 16);
+    q->avail = zalloc(6u + 2u * size, 4);
+    q->used = zalloc(6u + 8u * size, 4);
+    q->buf = alloc((size_t)size * BUF, 4096);
+    return virtio_setup_queue(&dev, index, size, q->desc, (const void *)q->avail,
+                              (const void *)q->used);
+}
+
+static void on_interrupt(void *ctx)
+{
+    UNUSED(ctx);
+    virtio_ack_interrupt(&dev);
 }
 
 bool net_parse_ip(const char *s, size_t len, uint32_t *ip, unsigned *prefix)
@@ -188,20 +248,24 @@ bool net_init(void)
         return false;
     }
     my_mask = dhcp ? 0 : prefix ? 0xffffffffu << (32 - prefix) : 0;
-    if (!virtio_negotiate(&dev, F_MAC)) {
+    if (!virtio_negotiate(&dev, F_MAC | VIRTIO_F_RING_EVENT_IDX)) {
         puts("net: the device refused our features");
         return false;
     }
-    if (!virtio_setup_queue(&dev, 0, QSIZE, rxq.desc, &rxq.avail, &rxq.used) ||
-        !virtio_setup_queue(&dev, 1, QSIZE, txq.desc, &txq.avail, &txq.used)) {
+    event_idx = (dev.features & VIRTIO_F_RING_EVENT_IDX) != 0;
+    if (!queue_init(&rxq, 0, RX_MAX) || !queue_init(&txq, 1, TX_MAX)) {
         puts("net: queues too small");
         return false;
     }
+    for (unsigned i = 0; i < UDP_SLOTS; i++)
+        udp_q[i].data = alloc(UDP_MAX, 16);
     volatile uint8_t *cfg = virtio_config(&dev);
     for (int i = 0; i < 6; i++)
         mac[i] = cfg[i];
-    for (uint16_t i = 0; i < QSIZE; i++)
+    for (uint16_t i = 0; i < rxq.size; i++)
         rx_post(i);
+    *used_event(&txq) = 0x8000; /* no TX interrupts: tx() keeps it ahead */
+    irq_ok = dev.irq && plic_attach(dev.irq, on_interrupt, NULL);
     virtio_driver_ok(&dev);
     virtio_w(&dev, VIRTIO_R_QUEUE_NOTIFY, 0);
     if (dhcp) {
@@ -230,31 +294,42 @@ const uint8_t *net_mac(void) { return mac; }
 const struct net_stats *net_stats(void) { return &stats; }
 
 /* frame: dst(6) src(6) type(2) payload; `frame` points at a TX buffer past the header room */
+static void tx_flush(void)
+{
+    kick(&txq, 1, tx_unkicked);
+    tx_unkicked = txq.next_avail;
+}
+
 static bool tx(uint8_t *frame, size_t len)
 {
-    unsigned i = tx_next++ % QSIZE;
-    /* reclaim: wait until the device returned the descriptor we are about to reuse */
-    for (unsigned spins = 0; (uint16_t)(txq.next_avail - txq.used.idx) >= QSIZE; spins++) {
+    unsigned i = tx_next++ % txq.size;
+    if ((uint16_t)(txq.next_avail - used_idx(&txq)) >= txq.size)
+        tx_flush();
+    /* reclaim: the device takes frames at the notify, so this normally passes at once */
+    for (unsigned spins = 0; (uint16_t)(txq.next_avail - used_idx(&txq)) >= txq.size; spins++) {
         mb();
         if (spins > 1000000)
             return false;
     }
+    uint16_t slot = txq.next_avail;
     txq.desc[i].addr = (uintptr_t)(frame - HDR);
     txq.desc[i].len = (uint32_t)(len + HDR);
     txq.desc[i].flags = 0;
-    txq.avail.ring[txq.next_avail % QSIZE] = (uint16_t)i;
+    txq.avail[2 + slot % txq.size] = (uint16_t)i;
     mb();
     txq.next_avail++;
-    txq.avail.idx = txq.next_avail;
-    mb();
-    virtio_w(&dev, VIRTIO_R_QUEUE_NOTIFY, 1);
+    txq.avail[1] = txq.next_avail;
+    /* used_event half the index space ahead: the device never interrupts for TX */
+    *used_event(&txq) = (uint16_t)(txq.next_avail + 0x8000);
+    if (!tx_batch)
+        tx_flush();
     stats.tx_frames++;
     return true;
 }
 
 static uint8_t *tx_buf(void)
 {
-    uint8_t *b = txq.buf[tx_next % QSIZE];
+    uint8_t *b = txq.buf + (size_t)(tx_next % txq.size) * BUF;
     memset(b, 0, HDR);
     return b + HDR;
 }
@@ -262,22 +337,33 @@ static uint8_t *tx_buf(void)
 static const uint8_t *arp_lookup(uint32_t ip)
 {
     for (unsigned i = 0; i < ARP_SLOTS; i++)
-        if (arp[i].valid && arp[i].ip == ip)
+        if (arp[i].valid && arp[i].ip == ip) {
+            arp[i].used = ++arp_clock;
             return arp[i].mac;
+        }
     return NULL;
 }
 
-static void arp_learn(uint32_t ip, const uint8_t *m)
+/* Refresh ip's entry; add one (evicting the least recently used) only if `add`. */
+static void arp_learn(uint32_t ip, const uint8_t *m, bool add)
 {
-    for (unsigned i = 0; i < ARP_SLOTS; i++)
+    unsigned victim = 0;
+    for (unsigned i = 0; i < ARP_SLOTS; i++) {
         if (arp[i].valid && arp[i].ip == ip) {
             memcpy(arp[i].mac, m, 6);
+            arp[i].used = ++arp_clock;
             return;
         }
-    unsigned i = arp_victim++ % ARP_SLOTS;
-    arp[i].ip = ip, arp[i].valid = true;
-    memcpy(arp[i].mac, m, 6);
+        if (!arp[i].valid || (arp[victim].valid && arp[i].used < arp[victim].used))
+            victim = i;
+    }
+    if (!add || !ip)
+        return;
+    arp[victim].ip = ip, arp[victim].valid = true, arp[victim].used = ++arp_clock;
+    memcpy(arp[victim].mac, m, 6);
 }
+
+static bool arp_known(void *ctx) { return arp_lookup(*(uint32_t *)ctx) != NULL; }
 
 static void arp_send(uint16_t op, const uint8_t *tha, uint32_t tpa)
 {
@@ -292,25 +378,23 @@ static void arp_send(uint16_t op, const uint8_t *tha, uint32_t tpa)
     tx(f, 60);
 }
 
-/* Build an IPv4 packet to dst with `plen` bytes of payload already at f+14+20; resolves ARP
- * (waiting up to 200 ms for a reply). 255.255.255.255 goes to the broadcast MAC; an address
- * off our subnet goes through the router when DHCP gave one. */
-static bool ip_send(uint8_t *f, uint32_t dst, uint8_t proto, size_t plen)
+/* Build an IPv4 packet to dst with `plen` bytes of payload already at f+14+20 and send it to
+ * `dmac`, or (NULL) the next hop's MAC: 255.255.255.255 goes to the broadcast MAC, an address
+ * off our subnet through the router when there is one, the rest resolved by ARP (4 questions,
+ * 50 ms each). */
+static bool ip_send_to(uint8_t *f, uint32_t dst, uint8_t proto, size_t plen, const uint8_t *dmac)
 {
     uint32_t hop = my_router && ((dst ^ my_ip) & my_mask) ? my_router : dst;
-    const uint8_t *dmac = dst == 0xffffffffu ? bcast_mac : arp_lookup(hop);
+    if (!dmac)
+        dmac = dst == 0xffffffffu ? bcast_mac : arp_lookup(hop);
     if (!dmac) {
         for (int tries = 0; tries < 4 && !dmac; tries++) {
             /* the frame being built lives in a TX buffer: copy it aside while we ask */
             static uint8_t saved[1514];
             memcpy(saved, f, 34 + plen);
             arp_send(1, NULL, hop);
-            uint64_t until = time_now() + timer_ms_to_ticks(50);
-            while (!(dmac = arp_lookup(hop)) && time_now() < until) {
-                net_poll();
-                if (!arp_lookup(hop))
-                    sleep_ticks(timer_us_to_ticks(100));
-            }
+            net_wait_until(time_now() + timer_ms_to_ticks(50), arp_known, &hop);
+            dmac = arp_lookup(hop);
             f = tx_buf();
             memcpy(f, saved, 34 + plen);
         }
@@ -330,6 +414,11 @@ static bool ip_send(uint8_t *f, uint32_t dst, uint8_t proto, size_t plen)
     wr16(ip + 10, csum(ip, 20, 0));
     size_t len = 34 + plen;
     return tx(f, len < 60 ? 60 : len);
+}
+
+static bool ip_send(uint8_t *f, uint32_t dst, uint8_t proto, size_t plen)
+{
+    return ip_send_to(f, dst, proto, plen, NULL);
 }
 
 bool net_ping_send(uint32_t dst, uint16_t id, uint16_t seq, size_t payload)
@@ -367,21 +456,32 @@ bool net_udp_send(uint32_t dst, uint16_t sport, uint16_t dport, const void *data
     return ip_send(f, dst, 17, 8 + len);
 }
 
+static int udp_find(uint16_t port)
+{
+    for (unsigned i = udp_tail; i != udp_head; i++)
+        if (udp_q[i % UDP_SLOTS].full && udp_q[i % UDP_SLOTS].port == port)
+            return (int)(i % UDP_SLOTS);
+    return -1;
+}
+
+bool net_udp_ready(uint16_t port) { return udp_find(port) >= 0; }
+
 size_t net_udp_recv(uint16_t port, void *buf, size_t cap, uint32_t *src, uint16_t *sport)
 {
     net_poll();
-    for (unsigned i = 0; i < UDP_SLOTS; i++)
-        if (udp_q[i].full && udp_q[i].port == port) {
-            size_t n = udp_q[i].len < cap ? udp_q[i].len : cap;
-            memcpy(buf, udp_q[i].data, n);
-            if (src)
-                *src = udp_q[i].src;
-            if (sport)
-                *sport = udp_q[i].sport;
-            udp_q[i].full = false;
-            return n ? n : 1;
-        }
-    return 0;
+    int i = udp_find(port);
+    if (i < 0)
+        return 0;
+    size_t n = udp_q[i].len < cap ? udp_q[i].len : cap;
+    memcpy(buf, udp_q[i].data, n);
+    if (src)
+        *src = udp_q[i].src;
+    if (sport)
+        *sport = udp_q[i].sport;
+    udp_q[i].full = false;
+    while (udp_tail != udp_head && !udp_q[udp_tail % UDP_SLOTS].full)
+        udp_tail++;
+    return n ? n : 1;
 }
 
 static void handle_ip(const uint8_t *f, size_t n)
@@ -399,32 +499,33 @@ static void handle_ip(const uint8_t *f, size_t n)
     bool dhcp_reply = dhcp_listening && ip[9] == 17 && plen >= 8 && rd16(p + 2) == DHCP_CLIENT;
     if (dst != my_ip && !dhcp_reply)
         return;
-    arp_learn(src, f + 6);
+    if (my_mask && !((src ^ my_ip) & my_mask))
+        arp_learn(src, f + 6, true); /* a neighbour talks to us: we will answer it */
     if (ip[9] == 1 && plen >= 8) {
-        if (p[0] == 8) { /* echo request: answer with the same payload */
+        if (p[0] == 8) { /* echo request: answer with the same payload, to whoever sent it */
             uint8_t *o = tx_buf();
             memcpy(o + 34, p, plen);
             o[34] = 0;
             wr16(o + 36, 0);
             wr16(o + 36, csum(o + 34, plen, 0));
-            if (ip_send(o, src, 1, plen))
+            if (ip_send_to(o, src, 1, plen, f + 6))
                 stats.icmp_echo_replied++;
         } else if (p[0] == 0) {
             ping_reply.id = rd16(p + 4), ping_reply.seq = rd16(p + 6), ping_reply.seen = true;
         }
     } else if (ip[9] == 17 && plen >= 8) {
         size_t ulen = rd16(p + 4);
-        if (ulen < 8 || ulen > plen)
+        if (ulen < 8 || ulen > plen || ulen - 8 > UDP_MAX)
             return;
-        for (unsigned i = 0; i < UDP_SLOTS; i++)
-            if (!udp_q[i].full) {
-                udp_q[i].port = rd16(p + 2), udp_q[i].sport = rd16(p);
-                udp_q[i].src = src, udp_q[i].len = ulen - 8;
-                memcpy(udp_q[i].data, p + 8, ulen - 8);
-                udp_q[i].full = true;
-                return;
-            }
-        stats.rx_dropped++;
+        if (udp_head - udp_tail >= UDP_SLOTS) {
+            stats.rx_dropped++; /* nobody is reading: drop, as a full socket buffer does */
+            return;
+        }
+        unsigned i = udp_head++ % UDP_SLOTS;
+        udp_q[i].port = rd16(p + 2), udp_q[i].sport = rd16(p);
+        udp_q[i].src = src, udp_q[i].len = ulen - 8;
+        memcpy(udp_q[i].data, p + 8, ulen - 8);
+        udp_q[i].full = true;
     }
 }
 
@@ -434,9 +535,10 @@ static void handle_arp(const uint8_t *f, size_t n)
     if (n < 42 || rd16(a) != 1 || rd16(a + 2) != 0x0800)
         return;
     uint32_t spa = rd32(a + 14), tpa = rd32(a + 24);
-    arp_learn(spa, a + 8);
-    if (rd16(a + 6) == 1 && tpa == my_ip && my_ip) {
-        arp_send(2, a + 8, spa);
+    bool for_us = tpa == my_ip && my_ip;
+    arp_learn(spa, a + 8, for_us);
+    if (rd16(a + 6) == 1 && for_us) {
+        arp_send(2, a + 8, spa); /* to the asker's MAC from its question: no cache slot needed */
         stats.arp_replies++;
     }
 }
@@ -445,13 +547,16 @@ void net_poll(void)
 {
     if (!dev.regs)
         return;
+    uint16_t posted = rxq.next_avail;
+    tx_batch++;
     mb();
-    while (rxq.last_used != rxq.used.idx) {
-        struct virtq_used_elem e = rxq.used.ring[rxq.last_used % QSIZE];
+    while (rxq.last_used != used_idx(&rxq)) {
+        volatile struct virtq_used_elem *u = used_elem(&rxq, rxq.last_used);
+        uint32_t id = u->id, len = u->len;
         rxq.last_used++;
-        if (e.id < QSIZE && e.len > HDR) {
-            const uint8_t *f = rxq.buf[e.id] + HDR;
-            size_t n = e.len - HDR;
+        if (id < rxq.size && len > HDR && len <= BUF) {
+            const uint8_t *f = rxq.buf + (size_t)id * BUF + HDR;
+            size_t n = len - HDR;
             stats.rx_frames++;
             uint16_t type = rd16(f + 12);
             if (type == 0x0806)
@@ -459,23 +564,68 @@ void net_poll(void)
             else if (type == 0x0800)
                 handle_ip(f, n);
         }
-        rx_post((uint16_t)(e.id % QSIZE));
-        virtio_w(&dev, VIRTIO_R_QUEUE_NOTIFY, 0);
+        rx_post((uint16_t)(id % rxq.size));
     }
-    virtio_ack_interrupt(&dev);
+    kick(&rxq, 0, posted);
+    if (--tx_batch == 0)
+        tx_flush();
 }
 
-bool net_wait_us(uint64_t us, bool (*done)(void *ctx), void *ctx)
+/* Sleep in wfi until the device has used an RX buffer or `deadline` passes. EVENT_IDX:
+ * used_event = the next used index, so the device interrupts for the next frame; the ring is
+ * checked again after that (a frame that came in between would otherwise wait for the
+ * timer). Without the device's interrupt: naps of 50 us, as before. */
+static void wait_rx(uint64_t deadline)
 {
-    uint64_t until = time_now() + timer_us_to_ticks(us);
+    tx_flush(); /* a nested wait (ARP inside net_poll) must not sit on unsent frames */
+    if (!irq_ok) {
+        uint64_t nap = time_now() + timer_us_to_ticks(50);
+        sleep_until(nap < deadline ? nap : deadline);
+        return;
+    }
+    unsigned long sie_was = csr_read(sstatus) & SSTATUS_SIE;
+    irq_disable();
+    *used_event(&rxq) = rxq.last_used;
+    mb();
+    bool timed = deadline != NET_FOREVER;
+    if (used_idx(&rxq) == rxq.last_used) {
+        unsigned long ticks = timer_irq_count();
+        if (timed) {
+            csr_set(sie, SIE_STIE);
+            sbi_set_timer(deadline);
+        }
+        while (used_idx(&rxq) == rxq.last_used && timer_irq_count() == ticks &&
+               time_now() < deadline) {
+            wfi();        /* ends on the NIC's interrupt (sie.SEIE) or the timer's */
+            irq_enable(); /* take it: plic.c acks the device, the timer handler disarms */
+            irq_disable();
+            mb();
+        }
+        if (timed) {
+            csr_clear(sie, SIE_STIE);
+            if (timer_irq_count() == ticks)
+                sbi_set_timer(UINT64_MAX); /* woken by the NIC: no stale timer left armed */
+        }
+    }
+    if (sie_was)
+        irq_enable();
+}
+
+bool net_wait_until(uint64_t deadline, bool (*done)(void *ctx), void *ctx)
+{
     for (;;) {
         net_poll();
         if (done(ctx))
             return true;
-        if (time_now() >= until)
+        if (time_now() >= deadline)
             return false;
-        sleep_ticks(timer_us_to_ticks(50));
+        wait_rx(deadline);
     }
+}
+
+bool net_wait_us(uint64_t us, bool (*done)(void *ctx), void *ctx)
+{
+    return net_wait_until(time_now() + timer_us_to_ticks(us), done, ctx);
 }
 
 bool net_bootarg_ip(const char *key, uint32_t *ip)
@@ -618,6 +768,12 @@ static unsigned mask_prefix(uint32_t m)
     return n;
 }
 
+static bool dhcp_reply_ready(void *ctx)
+{
+    UNUSED(ctx);
+    return net_udp_ready(DHCP_CLIENT);
+}
+
 static bool dhcp_run(void)
 {
     unsigned long timeout_s = bootarg_ulong("dhcp.timeout", 10);
@@ -674,7 +830,7 @@ static bool dhcp_run(void)
                 }
             }
             if (!moved)
-                sleep_ticks(timer_us_to_ticks(100));
+                net_wait_until(until, dhcp_reply_ready, NULL);
         }
         if (!moved && time_now() >= deadline) {
             dhcp_listening = false;

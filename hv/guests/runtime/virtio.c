@@ -15,6 +15,8 @@ bool virtio_find(uint32_t device_id, struct virtio_dev *d)
             d->regs = p;
             d->base = base;
             d->features = 0;
+            d->irq = 0;
+            fdt_getprop_u32(node, "interrupts", &d->irq);
             return true;
         }
     }

@@ -40,6 +40,7 @@
 #define VIRTIO_S_NEEDS_RESET 64u
 
 #define VIRTIO_F_VERSION_1 (1ull << 32)
+#define VIRTIO_F_RING_EVENT_IDX (1ull << 29)
 
 #define VIRTIO_DEVICE_NET 1
 #define VIRTIO_DEVICE_BLK 2
@@ -61,7 +62,15 @@ struct virtio_dev {
     volatile uint32_t *regs;
     uint64_t base; /* guest-physical address of the register window */
     uint64_t features; /* negotiated */
+    uint32_t irq;      /* its PLIC source ("interrupts" in the device tree; 0: none) */
 };
+
+/* EVENT_IDX (virtio 1.x, 2.7.10): does moving an index from `old` to `now` pass `event`, the
+ * index the other side asked to hear about? */
+static inline bool virtio_need_event(uint16_t event, uint16_t now, uint16_t old)
+{
+    return (uint16_t)(now - event - 1) < (uint16_t)(now - old);
+}
 
 static inline void virtio_w(const struct virtio_dev *d, unsigned off, uint32_t v)
 {
