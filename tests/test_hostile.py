@@ -115,7 +115,7 @@ def test_bad_output_paths_and_sizes_are_one_line_errors(tmp_path: Path) -> None:
     one_line_error(
         hv_cli("run", "hello", "--dtb-out", str(tmp_path / "no" / "x.dtb")), "device tree"
     )
-    one_line_error(hv_cli("run", "hello", "--dtb-out", str(tmp_path)), "Is a directory")
+    one_line_error(hv_cli("run", "hello", "--dtb-out", str(tmp_path)), "is a directory")
     one_line_error(hv_cli("run", "hello", "--mem=--"), "--mem")
 
 

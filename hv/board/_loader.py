@@ -183,8 +183,9 @@ def save_file(path: str | os.PathLike[str], data: bytes, what: str = "file") -> 
     file is truncated only once it is known to be a regular file."""
     name = os.fspath(path)
     try:
-        if os.path.exists(name) and not stat.S_ISREG(os.stat(name).st_mode):
-            raise ConfigError(f"{what} {name!r} is not a regular file (a device, FIFO or socket)")
+        if os.path.exists(name) and not stat.S_ISREG(mode := os.stat(name).st_mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+            raise ConfigError(f"{what} {name!r} is {kind}, not a regular file")
         flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(name, flags, 0o666)
     except (OSError, ValueError) as e:
