@@ -938,17 +938,17 @@ def test_live_captures_that_never_read_are_capped_in_number_and_memory(host: Hos
     pid = lab["pid"]
 
     def frames() -> int:
-        r = host.hv("stats", "load")
+        r = host.hv("stats", "load", "--json")
         assert r.returncode == 0, r.stderr
         ports = json.loads(r.stdout)["switches"]["lan"]["ports"]
         return sum(p["rx_frames"] for p in (ports.values() if isinstance(ports, dict) else ports))
 
     wait_for(lambda: frames() > 20_000, timeout=60, what="traffic")
     before = _rss(pid)
-    clients = [_capture_client(host, "load", "lan") for _ in range(CAPTURES_PER_SWITCH)]
+    clients = [_capture_client(host, "hv-load", "lan") for _ in range(CAPTURES_PER_SWITCH)]
     try:
         assert all(answer["ok"] for _, answer in clients)
-        extra, answer = _capture_client(host, "load", "lan")
+        extra, answer = _capture_client(host, "hv-load", "lan")
         extra.close()
         assert not answer["ok"] and "8 live captures" in answer["error"], answer
 
