@@ -203,3 +203,30 @@ def test_first_slice_after_a_timer_interrupt_makes_progress(guest_elfs: dict[str
         assert b"sleep 1: " in m.take_output()
     finally:
         m.vcpu.close()
+
+
+async def test_a_guest_asleep_on_a_masked_expired_timer_costs_no_cpu(tmp_path: Path) -> None:
+    """A hostile guest sets its timer in the past with the timer interrupt masked (sie.STIE
+    clear), then waits in ``wfi``: the timer is due, but nothing can wake the hart, so hv
+    must sleep instead of rechecking a deadline that has passed in a busy loop."""
+    from rvasm import li32, raw_binary
+
+    a0, a6, a7 = 10, 16, 17
+    ecall, wfi = 0x0000_0073, 0x1050_0073
+    kernel = tmp_path / "masked-timer.bin"
+    kernel.write_bytes(
+        raw_binary(
+            [*li32(a7, 0x54494D45), *li32(a6, 0), *li32(a0, 1), ecall,  # sbi_set_timer(1)
+             wfi, 0xFFDFF06F]  # wfi; j .-4
+        )
+    )  # fmt: skip
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            vm = await nursery.start(run_vm, VmConfig(kernel=kernel, mem_size=SMALL_MEM))
+            await trio.sleep(0.1)  # let it reach its wfi
+            wall0, cpu0 = time.monotonic(), time.process_time()
+            await trio.sleep(0.5)
+            wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+            assert vm.state is VmState.RUNNING
+            vm.stop()
+    assert cpu / wall < 0.2, f"a guest asleep on a masked timer used {cpu:.3f} s in {wall:.3f} s"
