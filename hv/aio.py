@@ -114,6 +114,7 @@ TRIO_DIFFERENCES: dict[str, str] = {
     "Switch.start_capture": "awaited: the file is opened in the trio thread",
     "Switch.stop_capture": "awaited: the file is closed in the trio thread",
     "Switch.add_listener": _INTERNAL,
+    "Switch.bind_ip": _INTERNAL,
     "Switch.remove_listener": _INTERNAL,
     "Switch.attach": _INTERNAL,
     "Switch.send": _INTERNAL,

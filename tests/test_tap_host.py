@@ -6,6 +6,7 @@ connection to a Linux guest's echod. Also ``hv run --net tap:NAME``."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -116,8 +117,10 @@ def test_the_host_pings_guests_and_reaches_echod_through_a_tap(netns: str, tmp_p
         host_side_up(netns, "hvtap0", "10.0.7.1/24", proc)
         for guest in ("10.0.7.3", "10.0.7.2"):
             r = in_ns(netns, "ping", "-c", "3", "-i", "0.2", "-w", "30", guest)
-            # -c 3 -w 30: success once 3 replies came (early ones may go before the guest is up)
-            assert r.returncode == 0 and "3 received" in r.stdout, r.stdout + r.stderr
+            # -c 3 -w 30: success once 3 replies came (early ones may go before the guest is up;
+            # on a loaded machine the kernel's ARP retry, a second later, may bring several)
+            got = re.search(r"(\d+) received", r.stdout)
+            assert r.returncode == 0 and got and int(got[1]) >= 3, r.stdout + r.stderr
         r = in_ns(netns, sys.executable, "-c", ECHO_CLIENT, timeout=60)
         assert r.stdout.split() == ["19000", "hello", "from", "the", "host"], r.stdout + r.stderr
     finally:
