@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import hv
-from hv.board import _platform as P
 from hv.board._fdt import DeviceTreeSpec, build_device_tree
 from hv.board._loader import load_kernel
+from hv.hw import _platform as P
 
 # First: loading hv's machine loads the libunicorn HV_ENGINE chooses (hv/engine); unicorn
 # imported after that is the same library, already loaded.

@@ -31,8 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _common as C
-from hv.board import _platform
 from hv.build import _guests
+from hv.hw import _platform
 
 SCRIPT = Path(__file__).resolve()
 LABELS = {"fast": "hv run cpu (fast engine)", "stock": "hv run cpu (stock engine)"}

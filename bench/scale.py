@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hv
 from hv.lab._runner import LabRun, run_lab
 from hv.lab._spec import parse_lab
-from netfabric.fabric import Switch
+from netfabric.switch import Switch
 
 
 def lab_text(guests: int, pings: int) -> str:

@@ -18,7 +18,7 @@ from hv._errors import ConfigError, HostError
 
 if TYPE_CHECKING:
     from blockdev import BlockBackend
-    from hv.board._device import Device
+    from hv.hw._device import Device
 
 SERIAL_MAX = 20  # bytes: VIRTIO_BLK_T_GET_ID
 

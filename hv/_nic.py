@@ -1,6 +1,6 @@
 """A VM's network cards in code: ``VmConfig(nics=[Nic(switch, ip=...)])``.
 
-A ``Nic`` names the switch its cable goes to (a ``netfabric.fabric.Switch``, opened by the
+A ``Nic`` names the switch its cable goes to (a ``netfabric.switch.Switch``, opened by the
 caller in a nursery) and how the guest should see it. Its ``ip`` reaches the guest on the
 kernel command line as ``ip=``, the form both the Linux userland's init and the firmware
 runtime read, so one setting configures both kinds of guest. The MAC defaults to a stable
@@ -22,8 +22,8 @@ from netfabric.switch import PortVlan
 from netfabric.switch import parse_mac as switch_parse_mac
 
 if TYPE_CHECKING:
-    from hv.board._device import Device
-    from netfabric.fabric import Cable, Switch
+    from hv.hw._device import Device
+    from netfabric.switch import Cable, Switch
 
 
 def default_mac(vm: str, index: int) -> bytes:

@@ -31,12 +31,12 @@ from hv._errors import ConfigError, StateError
 from hv._log import get_logger
 from hv._nic import Nic, nic_cmdline
 from hv._status import StopInfo, StopKind
-from hv.board import _platform as P
-from hv.board._clock import TimeSource
-from hv.board._device import AsyncWork, Device
 from hv.board._loader import load_file
 from hv.board._machine import Machine, MachineConfig
-from hv.board._platform import DEFAULT_QUANTUM
+from hv.hw import _platform as P
+from hv.hw._clock import TimeSource
+from hv.hw._device import AsyncWork, Device
+from hv.hw._platform import DEFAULT_QUANTUM
 
 log = get_logger("hv.vm")
 
@@ -67,7 +67,7 @@ class VmConfig:
     stop_on_panic: bool = True  # a Linux "Kernel panic" on the console stops the VM (exit 1)
     count_instructions: bool = False  # exact instruction count in stats (profiling; slower)
     native_exits: bool = True  # answer SBI putchar and rdtime natively (False: all in Python)
-    devices: tuple[Device, ...] = ()  # in virtio-mmio slots 0, 1, ... (see hv.board._device)
+    devices: tuple[Device, ...] = ()  # in virtio-mmio slots 0, 1, ... (see hv.hw._device)
     time_source: TimeSource | None = None  # guest time's source in ns (None: monotonic)
     nics: tuple[Nic, ...] = ()  # virtio-net cards on switches, after ``devices`` (hv.Nic)
     disks: tuple[Disk, ...] = ()  # virtio-blk disks, after the NICs (hv.Disk)

@@ -78,9 +78,9 @@ if TYPE_CHECKING:
     from hv.lab._runner import LabRun as TrioLabRun
     from hv.lab._runner import Output
     from hv.lab._spec import LabSpec
-    from netfabric.fabric import HostPort as TrioHostPort
-    from netfabric.fabric import Switch as TrioSwitch
+    from netfabric.ports.host import HostPort as TrioHostPort
     from netfabric.switch import PortVlan
+    from netfabric.switch import Switch as TrioSwitch
 
 T = TypeVar("T")
 Mode = Literal["thread", "guest"]

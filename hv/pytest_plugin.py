@@ -57,8 +57,8 @@ if TYPE_CHECKING:
     from hv.lab._api import Lab
     from hv.lab._runner import LabRun
     from hv.lab._spec import LabSpec
-    from netfabric.fabric import Switch
     from netfabric.services import ServiceHost
+    from netfabric.switch import Switch
 
 DEFAULT_TAIL = 40
 # How long teardown waits for the VMs to stop (each stops within a slice when asked).
@@ -241,8 +241,8 @@ class VmFactory:
         from hv.lab._runner import open_tap, services_config
         from hv.lab._spec import LabSpec
         from hv.lab._spec import _switch as parse_switch
-        from netfabric.fabric import Switch
         from netfabric.services import ServiceHost
+        from netfabric.switch import Switch
 
         if name in self.switches:
             if keys:

@@ -111,7 +111,7 @@ import trio
 from netfabric.offload import ETH, Offload, resolve
 
 if TYPE_CHECKING:
-    from netfabric.fabric import Deliver
+    from netfabric.switch import Deliver
 
 __all__ = [
     "COUNTERS",

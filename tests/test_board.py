@@ -1,6 +1,6 @@
 """The board's seams: devices from the config, their async work, wake-ups, DMA, blame.
 
-Each test puts a small device of its own (the device protocol, hv.board._device) on the
+Each test puts a small device of its own (the device protocol, hv.hw._device) on the
 board and runs a real guest against it.
 """
 
@@ -16,7 +16,7 @@ from rvasm import SRET, WFI, addi, auipc, bne, csrs, csrw, jal, li32, lui, lw, s
 
 import hv
 from hv import GuestError, StopKind, Vm, VmConfig, run_vm
-from hv.board._device import Device
+from hv.hw._device import Device
 
 SLOT0 = 0x1000_1000
 PLIC = 0x0C00_0000
@@ -61,7 +61,7 @@ class Doorbell(Device):
         self._raised = 0.0
         self._acked = trio.Event()
 
-    def attach(self, ctx: hv.board._device.DeviceContext) -> None:  # type: ignore[name-defined]
+    def attach(self, ctx: hv.hw._device.DeviceContext) -> None:  # type: ignore[name-defined]
         super().attach(ctx)
         ctx.spawn(self._ring)
 
@@ -175,7 +175,7 @@ class FailingWork(Device):
     def __init__(self) -> None:
         super().__init__("flaky")
 
-    def attach(self, ctx: hv.board._device.DeviceContext) -> None:  # type: ignore[name-defined]
+    def attach(self, ctx: hv.hw._device.DeviceContext) -> None:  # type: ignore[name-defined]
         super().attach(ctx)
 
         async def work() -> None:

@@ -553,7 +553,7 @@ async def test_a_slow_capture_client_drops_frames_and_never_holds_the_switch(
     from scapy.utils import PcapNgReader  # type: ignore[import-untyped]
 
     from hv.lab._control import LiveCapture
-    from netfabric.fabric import Switch
+    from netfabric.switch import Switch
 
     sw = Switch("lan")
     a, b = sw.open_port("a"), sw.open_port("b")
@@ -974,7 +974,7 @@ async def test_a_capture_client_learns_how_many_frames_were_dropped() -> None:
     Block (isb_ifdrop, as Wireshark shows it) before the first frame after the drops, and at
     the end; ``PcapngBlocks`` (what ``hv capture`` reads with) adds them up."""
     from hv.lab._control import LiveCapture
-    from netfabric.fabric import Switch
+    from netfabric.switch import Switch
 
     sw = Switch("lan")
     a = sw.open_port("a")

@@ -13,7 +13,7 @@ import pytest
 
 from hv._errors import ConfigError
 from hv.board._fdt import DeviceTreeSpec, build_device_tree
-from hv.board._platform import (
+from hv.hw._platform import (
     PLIC_BASE,
     PLIC_SIZE,
     RAM_BASE,

@@ -23,7 +23,7 @@ import trio
 
 import hv
 from hv.build import _image_linux as il
-from netfabric.fabric import Switch
+from netfabric.switch import Switch
 
 OPENSBI = Path("/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin")
 QEMU_TIMEOUT = 60

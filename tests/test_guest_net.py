@@ -14,8 +14,8 @@ from scapy.layers.l2 import Ether  # type: ignore[import-untyped]
 import hv
 from hv.lab import parse_lab
 from hv.lab._runner import run_lab
-from netfabric.fabric import Switch
 from netfabric.offload import Offload
+from netfabric.switch import Switch
 
 SMALL = 16 << 20
 

@@ -12,8 +12,8 @@ from elftools.elf.sections import SymbolTableSection
 
 import hv.build._guests as guests
 from hv._errors import ConfigError
-from hv.board._platform import KERNEL_ADDR, RAM_BASE
 from hv.build._zig import run_zig
+from hv.hw._platform import KERNEL_ADDR, RAM_BASE
 
 
 @pytest.fixture

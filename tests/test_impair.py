@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from netfabric.fabric import Switch
 from netfabric.impair import (
     COUNTERS,
     DEFAULT_BURST,
@@ -32,6 +31,7 @@ from netfabric.impair import (
     parse_impairment,
 )
 from netfabric.offload import GSO_TCPV4, Offload, resolve
+from netfabric.switch import Switch
 
 MS = 1e-3
 

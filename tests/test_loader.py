@@ -17,7 +17,7 @@ from elftools.elf.sections import SymbolTableSection
 from hv._errors import ConfigError
 from hv.board._fdt import DeviceTreeSpec, build_device_tree
 from hv.board._loader import Layout, LoadedKernel, load_file, load_kernel, plan_layout
-from hv.board._platform import KERNEL_ADDR, MEM_MIN, RAM_BASE
+from hv.hw._platform import KERNEL_ADDR, MEM_MIN, RAM_BASE
 
 MIB = 1024 * 1024
 RAM_SIZE = 32 * MIB

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import hv
 from netfabric import LearningSwitch, PcapngWriter, mac_str, parse_mac
-from netfabric.fabric import Link, Switch, find_loop
-from netfabric.switch import PortVlan
+from netfabric.ports.link import Link, find_loop
+from netfabric.switch import PortVlan, Switch
 
 A, B, C = (
     parse_mac("52:54:00:00:00:0a"),

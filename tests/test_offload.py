@@ -15,7 +15,6 @@ from test_lab import hv_up
 
 import hv
 from hv.build import _image_linux as il
-from netfabric.fabric import Switch
 from netfabric.offload import (
     GSO_TCPV4,
     Offload,
@@ -24,6 +23,7 @@ from netfabric.offload import (
     segment_tcp4,
     wire_count,
 )
+from netfabric.switch import Switch
 
 
 def tso_frame(payload: bytes, flags: str = "PA") -> bytes:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from hv.board._memory import GuestMemory
+from hv.hw._memory import GuestMemory
 from hv.riscv import _sbi as S
 from hv.riscv._sbi import ResetKind, Sbi
 

@@ -28,10 +28,10 @@ from scapy.layers.tftp import TFTP, TFTP_ACK, TFTP_DATA, TFTP_ERROR, TFTP_OACK, 
 from scapy.packet import Packet
 from scapy.utils import mac2str
 
-from netfabric.fabric import Switch
 from netfabric.offload import Offload, checksum
 from netfabric.services import DhcpConfig, DnsConfig, ServiceHost, ServicesConfig, _ip, default_mac
 from netfabric.services.tftp import PORT_FIRST
+from netfabric.switch import Switch
 
 NET = IPv4Network("10.0.0.0/24")
 SVC = "10.0.0.1"

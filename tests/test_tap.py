@@ -1,4 +1,4 @@
-"""netfabric.tap: the virtio_net_hdr codec (with a fuzzed parser), and real TAP interfaces,
+"""netfabric.ports.tap: the virtio_net_hdr codec (with a fuzzed parser), and real TAP interfaces,
 each inside a network namespace the test creates and deletes: ping from the namespace answered
 by a responder on a switch, offloads both ways (a partial checksum the kernel finishes, a
 64 KiB TCP segment it cuts or hands over whole), and the errors and drops (no root, a name
@@ -34,9 +34,8 @@ from pyroute2 import NetNS, netns
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from netfabric.fabric import Deliver, Switch, SwitchPort
 from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload, resolve
-from netfabric.tap import (
+from netfabric.ports.tap import (
     VNET_GSO_TCPV6,
     VNET_GSO_UDP,
     VNET_HDR_LEN,
@@ -47,6 +46,7 @@ from netfabric.tap import (
     check_name,
     parse_vnet_header,
 )
+from netfabric.switch import Deliver, Switch, SwitchPort
 
 T = TypeVar("T")
 HOST_IP, PEER_IP = "10.77.0.1", "10.77.0.2"  # the namespace's TAP, the responder behind it
@@ -449,7 +449,7 @@ async def test_the_kernel_hands_a_tap_with_offloads_a_tso_segment_whole(ns: Name
 
 CHILD = """
 import sys
-from netfabric import tap
+from netfabric.ports import tap
 if sys.argv[1] != "-":
     tap.TUN_PATH = sys.argv[1]
 kept = []

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hv.board._memory import GuestMemory
+from hv.hw._memory import GuestMemory
 from hv.riscv import _traps as T
 
 MASK64 = (1 << 64) - 1

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 import hv
 from blockdev import BlockIOError, MemoryDisk
-from hv.board._device import DeviceContext
-from hv.board._memory import GuestMemory
 from hv.build import _image_linux as il
+from hv.hw._device import DeviceContext
+from hv.hw._memory import GuestMemory
 from hv.virtio import _blk as B
 from hv.virtio import _mmio as M
 from hv.virtio import virtio_blk

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import hv
 from hv import GuestError
-from hv.board._device import DeviceContext
-from hv.board._memory import GuestMemory
+from hv.hw._device import DeviceContext
+from hv.hw._memory import GuestMemory
 from hv.virtio import _mmio as M
 from hv.virtio._queue import Virtqueue
 from hv.virtio.testing import DriverQueue

@@ -12,9 +12,9 @@ from pathlib import Path
 import trio
 
 import hv
-from hv.board._device import DeviceContext
-from hv.board._memory import GuestMemory
 from hv.build import _image_linux as il
+from hv.hw._device import DeviceContext
+from hv.hw._memory import GuestMemory
 from hv.virtio import _mmio as M
 from hv.virtio._net import (
     F_GUEST_CSUM,
@@ -26,8 +26,8 @@ from hv.virtio._net import (
     virtio_net,
 )
 from hv.virtio.testing import DriverQueue, Used
-from netfabric.fabric import Switch
 from netfabric.offload import GSO_TCPV4, Offload
+from netfabric.switch import Switch
 
 RAM, SIZE = 0x8000_0000, 1 << 20
 MAC_A, MAC_B = bytes.fromhex("525400000001"), bytes.fromhex("525400000002")

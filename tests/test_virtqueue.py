@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hv import GuestError
-from hv.board._memory import GuestMemory
+from hv.hw._memory import GuestMemory
 from hv.virtio._queue import (
     DESC_F_INDIRECT,
     DESC_F_NEXT,

@@ -2,7 +2,7 @@
 
 Linux, U-Boot's S-mode build and RTOSes built for ``virt`` discover the machine from this tree:
 memory, harts, the PLIC, the 16550A UART, the test/finisher device and the virtio-mmio slots
-that hold a device. Addresses and interrupt numbers come from :mod:`hv.board._platform`, so the tree
+that hold a device. Addresses and interrupt numbers come from :mod:`hv.hw._platform`, so the tree
 and the bus agree by construction.
 
 The blob is encoded by the ``fdt`` package from PyPI. It has no type hints, so every use of it
@@ -23,7 +23,7 @@ from typing import Any
 import fdt
 
 from hv._errors import ConfigError
-from hv.board._platform import (
+from hv.hw._platform import (
     PLIC_BASE,
     PLIC_NUM_SOURCES,
     PLIC_SIZE,

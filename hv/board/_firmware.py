@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from hv._status import StopKind
-from hv.board._clock import Clock
 from hv.board._console_io import ConsoleIo
 from hv.board._interrupts import HartInterrupts
-from hv.board._memory import GuestMemory
+from hv.hw._clock import Clock
+from hv.hw._memory import GuestMemory
 from hv.riscv._sbi import ResetKind, Sbi
 
 

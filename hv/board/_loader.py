@@ -6,9 +6,9 @@ A kernel file is one of:
   with the part of each segment beyond the file's bytes (``.bss``) zeroed;
 - a Linux riscv ``Image`` (the boot image header, magic ``RSC\\x05`` at offset 56): loaded at
   ``ram_base + text_offset`` (the 2 MiB convention,
-  :data:`~hv.board._platform.KERNEL_ADDR`, when the
+  :data:`~hv.hw._platform.KERNEL_ADDR`, when the
   header says 0), reserving ``image_size`` bytes;
-- anything else, taken as a raw binary and loaded at :data:`~hv.board._platform.KERNEL_ADDR`;
+- anything else, taken as a raw binary and loaded at :data:`~hv.hw._platform.KERNEL_ADDR`;
   but not text (UTF-8 with no NUL and no control bytes other than tab, CR, LF, FF: machine
   code always has some), which is refused, a lab file (``hv run lab.toml`` for ``hv up``)
   named as one.
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hv._errors import ConfigError
-from hv.board._platform import KERNEL_ADDR, RAM_BASE
+from hv.hw._platform import KERNEL_ADDR, RAM_BASE
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -4,7 +4,7 @@ The machine is synchronous: it boots, runs one slice at a time and reports what 
 asynchronous side (waiting, the console stream, device tasks, pause and stop) is ``hv._vm``'s
 job. Its parts, each with one job:
 
-- the devices (``hv.board._device``): the platform's PLIC, UART and test finisher at their
+- the devices (``hv.hw._device``): the platform's PLIC, UART and test finisher at their
   fixed addresses, and ``MachineConfig.devices`` in virtio-mmio slots, all on the ``Bus``;
 - ``HartInterrupts``: which S-level interrupts are pending, written into the vCPU's ``mip``;
 - ``ConsoleIo``: console bytes in and out, in order;
@@ -29,21 +29,21 @@ from pathlib import Path
 from hv._errors import ConfigError
 from hv._log import get_logger
 from hv._status import StopInfo, StopKind
-from hv.board import _platform as P
-from hv.board._bus import Bus
-from hv.board._clock import Clock, TimeSource
 from hv.board._console_io import ConsoleIo, OrderedUart
-from hv.board._device import AsyncWork, Device, DeviceContext
 from hv.board._fdt import TEXT_LIMIT, DeviceTreeSpec, build_device_tree
 from hv.board._firmware import BoardFirmware
 from hv.board._interrupts import HartInterrupts
 from hv.board._loader import LoadedKernel, load_kernel, plan_layout, save_file
-from hv.board._memory import GuestMemory
-from hv.board._platform import DEFAULT_QUANTUM, QUANTUM_MAX, QUANTUM_MIN
 from hv.devices._plic import Plic
 from hv.devices._testdev import FinishKind, TestDevice
 from hv.devices._uart import Uart16550
 from hv.engine._vcpu import Exit, ExitKind, Vcpu
+from hv.hw import _platform as P
+from hv.hw._bus import Bus
+from hv.hw._clock import Clock, TimeSource
+from hv.hw._device import AsyncWork, Device, DeviceContext
+from hv.hw._memory import GuestMemory
+from hv.hw._platform import DEFAULT_QUANTUM, QUANTUM_MAX, QUANTUM_MIN
 from hv.riscv._sbi import LEGACY_PUTCHAR
 
 log = get_logger("hv.machine")

@@ -20,19 +20,19 @@ import trio
 from hv import _log
 from hv._errors import ConfigError, HvError
 from hv._nic import Nic
-from hv.board import _platform as P
-from hv.board._platform import DEFAULT_QUANTUM
 from hv.build import _guests, _image_linux
 from hv.build._kernels import resolve_kernel
 from hv.build._progress import StderrProgress
 from hv.cli import _control as _control_cli
 from hv.cli import _disk as _disk_cli
 from hv.cli import _netem as _netem_cli
+from hv.hw import _platform as P
+from hv.hw._platform import DEFAULT_QUANTUM
 
 if TYPE_CHECKING:
     from hv._vm import Vm
-    from netfabric.fabric import Switch
-    from netfabric.tap import TapPort
+    from netfabric.ports.tap import TapPort
+    from netfabric.switch import Switch
 
 EXIT_CONFIG = 4  # bad command line or input file (the guest never ran)
 ESCAPE = 0x01  # Ctrl-A, then 'x' quits (as in QEMU's -nographic console)
@@ -471,7 +471,7 @@ async def _run(args: argparse.Namespace) -> int:
     from hv._vm import Vm, VmConfig  # loads the engine: only for the commands that run guests
     from hv.board._loader import NotAKernel
     from hv.lab._runner import open_tap
-    from netfabric.fabric import Switch
+    from netfabric.switch import Switch
 
     if not isinstance(args.mem, int):  # argparse hands "--mem=--" over as a list
         raise ConfigError(f"--mem needs a size such as 128M or 1G, not {args.mem!r}")

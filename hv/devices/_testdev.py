@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 
-from hv.board._device import Device
-from hv.board._platform import TEST_SIZE
+from hv.hw._device import Device
+from hv.hw._platform import TEST_SIZE
 
 # Low-16-bit command codes, as in QEMU's hw/misc/sifive_test.c and Linux's syscon-poweroff DT.
 FINISHER_FAIL = 0x3333

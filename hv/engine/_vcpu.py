@@ -39,8 +39,6 @@ from typing import Any, Protocol
 
 from hv._errors import GuestError, HostError
 from hv._log import get_logger
-from hv.board._bus import Bus
-from hv.board._memory import GuestMemory
 from hv.engine._abi import (
     _INTR_CB,
     _MIP,
@@ -73,6 +71,8 @@ from hv.engine._abi import (
     unicorn,
 )
 from hv.engine._native import _load_native_hook
+from hv.hw._bus import Bus
+from hv.hw._memory import GuestMemory
 from hv.riscv import _traps
 
 log = get_logger("hv.vcpu")

@@ -61,8 +61,8 @@ from hv.lab._netem import netem
 from hv.lab._runner import LabRun, Output, PrefixedOutput, run_lab
 from hv.lab._spec import LabSpec
 from netfabric.capture import STATS_BLOCK, PcapngWriter
-from netfabric.fabric import Switch
 from netfabric.offload import Offload, resolve
+from netfabric.switch import Switch
 
 log = get_logger("hv.control")
 

@@ -21,16 +21,16 @@ from hv._nic import Nic
 from hv._status import StopInfo
 from hv._vm import Vm, VmConfig, run_vm
 from hv.board._loader import load_file
-from hv.board._platform import DEFAULT_QUANTUM
 from hv.build._kernels import build_bundled, resolve_kernel
 from hv.build._progress import StderrProgress
+from hv.hw._platform import DEFAULT_QUANTUM
 from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec, check_captures
 from netfabric.capture import CaptureError
-from netfabric.fabric import Cable, Deliver, Link, Switch
 from netfabric.impair import ImpairedLink
+from netfabric.ports.link import Link
+from netfabric.ports.tap import TapError, TapPort
 from netfabric.services import DhcpConfig, DnsConfig, ServiceHost, ServicesConfig
-from netfabric.switch import PortVlan
-from netfabric.tap import TapError, TapPort
+from netfabric.switch import Cable, Deliver, PortVlan, Switch
 
 Output = Callable[[bytes], None]
 

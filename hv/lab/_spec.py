@@ -50,7 +50,7 @@ from typing import Any
 
 from hv._errors import ConfigError
 from hv._nic import default_mac, nic_cmdline, parse_mac
-from hv.board import _platform as P
+from hv.hw import _platform as P
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(i?B)?\s*$", re.IGNORECASE)
@@ -66,7 +66,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 TAP_NAME_MAX = 15  # IFNAMSIZ - 1
 LAB_FILE_MAX = 1 << 20  # bytes: a lab file is a page or two of TOML
 # The VLAN the built-in services (DHCP, DNS, TFTP) answer in: untagged on their switch, and
-# VLAN 1 is what links carry untagged (netfabric.fabric.Link).
+# VLAN 1 is what links carry untagged (netfabric.ports.link.Link).
 SERVICES_VLAN = 1
 
 
@@ -465,7 +465,7 @@ def _shared_disks(vms: dict[str, VmSpec], base: Path) -> None:
 
 
 def _links(raw: Any, switches: dict[str, SwitchSpec]) -> tuple[LinkSpec, ...]:
-    from netfabric.fabric import find_loop
+    from netfabric.ports.link import find_loop
 
     if not isinstance(raw, list):
         raise ConfigError("links: expected [[links]] tables with a and b")

@@ -60,8 +60,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hv._vm import Vm
     from hv.lab._runner import LabRun
-    from netfabric.fabric import Switch
     from netfabric.impair import ImpairedDirection
+    from netfabric.switch import Switch
 
 Snapshot = dict[str, Any]
 Rates = dict[str, Any]

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from blockdev import BlockBackend, BlockIOError
 from hv._errors import GuestError
 from hv._log import get_logger
-from hv.board._memory import GuestMemory
+from hv.hw._memory import GuestMemory
 from hv.virtio._mmio import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, VirtioBackend, VirtioMmio
 from hv.virtio._queue import DescriptorChain, Virtqueue
 

@@ -28,12 +28,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hv._errors import GuestError
-from hv.board._memory import GuestMemory
+from hv.hw._memory import GuestMemory
 from hv.virtio._mmio import F_RING_EVENT_IDX, VirtioBackend, VirtioMmio
 from hv.virtio._queue import DescriptorChain, QueueError, Virtqueue
-from netfabric.fabric import Cable, Switch
 from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload, resolve
-from netfabric.switch import PortVlan
+from netfabric.switch import Cable, PortVlan, Switch
 
 DEVICE_ID_NET = 1
 F_CSUM = 1 << 0

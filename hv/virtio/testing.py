@@ -9,7 +9,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hv.board._memory import GuestMemory
+from hv.hw._memory import GuestMemory
 from hv.virtio._queue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Virtqueue
 
 _DESC = struct.Struct("<QIHH")

@@ -16,7 +16,7 @@ neighbour table to keep or poison), except where DHCP says otherwise (broadcast,
 client's hardware address). ``tick(now)`` gives the frames due at ``now`` (TFTP
 retransmissions) and ``next_deadline()`` when to call it next.
 
-``attach(switch)`` plugs the host into a ``netfabric.fabric.Switch`` as one more port
+``attach(switch)`` plugs the host into a ``netfabric.switch.Switch`` as one more port
 (frames arriving with an ``Offload`` are resolved to wire frames first, and replies are
 sent from inside the delivery, like any port that answers at once), and ``run()`` is the
 trio task for its timers: it sleeps until the next deadline, or until a new transfer needs
@@ -36,7 +36,6 @@ from pathlib import Path
 
 import trio
 
-from netfabric.fabric import Switch, SwitchPort
 from netfabric.offload import Offload, checksum, resolve
 from netfabric.services import _ip
 from netfabric.services._ip import BROADCAST_IP, BROADCAST_MAC, Datagram, Malformed
@@ -46,6 +45,7 @@ from netfabric.services.dhcp import DhcpServer, Lease
 from netfabric.services.dns import PORT as DNS_PORT
 from netfabric.services.dns import DnsServer
 from netfabric.services.tftp import TftpServer
+from netfabric.switch import Switch, SwitchPort
 
 log = logging.getLogger(__name__)
 

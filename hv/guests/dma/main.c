@@ -1,6 +1,6 @@
 /* dma: a host write into guest RAM (a device's DMA) that lands on a page holding code the
  * guest already ran must be what the guest runs next. Unicorn does not see host writes, so
- * hv drops the page's translations itself (hv.board._memory); this guest checks that.
+ * hv drops the page's translations itself (hv.hw._memory); this guest checks that.
  *
  * Needs a copy device in a virtio-mmio slot (tests/test_board.py has one): bootargs
  * dma=<its base> (default slot 0, 0x10001000). Its registers, 32-bit: 0x00 SRC, 0x04 DST,

@@ -5,7 +5,7 @@ descriptor: every frame the host kernel transmits on it is one ``read``, every `
 frame the kernel receives from it. This is the only module that opens ``/dev/net/tun``.
 ``TapDevice`` opens (or, with CAP_NET_ADMIN, creates) the interface by name with
 ``IFF_TAP | IFF_NO_PI | IFF_VNET_HDR``, non-blocking; ``TapPort`` plugs it into a
-``netfabric.fabric.Switch`` as ``tap:NAME`` and runs the reading task. An interface this module
+``netfabric.switch.Switch`` as ``tap:NAME`` and runs the reading task. An interface this module
 created lives as long as its descriptor; one made beforehand with
 ``ip tuntap add mode tap user NAME`` (persistent, owned by that user) is opened without root.
 Its link state, addresses, MTU and routes are the host's business (``ip link set NAME up``):
@@ -57,8 +57,8 @@ from types import TracebackType
 
 import trio
 
-from netfabric.fabric import Deliver, Switch
 from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload
+from netfabric.switch import Deliver, Switch
 
 TUN_PATH = "/dev/net/tun"
 IFNAMSIZ = 16  # with the trailing NUL: names have at most 15 bytes

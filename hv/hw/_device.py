@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from hv._errors import GuestError, HostError
-from hv.board._bus import IrqLine
-from hv.board._memory import GuestMemory
+from hv.hw._bus import IrqLine
+from hv.hw._memory import GuestMemory
 
 AsyncWork = Callable[[], Awaitable[None]]
 

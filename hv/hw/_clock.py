@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from hv.board import _platform as P
+from hv.hw import _platform as P
 
 TimeSource = Callable[[], int]  # nanoseconds, never going backwards
 
