@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,10 +105,8 @@ class Machine:
         self.stop_info: StopInfo | None = None
         self.reboot_requested = False
         self.suspended = False  # SBI HSM retentive suspend: sleep like wfi
-        # Set by the owner (the VM task): wake a sleeping VM; start async device work.
+        # Set by the owner (the VM task): wake a sleeping VM.
         self.on_wake: Callable[[], None] = lambda: None
-        self._spawn: Callable[[str, AsyncWork], None] | None = None
-        self._queued: list[tuple[str, AsyncWork]] = []
 
         self.mem = GuestMemory(P.RAM_BASE, config.mem_size)
         self.clock = Clock(config.time_source)
@@ -146,22 +145,25 @@ class Machine:
         if dev.mmio_size > P.VIRTIO_STRIDE:
             raise ConfigError(f"device {dev.name}: {dev.mmio_size:#x} bytes exceed a virtio slot")
         self.bus.add(base, P.VIRTIO_STRIDE, dev.name, dev)
-        irq = self.plic.irq_line(P.VIRTIO_IRQ_BASE + slot)
-
-        def spawn(work: AsyncWork) -> None:
-            self._spawn_work(dev.name, work)
-
-        ctx = DeviceContext(
-            name=dev.name,
-            memory=self.mem,
-            irq=irq,
-            wake=self._wake,
-            spawn=spawn,
-            end_slice=self.end_slice,
-        )
-        dev.attach(ctx)
         self.devices.append(dev)
         self.slots[slot] = dev
+
+    def start(self, spawn: Callable[[str, AsyncWork], None]) -> None:
+        """The owner (the VM task) runs and its nursery is open: attach the slot devices.
+        Each gets its context now, with ``spawn`` for its async work (called with the
+        device's name), so a device's work goes straight into that nursery. Call it once,
+        before the first slice; until then the slot devices have no context."""
+        for slot, dev in sorted(self.slots.items()):
+            dev.attach(
+                DeviceContext(
+                    name=dev.name,
+                    memory=self.mem,
+                    irq=self.plic.irq_line(P.VIRTIO_IRQ_BASE + slot),
+                    wake=self._wake,
+                    spawn=functools.partial(spawn, dev.name),
+                    end_slice=self.end_slice,
+                )
+            )
 
     # -- boot ------------------------------------------------------------------------------
 
@@ -352,19 +354,3 @@ class Machine:
             self.stop(StopKind.POWEROFF, "test device: power-off (pass)")
         else:
             self.stop(StopKind.FAILURE, f"test device: failure, code {code}", guest_code=code)
-
-    def _spawn_work(self, name: str, work: AsyncWork) -> None:
-        if self._spawn is None:
-            self._queued.append((name, work))  # the VM task starts it once it runs
-        else:
-            self._spawn(name, work)
-
-    def start_device_work(self, spawn: Callable[[str, AsyncWork], None]) -> None:
-        """The owner's nursery is open: start queued device work there, and later work too."""
-        self._spawn = spawn
-        queued, self._queued = self._queued, []
-        for name, work in queued:
-            spawn(name, work)
-
-    def stop_device_work(self) -> None:
-        self._spawn = None

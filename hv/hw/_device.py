@@ -4,7 +4,8 @@ A device sees offsets into its own MMIO window, its interrupt line, guest memory
 bounds-checked DMA accessor, a way to wake the VM and a way to start async work in the VM's
 own nursery; never the vCPU, never an absolute address. The board (``Machine``) owns the
 objects: a reboot calls ``reset()`` (device state back to power-on), it does not rebuild them,
-so backends, counters and references survive.
+so backends, counters and references survive. A device gets that context (``attach``) when
+the VM starts, its nursery open: ``ctx.spawn(work)`` starts the work there at once.
 
 Placement: the platform devices (PLIC, UART, test finisher) sit at their fixed hv-virt
 addresses; every device in ``MachineConfig.devices`` gets the next virtio-mmio slot
@@ -32,7 +33,7 @@ AsyncWork = Callable[[], Awaitable[None]]
 
 @dataclass(frozen=True)
 class DeviceContext:
-    """What the board gives a device when it attaches it."""
+    """What the board gives a device when the VM starts (``Machine.start``)."""
 
     name: str
     memory: GuestMemory  # guest RAM, bounds-checked: the device's DMA accessor
@@ -62,7 +63,8 @@ class Device(abc.ABC):
         return self._ctx
 
     def attach(self, ctx: DeviceContext) -> None:
-        """Called once, when the board places the device (before the guest runs)."""
+        """Called once, when the VM starts (its nursery open, before the guest runs); a
+        device may start its async work here with ``ctx.spawn``."""
         self._ctx = ctx
 
     @abc.abstractmethod
