@@ -35,8 +35,8 @@ from hv.board._fdt import TEXT_LIMIT, DeviceTreeSpec, build_device_tree
 from hv.board._firmware import BoardFirmware
 from hv.board._interrupts import HartInterrupts
 from hv.board._loader import LoadedKernel, load_kernel, plan_layout, save_file
+from hv.devices._finisher import Finisher, FinishKind
 from hv.devices._plic import Plic
-from hv.devices._testdev import FinishKind, TestDevice
 from hv.devices._uart import Uart16550
 from hv.engine._vcpu import Exit, ExitKind, Vcpu
 from hv.hw import _platform as P
@@ -113,13 +113,13 @@ class Machine:
         self.interrupts = HartInterrupts(self.clock, self.counters, self._wake)
         self.plic = Plic(self._on_plic_change)
         self.uart = Uart16550(self.plic.irq_line(P.UART0_IRQ))
-        self.testdev = TestDevice(self._on_finish)
+        self.finisher = Finisher(self._on_finish)
         self.console = ConsoleIo(self.uart, self.counters)
         self.bus = Bus()
-        self.bus.add(P.TEST_BASE, P.TEST_SIZE, "test", self.testdev)
+        self.bus.add(P.TEST_BASE, P.TEST_SIZE, "test", self.finisher)
         self.bus.add(P.PLIC_BASE, P.PLIC_SIZE, "plic", self.plic)
         self.bus.add(P.UART0_BASE, P.UART0_SIZE, "uart0", OrderedUart(self.console))
-        self.devices: list[Device] = [self.plic, self.uart, self.testdev]
+        self.devices: list[Device] = [self.plic, self.uart, self.finisher]
         self.slots: dict[int, Device] = {}
         for slot, dev in enumerate(config.devices):
             self._place(slot, dev)

@@ -252,10 +252,6 @@ class Uart16550(Device):
             self._thre_pending = True
         self._update_irq()
 
-    @property
-    def tx_ready(self) -> bool:
-        return self._tx_ready
-
     def _transmit(self, byte: int) -> None:
         # Writing THR clears the THRE interrupt, and the byte leaves at once, which re-arms it.
         self._thre_pending = True
