@@ -41,6 +41,16 @@ class Finisher(Device):
     """
 
     mmio_size = TEST_SIZE
+    COUNTERS = frozenset(
+        {
+            "poweroff_pass",  # the commands, by FinishKind
+            "poweroff_fail",
+            "reset",
+            "bad_command",  # a word whose low 16 bits are no command
+            "bad_read",  # any read (the device has nothing to read)
+            "bad_write",  # not a 32-bit write at offset 0
+        }
+    )
 
     def __init__(self, on_finish: Callable[[FinishKind, int], None]) -> None:
         super().__init__("test")

@@ -23,9 +23,11 @@ import abc
 import collections
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from hv._errors import GuestError, HostError
 from hv.hw._bus import IrqLine
+from hv.hw._counters import Counters
 from hv.hw._memory import GuestMemory
 
 AsyncWork = Callable[[], Awaitable[None]]
@@ -50,10 +52,15 @@ class Device(abc.ABC):
 
     #: bytes of MMIO window the device decodes, from its base
     mmio_size = 0x1000
+    #: the counter keys the device may use (``hv.hw._counters``; ``guest_errors`` is always
+    #: in); None: free-form counters (a device of the embedding application's own)
+    COUNTERS: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = (
+            collections.Counter() if self.COUNTERS is None else Counters(name, self.COUNTERS)
+        )
         self._ctx: DeviceContext | None = None
 
     @property
