@@ -13,6 +13,7 @@ top-level module of ``hv`` (``hv._vm``, ``hv._errors``, ``hv.aio``, ...) and ``h
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -322,3 +323,46 @@ def test_the_fabric_and_the_disks_never_import_hv(pkg: str) -> None:
         str(i) for i in IMPORTS if i.module.split(".")[0] == pkg and i.target.split(".")[0] == "hv"
     ]
     assert not bad, "\n".join(bad)
+
+
+def _numbered_list(text: str, after: str) -> list[str]:
+    """The items of the first numbered list after ``after`` (continuation lines joined)."""
+    items: list[str] = []
+    for line in text[text.index(after) :].splitlines()[1:]:
+        if m := re.match(r"\d+\. (.*)", line):
+            items.append(m.group(1))
+        elif items and line.startswith(" ") and line.strip():
+            items[-1] += " " + line.strip()
+        elif items:
+            break
+    return items
+
+
+def _named(item: str, prefix: str) -> frozenset[str]:
+    """The modules an item of a layer list names: backticked, before any ':' outside
+    parentheses (what follows is description)."""
+    while (stripped := re.sub(r"\([^()]*\)", "", item)) != item:
+        item = stripped
+    head = item.split(":")[0]
+    names = {
+        prefix + n if prefix and n not in PACKAGES else n for n in re.findall(r"`+([\w.]+)`+", head)
+    }
+    if "this package" in head:
+        names.add("hv")
+    return frozenset(names)
+
+
+def _layer_names() -> list[frozenset[str]]:
+    return [frozenset(n for n in layer if "*" not in n) for _, layer in LAYERS]
+
+
+def test_architecture_md_lists_these_layers() -> None:
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    items = _numbered_list(text, "The layers, lowest first")
+    assert [_named(i, "") for i in items] == _layer_names()
+
+
+def test_the_package_docstring_lists_these_layers() -> None:
+    text = (ROOT / "hv" / "__init__.py").read_text()
+    items = _numbered_list(text, "Layers, lowest first")
+    assert [_named(i, "hv.") for i in items] == _layer_names()
