@@ -1,17 +1,23 @@
 """hvfabric: an event-driven riscv64 hypervisor in Python.
 
-Layering (each layer uses only the ones above it):
+Layers, lowest first (a module imports only from its own layer or a lower one; no import
+cycles between packages; tests/test_layers.py checks this very list, ``LAYERS``):
 
-- ``_errors``, ``_log``: the error classes and logging.
-- ``riscv``: instruction decoding, the guest page walk and the SBI (sans-IO).
-- ``devices``, ``virtio``: the devices guests see (sans-IO: offsets, IRQ lines, guest memory).
-- ``board``: the hv-virt platform map, guest memory, bus, device tree, loader, and the machine
-  that wires devices, firmware and the vCPU (one slice at a time, synchronous).
-- ``engine``: the vCPU (``engine._vcpu``, the only module that imports Unicorn) and which
-  libunicorn it runs on (the fast engine, patched and built once, or the wheel's stock one).
-- ``_vm``, ``_console``: the machine as a trio task with an async console.
-- ``lab``: several VMs and switches (to come); ``build``: zig cache, bundled guests, Linux
-  image; ``cli``: the ``hv`` command.
+1. ``_errors``, ``_status``, ``_log``: errors, exit statuses, logging.
+2. ``hw``: the board's vocabulary: guest memory and the DMA accessor, the MMIO bus and IRQ
+   lines, the device protocol and declared counters, the hv-virt platform map, the clock.
+3. ``riscv`` (decoding, the guest page walk, the SBI: sans-IO), ``devices`` (PLIC, UART,
+   finisher: sans-IO), ``build`` (zig cache, bundled guests, Linux image).
+4. ``engine``: the vCPU (``engine._vcpu``; ``engine._abi`` is the only module that imports
+   Unicorn) and which libunicorn it runs on (the fast engine, patched and built once, or the
+   wheel's stock one).
+5. ``netfabric``, ``blockdev`` (separate packages): the network and the disks, no hv at all.
+6. ``virtio``: the virtio devices guests see (over ``blockdev``; net over frames only).
+7. ``board``: the machine assembled: devices, firmware and the vCPU, one slice at a time.
+8. ``_vm``, ``_console``, ``_disk``, ``_nic``: the machine as a trio task with an async
+   console, its disks and NICs.
+9. ``lab`` (several VMs and switches, ``hv up``), ``aio`` (the asyncio face).
+10. this package's names, ``cli`` (the ``hv`` command), ``pytest_plugin``.
 """
 
 from typing import TYPE_CHECKING, Any

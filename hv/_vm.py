@@ -179,7 +179,7 @@ class Vm:
         m = self.machine
         try:
             async with trio.open_nursery() as devices:
-                m.start_device_work(lambda name, work: devices.start_soon(self._device, name, work))
+                m.start(lambda name, work: devices.start_soon(self._device, name, work))
                 await self._loop()
                 devices.cancel_scope.cancel()
         except trio.Cancelled:
@@ -190,7 +190,6 @@ class Vm:
         except Exception as e:
             m.host_error("the VM's run loop failed", e)
         finally:
-            m.stop_device_work()
             self._finish()
         assert self.exit is not None
         return self.exit

@@ -171,7 +171,20 @@ async def test_guest_time_comes_from_an_injected_source(guest_elfs: dict[str, Pa
     assert vm.stats["rdtime_native"] == 0 and vm.stats["rdtime_emulated"] > 0
 
 
-class FailingWork(Device):
+class Quiet(Device):
+    """A device with no registers: only its async work matters."""
+
+    def reset(self) -> None:
+        pass
+
+    def mmio_read(self, offset: int, size: int) -> int:
+        return 0
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        pass
+
+
+class FailingWork(Quiet):
     def __init__(self) -> None:
         super().__init__("flaky")
 
@@ -183,15 +196,6 @@ class FailingWork(Device):
             raise RuntimeError("simulated device backend failure")
 
         ctx.spawn(work)
-
-    def reset(self) -> None:
-        pass
-
-    def mmio_read(self, offset: int, size: int) -> int:
-        return 0
-
-    def mmio_write(self, offset: int, size: int, value: int) -> None:
-        pass
 
 
 async def test_a_failing_device_task_stops_only_its_own_vm(guest_elfs: dict[str, Path]) -> None:
@@ -214,6 +218,36 @@ async def test_a_failing_device_task_stops_only_its_own_vm(guest_elfs: dict[str,
     assert "RuntimeError" in bad.detail
     for name in ("vm0", "vm2"):
         assert results[name].exit_code == 0, results[name]
+
+
+class Starter(Quiet):
+    """Starts a task as soon as it is attached, and notes where that task runs."""
+
+    def __init__(self) -> None:
+        super().__init__("starter")
+        self.attached_in: trio.lowlevel.Task | None = None
+        self.ran_in: trio.lowlevel.Task | None = None
+
+    def attach(self, ctx: hv.hw._device.DeviceContext) -> None:  # type: ignore[name-defined]
+        super().attach(ctx)
+        self.attached_in = trio.lowlevel.current_task()
+
+        async def work() -> None:
+            task = trio.lowlevel.current_task()
+            self.ran_in = task.parent_nursery.parent_task if task.parent_nursery else None
+
+        ctx.spawn(work)  # the VM's nursery is open: this starts now, nothing is queued
+
+
+async def test_devices_are_attached_when_the_vm_starts_with_its_nursery() -> None:
+    dev = Starter()
+    vm = Vm(VmConfig(kernel=hv.guest_path("hello"), devices=(dev,)))
+    assert dev.attached_in is None  # built, not started: no nursery yet, so no context
+    with trio.fail_after(20):
+        info = await vm.run()
+    assert info.exit_code == 0
+    # attached by the VM's own task, and the work ran in the nursery that task opened
+    assert dev.attached_in is not None and dev.ran_in is dev.attached_in
 
 
 async def test_a_host_write_over_executed_code_is_seen_and_guest_errors_are_counted(

@@ -127,3 +127,14 @@ def test_the_native_clock_agrees_with_the_python_clock() -> None:
         after = py.ticks()
         assert before <= got <= after
     assert c.reads == 1000
+
+
+def test_the_ctypes_structs_match_the_c_layouts() -> None:
+    native = _native._load_native_hook()
+    assert native is not None, "the native helpers did not build (zig)"
+    c_side = _native.native_layouts(native)
+    py_side = _abi.struct_layouts()
+    assert set(c_side) == set(py_side), set(c_side) ^ set(py_side)
+    wrong = {k: (py_side[k], c_side[k]) for k in c_side if py_side[k] != c_side[k]}
+    assert not wrong, f"ctypes offset/size vs the C compiler's: {wrong}"
+    assert c_side["hv_exits"] > 0 and c_side["hv_exits.late_stops"] > c_side["hv_exits.budget"]

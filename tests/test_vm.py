@@ -362,7 +362,7 @@ async def test_finisher_unknown_command_is_ignored(guest_elfs: dict[str, Path]) 
             vm = await nursery.start(run_vm, VmConfig(kernel=finisher_kernel(0x1234)))
             await trio.sleep(0.05)
             assert vm.state is VmState.RUNNING
-            assert vm.machine.testdev.counters["bad_command"] == 1
+            assert vm.machine.finisher.counters["bad_command"] == 1
             vm.stop()
     assert vm.exit is not None
     assert vm.exit.exit_code == 130

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +35,8 @@ from hv.board._fdt import TEXT_LIMIT, DeviceTreeSpec, build_device_tree
 from hv.board._firmware import BoardFirmware
 from hv.board._interrupts import HartInterrupts
 from hv.board._loader import LoadedKernel, load_kernel, plan_layout, save_file
+from hv.devices._finisher import Finisher, FinishKind
 from hv.devices._plic import Plic
-from hv.devices._testdev import FinishKind, TestDevice
 from hv.devices._uart import Uart16550
 from hv.engine._vcpu import Exit, ExitKind, Vcpu
 from hv.hw import _platform as P
@@ -104,23 +105,21 @@ class Machine:
         self.stop_info: StopInfo | None = None
         self.reboot_requested = False
         self.suspended = False  # SBI HSM retentive suspend: sleep like wfi
-        # Set by the owner (the VM task): wake a sleeping VM; start async device work.
+        # Set by the owner (the VM task): wake a sleeping VM.
         self.on_wake: Callable[[], None] = lambda: None
-        self._spawn: Callable[[str, AsyncWork], None] | None = None
-        self._queued: list[tuple[str, AsyncWork]] = []
 
         self.mem = GuestMemory(P.RAM_BASE, config.mem_size)
         self.clock = Clock(config.time_source)
         self.interrupts = HartInterrupts(self.clock, self.counters, self._wake)
         self.plic = Plic(self._on_plic_change)
         self.uart = Uart16550(self.plic.irq_line(P.UART0_IRQ))
-        self.testdev = TestDevice(self._on_finish)
+        self.finisher = Finisher(self._on_finish)
         self.console = ConsoleIo(self.uart, self.counters)
         self.bus = Bus()
-        self.bus.add(P.TEST_BASE, P.TEST_SIZE, "test", self.testdev)
+        self.bus.add(P.TEST_BASE, P.TEST_SIZE, "test", self.finisher)
         self.bus.add(P.PLIC_BASE, P.PLIC_SIZE, "plic", self.plic)
         self.bus.add(P.UART0_BASE, P.UART0_SIZE, "uart0", OrderedUart(self.console))
-        self.devices: list[Device] = [self.plic, self.uart, self.testdev]
+        self.devices: list[Device] = [self.plic, self.uart, self.finisher]
         self.slots: dict[int, Device] = {}
         for slot, dev in enumerate(config.devices):
             self._place(slot, dev)
@@ -146,22 +145,25 @@ class Machine:
         if dev.mmio_size > P.VIRTIO_STRIDE:
             raise ConfigError(f"device {dev.name}: {dev.mmio_size:#x} bytes exceed a virtio slot")
         self.bus.add(base, P.VIRTIO_STRIDE, dev.name, dev)
-        irq = self.plic.irq_line(P.VIRTIO_IRQ_BASE + slot)
-
-        def spawn(work: AsyncWork) -> None:
-            self._spawn_work(dev.name, work)
-
-        ctx = DeviceContext(
-            name=dev.name,
-            memory=self.mem,
-            irq=irq,
-            wake=self._wake,
-            spawn=spawn,
-            end_slice=self.end_slice,
-        )
-        dev.attach(ctx)
         self.devices.append(dev)
         self.slots[slot] = dev
+
+    def start(self, spawn: Callable[[str, AsyncWork], None]) -> None:
+        """The owner (the VM task) runs and its nursery is open: attach the slot devices.
+        Each gets its context now, with ``spawn`` for its async work (called with the
+        device's name), so a device's work goes straight into that nursery. Call it once,
+        before the first slice; until then the slot devices have no context."""
+        for slot, dev in sorted(self.slots.items()):
+            dev.attach(
+                DeviceContext(
+                    name=dev.name,
+                    memory=self.mem,
+                    irq=self.plic.irq_line(P.VIRTIO_IRQ_BASE + slot),
+                    wake=self._wake,
+                    spawn=functools.partial(spawn, dev.name),
+                    end_slice=self.end_slice,
+                )
+            )
 
     # -- boot ------------------------------------------------------------------------------
 
@@ -352,19 +354,3 @@ class Machine:
             self.stop(StopKind.POWEROFF, "test device: power-off (pass)")
         else:
             self.stop(StopKind.FAILURE, f"test device: failure, code {code}", guest_code=code)
-
-    def _spawn_work(self, name: str, work: AsyncWork) -> None:
-        if self._spawn is None:
-            self._queued.append((name, work))  # the VM task starts it once it runs
-        else:
-            self._spawn(name, work)
-
-    def start_device_work(self, spawn: Callable[[str, AsyncWork], None]) -> None:
-        """The owner's nursery is open: start queued device work there, and later work too."""
-        self._spawn = spawn
-        queued, self._queued = self._queued, []
-        for name, work in queued:
-            spawn(name, work)
-
-    def stop_device_work(self) -> None:
-        self._spawn = None

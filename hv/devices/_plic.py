@@ -59,6 +59,18 @@ class Plic(Device):
 
     mmio_size = PLIC_SIZE
 
+    COUNTERS = frozenset(
+        {
+            "bad_read",  # not an aligned 32-bit read of a register
+            "bad_write",  # not an aligned 32-bit write of a writable register (or source 0)
+            "bad_priority",  # a priority above MAX_PRIORITY
+            "bad_threshold",  # a threshold above MAX_PRIORITY
+            "pending_write",  # a write to the read-only pending bits
+            "empty_claim",  # a claim with nothing pending (normal after another claim)
+            "bad_complete",  # a completion of a source not claimed or not enabled
+        }
+    )
+
     def __init__(self, on_context_change: Callable[[int, bool], None]) -> None:
         super().__init__("plic")
         self._on_context_change = on_context_change

@@ -107,6 +107,18 @@ class Uart16550(Device):
     """
 
     mmio_size = UART0_SIZE
+    COUNTERS = frozenset(
+        {
+            "rx_bytes",  # console input the guest's receive FIFO took
+            "rx_overrun",  # a byte lost to a full receive FIFO (LSR.OE)
+            "tx_bytes",  # bytes the guest wrote to THR
+            "tx_while_busy",  # written while the host's reader was behind (kept)
+            "tx_dropped",  # written past the output limit (lost)
+            "bad_read",  # not a byte read of a register
+            "bad_write",  # not a byte write of a register
+            "readonly_write",  # a write to LSR or MSR
+        }
+    )
 
     def __init__(self, irq: IrqLine) -> None:
         super().__init__("uart0")
@@ -251,10 +263,6 @@ class Uart16550(Device):
         if ready:
             self._thre_pending = True
         self._update_irq()
-
-    @property
-    def tx_ready(self) -> bool:
-        return self._tx_ready
 
     def _transmit(self, byte: int) -> None:
         # Writing THR clears the THRE interrupt, and the byte leaves at once, which re-arms it.

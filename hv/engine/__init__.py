@@ -1,14 +1,16 @@
 """The engine: which Unicorn library runs the guest, and how hv's fast one is built.
 
 hv runs guests on **the fast engine** by default: Unicorn 2.1.4 built from its PyPI sdist with
-two small patches of hvfabric's own (``patches/``, documented in ``patches/README.md``):
+three small patches of hvfabric's own (``patches/``, documented in ``patches/README.md``):
 
 * stores go to host memory directly unless their page holds translated code (stock 2.1.4
   sends every store of a guest with executable RAM down a slow path, and runs stale code
   written through a second mapping of a page);
 * one inline check at each translated block's entry serves both stop requests and hv's time
   slice (stock 2.1.4 calls a helper at every block and after every load and store, and hv
-  needed a block hook of its own on top for slicing).
+  needed a block hook of its own on top for slicing);
+* the ``time`` CSR reads a host function (``uc_hv_set_time``: hv's clock in
+  ``_native/vcpu.c``), so ``rdtime`` no longer traps to be emulated.
 
 ``HV_ENGINE=stock`` runs on the wheel's library instead (as does any machine where the build
 is impossible). ``hv engine info`` says which library is in use, ``hv engine build`` builds it.

@@ -136,6 +136,25 @@ class _Slice(ctypes.Structure):
     )
 
 
+# The structs shared with _native/vcpu.c, by their C names (tests/test_native_exits.py checks
+# these layouts against the ones the compiler gave the C side: _native.native_layouts()).
+NATIVE_STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "hv_slice": _Slice,
+    "hv_exits": _Exits,
+    "hv_clock": _Clock,
+}
+
+
+def struct_layouts() -> dict[str, int]:
+    """The ctypes side's layouts, keyed as ``native_layouts``: sizes and field offsets."""
+    out: dict[str, int] = {}
+    for cname, struct in NATIVE_STRUCTS.items():
+        out[cname] = ctypes.sizeof(struct)
+        for fname, *_ in struct._fields_:
+            out[f"{cname}.{fname}"] = getattr(struct, fname).offset
+    return out
+
+
 class _Batch:
     """A fixed list of registers read or written with one call."""
 

@@ -37,3 +37,19 @@ def _load_native_hook() -> ctypes.CDLL | None:
         log.warning("native vCPU helpers unavailable; slicing by instruction count", err=str(e))
         return None
     return _native_hook
+
+
+class _LayoutEntry(ctypes.Structure):  # hv_layout_entry in _native/vcpu.c
+    _fields_ = (("name", ctypes.c_char_p), ("value", ctypes.c_uint64))
+
+
+def native_layouts(native: ctypes.CDLL) -> dict[str, int]:
+    """The C side's struct layouts (``hv_layouts_table`` in ``_native/vcpu.c``): ``"struct"``
+    for a size, ``"struct.field"`` for an offset; ``_abi.struct_layouts()`` is the other side."""
+    table = ctypes.CFUNCTYPE(ctypes.POINTER(_LayoutEntry))(("hv_layouts_table", native))()
+    out: dict[str, int] = {}
+    i = 0
+    while (name := table[i].name) is not None:
+        out[name.decode()] = int(table[i].value)
+        i += 1
+    return out

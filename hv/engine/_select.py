@@ -2,7 +2,8 @@
 
 The Python binding loads its library when ``unicorn`` is first imported, from the directory in
 ``LIBUNICORN_PATH`` if set, else from the wheel. So the choice has to be made before that
-import: ``hv/_vcpu.py`` (the only module that imports unicorn) calls ``load_library()`` first.
+import: ``hv/engine/_abi.py`` (the only module that imports unicorn) imports it inside
+``library_for_import()``.
 
 ``HV_ENGINE`` chooses: ``fast`` (the default) or ``stock``. A ``LIBUNICORN_PATH`` the user set
 is respected as it is ("custom"). If the fast engine is not built yet, the first use builds it

@@ -1,4 +1,5 @@
-"""The vCPU: the only module that imports Unicorn.
+"""The vCPU: one riscv64 hart on Unicorn (which it reaches through ``_abi``, the only
+module that imports ``unicorn``).
 
 Theory of operation
 -------------------
@@ -429,17 +430,7 @@ class Vcpu:
     def flush_tlb(self) -> None:
         self._uc.ctl(unicorn.unicorn_const.UC_CTL_TLB_FLUSH, unicorn.unicorn_const.UC_CTL_IO_WRITE)
 
-    @property
-    def native_slicing(self) -> bool:
-        """Slices end at block entries (fast engine or block hook), not by counting."""
-        return self.slicing != "count"
-
     # -- the native exits' state, for the machine ------------------------------------------
-
-    @property
-    def native_time(self) -> bool:
-        """The engine answers rdtime from the native clock (no trap)."""
-        return self._clock is not None
 
     def set_clock_offset(self, offset_ns: int) -> None:
         """Where the native clock counts from (CLOCK_MONOTONIC ns); set before each slice."""

@@ -4,7 +4,8 @@ A device sees offsets into its own MMIO window, its interrupt line, guest memory
 bounds-checked DMA accessor, a way to wake the VM and a way to start async work in the VM's
 own nursery; never the vCPU, never an absolute address. The board (``Machine``) owns the
 objects: a reboot calls ``reset()`` (device state back to power-on), it does not rebuild them,
-so backends, counters and references survive.
+so backends, counters and references survive. A device gets that context (``attach``) when
+the VM starts, its nursery open: ``ctx.spawn(work)`` starts the work there at once.
 
 Placement: the platform devices (PLIC, UART, test finisher) sit at their fixed hv-virt
 addresses; every device in ``MachineConfig.devices`` gets the next virtio-mmio slot
@@ -22,9 +23,11 @@ import abc
 import collections
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from hv._errors import GuestError, HostError
 from hv.hw._bus import IrqLine
+from hv.hw._counters import Counters
 from hv.hw._memory import GuestMemory
 
 AsyncWork = Callable[[], Awaitable[None]]
@@ -32,7 +35,7 @@ AsyncWork = Callable[[], Awaitable[None]]
 
 @dataclass(frozen=True)
 class DeviceContext:
-    """What the board gives a device when it attaches it."""
+    """What the board gives a device when the VM starts (``Machine.start``)."""
 
     name: str
     memory: GuestMemory  # guest RAM, bounds-checked: the device's DMA accessor
@@ -49,10 +52,15 @@ class Device(abc.ABC):
 
     #: bytes of MMIO window the device decodes, from its base
     mmio_size = 0x1000
+    #: the counter keys the device may use (``hv.hw._counters``; ``guest_errors`` is always
+    #: in); None: free-form counters (a device of the embedding application's own)
+    COUNTERS: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = (
+            collections.Counter() if self.COUNTERS is None else Counters(name, self.COUNTERS)
+        )
         self._ctx: DeviceContext | None = None
 
     @property
@@ -62,7 +70,8 @@ class Device(abc.ABC):
         return self._ctx
 
     def attach(self, ctx: DeviceContext) -> None:
-        """Called once, when the board places the device (before the guest runs)."""
+        """Called once, when the VM starts (its nursery open, before the guest runs); a
+        device may start its async work here with ``ctx.spawn``."""
         self._ctx = ctx
 
     @abc.abstractmethod

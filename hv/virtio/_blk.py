@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from blockdev import BlockBackend, BlockIOError
 from hv._errors import GuestError
 from hv._log import get_logger
+from hv.hw._counters import Counters
 from hv.hw._memory import GuestMemory
 from hv.virtio._mmio import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, VirtioBackend, VirtioMmio
 from hv.virtio._queue import DescriptorChain, Virtqueue
@@ -134,6 +135,55 @@ class BlkRequest:
     @property
     def data_len(self) -> int:
         return sum(n for _, n in self.data)
+
+
+# Why a request is malformed (BadRequest.reason); each is counted as bad_REASON.
+BAD_REASONS = frozenset(
+    {
+        "no_status",  # no device-writable byte for the status
+        "short_header",  # fewer readable bytes than the 16-byte header
+        "unsupported_type",  # a request type the device does not know
+        "bad_direction",  # data readable where it must be writable, or the reverse
+        "unaligned_length",  # data that is not whole sectors
+        "bad_segments",  # a discard/write-zeroes segment list of the wrong length
+        "too_many_segments",  # more segments than the device's limit
+        "bad_flags",  # unknown segment flags, or unmap on a discard
+    }
+)
+
+# virtio-blk's counters (the transport's are beside them in VirtioMmio.stats()).
+BLK_COUNTERS = frozenset(
+    {
+        # done, by type: requests and bytes
+        "reads",
+        "read_bytes",
+        "writes",
+        "write_bytes",
+        "flushes",
+        "discards",
+        "discard_bytes",
+        "write_zeroes",
+        "write_zeroes_bytes",
+        "get_ids",
+        # the guest's mistakes: malformed requests (all, and one counter per reason) ...
+        "bad_requests",
+        *(f"bad_{reason}" for reason in BAD_REASONS),
+        # ... and well-formed ones this disk refuses
+        "out_of_range",  # past the end of the disk
+        "not_negotiated",  # discard or write-zeroes without its feature
+        "segment_too_long",  # a segment past the sector limit
+        "read_only",  # a write to a read-only disk
+        # answers: status bytes written
+        "ioerr",
+        "unsupp",
+        # the host side
+        "throttled",  # chains left in the ring: too much in flight
+        "in_flight_peak",  # most requests with the backend at once
+        "host_io_errors",  # the backend's I/O failed (BlockIOError): IOERR
+        "discarded_completions",  # done after a reset (an older generation): dropped
+        "reset_in_flight",  # requests in flight when the device was reset
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -262,7 +312,7 @@ class VirtioBlk(VirtioBackend):
         self.disk = disk
         self.serial = serial
         self._id = raw.ljust(ID_BYTES, b"\0")
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = Counters("virtio-blk", BLK_COUNTERS)
         self._mem: GuestMemory | None = None
         self._queue: Virtqueue | None = None
         self._features = 0

@@ -112,6 +112,21 @@ class VirtioMmio(Device):
     """A virtio-mmio slot holding ``backend``."""
 
     mmio_size = 0x200
+    # The transport's own counters; the backend's come beside them in ``stats()``.
+    COUNTERS = frozenset(
+        {
+            "notifies",  # QueueNotify writes
+            "notify_while_stopped",  # ... before DRIVER_OK or while it needs a reset
+            "resets",  # Status 0 written (a driver's device reset)
+            "features_refused",  # FEATURES_OK refused (e.g. a legacy driver without VERSION_1)
+            "features_ignored",  # DriverFeatures written after FEATURES_OK, or past word 1
+            "queue_sel_invalid",  # a queue register written with QueueSel past the queues
+            "config_out_of_range",  # a config space access past its end
+            "read_unknown",  # a read of no register
+            "write_unknown",  # a write to no register
+            "needs_reset",  # DEVICE_NEEDS_RESET set for a broken rule (also guest_errors)
+        }
+    )
 
     def __init__(self, name: str, backend: VirtioBackend) -> None:
         super().__init__(name)

@@ -13,6 +13,7 @@
  * The slice ends when its budget of code bytes is spent (a deterministic proxy for
  * instructions) or when the host sets `request` (from a hook, or another thread).
  */
+#include <stddef.h>
 #include <stdint.h>
 
 typedef int (*hv_stop_fn)(void *uc);
@@ -165,4 +166,56 @@ uint64_t hv_clock_ticks(struct hv_clock *c)
     if (ns < 0)
         ns = 0;
     return (uint64_t)((unsigned __int128)ns * c->hz / 1000000000u);
+}
+
+/*
+ * The layouts hv/engine/_abi.py mirrors with ctypes (_Slice, _Exits, _Clock), as this compiler
+ * lays them out: each struct's size and each field's offset, by name, ending with a NULL name.
+ * tests/test_native_exits.py checks the two sides against each other.
+ */
+struct hv_layout_entry {
+    const char *name;
+    uint64_t value;
+};
+
+#define HV_SIZE(s) {#s, sizeof(struct s)}
+#define HV_FIELD(s, f) {#s "." #f, offsetof(struct s, f)}
+
+static const struct hv_layout_entry hv_layouts[] = {
+    HV_SIZE(hv_slice),
+    HV_FIELD(hv_slice, budget),
+    HV_FIELD(hv_slice, request),
+    HV_FIELD(hv_slice, stopped),
+    HV_FIELD(hv_slice, stop),
+    HV_FIELD(hv_slice, executed),
+    HV_SIZE(hv_exits),
+    HV_FIELD(hv_exits, slow),
+    HV_FIELD(hv_exits, slow_user),
+    HV_FIELD(hv_exits, reg_read),
+    HV_FIELD(hv_exits, reg_write),
+    HV_FIELD(hv_exits, reg_priv),
+    HV_FIELD(hv_exits, reg_a0),
+    HV_FIELD(hv_exits, reg_a7),
+    HV_FIELD(hv_exits, hold),
+    HV_FIELD(hv_exits, buf),
+    HV_FIELD(hv_exits, len),
+    HV_FIELD(hv_exits, cap),
+    HV_FIELD(hv_exits, stop_at),
+    HV_FIELD(hv_exits, pad),
+    HV_FIELD(hv_exits, budget),
+    HV_FIELD(hv_exits, unspent),
+    HV_FIELD(hv_exits, putchar),
+    HV_FIELD(hv_exits, deadline_ns),
+    HV_FIELD(hv_exits, late_stops),
+    HV_SIZE(hv_clock),
+    HV_FIELD(hv_clock, offset_ns),
+    HV_FIELD(hv_clock, hz),
+    HV_FIELD(hv_clock, reads),
+    HV_FIELD(hv_clock, exits),
+    {0, 0},
+};
+
+const struct hv_layout_entry *hv_layouts_table(void)
+{
+    return hv_layouts;
 }

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from hv.devices._testdev import FinishKind, TestDevice
+from hv.devices._finisher import Finisher, FinishKind
 
 
 class Harness:
     def __init__(self) -> None:
         self.calls: list[tuple[FinishKind, int]] = []
-        self.dev = TestDevice(lambda kind, code: self.calls.append((kind, code)))
+        self.dev = Finisher(lambda kind, code: self.calls.append((kind, code)))
 
 
 @pytest.fixture

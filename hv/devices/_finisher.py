@@ -32,17 +32,25 @@ _COMMANDS = {
 }
 
 
-class TestDevice(Device):
+class Finisher(Device):
     """The finisher; calls ``on_finish(kind, code)`` for each valid command.
 
     ``code`` is the guest's exit status for ``POWEROFF_FAIL`` (the value's high 16 bits, which a
-    guest may leave at 0) and 0 otherwise.
+    guest may leave at 0) and 0 otherwise. Its device name stays ``test`` (the counters read
+    ``test.poweroff_pass`` ...), the name QEMU's board gives it.
     """
 
-    # Not a pytest test class, despite the name.
-    __test__ = False
-
     mmio_size = TEST_SIZE
+    COUNTERS = frozenset(
+        {
+            "poweroff_pass",  # the commands, by FinishKind
+            "poweroff_fail",
+            "reset",
+            "bad_command",  # a word whose low 16 bits are no command
+            "bad_read",  # any read (the device has nothing to read)
+            "bad_write",  # not a 32-bit write at offset 0
+        }
+    )
 
     def __init__(self, on_finish: Callable[[FinishKind, int], None]) -> None:
         super().__init__("test")
