@@ -9,7 +9,7 @@ address from the VM's name and the NIC's position, as in lab files.
 This is where the machine and the fabric meet: ``Nic.device`` builds the virtio-net device
 (``hv.virtio``, which knows nothing of switches) and its port on the switch
 (``netfabric.ports.nic.NicPort``) and joins them: the device's send end is the port's
-``send``, the port's deliver end the device's ``deliver``.
+``uplink`` (its way into the switch), the port's deliver end the device's ``deliver``.
 """
 
 from __future__ import annotations
@@ -139,5 +139,5 @@ class Nic:
             )
         except CaptureError as e:
             raise ConfigError(f"eth{index}: {e}") from None
-        net.connect(port.send)
+        net.connect(port.uplink)
         return VirtioMmio(name, net)

@@ -14,9 +14,10 @@ Pieces:
 - ``ImpairedDirection``: the sans-IO core. Frames go in with ``submit(frame, offload, now)``
   and come out of ``due(now)``; ``next_deadline()`` says when the next one is due. It never
   reads a clock and never sleeps, so tests drive it with a fake one.
-- ``ImpairedLink``: two directions and the async layer. ``wrap(deliver, direction)`` gives
-  the ``Deliver`` callable to plug in instead of ``deliver``; ``run()`` is the trio task that
-  hands frames over when they are due.
+- ``ImpairedLink``: two directions and the async layer; a ``netfabric.ports.base.Cable``.
+  ``wrap(deliver, direction)`` gives the ``Deliver`` callable (it takes a
+  ``netfabric.frame.Frame``) to plug in instead of ``deliver``; ``run()`` is the trio task
+  that hands frames over when they are due.
 
 Theory of operation
 -------------------
@@ -24,11 +25,11 @@ Theory of operation
 A frame entering a direction goes through these stages, in this order:
 
 1. *Wire frames.* Decisions are made per frame on the wire, so an offloaded frame (a 64 KiB
-   TSO frame, a partial checksum) is first resolved (``netfabric.offload.resolve``) into the
-   segments it stands for, checksums filled in. Two cases keep the frame whole with its
-   ``Offload``: no impairment at all (then the frame passes straight through, synchronously,
-   at the cost of one attribute test), and a fixed delay alone (all segments would leave at
-   the same instant anyway).
+   TSO frame, a partial checksum) is first taken as the segments it stands for, checksums
+   filled in (``Frame.wire()``: cut once, shared with the captures and other receivers).
+   Two cases keep the frame whole with its ``Offload``: no impairment at all (then the frame
+   passes straight through, synchronously, at the cost of one attribute test), and a fixed
+   delay alone (all segments would leave at the same instant anyway).
 2. *Random draws.* Each wire frame takes exactly twelve numbers from the direction's
    ``random.Random``, whatever the parameters: loss, Gilbert-Elliott loss, Gilbert-Elliott
    transition, duplicate, and for each of the two possible copies corrupt, bit position,

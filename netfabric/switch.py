@@ -511,7 +511,8 @@ class Switch:
             unicast = self._arp_to_owner(port_id, data, now)
             if unicast is not data:
                 fwd = Frame(unicast, frame.offload)
-        out = self.core.forward(port_id, fwd.data, now)
+                data = unicast
+        out = self.core.forward(port_id, data, now)
         offload = frame.offload
         if offload is not None and offload.gso_type:
             self._count_wire(port_id, out, frame)
