@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hv.lab._runner import LabRun, run_lab
 from hv.lab._spec import parse_lab
+from netfabric.frame import Frame
 from netfabric.impair import ImpairedDirection, direction_rng
 
 REPLY = re.compile(rb"ping: reply from [\d.]+: seq=(\d+) time=(\d+) us")
@@ -182,31 +183,32 @@ def icmp_seq(frame: bytes) -> tuple[int, int] | None:
 def observe_link(seen: dict[tuple[str, int], list[float]]) -> Iterator[None]:
     """Watch every ImpairedDirection (read only): for each ICMP echo frame, keyed by
     (direction, seq), [submitted, departure it was given, handed on]."""
-    submit, due = ImpairedDirection.submit, ImpairedDirection.due
+    submit, due = ImpairedDirection.submit, ImpairedDirection.due_frames
 
-    def observed_submit(self: ImpairedDirection, frame: bytes, offload: Any, now: float) -> None:
+    def observed_submit(self: ImpairedDirection, frame: Any, offload: Any, now: float) -> None:
         submit(self, frame, offload, now)
-        key = icmp_seq(frame)
+        data = frame.data if isinstance(frame, Frame) else frame
+        key = icmp_seq(data)
         if key is not None:
-            for dep, _, f, _ in self._line:
-                if f is frame:
+            for dep, _, f in self._line:
+                if f.data is data:
                     seen[(self.name, key[1])] = [now, dep, math.nan]
 
     def observed_due(self: ImpairedDirection, now: float) -> list[Any]:
         out = due(self, now)
-        for f, _ in out:
-            key = icmp_seq(f)
+        for f in out:
+            key = icmp_seq(f.data)
             if key is not None and (self.name, key[1]) in seen:
                 seen[(self.name, key[1])][2] = now
         return out
 
     ImpairedDirection.submit = observed_submit  # type: ignore[method-assign]
-    ImpairedDirection.due = observed_due  # type: ignore[method-assign]
+    ImpairedDirection.due_frames = observed_due  # type: ignore[method-assign]
     try:
         yield
     finally:
         ImpairedDirection.submit = submit  # type: ignore[method-assign]
-        ImpairedDirection.due = due  # type: ignore[method-assign]
+        ImpairedDirection.due_frames = due  # type: ignore[method-assign]
 
 
 def part_delay(pings: int, interval: int) -> tuple[float, float, float]:

@@ -5,6 +5,11 @@ caller in a nursery) and how the guest should see it. Its ``ip`` reaches the gue
 kernel command line as ``ip=``, the form both the Linux userland's init and the firmware
 runtime read, so one setting configures both kinds of guest. The MAC defaults to a stable
 address from the VM's name and the NIC's position, as in lab files.
+
+This is where the machine and the fabric meet: ``Nic.device`` builds the virtio-net device
+(``hv.virtio``, which knows nothing of switches) and its port on the switch
+(``netfabric.ports.nic.NicPort``) and joins them: the device's send end is the port's
+``uplink`` (its way into the switch), the port's deliver end the device's ``deliver``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from netfabric.switch import parse_mac as switch_parse_mac
 
 if TYPE_CHECKING:
     from hv.hw._device import Device
-    from netfabric.switch import Cable, Switch
+    from netfabric.ports.base import Cable
+    from netfabric.switch import Switch
 
 
 def default_mac(vm: str, index: int) -> bytes:
@@ -82,7 +88,7 @@ class Nic:
     capture: Path | None = None
     mtu: int = 1500
     vlan: PortVlan | int | None = None  # an access VLAN id, or a PortVlan (a trunk)
-    cable: Cable | None = None  # an impairment on the cable (netfabric.impair)
+    cable: Cable | None = None  # an impairment on the cable (netfabric.impair.ImpairedLink)
 
     def __post_init__(self) -> None:
         ip = self.ip
@@ -112,14 +118,26 @@ class Nic:
 
     def device(self, vm: str, index: int) -> Device:
         """The virtio-net device for this NIC, plugged into its switch as ``VM.ethN``."""
-        from hv.virtio._net import virtio_net
+        from hv.virtio._mmio import VirtioMmio
+        from hv.virtio._net import VirtioNet
+        from netfabric.ports.nic import NicPort
 
+        name = f"{vm}.eth{index}"
         mac = self.mac if isinstance(self.mac, bytes) else default_mac(vm, index)
-        vlan = self.vlan if not isinstance(self.vlan, int) else PortVlan(access=self.vlan)
         ip = self.ip.ip.packed if isinstance(self.ip, ipaddress.IPv4Interface) else None
+        net = VirtioNet(mac, self.mtu)
         try:
-            return virtio_net(
-                f"{vm}.eth{index}", mac, self.switch, self.mtu, self.capture, vlan, self.cable, ip
+            port = NicPort(
+                self.switch,
+                name,
+                net.deliver,
+                mac=mac,
+                ip=ip,
+                vlan=self.vlan if isinstance(self.vlan, PortVlan) else None,  # __post_init__
+                capture=self.capture,
+                cable=self.cable,
             )
         except CaptureError as e:
             raise ConfigError(f"eth{index}: {e}") from None
+        net.connect(port.uplink)
+        return VirtioMmio(name, net)

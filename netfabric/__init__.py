@@ -1,11 +1,63 @@
 """netfabric: the network fabric guests plug into, with no knowledge of the machine.
 
-Layering: ``switch`` (the sans-IO learning switch: frames and port ids in, port ids out) and
-``capture`` (the pcapng writer) are self-contained; ports (a VM's NIC, a capture, later a TAP
-and links between switches) and the async layer that moves frames between them build on them.
+A frame's path, by file, from one guest to another:
+
+1. the guest's driver puts it on its TX virtqueue and notifies (``hv/virtio/_queue.py``);
+2. the virtio-net device takes it off the queue, strips the ``virtio_net_hdr`` and makes it a
+   ``Frame`` (``netfabric/frame.py``: bytes and, offloaded, its ``Offload``, see
+   ``netfabric/offload.py``), then hands it to its send end (``hv/virtio/_net.py``);
+3. that is the NIC's port: through its cable (``netfabric/impair.py`` if impaired) into the
+   switch (``netfabric/ports/nic.py``, on the protocol of ``netfabric/ports/base.py``);
+4. the switch learns and decides the output ports (``netfabric/switch.py``: the sans-IO
+   ``LearningSwitch``, then ``Switch.send``);
+5. the captures and listeners see it, as wire frames (``netfabric/capture.py``: the switch's
+   pcapng file, a port's own, a live capture);
+6. each output port takes it: another NIC's port (``netfabric/ports/nic.py``), through its
+   cable, to that NIC's ``deliver`` (``hv/virtio/_net.py``), which writes it into that
+   guest's RX queue (``hv/virtio/_queue.py``) and interrupts it.
+
+Other ports take frames the same way: ``ports/host.py`` (driven from code), ``ports/tap.py``
+(the host's kernel), ``ports/link.py`` (another switch), ``ports/services.py`` (DHCP, DNS and
+TFTP: ``netfabric/services/``). ``hv/_nic.py`` is where the machine and the fabric meet: it
+builds a NIC's device and its port and joins them.
+
+Layering: ``offload``, ``frame``, ``capture`` and the ``LearningSwitch`` core are
+self-contained; ``Switch`` moves frames between ports, which build on it; ``impair`` and
+``services`` build on the ports.
 """
 
 from netfabric.capture import PcapngWriter
-from netfabric.switch import LearningSwitch, PortCounters, mac_str, parse_mac
+from netfabric.frame import Frame
+from netfabric.impair import ImpairedLink, Impairment
+from netfabric.offload import Offload
+from netfabric.ports.base import Cable, Port, SwitchPort
+from netfabric.ports.host import CallbackPort, HostPort
+from netfabric.ports.link import Link, LinkPort
+from netfabric.ports.nic import NicPort
+from netfabric.ports.services import ServicesPort
+from netfabric.ports.tap import TapPort
+from netfabric.switch import LearningSwitch, PortCounters, PortVlan, Switch, mac_str, parse_mac
 
-__all__ = ["LearningSwitch", "PcapngWriter", "PortCounters", "mac_str", "parse_mac"]
+__all__ = [
+    "Cable",
+    "CallbackPort",
+    "Frame",
+    "HostPort",
+    "ImpairedLink",
+    "Impairment",
+    "LearningSwitch",
+    "Link",
+    "LinkPort",
+    "NicPort",
+    "Offload",
+    "PcapngWriter",
+    "Port",
+    "PortCounters",
+    "PortVlan",
+    "ServicesPort",
+    "Switch",
+    "SwitchPort",
+    "TapPort",
+    "mac_str",
+    "parse_mac",
+]

@@ -18,7 +18,10 @@ import os
 import stat
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from netfabric.frame import Frame
 
 SHB = 0x0A0D0D0A
 IDB = 0x00000001
@@ -155,6 +158,31 @@ def open_capture(path: Path, application: str = "hvfabric") -> tuple[BinaryIO, P
             raise CaptureError(f"cannot write capture {name!r}: {_why(e)}") from None
         raise
     return out, writer
+
+
+class PortCapture:
+    """A pcapng file of one port's traffic, as a listener on the port (``SwitchPort``
+    opens one for ``capture=``): one interface named for the port, every frame as the wire
+    carries it (an offloaded one as its segments). A ``CaptureError`` if ``path`` cannot be
+    written."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self._file, self.writer = open_capture(path)
+        self.writer.add_interface(name)
+
+    def __call__(self, port_id: int, frame: Frame, ts_ns: int) -> None:
+        if self.writer.closed:
+            return
+        for wire in frame.wire():
+            self.writer.write(0, wire, ts_ns)
+
+    def flush(self) -> None:
+        if not self.writer.closed:
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._file.close()
 
 
 def _why(e: OSError | ValueError) -> str:

@@ -14,9 +14,10 @@ Pieces:
 - ``ImpairedDirection``: the sans-IO core. Frames go in with ``submit(frame, offload, now)``
   and come out of ``due(now)``; ``next_deadline()`` says when the next one is due. It never
   reads a clock and never sleeps, so tests drive it with a fake one.
-- ``ImpairedLink``: two directions and the async layer. ``wrap(deliver, direction)`` gives
-  the ``Deliver`` callable to plug in instead of ``deliver``; ``run()`` is the trio task that
-  hands frames over when they are due.
+- ``ImpairedLink``: two directions and the async layer; a ``netfabric.ports.base.Cable``.
+  ``wrap(deliver, direction)`` gives the ``Deliver`` callable (it takes a
+  ``netfabric.frame.Frame``) to plug in instead of ``deliver``; ``run()`` is the trio task
+  that hands frames over when they are due.
 
 Theory of operation
 -------------------
@@ -24,11 +25,11 @@ Theory of operation
 A frame entering a direction goes through these stages, in this order:
 
 1. *Wire frames.* Decisions are made per frame on the wire, so an offloaded frame (a 64 KiB
-   TSO frame, a partial checksum) is first resolved (``netfabric.offload.resolve``) into the
-   segments it stands for, checksums filled in. Two cases keep the frame whole with its
-   ``Offload``: no impairment at all (then the frame passes straight through, synchronously,
-   at the cost of one attribute test), and a fixed delay alone (all segments would leave at
-   the same instant anyway).
+   TSO frame, a partial checksum) is first taken as the segments it stands for, checksums
+   filled in (``Frame.wire()``: cut once, shared with the captures and other receivers).
+   Two cases keep the frame whole with its ``Offload``: no impairment at all (then the frame
+   passes straight through, synchronously, at the cost of one attribute test), and a fixed
+   delay alone (all segments would leave at the same instant anyway).
 2. *Random draws.* Each wire frame takes exactly twelve numbers from the direction's
    ``random.Random``, whatever the parameters: loss, Gilbert-Elliott loss, Gilbert-Elliott
    transition, duplicate, and for each of the two possible copies corrupt, bit position,
@@ -108,10 +109,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import trio
 
-from netfabric.offload import ETH, Offload, resolve
+from netfabric.frame import Frame
+from netfabric.offload import ETH, Offload
 
 if TYPE_CHECKING:
-    from netfabric.switch import Deliver
+    from netfabric.ports.base import Deliver
 
 __all__ = [
     "COUNTERS",
@@ -332,7 +334,7 @@ def _flip(frame: bytes, u: float) -> bytes:
 # arrival time.
 _Held: TypeAlias = tuple[bytes, Offload | None, int, float, float, float]
 # A frame in the delay line: departure, sequence number (FIFO among equal times), frame, offload.
-_InFlight: TypeAlias = tuple[float, int, bytes, Offload | None]
+_InFlight: TypeAlias = tuple[float, int, Frame]
 
 
 class ImpairedDirection:
@@ -383,18 +385,20 @@ class ImpairedDirection:
 
     # -- frames in -----------------------------------------------------------------------
 
-    def submit(self, frame: bytes, offload: Offload | None, now: float) -> None:
+    def submit(self, frame: bytes | Frame, offload: Offload | None, now: float) -> None:
+        """A frame into this direction at ``now``: bytes with their ``offload``, or a
+        ``Frame`` (which brings its own, and shares its wire form with the fabric)."""
         c = self.counters
         self._advance(now)
+        if not isinstance(frame, Frame):
+            frame = Frame(frame, offload)
         if not self._wire:  # nothing, or a fixed delay: the frame stays whole
             c["frames_in"] += 1
-            self._to_line(frame, offload, now, 1.0, 0.5)
+            self._to_line(frame, now, 1.0, 0.5)
             return
-        if offload is not None:
-            wires = resolve(frame, offload)
+        if frame.offload is not None:
             c["resolved"] += 1
-        else:
-            wires = [frame]
+        wires = frame.wire()
         imp = self.impairment
         ge = imp.loss_burst
         r = self.rng.random
@@ -427,7 +431,7 @@ class ImpairedDirection:
 
     def _enqueue(self, frame: bytes, now: float, u_reo: float, u_jit: float) -> None:
         if self.impairment.rate is None:
-            self._to_line(frame, None, now, u_reo, u_jit)
+            self._to_line(Frame(frame), now, u_reo, u_jit)
             return
         size = len(frame)
         # Tail drop; a frame larger than the whole limit still gets into an empty queue.
@@ -465,11 +469,9 @@ class ImpairedDirection:
             self._tokens = tokens - size
             self._t_tokens = t
             self._queued -= size
-            self._to_line(frame, off, t, u_reo, u_jit)
+            self._to_line(Frame(frame, off), t, u_reo, u_jit)
 
-    def _to_line(
-        self, frame: bytes, off: Offload | None, t: float, u_reo: float, u_jit: float
-    ) -> None:
+    def _to_line(self, frame: Frame, t: float, u_reo: float, u_jit: float) -> None:
         """Into the delay line, released at ``t``."""
         imp = self.impairment
         d = imp.delay
@@ -486,21 +488,27 @@ class ImpairedDirection:
                 self.counters["reordered"] += 1
         else:
             dep = self._last = in_order
-        heapq.heappush(self._line, (dep, self._seq, frame, off))
+        heapq.heappush(self._line, (dep, self._seq, frame))
         self._seq += 1
 
     # -- frames out ----------------------------------------------------------------------
 
     def due(self, now: float) -> list[tuple[bytes, Offload | None]]:
-        """The frames whose departure is ``now`` or earlier, in departure order."""
+        """The frames whose departure is ``now`` or earlier, in departure order, as (bytes,
+        offload)."""
+        return [(f.data, f.offload) for f in self.due_frames(now)]
+
+    def due_frames(self, now: float) -> list[Frame]:
+        """``due``'s frames as ``Frame``s (a frame that went through whole is the one that
+        came in)."""
         self._advance(now)
         line = self._line
-        out: list[tuple[bytes, Offload | None]] = []
+        out: list[Frame] = []
         nbytes = 0
         while line and line[0][0] <= now:
-            _, _, f, off = heapq.heappop(line)
-            out.append((f, off))
-            nbytes += len(f)
+            f = heapq.heappop(line)[2]
+            out.append(f)
+            nbytes += len(f.data)
         if out:
             self.counters["frames_out"] += len(out)
             self.counters["bytes_out"] += nbytes
@@ -556,7 +564,7 @@ class ImpairedDirection:
             while self._shaper:
                 frame, off, size, u_reo, u_jit, arrival = self._shaper.popleft()
                 self._queued -= size
-                self._to_line(frame, off, max(base, arrival), u_reo, u_jit)
+                self._to_line(Frame(frame, off), max(base, arrival), u_reo, u_jit)
 
 
 class ImpairedLink:
@@ -602,17 +610,17 @@ class ImpairedLink:
         self._targets[direction] = deliver
         counters = d.counters
 
-        def impaired(frame: bytes, offload: Offload | None) -> None:
+        def impaired(frame: Frame) -> None:
             if d.transparent:
                 counters["frames_in"] += 1
                 counters["frames_out"] += 1
-                counters["bytes_out"] += len(frame)
-                deliver(frame, offload)
+                counters["bytes_out"] += len(frame.data)
+                deliver(frame)
                 return
             now = trio.current_time()
-            d.submit(frame, offload, now)
-            for f, o in d.due(now):
-                deliver(f, o)
+            d.submit(frame, None, now)
+            for f in d.due_frames(now):
+                deliver(f)
             scope = self._scope
             if scope is not None:
                 nd = d.next_deadline()
@@ -644,8 +652,8 @@ class ImpairedLink:
             target = self._targets.get(name)
             if target is None:
                 continue
-            for f, o in d.due(now):
-                target(f, o)
+            for f in d.due_frames(now):
+                target(f)
 
     async def run(
         self, *, task_status: trio.TaskStatus[ImpairedLink] = trio.TASK_STATUS_IGNORED

@@ -60,10 +60,12 @@ from typing import TYPE_CHECKING, BinaryIO
 import trio
 
 from netfabric.capture import PcapngWriter, open_capture
-from netfabric.offload import Offload, resolve, wire_count
+from netfabric.frame import Frame
 
 if TYPE_CHECKING:
-    from netfabric.ports.host import HostPort
+    from netfabric.offload import Offload
+    from netfabric.ports.base import Listener, Port
+    from netfabric.ports.host import CallbackPort, HostPort
 
 ETH_HEADER = 14
 DEFAULT_MAX_MACS = 4096
@@ -200,21 +202,10 @@ class LearningSwitch:
         self._vlan_flood.clear()
         self.table.clear()
 
-    def port_vlan(self, port: int) -> PortVlan:
-        return self.vlans.get(port, PortVlan())
-
     def egress_tagged(self, port: int, vid: int) -> bool:
         """Whether a frame of VLAN ``vid`` leaves ``port`` with a tag."""
         v = self.vlans.get(port)
         return v is not None and v.access is None and vid != v.native
-
-    def remove_port(self, port: int) -> None:
-        self.ports.pop(port, None)
-        self._up.pop(port, None)
-        self.vlans.pop(port, None)
-        self._vlan_flood.clear()
-        self._flood_cache.clear()
-        self.table = {mac: e for mac, e in self.table.items() if e[0] != port}
 
     def set_up(self, port: int, up: bool) -> None:
         self._up[port] = up
@@ -391,105 +382,45 @@ class LearningSwitch:
         return entry[0]
 
 
-# -- the switch with ports (was netfabric/fabric.py) --------------------------------------
+# -- the switch with ports -----------------------------------------------------------------
 
 # The capture reaches the disk at least this often (and at exit).
 FLUSH_INTERVAL = 1.0
 
-# A port takes a frame and, for an offloaded one (a partial checksum, a TCP segment to cut),
-# its Offload; a port that cannot take offloads calls netfabric.offload.resolve on it.
-Deliver = Callable[[bytes, "Offload | None"], None]
-# A cable's two directions: (into the switch, out of the switch), each wrapping a Deliver.
-Cable = tuple[Callable[[Deliver], Deliver], Callable[[Deliver], Deliver]]
-# A listener sees each frame the switch takes in, as its capture records it: (ingress port
-# id, frame, its Offload or None, time.time_ns()). It runs on the forwarding path, so it must
-# be quick and must not raise (a live capture buffers boundedly and drops what it can't keep).
-Listener = Callable[[int, bytes, "Offload | None", int], None]
 
-
-class SwitchPort:
-    """A port's handle: ``send`` puts a frame on the switch."""
-
-    def __init__(
-        self,
-        switch: Switch,
-        port_id: int,
-        name: str,
-        deliver: Deliver,
-        capture: Path | None,
-        cable: Cable | None = None,
-    ) -> None:
-        self.switch = switch
-        self.id = port_id
-        self.name = name
-        # A cable (an impairment) sits between the port and what is plugged into it: what is
-        # sent goes through its "in" direction, what is delivered through its "out" one.
-        self._into: Deliver = lambda f, off: switch.send(port_id, f, off)
-        if cable is not None:
-            self._into = cable[0](self._into)
-            deliver = cable[1](deliver)
-        self.deliver = deliver
-        # This port's own capture: what it sends and what it is given, one interface.
-        self._capture_file: BinaryIO | None = None
-        self.capture: PcapngWriter | None = None
-        if capture is not None:
-            self._capture_file, self.capture = open_capture(capture)
-            self.capture.add_interface(name)
-
-    def record(self, frame: bytes, offload: Offload | None, ts: int) -> None:
-        assert self.capture is not None
-        for wire in resolve(frame, offload) if offload is not None else (frame,):
-            self.capture.write(0, wire, ts)
-
-    def close(self) -> None:
-        if self.capture is not None:
-            self.capture.close()
-        if self._capture_file is not None:
-            self._capture_file.close()
-            self._capture_file = None
-
-    def send(self, frame: bytes, offload: Offload | None = None) -> None:
-        self._into(frame, offload)
-
-    @property
-    def counters(self) -> PortCounters:
-        return self.switch.core.ports[self.id]
-
-    def set_up(self, up: bool) -> None:
-        self.switch.core.set_up(self.id, up)
-
-    def set_vlan(self, vlan: PortVlan) -> None:
-        """Make this an access port (``PortVlan(access=10)``) or a trunk
-        (``PortVlan(access=None, allowed=frozenset({10, 20}), native=1)``)."""
-        core = self.switch.core
-        core.set_vlan(self.id, vlan)
-        for p in self.switch.trunk_ports:  # links carry every VLAN once the switch has them
-            if p not in core.vlans:
-                core.set_vlan(p, PortVlan(access=None, native=1))
-
-
-def _retag(
-    frame: bytes, off: Offload | None, tagged: bool, want: bool, vid: int
-) -> list[tuple[bytes, Offload | None]]:
+def _retag(frame: Frame, tagged: bool, want: bool, vid: int) -> list[Frame]:
     """``frame`` (with or without its 802.1Q tag) as it leaves a port that wants it tagged or
     not. An offload follows the header it describes when the tag goes; a frame that gains a
     tag is resolved to wire frames first (receivers' offloads are for untagged frames)."""
+    data, off = frame.data, frame.offload
     if tagged == want:
-        if tagged and frame[14:16] != (tci := (frame[14] & 0xF0) << 8 | vid).to_bytes(2, "big"):
-            frame = frame[:14] + tci.to_bytes(2, "big") + frame[16:]  # was a priority tag
-        return [(frame, off)]
+        if tagged and data[14:16] != (tci := (data[14] & 0xF0) << 8 | vid).to_bytes(2, "big"):
+            return [Frame(data[:14] + tci.to_bytes(2, "big") + data[16:], off)]  # was priority
+        return [frame]
     if tagged:  # strip the 4-byte tag
         if off is not None:
             off = dataclasses.replace(
                 off, csum_start=max(0, off.csum_start - 4), hdr_len=max(0, off.hdr_len - 4)
             )
-        return [(frame[:12] + frame[16:], off)]
+        return [Frame(data[:12] + data[16:], off)]
     tag = TPID_8021Q + vid.to_bytes(2, "big")
-    wires = resolve(frame, off) if off is not None else [frame]
-    return [(w[:12] + tag + w[12:], None) for w in wires]
+    return [Frame(w[:12] + tag + w[12:]) for w in frame.wire()]
 
 
 class Switch:
+    """A switch with ports: the learning switch's core, the ports frames leave through,
+    captures.
+
+    A port is anything with the ``netfabric.ports.Port`` protocol; it plugs itself in
+    (``plug``, which gives it its id) and puts frames on the switch with ``send(id, frame)``.
+    Forwarding is synchronous and runs on the caller's thread (the trio thread, where every VM
+    runs its slices): the core decides the output ports, the switch's capture and listeners
+    see the frame once on its ingress port, the ingress port's listeners see it, and each
+    output port's listeners see it and its ``deliver`` takes it; a port's own queue is bounded
+    by the port (a NIC drops and counts what its guest has no buffers for). ``run`` is the
+    switch's trio task: it flushes the captures at least every ``FLUSH_INTERVAL`` and at exit.
+    """
+
     def __init__(
         self,
         name: str,
@@ -499,7 +430,7 @@ class Switch:
     ) -> None:
         self.name = name
         self.core = LearningSwitch(max_macs, aging)
-        self.ports: dict[int, SwitchPort] = {}
+        self.ports: dict[int, Port] = {}
         self._next = 0
         self.capture_path = capture
         self._capture_file: BinaryIO | None = None
@@ -512,26 +443,40 @@ class Switch:
         # ARP to known addresses (bind_ip): IPv4 address (4 bytes) -> (port id, MAC)
         self._arp_owner: dict[bytes, tuple[int, bytes]] = {}
 
+    def plug(self, port: Port) -> int:
+        """Put ``port`` on the switch and give it its id (a port calls this when it is made:
+        ``netfabric.ports.SwitchPort``)."""
+        port_id = self._next
+        self._next += 1
+        self.core.add_port(port_id)
+        self.ports[port_id] = port
+        if self.capture is not None:
+            self._iface[port_id] = self.capture.add_interface(port.name)
+        return port_id
+
     def attach(
         self,
         name: str,
-        deliver: Deliver,
+        deliver: Callable[[bytes, Offload | None], None],
         capture: Path | None = None,
         *,
         vlan: PortVlan | None = None,
-        cable: Cable | None = None,
-    ) -> SwitchPort:
-        """Plug a port in; ``capture``: a pcapng file of this port's traffic alone; ``vlan``:
-        its VLAN role; ``cable``: an impairment between the port and its device."""
-        port = SwitchPort(self, self._next, name, deliver, capture, cable)
-        self._next += 1
-        self.core.add_port(port.id)
-        self.ports[port.id] = port
-        if self.capture is not None:
-            self._iface[port.id] = self.capture.add_interface(name)
-        if vlan is not None:
-            port.set_vlan(vlan)
-        return port
+    ) -> CallbackPort:
+        """A port whose frames go to ``deliver(data, offload)`` (a test's or a tool's hook:
+        ``netfabric.ports.host.CallbackPort``); ``capture``: a pcapng file of this port's
+        traffic alone; ``vlan``: its VLAN role."""
+        from netfabric.ports.host import CallbackPort
+
+        return CallbackPort(self, name, deliver, capture=capture, vlan=vlan)
+
+    def set_vlan(self, port_id: int, vlan: PortVlan) -> None:
+        """Give port ``port_id`` a VLAN role (``SwitchPort.set_vlan``); links carry every
+        VLAN once the switch has them."""
+        core = self.core
+        core.set_vlan(port_id, vlan)
+        for p in self.trunk_ports:
+            if p not in core.vlans:
+                core.set_vlan(p, PortVlan(access=None, native=1))
 
     def bind_ip(self, port_id: int, ip: bytes, mac: bytes) -> None:
         """``ip`` (4 bytes; a NIC's static address) is ``mac`` behind port ``port_id``. A
@@ -556,42 +501,52 @@ class Switch:
         self.core.learn(mac, owner, now)
         return mac + bytes(frame[6:])
 
-    def send(self, port_id: int, frame: bytes, offload: Offload | None = None) -> None:
+    def send(self, port_id: int, frame: Frame) -> None:
+        """``frame`` into the switch from port ``port_id``: forwarded, shown to the captures
+        and listeners, delivered."""
         now = time.monotonic()
+        data = frame.data
         fwd = frame
-        if self._arp_owner and frame[0] & 1 and not self.core.vlans:
-            fwd = self._arp_to_owner(port_id, frame, now)
-        out = self.core.forward(port_id, fwd, now)
+        if self._arp_owner and data[0] & 1 and not self.core.vlans:
+            unicast = self._arp_to_owner(port_id, data, now)
+            if unicast is not data:
+                fwd = Frame(unicast, frame.offload)
+                data = unicast
+        out = self.core.forward(port_id, data, now)
+        offload = frame.offload
         if offload is not None and offload.gso_type:
-            self._count_wire(port_id, out, frame, offload)
+            self._count_wire(port_id, out, frame)
         if (self.capture is not None or self._listeners) and (out or self.core.is_up(port_id)):
             ts = time.time_ns()
             if self.capture is not None:
                 # The capture shows the wire: an offloaded frame as the segments it stands for.
-                for wire in resolve(frame, offload) if offload is not None else (frame,):
-                    self.capture.write(self._iface[port_id], wire, ts)
+                iface = self._iface[port_id]
+                for wire in frame.wire():
+                    self.capture.write(iface, wire, ts)
             for listener in self._listeners:
-                listener(port_id, frame, offload, ts)
+                listener(port_id, frame, ts)
         ports = self.ports
         src = ports[port_id]
-        if src.capture is not None:
-            src.record(frame, offload, time.time_ns())
+        if src.listeners:
+            ts = time.time_ns()
+            for listener in src.listeners:
+                listener(port_id, frame, ts)
         if out and self.core.vlans:
-            self._deliver_vlan(out, frame, offload)
+            self._deliver_vlan(out, frame)
             return
         for p in out:
             dst = ports[p]
-            if dst.capture is not None:
-                dst.record(fwd, offload, time.time_ns())
-            dst.deliver(fwd, offload)
+            if dst.listeners:
+                ts = time.time_ns()
+                for listener in dst.listeners:
+                    listener(p, fwd, ts)
+            dst.deliver(fwd)
 
-    def _count_wire(
-        self, port_id: int, out: tuple[int, ...], frame: bytes, offload: Offload
-    ) -> None:
+    def _count_wire(self, port_id: int, out: tuple[int, ...], frame: Frame) -> None:
         """What a segmentation offload frame adds on the wire beyond its one frame (the
         core counted it as one): to its ingress port and to each port it went out of."""
-        frames, nbytes = wire_count(frame, offload)
-        frames, nbytes = frames - 1, nbytes - len(frame)
+        frames, nbytes = frame.wire_count
+        frames, nbytes = frames - 1, nbytes - len(frame.data)
         if not frames:
             return
         ports = self.core.ports
@@ -603,21 +558,23 @@ class Switch:
             c.tx_wire_extra_frames += frames
             c.tx_wire_extra_bytes += nbytes
 
-    def _deliver_vlan(self, out: tuple[int, ...], frame: bytes, offload: Offload | None) -> None:
+    def _deliver_vlan(self, out: tuple[int, ...], frame: Frame) -> None:
         """Each output port gets the frame as its VLAN role wants it: tagged or not."""
         core = self.core
         vid, tagged = core.vlan, core.tagged_in
-        variants: dict[bool, list[tuple[bytes, Offload | None]]] = {}
+        variants: dict[bool, list[Frame]] = {}
         for p in out:
             want = core.egress_tagged(p, vid)
             got = variants.get(want)
             if got is None:
-                got = variants[want] = _retag(frame, offload, tagged, want, vid)
+                got = variants[want] = _retag(frame, tagged, want, vid)
             dst = self.ports[p]
-            for f, off in got:
-                if dst.capture is not None:
-                    dst.record(f, off, time.time_ns())
-                dst.deliver(f, off)
+            for f in got:
+                if dst.listeners:
+                    ts = time.time_ns()
+                    for listener in dst.listeners:
+                        listener(p, f, ts)
+                dst.deliver(f)
 
     def open_port(self, name: str, queue: int = 1024, vlan: PortVlan | None = None) -> HostPort:
         """One more host on this switch, driven from code: ``send`` frames (bytes or scapy
@@ -628,8 +585,8 @@ class Switch:
         return HostPort(self, name, queue, vlan)
 
     def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(port_id, frame, offload, ts_ns)`` for every frame the switch takes
-        in from now on (what its capture would record: a live capture, a monitor). Without
+        """Call ``listener(port_id, frame, ts_ns)`` for every frame the switch takes in
+        from now on (what its capture would record: a live capture, a monitor). Without
         listeners, the forwarding path pays one check."""
         self._listeners = (*self._listeners, listener)
 
@@ -665,7 +622,7 @@ class Switch:
         self.capture, self._capture_file, self._iface = None, None, {}
 
     async def run(self, *, task_status: trio.TaskStatus[Switch] = trio.TASK_STATUS_IGNORED) -> None:
-        """The switch's task: flushes the capture periodically; closes it when cancelled."""
+        """The switch's task: flushes the captures periodically; closes them when cancelled."""
         task_status.started(self)
         try:
             while True:
@@ -673,8 +630,7 @@ class Switch:
                 if self.capture is not None:
                     self.capture.flush()
                 for port in self.ports.values():
-                    if port.capture is not None:
-                        port.capture.flush()
+                    port.flush()
         finally:
             self.close()
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from netfabric.frame import Frame
 from netfabric.impair import (
     COUNTERS,
     DEFAULT_BURST,
@@ -572,8 +573,15 @@ async def test_link_delivers_after_the_delay(autojump_clock: trio.testing.MockCl
     back: list[bytes] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(link.run)
-        send = link.wrap(lambda f, o: got.append((trio.current_time(), f, o)), "egress")
-        recv = link.wrap(lambda f, o: back.append(f), "ingress")
+        egress = link.wrap(lambda f: got.append((trio.current_time(), f.data, f.offload)))
+        ingress = link.wrap(lambda f: back.append(f.data), "ingress")
+
+        def send(data: bytes, off: Offload | None) -> None:
+            egress(Frame(data, off))
+
+        def recv(data: bytes, off: Offload | None) -> None:
+            ingress(Frame(data, off))
+
         await trio.sleep(1.0)  # the task sleeps with nothing to do
         t0 = trio.current_time()
         send(frame(1), None)
@@ -609,9 +617,9 @@ async def test_a_switch_port_behind_an_impaired_cable(
     sw = Switch("lan")
     link = ImpairedLink(Impairment(delay=5 * MS, rate=10e6))
     got: list[float] = []
-    sw.attach("a", lambda f, o: None)
-    sw.attach("b", link.wrap(lambda f, o: got.append(trio.current_time())))
-    a = sw.ports[0]
+    a = sw.attach("a", lambda f, o: None)
+    impaired = link.wrap(lambda f: got.append(trio.current_time()))
+    sw.attach("b", lambda f, o: impaired(Frame(f, o)))
     async with trio.open_nursery() as nursery:
         await nursery.start(link.run)
         t0 = trio.current_time()

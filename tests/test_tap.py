@@ -35,6 +35,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
 from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload, resolve
+from netfabric.ports.base import SwitchPort
 from netfabric.ports.tap import (
     VNET_GSO_TCPV6,
     VNET_GSO_UDP,
@@ -46,7 +47,7 @@ from netfabric.ports.tap import (
     check_name,
     parse_vnet_header,
 )
-from netfabric.switch import Deliver, Switch, SwitchPort
+from netfabric.switch import Switch
 
 T = TypeVar("T")
 HOST_IP, PEER_IP = "10.77.0.1", "10.77.0.2"  # the namespace's TAP, the responder behind it
@@ -262,7 +263,8 @@ def good_checksums(frame: bytes) -> bool:
     return sums == (again[IP].chksum, (again[TCP] if TCP in again else again[UDP]).chksum)
 
 
-Responder = tuple[Deliver, Callable[[SwitchPort], Awaitable[None]], list[bytes]]
+Handler = Callable[[bytes, Offload | None], None]
+Responder = tuple[Handler, Callable[[SwitchPort], Awaitable[None]], list[bytes]]
 
 
 def responder(ip: str, mac: str) -> Responder:
@@ -318,10 +320,10 @@ async def test_ping_from_the_namespace_is_answered_behind_the_tap(ns: Namespace)
     out = done.stdout.decode()
     assert done.returncode == 0 and "3 received" in out, out
     assert len(seen) == 3 and all(Ether(f)[IP].src == HOST_IP for f in seen)
-    c = tap_port.counters
+    c = tap_port.tap.counters
     assert c["rx_frames"] >= 4 and c["tx_frames"] >= 4  # an ARP and 3 echoes each way
     assert c["tx_dropped"] == 0 and c["rx_runt"] == 0
-    assert tap_port.port.counters.rx_frames == c["rx_frames"]
+    assert tap_port.counters.rx_frames == c["rx_frames"]
     assert tap_port.name == f"tap:{tap.name}" and tap.closed  # run closed it when cancelled
 
 
@@ -615,4 +617,4 @@ async def test_a_tap_deleted_under_its_port_is_a_tap_error(ns: Namespace) -> Non
             port: TapPort = await nursery.start(TapPort(lan, tap).run)
             await trio.run_process(ns.cmd("ip", "link", "del", tap.name))
     assert failed.group_contains(TapError, match=f'TAP "{tap.name}" is gone')
-    assert tap.closed and not lan.core.is_up(port.port.id)
+    assert tap.closed and not lan.core.is_up(port.id)

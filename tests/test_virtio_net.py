@@ -23,9 +23,9 @@ from hv.virtio._net import (
     HDR_LEN,
     RX_BACKLOG,
     VirtioNet,
-    virtio_net,
 )
 from hv.virtio.testing import DriverQueue, Used
+from netfabric.frame import Frame
 from netfabric.offload import GSO_TCPV4, Offload
 from netfabric.switch import Switch
 
@@ -40,7 +40,7 @@ class Nic:
         self.mem = GuestMemory(RAM, SIZE)
         self.net = VirtioNet(MAC_A)
         self.sent: list[bytes] = []
-        self.net.send = lambda frame, off: self.sent.append(frame)
+        self.net.connect(lambda frame: self.sent.append(frame.data))
         self.dev = M.VirtioMmio("eth0", self.net)
         self.irq: list[bool] = []
         self.dev.attach(
@@ -91,7 +91,7 @@ def test_receive_waits_for_buffers_and_the_backlog_is_bounded() -> None:
     nic = Nic()
     frame = MAC_A + MAC_B + b"\x08\x00" + bytes(50)
     for _ in range(RX_BACKLOG + 10):
-        nic.net.deliver(frame)
+        nic.net.deliver(Frame(frame))
     assert nic.net.counters["rx_dropped"] == 10 and len(nic.net.backlog) == RX_BACKLOG
     for _ in range(4):
         nic.rx.add(writable=[HDR_LEN + 1514])
@@ -112,7 +112,7 @@ def test_mergeable_buffers_carry_a_frame_bigger_than_one_buffer() -> None:
     frame = MAC_A + MAC_B + b"\x08\x00" + bytes(range(256)) * 15
     for _ in range(2):
         nic.rx.add(writable=[1526])
-    nic.net.deliver(frame)  # 3 buffers needed, 2 posted: it waits, nothing is taken
+    nic.net.deliver(Frame(frame))  # 3 buffers needed, 2 posted: it waits, nothing is taken
     assert nic.rx.take_used() == [] and len(nic.net.backlog) == 1
     nic.rx.add(writable=[1526])
     nic.dev.mmio_write(M.R_QUEUE_NOTIFY, 4, 0)
@@ -128,7 +128,7 @@ def test_mergeable_offloaded_segment_keeps_its_gso_header() -> None:
     off = Offload(True, 34, 16, GSO_TCPV4, 1448, 54)
     for _ in range(16):
         nic.rx.add(writable=[4096])
-    nic.net.deliver(frame, off)
+    nic.net.deliver(Frame(frame, off))
     got = nic.rx.take_used()
     assert len(got) == 5 and _num_buffers(got[0]) == 5
     flags, gso, hdr_len, gso_size = (
@@ -144,12 +144,12 @@ def test_mergeable_frame_that_can_never_fit_is_dropped_not_stuck() -> None:
     nic = Nic(F_MRG_RXBUF, rx_size=4)
     for _ in range(4):
         nic.rx.add(writable=[100])
-    nic.net.deliver(MAC_A + MAC_B + b"\x08\x00" + bytes(1000))  # 4 x 100 B is all there is
+    nic.net.deliver(Frame(MAC_A + MAC_B + b"\x08\x00" + bytes(1000)))  # 4 x 100 B is all there is
     assert len(nic.rx.take_used()) == 4 and nic.net.counters["rx_too_small"] == 1
     small = MAC_A + MAC_B + b"\x08\x00" + bytes(46)
     for _ in range(4):
         nic.rx.add(writable=[100])
-    nic.net.deliver(small)
+    nic.net.deliver(Frame(small))
     got = nic.rx.take_used()
     assert len(got) == 1 and got[0].data[HDR_LEN:] == small and not nic.net.backlog
 
@@ -157,7 +157,7 @@ def test_mergeable_frame_that_can_never_fit_is_dropped_not_stuck() -> None:
 def test_mergeable_buffer_with_no_room_needs_reset() -> None:
     nic = Nic(F_MRG_RXBUF)
     nic.rx.add(readable=[b"x"])  # no device-writable part at all
-    nic.net.deliver(MAC_A + MAC_B + b"\x08\x00" + bytes(50))
+    nic.net.deliver(Frame(MAC_A + MAC_B + b"\x08\x00" + bytes(50)))
     assert nic.dev.status & M.STATUS_NEEDS_RESET
 
 
@@ -165,7 +165,7 @@ def test_a_broken_rx_ring_is_the_receivers_fault_not_the_senders() -> None:
     nic = Nic()
     nic.rx.write_desc(nic.rx.desc, 0, RAM + 0x10000, 8, 1, 0)  # loops
     nic.rx.make_available(0)
-    nic.net.deliver(MAC_A + MAC_B + b"\x08\x00" + bytes(50))  # no exception here
+    nic.net.deliver(Frame(MAC_A + MAC_B + b"\x08\x00" + bytes(50)))  # no exception here
     assert nic.dev.status & M.STATUS_NEEDS_RESET and nic.dev.counters["needs_reset"] == 1
 
 
@@ -181,14 +181,14 @@ async def test_two_linux_guests_ping_through_the_switch(
         initrd=img.initrd,
         name="a",
         cmdline=base + ' ip=10.0.0.1/24 hv.run="ping -c 3 -i 0.2 10.0.0.2"',
-        devices=(virtio_net("a.eth0", MAC_A, sw),),
+        devices=(hv.Nic(sw, mac=MAC_A).device("a", 0),),
     )
     b = hv.VmConfig(
         kernel=img.kernel,
         initrd=img.initrd,
         name="b",
         cmdline=base + " ip=10.0.0.2/24",
-        devices=(virtio_net("b.eth0", MAC_B, sw),),
+        devices=(hv.Nic(sw, mac=MAC_B).device("b", 0),),
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sw.run)

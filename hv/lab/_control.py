@@ -61,7 +61,7 @@ from hv.lab._netem import netem
 from hv.lab._runner import LabRun, Output, PrefixedOutput, run_lab
 from hv.lab._spec import LabSpec
 from netfabric.capture import STATS_BLOCK, PcapngWriter
-from netfabric.offload import Offload, resolve
+from netfabric.frame import Frame
 from netfabric.switch import Switch
 
 log = get_logger("hv.control")
@@ -210,13 +210,13 @@ class LiveCapture:
         )
         return iface
 
-    def __call__(self, port_id: int, frame: bytes, offload: Offload | None, ts: int) -> None:
+    def __call__(self, port_id: int, frame: Frame, ts: int) -> None:
         if self.box.closed:
             return
         iface = self._iface.get(port_id)
         if iface is None:
             iface = self._interface(port_id)
-        for wire in resolve(frame, offload) if offload is not None else (frame,):
+        for wire in frame.wire():
             report = STATS_BLOCK * len(self._drops) if self._unreported else 0
             if not self.box.room(len(wire) + 36 + report):
                 self.dropped += 1

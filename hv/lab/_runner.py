@@ -27,10 +27,11 @@ from hv.hw._platform import DEFAULT_QUANTUM
 from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec, check_captures
 from netfabric.capture import CaptureError
 from netfabric.impair import ImpairedLink
+from netfabric.ports.base import Cable
 from netfabric.ports.link import Link
 from netfabric.ports.tap import TapError, TapPort
 from netfabric.services import DhcpConfig, DnsConfig, ServiceHost, ServicesConfig
-from netfabric.switch import Cable, Deliver, PortVlan, Switch
+from netfabric.switch import PortVlan, Switch
 
 Output = Callable[[bytes], None]
 
@@ -131,18 +132,6 @@ def open_tap(switch: Switch, name: str) -> TapPort:
         return TapPort(switch, name)
     except TapError as e:
         raise HostError(f"switch {switch.name}: {e}") from None
-
-
-def _sides(imp: ImpairedLink) -> Cable:
-    """A cable's two directions: egress (a to b, or a VM into its switch) and ingress."""
-
-    def egress(deliver: Deliver) -> Deliver:
-        return imp.wrap(deliver, "egress")
-
-    def ingress(deliver: Deliver) -> Deliver:
-        return imp.wrap(deliver, "ingress")
-
-    return egress, ingress
 
 
 def _port_vlan(nic: NicSpec) -> PortVlan | None:
@@ -261,8 +250,7 @@ async def run_lab(
                         imp = run.impairments[f"links[{i}]"] = await nursery.start(
                             _cable(link.impair, f"{link.a}-{link.b}").run
                         )
-                    ab, ba = _sides(imp) if imp is not None else (None, None)
-                    made = Link(run.switches[link.a], run.switches[link.b], ab, ba)
+                    made = Link(run.switches[link.a], run.switches[link.b], imp)
                     if link.vlans is not None:
                         made.trunk(link.vlans)
                     run.links.append(made)
@@ -275,7 +263,7 @@ async def run_lab(
                                 _cable(nic.impair, name).run
                             )
                             # egress: from the VM into the switch; ingress: the other way
-                            cables[(vspec.name, i)] = _sides(imp)
+                            cables[(vspec.name, i)] = imp
                 for vspec in spec.vms.values():
                     owner = f"vms.{vspec.name}"
                     run.disks[vspec.name] = await open_disks(vspec.disks, spec.base, owner)

@@ -2,8 +2,9 @@
 
 Theory of operation. Queue 0 is receive, queue 1 transmit. Every buffer starts with the
 12-byte ``virtio_net_hdr`` (VERSION_1 always has ``num_buffers``). On a TX notify the device
-takes each chain, strips the header and hands the frame to its link (``send``: a switch
-port); RX frames from the link (``deliver``) wait in a bounded backlog until the driver has
+takes each chain, strips the header and hands the frame to its send end (a callable it is
+given with ``connect``: in a VM, a ``netfabric.ports.nic.NicPort``'s ``send``); RX frames
+from the link (its deliver end, ``deliver``) wait in a bounded backlog until the driver has
 posted buffers, then go in with a zeroed header and ``num_buffers`` = 1; with MRG_RXBUF
 negotiated a frame bigger than one buffer spreads over as many as it needs (``num_buffers``
 of them, published together), so a 64 KiB segment fits in the page-sized buffers Linux posts
@@ -15,9 +16,12 @@ Features: EVENT_IDX (a driver that sleeps until the next frame asks for one inte
 one per frame), MAC (the configured address in config space), STATUS (link up/down, settable from
 the host: ``set_link``), MTU, and the offloads that make guest-to-guest TCP cheap: CSUM and
 HOST_TSO4 (the guest sends partial checksums and TCP segments up to 64 KiB) and GUEST_CSUM,
-GUEST_TSO4 (it takes them). An offloaded frame crosses the switch once, with its
-``netfabric.offload.Offload``; a receiver that did not negotiate the offload gets it resolved
-in software (segmented, checksums filled in), as does the capture.
+GUEST_TSO4 (it takes them). An offloaded frame crosses the switch once, as a
+``netfabric.frame.Frame`` with its ``netfabric.offload.Offload``; a receiver that did not
+negotiate the offload gets its wire form (segmented, checksums filled in), as does a capture.
+
+The device knows nothing of switches or ports (the machine never imports the fabric beyond
+the frame and offload vocabulary): ``hv.Nic`` builds it and its port and joins them.
 """
 
 from __future__ import annotations
@@ -25,14 +29,13 @@ from __future__ import annotations
 import collections
 import struct
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from hv._errors import GuestError
 from hv.hw._memory import GuestMemory
 from hv.virtio._mmio import F_RING_EVENT_IDX, VirtioBackend, VirtioMmio
 from hv.virtio._queue import DescriptorChain, QueueError, Virtqueue
-from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload, resolve
-from netfabric.switch import Cable, PortVlan, Switch
+from netfabric.frame import Frame
+from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload
 
 DEVICE_ID_NET = 1
 F_CSUM = 1 << 0
@@ -69,14 +72,17 @@ class VirtioNet(VirtioBackend):
         self.mac = mac
         self.mtu = mtu
         self.link_up = True
-        # the link (a switch port): send(frame, offload)
-        self.send: Callable[[bytes, Offload | None], None] = lambda frame, off: None
-        self.backlog: collections.deque[tuple[bytes, Offload | None]] = collections.deque()
+        self._send: Callable[[Frame], None] = _unconnected  # the send end: connect()
+        self.backlog: collections.deque[Frame] = collections.deque()
         self.counters: collections.Counter[str] = collections.Counter()
         self._mem: GuestMemory | None = None
         self._queues: Sequence[Virtqueue] = ()
         # what the guest's driver takes (negotiated)
         self.guest_csum = self.guest_tso4 = self.mergeable = False
+
+    def connect(self, send: Callable[[Frame], None]) -> None:
+        """Where the frames the guest sends go (a port's ``send``); until then, nowhere."""
+        self._send = send
 
     @property
     def features(self) -> int:
@@ -141,7 +147,7 @@ class VirtioNet(VirtioBackend):
             self.counters["tx_frames"] += 1
             self.counters["tx_bytes"] += len(frame)
             if self.link_up:
-                self.send(frame, off)
+                self._send(Frame(frame, off))
             else:
                 self.counters["tx_link_down"] += 1
         if sent:  # let the receivers run now rather than after the rest of our slice
@@ -152,29 +158,30 @@ class VirtioNet(VirtioBackend):
             off.gso_type == GSO_NONE or self.guest_tso4
         )
 
-    def deliver(self, frame: bytes, off: Offload | None = None) -> None:
-        """A frame from the link for this guest (offloaded ones resolved if it can't take
-        them: segmented, checksums filled in)."""
+    def deliver(self, frame: Frame) -> None:
+        """A frame from the link for this guest (the deliver end; an offloaded one as its
+        wire frames if the guest can't take it: segmented, checksums filled in)."""
         if not self.link_up:
             self.counters["rx_link_down"] += 1
             return
+        off = frame.offload
         if off is not None and not self._takes(off):
             self.counters["rx_resolved"] += 1
-            for wire in resolve(frame, off):
-                self._queue(wire, None)
+            for wire in frame.wire():
+                self._queue(Frame(wire))
         else:
-            self._queue(frame, off)
+            self._queue(frame)
         try:
             self._fill_rx()
         except GuestError as e:  # this guest's queue is broken: its fault, not the sender's
             if self.transport is not None:
                 self.transport.needs_reset(e)
 
-    def _queue(self, frame: bytes, off: Offload | None) -> None:
+    def _queue(self, frame: Frame) -> None:
         if len(self.backlog) >= RX_BACKLOG:
             self.counters["rx_dropped"] += 1
             return
-        self.backlog.append((frame, off))
+        self.backlog.append(frame)
 
     def _fill_rx(self) -> None:
         mem = self._mem
@@ -183,7 +190,8 @@ class VirtioNet(VirtioBackend):
         q = self._queues[RX]
         filled = False
         while self.backlog:
-            frame, off = self.backlog[0]
+            head = self.backlog[0]
+            frame, off = head.data, head.offload
             if self.mergeable:
                 chains = self._take_buffers(q, HDR_LEN + len(frame))
                 if chains is None:
@@ -199,7 +207,7 @@ class VirtioNet(VirtioBackend):
                 for chain in chains:
                     q.push(chain.head, 0)
                 if off is not None:  # a big offloaded frame in small buffers: cut it up
-                    self.backlog.extendleft((w, None) for w in reversed(resolve(frame, off)))
+                    self.backlog.extendleft(Frame(w) for w in reversed(head.wire()))
                 else:
                     self.counters["rx_too_small"] += 1
                 continue
@@ -247,25 +255,12 @@ def _offload_header(off: Offload) -> bytes:
     )
 
 
-def virtio_net(
-    name: str,
-    mac: bytes,
-    switch: Switch | None = None,
-    mtu: int = 1500,
-    capture: Path | None = None,
-    vlan: PortVlan | None = None,
-    cable: Cable | None = None,
-    ip: bytes | None = None,
-) -> VirtioMmio:
-    """A virtio-net NIC for ``VmConfig.devices``, plugged into ``switch`` if given
-    (``capture``: a pcapng file of this NIC's traffic alone; ``vlan``: the switch port's
-    VLAN role; ``cable``: an impairment on the cable; ``ip``: its static IPv4 address, which
-    the switch then sends ARP requests for to this port alone: ``Switch.bind_ip``)."""
-    net = VirtioNet(mac, mtu)
-    dev = VirtioMmio(name, net)
-    if switch is not None:
-        port = switch.attach(name, net.deliver, capture, vlan=vlan, cable=cable)
-        net.send = port.send
-        if ip is not None:
-            switch.bind_ip(port.id, ip, mac)
-    return dev
+def _unconnected(frame: Frame) -> None:
+    pass
+
+
+def virtio_net(name: str, mac: bytes, *, mtu: int = 1500) -> VirtioMmio:
+    """A virtio-net NIC for ``VmConfig.devices``, not yet connected to anything (``hv.Nic``
+    makes one plugged into a switch; or ``connect`` its ``VirtioNet`` to a send end and hand
+    frames to its ``deliver``)."""
+    return VirtioMmio(name, VirtioNet(mac, mtu))

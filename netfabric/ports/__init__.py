@@ -1,3 +1,9 @@
-"""Ports: the ends of cables plugged into a switch, one module per kind: ``host`` (a port
-driven from code), ``link`` (a cable between two switches), ``tap`` (the host's kernel
-through a TAP device)."""
+"""Ports: the ends of cables plugged into a switch. ``base`` holds the protocol the switch
+knows them by (``Port``: send, deliver, counters, link state, listeners) and their common part
+(``SwitchPort``); one module per kind: ``nic`` (a VM's NIC), ``host`` (driven from code),
+``tap`` (the host's kernel through a TAP device), ``link`` (a cable between two switches),
+``services`` (the built-in services host)."""
+
+from netfabric.ports.base import Cable, Deliver, Listener, Port, SwitchPort
+
+__all__ = ["Cable", "Deliver", "Listener", "Port", "SwitchPort"]

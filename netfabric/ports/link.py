@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from netfabric.switch import Deliver, PortVlan, Switch
+from netfabric.frame import Frame
+from netfabric.ports.base import Cable, Deliver, SwitchPort
+from netfabric.switch import PortVlan, Switch
 
 
 def find_loop(edges: list[tuple[str, str]]) -> list[str] | None:
@@ -47,26 +47,44 @@ def _path(adjacent: dict[str, list[str]], a: str, b: str) -> list[str]:
     return out[::-1]
 
 
-class Link:
-    """A cable between two switches: a port on each, frames crossing as between two real
-    switches (``wrap_ab``/``wrap_ba`` may put an impairment on each direction). It carries
-    every VLAN tagged, VLAN 1 untagged, once either switch is VLAN-aware."""
+class LinkPort(SwitchPort):
+    """One end of a link: what its switch sends out through it crosses to the other end."""
 
-    def __init__(
-        self,
-        a: Switch,
-        b: Switch,
-        wrap_ab: Callable[[Deliver], Deliver] | None = None,
-        wrap_ba: Callable[[Deliver], Deliver] | None = None,
-    ) -> None:
+    def __init__(self, switch: Switch, name: str) -> None:
+        super().__init__(switch, name)
+        self._across: Deliver = _unconnected
+
+    def connect(self, across: Deliver) -> None:
+        """Where frames leaving through this end go (the other end's ``send``, or a cable's
+        direction on the way there)."""
+        self._across = across
+
+    def deliver(self, frame: Frame) -> None:
+        self._across(frame)
+
+
+def _unconnected(frame: Frame) -> None:
+    pass
+
+
+class Link:
+    """A cable between two switches: a ``LinkPort`` on each, frames crossing as between two
+    real switches (``cable`` may impair each direction: egress is a to b, ingress b to a). It
+    carries every VLAN tagged, VLAN 1 untagged, once either switch is VLAN-aware."""
+
+    def __init__(self, a: Switch, b: Switch, cable: Cable | None = None) -> None:
         if a is b:
             raise ValueError(f"a link from switch {a.name!r} to itself is a loop")
         self.a, self.b = a, b
-        to_b: Deliver = lambda f, off: self.port_b.send(f, off)  # noqa: E731
-        to_a: Deliver = lambda f, off: self.port_a.send(f, off)  # noqa: E731
+        self.port_a = LinkPort(a, f"link:{b.name}")
+        self.port_b = LinkPort(b, f"link:{a.name}")
         # what leaves switch a's link port travels to b, and the other way round
-        self.port_a = a.attach(f"link:{b.name}", wrap_ab(to_b) if wrap_ab else to_b)
-        self.port_b = b.attach(f"link:{a.name}", wrap_ba(to_a) if wrap_ba else to_a)
+        to_b: Deliver = self.port_b.send
+        to_a: Deliver = self.port_a.send
+        if cable is not None:
+            to_b, to_a = cable.wrap(to_b, "egress"), cable.wrap(to_a, "ingress")
+        self.port_a.connect(to_b)
+        self.port_b.connect(to_a)
         for sw, port in ((a, self.port_a), (b, self.port_b)):
             sw.trunk_ports.add(port.id)
             if sw.core.vlans:

@@ -52,13 +52,19 @@ import socket
 import stat
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 import trio
 
+from netfabric.frame import Frame
 from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload
-from netfabric.switch import Deliver, Switch
+from netfabric.ports.base import SwitchPort
+from netfabric.switch import Switch
+
+# What a frame read from the host goes to: its bytes and its Offload (None: a complete frame).
+Handler = Callable[[bytes, Offload | None], None]
 
 TUN_PATH = "/dev/net/tun"
 IFNAMSIZ = 16  # with the trailing NUL: names have at most 15 bytes
@@ -290,7 +296,7 @@ class TapDevice:
     # -- to the host -----------------------------------------------------------------------
 
     def deliver(self, frame: bytes, off: Offload | None = None) -> None:
-        """Write one frame to the host (the switch's ``Deliver``): never blocks, never raises;
+        """Write one frame to the host (``TapPort.deliver``): never blocks, never raises;
         what the kernel will not take now is dropped and counted."""
         c = self.counters
         if self._fd < 0:
@@ -315,7 +321,7 @@ class TapDevice:
 
     # -- from the host ---------------------------------------------------------------------
 
-    def read_available(self, handle: Deliver, limit: int = BATCH) -> bool:
+    def read_available(self, handle: Handler, limit: int = BATCH) -> bool:
         """Read up to ``limit`` waiting frames, handing each to ``handle`` as it comes; True
         once none are left (EAGAIN). TapError if the interface was deleted under us."""
         c = self.counters
@@ -348,7 +354,7 @@ class TapDevice:
             handle(frame, off)
         return False
 
-    async def receive(self, handle: Deliver) -> None:
+    async def receive(self, handle: Handler) -> None:
         """Hand every frame the host sends to ``handle``, until the device is closed."""
         while self._fd >= 0:
             if self.read_available(handle):
@@ -360,18 +366,20 @@ class TapDevice:
                 await trio.lowlevel.checkpoint()
 
 
-class TapPort:
+class TapPort(SwitchPort):
     """A TAP interface on a switch, as port ``tap:NAME``: ``run`` is its reading task.
-    ``tap``: a TapDevice, or a name to open one with (TapError if that cannot be done)."""
+    ``tap``: a TapDevice, or a name to open one with (TapError if that cannot be done). Its
+    ``counters`` are the switch's for the port; ``tap.counters`` the descriptor's."""
 
     def __init__(self, switch: Switch, tap: TapDevice | str, capture: Path | None = None) -> None:
         self.tap = TapDevice(tap) if isinstance(tap, str) else tap
-        self.name = f"tap:{self.tap.name}"
-        self.port = switch.attach(self.name, self.tap.deliver, capture)
+        super().__init__(switch, f"tap:{self.tap.name}", capture=capture)
 
-    @property
-    def counters(self) -> collections.Counter[str]:
-        return self.tap.counters
+    def deliver(self, frame: Frame) -> None:
+        self.tap.deliver(frame.data, frame.offload)  # the kernel finishes offloaded frames
+
+    def _from_host(self, data: bytes, offload: Offload | None) -> None:
+        self.switch.send(self.id, Frame(data, offload))
 
     async def run(
         self, *, task_status: trio.TaskStatus[TapPort] = trio.TASK_STATUS_IGNORED
@@ -380,7 +388,7 @@ class TapPort:
         switch port goes down: frames for it are dropped and counted by the switch)."""
         try:
             task_status.started(self)
-            await self.tap.receive(self.port.send)
+            await self.tap.receive(self._from_host)
         finally:
-            self.port.set_up(False)
+            self.set_up(False)
             self.tap.close()

@@ -16,9 +16,10 @@ neighbour table to keep or poison), except where DHCP says otherwise (broadcast,
 client's hardware address). ``tick(now)`` gives the frames due at ``now`` (TFTP
 retransmissions) and ``next_deadline()`` when to call it next.
 
-``attach(switch)`` plugs the host into a ``netfabric.switch.Switch`` as one more port
-(frames arriving with an ``Offload`` are resolved to wire frames first, and replies are
-sent from inside the delivery, like any port that answers at once), and ``run()`` is the
+``attach(switch)`` plugs the host into a ``netfabric.switch.Switch`` through its port,
+``netfabric.ports.services.ServicesPort`` (frames arriving with an ``Offload`` are taken as
+wire frames, and replies are sent from inside the delivery, like any port that answers at
+once), and ``run()`` is the
 trio task for its timers: it sleeps until the next deadline, or until a new transfer needs
 an earlier one. Time comes from ``clock`` (``time.monotonic``; pass ``trio.current_time``
 under a trio test clock), or from ``now`` in tests.
@@ -36,7 +37,9 @@ from pathlib import Path
 
 import trio
 
-from netfabric.offload import Offload, checksum, resolve
+from netfabric.frame import Frame
+from netfabric.offload import checksum
+from netfabric.ports.services import ServicesPort
 from netfabric.services import _ip
 from netfabric.services._ip import BROADCAST_IP, BROADCAST_MAC, Datagram, Malformed
 from netfabric.services.config import ServicesConfig
@@ -45,7 +48,7 @@ from netfabric.services.dhcp import DhcpServer, Lease
 from netfabric.services.dns import PORT as DNS_PORT
 from netfabric.services.dns import DnsServer
 from netfabric.services.tftp import TftpServer
-from netfabric.switch import Switch, SwitchPort
+from netfabric.switch import Switch
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class ServiceHost:
             self.dns = DnsServer(config, self._lookup, self._reverse, self.counters)
         self._now = 0.0
         self._ident = 0
-        self.port: SwitchPort | None = None
+        self.port: ServicesPort | None = None
         self._wake: trio.Event | None = None
         self._sleeping_until = math.inf
 
@@ -228,19 +231,13 @@ class ServiceHost:
 
     def attach(
         self, switch: Switch, name: str | None = None, capture: Path | None = None
-    ) -> SwitchPort:
-        """Plug into ``switch`` as port ``name`` (default ``svc:SWITCH``)."""
+    ) -> ServicesPort:
+        """Plug into ``switch`` as port ``name`` (default ``svc:SWITCH``): a
+        ``netfabric.ports.services.ServicesPort`` handing frames to ``handle``."""
         if self.port is not None:
             raise RuntimeError(f"these services are already on {self.port.switch.name}")
-
-        def deliver(frame: bytes, off: Offload | None) -> None:
-            for wire in resolve(frame, off) if off is not None else (frame,):
-                for out in self.handle(wire):
-                    port.send(out)
-
-        port = switch.attach(name or f"svc:{switch.name}", deliver, capture)
-        self.port = port
-        return port
+        self.port = ServicesPort(switch, name or f"svc:{switch.name}", self.handle, capture)
+        return self.port
 
     async def run(
         self, *, task_status: trio.TaskStatus[ServiceHost] = trio.TASK_STATUS_IGNORED
@@ -259,7 +256,7 @@ class ServiceHost:
                 with trio.move_on_after(max(0.0, self._sleeping_until - self.clock())):
                     await self._wake.wait()
                 for frame in self.tick():
-                    port.send(frame)
+                    port.send(Frame(frame))
         finally:
             self._wake = None
             self.close()
