@@ -50,7 +50,7 @@ MACHINE_MODULES = frozenset({"hv._vm"})
 NOT_FOR_THE_MACHINE = ("netfabric.fabric", "netfabric.switch", "netfabric.ports")
 # On main hv/virtio/_net.py still attaches itself to a Switch; net17 removes this (the
 # coordinator empties the set at merge).
-KNOWN_MACHINE_NET: set[tuple[str, str]] = {("hv.virtio._net", "netfabric.switch")}
+KNOWN_MACHINE_NET: set[tuple[str, str]] = set()
 
 # hw is the floor of the machine: nothing of hv but these.
 HW_MAY_IMPORT = frozenset({"hv.hw", "hv._errors", "hv._status", "hv._log"})
@@ -63,9 +63,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     # _raw_terminal from hv/cli/_main.py, which imports it back (and hv/cli/_netem.py).
     frozenset({"hv.cli", "hv.lab"}),
     frozenset({"hv.cli._control", "hv.cli._main", "hv.cli._netem", "hv.lab._control"}),
-    # net17: netfabric/switch.py builds HostPorts (netfabric/ports/host.py), which import it.
-    frozenset({"netfabric.ports", "netfabric.switch"}),
-    frozenset({"netfabric.ports.host", "netfabric.switch"}),
 }
 
 
