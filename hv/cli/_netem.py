@@ -17,7 +17,8 @@ import sys
 from typing import Any
 
 from hv._errors import ConfigError
-from hv.cli._control import EXIT_FAILED, Connection, ControlError, resolve_lab
+from hv.cli._control import EXIT_FAILED, Connection, resolve_lab
+from hv.lab._protocol import ControlError
 
 DELAY_HELP = (
     "Each direction of a cable has its own settings, and a delay applies per direction: "
