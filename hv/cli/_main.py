@@ -7,7 +7,6 @@ import contextlib
 import faulthandler
 import json
 import os
-import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +18,7 @@ import trio
 from hv import _log
 from hv._errors import ConfigError, HvError
 from hv._nic import Nic
+from hv._values import MIB, argument, size
 from hv.build import _guests, _image_linux
 from hv.build._kernels import resolve_kernel
 from hv.build._progress import StderrProgress
@@ -36,16 +36,10 @@ if TYPE_CHECKING:
 
 EXIT_CONFIG = 4  # bad command line or input file (the guest never ran)
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
-
 
 def parse_size(text: str) -> int:
-    """'128M', '1G', '512' (MiB, as QEMU's -m) → bytes."""
-    m = _SIZE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size; use e.g. 128M or 1G")
-    n, unit = int(m.group(1)), (m.group(2) or "M").upper()
-    return n << {"K": 10, "M": 20, "G": 30, "T": 40}[unit]
+    """'128M', '1G', '512' (MiB, as QEMU's -m) -> bytes (``hv._values.size``)."""
+    return argument(size, bare=MIB)(text)
 
 
 def _quantum(text: str) -> int:

@@ -161,7 +161,7 @@ def _value(option: str, kind: str, text: str) -> Any:
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """The ``set`` table the options ask for, checked as the lab will check it (a
     ConfigError naming the option)."""
-    from netfabric.impair import parse_changes
+    from hv.lab._impair import parse_changes
 
     table = {
         name: _value(name, kind, getattr(args, name))
