@@ -532,6 +532,14 @@ def test_where_the_sockets_are(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert [human_duration(s) for s in (5, 64, 3725, 90000)] == ["5s", "1m04s", "1h02m", "1d01h"]
 
 
+def test_the_control_client_does_not_load_the_vm_machinery() -> None:
+    """hv ps stays light: the client imports the lab's protocol, not the lab's runner."""
+    code = "import sys, hv.cli._control; print(sorted(m for m in sys.modules if m in WATCH))"
+    watch = "WATCH = {'hv._vm', 'hv.lab._runner', 'hv.lab._spec', 'unicorn'}; "
+    r = subprocess.run([sys.executable, "-c", watch + code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
 def test_line_buffer_cuts_lines_split_across_chunks() -> None:
     lines = LineBuffer()
     lines.feed(b'{"op": "he')
