@@ -24,16 +24,37 @@ import trio
 from blockdev._base import BlockBackend, BlockError
 from blockdev.qcow2 import Qcow2Image, create_qcow2, detect_format, open_image
 
-__all__ = ["FORMATS", "SERIAL_MAX", "DiskSpec", "detect_format", "open_disk", "parse_disk_spec"]
+__all__ = [
+    "FORMATS",
+    "SERIAL_MAX",
+    "DiskSpec",
+    "check_serial",
+    "detect_format",
+    "open_disk",
+    "parse_disk_spec",
+]
 
 FORMATS = ("raw", "qcow2")
 SERIAL_MAX = 20  # bytes: what VIRTIO_BLK_T_GET_ID answers
 KNOWN = "ro, format=, snapshot, serial=, backing-dir="
 
 
+def check_serial(serial: str) -> bytes:
+    """A disk's serial number (what virtio-blk's GET_ID answers) as its bytes: printable
+    ASCII, at most ``SERIAL_MAX`` bytes; a ``ValueError`` saying why not."""
+    if not serial.isascii():
+        raise ValueError(f"serial {serial!r} is not ASCII (a serial is printable ASCII)")
+    if not serial.isprintable():
+        raise ValueError(f"serial {serial!r} is not printable (a serial is printable ASCII)")
+    if len(serial) > SERIAL_MAX:
+        raise ValueError(f"serial {serial!r} is {len(serial)} bytes, longer than {SERIAL_MAX}")
+    return serial.encode("ascii")
+
+
 @dataclass(frozen=True)
 class DiskSpec:
-    """A parsed ``--disk`` spec."""
+    """A disk to open: ``parse_disk_spec``'s result, or built in code (a lab file's table);
+    a ``ValueError`` if the format or the serial cannot be."""
 
     path: str
     read_only: bool = False
@@ -41,6 +62,16 @@ class DiskSpec:
     snapshot: bool = False
     serial: str | None = None
     backing_dirs: tuple[str, ...] = ()  # more folders backing files may be in
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("no file name")
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"format must be raw or qcow2, not {self.format!r}")
+        if self.serial is not None:
+            check_serial(self.serial)
+        if not all(self.backing_dirs):
+            raise ValueError("backing-dir needs a value")
 
     def __str__(self) -> str:
         parts = [self.path.replace(",", ",,")]
@@ -82,8 +113,6 @@ def parse_disk_spec(text: str) -> DiskSpec:
     ``DiskSpec``; ``ValueError`` naming the bad part."""
     where = f"--disk {text!r}"
     path, *options = _split(text)
-    if not path:
-        raise ValueError(f"{where}: no file name")
     read_only = snapshot = False
     fmt: str | None = None
     serial: str | None = None
@@ -107,22 +136,17 @@ def parse_disk_spec(text: str) -> DiskSpec:
             else:
                 snapshot = True
         elif key == "format" and eq:
-            if value not in FORMATS:
-                raise ValueError(f"{where}: format must be raw or qcow2, not {value!r}")
             fmt = value
         elif key == "serial" and eq:
-            if not value.isascii() or not value.isprintable():
-                raise ValueError(f"{where}: serial {value!r} must be printable ASCII")
-            if len(value) > SERIAL_MAX:
-                raise ValueError(
-                    f"{where}: serial {value!r} is {len(value)} bytes; at most {SERIAL_MAX}"
-                )
             serial = value
         elif key in ("format", "serial", "backing-dir"):
             raise ValueError(f"{where}: {key} needs a value ({key}=...)")
         else:
             raise ValueError(f"{where}: unknown option {option} (known: {KNOWN})")
-    return DiskSpec(path, read_only, fmt, snapshot, serial, tuple(backing_dirs))
+    try:
+        return DiskSpec(path, read_only, fmt, snapshot, serial, tuple(backing_dirs))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 async def open_disk(

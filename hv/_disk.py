@@ -17,10 +17,8 @@ import trio
 from hv._errors import ConfigError, HostError
 
 if TYPE_CHECKING:
-    from blockdev import BlockBackend
+    from blockdev import BlockBackend, DiskSpec
     from hv.hw._device import Device
-
-SERIAL_MAX = 20  # bytes: VIRTIO_BLK_T_GET_ID
 
 
 @dataclass(frozen=True)
@@ -29,10 +27,13 @@ class Disk:
     serial: str | None = None
 
     def __post_init__(self) -> None:
-        if self.serial is not None and (
-            len(self.serial.encode()) > SERIAL_MAX or not self.serial.isascii()
-        ):
-            raise ConfigError(f"disk serial {self.serial!r}: at most {SERIAL_MAX} ASCII bytes")
+        from blockdev.open import check_serial
+
+        try:
+            if self.serial is not None:
+                check_serial(self.serial)
+        except ValueError as e:
+            raise ConfigError(f"disk {e}") from None
 
     def device(self, vm: str, index: int) -> Device:
         """The virtio-blk device for this disk, named ``VM.vdX`` (vda, vdb, ...)."""
@@ -52,17 +53,18 @@ def disk_letters(index: int) -> str:
 
 
 async def open_disks(
-    specs: Sequence[str],
+    specs: Sequence[str | DiskSpec],
     base: Path | None = None,
     owner: str | None = None,
     backing_dirs: Sequence[str | Path] = (),
 ) -> list[Disk]:
-    """Open ``--disk`` specs (``FILE[,ro][,format=raw|qcow2][,snapshot][,serial=ID]``); a bad
-    spec or file, or one in use (one writer or any number of readers per image), is a
-    ConfigError naming it. ``owner`` (``vms.a``) names the disks in the errors of others who
-    find them in use (``vms.a.disks[0]``; default ``--disk SPEC``). qcow2 backing files are
-    followed into each image's folder and ``backing_dirs`` (``blockdev.open_disk``). On an
-    error, what was opened is closed again."""
+    """Open disks: ``--disk`` specs (``FILE[,ro][,format=raw|qcow2][,snapshot][,serial=ID]``)
+    or ``DiskSpec``s (a lab's, read from its file); a bad spec or file, or one in use (one
+    writer or any number of readers per image), is a ConfigError naming it. ``owner``
+    (``vms.a``) names the disks in the errors of others who find them in use
+    (``vms.a.disks[0]``; default ``--disk SPEC``). qcow2 backing files are followed into each
+    image's folder and ``backing_dirs`` (``blockdev.open_disk``). On an error, what was
+    opened is closed again."""
     from blockdev import BlockError
     from blockdev.open import open_disk, parse_disk_spec
 
@@ -71,7 +73,7 @@ async def open_disks(
         for i, text in enumerate(specs):
             name = f"{owner}.disks[{i}]" if owner is not None else f"--disk {text}"
             try:
-                spec = parse_disk_spec(text)
+                spec = parse_disk_spec(text) if isinstance(text, str) else text
                 backend = await open_disk(spec, base, owner=name, backing_dirs=backing_dirs)
             except (ValueError, BlockError) as e:  # a lab's disk: say which key
                 raise ConfigError(f"{name}: {e}" if owner is not None else str(e)) from None

@@ -307,9 +307,10 @@ class VmFactory:
         more: dict[str, Any],
     ) -> VmConfig:
         from hv._nic import Nic
+        from hv._values import MIB, size
         from hv._vm import VmConfig
         from hv.build._kernels import resolve_kernel
-        from hv.lab._spec import _size
+        from hv.hw import _platform as P
 
         path, initrd, default = resolve_kernel(str(kernel), self.base)
         if name is None:
@@ -344,7 +345,7 @@ class VmFactory:
                 host.add_name(name, card.ip.ip)  # a no-op for the DNS server if it has none
         keys: dict[str, Any] = {"initrd": initrd, **more}
         if mem is not None:
-            keys["mem_size"] = _size(mem, "mem")
+            keys["mem_size"] = size(mem, "mem", bare=MIB, lo=P.MEM_MIN, hi=P.MEM_MAX)
         return VmConfig(kernel=path, cmdline=line, name=name, nics=tuple(cards), **keys)
 
     async def _close(self) -> None:

@@ -9,8 +9,9 @@ Pieces:
 
 - ``Impairment``: what one direction of a cable does (a frozen dataclass; the defaults are
   "nothing"), with ``GilbertElliott`` for bursty loss.
-- ``parse_impairment(table, key)``: a lab file's ``impair = {...}`` table to the (egress,
-  ingress) pair; every error is a ``ValueError`` naming the offending key.
+- The text of a lab file's ``impair = {...}`` table is read into these settings by the
+  lab (``hv.lab._impair``); this module takes only typed values (seconds, bits/s, bytes,
+  probabilities).
 - ``ImpairedDirection``: the sans-IO core. Frames go in with ``submit(frame, offload, now)``
   and come out of ``due(now)``; ``next_deadline()`` says when the next one is due. It never
   reads a clock and never sleeps, so tests drive it with a fake one.
@@ -100,9 +101,7 @@ import heapq
 import json
 import math
 import random
-import re
 from collections import Counter, deque
-from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -124,8 +123,6 @@ __all__ = [
     "ImpairedLink",
     "Impairment",
     "direction_rng",
-    "parse_changes",
-    "parse_impairment",
 ]
 
 JitterDist: TypeAlias = Literal["uniform", "normal"]
@@ -589,12 +586,6 @@ class ImpairedLink:
         self._targets: dict[str, Deliver] = {}
         self._scope: trio.CancelScope | None = None
 
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any], key: str, name: str = "") -> ImpairedLink:
-        """From a lab file's ``impair`` table (``parse_impairment``)."""
-        egress, ingress = parse_impairment(table, key)
-        return cls(egress, ingress, name)
-
     def direction(self, which: Direction) -> ImpairedDirection:
         if which == "egress":
             return self.egress
@@ -672,277 +663,3 @@ class ImpairedLink:
                     await trio.sleep_forever()
                 finally:
                     self._scope = None
-
-
-# -- the lab file ------------------------------------------------------------------------
-
-_NUM = r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
-_DURATION = re.compile(_NUM + r"(ns|us|µs|ms|s)")
-_DURATION_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
-_RATE = re.compile(_NUM + r"([kKmMgGtT]?)bit")
-_RATE_UNIT = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_SIZE = re.compile(r"([0-9]{1,15})(B|K|KiB|M|MiB|G|GiB|kB|KB|MB|GB)?")
-_SIZE_UNIT = {
-    None: 1,
-    "B": 1,
-    "K": 1 << 10,
-    "KiB": 1 << 10,
-    "M": 1 << 20,
-    "MiB": 1 << 20,
-    "G": 1 << 30,
-    "GiB": 1 << 30,
-    "kB": 1000,
-    "KB": 1000,
-    "MB": 1000**2,
-    "GB": 1000**3,
-}
-_PERCENT = re.compile(_NUM + r"%")
-
-_FIELDS = (
-    "delay",
-    "jitter",
-    "jitter_dist",
-    "loss",
-    "loss_burst",
-    "duplicate",
-    "corrupt",
-    "reorder",
-    "rate",
-    "queue",
-    "burst",
-    "mtu",
-)
-_GE_FULL = ("p_good_to_bad", "p_bad_to_good", "loss_in_good", "loss_in_bad")
-_GE_SIMPLE = ("loss", "length")
-
-
-def _table(value: Any, key: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{key}: expected a table, got {type(value).__name__}")
-    return value
-
-
-def _unknown(table: Mapping[str, Any], allowed: set[str], key: str) -> None:
-    extra = sorted(str(k) for k in table if k not in allowed)
-    if extra:
-        raise ValueError(f"{key}.{extra[0]}: unknown key (known: {', '.join(sorted(allowed))})")
-
-
-def _duration(value: Any, key: str) -> float:
-    if _is_num(value) and value == 0:
-        return 0.0
-    m = _DURATION.fullmatch(value) if isinstance(value, str) else None
-    if m is None:
-        raise ValueError(f"{key}: {_show(value)} is not a duration; use e.g. 20ms")
-    seconds = float(m.group(1)) * _DURATION_UNIT[m.group(2)]
-    if not seconds <= MAX_DURATION:
-        raise ValueError(f"{key}: {_show(value)} is out of range 0..{MAX_DURATION:g}s")
-    return seconds
-
-
-def _probability(value: Any, key: str) -> float:
-    p: float | None = None
-    if _is_num(value):
-        p = float(value) if abs(value) <= 2 else math.inf  # huge ints: no OverflowError
-    elif isinstance(value, str) and (m := _PERCENT.fullmatch(value)):
-        p = float(m.group(1)) / 100.0
-    if p is None or not 0.0 <= p <= 1.0:
-        raise ValueError(f"{key}: {_show(value)} is not a probability in 0..1")
-    return p
-
-
-def _rate(value: Any, key: str) -> float:
-    if _is_num(value):
-        bps = float(value) if abs(value) <= MAX_RATE else math.inf
-    elif isinstance(value, str) and (m := _RATE.fullmatch(value)):
-        bps = float(m.group(1)) * _RATE_UNIT[m.group(2).lower()]
-    else:
-        hint = " (bps is ambiguous)" if isinstance(value, str) and "bps" in value.lower() else ""
-        raise ValueError(f"{key}: {_show(value)} is not a rate{hint}; use e.g. 50Mbit")
-    if not 0.0 < bps <= MAX_RATE:
-        raise ValueError(
-            f"{key}: {_show(value)} is out of range (over 0, up to 1Tbit; leave rate out for"
-            " no limit)"
-        )
-    return bps
-
-
-def _bytes(value: Any, key: str, lo: int) -> int:
-    n: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        n = value
-    elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
-        n = int(m.group(1)) * _SIZE_UNIT[m.group(2)]
-    if n is None:
-        raise ValueError(f"{key}: {_show(value)} is not a size; use e.g. 64KiB")
-    if not lo <= n <= MAX_SIZE:
-        raise ValueError(f"{key}: {_show(value)} is out of range {lo}..1GiB")
-    return n
-
-
-def _mtu(value: Any, key: str) -> int:
-    lo, hi = MTU_RANGE
-    if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:
-        return value
-    raise ValueError(f"{key}: {_show(value)} is not an MTU in {lo}..{hi} (L3 payload bytes)")
-
-
-def _seed(value: Any, key: str) -> int | str:
-    if isinstance(value, int | str) and not isinstance(value, bool):
-        return value
-    raise ValueError(f"{key}: {_show(value)} is not a seed; use an integer or a string")
-
-
-def _jitter_dist(value: Any, key: str) -> JitterDist:
-    if value == "uniform" and isinstance(value, str):
-        return "uniform"
-    if value == "normal" and isinstance(value, str):
-        return "normal"
-    raise ValueError(f'{key}: {_show(value)} is not a distribution; use "uniform" or "normal"')
-
-
-def _loss_burst(value: Any, key: str) -> GilbertElliott:
-    t = _table(value, key)
-    _unknown(t, {*_GE_FULL, *_GE_SIMPLE}, key)
-    full = [k for k in _GE_FULL if k in t]
-    simple = [k for k in _GE_SIMPLE if k in t]
-    if full and simple:
-        raise ValueError(
-            f"{key}.{simple[0]}: give either loss and length, or p_good_to_bad and"
-            " p_bad_to_good (and loss_in_good, loss_in_bad), not both"
-        )
-    if simple:
-        for k in _GE_SIMPLE:
-            if k not in t:
-                raise ValueError(f"{key}.{k}: missing (a burst model by loss and length)")
-        loss = _probability(t["loss"], f"{key}.loss")
-        length = t["length"]
-        if not (_is_num(length) and 1 <= length <= 1e9):
-            raise ValueError(
-                f"{key}.length: {_show(length)} is not a mean burst length (frames, >= 1)"
-            )
-        try:
-            return GilbertElliott.from_loss(loss, float(length))
-        except ValueError as e:
-            raise ValueError(f"{key}.{e}") from None
-    for k in ("p_good_to_bad", "p_bad_to_good"):
-        if k not in t:
-            raise ValueError(
-                f"{key}.{k}: missing (a Gilbert-Elliott model needs p_good_to_bad and"
-                " p_bad_to_good; or give loss and length)"
-            )
-    probs = {k: _probability(t[k], f"{key}.{k}") for k in _GE_FULL if k in t}
-    return GilbertElliott(**probs)
-
-
-def _fields(t: Mapping[str, Any], key: str) -> dict[str, tuple[Any, str]]:
-    """The impairment keys of one table, converted: field -> (value, its key)."""
-    out: dict[str, tuple[Any, str]] = {}
-    for f in _FIELDS:
-        if f not in t:
-            continue
-        k, v = f"{key}.{f}", t[f]
-        conv: Any
-        if f in ("delay", "jitter"):
-            conv = _duration(v, k)
-        elif f == "jitter_dist":
-            conv = _jitter_dist(v, k)
-        elif f in ("loss", "duplicate", "corrupt", "reorder"):
-            conv = _probability(v, k)
-        elif f == "loss_burst":
-            conv = _loss_burst(v, k)
-        elif f == "rate":
-            conv = _rate(v, k)
-        elif f == "queue":
-            conv = _bytes(v, k, 0)
-        elif f == "burst":
-            conv = _bytes(v, k, 1)
-        else:
-            conv = _mtu(v, k)
-        out[f] = (conv, k)
-    return out
-
-
-def _build(fields: dict[str, tuple[Any, str]], seed: int | str, where: str) -> Impairment:
-    values = {f: v for f, (v, _) in fields.items()}
-    direction = where.rsplit(".", 1)[-1]
-    for f in ("queue", "burst"):
-        if f in fields and "rate" not in fields:
-            raise ValueError(
-                f'{fields[f][1]}: needs a rate ({direction} has none; add e.g. rate = "50Mbit")'
-            )
-    if values.get("reorder") and not values.get("delay") and not values.get("jitter"):
-        raise ValueError(
-            f"{fields['reorder'][1]}: needs a delay or jitter to jump ahead of"
-            f" ({direction} has none)"
-        )
-    try:
-        return Impairment(**values, seed=seed)
-    except ValueError as e:  # not expected: the checks above cover Impairment's
-        raise ValueError(f"{where}.{e}") from None
-
-
-def parse_impairment(table: Mapping[str, Any], key: str) -> tuple[Impairment, Impairment]:
-    """A lab file's impairment table to the (egress, ingress) pair.
-
-    ``table`` is either the keys of one impairment, applying to both directions::
-
-        { delay = "20ms", jitter = "5ms", jitter_dist = "normal", loss = 0.01,
-          loss_burst = { p_good_to_bad = 0.01, p_bad_to_good = 0.3 },
-          duplicate = 0.001, corrupt = 0.001, reorder = 0.01,
-          rate = "50Mbit", queue = "64KiB", burst = "3KiB", mtu = 1400, seed = 7 }
-
-    or ``{ egress = {...}, ingress = {...}, seed = 7 }``, or both: the top-level keys apply
-    to both directions and an ``egress``/``ingress`` table adds to or overrides them for its
-    own direction (a direction table may have its own ``seed`` too).
-
-    Values: durations ``"20ms"``, ``"1.5s"``, ``"500us"``, ``"100ns"`` (or 0), up to 60s;
-    probabilities 0..1 or ``"1.5%"``; rates ``"50Mbit"``, ``"1Gbit"``, ``"800kbit"``, a bare
-    number in bits/s; sizes ``"64KiB"``/``"64K"`` (1024), ``"64kB"`` (1000), a bare integer
-    in bytes; ``mtu`` the largest L3 payload (68..65535); ``jitter_dist`` ``"uniform"``
-    (default) or ``"normal"`` (sigma = jitter); ``loss_burst`` a Gilbert-Elliott model:
-    ``{ p_good_to_bad, p_bad_to_good, loss_in_good = 0, loss_in_bad = 1 }``, or simply
-    ``{ loss = 0.02, length = 4 }`` (long-run loss and mean burst length in frames); ``queue``
-    and ``burst`` need a ``rate``, ``reorder`` a ``delay`` or ``jitter``; ``seed`` an integer
-    or a string (default: ``key`` itself, so each cable draws its own stream).
-
-    Errors are ``ValueError``s whose message starts with the offending key, e.g.
-    ``links[0].impair.delay: "20 ms" is not a duration; use e.g. 20ms``."""
-    t = _table(table, key)
-    _unknown(t, {*_FIELDS, "seed", "egress", "ingress"}, key)
-    seed: int | str = _seed(t["seed"], f"{key}.seed") if "seed" in t else key
-    base = _fields(t, key)
-    out: list[Impairment] = []
-    for name in ("egress", "ingress"):
-        fields = dict(base)
-        dseed = seed
-        if name in t:
-            sk = f"{key}.{name}"
-            sub = _table(t[name], sk)
-            _unknown(sub, {*_FIELDS, "seed"}, sk)
-            fields.update(_fields(sub, sk))
-            if "seed" in sub:
-                dseed = _seed(sub["seed"], f"{sk}.seed")
-        out.append(_build(fields, dseed, f"{key}.{name}"))
-    return out[0], out[1]
-
-
-# Settings a live change may take away again (JSON null): no rate limit, no MTU, no bursts.
-_REMOVABLE = ("rate", "mtu", "loss_burst")
-
-
-def parse_changes(table: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """Live changes (``ImpairedLink.set``) from a table spelled as a lab file's ``impair``
-    table is (``{"loss": "1%", "delay": "20ms"}``; no ``egress``/``ingress``: the caller
-    picks the direction), plus ``None`` for ``rate``, ``mtu`` or ``loss_burst`` to take it
-    away. Only the named settings change. Errors are ``ValueError``s naming ``key.FIELD``."""
-    t = _table(table, key)
-    _unknown(t, {*_FIELDS, "seed"}, key)
-    removed = {f: None for f in _REMOVABLE if f in t and t[f] is None}
-    changes = {
-        f: v for f, (v, _) in _fields({k: v for k, v in t.items() if k not in removed}, key).items()
-    }
-    changes.update(removed)
-    if "seed" in t:
-        changes["seed"] = _seed(t["seed"], f"{key}.seed")
-    return changes

@@ -224,7 +224,7 @@ def test_library_logging_is_quiet_unless_configured() -> None:
 
 
 def test_escape_keys_quit_and_pass_ctrl_a_through() -> None:
-    from hv.cli._main import EscapeKeys
+    from hv.cli._terminal import EscapeKeys
 
     keys = EscapeKeys()
     assert keys.feed(b"ls\r") == (b"ls\r", False)

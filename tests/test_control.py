@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 import trio
 
-from hv.cli._control import (
-    Connection,
+from hv.cli._control import Connection, PcapngBlocks, human_duration
+from hv.lab._protocol import (
     ControlError,
     LabPaths,
-    PcapngBlocks,
-    human_duration,
+    LineBuffer,
+    LineTooLong,
     labs_dir,
     peer_credentials,
     refusal,
@@ -532,6 +532,64 @@ def test_where_the_sockets_are(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert [human_duration(s) for s in (5, 64, 3725, 90000)] == ["5s", "1m04s", "1h02m", "1d01h"]
 
 
+def test_the_control_client_does_not_load_the_vm_machinery() -> None:
+    """hv ps stays light: the client imports the lab's protocol, not the lab's runner."""
+    code = "import sys, hv.cli._control; print(sorted(m for m in sys.modules if m in WATCH))"
+    watch = "WATCH = {'hv._vm', 'hv.lab._runner', 'hv.lab._spec', 'unicorn'}; "
+    r = subprocess.run([sys.executable, "-c", watch + code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_line_buffer_cuts_lines_split_across_chunks() -> None:
+    lines = LineBuffer()
+    lines.feed(b'{"op": "he')
+    assert lines.next_line() is None and not lines.closed
+    lines.feed(b'llo"}')
+    assert lines.next_line() is None
+    lines.feed(b"\n")
+    assert lines.next_line() == b'{"op": "hello"}' and len(lines) == 0
+
+
+def test_line_buffer_takes_several_lines_from_one_chunk_then_the_stream() -> None:
+    lines = LineBuffer()
+    lines.feed(b"one\ntwo\n\nthree\nconsole bytes \x00\xff")
+    assert [lines.next_line() for _ in range(4)] == [b"one", b"two", b"", b"three"]
+    assert lines.next_line() is None
+    assert lines.rest() == b"console bytes \x00\xff" and lines.rest() == b""
+
+
+def test_line_buffer_refuses_a_line_over_its_limit() -> None:
+    lines = LineBuffer(max_line=8)
+    lines.feed(b"12345678")
+    assert lines.next_line() is None  # at the limit: it may still end
+    lines.feed(b"9")
+    with pytest.raises(LineTooLong, match="longer than 8 bytes"):
+        lines.next_line()
+    lines = LineBuffer(max_line=8)
+    lines.feed(b"12345678\nabc")  # a full-length line is fine
+    assert lines.next_line() == b"12345678" and lines.next_line() is None
+
+
+def test_line_buffer_at_eof_keeps_a_partial_line_as_the_rest() -> None:
+    lines = LineBuffer()
+    lines.feed(b"last\npart")
+    lines.feed(b"")
+    assert lines.closed
+    assert lines.next_line() == b"last"
+    assert lines.next_line() is None  # the stream ended: no more lines, ever
+    assert lines.rest() == b"part"
+
+
+def test_line_buffer_fed_a_byte_at_a_time_searches_each_byte_once() -> None:
+    lines = LineBuffer()
+    for byte in b"x" * 1000:
+        lines.feed(bytes([byte]))
+        assert lines.next_line() is None
+    assert lines._searched == 1000  # resumed, not rescanned from the start
+    lines.feed(b"\n")
+    assert lines.next_line() == b"x" * 1000
+
+
 def test_pcapng_blocks_are_written_whole() -> None:
     blocks = PcapngBlocks()
     block = (
@@ -617,13 +675,16 @@ async def test_a_lab_that_ends_at_once_exits_with_its_status_every_time(
     """The lab may end (and close its socket) before the task that accepts clients first
     runs: 200 times the same code path hv up takes, each must end with the VM's status."""
     from hv.lab._control import ControlServer
+    from hv.lab._runner import run_lab
     from hv.lab._spec import parse_lab
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(host.runtime))
     spec = parse_lab(_quick_lab(host.root, 3), host.root, "quick")
     for _ in range(200):
         with trio.fail_after(30), ControlServer(spec) as control:
-            assert await control.run_lab(spec) == 3
+            async with trio.open_nursery() as nursery:
+                run = await nursery.start(run_lab, spec)
+                assert await control.serve(run) == 3
     assert list(host.labs.iterdir()) == []  # nothing left behind: no socket, no lock
     r = host.hv("up", str(host.lab_file("quick", _quick_lab(host.root, 5))))
     assert r.returncode == 5, r.stdout + r.stderr
@@ -680,7 +741,7 @@ def test_console_exits_with_the_vms_status_and_down_is_idempotent(host: Host) ->
 
 
 def test_ended_labs_are_kept_boundedly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from hv.cli._control import ENDED_KEEP, ended_labs, forget_ended, record_ended
+    from hv.lab._protocol import ENDED_KEEP, ended_labs, forget_ended, record_ended
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     for i in range(ENDED_KEEP + 5):
@@ -716,6 +777,7 @@ async def test_hv_down_and_stop_of_another_users_lab_say_permission_denied(
     from hv.cli._control import control_command
     from hv.cli._main import build_parser
     from hv.lab._control import ControlServer
+    from hv.lab._runner import run_lab
     from hv.lab._spec import parse_lab
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(host.runtime))
@@ -723,7 +785,8 @@ async def test_hv_down_and_stop_of_another_users_lab_say_permission_denied(
     with trio.fail_after(60), ControlServer(spec) as control:
         control.uid = os.getuid() + 1  # as if another user ran it
         async with trio.open_nursery() as nursery:
-            run = await nursery.start(control.run_lab, spec)
+            run = await nursery.start(run_lab, spec)
+            await nursery.start(control.serve, run)
             for _ in range(5):
                 for command in (["down", "theirs"], ["stop", "theirs"]):
                     args = build_parser().parse_args(command)
@@ -746,7 +809,7 @@ def test_hv_up_d_gives_up_after_its_start_timeout(host: Host) -> None:
 
 def test_a_squatted_labs_folder_says_what_to_do(tmp_path: Path) -> None:
     from hv._errors import HostError
-    from hv.cli._control import _private_dir
+    from hv.lab._protocol import _private_dir
 
     squat = tmp_path / "hvfabric-1000"
     squat.mkdir(mode=0o755)

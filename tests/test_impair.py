@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from hv.lab._impair import parse_impairment
 from netfabric.frame import Frame
 from netfabric.impair import (
     COUNTERS,
@@ -29,7 +30,6 @@ from netfabric.impair import (
     ImpairedLink,
     Impairment,
     direction_rng,
-    parse_impairment,
 )
 from netfabric.offload import GSO_TCPV4, Offload, resolve
 from netfabric.switch import Switch
@@ -459,6 +459,14 @@ def test_parse_a_full_table() -> None:
     )
 
 
+def test_a_duration_is_seconds_or_a_string_with_or_without_a_unit() -> None:
+    """One rule for every duration (hv._values.duration): lab files that gave a DHCP lease
+    as a bare number and impairments with units both keep working."""
+    for delay in ("20ms", "20 ms", 0.02, "0.02", ".02s", "20000us"):
+        eg, ing = parse_impairment({"delay": delay}, K)
+        assert eg.delay == ing.delay == pytest.approx(0.02), delay
+
+
 def test_parse_per_direction_and_defaults() -> None:
     eg, ing = parse_impairment(
         {"delay": "1.5s", "egress": {"rate": "800kbit"}, "ingress": {"delay": 0, "rate": 1e9}}, K
@@ -476,8 +484,9 @@ def test_parse_per_direction_and_defaults() -> None:
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"delay": "20 ms"}, f'{K}.delay: "20 ms" is not a duration; use e.g. 20ms'),
-        ({"delay": 20}, f"{K}.delay: 20 is not a duration; use e.g. 20ms"),
+        ({"delay": "20 parsecs"}, f'{K}.delay: "20 parsecs" is not a duration; use e.g. 20ms'),
+        ({"delay": -0.02}, f"{K}.delay: -0.02 is not a duration"),
+        ({"delay": 61}, f"{K}.delay: 61 is out of range 0..60s"),
         ({"jitter": "2min"}, f'{K}.jitter: "2min" is not a duration'),
         ({"delay": "90s"}, f'{K}.delay: "90s" is out of range 0..60s'),
         ({"loss": 1.5}, f"{K}.loss: 1.5 is not a probability in 0..1"),

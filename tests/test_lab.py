@@ -70,8 +70,8 @@ def test_a_second_nic_is_named_on_the_command_line(tmp_path: Path) -> None:
     [
         (GOOD.replace('switch = "lan", ip = "10.0.0.2/24"', 'switch = "lna", ip = "10.0.0.2/24"'),
          'vms.b.nics[0].switch: no switch named "lna" (switches: lan)'),
-        (GOOD.replace('mem = "256M"', 'mem = "lots"'), "vms.a.mem: 'lots' is not a size"),
-        (GOOD.replace('mem = "256M"', 'mem = "64G"'), "vms.a.mem: '64G' is out of range"),
+        (GOOD.replace('mem = "256M"', 'mem = "lots"'), 'vms.a.mem: "lots" is not a size'),
+        (GOOD.replace('mem = "256M"', 'mem = "64G"'), 'vms.a.mem: "64G" is out of range 16M..16G'),
         (GOOD.replace('ip = "10.0.0.1/24"', 'ip = "10.0.0.300"'), "vms.a.nics[0].ip"),
         (GOOD.replace('mac = "52:54:00:12:34:56"', 'mac = "01:00:00:00:00:01"'), "multicast"),
         (GOOD.replace('mac = "52:54:00:12:34:56"', 'mac = "52:54:00"'), "vms.b.nics[0].mac"),

@@ -1,106 +1,54 @@
 """Driving running labs from another process: ``hv up -d``, ``hv ps``, ``hv console``,
 ``hv capture``, ``hv stop``, ``hv down``; and the client side of the control protocol.
 
-Each lab that ``hv up`` runs serves a control socket (``hv.lab._control``; the protocol is in
-docs/CONTROL.md). This module holds what both ends share (where the sockets are, the peer
-credential check) and the client, which is kept light: ``hv ps`` does not load the VM
-machinery.
+Each lab that ``hv up`` runs serves a control socket (``hv.lab._control``; what both ends
+share, where the sockets are and how lines are framed, is ``hv.lab._protocol``; the protocol
+is in docs/CONTROL.md). The client is kept light: ``hv ps`` does not load the VM machinery.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import re
 import signal
 import socket
-import stat
 import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hv._errors import ConfigError, HostError, HvError
+from hv._errors import ConfigError
+from hv.cli._terminal import EXIT_OUTPUT_CLOSED, EscapeKeys, raw_terminal
+from hv.lab._protocol import (
+    ENDED_KEEP,
+    LOG_ENV,
+    ControlError,
+    LabPaths,
+    LineBuffer,
+    LineTooLong,
+    already_running,
+    ended_lab,
+    ended_labs,
+    private_labs_dir,
+    running_labs,
+)
 
 if TYPE_CHECKING:
-    import trio
-
     from hv.lab._spec import LabSpec
 
-PROTOCOL = "hvfabric-control"
-VERSION = 1
-OPS = ("hello", "ps", "stats", "stop", "down", "console", "capture", "netem")
-MAX_LINE = 64 << 10  # longest line either end reads
-SUN_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path is 108, NUL-terminated)
-# How ``hv up -d`` tells the lab it starts where its log is (shown by ``hv ps``).
-LOG_ENV = "HV_CONTROL_LOG"
 COMMANDS = ("ps", "stats", "console", "stop", "down", "capture", "top")
 EXIT_FAILED = 1  # no such lab, VM or switch; the lab refused or went away
 EXIT_HOST = 3  # hv up -d: the lab did not come up in time
-ENDED_KEEP = 32  # ended labs remembered for hv ps -a (the newest)
 START_TIMEOUT = 120.0  # seconds hv up -d waits for a lab to answer by default
 NAME_MAX = 32  # characters in a lab's name (as a name = "..." in a lab file may have)
 
 
-class ControlError(HvError):
-    """A control request failed: no such lab, VM or switch; the lab refused; it went away."""
-
-
-# -- where labs live -----------------------------------------------------------------------
-
-
-def labs_dir() -> Path:
-    """The folder of this user's lab sockets (not created: see ``private_labs_dir``)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isabs(base) and os.path.isdir(base):
-        return Path(base) / "hvfabric" / "labs"
-    return Path(f"/tmp/hvfabric-{os.getuid()}") / "labs"
-
-
-def _private_dir(path: Path) -> None:
-    """``path`` exists, is a real directory of ours, and nobody else may enter it."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    st = os.lstat(path)
-    fix = f"set XDG_RUNTIME_DIR to a folder of your own, or remove {path}"
-    if not stat.S_ISDIR(st.st_mode):
-        raise HostError(f"{path} is not a directory: cannot put lab control sockets there ({fix})")
-    if st.st_uid != os.getuid():
-        raise HostError(
-            f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): refusing to "
-            f"put lab control sockets there ({fix})"
-        )
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)
-
-
-def private_labs_dir() -> Path:
-    """``labs_dir()``, created if need be: it and the folder it is in are 0700 and ours."""
-    path = labs_dir()
-    try:
-        _private_dir(path.parent)
-        _private_dir(path)
-    except OSError as e:
-        raise HostError(f"cannot make {path}: {e.strerror or e}") from None
-    return path
-
-
-@dataclass(frozen=True)
-class LabPaths:
-    sock: Path
-    lock: Path
-    log: Path
-
-    @classmethod
-    def of(cls, name: str, folder: Path | None = None) -> LabPaths:
-        folder = folder if folder is not None else labs_dir()
-        return cls(folder / f"{name}.sock", folder / f"{name}.lock", folder / f"{name}.log")
+# -- lab names ----------------------------------------------------------------------------
 
 
 def default_lab_name(path: Path) -> str:
@@ -172,86 +120,6 @@ def resolve_lab(text: str) -> str:
     return found[0][0] if found else text
 
 
-def running_labs() -> list[str]:
-    """The names of the labs with a socket in this user's folder (some may be stale)."""
-    try:
-        names = sorted(p.stem for p in labs_dir().glob("*.sock"))
-    except OSError:
-        return []
-    return names
-
-
-# -- ended labs (hv ps -a) ----------------------------------------------------------------
-
-
-def _ended_file() -> Path:
-    """The record of ended labs: ``ended.json`` beside the sockets' folder."""
-    return labs_dir().parent / "ended.json"
-
-
-def ended_labs() -> list[dict[str, Any]]:
-    """The labs that ended (their last ``ps``, with ``status`` and ``ended``), oldest first;
-    [] if there is no record or it is damaged."""
-    try:
-        entries = json.loads(_ended_file().read_text())
-    except (OSError, ValueError, RecursionError):
-        return []
-    if not isinstance(entries, list):
-        return []
-    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
-
-
-def ended_lab(name: str) -> dict[str, Any] | None:
-    return next((e for e in reversed(ended_labs()) if e["name"] == name), None)
-
-
-def _update_ended(change: Any) -> None:
-    """Rewrite the record with ``change(entries)``, under its lock (labs end concurrently)."""
-    private_labs_dir()
-    path = _ended_file()
-    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        entries = change(ended_labs())[-ENDED_KEEP:]
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, default=str))
-        os.replace(tmp, path)
-    finally:
-        os.close(fd)
-
-
-def record_ended(entry: dict[str, Any]) -> None:
-    """Remember a lab that ended (the newest ``ENDED_KEEP`` are kept, one per name)."""
-    _update_ended(lambda old: [e for e in old if e["name"] != entry["name"]] + [entry])
-
-
-def forget_ended(name: str) -> None:
-    _update_ended(lambda old: [e for e in old if e["name"] != name])
-
-
-# -- peer credentials ----------------------------------------------------------------------
-
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a connected Unix socket."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    pid, uid, gid = _UCRED.unpack(raw)
-    return pid, uid, gid
-
-
-def refusal(peer_uid: int, owner_uid: int, lab: str) -> str | None:
-    """Why a client of uid ``peer_uid`` may not drive a lab of ``owner_uid`` (None: it may).
-    Only the lab's owner may: not another user, not even root."""
-    if peer_uid == owner_uid:
-        return None
-    return (
-        f"permission denied: lab {lab} belongs to uid {owner_uid}; you are uid {peer_uid} "
-        "(only a lab's owner may drive it)"
-    )
-
-
 # -- the client side -----------------------------------------------------------------------
 
 
@@ -262,7 +130,7 @@ class Connection:
     def __init__(self, sock: socket.socket, name: str) -> None:
         self.sock = sock
         self.name = name
-        self._buf = bytearray()
+        self._lines = LineBuffer()
 
     @classmethod
     def open(cls, name: str, timeout: float | None = 10.0) -> Connection:
@@ -306,13 +174,13 @@ class Connection:
     def _pending(self) -> dict[str, Any] | None:
         """An answer line already received, without waiting; None if there is none."""
         with contextlib.suppress(OSError):
-            while b"\n" not in self._buf and len(self._buf) <= MAX_LINE:
+            while not self._lines.has_line() and len(self._lines) <= self._lines.max_line:
                 data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+                self._lines.feed(data)
                 if not data:
                     break
-                self._buf += data
         with contextlib.suppress(ControlError):
-            if b"\n" in self._buf:
+            if self._lines.has_line():
                 return self.read_message()
         return None
 
@@ -324,20 +192,17 @@ class Connection:
     def readline(self) -> bytes | None:
         """The next line (without its newline); None at the end of the connection."""
         while True:
-            end = self._buf.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buf[:end])
-                del self._buf[: end + 1]
+            try:
+                line = self._lines.next_line()
+            except LineTooLong:
+                raise ControlError(f"lab {self.name}: an answer line is too long") from None
+            if line is not None or self._lines.closed:
                 return line
-            if len(self._buf) > MAX_LINE:
-                raise ControlError(f"lab {self.name}: an answer line is too long")
             try:
                 data = self.sock.recv(65536)
             except OSError as e:
                 raise self._lost(e) from None
-            if not data:
-                return None
-            self._buf += data
+            self._lines.feed(data)
 
     def read_message(self) -> dict[str, Any] | None:
         line = self.readline()
@@ -363,9 +228,7 @@ class Connection:
 
     def buffered(self) -> bytes:
         """Bytes received after the last line read (the start of a stream)."""
-        data = bytes(self._buf)
-        self._buf.clear()
-        return data
+        return self._lines.rest()
 
 
 def probe(name: str, timeout: float = 2.0) -> dict[str, Any] | None:
@@ -632,8 +495,6 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _console(args: argparse.Namespace) -> int:
-    from hv.cli._main import EXIT_OUTPUT_CLOSED, EscapeKeys, _raw_terminal
-
     try:
         conn = Connection.open(args.lab, timeout=10.0)
     except ControlError:
@@ -668,7 +529,7 @@ def _console(args: argparse.Namespace) -> int:
             except OSError:
                 return
 
-        with _raw_terminal(0) if interactive else contextlib.nullcontext(False):
+        with raw_terminal(0) if interactive else contextlib.nullcontext(False):
             if stdin_ok:
                 threading.Thread(target=keys, name="hv-console-keys", daemon=True).start()
             data = conn.buffered()
@@ -972,17 +833,6 @@ def up_detached(args: argparse.Namespace) -> int:
     print(f"log: {paths.log}")
     print(f"socket: {paths.sock}")
     return 0
-
-
-def already_running(name: str, hello: dict[str, Any] | None) -> str:
-    """The error for a second lab of a name."""
-    who = f"pid {hello['pid']}" if hello and "pid" in hello else "starting up?"
-    file = f" from {hello['file']}" if hello and hello.get("file") else ""
-    return (
-        f"a lab named {name!r} is already running ({who}{file}; socket {LabPaths.of(name).sock}"
-        f"): attach with 'hv console {name} VM', end it with 'hv down {name}', or give this "
-        'one another name (-p NAME, or name = "..." in the lab file)'
-    )
 
 
 def _end(pid: int) -> None:

@@ -5,23 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from hv._errors import ConfigError
-
-_DISK_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+from hv._values import argument, size
 
 
 def parse_disk_size(text: str) -> int:
-    """'10G', '512M', '1048576' (bytes) -> bytes; a multiple of 512."""
-    m = _DISK_SIZE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size; use e.g. 1G, 512M or bytes")
-    n = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()]
-    if n <= 0 or n % 512:
+    """'10G', '512M', '1048576' (bytes) -> bytes (``hv._values.size``); a multiple of 512."""
+    n = argument(size, lo=1)(text)
+    if n % 512:
         raise argparse.ArgumentTypeError(f"'{text}' is {n} bytes: not a multiple of 512")
     return n
 

@@ -7,25 +7,25 @@ import contextlib
 import faulthandler
 import json
 import os
-import re
 import signal
 import sys
-import termios
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
 from hv import _log
 from hv._errors import ConfigError, HvError
 from hv._nic import Nic
+from hv._values import MIB, argument, size
 from hv.build import _guests, _image_linux
 from hv.build._kernels import resolve_kernel
 from hv.build._progress import StderrProgress
 from hv.cli import _control as _control_cli
 from hv.cli import _disk as _disk_cli
 from hv.cli import _netem as _netem_cli
+from hv.cli._terminal import EXIT_OUTPUT_CLOSED, EscapeKeys, raw_terminal
 from hv.hw import _platform as P
 from hv.hw._platform import DEFAULT_QUANTUM
 
@@ -35,18 +35,11 @@ if TYPE_CHECKING:
     from netfabric.switch import Switch
 
 EXIT_CONFIG = 4  # bad command line or input file (the guest never ran)
-ESCAPE = 0x01  # Ctrl-A, then 'x' quits (as in QEMU's -nographic console)
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
-    """'128M', '1G', '512' (MiB, as QEMU's -m) → bytes."""
-    m = _SIZE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size; use e.g. 128M or 1G")
-    n, unit = int(m.group(1)), (m.group(2) or "M").upper()
-    return n << {"K": 10, "M": 20, "G": 30, "T": 40}[unit]
+    """'128M', '1G', '512' (MiB, as QEMU's -m) -> bytes (``hv._values.size``)."""
+    return argument(size, bare=MIB)(text)
 
 
 def _quantum(text: str) -> int:
@@ -306,31 +299,6 @@ def _add_log_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-json", action="store_true", help="log JSON lines instead of text")
 
 
-@contextlib.contextmanager
-def _raw_terminal(fd: int) -> Iterator[bool]:
-    """Keys reach the guest as typed (no line editing, echo or Ctrl-C signal on the host); on a
-    pipe, nothing changes. Output processing stays on, so a guest's bare LF starts a new line
-    at the left margin."""
-    if not os.isatty(fd):
-        yield False
-        return
-    saved = termios.tcgetattr(fd)
-    mode = termios.tcgetattr(fd)
-    mode[0] &= ~(termios.ICRNL | termios.IXON | termios.INLCR | termios.IGNCR | termios.BRKINT)
-    mode[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG | termios.IEXTEN)
-    mode[6][termios.VMIN] = 1
-    mode[6][termios.VTIME] = 0
-    try:
-        termios.tcsetattr(fd, termios.TCSANOW, mode)
-        yield True
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-# Exit status when the reader of hv's output went away (as a Unix tool killed by SIGPIPE).
-EXIT_OUTPUT_CLOSED = 128 + 13
-
-
 class OutputClosed(Exception):
     """stdout is closed, or its reader went away: end quietly, as other Unix tools do."""
 
@@ -372,30 +340,6 @@ def _stdout_fd() -> int:
     return 1
 
 
-class EscapeKeys:
-    """A terminal's keys on their way to a console: Ctrl-A x means quit (detach), Ctrl-A
-    Ctrl-A sends one Ctrl-A, Ctrl-A and any other key send both. An escape split across two
-    reads is kept for the next."""
-
-    def __init__(self) -> None:
-        self.escape = False
-
-    def feed(self, data: bytes) -> tuple[bytes, bool]:
-        """The bytes to send, and whether Ctrl-A x came (what followed it is dropped)."""
-        out = bytearray()
-        for byte in data:
-            if self.escape:
-                self.escape = False
-                if byte in b"xX":
-                    return bytes(out), True
-                out += bytes([ESCAPE]) if byte == ESCAPE else bytes([ESCAPE, byte])
-            elif byte == ESCAPE:
-                self.escape = True
-            else:
-                out.append(byte)
-        return bytes(out), False
-
-
 async def _pump_input(vm: Vm, fd: int, interactive: bool, *, detach: bool = False) -> bool:
     """The terminal's (or a pipe's) bytes to the VM's console until EOF (False) or Ctrl-A x
     (True), which stops the VM, or with ``detach`` only ends the input."""
@@ -423,7 +367,7 @@ async def _attach(vm: Vm, fd: int) -> None:
     """``hv up --attach VM``: the terminal's keys go to the VM, raw, until Ctrl-A x detaches
     or the VM stops; then the terminal is as it was and the lab goes on (Ctrl-C stops it)."""
     detached = False
-    with _raw_terminal(fd) as interactive:
+    with raw_terminal(fd) as interactive:
         if interactive:
             _say(f"hv: attached to {vm.name}; Ctrl-A x detaches (the lab goes on)")
         async with trio.open_nursery() as nursery:
@@ -524,7 +468,7 @@ async def _run(args: argparse.Namespace) -> int:
 async def _run_vm(vm: Vm, ports: list[tuple[Switch, TapPort]]) -> int:
     closed = False
     stdin = sys.stdin.fileno() if sys.stdin is not None else -1
-    with _raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive:
+    with raw_terminal(stdin) if stdin >= 0 else contextlib.nullcontext(False) as interactive:
         async with trio.open_nursery() as nursery:
             if stdin >= 0:
                 nursery.start_soon(_pump_input, vm, stdin, interactive)
@@ -701,48 +645,35 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from hv._status import StopKind
     from hv.lab._control import ControlServer
+    from hv.lab._runner import run_lab
+    from hv.lab._view import LiveConsole, live_view, view_mode
 
     spec = _control_cli.load_named(Path(args.lab), args.project_name)
     if args.attach is not None and args.attach not in spec.vms:
         raise ConfigError(f"--attach: no VM named {args.attach!r} ({', '.join(spec.vms)})")
-    from functools import partial
-
-    from hv.lab._view import LiveConsole, live_view, view_mode
-
     write = _stdout_writer()
     # The live view: a table on a terminal (consoles printed above it), lines with --stats
     mode = view_mode(args.view, _stdout_fd() >= 0 and os.isatty(1))
     shown = LiveConsole(write) if mode is not None else None
     stdin = sys.stdin.fileno() if sys.stdin is not None and args.attach else -1
-    result: list[int] = []
     with ControlServer(spec, Path(args.lab)) as control:  # refused if the lab's name is taken
         async with trio.open_nursery() as nursery:
-
-            async def lab(task_status: trio.TaskStatus[Any]) -> None:
-                output = shown.write if shown is not None else write
-                result.append(  # run_lab with the control socket served alongside
-                    await control.run_lab(
-                        spec,
-                        output,
-                        args.exit_code_from,
-                        force=args.force,
-                        task_status=task_status,
-                    )
-                )
-                nursery.cancel_scope.cancel()  # the lab is over: stop reading the terminal
-
-            run = await nursery.start(lab)
+            lab = partial(run_lab, spec, None, args.exit_code_from, force=args.force)
+            run = await nursery.start(lab)  # its consoles are the control server's
             if shown is not None:
                 nursery.start_soon(partial(live_view, run, shown, terminal=mode == "table"))
             if stdin >= 0:
                 nursery.start_soon(_attach, run.vms[args.attach], stdin)
-    from hv._status import StopKind
-
+            status = await control.serve(run, shown.write if shown is not None else write)
+            nursery.cancel_scope.cancel()  # the lab is over: stop reading the terminal
     for name, info in run.exits.items():
         if info.exit_code and info.kind is not StopKind.STOPPED:
             print(f"hv: {name}: {info.reason} (exit status {info.exit_code})", file=sys.stderr)
-    return result[0] if result else 130
+    return status
 
 
 def _engine_command(args: argparse.Namespace) -> int:

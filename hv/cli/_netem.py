@@ -17,7 +17,8 @@ import sys
 from typing import Any
 
 from hv._errors import ConfigError
-from hv.cli._control import EXIT_FAILED, Connection, ControlError, resolve_lab
+from hv.cli._control import EXIT_FAILED, Connection, resolve_lab
+from hv.lab._protocol import ControlError
 
 DELAY_HELP = (
     "Each direction of a cable has its own settings, and a delay applies per direction: "
@@ -160,7 +161,7 @@ def _value(option: str, kind: str, text: str) -> Any:
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """The ``set`` table the options ask for, checked as the lab will check it (a
     ConfigError naming the option)."""
-    from netfabric.impair import parse_changes
+    from hv.lab._impair import parse_changes
 
     table = {
         name: _value(name, kind, getattr(args, name))

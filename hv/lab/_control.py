@@ -24,12 +24,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import importlib
 import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, cast
@@ -40,26 +39,29 @@ from hv._errors import ConfigError, HostError
 from hv._log import get_logger
 from hv._status import StopInfo
 from hv._vm import Vm, VmState
-from hv.cli._control import (
+from hv.lab._netem import netem
+from hv.lab._protocol import (
     LOG_ENV,
-    MAX_LINE,
     OPS,
     PROTOCOL,
     SUN_PATH_MAX,
     VERSION,
     ControlError,
     LabPaths,
+    LineBuffer,
+    LineTooLong,
     already_running,
     forget_ended,
+    lock_holder,
+    lock_text,
     peer_credentials,
     private_labs_dir,
-    probe,
     record_ended,
     refusal,
 )
-from hv.lab._netem import netem
-from hv.lab._runner import LabRun, Output, PrefixedOutput, run_lab
+from hv.lab._runner import LabRun, Output, PrefixedOutput
 from hv.lab._spec import LabSpec
+from hv.lab._stats import snapshot
 from netfabric.capture import STATS_BLOCK, PcapngWriter
 from netfabric.frame import Frame
 from netfabric.switch import Switch
@@ -252,30 +254,27 @@ def _exit(info: StopInfo | None) -> dict[str, Any] | None:
 
 
 class _Lines:
-    """Request lines from a client's stream; ``rest`` is what came after the last one."""
+    """Request lines from a client's stream (``LineBuffer``); ``rest`` is what came after the
+    last one."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.buf = bytearray()
+        self.buffer = LineBuffer()
 
     async def line(self) -> bytes | None:
         while True:
-            end = self.buf.find(b"\n")
-            if end >= 0:
-                line = bytes(self.buf[:end])
-                del self.buf[: end + 1]
+            try:
+                line = self.buffer.next_line()
+            except LineTooLong:
+                raise ControlError(
+                    f"request line longer than {self.buffer.max_line} bytes"
+                ) from None
+            if line is not None or self.buffer.closed:
                 return line
-            if len(self.buf) > MAX_LINE:
-                raise ControlError(f"request line longer than {MAX_LINE} bytes")
-            data = await self.stream.receive_some(65536)
-            if not data:
-                return None
-            self.buf += data
+            self.buffer.feed(await self.stream.receive_some(65536))
 
     def rest(self) -> bytes:
-        data = bytes(self.buf)
-        self.buf.clear()
-        return data
+        return self.buffer.rest()
 
 
 async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
@@ -285,11 +284,12 @@ async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
 class ControlServer:
     """A lab's control socket, for the lab's life.
 
-        with ControlServer(spec, path) as control:          # claims the name (or refuses)
-            status = await control.run_lab(spec, output)    # runs the lab, serving clients
+        with ControlServer(spec, path) as control:        # claims the name (or refuses)
+            async with trio.open_nursery() as nursery:
+                run = await nursery.start(run_lab, spec)  # the lab, its consoles unread
+                status = await control.serve(run, output) # the socket, until the lab ends
 
-    ``run_lab`` is ``hv.lab.run_lab`` with the socket served alongside; console output goes
-    to ``output`` (prefixed by VM name) and to attached clients.
+    Console output goes to ``output`` (prefixed by VM name) and to attached clients.
     """
 
     def __init__(self, spec: LabSpec, file: Path | None = None) -> None:
@@ -344,7 +344,7 @@ class ControlServer:
                 os.close(fd)
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise HostError(f"cannot lock {paths.lock}: {e.strerror or e}") from None
-                raise ConfigError(already_running(self.name, probe(self.name))) from None
+                raise ConfigError(already_running(self.name, lock_holder(paths.lock))) from None
             # The lab that held it may have removed the file meanwhile (release): then this
             # lock is on a file nobody else will look at; take the one at the path instead.
             held = os.fstat(fd)
@@ -356,7 +356,7 @@ class ControlServer:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{self.pid}\n".encode())
+        os.write(fd, lock_text(self.pid, self.file))
         self._lock_fd = fd
         with contextlib.suppress(FileNotFoundError):  # a lab that died left it: nobody answers
             os.unlink(paths.sock)
@@ -400,24 +400,23 @@ class ControlServer:
 
     # -- running -------------------------------------------------------------------------
 
-    async def run_lab(
+    async def serve(
         self,
-        spec: LabSpec,
+        run: LabRun,
         output: Output | None = None,
-        exit_code_from: str | None = None,
         *,
-        force: bool = False,
-        task_status: trio.TaskStatus[LabRun] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> int:
-        """``hv.lab.run_lab(spec, output, exit_code_from, force=force)`` with the control
-        socket served while the lab runs (``spec`` is the one the name was claimed for)."""
-        if spec.name != self.name:
-            raise ValueError(f"this control socket is lab {self.name}'s, not {spec.name}'s")
-        self.spec = spec
+        """Serve the socket for ``run`` until the lab ends; the lab's status. ``run`` is what
+        ``hv.lab.run_lab(spec)`` started, without an output of its own: the VMs' consoles are
+        the server's, printed to ``output`` (prefixed by VM name) and handed to clients.
+        Started (``nursery.start``) once the socket listens."""
+        if run.spec.name != self.name:
+            raise ValueError(f"this control socket is lab {self.name}'s, not {run.spec.name}'s")
+        self.spec = run.spec
         if self._lock_fd is None:
             self.claim()
         async with trio.open_nursery() as nursery:
-            run: LabRun = await nursery.start(self._lab, exit_code_from, force)
             self.run = run
             self.started = time.time()
             prefixed = PrefixedOutput(output, list(run.vms)) if output is not None else None
@@ -428,16 +427,11 @@ class ControlServer:
             listener = await self._bind()
             nursery.start_soon(self._accept, listener)
             log.info("control socket", lab=self.name, path=str(self.paths and self.paths.sock))
-            task_status.started(run)
+            task_status.started()
             status = await run.wait()
             await self._finish()
             nursery.cancel_scope.cancel()
         return status
-
-    async def _lab(
-        self, exit_code_from: str | None, force: bool, *, task_status: trio.TaskStatus[LabRun]
-    ) -> None:
-        await run_lab(self.spec, None, exit_code_from, force=force, task_status=task_status)
 
     async def _pump_console(self, name: str, fan: ConsoleFan, out: PrefixedOutput | None) -> None:
         vm = fan.vm
@@ -609,17 +603,9 @@ class ControlServer:
         }
 
     def stats(self) -> dict[str, Any]:
-        """``hv.lab._stats.snapshot(run)`` where that module exists, else VMs and ports."""
+        """``hv.lab._stats.snapshot`` of the lab."""
         assert self.run is not None
-        try:
-            module = importlib.import_module("hv.lab._stats")
-        except ModuleNotFoundError as e:
-            if e.name != "hv.lab._stats":
-                raise
-        else:
-            snapshot: Callable[[LabRun], dict[str, Any]] = module.snapshot
-            return snapshot(self.run)
-        return self._own_stats()
+        return snapshot(self.run)
 
     def netem(self, request: dict[str, Any]) -> dict[str, Any]:
         """Show or change an impaired cable (``hv.lab._netem.netem``)."""
@@ -628,25 +614,6 @@ class ControlServer:
             return netem(self.run, request)
         except (LookupError, ValueError) as e:
             raise ControlError(str(e.args[0]) if e.args else str(e)) from None
-
-    def _own_stats(self) -> dict[str, Any]:
-        assert self.run is not None
-        vms = {}
-        for name, vm in self.run.vms.items():
-            info = self.vm_info(name)
-            vms[name] = {k: info[k] for k in ("state", "uptime", "exit")}
-            vms[name]["counters"] = vm.stats
-        switches = {}
-        for sname, sw in self.run.switches.items():
-            ports = {}
-            for port in sw.ports.values():
-                c = port.counters
-                ports[port.name] = {
-                    "rx_frames": c.rx_frames, "rx_bytes": c.rx_bytes,
-                    "tx_frames": c.tx_frames, "tx_bytes": c.tx_bytes, "drops": dict(c.drops),
-                }  # fmt: skip
-            switches[sname] = {"ports": ports, "macs": len(sw.core.table)}
-        return {"lab": self.name, "time": time.time(), "vms": vms, "switches": switches}
 
     async def _stop(self, which: object) -> list[dict[str, Any]]:
         assert self.run is not None

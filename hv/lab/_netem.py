@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Literal
 
-from netfabric.impair import ImpairedDirection, ImpairedLink, parse_changes
+from hv.lab._impair import parse_changes
+from netfabric.impair import ImpairedDirection, ImpairedLink
 
 if TYPE_CHECKING:
     from hv.lab._runner import LabRun

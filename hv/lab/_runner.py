@@ -24,7 +24,7 @@ from hv.board._loader import load_file
 from hv.build._kernels import build_bundled, resolve_kernel
 from hv.build._progress import StderrProgress
 from hv.hw._platform import DEFAULT_QUANTUM
-from hv.lab._spec import Impair, LabSpec, NicSpec, VmSpec, check_captures
+from hv.lab._spec import LabSpec, NicSpec, VmSpec, check_captures
 from netfabric.capture import CaptureError
 from netfabric.impair import ImpairedLink
 from netfabric.ports.base import Cable
@@ -84,13 +84,6 @@ class LabRun:
     # "links[0]", "a.eth0": the impairments on cables, changeable while the lab runs
     impairments: dict[str, ImpairedLink] = field(default_factory=dict)
     exits: dict[str, StopInfo] = field(default_factory=dict)
-
-
-def _cable(impair: Impair, name: str) -> ImpairedLink:
-    try:
-        return ImpairedLink.from_table(impair.table, impair.key, name)
-    except ValueError as e:  # checked when the file was parsed; a spec built in code may not be
-        raise ConfigError(str(e)) from None
 
 
 def services_config(spec: LabSpec, switch: str) -> ServicesConfig:
@@ -248,7 +241,9 @@ async def run_lab(
                     imp = None
                     if link.impair is not None:
                         imp = run.impairments[f"links[{i}]"] = await nursery.start(
-                            _cable(link.impair, f"{link.a}-{link.b}").run
+                            ImpairedLink(
+                                link.impair.egress, link.impair.ingress, f"{link.a}-{link.b}"
+                            ).run
                         )
                     made = Link(run.switches[link.a], run.switches[link.b], imp)
                     if link.vlans is not None:
@@ -260,7 +255,7 @@ async def run_lab(
                         if nic.impair is not None:
                             name = f"{vspec.name}.eth{i}"
                             imp = run.impairments[name] = await nursery.start(
-                                _cable(nic.impair, name).run
+                                ImpairedLink(nic.impair.egress, nic.impair.ingress, name).run
                             )
                             # egress: from the VM into the switch; ingress: the other way
                             cables[(vspec.name, i)] = imp

@@ -48,12 +48,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blockdev.open import DiskSpec, parse_disk_spec
 from hv._errors import ConfigError
-from hv._nic import default_mac, nic_cmdline, parse_mac
+from hv._nic import default_mac, nic_cmdline
+from hv._values import (
+    MIB,
+    BadValue,
+    duration,
+    ipv4_address,
+    ipv4_interface,
+    ipv4_network,
+    mac,
+    size,
+    string,
+    table,
+    unknown,
+)
 from hv.hw import _platform as P
+from hv.lab._impair import parse_impairment
+from netfabric.impair import Impairment
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(i?B)?\s*$", re.IGNORECASE)
 
 SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap"}
 DHCP_KEYS = {"pool", "lease", "boot"}
@@ -62,7 +77,6 @@ DISK_KEYS = {"file", "ro", "format", "snapshot", "serial", "backing_dirs"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
 LINK_KEYS = {"a", "b", "impair", "vlans"}
 LAB_KEYS = {"name", "switches", "vms", "links"}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 TAP_NAME_MAX = 15  # IFNAMSIZ - 1
 LAB_FILE_MAX = 1 << 20  # bytes: a lab file is a page or two of TOML
 # The VLAN the built-in services (DHCP, DNS, TFTP) answer in: untagged on their switch, and
@@ -100,10 +114,10 @@ class SwitchSpec:
 
 @dataclass(frozen=True)
 class Impair:
-    """An impairment table as written (checked by netfabric.impair when parsed)."""
+    """A cable's impairment (``impair = {...}``): each direction's settings."""
 
-    table: dict[str, Any]
-    key: str
+    egress: Impairment
+    ingress: Impairment
 
 
 @dataclass(frozen=True)
@@ -137,7 +151,7 @@ class VmSpec:
     initrd: Path | None = None
     quantum: int | None = None
     nics: tuple[NicSpec, ...] = ()
-    disks: tuple[str, ...] = ()  # --disk specs, FILE relative to the lab's folder
+    disks: tuple[DiskSpec, ...] = ()  # FILE relative to the lab's folder
 
 
 @dataclass(frozen=True)
@@ -164,45 +178,6 @@ class LabSpec:
         return out
 
 
-def _table(value: Any, key: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
-    return value
-
-
-def _str(value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {type(value).__name__}")
-    return value
-
-
-def _unknown(keys: set[str], allowed: set[str], where: str) -> None:
-    extra = sorted(keys - allowed)
-    if extra:
-        raise ConfigError(f"{where}.{extra[0]}: unknown key (known: {', '.join(sorted(allowed))})")
-
-
-def _size(value: Any, key: str) -> int:
-    text = _str(value, key) if not isinstance(value, int) else str(value)
-    m = _SIZE.match(text)
-    if not m:
-        raise ConfigError(f"{key}: {value!r} is not a size; use e.g. 128M or 1G")
-    n = int(m.group(1)) << {"": 20, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
-    if not P.MEM_MIN <= n <= P.MEM_MAX:
-        raise ConfigError(f"{key}: {value!r} is out of range 16M..16G")
-    return n
-
-
-def _duration(value: Any, key: str) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    m = _DURATION.match(_str(value, key))
-    if not m:
-        raise ConfigError(f"{key}: {value!r} is not a duration; use e.g. 1h, 30m or 600s")
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-    return float(m.group(1)) * scale
-
-
 def _vid(value: Any, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4094:
         raise ConfigError(f"{key}: {value!r} is not a VLAN id in 1..4094")
@@ -215,28 +190,15 @@ def _vids(value: Any, key: str) -> frozenset[int]:
     return frozenset(_vid(v, f"{key}[{i}]") for i, v in enumerate(value))
 
 
-def _address(text: str, key: str) -> ipaddress.IPv4Address:
-    try:
-        return ipaddress.IPv4Address(text.strip())
-    except ValueError:
-        raise ConfigError(f"{key}: {text!r} is not an IPv4 address") from None
-
-
 def _switch(name: str, t: dict[str, Any], base: Path) -> SwitchSpec:
     key = f"switches.{name}"
-    _unknown(set(t), SWITCH_KEYS, key)
-    cap = base / _str(t["capture"], f"{key}.capture") if "capture" in t else None
+    unknown(t, SWITCH_KEYS, key)
+    cap = base / string(t["capture"], f"{key}.capture") if "capture" in t else None
     subnet = None
     if "subnet" in t:
-        text = _str(t["subnet"], f"{key}.subnet")
-        try:
-            subnet = ipaddress.IPv4Network(text)
-        except ValueError:
-            raise ConfigError(
-                f"{key}.subnet: {text!r} is not an IPv4 network like 10.0.0.0/24"
-            ) from None
+        subnet = ipv4_network(t["subnet"], f"{key}.subnet")
         if subnet.num_addresses < 4:
-            raise ConfigError(f"{key}.subnet: {text} is too small for hosts (at most /30)")
+            raise ConfigError(f"{key}.subnet: {subnet} is too small for hosts (at most /30)")
     wants = [k for k in ("dhcp", "dns", "tftp") if t.get(k, False) is not False]
     if wants and subnet is None:
         raise ConfigError(f"{key}.{wants[0]}: the built-in services need {key}.subnet")
@@ -245,15 +207,15 @@ def _switch(name: str, t: dict[str, Any], base: Path) -> SwitchSpec:
     if raw is True or isinstance(raw, dict):
         assert subnet is not None
         d = raw if isinstance(raw, dict) else {}
-        _unknown(set(d), DHCP_KEYS, f"{key}.dhcp")
+        unknown(d, DHCP_KEYS, f"{key}.dhcp")
         hosts = list(subnet.hosts())
         if "pool" in d:
-            text = _str(d["pool"], f"{key}.dhcp.pool")
+            text = string(d["pool"], f"{key}.dhcp.pool")
             first_s, sep, last_s = text.partition("-")
             if not sep:
                 raise ConfigError(f"{key}.dhcp.pool: {text!r} is not a range like A.B.C.D-A.B.C.E")
-            first = _address(first_s, f"{key}.dhcp.pool")
-            last = _address(last_s, f"{key}.dhcp.pool")
+            first = ipv4_address(first_s, f"{key}.dhcp.pool")
+            last = ipv4_address(last_s, f"{key}.dhcp.pool")
             if last < first:
                 raise ConfigError(f"{key}.dhcp.pool: {text} ends before it starts")
             for a in (first, last):
@@ -266,10 +228,10 @@ def _switch(name: str, t: dict[str, Any], base: Path) -> SwitchSpec:
                 )
         else:  # the upper half of the subnet's hosts but the last (often a router's)
             first, last = hosts[len(hosts) // 2], hosts[-2]
-        lease = _duration(d.get("lease", 3600), f"{key}.dhcp.lease")
+        lease = duration(d.get("lease", 3600), f"{key}.dhcp.lease")
         if not 60 <= lease <= 86400 * 365:
             raise ConfigError(f"{key}.dhcp.lease: {lease:g} s is out of range 60 s..365 d")
-        boot = _str(d["boot"], f"{key}.dhcp.boot") if "boot" in d else None
+        boot = string(d["boot"], f"{key}.dhcp.boot") if "boot" in d else None
         dhcp = DhcpSpec((first, last), lease, boot)
     elif raw is not False:
         raise ConfigError(f"{key}.dhcp: expected true, false or a table (pool, lease, boot)")
@@ -278,33 +240,26 @@ def _switch(name: str, t: dict[str, Any], base: Path) -> SwitchSpec:
         raise ConfigError(f"{key}.dns: expected true or false")
     tftp = None
     if "tftp" in t:
-        tftp = base / _str(t["tftp"], f"{key}.tftp")
+        tftp = base / string(t["tftp"], f"{key}.tftp")
         if not tftp.is_dir():
             raise ConfigError(f"{key}.tftp: {str(tftp)!r} is not a directory")
     tap = None
     if "tap" in t:
-        tap = _str(t["tap"], f"{key}.tap")
+        tap = string(t["tap"], f"{key}.tap")
         if not 0 < len(tap.encode()) <= TAP_NAME_MAX or "/" in tap or tap.strip() != tap:
             raise ConfigError(
                 f"{key}.tap: {tap!r} is not an interface name (1..{TAP_NAME_MAX} bytes)"
             )
     gateway = None
     if "gateway" in t:
-        gateway = _address(_str(t["gateway"], f"{key}.gateway"), f"{key}.gateway")
+        gateway = ipv4_address(string(t["gateway"], f"{key}.gateway"), f"{key}.gateway")
         if subnet is None or gateway not in subnet:
             raise ConfigError(f"{key}.gateway: {gateway} is not in {key}.subnet")
     return SwitchSpec(name, cap, subnet, dhcp, bool(dns), tftp, tap, gateway)
 
 
 def _impair(value: Any, key: str) -> Impair:
-    t = _table(value, key)
-    from netfabric.impair import parse_impairment
-
-    try:
-        parse_impairment(t, key)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return Impair(t, key)
+    return Impair(*parse_impairment(value, key))
 
 
 def _untagged_vlan(n: dict[str, Any], nkey: str) -> int | None:
@@ -327,8 +282,8 @@ def _nic(
     reach: dict[str, frozenset[str]],
 ) -> NicSpec:
     """One NIC; ``reach``: the switches each switch's VLAN-1 frames reach over links."""
-    _unknown(set(n), NIC_KEYS, nkey)
-    sw = _str(n.get("switch"), f"{nkey}.switch") if "switch" in n else None
+    unknown(n, NIC_KEYS, nkey)
+    sw = string(n.get("switch"), f"{nkey}.switch") if "switch" in n else None
     if sw is None:
         raise ConfigError(f"{nkey}.switch: missing (switches: {', '.join(switches) or 'none'})")
     if sw not in switches:
@@ -337,7 +292,7 @@ def _nic(
     spec = switches[sw]
     ip: ipaddress.IPv4Interface | str | None = None
     if "ip" in n:
-        text = _str(n["ip"], f"{nkey}.ip")
+        text = string(n["ip"], f"{nkey}.ip")
         if text == "dhcp":
             vid = _untagged_vlan(n, nkey)
             if vid != SERVICES_VLAN or not any(switches[x].dhcp for x in reach.get(sw, (sw,))):
@@ -353,12 +308,11 @@ def _nic(
             ip = "dhcp"
         else:
             try:
-                default_len = f"/{spec.subnet.prefixlen}" if spec.subnet else "/24"
-                ip = ipaddress.IPv4Interface(text if "/" in text else text + default_len)
-            except ValueError:
-                raise ConfigError(
-                    f"{nkey}.ip: {text!r} is not an IPv4 address like 10.0.0.1/24 or dhcp"
-                ) from None
+                ip = ipv4_interface(
+                    text, f"{nkey}.ip", spec.subnet.prefixlen if spec.subnet else 24
+                )
+            except BadValue as e:
+                raise BadValue(f"{e} or dhcp") from None
             if spec.subnet is not None:
                 if ip.ip not in spec.subnet:
                     raise ConfigError(
@@ -370,18 +324,11 @@ def _nic(
                     )
     gateway = None
     if "gateway" in n:
-        text = _str(n["gateway"], f"{nkey}.gateway")
-        gateway = _address(text, f"{nkey}.gateway")
+        gateway = ipv4_address(n["gateway"], f"{nkey}.gateway")
         if not isinstance(ip, ipaddress.IPv4Interface) or gateway not in ip.network:
-            raise ConfigError(f"{nkey}.gateway: {text} is not in the NIC's subnet")
-    if "mac" in n:
-        try:
-            mac = parse_mac(_str(n["mac"], f"{nkey}.mac"))
-        except ConfigError as e:
-            raise ConfigError(f"{nkey}.mac: {e}") from None
-    else:
-        mac = default_mac(vname, i)
-    cap = base / _str(n["capture"], f"{nkey}.capture") if "capture" in n else None
+            raise ConfigError(f"{nkey}.gateway: {gateway} is not in the NIC's subnet")
+    nic_mac = mac(n["mac"], f"{nkey}.mac") if "mac" in n else default_mac(vname, i)
+    cap = base / string(n["capture"], f"{nkey}.capture") if "capture" in n else None
     vlan = _vid(n["vlan"], f"{nkey}.vlan") if "vlan" in n else None
     trunk = _vids(n["trunk"], f"{nkey}.trunk") if "trunk" in n else None
     native = _vid(n["native"], f"{nkey}.native") if "native" in n else None
@@ -390,15 +337,13 @@ def _nic(
     if native is not None and trunk is None:
         raise ConfigError(f"{nkey}.native: only a trunk has a native VLAN (add trunk = [...])")
     impair = _impair(n["impair"], f"{nkey}.impair") if "impair" in n else None
-    return NicSpec(sw, mac, ip, gateway, cap, vlan, trunk, native, impair)
+    return NicSpec(sw, nic_mac, ip, gateway, cap, vlan, trunk, native, impair)
 
 
-def _disks(raw: Any, key: str, nics: int = 0) -> tuple[str, ...]:
+def _disks(raw: Any, key: str, nics: int = 0) -> tuple[DiskSpec, ...]:
     """``disks = ["base.qcow2,snapshot", { file = "data.img", ro = true, serial = "x" }]``;
     a table may allow backing files outside the image's folder: ``backing_dirs = ["../base"]``
     (relative to the lab file)."""
-    from blockdev.open import parse_disk_spec
-
     if not isinstance(raw, list):
         raise ConfigError(f"{key}: expected a list of disk specs or tables")
     if len(raw) + nics > P.VIRTIO_SLOTS:
@@ -406,46 +351,43 @@ def _disks(raw: Any, key: str, nics: int = 0) -> tuple[str, ...]:
             f"{key}: {len(raw)} disks and {nics} NICs, but hv-virt has {P.VIRTIO_SLOTS} virtio "
             "slots (one per disk or NIC)"
         )
-    out = []
-    for i, val in enumerate(raw):
-        dkey = f"{key}[{i}]"
-        if isinstance(val, dict):
-            _unknown(set(val), DISK_KEYS, dkey)
-            if "file" not in val:
-                raise ConfigError(f"{dkey}.file: missing (the image file)")
-            text = _str(val["file"], f"{dkey}.file").replace(",", ",,")
-            for flag in ("ro", "snapshot"):
-                if not isinstance(val.get(flag, False), bool):
-                    raise ConfigError(f"{dkey}.{flag}: expected true or false")
-                if val.get(flag):
-                    text += f",{flag}"
-            for opt in ("format", "serial"):
-                if opt in val:
-                    text += f",{opt}=" + _str(val[opt], f"{dkey}.{opt}").replace(",", ",,")
-            dirs = val.get("backing_dirs", [])
-            if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
-                raise ConfigError(f"{dkey}.backing_dirs: expected a list of folder names")
-            text += "".join(",backing-dir=" + d.replace(",", ",,") for d in dirs)
-        else:
-            text = _str(val, dkey)
+    return tuple(_disk(val, f"{key}[{i}]") for i, val in enumerate(raw))
+
+
+def _disk(val: Any, dkey: str) -> DiskSpec:
+    if not isinstance(val, dict):
         try:
-            parse_disk_spec(text)
+            return parse_disk_spec(string(val, dkey))
         except ValueError as e:
             raise ConfigError(f"{dkey}: {e}") from None
-        out.append(text)
-    return tuple(out)
+    unknown(val, DISK_KEYS, dkey)
+    if "file" not in val:
+        raise ConfigError(f"{dkey}.file: missing (the image file)")
+    flags = {}
+    for flag in ("ro", "snapshot"):
+        flags[flag] = val.get(flag, False)
+        if not isinstance(flags[flag], bool):
+            raise ConfigError(f"{dkey}.{flag}: expected true or false")
+    opts = {o: string(val[o], f"{dkey}.{o}") for o in ("format", "serial") if o in val}
+    dirs = val.get("backing_dirs", [])
+    if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
+        raise ConfigError(f"{dkey}.backing_dirs: expected a list of folder names")
+    try:
+        return DiskSpec(
+            string(val["file"], f"{dkey}.file"), flags["ro"], opts.get("format"),
+            flags["snapshot"], opts.get("serial"), tuple(dirs),
+        )  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(f"{dkey}: {e}") from None
 
 
 def _shared_disks(vms: dict[str, VmSpec], base: Path) -> None:
     """Refuse an image that one disk writes and another disk uses too (the same file under
     any name: relative, through a symlink or a hard link), before anything starts; the image
     locks would refuse it when the second disk opens (``blockdev.raw.lock_image``)."""
-    from blockdev.open import parse_disk_spec
-
     seen: dict[object, tuple[str, bool]] = {}
     for vname, vm in vms.items():
-        for i, text in enumerate(vm.disks):
-            spec = parse_disk_spec(text)
+        for i, spec in enumerate(vm.disks):
             path = os.path.realpath(base / spec.path)
             ident: object = path
             with contextlib.suppress(OSError):
@@ -472,13 +414,13 @@ def _links(raw: Any, switches: dict[str, SwitchSpec]) -> tuple[LinkSpec, ...]:
     links = []
     for i, val in enumerate(raw):
         key = f"links[{i}]"
-        t = _table(val, key)
-        _unknown(set(t), LINK_KEYS, key)
+        t = table(val, key)
+        unknown(t, LINK_KEYS, key)
         ends = []
         for end in ("a", "b"):
             if end not in t:
                 raise ConfigError(f"{key}.{end}: missing (the switches the link joins)")
-            name = _str(t[end], f"{key}.{end}")
+            name = string(t[end], f"{key}.{end}")
             if name not in switches:
                 known = ", ".join(switches) or "none defined"
                 raise ConfigError(f'{key}.{end}: no switch named "{name}" (switches: {known})')
@@ -523,15 +465,15 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
 
 def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> LabSpec:
     """A lab from its tables (what a TOML file holds, or what ``Lab`` builds in code)."""
-    _unknown(set(doc), LAB_KEYS, "lab")
-    name = check_lab_name(_str(doc.get("name", default_name), "name"), "name")
+    unknown(doc, LAB_KEYS, "lab")
+    name = check_lab_name(string(doc.get("name", default_name), "name"), "name")
     switches: dict[str, SwitchSpec] = {}
     taps: dict[str, str] = {}
-    for sname, sval in _table(doc.get("switches", {}), "switches").items():
+    for sname, sval in table(doc.get("switches", {}), "switches").items():
         key = f"switches.{sname}"
         if not _NAME.match(sname):
             raise ConfigError(f"{key}: switch names are lowercase letters, digits, - and _")
-        switches[sname] = spec = _switch(sname, _table(sval, key), base)
+        switches[sname] = spec = _switch(sname, table(sval, key), base)
         if spec.tap is not None:
             if spec.tap in taps:
                 raise ConfigError(f"{key}.tap: {spec.tap} is also on switch {taps[spec.tap]}")
@@ -539,7 +481,7 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
     links = _links(doc.get("links", []), switches)
     reach = {name: connected(name, links) for name in switches}
     vms: dict[str, VmSpec] = {}
-    raw_vms = _table(doc.get("vms", {}), "vms")
+    raw_vms = table(doc.get("vms", {}), "vms")
     if not raw_vms:
         raise ConfigError("vms: a lab needs at least one VM ([vms.NAME] with a kernel)")
     macs: dict[bytes, str] = {}
@@ -548,8 +490,8 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
         key = f"vms.{vname}"
         if not _NAME.match(vname):
             raise ConfigError(f"{key}: VM names are lowercase letters, digits, - and _")
-        t = _table(vval, key)
-        _unknown(set(t), VM_KEYS, key)
+        t = table(vval, key)
+        unknown(t, VM_KEYS, key)
         if "kernel" not in t:
             raise ConfigError(f"{key}.kernel: missing (a bundled guest, linux, or a path)")
         nics = []
@@ -558,7 +500,7 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
             raise ConfigError(f"{key}.nics: expected a list of tables")
         for i, nval in enumerate(raw_nics):
             nkey = f"{key}.nics[{i}]"
-            nic = _nic(_table(nval, nkey), nkey, vname, i, switches, base, reach)
+            nic = _nic(table(nval, nkey), nkey, vname, i, switches, base, reach)
             if nic.mac in macs:
                 raise ConfigError(f"{nkey}.mac: {nic.mac.hex(':')} is also {macs[nic.mac]}'s")
             macs[nic.mac] = nkey
@@ -591,11 +533,13 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
             )
         vms[vname] = VmSpec(
             name=vname,
-            kernel=_str(t["kernel"], f"{key}.kernel"),
-            mem=_size(t["mem"], f"{key}.mem") if "mem" in t else P.MEM_DEFAULT,
-            append=_str(t.get("append", ""), f"{key}.append"),
-            cmdline=_str(t["cmdline"], f"{key}.cmdline") if "cmdline" in t else None,
-            initrd=base / _str(t["initrd"], f"{key}.initrd") if "initrd" in t else None,
+            kernel=string(t["kernel"], f"{key}.kernel"),
+            mem=size(t["mem"], f"{key}.mem", bare=MIB, lo=P.MEM_MIN, hi=P.MEM_MAX)
+            if "mem" in t
+            else P.MEM_DEFAULT,
+            append=string(t.get("append", ""), f"{key}.append"),
+            cmdline=string(t["cmdline"], f"{key}.cmdline") if "cmdline" in t else None,
+            initrd=base / string(t["initrd"], f"{key}.initrd") if "initrd" in t else None,
             quantum=quantum,
             nics=tuple(nics),
             disks=disks,
@@ -652,8 +596,6 @@ def check_captures(spec: LabSpec, force: bool = False) -> None:
     disk's image, another capture's file (the same path or inode), anything but a regular
     file, or an existing file that is not pcapng (unless ``force``; an old capture is
     overwritten, as ``tcpdump -w`` does). Each error names the capture's key."""
-    from blockdev.open import parse_disk_spec
-
     taken: dict[Path | tuple[int, int], str] = {}  # resolved path and (dev, inode) -> whose
 
     def claim(path: Path, whose: str) -> None:
@@ -663,9 +605,9 @@ def check_captures(spec: LabSpec, force: bool = False) -> None:
     if spec.source is not None:
         claim(spec.source, "the lab file")
     for vm in spec.vms.values():
-        for i, text in enumerate(vm.disks):
+        for i, disk in enumerate(vm.disks):
             try:
-                claim(spec.base / parse_disk_spec(text).path, f"vms.{vm.name}.disks[{i}]'s image")
+                claim(spec.base / disk.path, f"vms.{vm.name}.disks[{i}]'s image")
             except (ValueError, OSError):
                 continue  # the disk's own error comes when it is opened
     captures = [(f"switches.{n}.capture", s.capture) for n, s in spec.switches.items()]

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from blockdev import BlockBackend, BlockIOError
+from blockdev.open import check_serial
 from hv._errors import GuestError
 from hv._log import get_logger
 from hv.hw._counters import Counters
@@ -303,12 +304,7 @@ class VirtioBlk(VirtioBackend):
 
     def __init__(self, disk: BlockBackend, serial: str = "") -> None:
         super().__init__()
-        try:
-            raw = serial.encode("ascii")
-        except UnicodeEncodeError:
-            raise ValueError(f"disk serial {serial!r} is not ASCII") from None
-        if len(raw) > ID_BYTES:
-            raise ValueError(f"disk serial {serial!r} is longer than {ID_BYTES} bytes")
+        raw = check_serial(serial)  # printable ASCII, at most ID_BYTES
         self.disk = disk
         self.serial = serial
         self._id = raw.ljust(ID_BYTES, b"\0")
