@@ -59,10 +59,6 @@ HW_MAY_IMPORT = frozenset({"hv.hw", "hv._errors", "hv._status", "hv._log"})
 # merge. A cycle found must be one of these or lie inside one (a part of it left); any other
 # fails the test, and so does a known one once nothing of it is left (it cannot go stale).
 KNOWN_CYCLES: set[frozenset[str]] = {
-    # lab17: hv/lab/_control.py takes names from hv/cli/_control.py, which imports
-    # _raw_terminal from hv/cli/_main.py, which imports it back (and hv/cli/_netem.py).
-    frozenset({"hv.cli", "hv.lab"}),
-    frozenset({"hv.cli._control", "hv.cli._main", "hv.cli._netem", "hv.lab._control"}),
 }
 
 
