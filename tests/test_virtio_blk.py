@@ -722,8 +722,8 @@ async def test_blktest_write_flush_hang_mode() -> None:
         async with trio.open_nursery() as nursery:
             vm: hv.Vm = await nursery.start(hv.run_vm, config)
             await vm.console.wait_for(b"blktest: flushed\n")
-            await trio.sleep(0.05)
-            assert vm.state is hv.VmState.RUNNING  # it spins: a test kills it
+            await trio.testing.wait_all_tasks_blocked()  # the VM waits: the guest hangs in wfi
+            assert vm.state is hv.VmState.RUNNING  # for good: a test kills it
             vm.stop("done")
     assert await disk.read(0, 64 * 512) == _blktest_pattern(64, 3)
     assert disk.counters["flushes"] == 1
