@@ -282,10 +282,18 @@ def test_hv_capture_streams_pcapng_live(fw: tuple[Host, str]) -> None:
     h, name = fw
     tshark = shutil.which("tshark")
     assert tshark
-    # to a file, stopped by Ctrl-C after a second: a whole pcapng file
+    # to a file, stopped by Ctrl-C once it holds a ping and its reply: a whole pcapng file
     out = h.root / "live.pcapng"
+
+    def ping_and_reply() -> bool:  # hv capture writes whole blocks only: readable at any time
+        t = subprocess.run(
+            [tshark, "-r", str(out), "-T", "fields", "-e", "frame.interface_name", "-e",
+             "icmp.type"], capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return "c.eth0\t8" in t.stdout and "s.eth0\t0" in t.stdout
+
     with h.popen("capture", name, "lan", "-w", str(out)) as proc:
-        time.sleep(1.0)
+        wait_until_sync(lambda: out.exists() and ping_and_reply(), "a ping and reply captured", 30)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
     t = subprocess.run(

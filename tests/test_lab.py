@@ -4,13 +4,14 @@ ip= the NICs give their guests, prefixed console output, and a real two-VM Linux
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import trio
-from helpers import wait_until
+from helpers import wait_until, wait_until_sync
 
 from hv import ConfigError
 from hv.build import _image_linux as il
@@ -335,9 +336,14 @@ def test_ctrl_c_stops_hv_up_cleanly_with_its_capture_flushed(tmp_path: Path) -> 
     assert len(t.stdout.splitlines()) >= 5
 
 
+def sigterm_caught(pid: int) -> bool:
+    """Has process ``pid`` a handler for SIGTERM yet (SigCgt in /proc/PID/status)?"""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(ln for ln in status.splitlines() if ln.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
 def test_sigterm_stops_hv_run() -> None:
-    import signal
-    import time
 
     with subprocess.Popen(
         [sys.executable, "-m", "hv.cli", "run", "cpu", "--append", "iters=100000000"],
@@ -345,7 +351,7 @@ def test_sigterm_stops_hv_run() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as p:
-        time.sleep(1.5)
+        wait_until_sync(lambda: sigterm_caught(p.pid), "hv to handle SIGTERM")
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=30)
     assert p.returncode == 128 + signal.SIGTERM, err
