@@ -181,7 +181,7 @@ class FailingWork(Device):
         super().attach(ctx)
 
         async def work() -> None:
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # fails a while after the start; nothing assumed by then
             raise RuntimeError("simulated device backend failure")
 
         ctx.spawn(work)

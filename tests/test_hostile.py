@@ -343,7 +343,9 @@ def test_hv_run_into_a_stalled_pipe_loses_nothing(tmp_path: Path) -> None:
     ) as p:
         assert p.stdout is not None and p.stderr is not None
         got = bytearray(p.stdout.read(1))
-        time.sleep(1.5)  # a reader that stalls (a slow disk, a paused pager)
+        # A reader that stalls (a slow disk, a paused pager): the stall is the scenario, and
+        # what is asserted (every byte, in order) holds whatever hv did meanwhile.
+        time.sleep(1.5)
         while chunk := p.stdout.read(64 << 10):
             got += chunk
         err = p.stderr.read().decode()
