@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import trio
+import trio.testing
 from conftest import FINISHER, raw_binary
+from helpers import wait_until
 from rvasm import SRET, WFI, addi, auipc, bne, csrs, csrw, jal, li32, lui, lw, sw
 
 import hv
@@ -54,9 +56,10 @@ class CopyDevice(Device):
 class Doorbell(Device):
     """Raises its IRQ from a task of its own; the guest's handler acknowledges by a write."""
 
-    def __init__(self, rings: int) -> None:
+    def __init__(self, rings: int, guest_sleeps: bool) -> None:
         super().__init__("bell")
         self.rings = rings
+        self.guest_sleeps = guest_sleeps
         self.latency: list[float] = []
         self._raised = 0.0
         self._acked = trio.Event()
@@ -67,7 +70,10 @@ class Doorbell(Device):
 
     async def _ring(self) -> None:
         for _ in range(self.rings):
-            await trio.sleep(0.01)  # the guest is asleep in wfi by now
+            if self.guest_sleeps:  # ring once the VM's task waits: the guest is in wfi
+                await trio.testing.wait_all_tasks_blocked()
+            else:  # a busy guest never waits: any moment will do; 10 ms apart
+                await trio.sleep(0.01)
             self._acked = trio.Event()
             self._raised = time.perf_counter()
             self.ctx.irq(True)
@@ -126,12 +132,10 @@ async def run_to_end(config: VmConfig, timeout: float = 20) -> tuple[Vm, hv.Stop
 
 
 async def test_a_device_in_another_task_wakes_a_wfi_guest_at_once() -> None:
-    bell = Doorbell(rings=20)
+    bell = Doorbell(rings=20, guest_sleeps=True)
     async with trio.open_nursery() as nursery:
         vm: Vm = await nursery.start(run_vm, VmConfig(kernel=irq_waiter_kernel(), devices=(bell,)))
-        with trio.fail_after(10):
-            while len(bell.latency) < bell.rings:
-                await trio.sleep(0.02)
+        await wait_until(lambda: len(bell.latency) == bell.rings, "every ring answered")
         vm.stop()
     assert vm.stats["wfi"] >= bell.rings
     median = statistics.median(bell.latency)
@@ -139,13 +143,11 @@ async def test_a_device_in_another_task_wakes_a_wfi_guest_at_once() -> None:
 
 
 async def test_a_busy_guest_takes_a_device_interrupt_within_a_quantum() -> None:
-    bell = Doorbell(rings=10)
+    bell = Doorbell(rings=10, guest_sleeps=False)
     cfg = VmConfig(kernel=irq_waiter_kernel(busy=True), devices=(bell,))
     async with trio.open_nursery() as nursery:
         vm: Vm = await nursery.start(run_vm, cfg)
-        with trio.fail_after(10):
-            while len(bell.latency) < bell.rings:
-                await trio.sleep(0.02)
+        await wait_until(lambda: len(bell.latency) == bell.rings, "every ring answered")
         vm.stop()
     assert vm.stats["wfi"] == 0
     # A quantum of 2 M instructions is about a millisecond here; allow for a noisy machine.
@@ -192,7 +194,7 @@ class FailingWork(Quiet):
         super().attach(ctx)
 
         async def work() -> None:
-            await trio.sleep(0.05)
+            await trio.sleep(0.05)  # fails a while after the start; nothing assumed by then
             raise RuntimeError("simulated device backend failure")
 
         ctx.spawn(work)

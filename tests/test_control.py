@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import trio
+from helpers import wait_until_sync
 
 from hv.cli._control import Connection, PcapngBlocks, human_duration
 from hv.lab._protocol import (
@@ -147,13 +148,6 @@ def read_until(proc: subprocess.Popen[bytes], wanted: bytes, timeout: float = 20
     return got
 
 
-def wait_for(condition: Any, timeout: float = 15, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def host() -> Iterator[Host]:
     h = Host()
@@ -202,12 +196,15 @@ def test_hv_up_d_starts_the_lab_in_the_background_and_says_how_to_reach_it(
     assert lines[0].split() == ["LAB", "VM", "KERNEL", "STATE", "UPTIME", "EXIT"]
     assert lines[1].split()[:4] == ["hv-fw", "s", "udpecho", "running"]
     assert f"hv-fw: {h.root}/hv/fw.toml (socket {sock})" in lines
-    wait_for(lambda: b"c | ping: reply from 10.0.0.2" in (h.labs / "hv-fw.log").read_bytes())
+    wait_until_sync(
+        lambda: b"c | ping: reply from 10.0.0.2" in (h.labs / "hv-fw.log").read_bytes(),
+        what="a ping reply in the lab's log",
+    )
 
 
 def test_hv_console_shows_recent_output_then_live_output(fw: tuple[Host, str]) -> None:
     h, name = fw
-    wait_for(lambda: b"seq=20 " in (h.labs / "hv-fw.log").read_bytes(), what="20 pings")
+    wait_until_sync(lambda: b"seq=20 " in (h.labs / "hv-fw.log").read_bytes(), what="20 pings")
     with h.popen("console", name, "c", "--tail", "300", stdin=subprocess.DEVNULL) as proc:
         try:
             out = read_until(proc, b"ping: reply from 10.0.0.2")
@@ -285,10 +282,18 @@ def test_hv_capture_streams_pcapng_live(fw: tuple[Host, str]) -> None:
     h, name = fw
     tshark = shutil.which("tshark")
     assert tshark
-    # to a file, stopped by Ctrl-C after a second: a whole pcapng file
+    # to a file, stopped by Ctrl-C once it holds a ping and its reply: a whole pcapng file
     out = h.root / "live.pcapng"
+
+    def ping_and_reply() -> bool:  # hv capture writes whole blocks only: readable at any time
+        t = subprocess.run(
+            [tshark, "-r", str(out), "-T", "fields", "-e", "frame.interface_name", "-e",
+             "icmp.type"], capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return "c.eth0\t8" in t.stdout and "s.eth0\t0" in t.stdout
+
     with h.popen("capture", name, "lan", "-w", str(out)) as proc:
-        time.sleep(1.0)
+        wait_until_sync(lambda: out.exists() and ping_and_reply(), "a ping and reply captured", 30)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
     t = subprocess.run(
@@ -444,7 +449,7 @@ def test_hv_stop_stops_a_vm_and_hv_down_ends_the_lab(host: Host) -> None:
         assert console.stderr is not None
         said = console.stderr.read()  # why it ended: from the lab, or its record once gone
         assert said == b"hv: hv-pair/s stopped, exit 130 (the lab was taken down (hv down))\n"
-    wait_for(lambda: not _alive(pid), what="the lab's process to end")
+    wait_until_sync(lambda: not _alive(pid), what="the lab's process to end")
     r = host.hv("ps")
     assert r.returncode == 0 and r.stdout.strip().startswith("no labs are running")
     assert host.ps() == []
@@ -460,7 +465,7 @@ def test_a_lab_that_ends_by_itself_removes_its_socket(host: Host) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("lab short is up") or "ran and ended" in r.stdout
     sock = host.labs / "short.sock"
-    wait_for(lambda: not sock.exists(), timeout=30, what="the lab to end")
+    wait_until_sync(lambda: not sock.exists(), timeout=30, what="the lab to end")
     log = (host.labs / "short.log").read_text()
     assert "c | ping: 10.0.0.2: 25 sent, 25 received" in log
     r = host.hv("up", "-d", str(lab), "--exit-code-from", "c")  # the name is free again
@@ -490,7 +495,7 @@ def test_a_stale_socket_is_replaced(host: Host) -> None:
         "hv-fw/e",
     ]
     assert all(", exit 130 (stopped by hv stop)" in line for line in r.stdout.splitlines())
-    wait_for(lambda: not (folder / "hv-fw.sock").exists(), what="the lab to end")
+    wait_until_sync(lambda: not (folder / "hv-fw.sock").exists(), what="the lab to end")
     assert not (folder / "hv-fw.lock").exists()
 
 
@@ -706,7 +711,7 @@ append = "mode=handler"
 def test_console_exits_with_the_vms_status_and_down_is_idempotent(host: Host) -> None:
     r = host.hv("up", "-d", str(host.lab_file("ending", ENDING)))
     assert r.returncode == 0, r.stdout + r.stderr
-    wait_for(lambda: host.vms("ending")["f"]["state"] == "stopped", what="f to stop")
+    wait_until_sync(lambda: host.vms("ending")["f"]["state"] == "stopped", what="f to stop")
     r = host.hv("console", "ending", "f", stdin=subprocess.DEVNULL)
     assert r.returncode == 1, r.stdout + r.stderr  # f's status, not 0
     assert "unhandled trap" in r.stdout and "hv-ending/f stopped, exit 1" in r.stderr
@@ -717,7 +722,7 @@ def test_console_exits_with_the_vms_status_and_down_is_idempotent(host: Host) ->
         proc.stdin.close()
         assert proc.wait(20) == 0  # e powered off: 0
     # the lab ended by itself (its last VM stopped): hv down says so, and is content
-    wait_for(lambda: not (host.labs / "hv-ending.sock").exists(), what="the lab to end")
+    wait_until_sync(lambda: not (host.labs / "hv-ending.sock").exists(), what="the lab to end")
     for _ in range(2):
         r = host.hv("down", "ending")
         assert r.returncode == 0, r.stderr
@@ -892,7 +897,7 @@ def test_hv_up_attach_detaches_and_gives_the_terminal_back(host: Host, leave: st
         else:
             os.write(t.master, b"q")  # the echo guest powers off
             t.until(b"hv: e stopped, exit 0 (the lab goes on; Ctrl-C stops it)")
-        wait_for(lambda: not t.raw(), what="the terminal to be given back")
+        wait_until_sync(lambda: not t.raw(), what="the terminal to be given back")
         assert t.modes() == t.saved
         t.until(b"c | ping: reply", since=len(t.got))  # the lab goes on
         os.write(t.master, b"\x03")  # Ctrl-C: a SIGINT now, not a byte for a VM
@@ -935,7 +940,7 @@ def test_the_same_file_name_in_two_folders_makes_two_labs(host: Host) -> None:
     assert "no lab named 'nolab' is running (running: mine, one-fw, two-fw)" in r.stderr
     # by full name, by path (relative to where hv runs), and by stem once it is unique
     assert host.hv("stop", "mine").returncode == 0
-    wait_for(lambda: not (host.labs / "mine.sock").exists(), what="lab mine to end")
+    wait_until_sync(lambda: not (host.labs / "mine.sock").exists(), what="lab mine to end")
     r = host.hv("stop", "fw.toml", "e", cwd=two)
     assert r.returncode == 0 and r.stdout.startswith("two-fw/e: stopped"), r.stdout + r.stderr
     r = host.hv("down", "one-fw")
@@ -1006,7 +1011,7 @@ def test_live_captures_that_never_read_are_capped_in_number_and_memory(host: Hos
         ports = json.loads(r.stdout)["switches"]["lan"]["ports"]
         return sum(p["rx_frames"] for p in (ports.values() if isinstance(ports, dict) else ports))
 
-    wait_for(lambda: frames() > 20_000, timeout=60, what="traffic")
+    wait_until_sync(lambda: frames() > 20_000, timeout=60, what="traffic")
     before = _rss(pid)
     clients = [_capture_client(host, "hv-load", "lan") for _ in range(CAPTURES_PER_SWITCH)]
     try:
@@ -1020,7 +1025,7 @@ def test_live_captures_that_never_read_are_capped_in_number_and_memory(host: Hos
             caps = lab["captures"]
             return len(caps) == CAPTURES_PER_SWITCH and all(c["dropped"] > 100 for c in caps)
 
-        wait_for(all_full, timeout=90, what="every capture buffer full and dropping")
+        wait_until_sync(all_full, timeout=90, what="every capture buffer full and dropping")
         grown = _rss(pid) - before
         # a chunk being sent and a buffer filling per client, and slack for the rest (8
         # clients of 8 MiB buffers grew it by 64 MiB)

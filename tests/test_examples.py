@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from helpers import wait_until_sync
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -50,12 +51,13 @@ def test_two_subnets_lab_with_the_host_on_its_tap(linux_image: object, tmp_path:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        for _ in range(300):
+
+        def tap_there() -> bool:
             assert proc.poll() is None, proc.communicate()[0]
-            if subprocess.run([*in_ns, "ip", "link", "show", "hvlab0"],
-                              capture_output=True, check=False).returncode == 0:  # fmt: skip
-                break
-            time.sleep(0.05)
+            show = [*in_ns, "ip", "link", "show", "hvlab0"]
+            return subprocess.run(show, capture_output=True, check=False).returncode == 0
+
+        wait_until_sync(tap_there, "hv to create the TAP hvlab0", timeout=30)
         for cmd in ("ip addr add 10.0.1.2/24 dev hvlab0", "ip link set hvlab0 up",
                     "ip route add 10.0.2.0/24 via 10.0.1.254"):  # fmt: skip
             subprocess.run([*in_ns, *cmd.split()], check=True)

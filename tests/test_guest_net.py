@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import trio
+from helpers import wait_until
 from scapy.layers.inet import IP, UDP  # type: ignore[import-untyped]
 from scapy.layers.l2 import Ether  # type: ignore[import-untyped]
 
@@ -127,8 +128,7 @@ async def test_a_burst_of_datagrams_reaches_the_echo_server_whole() -> None:
             for i in range(200):
                 pkt = Ether(src=me, dst=him) / IP(src="10.0.0.9", dst="10.0.0.2")
                 port.send(bytes(pkt / UDP(sport=5000, dport=7) / i.to_bytes(4, "big")))
-            while len(got) < 200:
-                await trio.sleep(0.01)
+            await wait_until(lambda: len(got) == 200, lambda: f"200 echoes ({len(got)} back)")
             nursery.cancel_scope.cancel()
     seqs = sorted(int.from_bytes(bytes(Ether(f)[UDP].payload)[:4], "big") for f in got)
     assert seqs == list(range(200))

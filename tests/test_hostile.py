@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 from conftest import FINISHER, raw_binary
+from helpers import wait_until
 from rvasm import addi, auipc, bne, csrr, csrw, jal, jalr, li32, sw
 
 from hv import ConfigError, StopKind, Vm, VmConfig, run_vm
@@ -237,6 +238,7 @@ async def test_event_loop_lag_stays_low_beside_a_trap_storm(guest_elfs: dict[str
 RSS_SCRIPT = r"""
 import resource, sys, trio
 sys.path.insert(0, sys.argv[1])
+from helpers import wait_until
 from rvasm import touch_ram_kernel
 from hv import VmConfig, run_vm
 
@@ -253,8 +255,7 @@ async def main(mode):
         cfg = VmConfig(kernel=touch_ram_kernel(480, 0x7777), mem_size=512 << 20)
         async with trio.open_nursery() as n:
             vm = await n.start(run_vm, cfg)
-            while vm.stats.get("reboots", 0) < 8:
-                await trio.sleep(0.01)
+            await wait_until(lambda: vm.stats.get("reboots", 0) >= 8, "8 reboots", timeout=240)
             vm.stop()
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)
 
@@ -291,8 +292,7 @@ def test_a_rebooting_guest_does_not_pile_up_ram() -> None:
 async def read_after_a_stall(vm: Vm) -> bytes:
     """Start streaming, then stop reading until the guest is held back; then read it all."""
     got = bytearray(await vm.console.receive_some(1))
-    while vm.stats.get("console_blocked", 0) == 0:
-        await trio.sleep(0.01)
+    await wait_until(lambda: vm.stats.get("console_blocked", 0), "the guest to be held back")
     while chunk := await vm.console.receive_some(64 << 10):
         got += chunk
     return bytes(got)
@@ -343,7 +343,9 @@ def test_hv_run_into_a_stalled_pipe_loses_nothing(tmp_path: Path) -> None:
     ) as p:
         assert p.stdout is not None and p.stderr is not None
         got = bytearray(p.stdout.read(1))
-        time.sleep(1.5)  # a reader that stalls (a slow disk, a paused pager)
+        # A reader that stalls (a slow disk, a paused pager): the stall is the scenario, and
+        # what is asserted (every byte, in order) holds whatever hv did meanwhile.
+        time.sleep(1.5)
         while chunk := p.stdout.read(64 << 10):
             got += chunk
         err = p.stderr.read().decode()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers import wait_until
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
@@ -52,11 +53,18 @@ async def test_a_lab_in_code_with_a_port_of_our_own(tmp_path: Path) -> None:
         table = {mac: (name, vid) for mac, name, vid, _ in lan.mac_table()}
         assert table[me] == ("test", 0) and table[guest_mac] == ("link:wan", 0)
         lan.stop_capture()
-        # the link goes down: nothing crosses
+        # the link goes down: nothing crosses. A ping sent now gets no reply; one sent once it
+        # is up again does, and the first one's would have come before it (in order, one path).
         run.links[0].set_up(False)
-        port.send(Ether(src=me, dst=guest_mac) / IP(src="10.0.0.9", dst="10.0.0.2") / ICMP())
-        await trio.sleep(0.05)
-        assert port.receive_nowait() is None
+        ping = Ether(src=me, dst=guest_mac) / IP(src="10.0.0.9", dst="10.0.0.2")
+        port.send(ping / ICMP(id=7, seq=2))
+        run.links[0].set_up(True)
+        port.send(ping / ICMP(id=7, seq=3))
+        seen = []
+        with trio.fail_after(10):
+            while not (ICMP in (pong := Ether(await port.receive())) and pong[ICMP].type == 0):
+                seen.append(pong)
+        assert pong[ICMP].seq == 3 and not any(ICMP in f for f in seen), seen
         run.impairments["links[0]"].set(delay=0.002)
         assert run.impairments["links[0]"].egress.impairment.delay == 0.002
     with PcapNgReader(str(tmp_path / "live.pcapng")) as reader:
@@ -115,8 +123,11 @@ async def test_frames_for_a_vm_that_has_stopped_are_dropped_not_a_crash(tmp_path
             port.send(arp)  # in flight on the 30 ms cable when the VM goes
         run.vms["b"].stop("gone")
         await run.vms["b"].wait()
-        await trio.sleep(0.1)  # the cable delivers them now, to a closed machine
+        # The lab ended with its only VM, and the cable's task with it: once the frames on the
+        # cable are due, the next frame sent hands them on, inside its call, to the closed
+        # machine.
+        cable = run.impairments["b.eth0"].ingress
+        await wait_until(lambda: (cable.next_deadline() or 0) <= trio.current_time(), "20 due")
         for _ in range(20):
             port.send(arp)
-        await trio.sleep(0.05)
     assert run.impairments["b.eth0"].ingress.counters["frames_out"] >= 20

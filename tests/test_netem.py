@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import trio
-from test_control import Host, wait_for
+from helpers import wait_until, wait_until_sync
+from test_control import Host
 
 import hv
 from hv.lab._netem import find_cable, netem
@@ -65,11 +65,12 @@ def loss_drops(snap: dict[str, Any], switch: str, port: str) -> int:
 
 async def test_cable_drops_show_on_the_port_they_leave_by_and_netem_changes_one_setting() -> None:
     async with hv.open_lab(lossy_lab()) as run:
-        with trio.fail_after(60):
-            while loss_drops(snapshot(run), "lan", "link:wan") == 0:
-                await trio.sleep(0.05)
-            while loss_drops(snapshot(run), "wan", "link:lan") == 0:
-                await trio.sleep(0.05)
+        await wait_until(
+            lambda: loss_drops(snapshot(run), "lan", "link:wan"), "a loss drop on lan", 60
+        )
+        await wait_until(
+            lambda: loss_drops(snapshot(run), "wan", "link:lan"), "a loss drop on wan", 60
+        )
         snap = snapshot(run)
         assert json.loads(json.dumps(snap)) == snap
         ports = {p["name"]: p for sw in snap["switches"].values() for p in sw["ports"]}
@@ -128,9 +129,9 @@ async def test_cable_drops_show_on_the_port_they_leave_by_and_netem_changes_one_
         # no drops by loss any more: the counter stands still while pings go on
         stood = link.egress.counters["dropped_loss"]
         out = link.egress.counters["frames_out"]
-        with trio.fail_after(30):
-            while link.egress.counters["frames_out"] < out + 20:
-                await trio.sleep(0.05)
+        await wait_until(
+            lambda: link.egress.counters["frames_out"] >= out + 20, "20 more frames out", timeout=30
+        )
         assert link.egress.counters["dropped_loss"] == stood
 
 
@@ -157,7 +158,7 @@ def stats(h: Host, name: str) -> dict[str, Any]:
 
 def test_hv_stats_shows_loss_drops_by_cause(lossy: tuple[Host, str]) -> None:
     h, name = lossy
-    wait_for(lambda: loss_drops(stats(h, name), "lan", "link:wan") > 0, 60, "loss drops")
+    wait_until_sync(lambda: loss_drops(stats(h, name), "lan", "link:wan") > 0, "loss drops", 60)
     snap = stats(h, name)
     assert snap["impairments"]["links[0]"]["egress"]["counters"]["dropped_loss"] > 0
     r = h.hv("stats", name)  # plain: one line per VM, port and cable direction

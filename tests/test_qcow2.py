@@ -684,7 +684,7 @@ def test_killed_writer_leaves_a_consistent_image(tmp_path: Path, cluster_size: i
         ) as child:
             assert child.stdout is not None
             assert child.stdout.readline() == "ready\n"
-            time.sleep(rng.uniform(0.05, 0.4))
+            time.sleep(rng.uniform(0.05, 0.4))  # the kill comes at a random moment: the test
             child.kill()
             rest = child.stdout.read()
         lines = rest.split("\n")[:-1]  # whole lines only

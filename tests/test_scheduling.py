@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
+from helpers import wait_until
 
 from hv import StopInfo, StopKind, Vm, VmConfig, VmState, run_vm
 from hv.board._machine import Machine, MachineConfig
@@ -30,7 +32,7 @@ async def test_cpu_bound_vms_progress_at_similar_rates(guest_elfs: dict[str, Pat
                 config = VmConfig(kernel=guest_elfs["cpu"], cmdline="iters=1000000", name=f"c{i}")
                 vms.append(await nursery.start(run_vm, config))
             start = [vm.stats["guest_insns"] for vm in vms]
-            await trio.sleep(1.0)
+            await trio.sleep(1.0)  # the measurement: progress over a second of wall time
             progress = [vm.stats["guest_insns"] - s for vm, s in zip(vms, start, strict=True)]
             assert all(vm.state is VmState.RUNNING for vm in vms)
             for vm in vms:
@@ -71,9 +73,9 @@ async def test_idle_vms_cost_little_host_cpu(guest_elfs: dict[str, Path]) -> Non
                 vms.append(await nursery.start(run_vm, config))
             for vm in vms:
                 await vm.console.wait_for("sleep: 1 x 60000 ms")
-            await trio.sleep(0.1)  # let every guest reach its wfi
+            await trio.testing.wait_all_tasks_blocked()  # every VM waits: each guest is in wfi
             wall0, cpu0 = time.monotonic(), time.process_time()
-            await trio.sleep(1.0)
+            await trio.sleep(1.0)  # the measurement: CPU used over a second of wall time
             wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
             assert all(vm.state is VmState.RUNNING for vm in vms)
             for vm in vms:
@@ -196,6 +198,9 @@ def test_first_slice_after_a_timer_interrupt_makes_progress(guest_elfs: dict[str
         assert ex.kind is ExitKind.WFI  # armed the timer for 5 ms and waits
         deadline = m.next_deadline()
         assert deadline is not None
+        # Not "by now": the deadline is exact, on the host's CLOCK_MONOTONIC, which the guest
+        # reads natively (an injected clock would switch rdtime to the emulated path, another
+        # test); sleeping past it is how that clock moves.
         time.sleep(deadline + 0.001)
         before = m.vcpu.stats.guest_insns
         m.run_slice()
@@ -223,9 +228,9 @@ async def test_a_guest_asleep_on_a_masked_expired_timer_costs_no_cpu(tmp_path: P
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             vm = await nursery.start(run_vm, VmConfig(kernel=kernel, mem_size=SMALL_MEM))
-            await trio.sleep(0.1)  # let it reach its wfi
+            await wait_until(lambda: vm.stats["wfi"], "the guest to reach its wfi")
             wall0, cpu0 = time.monotonic(), time.process_time()
-            await trio.sleep(0.5)
+            await trio.sleep(0.5)  # the measurement: CPU used over half a second of wall time
             wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
             assert vm.state is VmState.RUNNING
             vm.stop()

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+from helpers import wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.dhcp import BOOTP, DHCP
@@ -1092,9 +1093,12 @@ async def test_tftp_a_client_that_never_acks_frees_its_slot_after_capped_timeout
         assert oack_options(oack) == {b"tsize": b"2000"}  # no timeout: refused
         assert svc.counters["tftp_timeout_refused"] == 1
         assert svc.tftp is not None and len(svc.tftp.transfers) == 1
-        with trio.fail_after(tftp_module.TIMEOUT_MAX * (config.tftp_retries + 2)):
-            while svc.tftp.transfers:
-                await trio.sleep(0.5)
+        await wait_until(
+            lambda: svc.tftp is not None and not svc.tftp.transfers,
+            "the transfer to be given up",
+            timeout=tftp_module.TIMEOUT_MAX * (config.tftp_retries + 2),
+            every=0.5,
+        )
         assert trio.current_time() - start <= config.tftp_timeout * (config.tftp_retries + 1) + 1
         assert svc.counters["tftp_timeouts"] == 1
         got.clear()

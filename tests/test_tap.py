@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import pytest
 import trio
+from helpers import wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 from pyroute2 import NetNS, netns
@@ -599,11 +600,9 @@ async def test_a_batch_is_bounded_and_receive_goes_on_until_closed(ns: Namespace
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(tap.receive, lambda f, o: got.append((f, o)))
-                while len(got) < 10:
-                    await trio.sleep(0.01)
+                await wait_until(lambda: len(got) == 10, "the 10 frames")
                 theirs.send(bytes(12) + ether(b"later"))  # after it went back to waiting
-                while len(got) < 11:
-                    await trio.sleep(0.01)
+                await wait_until(lambda: len(got) == 11, "the frame sent later")
                 tap.close()  # receive returns: nothing left to cancel
     assert [f[14] for f, _ in got[:10]] == list(range(10)) and got[10][0] == ether(b"later")
 

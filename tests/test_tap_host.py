@@ -12,11 +12,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import wait_until_sync
 
 from hv.build import _image_linux as il
 
@@ -54,11 +54,12 @@ def start_hv(ns: str, *args: str) -> subprocess.Popen[str]:
 
 def host_side_up(ns: str, tap: str, addr: str, proc: subprocess.Popen[str]) -> None:
     """Wait for hv to create the TAP, then give the namespace's side an address."""
-    deadline = time.monotonic() + 30
-    while in_ns(ns, "ip", "link", "show", tap).returncode:
+
+    def tap_there() -> bool:
         assert proc.poll() is None, proc.communicate()[0]
-        assert time.monotonic() < deadline, "hv never created the TAP"
-        time.sleep(0.05)
+        return in_ns(ns, "ip", "link", "show", tap).returncode == 0
+
+    wait_until_sync(tap_there, f"hv to create the TAP {tap}", timeout=30)
     for cmd in (["ip", "addr", "add", addr, "dev", tap], ["ip", "link", "set", tap, "up"]):
         r = in_ns(ns, *cmd)
         assert r.returncode == 0, r.stderr

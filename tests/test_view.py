@@ -78,7 +78,7 @@ async def test_snapshot_and_rates_of_a_running_lab() -> None:
     async with hv.open_lab(lab) as run:
         await run.vms["a"].console.wait_for(b"reply from")
         first = snapshot(run)
-        await trio.sleep(0.5)
+        await trio.sleep(0.5)  # the measurement: rates over an interval of wall time
         cur = snapshot(run)
         assert json.loads(json.dumps(cur)) == cur  # JSON-able as it is
         r = rates(first, cur)

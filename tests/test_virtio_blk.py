@@ -26,7 +26,7 @@ from hv.virtio import _blk as B
 from hv.virtio import _mmio as M
 from hv.virtio import virtio_blk
 from hv.virtio._queue import DESC_F_NEXT, DESC_F_WRITE
-from hv.virtio.testing import DriverQueue
+from hv.virtio.testing import DriverQueue, activate
 
 RAM, SIZE = 0x8000_0000, 1 << 20
 DISK = 1 << 20  # 2048 sectors
@@ -97,22 +97,9 @@ class Blk:
         self.wakes += 1
 
     def handshake(self) -> None:
-        w = self.dev.mmio_write
-        w(M.R_STATUS, 4, 0)
-        w(M.R_STATUS, 4, 3)
-        for sel in (0, 1):
-            w(M.R_DRIVER_FEATURES_SEL, 4, sel)
-            w(M.R_DRIVER_FEATURES, 4, (self.features >> (32 * sel)) & 0xFFFF_FFFF)
-        w(M.R_STATUS, 4, 0x0B)
         event_idx = bool(self.features & M.F_RING_EVENT_IDX)
         self.q = DriverQueue(self.mem, self.qsize, RAM + 0x1000, RAM + 0x10000, event_idx)
-        w(M.R_QUEUE_SEL, 4, 0)
-        w(M.R_QUEUE_NUM, 4, self.q.size)
-        w(M.R_QUEUE_DESC_LOW, 4, self.q.desc & 0xFFFF_FFFF)
-        w(M.R_QUEUE_DRIVER_LOW, 4, self.q.avail & 0xFFFF_FFFF)
-        w(M.R_QUEUE_DEVICE_LOW, 4, self.q.used & 0xFFFF_FFFF)
-        w(M.R_QUEUE_READY, 4, 1)
-        w(M.R_STATUS, 4, 0x0F)
+        activate(self.dev, self.features, [self.q])
         assert self.dev.running
 
     def config(self) -> bytes:
@@ -735,8 +722,8 @@ async def test_blktest_write_flush_hang_mode() -> None:
         async with trio.open_nursery() as nursery:
             vm: hv.Vm = await nursery.start(hv.run_vm, config)
             await vm.console.wait_for(b"blktest: flushed\n")
-            await trio.sleep(0.05)
-            assert vm.state is hv.VmState.RUNNING  # it spins: a test kills it
+            await trio.testing.wait_all_tasks_blocked()  # the VM waits: the guest hangs in wfi
+            assert vm.state is hv.VmState.RUNNING  # for good: a test kills it
             vm.stop("done")
     assert await disk.read(0, 64 * 512) == _blktest_pattern(64, 3)
     assert disk.counters["flushes"] == 1

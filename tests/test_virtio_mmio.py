@@ -17,7 +17,7 @@ from hv.hw._device import DeviceContext
 from hv.hw._memory import GuestMemory
 from hv.virtio import _mmio as M
 from hv.virtio._queue import Virtqueue
-from hv.virtio.testing import DriverQueue
+from hv.virtio.testing import DriverQueue, activate
 
 RAM, SIZE = 0x8000_0000, 1 << 20
 
@@ -80,28 +80,6 @@ class Board:
     def w(self, off: int, value: int) -> None:
         self.dev.mmio_write(off, 4, value)
 
-    def handshake(self, features: int, queues: list[DriverQueue]) -> int:
-        self.w(M.R_STATUS, 0)
-        self.w(M.R_STATUS, M.STATUS_ACKNOWLEDGE)
-        self.w(M.R_STATUS, M.STATUS_ACKNOWLEDGE | M.STATUS_DRIVER)
-        for sel in (0, 1):
-            self.w(M.R_DRIVER_FEATURES_SEL, sel)
-            self.w(M.R_DRIVER_FEATURES, (features >> (32 * sel)) & 0xFFFF_FFFF)
-        self.w(M.R_STATUS, M.STATUS_ACKNOWLEDGE | M.STATUS_DRIVER | M.STATUS_FEATURES_OK)
-        if not self.r(M.R_STATUS) & M.STATUS_FEATURES_OK:
-            return self.r(M.R_STATUS)
-        for i, q in enumerate(queues):
-            self.w(M.R_QUEUE_SEL, i)
-            assert self.r(M.R_QUEUE_NUM_MAX) == 16
-            self.w(M.R_QUEUE_NUM, q.size)
-            for low, addr in ((M.R_QUEUE_DESC_LOW, q.desc), (M.R_QUEUE_DRIVER_LOW, q.avail),
-                              (M.R_QUEUE_DEVICE_LOW, q.used)):  # fmt: skip
-                self.w(low, addr & 0xFFFF_FFFF)
-                self.w(low + 4, addr >> 32)
-            self.w(M.R_QUEUE_READY, 1)
-        self.w(M.R_STATUS, 0x0F)
-        return self.r(M.R_STATUS)
-
 
 def queues(b: Board, event_idx: bool = False) -> list[DriverQueue]:
     return [
@@ -124,8 +102,11 @@ def test_identity_registers() -> None:
 def test_a_full_handshake_and_traffic_with_interrupts() -> None:
     b = Board()
     tx, rx = queues(b)
-    status = b.handshake(M.F_VERSION_1 | M.F_RING_INDIRECT_DESC, [tx, rx])
+    status = activate(b.dev, M.F_VERSION_1 | M.F_RING_INDIRECT_DESC, [tx, rx])
     assert status == 0x0F and b.backend.activations == 1
+    for sel in (0, 1):
+        b.w(M.R_QUEUE_SEL, sel)
+        assert b.r(M.R_QUEUE_NUM_MAX) == 16
     rx.add(writable=[64])
     tx.add(readable=[b"hello"])
     b.w(M.R_QUEUE_NOTIFY, 0)
@@ -137,10 +118,10 @@ def test_a_full_handshake_and_traffic_with_interrupts() -> None:
 
 def test_features_outside_the_offer_or_without_version_1_are_refused() -> None:
     b = Board()
-    status = b.handshake(M.F_VERSION_1 | (1 << 40), queues(b))
+    status = activate(b.dev, M.F_VERSION_1 | (1 << 40), queues(b))
     assert not status & M.STATUS_FEATURES_OK
     b = Board()
-    status = b.handshake(M.F_RING_INDIRECT_DESC, queues(b))  # a legacy driver
+    status = activate(b.dev, M.F_RING_INDIRECT_DESC, queues(b))  # a legacy driver
     assert not status & M.STATUS_FEATURES_OK and b.dev.counters["features_refused"] == 1
 
 
@@ -148,7 +129,7 @@ def test_a_bad_ring_at_driver_ok_needs_a_reset() -> None:
     b = Board()
     tx, rx = queues(b)
     tx.used = RAM + SIZE + 0x1000  # outside RAM
-    status = b.handshake(M.F_VERSION_1, [tx, rx])
+    status = activate(b.dev, M.F_VERSION_1, [tx, rx])
     assert status & M.STATUS_NEEDS_RESET
     assert b.r(M.R_INTERRUPT_STATUS) & M.INT_CONFIG
     assert b.dev.counters["needs_reset"] == 1
@@ -161,7 +142,7 @@ def test_a_bad_ring_at_driver_ok_needs_a_reset() -> None:
 def test_a_looping_chain_needs_a_reset_and_nothing_raises() -> None:
     b = Board()
     tx, rx = queues(b)
-    assert b.handshake(M.F_VERSION_1, [tx, rx]) == 0x0F
+    assert activate(b.dev, M.F_VERSION_1, [tx, rx]) == 0x0F
     tx.write_desc(tx.desc, 0, RAM + 0x10000, 8, 1, 0)  # NEXT -> itself
     tx.make_available(0)
     b.w(M.R_QUEUE_NOTIFY, 0)

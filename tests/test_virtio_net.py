@@ -24,7 +24,7 @@ from hv.virtio._net import (
     RX_BACKLOG,
     VirtioNet,
 )
-from hv.virtio.testing import DriverQueue, Used
+from hv.virtio.testing import DriverQueue, Used, activate
 from netfabric.frame import Frame
 from netfabric.offload import GSO_TCPV4, Offload
 from netfabric.switch import Switch
@@ -48,21 +48,7 @@ class Nic:
         )
         self.rx = DriverQueue(self.mem, rx_size, RAM + 0x1000, RAM + 0x10000)
         self.tx = DriverQueue(self.mem, 16, RAM + 0x3000, RAM + 0x80000)
-        w = self.dev.mmio_write
-        w(M.R_STATUS, 4, 3)
-        w(M.R_DRIVER_FEATURES_SEL, 4, 1)
-        w(M.R_DRIVER_FEATURES, 4, 1)  # VERSION_1
-        w(M.R_DRIVER_FEATURES_SEL, 4, 0)
-        w(M.R_DRIVER_FEATURES, 4, features)
-        w(M.R_STATUS, 4, 0x0B)
-        for i, q in enumerate((self.rx, self.tx)):
-            w(M.R_QUEUE_SEL, 4, i)
-            w(M.R_QUEUE_NUM, 4, q.size)
-            w(M.R_QUEUE_DESC_LOW, 4, q.desc & 0xFFFF_FFFF)
-            w(M.R_QUEUE_DRIVER_LOW, 4, q.avail & 0xFFFF_FFFF)
-            w(M.R_QUEUE_DEVICE_LOW, 4, q.used & 0xFFFF_FFFF)
-            w(M.R_QUEUE_READY, 4, 1)
-        w(M.R_STATUS, 4, 0x0F)
+        activate(self.dev, M.F_VERSION_1 | features, (self.rx, self.tx))
         assert self.dev.running
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from conftest import (
     rv_li32,
     rv_sw,
 )
+from helpers import wait_until
 
 from hv import (
     ConfigError,
@@ -42,13 +42,6 @@ def state(vm: Vm) -> VmState:
     """``vm.state``, read through a call: it changes while the test awaits (mypy narrows
     ``vm.state`` after an ``assert vm.state is ...`` and does not see that)."""
     return vm.state
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``predicate()`` every few milliseconds until it is true."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
 
 
 async def test_hello_powers_off_with_greeting(run_guest: RunGuest) -> None:
@@ -199,12 +192,12 @@ async def test_pause_freezes_the_guest_and_resume_continues(
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             vm = await nursery.start(run_vm, cpu_config(guest_elfs))
-            await trio.sleep(0.1)
+            await wait_until(lambda: vm.stats["guest_insns"], "the guest to run")
             vm.pause()
-            await wait_until(lambda: vm.state is VmState.PAUSED)
+            await wait_until(lambda: vm.state is VmState.PAUSED, "the VM to pause")
             before = vm.stats
             ticks_before = vm.machine.clock.ticks()
-            await trio.sleep(0.3)
+            await trio.sleep(0.3)  # the measurement: nothing moves over 0.3 s while paused
             after = vm.stats
             assert vm.state is VmState.PAUSED
             assert after["guest_insns"] == before["guest_insns"]
@@ -212,9 +205,10 @@ async def test_pause_freezes_the_guest_and_resume_continues(
             assert vm.machine.clock.ticks() == ticks_before  # guest time stands still
             vm.pause()  # pausing a paused VM is allowed
             vm.resume()
-            await wait_until(lambda: vm.state is VmState.RUNNING)
-            await trio.sleep(0.2)
-            assert vm.stats["guest_insns"] > after["guest_insns"]
+            await wait_until(lambda: vm.state is VmState.RUNNING, "the VM to resume")
+            await wait_until(
+                lambda: vm.stats["guest_insns"] > after["guest_insns"], "the guest to run again"
+            )
             assert vm.machine.clock.ticks() > ticks_before
             vm.stop()
     assert vm.exit is not None
@@ -224,7 +218,7 @@ async def test_pause_freezes_the_guest_and_resume_continues(
 async def test_stop_ends_a_busy_vm_quickly(guest_elfs: dict[str, Path]) -> None:
     async with trio.open_nursery() as nursery:
         vm = await nursery.start(run_vm, cpu_config(guest_elfs))
-        await trio.sleep(0.1)
+        await wait_until(lambda: vm.stats["guest_insns"], "the guest to be busy")
         start = trio.current_time()
         vm.stop("test says stop")
         with trio.fail_after(1):
@@ -244,7 +238,7 @@ async def test_stop_while_paused(guest_elfs: dict[str, Path]) -> None:
         async with trio.open_nursery() as nursery:
             vm = await nursery.start(run_vm, cpu_config(guest_elfs))
             vm.pause()
-            await wait_until(lambda: vm.state is VmState.PAUSED)
+            await wait_until(lambda: vm.state is VmState.PAUSED, "the VM to pause")
             vm.stop()
             info = await vm.wait()
     assert info.exit_code == 130
@@ -255,7 +249,7 @@ async def test_cancelling_the_nursery_stops_the_vm(guest_elfs: dict[str, Path]) 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             vm = await nursery.start(run_vm, cpu_config(guest_elfs))
-            await trio.sleep(0.1)
+            await wait_until(lambda: vm.stats["guest_insns"], "the guest to be busy")
             start = trio.current_time()
             nursery.cancel_scope.cancel()
         elapsed = trio.current_time() - start
@@ -360,7 +354,9 @@ async def test_finisher_unknown_command_is_ignored(guest_elfs: dict[str, Path]) 
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             vm = await nursery.start(run_vm, VmConfig(kernel=finisher_kernel(0x1234)))
-            await trio.sleep(0.05)
+            await wait_until(
+                lambda: vm.machine.testdev.counters["bad_command"], "the finisher's bad command"
+            )
             assert vm.state is VmState.RUNNING
             assert vm.machine.finisher.counters["bad_command"] == 1
             vm.stop()

@@ -1,6 +1,8 @@
 """A guest driver's side of a split virtqueue, in plain guest memory, for testing devices
 without a VM (as rust-vmm's ``MockSplitQueue``): lay out the rings, make buffers available,
-read what the device handed back. Public: device authors use it in their own tests.
+read what the device handed back; and ``activate``, the driver's side of the virtio-mmio
+handshake that brings a device up on such queues. Public: device authors use them in their own
+tests.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hv.hw._memory import GuestMemory
+from hv.virtio import _mmio as M
 from hv.virtio._queue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Virtqueue
 
 _DESC = struct.Struct("<QIHH")
@@ -121,3 +124,42 @@ class DriverQueue:
 
     def set_used_event(self, idx: int) -> None:
         self.mem.write_u16(self.avail + 4 + 2 * self.size, idx)
+
+
+def activate(dev: M.VirtioMmio, features: int, queues: Sequence[DriverQueue]) -> int:
+    """Bring ``dev`` up as a guest driver does (virtio 1.x, 4.2.3.1): reset, ACKNOWLEDGE,
+    DRIVER, write ``features`` (both 32-bit halves), set FEATURES_OK and read it back; if the
+    device refused the features, stop there. Then set up ``queues[i]`` as queue ``i`` (QueueSel,
+    QueueNum, the descriptor, driver and device ring addresses, QueueReady) and set DRIVER_OK.
+    Returns the Status register as read at the end, for the caller to check (``0x0F`` when the
+    device runs; NEEDS_RESET if it refused a ring)."""
+
+    def w(off: int, value: int) -> None:
+        dev.mmio_write(off, 4, value)
+
+    w(M.R_STATUS, 0)
+    w(M.R_STATUS, M.STATUS_ACKNOWLEDGE)
+    w(M.R_STATUS, M.STATUS_ACKNOWLEDGE | M.STATUS_DRIVER)
+    for sel in (0, 1):
+        w(M.R_DRIVER_FEATURES_SEL, sel)
+        w(M.R_DRIVER_FEATURES, (features >> (32 * sel)) & 0xFFFF_FFFF)
+    features_ok = M.STATUS_ACKNOWLEDGE | M.STATUS_DRIVER | M.STATUS_FEATURES_OK
+    w(M.R_STATUS, features_ok)
+    if not dev.mmio_read(M.R_STATUS, 4) & M.STATUS_FEATURES_OK:
+        return dev.mmio_read(M.R_STATUS, 4)
+    for i, q in enumerate(queues):
+        w(M.R_QUEUE_SEL, i)
+        most = dev.mmio_read(M.R_QUEUE_NUM_MAX, 4)
+        if not 0 < q.size <= most:
+            raise ValueError(f"queue {i}: {q.size} descriptors, the device offers {most}")
+        w(M.R_QUEUE_NUM, q.size)
+        for low, addr in (
+            (M.R_QUEUE_DESC_LOW, q.desc),
+            (M.R_QUEUE_DRIVER_LOW, q.avail),
+            (M.R_QUEUE_DEVICE_LOW, q.used),
+        ):
+            w(low, addr & 0xFFFF_FFFF)
+            w(low + 4, addr >> 32)
+        w(M.R_QUEUE_READY, 1)
+    w(M.R_STATUS, features_ok | M.STATUS_DRIVER_OK)
+    return dev.mmio_read(M.R_STATUS, 4)

@@ -1,0 +1,48 @@
+"""Waiting in tests, written once: poll a condition until it holds, within a bounded time, and
+fail naming what was awaited. Wait on an event where there is one (a console line,
+``vm.wait()``, ``trio.testing.wait_all_tasks_blocked()``); poll where the thing awaited is a
+counter or a state with no event of its own. Never sleep a fixed time and assume.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+What = str | Callable[[], str]
+
+
+def _timed_out(what: What, timeout: float) -> AssertionError:
+    said = what() if callable(what) else what
+    return AssertionError(f"timed out after {timeout:g} s waiting for {said}")
+
+
+async def wait_until(
+    condition: Callable[[], T], what: What, timeout: float = 15, every: float = 0.01
+) -> T:
+    """Poll ``condition()`` every ``every`` seconds of trio time until it is true; return its
+    value. AssertionError naming ``what`` (a string, or a callable giving one with the state
+    at the time) after ``timeout`` seconds."""
+    with trio.move_on_after(timeout):
+        while not (value := condition()):
+            await trio.sleep(every)
+        return value
+    raise _timed_out(what, timeout)
+
+
+def wait_until_sync(
+    condition: Callable[[], T], what: What, timeout: float = 15, every: float = 0.05
+) -> T:
+    """``wait_until`` for code outside trio (a test driving ``hv`` processes): polls with
+    ``time.sleep``."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() >= deadline:
+            raise _timed_out(what, timeout)
+        time.sleep(every)
+    return value
