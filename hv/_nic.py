@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from hv._errors import ConfigError
 from netfabric.capture import CaptureError
-from netfabric.switch import PortVlan
+from netfabric.ports import PortVlan
 from netfabric.switch import parse_mac as switch_parse_mac
 
 if TYPE_CHECKING:

@@ -66,7 +66,7 @@ import trio
 
 from hv._errors import HvError
 from hv._status import StopInfo
-from netfabric.switch import PortCounters
+from netfabric.ports import PortCounters
 
 if TYPE_CHECKING:
     import re
@@ -78,8 +78,8 @@ if TYPE_CHECKING:
     from hv.lab._runner import LabRun as TrioLabRun
     from hv.lab._runner import Output
     from hv.lab._spec import LabSpec
+    from netfabric.ports import PortVlan
     from netfabric.ports.host import HostPort as TrioHostPort
-    from netfabric.switch import PortVlan
     from netfabric.switch import Switch as TrioSwitch
 
 T = TypeVar("T")

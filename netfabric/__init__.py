@@ -21,22 +21,24 @@ Other ports take frames the same way: ``ports/host.py`` (driven from code), ``po
 TFTP: ``netfabric/services/``). ``hv/_nic.py`` is where the machine and the fabric meet: it
 builds a NIC's device and its port and joins them.
 
-Layering: ``offload``, ``frame``, ``capture`` and the ``LearningSwitch`` core are
-self-contained; ``Switch`` moves frames between ports, which build on it; ``impair`` and
-``services`` build on the ports.
+Layering, lowest first: ``offload``, ``frame`` and ``capture``; the ports (``ports/``: the
+``Port`` protocol, a port's ``PortVlan`` and ``PortCounters``, each kind), which know the switch
+they plug into only as a ``SwitchSide`` and never import it; ``switch.py`` (the sans-IO
+``LearningSwitch`` core and ``Switch``, which moves frames between ports and makes host ports
+for ``open_port`` and ``attach``); ``impair`` and ``services`` build on the ports.
 """
 
 from netfabric.capture import PcapngWriter
 from netfabric.frame import Frame
 from netfabric.impair import ImpairedLink, Impairment
 from netfabric.offload import Offload
-from netfabric.ports.base import Cable, Port, SwitchPort
+from netfabric.ports.base import Cable, Port, PortCounters, PortVlan, SwitchPort
 from netfabric.ports.host import CallbackPort, HostPort
 from netfabric.ports.link import Link, LinkPort
 from netfabric.ports.nic import NicPort
 from netfabric.ports.services import ServicesPort
 from netfabric.ports.tap import TapPort
-from netfabric.switch import LearningSwitch, PortCounters, PortVlan, Switch, mac_str, parse_mac
+from netfabric.switch import LearningSwitch, Switch, mac_str, parse_mac
 
 __all__ = [
     "Cable",

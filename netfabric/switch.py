@@ -49,11 +49,9 @@ Time comes from the caller (``now``), so tests and virtual time drive aging.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -62,10 +60,14 @@ import trio
 from netfabric.capture import PcapngWriter, open_capture
 from netfabric.frame import Frame
 
+# The port vocabulary lives with the ports (below the switch); re-exported here, where it was.
+from netfabric.ports.base import Listener, Port
+from netfabric.ports.base import PortCounters as PortCounters
+from netfabric.ports.base import PortVlan as PortVlan
+from netfabric.ports.host import CallbackPort, HostPort
+
 if TYPE_CHECKING:
     from netfabric.offload import Offload
-    from netfabric.ports.base import Listener, Port
-    from netfabric.ports.host import CallbackPort, HostPort
 
 ETH_HEADER = 14
 DEFAULT_MAX_MACS = 4096
@@ -93,69 +95,9 @@ TPID_8021Q = b"\x81\x00"
 TPIDS = frozenset((TPID_8021Q, b"\x88\xa8", b"\x91\x00"))
 
 
-@dataclass(frozen=True)
-class PortVlan:
-    """A port's VLAN role: access (one untagged VLAN) or trunk (tagged ``allowed`` VLANs,
-    None meaning all, and an untagged ``native`` one)."""
-
-    access: int | None = 1
-    allowed: frozenset[int] | None = None
-    native: int | None = None
-
-    @property
-    def trunk(self) -> bool:
-        return self.access is None
-
-    def carries(self, vid: int) -> bool:
-        if self.access is not None:
-            return vid == self.access
-        return vid == self.native or self.allowed is None or vid in self.allowed
-
-
 def _check_vid(vid: int, what: str) -> None:
     if not 1 <= vid <= VLAN_MAX:
         raise ValueError(f"{what} {vid} is not a VLAN id in 1..{VLAN_MAX}")
-
-
-@dataclass
-class PortCounters:
-    """One port's counters. ``rx`` is what the port's device sent into the switch, ``tx``
-    what the switch handed to it, and ``drops`` what the switch dropped on the port's
-    ingress, by reason.
-
-    ``*_frames`` and ``*_bytes`` count frames as the device handed them over: an offloaded
-    TCP frame (TSO, up to 64 KiB, see netfabric.offload) counts once, with its length.
-    ``*_wire_frames`` and ``*_wire_bytes`` count them as a wire (and a capture) would: such
-    a frame as the segments it stands for, each with its own headers (computed from the
-    offload, nothing is cut to count). Without offloads the two are the same. The core sees
-    every frame as one; the fabric adds what offloaded frames stand for beyond that to the
-    ``*_wire_extra_*`` fields."""
-
-    rx_frames: int = 0
-    rx_bytes: int = 0
-    tx_frames: int = 0
-    tx_bytes: int = 0
-    drops: collections.Counter[str] = field(default_factory=collections.Counter)
-    rx_wire_extra_frames: int = 0
-    rx_wire_extra_bytes: int = 0
-    tx_wire_extra_frames: int = 0
-    tx_wire_extra_bytes: int = 0
-
-    @property
-    def rx_wire_frames(self) -> int:
-        return self.rx_frames + self.rx_wire_extra_frames
-
-    @property
-    def rx_wire_bytes(self) -> int:
-        return self.rx_bytes + self.rx_wire_extra_bytes
-
-    @property
-    def tx_wire_frames(self) -> int:
-        return self.tx_frames + self.tx_wire_extra_frames
-
-    @property
-    def tx_wire_bytes(self) -> int:
-        return self.tx_bytes + self.tx_wire_extra_bytes
 
 
 class LearningSwitch:
@@ -465,8 +407,6 @@ class Switch:
         """A port whose frames go to ``deliver(data, offload)`` (a test's or a tool's hook:
         ``netfabric.ports.host.CallbackPort``); ``capture``: a pcapng file of this port's
         traffic alone; ``vlan``: its VLAN role."""
-        from netfabric.ports.host import CallbackPort
-
         return CallbackPort(self, name, deliver, capture=capture, vlan=vlan)
 
     def set_vlan(self, port_id: int, vlan: PortVlan) -> None:
@@ -580,8 +520,6 @@ class Switch:
         """One more host on this switch, driven from code: ``send`` frames (bytes or scapy
         packets) and ``await receive()`` what the switch delivers to it (at most ``queue``
         waiting; more is dropped and counted)."""
-        from netfabric.ports.host import HostPort
-
         return HostPort(self, name, queue, vlan)
 
     def add_listener(self, listener: Listener) -> None:

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hv
-from netfabric import LearningSwitch, PcapngWriter, mac_str, parse_mac
+from netfabric import LearningSwitch, PcapngWriter, PortVlan, mac_str, parse_mac
 from netfabric.ports.link import Link, find_loop
-from netfabric.switch import PortVlan, Switch
+from netfabric.switch import Switch
 
 A, B, C = (
     parse_mac("52:54:00:00:00:0a"),

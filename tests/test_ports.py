@@ -1,8 +1,9 @@
 """Frames and ports: a ``Frame`` is cut into wire segments once however many capture points
 and receivers want them; every port kind passes one conformance check of the ``Port``
 protocol (attach, send, deliver, counters, link down drops), as does a fake port that only
-implements the protocol; the machine's NIC imports nothing of the fabric but the frame and
-offload vocabulary; ``netfabric``'s public face is pinned."""
+implements the protocol; the ports know the switch they plug into only as a ``SwitchSide``;
+the machine's NIC imports nothing of the fabric but the frame and offload vocabulary;
+``netfabric``'s public face is pinned."""
 
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ from netfabric.capture import PortCapture
 from netfabric.frame import Frame
 from netfabric.impair import ImpairedLink
 from netfabric.offload import GSO_TCPV4, Offload, checksum, resolve, wire_count
-from netfabric.ports import Listener, Port
+from netfabric.ports import Listener, Port, PortCounters, PortVlan, SwitchSide
 from netfabric.ports.host import CallbackPort, HostPort
 from netfabric.ports.link import Link
 from netfabric.ports.nic import NicPort
 from netfabric.ports.services import ServicesPort
 from netfabric.ports.tap import TapPort
-from netfabric.switch import PortCounters, Switch
+from netfabric.switch import LearningSwitch, Switch
 
 ROOT = Path(__file__).resolve().parent.parent
 A, B, C = (bytes([0x52, 0x54, 0, 0, 0, i]) for i in (1, 2, 3))
@@ -270,6 +271,78 @@ def test_a_port_capture_is_a_listener_on_the_port(tmp_path: Path) -> None:
     p.send(Frame(B + A + b"\x08\x00" + bytes(50)))
     sw.close()
     assert cap.writer.frames == 2 and (tmp_path / "a.pcapng").stat().st_size > 100
+
+
+# -- the switch as the ports see it ----------------------------------------------------------
+
+
+class RecordingSide:
+    """A switch side that is no ``Switch``: what the ports call on the switch they plug into,
+    recorded (over a real core, which keeps their counters and link state)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.core = LearningSwitch()
+        self.trunk_ports: set[int] = set()
+        self.plugged: list[Port] = []
+        self.sent: list[tuple[int, bytes]] = []
+        self.vlans: list[tuple[int, PortVlan]] = []
+        self.bound: list[tuple[int, bytes, bytes]] = []
+
+    def plug(self, port: Port) -> int:
+        self.core.add_port(len(self.plugged))
+        self.plugged.append(port)
+        return len(self.plugged) - 1
+
+    def send(self, port_id: int, frame: Frame) -> None:
+        self.sent.append((port_id, frame.data))
+
+    def set_vlan(self, port_id: int, vlan: PortVlan) -> None:
+        self.core.set_vlan(port_id, vlan)
+        self.vlans.append((port_id, vlan))
+
+    def bind_ip(self, port_id: int, ip: bytes, mac: bytes) -> None:
+        self.bound.append((port_id, ip, mac))
+
+
+def test_ports_plug_into_any_switch_side() -> None:
+    a, b = RecordingSide("a"), RecordingSide("b")
+    sides: list[SwitchSide] = [a, b, Switch("lan")]  # mypy: the Switch is one too
+    assert sides[2].core.ports == {}
+    ip = bytes([10, 0, 0, 2])
+    nic = NicPort(a, "vm.eth0", lambda f: None, mac=A, ip=ip, vlan=PortVlan(access=10))
+    h = HostPort(a, "h", 4, None)
+    svc = ServicesPort(a, "svc", lambda w: [w])
+    ln = Link(a, b)
+    assert a.plugged == [nic, h, svc, ln.port_a] and b.plugged == [ln.port_b]
+    assert a.bound == [(0, ip, A)] and a.vlans[0] == (0, PortVlan(access=10))
+    # a is VLAN-aware: the link's end there is made a trunk carrying every VLAN
+    assert a.trunk_ports == {3} and b.trunk_ports == {0} and b.vlans == []
+    assert a.vlans[1:] == [(3, PortVlan(access=None, native=1))]
+    frame = B + A + b"\x08\x00" + bytes(50)
+    nic.send(Frame(frame))
+    h.send(frame)
+    svc.deliver(Frame(frame))  # its answer goes back through the switch side
+    ln.port_a.deliver(Frame(frame))  # crosses to b's end, which sends it into b
+    assert a.sent == [(0, frame), (1, frame), (2, frame)] and b.sent == [(0, frame)]
+    nic.set_up(False)
+    assert not nic.up and h.up and h.counters is a.core.ports[1]
+    assert repr(h) == "<HostPort 'h' #1 on 'a'>"
+
+
+def test_the_ports_never_import_the_switch() -> None:
+    paths = sorted((ROOT / "netfabric" / "ports").glob("*.py"))
+    assert len(paths) >= 7  # the check looks where it should
+    for path in paths:
+        got = netfabric_imports(path)
+        assert not got & {"netfabric", "netfabric.switch", "netfabric.fabric"}, (path, got)
+
+
+def test_the_port_vocabulary_is_re_exported_where_it_was() -> None:
+    import netfabric.switch
+
+    assert netfabric.switch.PortVlan is PortVlan is netfabric.PortVlan
+    assert netfabric.switch.PortCounters is PortCounters is netfabric.PortCounters
 
 
 # -- layering and the public face -----------------------------------------------------------

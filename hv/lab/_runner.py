@@ -27,11 +27,11 @@ from hv.hw._platform import DEFAULT_QUANTUM
 from hv.lab._spec import LabSpec, NicSpec, VmSpec, check_captures
 from netfabric.capture import CaptureError
 from netfabric.impair import ImpairedLink
-from netfabric.ports.base import Cable
+from netfabric.ports.base import Cable, PortVlan
 from netfabric.ports.link import Link
 from netfabric.ports.tap import TapError, TapPort
 from netfabric.services import DhcpConfig, DnsConfig, ServiceHost, ServicesConfig
-from netfabric.switch import PortVlan, Switch
+from netfabric.switch import Switch
 
 Output = Callable[[bytes], None]
 

@@ -1,6 +1,8 @@
 """The port protocol: what a switch knows of anything plugged into it, and their common part.
 
-A port is one end of a cable plugged into a ``netfabric.switch.Switch``. Toward the switch,
+A port is one end of a cable plugged into a switch (``netfabric.switch.Switch``, which this
+module never imports: the ports sit below the switch and know it only as a ``SwitchSide``, the
+few things they call on it). Toward the switch,
 ``send(frame)`` puts a frame on it; from the switch, ``deliver(frame)`` takes each frame that
 leaves through the port. Both carry a ``netfabric.frame.Frame`` (bytes and, for an offloaded
 frame, its ``Offload``; a port that cannot take offloads asks ``frame.wire()``). The switch
@@ -14,6 +16,9 @@ is made (``Switch.plug`` gives it its id) and does everything but ``deliver``. T
 module each: ``nic`` (a VM's NIC), ``host`` (driven from code), ``tap`` (the host's kernel),
 ``link`` (a cable to another switch), ``services`` (the built-in services host).
 
+A port's vocabulary is here too: its VLAN role (``PortVlan``) and its counters
+(``PortCounters``, kept by the switch's core).
+
 A ``Cable`` sits between a port and what is plugged into it, and may impair each direction:
 ``wrap(deliver, "egress")`` is the way from the device into the switch, ``"ingress"`` the way
 back (for a link, a to b and b to a). ``netfabric.impair.ImpairedLink`` is one.
@@ -21,16 +26,14 @@ back (for a link, a to b and b to a). ``netfabric.impair.ImpairedLink`` is one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from netfabric.capture import PcapngWriter, PortCapture
 from netfabric.frame import Frame
-from netfabric.switch import PortCounters, PortVlan
-
-if TYPE_CHECKING:
-    from netfabric.switch import Switch
 
 # Takes a frame onward: a port's device end, one direction of a cable.
 Deliver = Callable[[Frame], None]
@@ -39,6 +42,66 @@ Deliver = Callable[[Frame], None]
 # and drops what it cannot keep).
 Listener = Callable[[int, Frame, int], None]
 Direction = Literal["egress", "ingress"]
+
+
+@dataclass(frozen=True)
+class PortVlan:
+    """A port's VLAN role: access (one untagged VLAN) or trunk (tagged ``allowed`` VLANs,
+    None meaning all, and an untagged ``native`` one)."""
+
+    access: int | None = 1
+    allowed: frozenset[int] | None = None
+    native: int | None = None
+
+    @property
+    def trunk(self) -> bool:
+        return self.access is None
+
+    def carries(self, vid: int) -> bool:
+        if self.access is not None:
+            return vid == self.access
+        return vid == self.native or self.allowed is None or vid in self.allowed
+
+
+@dataclass
+class PortCounters:
+    """One port's counters. ``rx`` is what the port's device sent into the switch, ``tx``
+    what the switch handed to it, and ``drops`` what the switch dropped on the port's
+    ingress, by reason.
+
+    ``*_frames`` and ``*_bytes`` count frames as the device handed them over: an offloaded
+    TCP frame (TSO, up to 64 KiB, see netfabric.offload) counts once, with its length.
+    ``*_wire_frames`` and ``*_wire_bytes`` count them as a wire (and a capture) would: such
+    a frame as the segments it stands for, each with its own headers (computed from the
+    offload, nothing is cut to count). Without offloads the two are the same. The core sees
+    every frame as one; the fabric adds what offloaded frames stand for beyond that to the
+    ``*_wire_extra_*`` fields."""
+
+    rx_frames: int = 0
+    rx_bytes: int = 0
+    tx_frames: int = 0
+    tx_bytes: int = 0
+    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+    rx_wire_extra_frames: int = 0
+    rx_wire_extra_bytes: int = 0
+    tx_wire_extra_frames: int = 0
+    tx_wire_extra_bytes: int = 0
+
+    @property
+    def rx_wire_frames(self) -> int:
+        return self.rx_frames + self.rx_wire_extra_frames
+
+    @property
+    def rx_wire_bytes(self) -> int:
+        return self.rx_bytes + self.rx_wire_extra_bytes
+
+    @property
+    def tx_wire_frames(self) -> int:
+        return self.tx_frames + self.tx_wire_extra_frames
+
+    @property
+    def tx_wire_bytes(self) -> int:
+        return self.tx_bytes + self.tx_wire_extra_bytes
 
 
 class Cable(Protocol):
@@ -83,6 +146,38 @@ class Port(Protocol):
         """The switch is closing: close what the port holds open (its capture)."""
 
 
+class SwitchCore(Protocol):
+    """What a port reads and sets in its switch's core (``netfabric.switch.LearningSwitch``):
+    its counters, the VLAN roles, its link state."""
+
+    @property
+    def ports(self) -> Mapping[int, PortCounters]: ...
+    @property
+    def vlans(self) -> Mapping[int, PortVlan]: ...
+
+    def is_up(self, port: int) -> bool: ...
+    def set_up(self, port: int, up: bool) -> None: ...
+
+
+class SwitchSide(Protocol):
+    """The switch a port plugs into, as its ports see it (``netfabric.switch.Switch`` is
+    one): ``plug`` gives a port its id, ``send`` takes the frames it puts on the switch,
+    ``set_vlan`` gives it a VLAN role, ``bind_ip`` its IPv4 address (a NIC's), and a link
+    marks its ends in ``trunk_ports``."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def core(self) -> SwitchCore: ...
+    @property
+    def trunk_ports(self) -> set[int]: ...
+
+    def plug(self, port: Port) -> int: ...
+    def send(self, port_id: int, frame: Frame) -> None: ...
+    def set_vlan(self, port_id: int, vlan: PortVlan) -> None: ...
+    def bind_ip(self, port_id: int, ip: bytes, mac: bytes) -> None: ...
+
+
 class SwitchPort:
     """A port's common part (see the module's docstring): plugged into ``switch`` as ``name``
     when made, with a VLAN role (``vlan``) and a pcapng file of its own traffic (``capture``:
@@ -90,7 +185,7 @@ class SwitchPort:
 
     def __init__(
         self,
-        switch: Switch,
+        switch: SwitchSide,
         name: str,
         *,
         vlan: PortVlan | None = None,

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from netfabric.frame import Frame
 from netfabric.offload import Offload
-from netfabric.ports.base import SwitchPort
-from netfabric.switch import PortVlan
-
-if TYPE_CHECKING:
-    from netfabric.switch import Switch
+from netfabric.ports.base import PortVlan, SwitchPort, SwitchSide
 
 
 def as_frame(frame: Frame | bytes | Any, offload: Offload | None = None) -> Frame:
@@ -31,7 +27,7 @@ class HostPort(SwitchPort):
     what the switch delivers, as wire frames (at most ``queue`` waiting; the rest is dropped
     and counted in ``dropped``)."""
 
-    def __init__(self, switch: Switch, name: str, queue: int, vlan: PortVlan | None) -> None:
+    def __init__(self, switch: SwitchSide, name: str, queue: int, vlan: PortVlan | None) -> None:
         self.queue = queue
         self.dropped = 0
         self._send, self._receive = trio.open_memory_channel[bytes](queue)
@@ -71,7 +67,7 @@ class CallbackPort(SwitchPort):
 
     def __init__(
         self,
-        switch: Switch,
+        switch: SwitchSide,
         name: str,
         callback: Callable[[bytes, Offload | None], None],
         *,

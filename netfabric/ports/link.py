@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from netfabric.frame import Frame
-from netfabric.ports.base import Cable, Deliver, SwitchPort
-from netfabric.switch import PortVlan, Switch
+from netfabric.ports.base import Cable, Deliver, PortVlan, SwitchPort, SwitchSide
 
 
 def find_loop(edges: list[tuple[str, str]]) -> list[str] | None:
@@ -50,7 +49,7 @@ def _path(adjacent: dict[str, list[str]], a: str, b: str) -> list[str]:
 class LinkPort(SwitchPort):
     """One end of a link: what its switch sends out through it crosses to the other end."""
 
-    def __init__(self, switch: Switch, name: str) -> None:
+    def __init__(self, switch: SwitchSide, name: str) -> None:
         super().__init__(switch, name)
         self._across: Deliver = _unconnected
 
@@ -72,7 +71,7 @@ class Link:
     real switches (``cable`` may impair each direction: egress is a to b, ingress b to a). It
     carries every VLAN tagged, VLAN 1 untagged, once either switch is VLAN-aware."""
 
-    def __init__(self, a: Switch, b: Switch, cable: Cable | None = None) -> None:
+    def __init__(self, a: SwitchSide, b: SwitchSide, cable: Cable | None = None) -> None:
         if a is b:
             raise ValueError(f"a link from switch {a.name!r} to itself is a loop")
         self.a, self.b = a, b

@@ -13,14 +13,9 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from netfabric.frame import Frame
-from netfabric.ports.base import Cable, Deliver, SwitchPort
-from netfabric.switch import PortVlan
-
-if TYPE_CHECKING:
-    from netfabric.switch import Switch
+from netfabric.ports.base import Cable, Deliver, PortVlan, SwitchPort, SwitchSide
 
 
 class NicPort(SwitchPort):
@@ -37,7 +32,7 @@ class NicPort(SwitchPort):
 
     def __init__(
         self,
-        switch: Switch,
+        switch: SwitchSide,
         name: str,
         deliver: Deliver,
         *,

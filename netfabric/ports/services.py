@@ -7,13 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from netfabric.frame import Frame
-from netfabric.ports.base import SwitchPort
-
-if TYPE_CHECKING:
-    from netfabric.switch import Switch
+from netfabric.ports.base import SwitchPort, SwitchSide
 
 # One wire frame in, the frames answering it out; never raises.
 Handle = Callable[[bytes], list[bytes]]
@@ -21,7 +17,7 @@ Handle = Callable[[bytes], list[bytes]]
 
 class ServicesPort(SwitchPort):
     def __init__(
-        self, switch: Switch, name: str, handle: Handle, capture: Path | None = None
+        self, switch: SwitchSide, name: str, handle: Handle, capture: Path | None = None
     ) -> None:
         self.handle = handle
         super().__init__(switch, name, capture=capture)

@@ -60,8 +60,7 @@ import trio
 
 from netfabric.frame import Frame
 from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload
-from netfabric.ports.base import SwitchPort
-from netfabric.switch import Switch
+from netfabric.ports.base import SwitchPort, SwitchSide
 
 # What a frame read from the host goes to: its bytes and its Offload (None: a complete frame).
 Handler = Callable[[bytes, Offload | None], None]
@@ -371,7 +370,9 @@ class TapPort(SwitchPort):
     ``tap``: a TapDevice, or a name to open one with (TapError if that cannot be done). Its
     ``counters`` are the switch's for the port; ``tap.counters`` the descriptor's."""
 
-    def __init__(self, switch: Switch, tap: TapDevice | str, capture: Path | None = None) -> None:
+    def __init__(
+        self, switch: SwitchSide, tap: TapDevice | str, capture: Path | None = None
+    ) -> None:
         self.tap = TapDevice(tap) if isinstance(tap, str) else tap
         super().__init__(switch, f"tap:{self.tap.name}", capture=capture)
 
