@@ -196,8 +196,8 @@ def module_cycles() -> list[frozenset[str]]:
 def test_the_graph_is_read() -> None:
     # the reader sees what is there: an absolute import, a relative one, a lazy one
     edges = {(i.module, i.target) for i in IMPORTS}
-    assert ("hv.board._machine", "hv.hw._memory") in edges
-    assert ("hv._disk", "hv.virtio._blk") in edges  # inside a function
+    assert ("hv.board._machine", "hv.hw") in edges  # through the face: from hv.hw import ...
+    assert ("hv._disk", "hv.virtio") in edges  # inside a function
     assert ("hv.engine._abi", "unicorn") in edges
     assert ("hv.engine._select", "hv.engine._build") in edges  # from hv.engine import _build
     assert _sccs({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset("abc")]
