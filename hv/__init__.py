@@ -3,7 +3,7 @@
 Layers, lowest first (a module imports only from its own layer or a lower one; no import
 cycles between packages; tests/test_layers.py checks this very list, ``LAYERS``):
 
-1. ``_errors``, ``_status``, ``_log``: errors, exit statuses, logging.
+1. ``_errors``, ``_status``, ``_log``, ``_lazy``: errors, exit statuses, logging, lazy faces.
 2. ``hw``: the board's vocabulary: guest memory and the DMA accessor, the MMIO bus and IRQ
    lines, the device protocol and declared counters, the hv-virt platform map, the clock.
 3. ``riscv`` (decoding, the guest page walk, the SBI: sans-IO), ``devices`` (PLIC, UART,
