@@ -14,8 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import hv
-from hv.board._fdt import DeviceTreeSpec, build_device_tree
-from hv.board._loader import load_kernel
+from hv.board import DeviceTreeSpec, build_device_tree, load_kernel
 from hv.hw import _platform as P
 
 # First: loading hv's machine loads the libunicorn HV_ENGINE chooses (hv/engine); unicorn

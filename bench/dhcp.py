@@ -93,8 +93,7 @@ def run_delay() -> float:
 def child(guests: int, dhcp: bool, timeout: float) -> dict[str, Any]:
     import trio
 
-    from hv.lab._runner import LabRun, run_lab
-    from hv.lab._spec import parse_lab
+    from hv.lab import LabRun, parse_lab, run_lab
 
     spec = parse_lab(lab_text(guests, dhcp), Path.cwd(), "dhcp")
     want = LINES["bound"] if dhcp else LINES["net"]

@@ -47,8 +47,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hv.lab._runner import LabRun, run_lab
-from hv.lab._spec import parse_lab
+from hv.lab import LabRun, parse_lab, run_lab
 from netfabric.frame import Frame
 from netfabric.impair import ImpairedDirection, direction_rng
 

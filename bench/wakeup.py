@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_board import Doorbell, irq_waiter_kernel  # type: ignore[import-not-found]  # noqa: E402
 
 import hv  # noqa: E402
-from hv.hw._memory import GuestMemory  # noqa: E402
+from hv.hw import GuestMemory  # noqa: E402
 
 
 async def latencies(busy: bool, rings: int) -> list[float]:

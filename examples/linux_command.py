@@ -12,7 +12,7 @@ import sys
 import trio
 
 import hv
-from hv.build._image_linux import linux_image_info
+from hv.build import linux_image_info
 
 PROMPT = re.compile(rb"\n[^\n]*# $")
 

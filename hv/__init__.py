@@ -3,7 +3,7 @@
 Layers, lowest first (a module imports only from its own layer or a lower one; no import
 cycles between packages; tests/test_layers.py checks this very list, ``LAYERS``):
 
-1. ``_errors``, ``_status``, ``_log``: errors, exit statuses, logging.
+1. ``_errors``, ``_status``, ``_log``, ``_lazy``: errors, exit statuses, logging, lazy faces.
 2. ``hw``: the board's vocabulary: guest memory and the DMA accessor, the MMIO bus and IRQ
    lines, the device protocol and declared counters, the hv-virt platform map, the clock.
 3. ``riscv`` (decoding, the guest page walk, the SBI: sans-IO), ``devices`` (PLIC, UART,
@@ -24,14 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from hv._disk import Disk
 from hv._errors import ConfigError, GuestError, HostError, HvError, StateError
+from hv._lazy import face_attribute
 from hv._nic import Nic
 from hv._status import EXIT_STATUS, StopInfo, StopKind
-from hv.build._guests import guest_path
+from hv.build import guest_path
 
 if TYPE_CHECKING:
     from hv._console import Console
     from hv._vm import Vm, VmConfig, VmState, open_vm, run_vm
-    from hv.lab._api import Lab, open_lab
+    from hv.lab import Lab, open_lab
 
 # The machine's names load the CPU engine (which may build it on first use), so they are
 # imported on first access: `import hv` alone, or the `hv` command's other actions, do not.
@@ -41,21 +42,14 @@ _LAZY = {
     "VmConfig": "hv._vm",
     "VmState": "hv._vm",
     "open_vm": "hv._vm",
-    "Lab": "hv.lab._api",
-    "open_lab": "hv.lab._api",
+    "Lab": "hv.lab",
+    "open_lab": "hv.lab",
     "run_vm": "hv._vm",
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hv' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return face_attribute(__name__, _LAZY, globals(), name)
 
 
 __all__ = [

@@ -18,7 +18,7 @@ from hv._errors import ConfigError, HostError
 
 if TYPE_CHECKING:
     from blockdev import BlockBackend, DiskSpec
-    from hv.hw._device import Device
+    from hv.hw import Device
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Disk:
 
     def device(self, vm: str, index: int) -> Device:
         """The virtio-blk device for this disk, named ``VM.vdX`` (vda, vdb, ...)."""
-        from hv.virtio._blk import virtio_blk
+        from hv.virtio import virtio_blk
 
         return virtio_blk(f"{vm}.vd{disk_letters(index)}", self.backend, self.serial)
 

@@ -27,7 +27,7 @@ from netfabric.ports import PortVlan
 from netfabric.switch import parse_mac as switch_parse_mac
 
 if TYPE_CHECKING:
-    from hv.hw._device import Device
+    from hv.hw import Device
     from netfabric.ports.base import Cable
     from netfabric.switch import Switch
 
@@ -118,8 +118,7 @@ class Nic:
 
     def device(self, vm: str, index: int) -> Device:
         """The virtio-net device for this NIC, plugged into its switch as ``VM.ethN``."""
-        from hv.virtio._mmio import VirtioMmio
-        from hv.virtio._net import VirtioNet
+        from hv.virtio import VirtioMmio, VirtioNet
         from netfabric.ports.nic import NicPort
 
         name = f"{vm}.eth{index}"

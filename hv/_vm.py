@@ -31,12 +31,9 @@ from hv._errors import ConfigError, StateError
 from hv._log import get_logger
 from hv._nic import Nic, nic_cmdline
 from hv._status import StopInfo, StopKind
-from hv.board._loader import load_file
-from hv.board._machine import Machine, MachineConfig
+from hv.board import Machine, MachineConfig, load_file
+from hv.hw import DEFAULT_QUANTUM, AsyncWork, Device, TimeSource
 from hv.hw import _platform as P
-from hv.hw._clock import TimeSource
-from hv.hw._device import AsyncWork, Device
-from hv.hw._platform import DEFAULT_QUANTUM
 
 log = get_logger("hv.vm")
 

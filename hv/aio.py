@@ -74,10 +74,8 @@ if TYPE_CHECKING:
     from hv._console import Console as TrioConsole
     from hv._vm import Vm as TrioVm
     from hv._vm import VmConfig, VmState
-    from hv.lab._api import Lab
-    from hv.lab._runner import LabRun as TrioLabRun
-    from hv.lab._runner import Output
-    from hv.lab._spec import LabSpec
+    from hv.lab import Lab, LabSpec, Output
+    from hv.lab import LabRun as TrioLabRun
     from netfabric.ports import PortVlan
     from netfabric.ports.host import HostPort as TrioHostPort
     from netfabric.switch import Switch as TrioSwitch
@@ -674,7 +672,7 @@ async def open_lab(
 
     @asynccontextmanager
     async def in_trio() -> AsyncIterator[TrioLabRun]:
-        from hv.lab._api import open_lab as trio_open_lab  # loads the engine: in trio
+        from hv.lab import open_lab as trio_open_lab
 
         async with trio_open_lab(spec, output) as run:
             yield run

@@ -54,9 +54,7 @@ import trio
 if TYPE_CHECKING:
     from hv._nic import Nic
     from hv._vm import Vm, VmConfig
-    from hv.lab._api import Lab
-    from hv.lab._runner import LabRun
-    from hv.lab._spec import LabSpec
+    from hv.lab import Lab, LabRun, LabSpec
     from netfabric.services import ServiceHost
     from netfabric.switch import Switch
 
@@ -238,8 +236,7 @@ class VmFactory:
         ``gateway``, ``dhcp``, ``dns``, ``tftp`` (built-in services, ``services[name]``;
         the DNS server answers the names of this factory's VMs with a fixed ``ip`` there),
         ``tap``. Keys for a switch already started are a ``ValueError``."""
-        from hv.lab._runner import open_tap, services_config
-        from hv.lab._spec import LabSpec
+        from hv.lab import LabSpec, open_tap, services_config
         from hv.lab._spec import _switch as parse_switch
         from netfabric.services import ServiceHost
         from netfabric.switch import Switch
@@ -309,7 +306,7 @@ class VmFactory:
         from hv._nic import Nic
         from hv._values import MIB, size
         from hv._vm import VmConfig
-        from hv.build._kernels import resolve_kernel
+        from hv.build import resolve_kernel
         from hv.hw import _platform as P
 
         path, initrd, default = resolve_kernel(str(kernel), self.base)
@@ -386,7 +383,7 @@ class LabFactory:
 
     def spec(self, spec: Lab | LabSpec | str | Path) -> LabSpec:
         """The parsed lab, with a capture in tmp_path for each switch without one."""
-        from hv.lab._api import as_spec
+        from hv.lab import as_spec
 
         if isinstance(spec, str | Path) and not Path(spec).is_absolute():
             spec = self.base / spec
@@ -411,7 +408,7 @@ class LabFactory:
         return run
 
     async def _run(self, spec: LabSpec, *, task_status: trio.TaskStatus[LabRun]) -> None:
-        from hv.lab._runner import run_lab
+        from hv.lab import run_lab
 
         with trio.CancelScope() as scope:
             self._scopes.append(scope)

@@ -29,7 +29,7 @@ PACKAGES = ("hv", "netfabric", "blockdev")
 # layer or of a lower one. Every node of the package graph is in exactly one layer (a pattern
 # such as netfabric.* places its subpackages and modules).
 LAYERS: list[tuple[str, frozenset[str]]] = [
-    ("base", frozenset({"hv._errors", "hv._status", "hv._log"})),
+    ("base", frozenset({"hv._errors", "hv._status", "hv._log", "hv._lazy"})),
     # the board's vocabulary: memory and DMA accessor, bus, device protocol, platform, clock
     ("hw", frozenset({"hv.hw"})),
     # the parts: the hart's decoding and SBI, the devices, the zig build cache and builds
@@ -53,7 +53,7 @@ NOT_FOR_THE_MACHINE = ("netfabric.fabric", "netfabric.switch", "netfabric.ports"
 KNOWN_MACHINE_NET: set[tuple[str, str]] = set()
 
 # hw is the floor of the machine: nothing of hv but these.
-HW_MAY_IMPORT = frozenset({"hv.hw", "hv._errors", "hv._status", "hv._log"})
+HW_MAY_IMPORT = frozenset({"hv.hw", "hv._errors", "hv._status", "hv._log", "hv._lazy"})
 
 # Cycles on main that other work of issue 17 removes; the coordinator empties this set at
 # merge. A cycle found must be one of these or lie inside one (a part of it left); any other
@@ -196,8 +196,8 @@ def module_cycles() -> list[frozenset[str]]:
 def test_the_graph_is_read() -> None:
     # the reader sees what is there: an absolute import, a relative one, a lazy one
     edges = {(i.module, i.target) for i in IMPORTS}
-    assert ("hv.board._machine", "hv.hw._memory") in edges
-    assert ("hv._disk", "hv.virtio._blk") in edges  # inside a function
+    assert ("hv.board._machine", "hv.hw") in edges  # through the face: from hv.hw import ...
+    assert ("hv._disk", "hv.virtio") in edges  # inside a function
     assert ("hv.engine._abi", "unicorn") in edges
     assert ("hv.engine._select", "hv.engine._build") in edges  # from hv.engine import _build
     assert _sccs({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset("abc")]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 from typing import Protocol
 
-from hv.devices._uart import Uart16550
+from hv.devices import Uart16550
 
 # Host-side console input waiting for the guest: beyond this, input is dropped (and counted).
 INPUT_LIMIT = 1 << 20

@@ -23,7 +23,7 @@ from typing import Any
 import fdt
 
 from hv._errors import ConfigError
-from hv.hw._platform import (
+from hv.hw import (
     PLIC_BASE,
     PLIC_NUM_SOURCES,
     PLIC_SIZE,

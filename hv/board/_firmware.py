@@ -13,9 +13,8 @@ from typing import Protocol
 from hv._status import StopKind
 from hv.board._console_io import ConsoleIo
 from hv.board._interrupts import HartInterrupts
-from hv.hw._clock import Clock
-from hv.hw._memory import GuestMemory
-from hv.riscv._sbi import ResetKind, Sbi
+from hv.hw import Clock, GuestMemory
+from hv.riscv import ResetKind, Sbi
 
 
 class Power(Protocol):

@@ -12,7 +12,7 @@ import collections
 from collections.abc import Callable
 from typing import Protocol
 
-from hv.hw._clock import Clock
+from hv.hw import Clock
 
 MIP_SSIP = 1 << 1
 MIP_STIP = 1 << 5

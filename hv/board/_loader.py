@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hv._errors import ConfigError
-from hv.hw._platform import KERNEL_ADDR, RAM_BASE
+from hv.hw import KERNEL_ADDR, RAM_BASE
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -35,17 +35,22 @@ from hv.board._fdt import TEXT_LIMIT, DeviceTreeSpec, build_device_tree
 from hv.board._firmware import BoardFirmware
 from hv.board._interrupts import HartInterrupts
 from hv.board._loader import LoadedKernel, load_kernel, plan_layout, save_file
-from hv.devices._finisher import Finisher, FinishKind
-from hv.devices._plic import Plic
-from hv.devices._uart import Uart16550
-from hv.engine._vcpu import Exit, ExitKind, Vcpu
+from hv.devices import Finisher, FinishKind, Plic, Uart16550
+from hv.engine import Exit, ExitKind, Vcpu
+from hv.hw import (
+    DEFAULT_QUANTUM,
+    QUANTUM_MAX,
+    QUANTUM_MIN,
+    AsyncWork,
+    Bus,
+    Clock,
+    Device,
+    DeviceContext,
+    GuestMemory,
+    TimeSource,
+)
 from hv.hw import _platform as P
-from hv.hw._bus import Bus
-from hv.hw._clock import Clock, TimeSource
-from hv.hw._device import AsyncWork, Device, DeviceContext
-from hv.hw._memory import GuestMemory
-from hv.hw._platform import DEFAULT_QUANTUM, QUANTUM_MAX, QUANTUM_MIN
-from hv.riscv._sbi import LEGACY_PUTCHAR
+from hv.riscv import LEGACY_PUTCHAR
 
 log = get_logger("hv.machine")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from hv._errors import ConfigError
 from hv.cli._terminal import EXIT_OUTPUT_CLOSED, EscapeKeys, raw_terminal
-from hv.lab._protocol import (
+from hv.lab import (
     ENDED_KEEP,
     LOG_ENV,
     ControlError,
@@ -39,7 +39,7 @@ from hv.lab._protocol import (
 )
 
 if TYPE_CHECKING:
-    from hv.lab._spec import LabSpec
+    from hv.lab import LabSpec
 
 COMMANDS = ("ps", "stats", "console", "stop", "down", "capture", "top")
 EXIT_FAILED = 1  # no such lab, VM or switch; the lab refused or went away
@@ -71,7 +71,7 @@ def load_named(path: Path, project: str | None) -> LabSpec:
     else ``default_lab_name``."""
     from dataclasses import replace
 
-    from hv.lab._spec import check_lab_name, load_lab
+    from hv.lab import check_lab_name, load_lab
 
     spec = load_lab(path, default_name=default_lab_name(path))
     if project is not None:
@@ -700,7 +700,7 @@ def _stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer["stats"], indent=2))
         return 0
-    from hv.lab._stats import render_snapshot
+    from hv.lab import render_snapshot
 
     for line in render_snapshot(answer["stats"]):
         print(line)
@@ -710,7 +710,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _top(args: argparse.Namespace) -> int:
     import trio
 
-    from hv.lab._view import live_view
+    from hv.lab import live_view
 
     conn = Connection.open(args.lab)
     left = [args.count + 1 if args.count is not None else -1]
@@ -751,7 +751,7 @@ def _top(args: argparse.Namespace) -> int:
 def up_detached(args: argparse.Namespace) -> int:
     """``hv up -d LAB.toml``: start the lab in the background (its output to NAME.log next
     to its socket), wait until it answers on its socket, say how to reach it."""
-    from hv.lab._spec import check_captures
+    from hv.lab import check_captures
 
     if args.attach is not None:
         raise ConfigError("--attach and -d do not go together: attach later with hv console LAB VM")

@@ -19,15 +19,13 @@ from hv import _log
 from hv._errors import ConfigError, HvError
 from hv._nic import Nic
 from hv._values import MIB, argument, size
-from hv.build import _guests, _image_linux
-from hv.build._kernels import resolve_kernel
-from hv.build._progress import StderrProgress
+from hv.build import StderrProgress, _guests, _image_linux, resolve_kernel
 from hv.cli import _control as _control_cli
 from hv.cli import _disk as _disk_cli
 from hv.cli import _netem as _netem_cli
 from hv.cli._terminal import EXIT_OUTPUT_CLOSED, EscapeKeys, raw_terminal
+from hv.hw import DEFAULT_QUANTUM
 from hv.hw import _platform as P
-from hv.hw._platform import DEFAULT_QUANTUM
 
 if TYPE_CHECKING:
     from hv._vm import Vm
@@ -413,8 +411,8 @@ def _net_option(text: str) -> tuple[str, str | None, str | None]:
 async def _run(args: argparse.Namespace) -> int:
     from hv._disk import close_disks, open_disks
     from hv._vm import Vm, VmConfig  # loads the engine: only for the commands that run guests
-    from hv.board._loader import NotAKernel
-    from hv.lab._runner import open_tap
+    from hv.board import NotAKernel
+    from hv.lab import open_tap
     from netfabric.switch import Switch
 
     if not isinstance(args.mem, int):  # argparse hands "--mem=--" over as a list
@@ -638,7 +636,7 @@ def _image_command(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from hv.lab._demo import run_demo
+    from hv.lab import run_demo
 
     write = _stdout_writer()
     return await run_demo(write, Path(args.capture), args.pings, args.datagrams, args.linux)
@@ -648,9 +646,7 @@ async def _up(args: argparse.Namespace) -> int:
     from functools import partial
 
     from hv._status import StopKind
-    from hv.lab._control import ControlServer
-    from hv.lab._runner import run_lab
-    from hv.lab._view import LiveConsole, live_view, view_mode
+    from hv.lab import ControlServer, LiveConsole, live_view, run_lab, view_mode
 
     spec = _control_cli.load_named(Path(args.lab), args.project_name)
     if args.attach is not None and args.attach not in spec.vms:

@@ -18,7 +18,7 @@ from typing import Any
 
 from hv._errors import ConfigError
 from hv.cli._control import EXIT_FAILED, Connection, resolve_lab
-from hv.lab._protocol import ControlError
+from hv.lab import ControlError
 
 DELAY_HELP = (
     "Each direction of a cable has its own settings, and a delay applies per direction: "
@@ -161,7 +161,7 @@ def _value(option: str, kind: str, text: str) -> Any:
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """The ``set`` table the options ask for, checked as the lab will check it (a
     ConfigError naming the option)."""
-    from hv.lab._impair import parse_changes
+    from hv.lab import parse_changes
 
     table = {
         name: _value(name, kind, getattr(args, name))
@@ -219,7 +219,7 @@ def netem_command(args: argparse.Namespace) -> int:
 
 def cable_lines(c: dict[str, Any]) -> list[str]:
     """One cable as ``hv netem ... show`` prints it."""
-    from hv.lab._stats import cable_counters_text, duration_text, settings_text
+    from hv.lab import cable_counters_text, duration_text, settings_text
 
     eg, ing = c["egress"], c["ingress"]
     rtt = eg["settings"]["delay"] + ing["settings"]["delay"]

@@ -10,8 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 
-from hv.hw._device import Device
-from hv.hw._platform import TEST_SIZE
+from hv.hw import TEST_SIZE, Device
 
 # Low-16-bit command codes, as in QEMU's hw/misc/sifive_test.c and Linux's syscon-poweroff DT.
 FINISHER_FAIL = 0x3333

@@ -26,9 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hv._errors import HostError
-from hv.hw._bus import IrqLine
-from hv.hw._device import Device
-from hv.hw._platform import PLIC_SIZE
+from hv.hw import PLIC_SIZE, Device, IrqLine
 
 # Sources 0..NUM_SOURCES-1 exist; source 0 is reserved (as on QEMU virt).
 NUM_SOURCES = 96

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import collections
 
-from hv.hw._bus import IrqLine
-from hv.hw._device import Device
-from hv.hw._platform import UART0_SIZE
+from hv.hw import UART0_SIZE, Device, IrqLine
 
 # Receive FIFO depth with FIFOs enabled (a 16550A has 16 bytes).
 FIFO_SIZE = 16

@@ -18,6 +18,14 @@ is impossible). ``hv engine info`` says which library is in use, ``hv engine bui
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from hv._lazy import face_attribute
+
+if TYPE_CHECKING:
+    from hv.engine._vcpu import Exit, ExitKind, Vcpu
+
+
 from hv.engine._build import (
     PATCHES,
     UNICORN_VERSION,
@@ -29,20 +37,6 @@ from hv.engine._build import (
     failure_note,
 )
 from hv.engine._select import Choice, load_library
-
-__all__ = [
-    "PATCHES",
-    "UNICORN_VERSION",
-    "BuiltEngine",
-    "Choice",
-    "EngineBuildError",
-    "build_engine",
-    "cached_engine",
-    "engine_dir",
-    "engine_info",
-    "failure_note",
-    "load_library",
-]
 
 
 def engine_info() -> dict[str, object]:
@@ -64,3 +58,34 @@ def engine_info() -> dict[str, object]:
     if choice.note:
         info["note"] = choice.note
     return info
+
+
+# The names other packages use, loaded on first use (importing one private module of this
+# package does not load the others).
+_FACE = {
+    "Exit": "hv.engine._vcpu",
+    "ExitKind": "hv.engine._vcpu",
+    "Vcpu": "hv.engine._vcpu",
+}
+
+
+def __getattr__(name: str) -> Any:
+    return face_attribute(__name__, _FACE, globals(), name)
+
+
+__all__ = [
+    "PATCHES",
+    "UNICORN_VERSION",
+    "BuiltEngine",
+    "Choice",
+    "EngineBuildError",
+    "Exit",
+    "ExitKind",
+    "Vcpu",
+    "build_engine",
+    "cached_engine",
+    "engine_dir",
+    "engine_info",
+    "failure_note",
+    "load_library",
+]

@@ -32,8 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hv._errors import HostError
-from hv.build._progress import Progress, ninja_step, run_logged, step_line
-from hv.build._zig import cache_dir
+from hv.build import Progress, cache_dir, ninja_step, run_logged, step_line
 
 UNICORN_VERSION = "2.1.4"
 SDIST_SHA256 = "00567a70e323f749b419cd86bee4f9115beab7ebba32194581c090cbb7c59cff"

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hv._log import get_logger
-from hv.build._progress import StderrProgress
+from hv.build import StderrProgress
 from hv.engine import _build
 
 log = get_logger("hv.engine")

@@ -72,8 +72,7 @@ from hv.engine._abi import (
     unicorn,
 )
 from hv.engine._native import _load_native_hook
-from hv.hw._bus import Bus
-from hv.hw._memory import GuestMemory
+from hv.hw import Bus, GuestMemory
 from hv.riscv import _traps
 
 log = get_logger("hv.vcpu")

@@ -20,10 +20,9 @@ from hv._errors import ConfigError, HostError
 from hv._nic import Nic
 from hv._status import StopInfo
 from hv._vm import Vm, VmConfig, run_vm
-from hv.board._loader import load_file
-from hv.build._kernels import build_bundled, resolve_kernel
-from hv.build._progress import StderrProgress
-from hv.hw._platform import DEFAULT_QUANTUM
+from hv.board import load_file
+from hv.build import StderrProgress, build_bundled, resolve_kernel
+from hv.hw import DEFAULT_QUANTUM
 from hv.lab._spec import LabSpec, NicSpec, VmSpec, check_captures
 from netfabric.capture import CaptureError
 from netfabric.impair import ImpairedLink

@@ -14,7 +14,7 @@ import enum
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Protocol
 
-from hv.hw._memory import GuestMemory
+from hv.hw import GuestMemory
 
 SPEC_VERSION = (2 << 24) | 0  # SBI v2.0
 IMPL_ID = 0x6876  # "hv": not one of the registered implementation ids

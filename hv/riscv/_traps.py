@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hv._errors import GuestError
-from hv.hw._memory import GuestMemory
+from hv.hw import GuestMemory
 
 CAUSE_MISALIGNED_FETCH = 0
 CAUSE_FETCH_ACCESS = 1

@@ -44,8 +44,7 @@ from blockdev import BlockBackend, BlockIOError
 from blockdev.open import check_serial
 from hv._errors import GuestError
 from hv._log import get_logger
-from hv.hw._counters import Counters
-from hv.hw._memory import GuestMemory
+from hv.hw import Counters, GuestMemory
 from hv.virtio._mmio import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, VirtioBackend, VirtioMmio
 from hv.virtio._queue import DescriptorChain, Virtqueue
 

@@ -24,8 +24,7 @@ import collections
 from collections.abc import Sequence
 
 from hv._errors import GuestError
-from hv.hw._device import Device
-from hv.hw._memory import GuestMemory
+from hv.hw import Device, GuestMemory
 from hv.virtio._queue import MAX_QUEUE_SIZE, Virtqueue
 
 MAGIC = 0x7472_6976  # "virt"

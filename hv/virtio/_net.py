@@ -31,7 +31,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from hv._errors import GuestError
-from hv.hw._memory import GuestMemory
+from hv.hw import GuestMemory
 from hv.virtio._mmio import F_RING_EVENT_IDX, VirtioBackend, VirtioMmio
 from hv.virtio._queue import DescriptorChain, QueueError, Virtqueue
 from netfabric.frame import Frame

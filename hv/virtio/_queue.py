@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass, field
 
 from hv._errors import GuestError
-from hv.hw._memory import GuestMemory
+from hv.hw import GuestMemory
 
 DESC_F_NEXT = 1
 DESC_F_WRITE = 2

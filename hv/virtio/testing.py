@@ -11,7 +11,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hv.hw._memory import GuestMemory
+from hv.hw import GuestMemory
 from hv.virtio import _mmio as M
 from hv.virtio._queue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Virtqueue
 
