@@ -236,8 +236,7 @@ class VmFactory:
         ``gateway``, ``dhcp``, ``dns``, ``tftp`` (built-in services, ``services[name]``;
         the DNS server answers the names of this factory's VMs with a fixed ``ip`` there),
         ``tap``. Keys for a switch already started are a ``ValueError``."""
-        from hv.lab import LabSpec, open_tap, services_config
-        from hv.lab._spec import _switch as parse_switch
+        from hv.lab import LabSpec, open_tap, parse_switch, services_config
         from netfabric.services import ServiceHost
         from netfabric.switch import Switch
 

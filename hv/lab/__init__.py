@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         check_lab_name,
         load_lab,
         parse_lab,
+        parse_switch,
     )
     from hv.lab._stats import cable_counters_text, duration_text, render_snapshot, settings_text
     from hv.lab._view import LiveConsole, live_view, view_mode
@@ -74,6 +75,7 @@ _LAZY = {
     "check_lab_name": "hv.lab._spec",
     "load_lab": "hv.lab._spec",
     "parse_lab": "hv.lab._spec",
+    "parse_switch": "hv.lab._spec",
     "cable_counters_text": "hv.lab._stats",
     "duration_text": "hv.lab._stats",
     "render_snapshot": "hv.lab._stats",
@@ -118,6 +120,7 @@ __all__ = [
     "open_tap",
     "parse_changes",
     "parse_lab",
+    "parse_switch",
     "private_labs_dir",
     "render_snapshot",
     "run_demo",

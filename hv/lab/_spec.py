@@ -190,7 +190,7 @@ def _vids(value: Any, key: str) -> frozenset[int]:
     return frozenset(_vid(v, f"{key}[{i}]") for i, v in enumerate(value))
 
 
-def _switch(name: str, t: dict[str, Any], base: Path) -> SwitchSpec:
+def parse_switch(name: str, t: dict[str, Any], base: Path) -> SwitchSpec:
     key = f"switches.{name}"
     unknown(t, SWITCH_KEYS, key)
     cap = base / string(t["capture"], f"{key}.capture") if "capture" in t else None
@@ -473,7 +473,7 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
         key = f"switches.{sname}"
         if not _NAME.match(sname):
             raise ConfigError(f"{key}: switch names are lowercase letters, digits, - and _")
-        switches[sname] = spec = _switch(sname, table(sval, key), base)
+        switches[sname] = spec = parse_switch(sname, table(sval, key), base)
         if spec.tap is not None:
             if spec.tap in taps:
                 raise ConfigError(f"{key}.tap: {spec.tap} is also on switch {taps[spec.tap]}")

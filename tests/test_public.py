@@ -1,0 +1,176 @@
+"""The public faces of hv's subpackages: what each ``__init__`` names (pinned, as
+``hv.__all__`` is in test_board and ``netfabric.__all__`` in test_ports), that every name
+resolves, and that no code outside a package (hv's other packages, netfabric, blockdev, the
+examples, the benchmarks) imports one of its private modules: it goes through the face."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FACES: dict[str, list[str]] = {
+    "hv.hw": [
+        "AsyncWork",
+        "Bus",
+        "Clock",
+        "Counters",
+        "DEFAULT_QUANTUM",
+        "Device",
+        "DeviceContext",
+        "GuestMemory",
+        "IrqLine",
+        "KERNEL_ADDR",
+        "PLIC_BASE",
+        "PLIC_NUM_SOURCES",
+        "PLIC_SIZE",
+        "QUANTUM_MAX",
+        "QUANTUM_MIN",
+        "RAM_BASE",
+        "TEST_BASE",
+        "TEST_SIZE",
+        "TIMEBASE_HZ",
+        "TimeSource",
+        "UART0_BASE",
+        "UART0_IRQ",
+        "UART0_SIZE",
+        "VIRTIO_IRQ_BASE",
+        "VIRTIO_SLOTS",
+        "VIRTIO_STRIDE",
+        "virtio_slot_base",
+    ],
+    "hv.riscv": [
+        "LEGACY_PUTCHAR",
+        "ResetKind",
+        "Sbi",
+    ],
+    "hv.devices": [
+        "FinishKind",
+        "Finisher",
+        "Plic",
+        "Uart16550",
+    ],
+    "hv.build": [
+        "Progress",
+        "StderrProgress",
+        "build_bundled",
+        "cache_dir",
+        "guest_path",
+        "linux_image_info",
+        "ninja_step",
+        "resolve_kernel",
+        "run_logged",
+        "step_line",
+    ],
+    "hv.engine": [
+        "BuiltEngine",
+        "Choice",
+        "EngineBuildError",
+        "Exit",
+        "ExitKind",
+        "PATCHES",
+        "UNICORN_VERSION",
+        "Vcpu",
+        "build_engine",
+        "cached_engine",
+        "engine_dir",
+        "engine_info",
+        "failure_note",
+        "load_library",
+    ],
+    "hv.virtio": [
+        "BadRequest",
+        "BlkRequest",
+        "DescriptorChain",
+        "QueueError",
+        "VirtioBackend",
+        "VirtioBlk",
+        "VirtioMmio",
+        "VirtioNet",
+        "Virtqueue",
+        "parse_request",
+        "virtio_blk",
+        "virtio_net",
+    ],
+    "hv.board": [
+        "DeviceTreeSpec",
+        "Machine",
+        "MachineConfig",
+        "NotAKernel",
+        "build_device_tree",
+        "load_file",
+        "load_kernel",
+    ],
+    "hv.lab": [
+        "ControlError",
+        "ControlServer",
+        "ENDED_KEEP",
+        "LOG_ENV",
+        "Lab",
+        "LabPaths",
+        "LabRun",
+        "LabSpec",
+        "LineBuffer",
+        "LineTooLong",
+        "LiveConsole",
+        "NicSpec",
+        "Output",
+        "SwitchSpec",
+        "VmSpec",
+        "already_running",
+        "as_spec",
+        "cable_counters_text",
+        "check_captures",
+        "check_lab_name",
+        "duration_text",
+        "ended_lab",
+        "ended_labs",
+        "live_view",
+        "load_lab",
+        "open_lab",
+        "open_tap",
+        "parse_changes",
+        "parse_lab",
+        "parse_switch",
+        "private_labs_dir",
+        "render_snapshot",
+        "run_demo",
+        "run_lab",
+        "running_labs",
+        "services_config",
+        "settings_text",
+        "view_mode",
+    ],
+}
+
+
+@pytest.mark.parametrize("package", sorted(FACES))
+def test_each_face_is_pinned_and_resolves(package: str) -> None:
+    module = importlib.import_module(package)
+    assert sorted(module.__all__) == FACES[package]
+    for name in FACES[package]:
+        assert getattr(module, name) is not None, f"{package}.{name}"
+
+
+def test_no_private_module_is_imported_across_packages() -> None:
+    """``from hv.board._machine import Machine`` outside hv.board is a reach past the face
+    (tests may reach in: they test the insides)."""
+    reaches = []
+    for folder in ("hv", "netfabric", "blockdev", "examples", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            here = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.ImportFrom) or not node.module or node.level:
+                    continue
+                parts = node.module.split(".")
+                if parts[0] != "hv" or len(parts) < 3 or not parts[2].startswith("_"):
+                    continue
+                package = ".".join(parts[:2])
+                if here == package or here.startswith(package + "."):
+                    continue
+                reaches.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}")
+    assert not reaches, "\n".join(reaches)
