@@ -21,6 +21,7 @@ from hv.hw._counters import Counters
 from hv.hw._device import Device
 from hv.virtio._blk import BAD_REASONS, BLK_COUNTERS, VirtioBlk
 from hv.virtio._mmio import VirtioMmio
+from hv.virtio._net import NET_COUNTERS, VirtioNet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +60,7 @@ def _devices() -> dict[str, tuple[object, frozenset[str]]]:
         "hv/devices/_finisher.py": (Finisher(lambda kind, code: None), Finisher.COUNTERS),
         "hv/virtio/_mmio.py": (VirtioMmio("vda", blk), VirtioMmio.COUNTERS),
         "hv/virtio/_blk.py": (blk, BLK_COUNTERS),
+        "hv/virtio/_net.py": (VirtioNet(bytes.fromhex("525400123456")), NET_COUNTERS),
     }
 
 

@@ -31,7 +31,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from hv._errors import GuestError
-from hv.hw import GuestMemory
+from hv.hw import Counters, GuestMemory
 from hv.virtio._mmio import F_RING_EVENT_IDX, VirtioBackend, VirtioMmio
 from hv.virtio._queue import DescriptorChain, QueueError, Virtqueue
 from netfabric.frame import Frame
@@ -61,6 +61,26 @@ HDR_F_NEEDS_CSUM = 1
 GSO_ECN = 0x80
 
 
+# virtio-net's counters (the transport's are beside them in VirtioMmio.stats()).
+NET_COUNTERS = frozenset(
+    {
+        "tx_frames",  # frames the guest sent, as it sent them (a TSO frame once)
+        "tx_bytes",
+        "tx_offloaded",  # ... of which carried a checksum or segmentation offload
+        "tx_runt",  # shorter than an Ethernet header: dropped
+        "tx_gso_unsupported",  # a segmentation type hv does not carry: dropped
+        "tx_link_down",  # sent while the link was down: dropped
+        "rx_frames",  # frames put in the guest's RX queue
+        "rx_bytes",
+        "rx_merged",  # ... of which spread over several buffers (MRG_RXBUF)
+        "rx_resolved",  # offloaded frames cut or checksummed for a driver that can't take them
+        "rx_dropped",  # the backlog was full: the guest posts buffers too slowly
+        "rx_too_small",  # a frame no ring could ever hold
+        "rx_link_down",  # arrived while the link was down: dropped
+    }
+)
+
+
 class VirtioNet(VirtioBackend):
     device_id = DEVICE_ID_NET
     queue_max = 256
@@ -74,7 +94,7 @@ class VirtioNet(VirtioBackend):
         self.link_up = True
         self._send: Callable[[Frame], None] = _unconnected  # the send end: connect()
         self.backlog: collections.deque[Frame] = collections.deque()
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = Counters("virtio-net", NET_COUNTERS)
         self._mem: GuestMemory | None = None
         self._queues: Sequence[Virtqueue] = ()
         # what the guest's driver takes (negotiated)
