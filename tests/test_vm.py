@@ -355,7 +355,7 @@ async def test_finisher_unknown_command_is_ignored(guest_elfs: dict[str, Path]) 
         async with trio.open_nursery() as nursery:
             vm = await nursery.start(run_vm, VmConfig(kernel=finisher_kernel(0x1234)))
             await wait_until(
-                lambda: vm.machine.testdev.counters["bad_command"], "the finisher's bad command"
+                lambda: vm.machine.finisher.counters["bad_command"], "the finisher's bad command"
             )
             assert vm.state is VmState.RUNNING
             assert vm.machine.finisher.counters["bad_command"] == 1
