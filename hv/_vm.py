@@ -264,6 +264,8 @@ class Vm:
                 break
             deadline = m.next_deadline()
             if deadline is not None and deadline <= 0:
+                if m.wake_pending():  # it fell due since the check above: the guest goes on
+                    break
                 # The timer is due and its interrupt still does not wake the hart (masked in
                 # sie): only an event can now, so wait for one rather than spin on a deadline
                 # that has passed (a hostile guest's way to burn a host core from wfi).

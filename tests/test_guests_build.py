@@ -167,3 +167,16 @@ def test_unknown_guest() -> None:
         assert name in message
     with pytest.raises(ConfigError):
         guests.guest_path("runtime")
+
+
+def test_an_unwritable_build_cache_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache folder that cannot be made (here: below a plain file, as a folder root cannot
+    write would be for another user) is a ConfigError naming it and the variable to set, not
+    a traceback from deep inside the build."""
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(not_a_folder / "cache"))
+    with pytest.raises(ConfigError, match=r"cannot write hv's build cache .*XDG_CACHE_HOME"):
+        guests.build_guest("hello")

@@ -145,6 +145,7 @@ def test_a_tap_that_cannot_be_created_is_a_clear_error() -> None:
     with tempfile.TemporaryDirectory() as d:
         home = Path(d)
         home.chmod(0o755)
+        os.chown(home, 65534, 65534)  # a home of its own: the guest is built into its cache
         r = _up_as_nobody(home)
     assert r.returncode == 3, r.stdout + r.stderr
     assert "switch lan:" in r.stderr and "ip tuntap add mode tap" in r.stderr, r.stderr

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hv._errors import HostError
+from hv._errors import ConfigError, HostError
 
 # Bump to invalidate every cached build (e.g. after changing default flags).
 BUILD_ABI = "1"
@@ -73,8 +73,15 @@ def cached_build(
     out_dir = out.parent
     if out.exists():
         return out
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp_dir = tempfile.TemporaryDirectory(dir=out_dir)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write hv's build cache {out_dir}: {e.strerror or e}; set XDG_CACHE_HOME "
+            "to a folder of your own"
+        ) from None
+    with tmp_dir as tmp:
         tmp_out = Path(tmp) / name
         build(tmp_out)
         os.replace(tmp_out, out)
