@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from helpers import wait_until_sync
 
 from hv.build import _image_linux as il
+from hv.build._guests import build_guest
 
 
 @pytest.fixture
@@ -145,7 +147,8 @@ def test_a_tap_that_cannot_be_created_is_a_clear_error() -> None:
     with tempfile.TemporaryDirectory() as d:
         home = Path(d)
         home.chmod(0o755)
-        os.chown(home, 65534, 65534)  # a home of its own: the guest is built into its cache
+        # the guest ready-built (nobody builds nothing here; the TAP is what is tested)
+        shutil.copy(build_guest("udpecho"), home / "udpecho.elf")
         r = _up_as_nobody(home)
     assert r.returncode == 3, r.stdout + r.stderr
     assert "switch lan:" in r.stderr and "ip tuntap add mode tap" in r.stderr, r.stderr
@@ -153,7 +156,7 @@ def test_a_tap_that_cannot_be_created_is_a_clear_error() -> None:
 
 def _up_as_nobody(home: Path) -> subprocess.CompletedProcess[str]:
     lab = home / "t.toml"
-    lab.write_text('[switches.lan]\ntap = "hvnope0"\n[vms.a]\nkernel = "udpecho"\n')
+    lab.write_text('[switches.lan]\ntap = "hvnope0"\n[vms.a]\nkernel = "udpecho.elf"\n')
     r = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
          sys.executable, "-m", "hv.cli", "up", str(lab)],
