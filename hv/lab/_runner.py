@@ -216,7 +216,15 @@ async def run_lab(
         )
     check_captures(spec, force)  # before anything is opened or started
     build_bundled((v.kernel for v in spec.vms.values()), spec.base, StderrProgress("hv: "))
-    boots = {name: boot_files(spec, v) for name, v in spec.vms.items()}
+    # Read once per kernel and initrd, however many VMs boot them (a thousand guests of one
+    # kind share the bytes, and the bundled guest's build check runs once).
+    read: dict[tuple[str, object], BootFiles] = {}
+    boots: dict[str, BootFiles] = {}
+    for name, v in spec.vms.items():
+        key = (v.kernel, v.initrd)
+        if key not in read:
+            read[key] = boot_files(spec, v)
+        boots[name] = read[key]
     run = LabRun(spec)
     prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
     try:
