@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -218,7 +219,7 @@ async def run_lab(
     build_bundled((v.kernel for v in spec.vms.values()), spec.base, StderrProgress("hv: "))
     # Read once per kernel and initrd, however many VMs boot them (a thousand guests of one
     # kind share the bytes, and the bundled guest's build check runs once).
-    read: dict[tuple[str, object], BootFiles] = {}
+    read: dict[tuple[str, Path | None], BootFiles] = {}
     boots: dict[str, BootFiles] = {}
     for name, v in spec.vms.items():
         key = (v.kernel, v.initrd)
