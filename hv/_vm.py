@@ -18,10 +18,14 @@ runs again at once.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import trio
 
@@ -31,8 +35,9 @@ from hv._errors import ConfigError, StateError
 from hv._log import get_logger
 from hv._nic import Nic, nic_cmdline
 from hv._status import StopInfo, StopKind
+from hv._timeline import INF, Run, Ticket, Timeline
 from hv.board import Machine, MachineConfig, load_file
-from hv.hw import DEFAULT_QUANTUM, AsyncWork, Device, TimeSource
+from hv.hw import DEFAULT_MIPS, DEFAULT_QUANTUM, AsyncWork, Device, TimeSource, VirtualClock
 from hv.hw import _platform as P
 
 log = get_logger("hv.vm")
@@ -41,6 +46,9 @@ log = get_logger("hv.vm")
 IDLE_RECHECK_S = 1.0
 # What a Linux guest prints when it panics: it then spins forever, so the VM stops on it.
 PANIC_MARKER = b"Kernel panic - not syncing"
+# Virtual time: the longest a VM runs before the timeline yields to the event loop (host time:
+# it changes when other tasks run, never what the guest sees).
+VT_YIELD_S = 0.005
 
 
 class VmState(enum.Enum):
@@ -68,6 +76,12 @@ class VmConfig:
     time_source: TimeSource | None = None  # guest time's source in ns (None: monotonic)
     nics: tuple[Nic, ...] = ()  # virtio-net cards on switches, after ``devices`` (hv.Nic)
     disks: tuple[Disk, ...] = ()  # virtio-blk disks, after the NICs (hv.Disk)
+    # "real" (guest time is the host's) or "virtual" (from the instructions retired at
+    # ``mips`` million a second; docs/TIME.md). A lab hands its VMs its ``timeline``; a VM
+    # on its own makes one.
+    clock: Literal["real", "virtual"] = "real"
+    mips: int = DEFAULT_MIPS
+    timeline: Timeline | None = field(default=None, compare=False)
 
     def machine_config(self) -> MachineConfig:
         kernel = self.kernel if isinstance(self.kernel, bytes) else load_file(self.kernel, "kernel")
@@ -87,6 +101,8 @@ class VmConfig:
             + tuple(nic.device(self.name, i) for i, nic in enumerate(self.nics))
             + tuple(disk.device(self.name, i) for i, disk in enumerate(self.disks)),
             time_source=self.time_source,
+            clock=self.clock,
+            mips=self.mips,
         )
 
 
@@ -113,9 +129,21 @@ class Vm:
         self._scan_tail = b""
         self.exit: StopInfo | None = None
         self.log = log.bind(vm=self.name)
+        # Virtual time (hv._timeline): the VM is a member of a timeline that drives it.
+        self.timeline: Timeline | None = None
+        if config.clock == "virtual":
+            self.timeline = config.timeline or Timeline()
+        self._own_timeline = config.clock == "virtual" and config.timeline is None
+        self._vt_sleeping = False
+        self._vt_input = False
+        self._inbox: list[tuple[int, int, Callable[[], None]]] = []
+        self._tickets: list[tuple[int, int, Ticket]] = []
+        self._vt_seq = itertools.count()
 
     def _wake_up(self) -> None:
         self._wake.set()
+        if self.timeline is not None:
+            self.timeline.poke()
 
     def _console_drained(self) -> None:
         if self.machine.console.blocked:
@@ -125,7 +153,8 @@ class Vm:
     def _console_input(self, data: bytes) -> None:
         # Input must wake a guest sleeping in wfi (its UART interrupt may be enabled).
         self.machine.feed_input(data)
-        self._wake.set()
+        self._vt_input = True
+        self._wake_up()
 
     @property
     def state(self) -> VmState:
@@ -146,20 +175,21 @@ class Vm:
             raise StateError(self._state.value, "running")
         self._pause_requested = True
         self.machine.end_slice()
-        self._wake.set()
+        self._wake_up()
 
     def resume(self) -> None:
         if self._state not in (VmState.RUNNING, VmState.PAUSED):
             raise StateError(self._state.value, "paused or running")
         self._pause_requested = False
-        self._wake.set()
+        self._vt_input = True  # in virtual time it goes on from the lab's time
+        self._wake_up()
 
     def stop(self, reason: str = "stopped by the host") -> None:
         """Ask the VM to stop; it does within one slice. ``await vm.wait()`` for the end."""
         if self._state is VmState.STOPPED:
             return
         self.machine.stop_by_host(reason)
-        self._wake.set()
+        self._wake_up()
 
     async def wait(self) -> StopInfo:
         """Wait until the VM stops; return why."""
@@ -176,8 +206,16 @@ class Vm:
         m = self.machine
         try:
             async with trio.open_nursery() as devices:
-                m.start(lambda name, work: devices.start_soon(self._device, name, work))
-                await self._loop()
+                m.start(
+                    lambda name, work: devices.start_soon(self._device, name, work),
+                    _VmTime(self) if self.timeline is not None else None,
+                )
+                if self.timeline is None:
+                    await self._loop()
+                else:
+                    if self._own_timeline:
+                        devices.start_soon(self.timeline.run)
+                    await self._loop_virtual(self.timeline)
                 devices.cancel_scope.cancel()
         except trio.Cancelled:
             m.stop_by_host("cancelled")
@@ -215,6 +253,141 @@ class Vm:
                 await self._idle()
             else:
                 await trio.lowlevel.checkpoint()
+
+    # -- virtual time: the timeline drives the machine (hv._timeline) ------------------------
+
+    async def _loop_virtual(self, timeline: Timeline) -> None:
+        """The VM's own task in virtual time: the timeline runs the guest; this task keeps
+        the VM's state (paused, stopped) and ends when the machine stops."""
+        m = self.machine
+        self._state = VmState.RUNNING
+        self.log.info("started", mem_mib=m.mem.size >> 20, kernel=m.kernel and m.kernel.kind)
+        timeline.add_member(self)
+        try:
+            while m.stop_info is None:
+                self._wake = trio.Event()
+                if self._pause_requested:
+                    self._state = VmState.PAUSED
+                elif self._state is VmState.PAUSED:
+                    self._state = VmState.RUNNING
+                await self._wake.wait()
+        finally:
+            timeline.remove_member(self)
+
+    def vt_ps(self) -> int:
+        clock = self.machine.clock
+        assert isinstance(clock, VirtualClock)
+        return clock.ps
+
+    def vt_next_ps(self) -> float:
+        m = self.machine
+        if m.stop_info is not None or self._pause_requested or self._state is VmState.STOPPED:
+            return INF
+        clock = m.clock
+        assert isinstance(clock, VirtualClock)
+        now = clock.ps
+        if not self._vt_sleeping or self._vt_input:
+            return now
+        return max(now, self._vt_wake_ps(now))
+
+    def _vt_wake_ps(self, now: int) -> float:
+        """When the sleeping guest could next wake: its timer (if still ahead: a timer that
+        is due but masked wakes nothing), its next frame, its next completion."""
+        best: float = INF
+        t = self.machine.timer_ps()
+        if t is not None and t > now:
+            best = t
+        if self._inbox and self._inbox[0][0] < best:
+            best = self._inbox[0][0]
+        if self._tickets and self._tickets[0][0] < best:
+            best = self._tickets[0][0]
+        return best
+
+    def vt_blocker(self) -> trio.Event | None:
+        if self.machine.console.blocked:
+            self._wake = trio.Event()
+            return self._wake
+        if self._tickets:
+            return self._tickets[0][2].event
+        return None
+
+    def _vt_due(self, now: int) -> bool:
+        """Hand the guest what is due by ``now``: frames, completions. False if a completion
+        is due whose host work is not done (the guest must wait for it)."""
+        inbox = self._inbox
+        while inbox and inbox[0][0] <= now:
+            heapq.heappop(inbox)[2]()
+        tickets = self._tickets
+        while tickets and tickets[0][0] <= now:
+            ticket = tickets[0][2]
+            if not ticket.done:
+                return False
+            heapq.heappop(tickets)
+            assert ticket.fn is not None
+            ticket.fn()
+        return True
+
+    def vt_advance(self, timeline: Timeline, horizon_ps: int) -> Run:
+        """Run the guest up to ``horizon_ps`` on the lab's timeline (the timeline may lower
+        it when the guest sends something), or until it sleeps past it, or must wait."""
+        m = self.machine
+        clock = m.clock
+        assert isinstance(clock, VirtualClock)
+        quantum = self.config.quantum
+        wall_end = time.monotonic() + VT_YIELD_S
+        while True:
+            if m.stop_info is not None:
+                self._wake.set()
+                return Run.STOPPED
+            if self._pause_requested:
+                self._wake.set()
+                return Run.PAUSED
+            if m.console.blocked:
+                return Run.HELD
+            if self._vt_input:  # input, a resume: it happens at the lab's newest time
+                self._vt_input = False
+                clock.skip_to(timeline.frontier_ps())
+                self._vt_sleeping = False
+            now = clock.ps
+            if not self._vt_due(now):
+                return Run.WAITING
+            horizon = timeline.horizon_ps()
+            if now >= horizon:
+                return Run.RAN
+            if self._vt_sleeping:
+                m.console.feed_uart()
+                if m.wake_pending():
+                    self._vt_sleeping = False
+                else:
+                    nxt = self._vt_wake_ps(now)
+                    if nxt >= horizon:
+                        return Run.SLEEPING
+                    clock.skip_to(int(nxt))
+                    continue
+            target = min(horizon, self._vt_wake_ps(now))
+            budget = min(quantum, clock.insns_until(int(target)))
+            ex = m.run_slice(budget)
+            self._flush_output()
+            if m.stop_info is not None or m.console.blocked:
+                continue
+            if m.reboot_requested:
+                self.log.info("reboot")
+                m.reboot()
+                self._vt_sleeping = False
+                continue
+            self._vt_sleeping = m.sleeping(ex)
+            if time.monotonic() > wall_end:
+                return Run.RAN  # let the event loop run; the timeline comes back to us
+
+    def _vt_receive(self, fn: Callable[[], None]) -> None:
+        assert self.timeline is not None
+        heapq.heappush(self._inbox, (self.timeline.arrival_ps(), next(self._vt_seq), fn))
+        self.timeline.poke()
+
+    def _vt_expect(self, due_ps: int) -> Ticket:
+        ticket = Ticket(due_ps)
+        heapq.heappush(self._tickets, (due_ps, next(self._vt_seq), ticket))
+        return ticket
 
     async def _device(self, name: str, work: AsyncWork) -> None:
         """A device's async work: its failure is this VM's host error, nobody else's."""
@@ -282,7 +455,7 @@ class Vm:
             self._wake = trio.Event()
             await self._wake.wait()
 
-    async def _paused(self) -> None:
+    async def _paused(self) -> None:  # (real time)
         self._state = VmState.PAUSED
         self.machine.clock.pause()
         self.log.info("paused")
@@ -317,3 +490,25 @@ async def open_vm(config: VmConfig) -> AsyncIterator[Vm]:
             yield vm
         finally:
             vm.stop("the block using the VM ended")
+
+
+class _VmTime:
+    """A virtual-time VM's clock and timeline, as its devices see them (hv.hw.DeviceTime)."""
+
+    def __init__(self, vm: Vm) -> None:
+        assert vm.timeline is not None and isinstance(vm.machine.clock, VirtualClock)
+        self._vm = vm
+        self._clock = vm.machine.clock
+        self._timeline = vm.timeline
+
+    def now_ps(self) -> int:
+        return self._clock.now_ps()
+
+    def send(self, fn: Callable[[], None]) -> None:
+        self._timeline.post(self._vm, self._clock.now_ps(), fn)
+
+    def receive(self, fn: Callable[[], None]) -> None:
+        self._vm._vt_receive(fn)
+
+    def expect(self, due_ps: int) -> Ticket:
+        return self._vm._vt_expect(due_ps)

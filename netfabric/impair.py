@@ -102,6 +102,7 @@ import json
 import math
 import random
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -579,8 +580,13 @@ class ImpairedLink:
         egress: Impairment | None = None,
         ingress: Impairment | None = None,
         name: str = "",
+        *,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.name = name
+        # Its time (seconds): trio's; a virtual-time lab's timeline, which then also calls
+        # ``fire`` when ``next_deadline`` comes, instead of ``run`` (docs/TIME.md).
+        self.clock = clock
         self.egress = ImpairedDirection(egress, "egress")
         self.ingress = ImpairedDirection(ingress, "ingress")
         self._targets: dict[str, Deliver] = {}
@@ -608,7 +614,7 @@ class ImpairedLink:
                 counters["bytes_out"] += len(frame.data)
                 deliver(frame)
                 return
-            now = trio.current_time()
+            now = self.clock()
             d.submit(frame, None, now)
             for f in d.due_frames(now):
                 deliver(f)
@@ -622,7 +628,7 @@ class ImpairedLink:
 
     def set(self, which: Direction | Literal["both"] = "both", /, **changes: Any) -> None:
         """Change parameters live in one direction or both (``ImpairedDirection.set``)."""
-        now = trio.current_time()
+        now = self.clock()
         dirs = (self.egress, self.ingress) if which == "both" else (self.direction(which),)
         for d in dirs:
             d.set(now=now, **changes)
@@ -637,8 +643,18 @@ class ImpairedLink:
                 best = t
         return best
 
-    def _flush(self) -> None:
-        now = trio.current_time()
+    def next_deadline(self) -> float | None:
+        """When a frame is next due out of either direction (None: nothing is pending)."""
+        t = self._deadline()
+        return None if t == math.inf else t
+
+    def fire(self, now: float) -> None:
+        """Hand on what is due at ``now`` (a virtual-time lab's timeline calls this)."""
+        self._flush(now)
+
+    def _flush(self, now: float | None = None) -> None:
+        if now is None:
+            now = self.clock()
         for name, d in (("egress", self.egress), ("ingress", self.ingress)):
             target = self._targets.get(name)
             if target is None:

@@ -369,8 +369,15 @@ class Switch:
         capture: Path | None = None,
         max_macs: int = DEFAULT_MAX_MACS,
         aging: float = DEFAULT_AGING,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        stamp_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.name = name
+        # The switch's time: ``clock`` (seconds) ages the MAC table, ``stamp_ns`` stamps the
+        # captures and listeners. A virtual-time lab passes its timeline's (docs/TIME.md).
+        self.clock = clock
+        self.stamp_ns = stamp_ns
         self.core = LearningSwitch(max_macs, aging)
         self.ports: dict[int, Port] = {}
         self._next = 0
@@ -444,7 +451,7 @@ class Switch:
     def send(self, port_id: int, frame: Frame) -> None:
         """``frame`` into the switch from port ``port_id``: forwarded, shown to the captures
         and listeners, delivered."""
-        now = time.monotonic()
+        now = self.clock()
         data = frame.data
         fwd = frame
         if self._arp_owner and data[0] & 1 and not self.core.vlans:
@@ -457,7 +464,7 @@ class Switch:
         if offload is not None and offload.gso_type:
             self._count_wire(port_id, out, frame)
         if (self.capture is not None or self._listeners) and (out or self.core.is_up(port_id)):
-            ts = time.time_ns()
+            ts = self.stamp_ns()
             if self.capture is not None:
                 # The capture shows the wire: an offloaded frame as the segments it stands for.
                 iface = self._iface[port_id]
@@ -468,7 +475,7 @@ class Switch:
         ports = self.ports
         src = ports[port_id]
         if src.listeners:
-            ts = time.time_ns()
+            ts = self.stamp_ns()
             for listener in src.listeners:
                 listener(port_id, frame, ts)
         if out and self.core.vlans:
@@ -477,7 +484,7 @@ class Switch:
         for p in out:
             dst = ports[p]
             if dst.listeners:
-                ts = time.time_ns()
+                ts = self.stamp_ns()
                 for listener in dst.listeners:
                     listener(p, fwd, ts)
             dst.deliver(fwd)
@@ -511,7 +518,7 @@ class Switch:
             dst = self.ports[p]
             for f in got:
                 if dst.listeners:
-                    ts = time.time_ns()
+                    ts = self.stamp_ns()
                     for listener in dst.listeners:
                         listener(p, f, ts)
                 dst.deliver(f)
@@ -534,7 +541,7 @@ class Switch:
 
     def mac_table(self) -> list[tuple[str, str, int, float]]:
         """What the switch has learned: (MAC, port name, VLAN (0: unaware), age in s)."""
-        now = time.monotonic()
+        now = self.clock()
         out = []
         for key, (port, seen) in self.core.table.items():
             vid = int.from_bytes(key[6:8], "big") if len(key) == 8 else 0

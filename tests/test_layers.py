@@ -39,7 +39,10 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("fabric", frozenset({"blockdev", "netfabric", "netfabric.*"})),
     ("virtio", frozenset({"hv.virtio"})),
     ("board", frozenset({"hv.board"})),
-    ("vm", frozenset({"hv._console", "hv._disk", "hv._nic", "hv._values", "hv._vm"})),
+    (
+        "vm",
+        frozenset({"hv._console", "hv._disk", "hv._nic", "hv._timeline", "hv._values", "hv._vm"}),
+    ),
     ("lab", frozenset({"hv.lab", "hv.aio"})),
     ("top", frozenset({"hv", "hv.cli", "hv.pytest_plugin"})),
 ]

@@ -120,7 +120,7 @@ def test_the_native_clock_agrees_with_the_python_clock() -> None:
     py = Clock()
     py.paused_ns = 123_456_789  # some time spent paused: the offset covers it
     py.start_ns -= 5_000_000_000
-    c = _abi._Clock(offset_ns=py.offset_ns(), hz=10_000_000)
+    c = _abi._Clock(offset_ns=py.offset_ns(), hz=10_000_000, limit=(1 << 64) - 1)
     for _ in range(1000):
         before = py.ticks()
         got = ticks(ctypes.addressof(c))

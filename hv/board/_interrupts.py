@@ -30,6 +30,8 @@ class InterruptSink(Protocol):
 
     def request_stop(self) -> None: ...
 
+    def set_time_limit(self, ticks: int) -> None: ...
+
 
 class HartInterrupts:
     def __init__(
@@ -62,6 +64,9 @@ class HartInterrupts:
         if self.sink is None:
             return
         pending = self.pending()
+        # The native clock shows at most one tick before an armed timer's deadline until its
+        # interrupt is in mip (a timer set for T never lets the guest read T unannounced).
+        self.sink.set_time_limit(NO_DEADLINE if pending & MIP_STIP else max(self.timer_deadline, 1))
         if self.sink.update_interrupts(pending):
             self.sink.request_stop()
             for bit, name in _NAMES:

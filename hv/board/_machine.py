@@ -26,6 +26,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from hv._errors import ConfigError
 from hv._log import get_logger
@@ -33,11 +34,12 @@ from hv._status import StopInfo, StopKind
 from hv.board._console_io import ConsoleIo, OrderedUart
 from hv.board._fdt import TEXT_LIMIT, DeviceTreeSpec, build_device_tree
 from hv.board._firmware import BoardFirmware
-from hv.board._interrupts import HartInterrupts
+from hv.board._interrupts import NO_DEADLINE, HartInterrupts
 from hv.board._loader import LoadedKernel, load_kernel, plan_layout, save_file
 from hv.devices import Finisher, FinishKind, Plic, Uart16550
 from hv.engine import Exit, ExitKind, Vcpu
 from hv.hw import (
+    DEFAULT_MIPS,
     DEFAULT_QUANTUM,
     QUANTUM_MAX,
     QUANTUM_MIN,
@@ -46,8 +48,10 @@ from hv.hw import (
     Clock,
     Device,
     DeviceContext,
+    DeviceTime,
     GuestMemory,
     TimeSource,
+    VirtualClock,
 )
 from hv.hw import _platform as P
 from hv.riscv import LEGACY_PUTCHAR
@@ -74,6 +78,10 @@ class MachineConfig:
     devices: tuple[Device, ...] = ()
     # Where guest time comes from (ns); None: the host's monotonic clock.
     time_source: TimeSource | None = field(default=None, compare=False)
+    # "real": guest time is the host's; "virtual": it comes from the instructions the hart
+    # retires at ``mips`` million a second, and skips ahead while it waits (docs/TIME.md).
+    clock: Literal["real", "virtual"] = "real"
+    mips: int = DEFAULT_MIPS
 
     def __post_init__(self) -> None:
         if not P.MEM_MIN <= self.mem_size <= P.MEM_MAX:
@@ -96,6 +104,15 @@ class MachineConfig:
             raise ConfigError(
                 f"{len(self.devices)} devices, but hv-virt has {P.VIRTIO_SLOTS} virtio slots"
             )
+        if self.clock not in ("real", "virtual"):
+            raise ConfigError(f'clock {self.clock!r}: use "real" or "virtual"')
+        if self.clock == "virtual" and self.time_source is not None:
+            raise ConfigError("a time source and virtual time exclude each other")
+        if self.clock == "virtual":
+            try:
+                VirtualClock(self.mips)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         names = [d.name for d in self.devices]
         if len(set(names)) != len(names):
             raise ConfigError(f"device names must be unique: {names}")
@@ -114,7 +131,9 @@ class Machine:
         self.on_wake: Callable[[], None] = lambda: None
 
         self.mem = GuestMemory(P.RAM_BASE, config.mem_size)
-        self.clock = Clock(config.time_source)
+        self.clock: Clock = (
+            VirtualClock(config.mips) if config.clock == "virtual" else Clock(config.time_source)
+        )
         self.interrupts = HartInterrupts(self.clock, self.counters, self._wake)
         self.plic = Plic(self._on_plic_change)
         self.uart = Uart16550(self.plic.irq_line(P.UART0_IRQ))
@@ -136,9 +155,12 @@ class Machine:
             self.firmware,
             config.quantum,
             config.count_instructions,
-            native_exits=config.native_exits and self.clock.monotonic,
+            native_exits=config.native_exits and (self.clock.monotonic or self.clock.virtual),
             timebase_hz=self.clock.hz,
         )
+        if isinstance(self.clock, VirtualClock):
+            self.vcpu.set_virtual_time(self.clock.ps_per_insn)
+            self.clock.in_slice = self.vcpu.executed_in_slice
         self.interrupts.sink = self.vcpu
         self.console.native = self.vcpu
         self._sbi_native_seen = 0
@@ -153,7 +175,9 @@ class Machine:
         self.devices.append(dev)
         self.slots[slot] = dev
 
-    def start(self, spawn: Callable[[str, AsyncWork], None]) -> None:
+    def start(
+        self, spawn: Callable[[str, AsyncWork], None], time: DeviceTime | None = None
+    ) -> None:
         """The owner (the VM task) runs and its nursery is open: attach the slot devices.
         Each gets its context now, with ``spawn`` for its async work (called with the
         device's name), so a device's work goes straight into that nursery. Call it once,
@@ -167,6 +191,7 @@ class Machine:
                     wake=self._wake,
                     spawn=functools.partial(spawn, dev.name),
                     end_slice=self.end_slice,
+                    time=time,
                 )
             )
 
@@ -243,12 +268,18 @@ class Machine:
 
     # -- running ---------------------------------------------------------------------------
 
-    def run_slice(self) -> Exit:
-        """Deliver input and interrupts, run one slice, collect console output."""
+    def run_slice(self, budget: int | None = None) -> Exit:
+        """Deliver input and interrupts, run one slice (``budget`` instructions, default the
+        quantum), collect console output."""
         self.console.feed_uart()
         self.interrupts.sync()
-        self.vcpu.set_clock_offset(self.clock.offset_ns())
-        ex = self.vcpu.run_slice()
+        clock = self.clock
+        if isinstance(clock, VirtualClock):
+            ex = self.vcpu.run_slice(budget, clock.guest_ps())
+            clock.settle(self.vcpu.last_insns)
+        else:
+            self.vcpu.set_clock_offset(clock.offset_ns())
+            ex = self.vcpu.run_slice(budget)
         self.console.collect()
         native = self.vcpu.stats.sbi_native
         if native != self._sbi_native_seen:  # putchar calls the native hook answered
@@ -285,6 +316,15 @@ class Machine:
         if deadline is None or self.clock.monotonic:
             return deadline
         return min(deadline, CUSTOM_CLOCK_POLL_S)
+
+    def timer_ps(self) -> int | None:
+        """Virtual time: the lab time at which the armed timer falls due (None: none armed,
+        or its interrupt is already pending)."""
+        clock = self.clock
+        deadline = self.interrupts.timer_deadline
+        if not isinstance(clock, VirtualClock) or deadline == NO_DEADLINE:
+            return None
+        return clock.tick_ps(deadline)
 
     def feed_input(self, data: bytes) -> None:
         self.console.feed(data)

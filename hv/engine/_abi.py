@@ -82,6 +82,13 @@ class _Clock(ctypes.Structure):  # hv_clock in _native/vcpu.c
         ("hz", ctypes.c_uint64),
         ("reads", ctypes.c_uint64),
         ("exits", ctypes.c_void_p),
+        ("virt", ctypes.c_int64),
+        ("base_ps", ctypes.c_int64),
+        ("ps_per_insn", ctypes.c_int64),
+        ("budget0", ctypes.c_int64),
+        ("budget", ctypes.c_void_p),
+        ("limit", ctypes.c_uint64),
+        ("clamped", ctypes.c_uint64),
     )
 
 

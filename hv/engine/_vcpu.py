@@ -85,6 +85,8 @@ BYTES_PER_INSN = 3
 # Host time a slice may take: past it, the next exit (or native clock read) ends the slice at
 # the next block, so an exit-heavy guest holds the event loop about this long, not seconds.
 SLICE_HOST_NS = 1_000_000
+NO_DEADLINE_NS = 1 << 62  # virtual time: slices end on their budget alone
+NO_LIMIT = (1 << 64) - 1  # the clock's read limit when no timer is armed
 
 MIP_SSIP = 1 << 1
 MIP_STIP = 1 << 5
@@ -241,7 +243,9 @@ class Vcpu:
             self._add_hook(unicorn.UC_HOOK_INTR, hook, ctypes.byref(e))
             if FAST_ENGINE and _set_time is not None:
                 # The engine reads the time CSR through hv_clock_ticks: no trap for rdtime.
-                self._clock = _Clock(offset_ns=0, hz=timebase_hz, exits=ctypes.addressof(e))
+                self._clock = _Clock(
+                    offset_ns=0, hz=timebase_hz, exits=ctypes.addressof(e), limit=NO_LIMIT
+                )
                 fn = ctypes.cast(native.hv_clock_ticks, ctypes.c_void_p)
                 if _set_time(self._h, fn, ctypes.byref(self._clock)):
                     raise HostError("uc_hv_set_time failed on the fast engine")
@@ -259,6 +263,43 @@ class Vcpu:
             self._add_hook(unicorn.UC_HOOK_CODE, fn, ctypes.byref(self._insns))
         self._pc = 0
         self._mip = 0
+        self.last_insns = 0  # instructions the last slice ran (fast engine)
+        # Virtual time (set_virtual_time): the slice's starting budget, and whether one runs.
+        self.virtual = False
+        self._budget0 = 0
+        self._in_slice = False
+
+    def set_virtual_time(self, ps_per_insn: int) -> None:
+        """Guest time from retired instructions (``ps_per_insn`` picoseconds each), never from
+        the host: the native clock counts the engine's charged budget, and slices end on their
+        budget alone (no host-time deadline, which would make slice boundaries, and so
+        interrupt delivery, depend on host load). Needs the fast engine's native clock."""
+        if self._clock is None or self._hv is None:
+            raise HostError(
+                "virtual time needs hvfabric's engine with the native clock: run `hv engine "
+                "build` (and have zig: pip install ziglang)"
+            )
+        c = self._clock
+        c.virt = 1
+        c.ps_per_insn = ps_per_insn
+        c.budget = ctypes.addressof(self._hv)
+        self.virtual = True
+
+    def set_time_limit(self, ticks: int) -> None:
+        """The highest time a read may show is ``ticks - 1`` (an armed timer's deadline whose
+        interrupt is not yet pending); NO_LIMIT lifts it. See hv_clock_ticks."""
+        if self._clock is not None:
+            self._clock.limit = ticks
+
+    def executed_in_slice(self) -> int:
+        """Instructions charged to the running slice so far (0 between slices): whole blocks,
+        at their entry, so the count is the same run after run."""
+        hv = self._hv
+        if not self._in_slice or hv is None:
+            return 0
+        e = self._exits
+        unspent = self._unspent + (int(e.unspent) if e is not None else 0)
+        return self._budget0 - int(hv.budget) - unspent
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -461,23 +502,30 @@ class Vcpu:
         the start of the next one."""
         hv = self._hv
         if hv is not None:
-            # The engine reads the budget at every block entry: 0 ends the slice there.
-            self._unspent += hv.budget
+            # The engine reads the budget at every block entry: 0 ends the slice there. What
+            # is given up goes where the native clock sees it (it must not count as run).
+            e = self._exits
+            if e is not None:
+                e.unspent += hv.budget
+            else:
+                self._unspent += hv.budget
             hv.budget = 0
         else:
             self._slice.request = 1
 
     # -- running ---------------------------------------------------------------------------
 
-    def run_slice(self) -> Exit:
-        """Run the guest until its budget is spent, it waits (wfi), or it can't go on."""
+    def run_slice(self, budget: int | None = None, base_ps: int = 0) -> Exit:
+        """Run the guest until its budget (default: the quantum) is spent, it waits (wfi),
+        or it can't go on. In virtual time ``base_ps`` is the guest's time at the start."""
         if self._closed:
             raise HostError("the vCPU is closed")
         # A stop asked for before this slice (e.g. to deliver an interrupt raised between
         # slices) is already served by starting the engine again: mip is written.
         self.stats.slices += 1
         start = time.monotonic_ns()
-        self._deadline = start + SLICE_HOST_NS
+        self._deadline = NO_DEADLINE_NS if self.virtual else start + SLICE_HOST_NS
+        quantum = self.quantum if budget is None else max(1, budget)
         written = self.mem.take_host_writes()
         if written:
             self._drop_translations(written)
@@ -487,20 +535,31 @@ class Vcpu:
             e.unspent = 0
             e.deadline_ns = self._deadline
         if hv is not None:
-            hv.budget = self.quantum
+            hv.budget = quantum
             self._unspent = 0
+            self._budget0 = quantum
+            if self.virtual:
+                c = self._clock
+                assert c is not None
+                c.base_ps = base_ps
+                c.budget0 = quantum
             stops = hv.stops
-            err = _emu_start(self._h, self._pc, 0, 0, 0)
+            self._in_slice = True
+            try:
+                err = _emu_start(self._h, self._pc, 0, 0, 0)
+            finally:
+                self._in_slice = False
             unspent = self._unspent + (e.unspent if e is not None else 0)
-            self.stats.guest_insns += self.quantum - hv.budget - unspent
+            self.last_insns = quantum - hv.budget - unspent
+            self.stats.guest_insns += self.last_insns
             stopped = hv.stops != stops
         else:
             s = self._slice
-            s.budget = self.quantum * BYTES_PER_INSN
+            s.budget = quantum * BYTES_PER_INSN
             s.stopped = 0
             s.request = 0
             before = s.executed
-            count = 0 if self.slicing == "block-hook" else self.quantum
+            count = 0 if self.slicing == "block-hook" else quantum
             err = _emu_start(self._h, self._pc, 0, 0, count)
             ran = s.executed - before
             self.stats.code_bytes += ran

@@ -12,9 +12,9 @@ from hv._lazy import face_attribute
 
 if TYPE_CHECKING:
     from hv.hw._bus import Bus, IrqLine
-    from hv.hw._clock import Clock, TimeSource
+    from hv.hw._clock import DEFAULT_MIPS, Clock, TimeSource, VirtualClock
     from hv.hw._counters import Counters
-    from hv.hw._device import AsyncWork, Device, DeviceContext
+    from hv.hw._device import AsyncWork, Completion, Device, DeviceContext, DeviceTime
     from hv.hw._memory import GuestMemory
     from hv.hw._platform import (
         DEFAULT_QUANTUM,
@@ -44,10 +44,13 @@ _FACE = {
     "AsyncWork": "hv.hw._device",
     "Bus": "hv.hw._bus",
     "Clock": "hv.hw._clock",
+    "Completion": "hv.hw._device",
     "Counters": "hv.hw._counters",
+    "DEFAULT_MIPS": "hv.hw._clock",
     "DEFAULT_QUANTUM": "hv.hw._platform",
     "Device": "hv.hw._device",
     "DeviceContext": "hv.hw._device",
+    "DeviceTime": "hv.hw._device",
     "GuestMemory": "hv.hw._memory",
     "IrqLine": "hv.hw._bus",
     "KERNEL_ADDR": "hv.hw._platform",
@@ -67,6 +70,7 @@ _FACE = {
     "VIRTIO_IRQ_BASE": "hv.hw._platform",
     "VIRTIO_SLOTS": "hv.hw._platform",
     "VIRTIO_STRIDE": "hv.hw._platform",
+    "VirtualClock": "hv.hw._clock",
     "virtio_slot_base": "hv.hw._platform",
 }
 
@@ -76,6 +80,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_MIPS",
     "DEFAULT_QUANTUM",
     "KERNEL_ADDR",
     "PLIC_BASE",
@@ -96,11 +101,14 @@ __all__ = [
     "AsyncWork",
     "Bus",
     "Clock",
+    "Completion",
     "Counters",
     "Device",
     "DeviceContext",
+    "DeviceTime",
     "GuestMemory",
     "IrqLine",
     "TimeSource",
+    "VirtualClock",
     "virtio_slot_base",
 ]

@@ -23,7 +23,7 @@ import abc
 import collections
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from hv._errors import GuestError, HostError
 from hv.hw._bus import IrqLine
@@ -31,6 +31,38 @@ from hv.hw._counters import Counters
 from hv.hw._memory import GuestMemory
 
 AsyncWork = Callable[[], Awaitable[None]]
+
+
+class Completion(Protocol):
+    """A completion the device promised for a time of the guest's (``DeviceTime.expect``)."""
+
+    def ready(self, fn: Callable[[], None]) -> None:
+        """The host work is done: at the promised time, ``fn`` completes it to the guest."""
+        ...
+
+
+class DeviceTime(Protocol):
+    """The guest's time, for a device of a virtual-time VM (``DeviceContext.time``; None in
+    real time, where everything happens when it happens). See docs/TIME.md."""
+
+    def now_ps(self) -> int:
+        """The guest's time now, in picoseconds on the lab's timeline."""
+        ...
+
+    def send(self, fn: Callable[[], None]) -> None:
+        """Something leaves the VM now (a frame): ``fn`` hands it on at this time, when the
+        lab's timeline gets there."""
+        ...
+
+    def receive(self, fn: Callable[[], None]) -> None:
+        """Something reaches the VM from the lab now (a frame): ``fn`` gives it to the device
+        when the guest's time gets to its arrival (now plus the cable's latency)."""
+        ...
+
+    def expect(self, due_ps: int) -> Completion:
+        """Host work started now is to complete to the guest at ``due_ps`` (a modelled
+        latency): the guest does not get past that time until it is ready."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -45,6 +77,8 @@ class DeviceContext:
     # End the running slice at the next block: the device did something other tasks (another
     # VM it sent a frame to) should see now, not when this guest's slice would have ended.
     end_slice: Callable[[], None] = lambda: None
+    # Virtual time: the guest's clock and the lab's timeline (None: real time).
+    time: DeviceTime | None = None
 
 
 class Device(abc.ABC):

@@ -9,6 +9,7 @@ and closed on the way out.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +21,14 @@ from hv._disk import Disk, close_disks, open_disks
 from hv._errors import ConfigError, HostError
 from hv._nic import Nic
 from hv._status import StopInfo
+from hv._timeline import Timeline
 from hv._vm import Vm, VmConfig, run_vm
 from hv.board import load_file
 from hv.build import StderrProgress, build_bundled, resolve_kernel
 from hv.hw import DEFAULT_QUANTUM
-from hv.lab._spec import LabSpec, NicSpec, VmSpec, check_captures
+from hv.lab._spec import LabSpec, NicSpec, VmSpec, check_captures, check_clock
 from netfabric.capture import CaptureError
-from netfabric.impair import ImpairedLink
+from netfabric.impair import ImpairedLink, Impairment
 from netfabric.ports.base import Cable, PortVlan
 from netfabric.ports.link import Link
 from netfabric.ports.tap import TapError, TapPort
@@ -69,6 +71,7 @@ class LabRun:
     disks: dict[str, list[Disk]] = field(default_factory=dict)  # VM -> its disks (opened)
     status: int | None = None  # the lab's exit status once it has ended
     ended: trio.Event = field(default_factory=trio.Event)
+    timeline: Timeline | None = None  # virtual time: the lab's clock (docs/TIME.md)
 
     async def wait(self) -> int:
         """Wait for the lab to end (every VM stopped); its exit status."""
@@ -168,6 +171,7 @@ def vm_config(
     cables: dict[tuple[str, int], Cable] | None = None,
     disks: Sequence[Disk] = (),
     boot: BootFiles | None = None,
+    timeline: Timeline | None = None,
 ) -> VmConfig:
     cables = cables or {}
     boot = boot or boot_files(spec, vm)
@@ -195,6 +199,9 @@ def vm_config(
         name=vm.name,
         nics=nics,
         disks=tuple(disks),
+        clock="virtual" if spec.clock == "virtual" else "real",
+        mips=spec.mips,
+        timeline=timeline,
     )
 
 
@@ -216,6 +223,7 @@ async def run_lab(
             f"--exit-code-from: no VM named {exit_code_from!r} ({', '.join(spec.vms)})"
         )
     check_captures(spec, force)  # before anything is opened or started
+    check_clock(spec)
     build_bundled((v.kernel for v in spec.vms.values()), spec.base, StderrProgress("hv: "))
     # Read once per kernel and initrd, however many VMs boot them (a thousand guests of one
     # kind share the bytes, and the bundled guest's build check runs once).
@@ -227,13 +235,20 @@ async def run_lab(
             read[key] = boot_files(spec, v)
         boots[name] = read[key]
     run = LabRun(spec)
+    tl = run.timeline = Timeline() if spec.clock == "virtual" else None
     prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
     try:
         async with trio.open_nursery() as nursery:
             try:
+                if tl is not None:
+                    nursery.start_soon(tl.run)
                 for name, s in spec.switches.items():
                     try:
-                        switch = Switch(name, s.capture)
+                        switch = (
+                            Switch(name, s.capture, clock=tl.now, stamp_ns=tl.now_ns)
+                            if tl is not None
+                            else Switch(name, s.capture)
+                        )
                     except CaptureError as e:
                         raise ConfigError(f"switches.{name}.capture: {e}") from None
                     run.switches[name] = await nursery.start(switch.run)
@@ -242,17 +257,22 @@ async def run_lab(
                             open_tap(run.switches[name], s.tap).run
                         )
                     if s.subnet is not None:
-                        host = ServiceHost(services_config(spec, name))
-                        host.attach(run.switches[name])
-                        run.services[name] = await nursery.start(host.run)
+                        if tl is None:
+                            host = ServiceHost(services_config(spec, name))
+                            host.attach(run.switches[name])
+                            run.services[name] = await nursery.start(host.run)
+                        else:  # its timers on the lab's clock
+                            host = ServiceHost(services_config(spec, name), clock=tl.now)
+                            host.attach(run.switches[name])
+                            tl.add_timed(host)
+                            run.services[name] = host
                 for i, link in enumerate(spec.links):
                     imp = None
                     if link.impair is not None:
-                        imp = run.impairments[f"links[{i}]"] = await nursery.start(
-                            ImpairedLink(
-                                link.impair.egress, link.impair.ingress, f"{link.a}-{link.b}"
-                            ).run
-                        )
+                        imp = run.impairments[f"links[{i}]"] = await _cable(
+                            nursery, spec, tl, link.impair.egress, link.impair.ingress,
+                            f"{link.a}-{link.b}",
+                        )  # fmt: skip
                     made = Link(run.switches[link.a], run.switches[link.b], imp)
                     if link.vlans is not None:
                         made.trunk(link.vlans)
@@ -262,8 +282,8 @@ async def run_lab(
                     for i, nic in enumerate(vspec.nics):
                         if nic.impair is not None:
                             name = f"{vspec.name}.eth{i}"
-                            imp = run.impairments[name] = await nursery.start(
-                                ImpairedLink(nic.impair.egress, nic.impair.ingress, name).run
+                            imp = run.impairments[name] = await _cable(
+                                nursery, spec, tl, nic.impair.egress, nic.impair.ingress, name
                             )
                             # egress: from the VM into the switch; ingress: the other way
                             cables[(vspec.name, i)] = imp
@@ -272,7 +292,7 @@ async def run_lab(
                     run.disks[vspec.name] = await open_disks(vspec.disks, spec.base, owner)
                 configs = {
                     name: vm_config(
-                        spec, v, run.switches, cables, run.disks.get(name, []), boots[name]
+                        spec, v, run.switches, cables, run.disks.get(name, []), boots[name], tl
                     )
                     for name, v in spec.vms.items()
                 }
@@ -313,6 +333,31 @@ async def run_lab(
     run.status = _status(run, exit_code_from, until)
     run.ended.set()
     return run.status
+
+
+async def _cable(
+    nursery: trio.Nursery,
+    spec: LabSpec,
+    tl: Timeline | None,
+    egress: Impairment | None,
+    ingress: Impairment | None,
+    name: str,
+) -> ImpairedLink:
+    """An impaired cable: on trio's clock with its own task, or on the lab's timeline. The
+    lab's ``seed`` is mixed into each direction's seed."""
+    if spec.seed is not None:
+        egress = _seeded(egress, spec.seed)
+        ingress = _seeded(ingress, spec.seed)
+    if tl is None:
+        link: ImpairedLink = await nursery.start(ImpairedLink(egress, ingress, name).run)
+        return link
+    link = ImpairedLink(egress, ingress, name, clock=tl.now)
+    tl.add_timed(link)
+    return link
+
+
+def _seeded(imp: Impairment | None, seed: int) -> Impairment | None:
+    return None if imp is None else dataclasses.replace(imp, seed=f"{seed}/{imp.seed}")
 
 
 def _status(run: LabRun, exit_code_from: str | None, until: frozenset[str] | None) -> int:

@@ -64,6 +64,7 @@ from hv._values import (
     table,
     unknown,
 )
+from hv.hw import DEFAULT_MIPS, VirtualClock
 from hv.hw import _platform as P
 from hv.lab._impair import parse_impairment
 from netfabric.impair import Impairment
@@ -76,7 +77,8 @@ VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "d
 DISK_KEYS = {"file", "ro", "format", "snapshot", "serial", "backing_dirs"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
 LINK_KEYS = {"a", "b", "impair", "vlans"}
-LAB_KEYS = {"name", "switches", "vms", "links"}
+LAB_KEYS = {"name", "switches", "vms", "links", "clock", "seed", "mips"}
+CLOCKS = ("real", "virtual")
 TAP_NAME_MAX = 15  # IFNAMSIZ - 1
 LAB_FILE_MAX = 1 << 20  # bytes: a lab file is a page or two of TOML
 # The VLAN the built-in services (DHCP, DNS, TFTP) answer in: untagged on their switch, and
@@ -162,6 +164,9 @@ class LabSpec:
     vms: dict[str, VmSpec] = field(default_factory=dict)
     links: tuple[LinkSpec, ...] = ()
     source: Path | None = None  # the lab file (resolved), when read from one
+    clock: str = "real"  # "real" or "virtual" (docs/TIME.md)
+    seed: int | None = None  # mixed into every impairment's seed
+    mips: int = DEFAULT_MIPS  # virtual time: a hart's nominal rate
 
     def reaches(self, switch: str) -> frozenset[str]:
         """The switches whose built-in services ``switch``'s untagged frames reach (itself
@@ -545,7 +550,39 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
             disks=disks,
         )
     _shared_disks(vms, base)
-    return LabSpec(name=name, base=base, switches=switches, vms=vms, links=links)
+    clock = doc.get("clock", "real")
+    if clock not in CLOCKS:
+        raise ConfigError(f'clock: {clock!r} is not "real" or "virtual"')
+    seed = doc.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise ConfigError(f"seed: {seed!r} is not a whole number >= 0")
+    mips = doc.get("mips", DEFAULT_MIPS)
+    if not isinstance(mips, int) or isinstance(mips, bool):
+        raise ConfigError(f"mips: {mips!r} is not a whole number of million instructions/s")
+    try:
+        VirtualClock(mips)
+    except ValueError as e:
+        raise ConfigError(f"mips: {e}") from None
+    lab = LabSpec(
+        name=name, base=base, switches=switches, vms=vms, links=links, clock=clock, seed=seed,
+        mips=mips,
+    )  # fmt: skip
+    check_clock(lab)
+    return lab
+
+
+def check_clock(spec: LabSpec) -> None:
+    """A TAP puts the host's kernel on the wire, and it lives in real time: such a lab cannot
+    run on virtual time (a ConfigError that says what to do)."""
+    if spec.clock != "virtual":
+        return
+    for name, s in spec.switches.items():
+        if s.tap is not None:
+            raise ConfigError(
+                f"switches.{name}.tap: a TAP puts the host on the wire, and the host lives in "
+                'real time, so this lab cannot run on virtual time: use clock = "real" (or '
+                "--clock real), or take the TAP out"
+            )
 
 
 def read_lab_file(path: Path) -> str:

@@ -27,11 +27,12 @@ the frame and offload vocabulary): ``hv.Nic`` builds it and its port and joins t
 from __future__ import annotations
 
 import collections
+import functools
 import struct
 from collections.abc import Callable, Sequence
 
 from hv._errors import GuestError
-from hv.hw import Counters, GuestMemory
+from hv.hw import Counters, DeviceTime, GuestMemory
 from hv.virtio._mmio import F_RING_EVENT_IDX, VirtioBackend, VirtioMmio
 from hv.virtio._queue import DescriptorChain, QueueError, Virtqueue
 from netfabric.frame import Frame
@@ -163,13 +164,16 @@ class VirtioNet(VirtioBackend):
                 self.counters["tx_offloaded"] += 1
             sent.append((data[HDR_LEN:], off))
         self.transport.signal_used(TX)
+        vt = self._time()
         for frame, off in sent:  # after the used ring is written: delivery may re-enter us
             self.counters["tx_frames"] += 1
             self.counters["tx_bytes"] += len(frame)
-            if self.link_up:
-                self._send(Frame(frame, off))
-            else:
+            if not self.link_up:
                 self.counters["tx_link_down"] += 1
+            elif vt is None:
+                self._send(Frame(frame, off))
+            else:  # virtual time: it enters the switch when the lab's timeline gets there
+                vt.send(functools.partial(self._send, Frame(frame, off)))
         if sent:  # let the receivers run now rather than after the rest of our slice
             self.transport.ctx.end_slice()
 
@@ -178,9 +182,21 @@ class VirtioNet(VirtioBackend):
             off.gso_type == GSO_NONE or self.guest_tso4
         )
 
+    def _time(self) -> DeviceTime | None:
+        t = self.transport
+        return t.ctx.time if t is not None and t._ctx is not None else None
+
     def deliver(self, frame: Frame) -> None:
         """A frame from the link for this guest (the deliver end; an offloaded one as its
-        wire frames if the guest can't take it: segmented, checksums filled in)."""
+        wire frames if the guest can't take it: segmented, checksums filled in). In virtual
+        time it reaches the guest after the cable's latency, in the guest's time."""
+        vt = self._time()
+        if vt is not None:
+            vt.receive(functools.partial(self._arrive, frame))
+        else:
+            self._arrive(frame)
+
+    def _arrive(self, frame: Frame) -> None:
         if not self.link_up:
             self.counters["rx_link_down"] += 1
             return

@@ -261,6 +261,14 @@ class ServiceHost:
             self._wake = None
             self.close()
 
+    def fire(self, now: float) -> None:
+        """The timers' work at ``now`` (retransmissions), without ``run``: what a
+        virtual-time lab's timeline calls when ``next_deadline`` comes."""
+        port = self.port
+        for frame in self.tick(now):
+            if port is not None:
+                port.send(Frame(frame))
+
     def _maybe_wake(self) -> None:
         """A new transfer may need the timer task sooner than it planned to wake."""
         if self._wake is not None:

@@ -145,27 +145,60 @@ void hv_intr_hook(void *uc, uint32_t intno, struct hv_exits *e)
 /*
  * The clock behind the riscv `time` CSR on the fast engine (hv/engine patch 0003 lets the
  * engine call this instead of trapping rdtime to Python: 4-5 us per read becomes a few tens
- * of nanoseconds). The same arithmetic as hv's Python Clock, which stays the source of truth:
- * ticks = (CLOCK_MONOTONIC now - offset) * hz / 1e9, with offset = start + time spent paused,
- * written by the host before every slice.
+ * of nanoseconds). The same arithmetic as hv's Python Clock (hv/hw/_clock.py), which stays
+ * the source of truth. Two modes:
+ *  - real time: ticks = (CLOCK_MONOTONIC now - offset) * hz / 1e9, with offset = start + time
+ *    spent paused, written by the host before every slice;
+ *  - virtual time (`virtual` set): guest time comes from the instructions the hart retired,
+ *    never from the host: ps = base_ps + charged * ps_per_insn, where charged is what the
+ *    engine has charged to this slice's budget so far (whole blocks, at their entry), base_ps
+ *    the guest's time when the slice started. The host's clock is not read at all.
+ * In both, `limit` keeps the timer exact: while a timer is armed whose interrupt is not yet in
+ * mip, a read shows at most limit - 1 (one tick before the deadline) and ends the slice at the
+ * next block, where the host raises the interrupt. So the guest never reads a time at or past
+ * its deadline without the interrupt pending (a wait on the slice's end would otherwise show
+ * it a time up to a slice late with no interrupt).
  */
 struct hv_clock {
     int64_t offset_ns;
     uint64_t hz;
     uint64_t reads;  /* statistics */
-    struct hv_exits *exits;  /* for the slice's host-time deadline */
+    struct hv_exits *exits;  /* for the slice's host-time deadline, and its unspent budget */
+    int64_t virt;           /* 1: virtual time (below); 0: CLOCK_MONOTONIC */
+    int64_t base_ps;        /* virtual: guest time (ps since boot) at the slice's start */
+    int64_t ps_per_insn;    /* virtual: picoseconds per retired instruction */
+    int64_t budget0;        /* virtual: the slice's budget when it started */
+    int64_t *budget;        /* virtual: the engine's budget (HvSlice.budget) */
+    uint64_t limit;         /* ticks a read may reach (an armed timer's deadline), or ~0 */
+    uint64_t clamped;       /* statistics: reads held below the deadline */
 };
 
 uint64_t hv_clock_ticks(struct hv_clock *c)
 {
-    int64_t now = hv_now_ns();
-    int64_t ns = now - c->offset_ns;
+    uint64_t ticks;
     c->reads++;
-    if (c->exits)
-        hv_check_deadline(c->exits, now);
-    if (ns < 0)
-        ns = 0;
-    return (uint64_t)((unsigned __int128)ns * c->hz / 1000000000u);
+    if (c->virt) {
+        int64_t charged = c->budget0 - *c->budget - (c->exits ? c->exits->unspent : 0);
+        int64_t ps = c->base_ps + charged * c->ps_per_insn;
+        if (ps < 0)
+            ps = 0;
+        ticks = (uint64_t)((unsigned __int128)ps * c->hz / 1000000000000ull);
+    } else {
+        int64_t now = hv_now_ns();
+        int64_t ns = now - c->offset_ns;
+        if (c->exits)
+            hv_check_deadline(c->exits, now);
+        if (ns < 0)
+            ns = 0;
+        ticks = (uint64_t)((unsigned __int128)ns * c->hz / 1000000000u);
+    }
+    if (ticks >= c->limit) {
+        ticks = c->limit ? c->limit - 1 : 0;
+        c->clamped++;
+        if (c->exits)
+            hv_end_slice(c->exits);
+    }
+    return ticks;
 }
 
 /*
@@ -212,6 +245,13 @@ static const struct hv_layout_entry hv_layouts[] = {
     HV_FIELD(hv_clock, hz),
     HV_FIELD(hv_clock, reads),
     HV_FIELD(hv_clock, exits),
+    HV_FIELD(hv_clock, virt),
+    HV_FIELD(hv_clock, base_ps),
+    HV_FIELD(hv_clock, ps_per_insn),
+    HV_FIELD(hv_clock, budget0),
+    HV_FIELD(hv_clock, budget),
+    HV_FIELD(hv_clock, limit),
+    HV_FIELD(hv_clock, clamped),
     {0, 0},
 };
 

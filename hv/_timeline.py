@@ -1,0 +1,312 @@
+"""Virtual time for a whole lab: one clock, and the order in which everything happens on it.
+
+In a virtual-time lab (``clock = "virtual"``) nothing reads the host's clock on the guests'
+path. Each VM's time comes from the instructions its hart retires (``hv.hw.VirtualClock``);
+the fabric (switches, cables and their impairments, the built-in services) runs on this
+``Timeline``'s clock; and the ``Timeline`` decides who runs when, so that the order of events
+never depends on the host. The rule is the one of conservative parallel discrete-event
+simulation (Chandy-Misra-Bryant, with the lookahead of Renode's quantum and Shadow's rounds):
+
+* Everything that crosses from one VM to anything else is a timed event. A frame a guest
+  sends at its time ``t`` goes into the *outbox* at ``t``; the fabric takes it from there at
+  ``t`` (switching, impairment, capture, the services' answer), and what it delivers to a VM
+  arrives there at the fabric's time plus the *lookahead* ``W`` (every NIC's cable has at least
+  that latency; ``DEFAULT_LOOKAHEAD_PS``). A disk completion is due at the request's time
+  plus the disk's modelled latency.
+* A VM may run ahead only as far as nothing can reach it: to ``min(what others could send
+  from) + W``, and no further than ``W`` past its own first send (a service could answer it).
+  A VM waiting in ``wfi`` is parked until its timer, its next frame or its next completion:
+  an idle lab skips from event to event instead of waiting through them.
+* VMs run one after another in a fixed order, each to its horizon, and the outbox is then
+  processed in time order (ties by VM order, then by order of sending) up to what no VM can
+  still send before. Host speed changes only how fast this goes, never what happens.
+
+The host enters in three places, each named in docs/TIME.md: input typed on a console or sent
+by code (it is stamped with the lab's current time, which depends on when it came), a host
+disk slower than the model (the VM waits for it; its time does not move meanwhile), and a
+console reader that falls behind (the same). None of them changes the order of guest events
+for the same input at the same virtual time.
+
+This module knows VMs only as ``Member`` and the fabric only as ``Timed`` sources and
+callbacks; it imports neither.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+PS = 1_000_000_000_000  # picoseconds per second
+# The minimum latency of a NIC's cable, and so the lab's lookahead: 10 us. A real host-to-
+# switch hop costs about that (a NIC, a PCIe DMA, a store-and-forward of a 1500-byte frame at
+# 1 Gbit/s is 12 us), and it lets a VM run 10,000 instructions at the nominal 1,000 MIPS
+# between synchronisations with its peers.
+DEFAULT_LOOKAHEAD_PS = 10_000_000
+INF = math.inf
+
+
+class Timed(Protocol):
+    """A fabric object with timers of its own (an impaired cable, the services' retransmits):
+    ``next_deadline`` on the lab's clock (seconds), ``fire(now)`` when it is due."""
+
+    def next_deadline(self) -> float | None: ...
+
+    def fire(self, now: float) -> None: ...
+
+
+class Run(enum.Enum):
+    RAN = "ran"  # reached the horizon
+    SLEEPING = "sleeping"  # waits for an interrupt; next_ps says when it could wake
+    WAITING = "waiting"  # needs host work first (a disk completion): await ``blocker``
+    HELD = "held"  # its console reader is behind: await its wake-up
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+class Member(Protocol):
+    """A VM, as the timeline drives it."""
+
+    name: str
+
+    def vt_ps(self) -> int:
+        """Where it is on the timeline."""
+        ...
+
+    def vt_next_ps(self) -> float:
+        """When it could next act: its time if it runs, its wake-up if it sleeps (INF if
+        nothing is due: only a frame or input can wake it)."""
+        ...
+
+    def vt_advance(self, timeline: Timeline, horizon_ps: int) -> Run:
+        """Run until the horizon (or sleep, or a reason to stop)."""
+        ...
+
+    def vt_blocker(self) -> trio.Event | None:
+        """What a WAITING or HELD member waits for."""
+        ...
+
+
+@dataclass(order=True)
+class _Posted:
+    at_ps: int
+    order: int
+    seq: int
+    fn: Callable[[], None] = field(compare=False)
+
+
+class Ticket:
+    """A completion due at ``due_ps`` whose host work is still running (``ready`` when it is
+    done, with what to do at ``due_ps``)."""
+
+    __slots__ = ("done", "due_ps", "event", "fn")
+
+    def __init__(self, due_ps: int) -> None:
+        self.due_ps = due_ps
+        self.fn: Callable[[], None] | None = None
+        self.done = False
+        self.event = trio.Event()
+
+    def ready(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+        self.done = True
+        self.event.set()
+
+
+class Timeline:
+    """A lab's virtual clock: its members (VMs), the outbox, the fabric's timers.
+
+    ``now()`` is the fabric's clock (seconds): while an event is processed, its time; else the
+    time up to which everything has been processed. ``run()`` is the task that drives it."""
+
+    def __init__(self, lookahead_ps: int = DEFAULT_LOOKAHEAD_PS) -> None:
+        if lookahead_ps <= 0:
+            raise ValueError("the lookahead must be positive")
+        self.lookahead_ps = lookahead_ps
+        self.now_ps = 0
+        self._now_s = 0.0  # the same, exactly as the event had it (a fabric deadline's float)
+        self._members: list[Member] = []
+        self._order: dict[int, int] = {}  # id(member) -> its place (ties in the outbox)
+        self._outbox: list[_Posted] = []
+        self._seq = itertools.count()
+        self._timed: list[Timed] = []
+        self._poke = trio.Event()
+        self._horizon_ps = 0  # of the member running now (its first send lowers it)
+        self._running: Member | None = None
+        self.rounds = 0
+        self.events = 0
+        self.wall_start: float | None = None
+        self.wall_s = 0.0  # wall time spent while the timeline ran
+
+    # -- the fabric's clock ------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._now_s
+
+    def now_ns(self) -> int:
+        return self.now_ps // 1000
+
+    # -- registration ------------------------------------------------------------------------
+
+    def add_member(self, member: Member) -> None:
+        self._order[id(member)] = len(self._order)
+        self._members.append(member)
+        self.poke()
+
+    def remove_member(self, member: Member) -> None:
+        if member in self._members:
+            self._members.remove(member)
+        self.poke()
+
+    def add_timed(self, timed: Timed) -> None:
+        self._timed.append(timed)
+
+    def poke(self) -> None:
+        """Something from outside (input, a finished host I/O, a stop): look again."""
+        self._poke.set()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def post(self, member: Member, at_ps: int, fn: Callable[[], None]) -> None:
+        """``member`` did something at ``at_ps`` that others see (a frame into the switch):
+        ``fn`` runs when the timeline reaches ``at_ps``. The sender may then run on at most
+        the lookahead past it (something may answer)."""
+        heapq.heappush(
+            self._outbox, _Posted(at_ps, self._order.get(id(member), 0), next(self._seq), fn)
+        )
+        if member is self._running:
+            self._horizon_ps = min(self._horizon_ps, at_ps + self.lookahead_ps)
+
+    def horizon_ps(self) -> int:
+        """How far the running member may go now."""
+        return self._horizon_ps
+
+    def frontier_ps(self) -> int:
+        """The newest time any member has reached: where input from outside (typing, a
+        resumed VM) comes in, so nobody ever receives something from its past."""
+        return max([self.now_ps, *(m.vt_ps() for m in self._members)])
+
+    def arrival_ps(self) -> int:
+        """When something the fabric hands a VM now arrives there."""
+        return self.now_ps + self.lookahead_ps
+
+    def _fabric_next(self) -> float:
+        best = INF
+        for t in self._timed:
+            d = t.next_deadline()
+            if d is not None:
+                ps = math.ceil(d * PS)
+                if ps < best:
+                    best = ps
+        if self._outbox and self._outbox[0].at_ps < best:
+            best = self._outbox[0].at_ps
+        return best
+
+    def _process(self) -> int:
+        """Everything due before what no member can still send before, in time order: the
+        outbox and the fabric's timers (a delivery may wake a member earlier: the bound is
+        looked at again after each event). Returns how many ran."""
+        n = 0
+        while True:
+            bound = self._members_min()
+            top = self._outbox[0].at_ps if self._outbox else INF
+            tnext: float = INF
+            due: Timed | None = None
+            due_s = 0.0
+            for t in self._timed:
+                d = t.next_deadline()
+                if d is not None:
+                    ps = math.ceil(d * PS)
+                    if ps < tnext:
+                        tnext, due, due_s = ps, t, d
+            at = min(top, tnext)
+            if at >= bound or at == INF:
+                self.events += n
+                return n
+            n += 1
+            if top <= tnext:
+                if at > self.now_ps:
+                    self.now_ps, self._now_s = int(at), at / PS
+                heapq.heappop(self._outbox).fn()
+            else:
+                assert due is not None
+                if at > self.now_ps:
+                    self.now_ps, self._now_s = int(at), due_s
+                due.fire(due_s)  # exactly its deadline: what is due then comes out
+
+    def _members_min(self, skip: Member | None = None) -> float:
+        best = INF
+        for m in self._members:
+            if m is not skip:
+                n = m.vt_next_ps()
+                if n < best:
+                    best = n
+        return best
+
+    # -- the task ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Drive the members until the task is cancelled (a lab's nursery, a VM's own)."""
+        self.wall_start = time.monotonic()
+        try:
+            while True:
+                await self._round()
+        finally:
+            self.wall_s = time.monotonic() - self.wall_start
+
+    async def _round(self) -> None:
+        self.rounds += 1
+        self._poke = trio.Event()
+        processed = self._process()
+        ran = False
+        for m in list(self._members):
+            if m not in self._members:
+                continue
+            horizon = min(self._members_min(skip=m), self._fabric_next()) + self.lookahead_ps
+            if m.vt_next_ps() >= horizon:
+                continue
+            ran = True
+            await self._advance(m, int(horizon) if horizon != INF else 1 << 62)
+        if not ran and not processed:
+            # Nothing can happen before something from outside: input, a stop, a host I/O.
+            await self._poke.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def _advance(self, m: Member, horizon: int) -> None:
+        while True:
+            self._running = m
+            self._horizon_ps = horizon
+            try:
+                got = m.vt_advance(self, horizon)
+            finally:
+                self._running = None
+            if got in (Run.WAITING, Run.HELD):
+                blocker = m.vt_blocker()
+                if blocker is not None:
+                    with trio.move_on_after(1.0):  # re-check now and then (a stop, a pause)
+                        await blocker.wait()
+                continue
+            return
+
+    # -- what users see ----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, float]:
+        """Virtual time, wall time and their ratio (virtual seconds per wall second)."""
+        wall = time.monotonic() - self.wall_start if self.wall_start is not None else self.wall_s
+        lab = self._members_min()
+        virt = (lab if lab != INF else self.now_ps) / PS
+        return {
+            "virtual_s": virt,
+            "wall_s": wall,
+            "ratio": virt / wall if wall > 0 else 0.0,
+            "rounds": self.rounds,
+            "events": self.events,
+        }
