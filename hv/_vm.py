@@ -130,20 +130,21 @@ class Vm:
         self.exit: StopInfo | None = None
         self.log = log.bind(vm=self.name)
         # Virtual time (hv._timeline): the VM is a member of a timeline that drives it.
-        self.timeline: Timeline | None = None
+        self._timeline: Timeline | None = None
         if config.clock == "virtual":
-            self.timeline = config.timeline or Timeline()
+            self._timeline = config.timeline or Timeline()
         self._own_timeline = config.clock == "virtual" and config.timeline is None
         self._vt_sleeping = False
         self._vt_input = False
         self._inbox: list[tuple[int, int, Callable[[], None]]] = []
         self._tickets: list[tuple[int, int, Ticket]] = []
         self._vt_seq = itertools.count()
+        self._member = _Member(self)
 
     def _wake_up(self) -> None:
         self._wake.set()
-        if self.timeline is not None:
-            self.timeline.poke()
+        if self._timeline is not None:
+            self._timeline.poke()
 
     def _console_drained(self) -> None:
         if self.machine.console.blocked:
@@ -208,14 +209,14 @@ class Vm:
             async with trio.open_nursery() as devices:
                 m.start(
                     lambda name, work: devices.start_soon(self._device, name, work),
-                    _VmTime(self) if self.timeline is not None else None,
+                    _VmTime(self) if self._timeline is not None else None,
                 )
-                if self.timeline is None:
+                if self._timeline is None:
                     await self._loop()
                 else:
                     if self._own_timeline:
-                        devices.start_soon(self.timeline.run)
-                    await self._loop_virtual(self.timeline)
+                        devices.start_soon(self._timeline.run)
+                    await self._loop_virtual(self._timeline)
                 devices.cancel_scope.cancel()
         except trio.Cancelled:
             m.stop_by_host("cancelled")
@@ -262,7 +263,7 @@ class Vm:
         m = self.machine
         self._state = VmState.RUNNING
         self.log.info("started", mem_mib=m.mem.size >> 20, kernel=m.kernel and m.kernel.kind)
-        timeline.add_member(self)
+        timeline.add_member(self._member)
         try:
             while m.stop_info is None:
                 self._wake = trio.Event()
@@ -272,14 +273,14 @@ class Vm:
                     self._state = VmState.RUNNING
                 await self._wake.wait()
         finally:
-            timeline.remove_member(self)
+            timeline.remove_member(self._member)
 
-    def vt_ps(self) -> int:
+    def _vt_ps(self) -> int:
         clock = self.machine.clock
         assert isinstance(clock, VirtualClock)
         return clock.ps
 
-    def vt_next_ps(self) -> float:
+    def _vt_next_ps(self) -> float:
         m = self.machine
         if m.stop_info is not None or self._pause_requested or self._state is VmState.STOPPED:
             return INF
@@ -303,7 +304,7 @@ class Vm:
             best = self._tickets[0][0]
         return best
 
-    def vt_blocker(self) -> trio.Event | None:
+    def _vt_blocker(self) -> trio.Event | None:
         if self.machine.console.blocked:
             self._wake = trio.Event()
             return self._wake
@@ -327,7 +328,7 @@ class Vm:
             ticket.fn()
         return True
 
-    def vt_advance(self, timeline: Timeline, horizon_ps: int) -> Run:
+    def _vt_advance(self, timeline: Timeline, horizon_ps: int) -> Run:
         """Run the guest up to ``horizon_ps`` on the lab's timeline (the timeline may lower
         it when the guest sends something), or until it sleeps past it, or must wait."""
         m = self.machine
@@ -380,9 +381,9 @@ class Vm:
                 return Run.RAN  # let the event loop run; the timeline comes back to us
 
     def _vt_receive(self, fn: Callable[[], None]) -> None:
-        assert self.timeline is not None
-        heapq.heappush(self._inbox, (self.timeline.arrival_ps(), next(self._vt_seq), fn))
-        self.timeline.poke()
+        assert self._timeline is not None
+        heapq.heappush(self._inbox, (self._timeline.arrival_ps(), next(self._vt_seq), fn))
+        self._timeline.poke()
 
     def _vt_expect(self, due_ps: int) -> Ticket:
         ticket = Ticket(due_ps)
@@ -496,19 +497,30 @@ class _VmTime:
     """A virtual-time VM's clock and timeline, as its devices see them (hv.hw.DeviceTime)."""
 
     def __init__(self, vm: Vm) -> None:
-        assert vm.timeline is not None and isinstance(vm.machine.clock, VirtualClock)
+        assert vm._timeline is not None and isinstance(vm.machine.clock, VirtualClock)
         self._vm = vm
         self._clock = vm.machine.clock
-        self._timeline = vm.timeline
+        self._timeline = vm._timeline
 
     def now_ps(self) -> int:
         return self._clock.now_ps()
 
     def send(self, fn: Callable[[], None]) -> None:
-        self._timeline.post(self._vm, self._clock.now_ps(), fn)
+        self._timeline.post(self._vm._member, self._clock.now_ps(), fn)
 
     def receive(self, fn: Callable[[], None]) -> None:
         self._vm._vt_receive(fn)
 
     def expect(self, due_ps: int) -> Ticket:
         return self._vm._vt_expect(due_ps)
+
+
+class _Member:
+    """The VM as its timeline drives it (hv._timeline.Member)."""
+
+    def __init__(self, vm: Vm) -> None:
+        self.name = vm.name
+        self.vt_ps = vm._vt_ps
+        self.vt_next_ps = vm._vt_next_ps
+        self.vt_advance = vm._vt_advance
+        self.vt_blocker = vm._vt_blocker

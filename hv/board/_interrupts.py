@@ -41,6 +41,8 @@ class HartInterrupts:
         self.counters = counters
         self.wake = wake
         self.sink: InterruptSink | None = None
+        # Virtual time: told of each new deadline (the running slice may have to end sooner).
+        self.on_set_timer: Callable[[int], None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -82,6 +84,8 @@ class HartInterrupts:
     def set_timer(self, deadline: int) -> None:
         self.timer_deadline = deadline & NO_DEADLINE
         self.sync()  # setting the timer clears a pending timer interrupt at once
+        if self.on_set_timer is not None:
+            self.on_set_timer(self.timer_deadline)
 
     def send_ipi(self) -> None:
         self.ipi_pending = True

@@ -161,6 +161,7 @@ class Machine:
         if isinstance(self.clock, VirtualClock):
             self.vcpu.set_virtual_time(self.clock.ps_per_insn)
             self.clock.in_slice = self.vcpu.executed_in_slice
+            self.interrupts.on_set_timer = self._timer_set
         self.interrupts.sink = self.vcpu
         self.console.native = self.vcpu
         self._sbi_native_seen = 0
@@ -316,6 +317,15 @@ class Machine:
         if deadline is None or self.clock.monotonic:
             return deadline
         return min(deadline, CUSTOM_CLOCK_POLL_S)
+
+    def _timer_set(self, deadline: int) -> None:
+        """Virtual time: a timer set inside a slice for before the slice's end ends the slice
+        at its deadline, so the interrupt comes exactly then (not a slice late)."""
+        clock = self.clock
+        if deadline == NO_DEADLINE or not isinstance(clock, VirtualClock):
+            return
+        ahead = clock.tick_ps(deadline) - clock.now_ps()
+        self.vcpu.cut_budget(max(1, -(-ahead // clock.ps_per_insn)))
 
     def timer_ps(self) -> int | None:
         """Virtual time: the lab time at which the armed timer falls due (None: none armed,

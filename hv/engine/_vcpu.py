@@ -291,6 +291,21 @@ class Vcpu:
         if self._clock is not None:
             self._clock.limit = ticks
 
+    def cut_budget(self, insns: int) -> None:
+        """End the running slice after at most ``insns`` more instructions (at the block
+        entry that reaches them): an event inside the slice (a timer set for sooner) must not
+        wait for the slice's end. Only lowers the budget; a no-op between slices."""
+        hv = self._hv
+        if hv is None or not self._in_slice or hv.budget <= insns:
+            return
+        give = hv.budget - max(0, insns)
+        e = self._exits
+        if e is not None:
+            e.unspent += give
+        else:
+            self._unspent += give
+        hv.budget -= give
+
     def executed_in_slice(self) -> int:
         """Instructions charged to the running slice so far (0 between slices): whole blocks,
         at their entry, so the count is the same run after run."""

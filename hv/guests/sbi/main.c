@@ -174,6 +174,42 @@ static void test_timer(void)
     trap_set_interrupt_handler(IRQ_S_TIMER, old);
 }
 
+/* The timer is exact: for a timer set for T, the guest never reads a time >= T while STIP is
+ * not pending, and STIP is never pending while the time still reads < T. Polled with SIE off,
+ * on timers a few microseconds out (a slice of the host is far longer), both orders of reads. */
+static void test_timer_exact(void)
+{
+    unsigned long late = 0, early = 0, reads = 0, fired = 0;
+    irq_disable();
+    for (int k = 0; k < 8; k++) {
+        uint64_t start = time_now();
+        uint64_t deadline = start + 20 + 13 * (uint64_t)k;
+        sbi_set_timer(deadline);
+        for (;;) {
+            uint64_t t = time_now();
+            unsigned long p = csr_read(sip) & SIP_STIP;
+            unsigned long p2 = csr_read(sip) & SIP_STIP;
+            uint64_t t2 = time_now();
+            reads++;
+            if (t >= deadline && !p)
+                late++;
+            if (p2 && t2 < deadline)
+                early++;
+            if (p && p2) {
+                fired++;
+                break;
+            }
+            if (t - start > timer_hz())
+                break; /* 1 s: it never fired */
+        }
+    }
+    sbi_set_timer(UINT64_MAX);
+    result("timer_exact", fired == 8 && !late && !early,
+           "%lu of 8 fired; %lu reads at or past the deadline without STIP, %lu with STIP "
+           "before it (%lu reads)",
+           fired, late, early, reads);
+}
+
 static void test_ipi(unsigned long hartid)
 {
     trap_set_interrupt_handler(IRQ_S_SOFT, on_soft);
@@ -216,6 +252,7 @@ int main(unsigned long hartid, const void *fdt)
     test_legacy();
     test_srst_invalid();
     test_timer();
+    test_timer_exact();
     test_ipi(hartid);
     printf("sbi: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
