@@ -144,6 +144,7 @@ TRIO_DIFFERENCES: dict[str, str] = {
     "LabRun.services": _INTERNAL,
     "LabRun.disks": _INTERNAL,
     "LabRun.impairments": _INTERNAL,
+    "LabRun.timeline": _INTERNAL,
     "LabRun.ended": "not here: await wait()",
 }
 

@@ -376,8 +376,8 @@ class Switch:
         self.name = name
         # The switch's time: ``clock`` (seconds) ages the MAC table, ``stamp_ns`` stamps the
         # captures and listeners. A virtual-time lab passes its timeline's (docs/TIME.md).
-        self.clock = clock
-        self.stamp_ns = stamp_ns
+        self._clock = clock
+        self._stamp_ns = stamp_ns
         self.core = LearningSwitch(max_macs, aging)
         self.ports: dict[int, Port] = {}
         self._next = 0
@@ -451,7 +451,7 @@ class Switch:
     def send(self, port_id: int, frame: Frame) -> None:
         """``frame`` into the switch from port ``port_id``: forwarded, shown to the captures
         and listeners, delivered."""
-        now = self.clock()
+        now = self._clock()
         data = frame.data
         fwd = frame
         if self._arp_owner and data[0] & 1 and not self.core.vlans:
@@ -464,7 +464,7 @@ class Switch:
         if offload is not None and offload.gso_type:
             self._count_wire(port_id, out, frame)
         if (self.capture is not None or self._listeners) and (out or self.core.is_up(port_id)):
-            ts = self.stamp_ns()
+            ts = self._stamp_ns()
             if self.capture is not None:
                 # The capture shows the wire: an offloaded frame as the segments it stands for.
                 iface = self._iface[port_id]
@@ -475,7 +475,7 @@ class Switch:
         ports = self.ports
         src = ports[port_id]
         if src.listeners:
-            ts = self.stamp_ns()
+            ts = self._stamp_ns()
             for listener in src.listeners:
                 listener(port_id, frame, ts)
         if out and self.core.vlans:
@@ -484,7 +484,7 @@ class Switch:
         for p in out:
             dst = ports[p]
             if dst.listeners:
-                ts = self.stamp_ns()
+                ts = self._stamp_ns()
                 for listener in dst.listeners:
                     listener(p, fwd, ts)
             dst.deliver(fwd)
@@ -518,7 +518,7 @@ class Switch:
             dst = self.ports[p]
             for f in got:
                 if dst.listeners:
-                    ts = self.stamp_ns()
+                    ts = self._stamp_ns()
                     for listener in dst.listeners:
                         listener(p, f, ts)
                 dst.deliver(f)
@@ -541,7 +541,7 @@ class Switch:
 
     def mac_table(self) -> list[tuple[str, str, int, float]]:
         """What the switch has learned: (MAC, port name, VLAN (0: unaware), age in s)."""
-        now = self.clock()
+        now = self._clock()
         out = []
         for key, (port, seen) in self.core.table.items():
             vid = int.from_bytes(key[6:8], "big") if len(key) == 8 else 0
