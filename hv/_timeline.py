@@ -64,6 +64,7 @@ class Timed(Protocol):
 
 class Run(enum.Enum):
     RAN = "ran"  # reached the horizon
+    YIELD = "yield"  # ran long enough in host time: let the event loop run, then go on
     SLEEPING = "sleeping"  # waits for an interrupt; next_ps says when it could wake
     WAITING = "waiting"  # needs host work first (a disk completion): await ``blocker``
     HELD = "held"  # its console reader is behind: await its wake-up
@@ -142,6 +143,11 @@ class Timeline:
         self._running: Member | None = None
         self.rounds = 0
         self.events = 0
+        # Told when a member stops (from inside the timeline, before anything else runs): a
+        # lab decides there whether it ends, and ``halt`` then freezes the clock at once, so
+        # how a lab ends is as repeatable as the rest of it.
+        self.on_stop: Callable[[Member], None] | None = None
+        self.halted = False
         self.wall_start: float | None = None
         self.wall_s = 0.0  # wall time spent while the timeline ran
 
@@ -167,6 +173,11 @@ class Timeline:
 
     def add_timed(self, timed: Timed) -> None:
         self._timed.append(timed)
+
+    def halt(self) -> None:
+        """Stop the clock for good: nothing more runs or is delivered (the lab ends)."""
+        self.halted = True
+        self.poke()
 
     def poke(self) -> None:
         """Something from outside (input, a finished host I/O, a stop): look again."""
@@ -262,12 +273,14 @@ class Timeline:
             self.wall_s = time.monotonic() - self.wall_start
 
     async def _round(self) -> None:
+        if self.halted:
+            await trio.sleep_forever()
         self.rounds += 1
         self._poke = trio.Event()
         processed = self._process()
         ran = False
         for m in list(self._members):
-            if m not in self._members:
+            if m not in self._members or self.halted:
                 continue
             horizon = min(self._members_min(skip=m), self._fabric_next()) + self.lookahead_ps
             if m.vt_next_ps() >= horizon:
@@ -281,19 +294,26 @@ class Timeline:
             await trio.lowlevel.checkpoint()
 
     async def _advance(self, m: Member, horizon: int) -> None:
+        """Run ``m`` to ``horizon`` (lowered if it sends). Waits and yields in host time keep
+        the horizon: where slices end never depends on when the host got round to it."""
+        self._horizon_ps = horizon
         while True:
             self._running = m
-            self._horizon_ps = horizon
             try:
-                got = m.vt_advance(self, horizon)
+                got = m.vt_advance(self, self._horizon_ps)
             finally:
                 self._running = None
+            if got is Run.YIELD:
+                await trio.lowlevel.checkpoint()
+                continue
             if got in (Run.WAITING, Run.HELD):
                 blocker = m.vt_blocker()
                 if blocker is not None:
                     with trio.move_on_after(1.0):  # re-check now and then (a stop, a pause)
                         await blocker.wait()
                 continue
+            if got is Run.STOPPED and self.on_stop is not None:
+                self.on_stop(m)
             return
 
     # -- what users see ----------------------------------------------------------------------

@@ -140,6 +140,12 @@ class Vm:
         self._tickets: list[tuple[int, int, Ticket]] = []
         self._vt_seq = itertools.count()
         self._member = _Member(self)
+        self._vt_started = False  # its task runs (until then the others wait for it)
+        self._vt_start = trio.Event()
+        if self._timeline is not None:
+            # Joined here, in the order the VMs are made (a lab's order), not when each
+            # task gets to run: the order breaks ties between VMs, so it must not vary.
+            self._timeline.add_member(self._member)
 
     def _wake_up(self) -> None:
         self._wake.set()
@@ -263,7 +269,9 @@ class Vm:
         m = self.machine
         self._state = VmState.RUNNING
         self.log.info("started", mem_mib=m.mem.size >> 20, kernel=m.kernel and m.kernel.kind)
-        timeline.add_member(self._member)
+        self._vt_started = True
+        self._vt_start.set()
+        timeline.poke()
         try:
             while m.stop_info is None:
                 self._wake = trio.Event()
@@ -305,6 +313,8 @@ class Vm:
         return best
 
     def _vt_blocker(self) -> trio.Event | None:
+        if not self._vt_started:
+            return self._vt_start
         if self.machine.console.blocked:
             self._wake = trio.Event()
             return self._wake
@@ -336,6 +346,8 @@ class Vm:
         assert isinstance(clock, VirtualClock)
         quantum = self.config.quantum
         wall_end = time.monotonic() + VT_YIELD_S
+        if not self._vt_started:
+            return Run.WAITING  # its task has not started yet: wait for it, at its time
         while True:
             if m.stop_info is not None:
                 self._wake.set()
@@ -378,7 +390,7 @@ class Vm:
                 continue
             self._vt_sleeping = m.sleeping(ex)
             if time.monotonic() > wall_end:
-                return Run.RAN  # let the event loop run; the timeline comes back to us
+                return Run.YIELD  # let the event loop run; the timeline comes back to us
 
     def _vt_receive(self, fn: Callable[[], None]) -> None:
         assert self._timeline is not None

@@ -264,6 +264,7 @@ class Vcpu:
         self._pc = 0
         self._mip = 0
         self.last_insns = 0  # instructions the last slice ran (fast engine)
+        self._time_limit = NO_LIMIT  # the clock's read limit (see set_time_limit)
         # Virtual time (set_virtual_time): the slice's starting budget, and whether one runs.
         self.virtual = False
         self._budget0 = 0
@@ -288,6 +289,7 @@ class Vcpu:
     def set_time_limit(self, ticks: int) -> None:
         """The highest time a read may show is ``ticks - 1`` (an armed timer's deadline whose
         interrupt is not yet pending); NO_LIMIT lifts it. See hv_clock_ticks."""
+        self._time_limit = ticks
         if self._clock is not None:
             self._clock.limit = ticks
 
@@ -719,7 +721,11 @@ class Vcpu:
         if rd is None:
             return False
         self.stats.rdtime_emulated += 1
-        self.set_x(rd, self.firmware.time_ticks())
+        ticks = self.firmware.time_ticks()
+        if ticks >= self._time_limit:  # as the native clock does (hv_clock_ticks)
+            ticks = self._time_limit - 1 if self._time_limit else 0
+            self.request_stop()
+        self.set_x(rd, ticks)
         self.set_reg(_PC, epc + 4)
         return True
 

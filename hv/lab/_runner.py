@@ -240,8 +240,6 @@ async def run_lab(
     try:
         async with trio.open_nursery() as nursery:
             try:
-                if tl is not None:
-                    nursery.start_soon(tl.run)
                 for name, s in spec.switches.items():
                     try:
                         switch = (
@@ -301,22 +299,43 @@ async def run_lab(
                         run.vms[name] = await nursery.start(run_vm, cfg)
                     except ConfigError as e:  # the kernel's content, a NIC's capture, ...
                         raise ConfigError(f"vms.{name}: {e}") from None
+                if tl is not None:
+                    # Once every VM has joined: a VM made while the clock already ran would
+                    # join late, and what the others did meanwhile would depend on the host.
+                    nursery.start_soon(tl.run)
             except BaseException:
                 nursery.cancel_scope.cancel()
                 raise
             task_status.started(run)
             done = trio.Event()
 
+            def ends(stopped: set[str]) -> bool:
+                return (
+                    (exit_code_from is not None and exit_code_from in stopped)
+                    or len(stopped) == len(run.vms)
+                    or (until is not None and until <= stopped)
+                )
+
+            if tl is not None:
+                # Virtual time: the lab ends at the guest time its deciding VM stopped, from
+                # inside the timeline, before anything else runs: the others are stopped and
+                # the clock frozen there, so the end is the same on every run.
+                def on_stop(member: object) -> None:
+                    stopped = {n for n, v in run.vms.items() if v.machine.stop_info is not None}
+                    if ends(stopped):
+                        assert tl is not None
+                        tl.halt()
+                        for vm in run.vms.values():
+                            vm.stop("the lab is ending")
+
+                tl.on_stop = on_stop
+
             async def watch(name: str, vm: Vm) -> None:
                 if prefixed is not None:
                     while data := await vm.console.receive_some():
                         prefixed.feed(name, data)
                 run.exits[name] = await vm.wait()
-                if (
-                    name == exit_code_from
-                    or len(run.exits) == len(run.vms)
-                    or (until is not None and until <= run.exits.keys())
-                ):
+                if ends(set(run.exits)):
                     done.set()
 
             for name, vm in run.vms.items():

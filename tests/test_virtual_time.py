@@ -1,0 +1,208 @@
+"""Virtual time (docs/TIME.md): guest time from guest work, one lab clock, runs that repeat.
+
+The determinism tests run real labs (firmware guests, and a Linux guest when its image is
+built: the test command builds it) and compare what they leave behind byte for byte: the
+pcapng captures (timestamps included: they are virtual time), every console, every exit status.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import RunGuest
+
+from hv import ConfigError, StopKind, VmConfig
+from hv.lab._runner import run_lab
+from hv.lab._spec import parse_lab
+
+
+LAB = """
+clock = "virtual"
+seed = 11
+
+[switches.lan]
+subnet = "10.0.0.0/24"
+dhcp = {{ pool = "10.0.0.100-10.0.0.150" }}
+capture = "lan.pcapng"
+
+[switches.wan]
+capture = "wan.pcapng"
+
+[[links]]
+a = "lan"
+b = "wan"
+impair = {{ delay = "3ms", jitter = "1ms", loss = "5%", rate = "20Mbit", queue = "16KiB" }}
+
+[vms.srv]
+kernel = "udpecho"
+nics = [{{ switch = "wan", ip = "10.0.0.2/24" }}]
+
+[vms.gen]
+kernel = "udpgen"
+append = "peer=10.0.0.2 count=150 size=600 window=16 timeout=20"
+nics = [{{ switch = "lan", ip = "dhcp" }}]
+
+[vms.pinger]
+kernel = "ping"
+append = "peer=10.0.0.2 count=6 interval=7"
+nics = [{{ switch = "lan", ip = "10.0.0.3/24" }}]
+{linux}
+"""
+
+LINUX = """
+[vms.lx]
+kernel = "linux"
+append = 'hv.run="ping -c 2 -i 0.01 10.0.0.1; ping -c 4 -i 0.01 10.0.0.2; cat /proc/uptime; poweroff"'
+nics = [{ switch = "lan", ip = "dhcp" }]
+"""
+
+
+async def _run(folder: Path, text: str, until: frozenset[str]) -> dict[str, object]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lab.toml").write_text(text)
+    spec = parse_lab(text, folder, "det")
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            run = await nursery.start(functools.partial(run_lab, spec, until=until))
+            status = await run.wait()
+    # Each VM's console (the interleaving of several consoles on one terminal depends on
+    # when the host reads them, not on the guests).
+    consoles = {name: vm.console.transcript for name, vm in run.vms.items()}
+    return {
+        "status": status,
+        "exits": {name: (e.kind, e.exit_code, e.reason) for name, e in run.exits.items()},
+        "console": b"".join(consoles[n] for n in sorted(consoles)),
+        "consoles": consoles,
+        "lan": hashlib.sha256((folder / "lan.pcapng").read_bytes()).hexdigest(),
+        "wan": hashlib.sha256((folder / "wan.pcapng").read_bytes()).hexdigest(),
+        "frames": (folder / "lan.pcapng").stat().st_size,
+    }
+
+
+@pytest.fixture
+def cpu_hog() -> Iterator[None]:
+    """Both host cores busy while the lab runs (a loaded machine)."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        yield
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+
+
+def _lab(with_linux: bool) -> tuple[str, frozenset[str]]:
+    names = {"gen", "pinger"} | ({"lx"} if with_linux else set())
+    return LAB.format(linux=LINUX if with_linux else ""), frozenset(names)
+
+
+async def test_a_lab_runs_byte_for_byte_the_same_beside_a_cpu_hog(
+    tmp_path: Path, request: pytest.FixtureRequest, linux_image: object
+) -> None:
+    text, until = _lab(True)
+    first = await _run(tmp_path / "idle", text, until)
+    request.getfixturevalue("cpu_hog")
+    second = await _run(tmp_path / "loaded", text, until)
+    consoles = first["consoles"]
+    assert isinstance(consoles, dict)
+    assert b"udpgen: 10.0.0.2:7: 150 sent" in consoles["gen"]
+    assert b"ping: 10.0.0.2: 6 sent" in consoles["pinger"]
+    assert b"2 packets transmitted, 2 received" in consoles["lx"], consoles["lx"]
+    assert b"4 packets transmitted" in consoles["lx"]
+    assert first == second
+
+
+async def test_the_host_clock_is_not_on_the_guests_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host clock that stumbles (every read jumps ahead by a random amount, as on a machine
+    that stalls) changes nothing a virtual-time lab produces: no guest-visible time, no slice
+    boundary, no fabric decision reads it."""
+    text, until = _lab(False)
+    first = await _run(tmp_path / "steady", text, until)
+    import random
+
+    rng = random.Random(5)
+    skew = [0]
+
+    def stumbling(real: object) -> object:
+        def read() -> object:
+            skew[0] += rng.randrange(0, 3_000_000)  # up to 3 ms more per read
+            value = real()  # type: ignore[operator]
+            if isinstance(value, int):
+                return value + skew[0] * (1 if value > 10**15 else 1)
+            return value + skew[0] / 1e9
+
+        return read
+
+    for name in ("monotonic", "monotonic_ns", "time", "time_ns", "perf_counter"):
+        monkeypatch.setattr(time, name, stumbling(getattr(time, name)))
+    second = await _run(tmp_path / "stumbling", text, until)
+    assert skew[0] > 0
+    assert first == second
+
+
+async def test_guest_time_comes_from_guest_work(run_guest: RunGuest) -> None:
+    """Five one-second sleeps take exactly five seconds of guest time (and far less host
+    time: a waiting guest skips ahead)."""
+    from hv.build import guest_path
+
+    info, out = await run_guest(
+        VmConfig(kernel=guest_path("sleep"), cmdline="ms=1000 count=5", clock="virtual")
+    )
+    assert info.kind is StopKind.POWEROFF
+    assert out.count(b": 1000.000 ms") == 5, out
+    assert b"done in 5000.0" in out
+
+
+async def test_the_sbi_timer_is_exact_in_virtual_time(run_guest: RunGuest) -> None:
+    from hv.build import guest_path
+
+    info, out = await run_guest(VmConfig(kernel=guest_path("sbi"), clock="virtual"))
+    assert b"PASS timer_exact" in out, out
+    assert b"PASS timer_interrupt" in out
+    assert info.exit_code == 0, out
+
+
+async def test_virtual_time_slices_never_end_on_host_time(run_guest: RunGuest) -> None:
+    """A slice that ends on host time makes interrupt delivery depend on host load: in
+    virtual time slices end on their instruction budget alone."""
+    from hv.build import guest_path
+
+    cfg = VmConfig(kernel=guest_path("exits"), clock="virtual")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            from hv._vm import run_vm
+
+            vm = await nursery.start(run_vm, cfg)
+            await vm.wait()
+    assert vm.stats["late_stops"] == 0
+
+
+def test_a_tap_lab_cannot_run_on_virtual_time(tmp_path: Path) -> None:
+    text = 'clock = "virtual"\n[switches.lan]\ntap = "hvt0"\n[vms.a]\nkernel = "hello"\n'
+    with pytest.raises(ConfigError, match="TAP puts the host on the wire.*real time"):
+        parse_lab(text, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('clock = "fast"', 'clock: .* is not "real" or "virtual"'),
+        ("seed = -1", "seed: -1 is not a whole number"),
+        ('seed = "x"', "seed: 'x' is not a whole number"),
+        ("mips = 0", "mips: mips 0 is out of range"),
+        ("mips = 3", "mips: mips 3: use a rate that divides 1,000,000"),
+    ],
+)
+def test_clock_keys_are_checked(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_lab(f'{line}\n[vms.a]\nkernel = "hello"\n', tmp_path)
