@@ -23,7 +23,6 @@ from hv import ConfigError, StopKind, VmConfig
 from hv.lab._runner import run_lab
 from hv.lab._spec import parse_lab
 
-
 LAB = """
 clock = "virtual"
 seed = 11
@@ -60,7 +59,7 @@ nics = [{{ switch = "lan", ip = "10.0.0.3/24" }}]
 LINUX = """
 [vms.lx]
 kernel = "linux"
-append = 'hv.run="ping -c 2 -i 0.01 10.0.0.1; ping -c 4 -i 0.01 10.0.0.2; cat /proc/uptime; poweroff"'
+append = '''hv.run="ping -c 2 -i 0.01 10.0.0.1; ping -c 4 -i 0.01 10.0.0.2; poweroff"'''
 nics = [{ switch = "lan", ip = "dhcp" }]
 """
 
@@ -138,7 +137,7 @@ async def test_the_host_clock_is_not_on_the_guests_path(
             skew[0] += rng.randrange(0, 3_000_000)  # up to 3 ms more per read
             value = real()  # type: ignore[operator]
             if isinstance(value, int):
-                return value + skew[0] * (1 if value > 10**15 else 1)
+                return value + skew[0]
             return value + skew[0] / 1e9
 
         return read
@@ -189,7 +188,7 @@ async def test_virtual_time_slices_never_end_on_host_time(run_guest: RunGuest) -
 
 def test_a_tap_lab_cannot_run_on_virtual_time(tmp_path: Path) -> None:
     text = 'clock = "virtual"\n[switches.lan]\ntap = "hvt0"\n[vms.a]\nkernel = "hello"\n'
-    with pytest.raises(ConfigError, match="TAP puts the host on the wire.*real time"):
+    with pytest.raises(ConfigError, match=r"TAP puts the host on the wire.*real time"):
         parse_lab(text, tmp_path)
 
 
