@@ -205,3 +205,81 @@ def test_a_tap_lab_cannot_run_on_virtual_time(tmp_path: Path) -> None:
 def test_clock_keys_are_checked(tmp_path: Path, line: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_lab(f'{line}\n[vms.a]\nkernel = "hello"\n', tmp_path)
+
+
+DISK_LAB = """
+clock = "virtual"
+[vms.b]
+kernel = "blktest"
+mem = "16M"
+append = "blk.sectors=1024 blk.chunk=64"
+disks = ["disk.img"]
+"""
+
+
+async def _disk_run(folder: Path) -> tuple[int, bytes]:
+    folder.mkdir(parents=True)
+    (folder / "disk.img").write_bytes(bytes(4 << 20))
+    spec = parse_lab(DISK_LAB, folder, "disk")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            run = await nursery.start(run_lab, spec)
+            assert await run.wait() == 0
+    vm = run.vms["b"]
+    return vm.machine.clock.now_ps(), vm.console.transcript
+
+
+async def test_a_slow_host_disk_is_invisible_to_the_guest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk completions come at the modelled latency in guest time: a host disk that takes
+    its time (here a random 0-20 ms per request) makes the run slower, not different."""
+    quick = await _disk_run(tmp_path / "quick")
+    import random
+
+    from blockdev.raw import RawFile
+
+    rng = random.Random(3)
+    slowed = [0]
+
+    def slow(method: str) -> None:
+        real = getattr(RawFile, method)
+
+        async def wrapper(self: RawFile, *args: object) -> object:
+            slowed[0] += 1
+            await trio.sleep(rng.random() * 0.02)
+            return await real(self, *args)
+
+        monkeypatch.setattr(RawFile, method, wrapper)
+
+    for method in ("read", "write", "flush"):
+        slow(method)
+    slow_run = await _disk_run(tmp_path / "slow")
+    assert slowed[0] > 10
+    assert b"read back 1024 sectors: ok" in quick[1]
+    assert slow_run == quick
+    # 16 writes, a flush and 16 reads of 32 KiB each: at least their modelled latency
+    assert quick[0] >= 33 * 50_000_000
+
+
+async def test_pause_resume_and_stop_in_virtual_time() -> None:
+    from hv._vm import VmState, open_vm
+    from hv.build import guest_path
+
+    cfg = VmConfig(kernel=guest_path("sleep"), cmdline="ms=10 count=1000000", clock="virtual")
+    with trio.fail_after(30):
+        async with open_vm(cfg) as vm:
+            await vm.console.wait_for(b"sleep 3:")
+            vm.pause()
+            while vm.state is not VmState.PAUSED:
+                await trio.sleep(0)
+            seen = vm.console.transcript.count(b"\n")
+            for _ in range(50):
+                await trio.sleep(0)
+            assert vm.console.transcript.count(b"\n") == seen  # paused: no guest progress
+            vm.resume()
+            await vm.console.wait_for(b"sleep 20:")
+            vm.stop("enough")
+            info = await vm.wait()
+    assert info.kind is StopKind.STOPPED
+    assert b"ended early" not in vm.console.transcript
