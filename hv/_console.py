@@ -39,6 +39,9 @@ class Console:
         self._changed = trio.Event()
         self._closed = False
         self.streaming = False  # someone reads with receive_some: flow control applies
+        # wait_for calls in progress (a script talking to the guest): in virtual time the
+        # guest then stops after output until the script has reacted (docs/TIME.md)
+        self.matchers = 0
         self.dropped = 0  # bytes dropped from the transcript that a reader had not read
         self.on_drained: Callable[[], None] = lambda: None  # the backlog fell under LOW
 
@@ -120,12 +123,16 @@ class Console:
         if isinstance(pattern, str):
             pattern = pattern.encode()
         rx = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
-        while True:
-            start = max(self._match, self._base)
-            m = rx.search(self._buf, start - self._base)
-            if m is not None:
-                self._match = self._base + m.end()
-                return bytes(self._buf[start - self._base : m.end()])
-            if self._closed:
-                raise EOFError(f"console closed before {rx.pattern!r} appeared")
-            await self._wait_change()
+        self.matchers += 1
+        try:
+            while True:
+                start = max(self._match, self._base)
+                m = rx.search(self._buf, start - self._base)
+                if m is not None:
+                    self._match = self._base + m.end()
+                    return bytes(self._buf[start - self._base : m.end()])
+                if self._closed:
+                    raise EOFError(f"console closed before {rx.pattern!r} appeared")
+                await self._wait_change()
+        finally:
+            self.matchers -= 1

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
+import trio.testing
 
 PS = 1_000_000_000_000  # picoseconds per second
 # The minimum latency of a NIC's cable, and so the lab's lookahead: 10 us. A real host-to-
@@ -51,6 +52,9 @@ PS = 1_000_000_000_000  # picoseconds per second
 # between synchronisations with its peers.
 DEFAULT_LOOKAHEAD_PS = 10_000_000
 INF = math.inf
+# The longest the timeline waits for scripts to react to a guest's output (host time; only
+# another busy task in the same trio run, never a script, makes it wait that long).
+SETTLE_MAX_S = 0.05
 
 
 class Timed(Protocol):
@@ -65,6 +69,7 @@ class Timed(Protocol):
 class Run(enum.Enum):
     RAN = "ran"  # reached the horizon
     YIELD = "yield"  # ran long enough in host time: let the event loop run, then go on
+    SETTLE = "settle"  # printed what a script waits for: let it react, at this guest time
     SLEEPING = "sleeping"  # waits for an interrupt; next_ps says when it could wake
     WAITING = "waiting"  # needs host work first (a disk completion): await ``blocker``
     HELD = "held"  # its console reader is behind: await its wake-up
@@ -305,6 +310,12 @@ class Timeline:
                 self._running = None
             if got is Run.YIELD:
                 await trio.lowlevel.checkpoint()
+                continue
+            if got is Run.SETTLE:
+                # Everything that reacts to the output (a script's wait_for, then send_all)
+                # runs now, before the guest goes on: its input lands at this guest time.
+                with trio.move_on_after(SETTLE_MAX_S):
+                    await trio.testing.wait_all_tasks_blocked()
                 continue
             if got in (Run.WAITING, Run.HELD):
                 blocker = m.vt_blocker()

@@ -357,9 +357,14 @@ class Vm:
                 return Run.PAUSED
             if m.console.blocked:
                 return Run.HELD
-            if self._vt_input:  # input, a resume: it happens at the lab's newest time
+            if self._vt_input:
+                # Input, a resume. A guest that runs, or sleeps with a wake-up due, takes it
+                # at its own time (its peers did not run past that plus the lookahead); one
+                # that slept with nothing due is behind the lab: it wakes at the lab's newest
+                # time, so nothing it sends lands in a peer's past.
                 self._vt_input = False
-                clock.skip_to(timeline.frontier_ps())
+                if self._vt_sleeping and self._vt_wake_ps(clock.ps) == INF:
+                    clock.skip_to(timeline.frontier_ps())
                 self._vt_sleeping = False
             now = clock.ps
             if not self._vt_due(now):
@@ -380,7 +385,7 @@ class Vm:
             target = min(horizon, self._vt_wake_ps(now))
             budget = min(quantum, clock.insns_until(int(target)))
             ex = m.run_slice(budget)
-            self._flush_output()
+            printed = self._flush_output()
             if m.stop_info is not None or m.console.blocked:
                 continue
             if m.reboot_requested:
@@ -389,6 +394,8 @@ class Vm:
                 self._vt_sleeping = False
                 continue
             self._vt_sleeping = m.sleeping(ex)
+            if printed and self.console.matchers:
+                return Run.SETTLE  # a script waits on this console: let it react now
             if time.monotonic() > wall_end:
                 return Run.YIELD  # let the event loop run; the timeline comes back to us
 
@@ -425,10 +432,10 @@ class Vm:
             self.log.error("traceback", detail=info.detail)
         m.close()
 
-    def _flush_output(self) -> None:
+    def _flush_output(self) -> bool:
         out = self.machine.take_output()
         if not out:
-            return
+            return False
         self.console._append(out)
         if self.console.backlog > BACKLOG_HIGH:
             self.machine.console.set_blocked(True)  # the reader is behind: hold the guest
@@ -439,6 +446,7 @@ class Vm:
                 line = window[at:].split(b"\n", 1)[0].decode(errors="replace").strip()
                 self.machine.guest_failed(f"guest kernel panic: {line}")
             self._scan_tail = window[-len(PANIC_MARKER) :]
+        return True
 
     async def _idle(self) -> None:
         """The guest waits for an interrupt: sleep until one could be pending."""

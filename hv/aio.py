@@ -108,6 +108,7 @@ TRIO_DIFFERENCES: dict[str, str] = {
     "Vm.log": _INTERNAL,
     "Console.on_drained": _INTERNAL,
     "Console.streaming": _INTERNAL,
+    "Console.matchers": _INTERNAL,
     "Switch.mac_table": "awaited: the table is read in the trio thread",
     "Switch.start_capture": "awaited: the file is opened in the trio thread",
     "Switch.stop_capture": "awaited: the file is closed in the trio thread",

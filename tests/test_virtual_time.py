@@ -283,3 +283,41 @@ async def test_pause_resume_and_stop_in_virtual_time() -> None:
             info = await vm.wait()
     assert info.kind is StopKind.STOPPED
     assert b"ended early" not in vm.console.transcript
+
+
+SHELL_LAB = """
+clock = "virtual"
+[vms.lx]
+kernel = "linux"
+"""
+
+
+async def _conversation(folder: Path) -> bytes:
+    """A script that talks to a guest's shell: waits for the prompt, types, reads."""
+    folder.mkdir(parents=True)
+    spec = parse_lab(SHELL_LAB, folder, "shell")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            run = await nursery.start(run_lab, spec)
+            console = run.vms["lx"].console
+            await console.wait_for(b"commands")
+            for i in range(3):
+                await console.wait_for(b"# ")
+                await console.send_all(f"echo step{i}; cat /proc/uptime\n")
+                await console.wait_for(f"step{i}\r\n".encode())
+            await console.wait_for(b"# ")
+            await console.send_all("poweroff\n")
+            await run.wait()
+    return run.vms["lx"].console.transcript
+
+
+async def test_a_script_typing_at_a_console_gets_the_same_run(
+    tmp_path: Path, request: pytest.FixtureRequest, linux_image: object
+) -> None:
+    """Console input from a script lands at the guest time of the output it answered: the
+    uptimes the guest prints between the steps are the same, run after run."""
+    first = await _conversation(tmp_path / "a")
+    request.getfixturevalue("cpu_hog")
+    second = await _conversation(tmp_path / "b")
+    assert first.count(b"step2") >= 2
+    assert first == second
