@@ -146,6 +146,7 @@ class Timeline:
         self._poke = trio.Event()
         self._horizon_ps = 0  # of the member running now (its first send lowers it)
         self._running: Member | None = None
+        self._bound: float = INF  # while processing: what no member can send before
         self.rounds = 0
         self.events = 0
         # Told when a member stops (from inside the timeline, before anything else runs): a
@@ -225,13 +226,19 @@ class Timeline:
             best = self._outbox[0].at_ps
         return best
 
+    def note_arrival(self, at_ps: int) -> None:
+        """Something was handed to a member for ``at_ps`` (its inbox): it may act then."""
+        if at_ps < self._bound:
+            self._bound = at_ps
+
     def _process(self) -> int:
         """Everything due before what no member can still send before, in time order: the
-        outbox and the fabric's timers (a delivery may wake a member earlier: the bound is
-        looked at again after each event). Returns how many ran."""
+        outbox and the fabric's timers. A delivery may wake a member earlier: it lowers the
+        bound (``note_arrival``). Returns how many ran."""
         n = 0
+        self._bound = self._members_min()
         while True:
-            bound = self._members_min()
+            bound = self._bound
             top = self._outbox[0].at_ps if self._outbox else INF
             tnext: float = INF
             due: Timed | None = None
@@ -284,10 +291,23 @@ class Timeline:
         self._poke = trio.Event()
         processed = self._process()
         ran = False
+        # Each member's horizon from the state at the round's start: the two earliest
+        # members (a member's own time does not bound it) and the fabric. Members that run
+        # before it in the round only move later, and what they send is later than where
+        # they started, so these bounds stay safe, and cost O(N) a round, not O(N^2).
+        first = second = INF
+        who: Member | None = None
+        for m in self._members:
+            n = m.vt_next_ps()
+            if n < first:
+                first, second, who = n, first, m
+            elif n < second:
+                second = n
+        fabric = self._fabric_next()
         for m in list(self._members):
             if m not in self._members or self.halted:
                 continue
-            horizon = min(self._members_min(skip=m), self._fabric_next()) + self.lookahead_ps
+            horizon = min(second if m is who else first, fabric) + self.lookahead_ps
             if m.vt_next_ps() >= horizon:
                 continue
             ran = True

@@ -401,7 +401,9 @@ class Vm:
 
     def _vt_receive(self, fn: Callable[[], None]) -> None:
         assert self._timeline is not None
-        heapq.heappush(self._inbox, (self._timeline.arrival_ps(), next(self._vt_seq), fn))
+        at = self._timeline.arrival_ps()
+        heapq.heappush(self._inbox, (at, next(self._vt_seq), fn))
+        self._timeline.note_arrival(at)
         self._timeline.poke()
 
     def _vt_expect(self, due_ps: int) -> Ticket:
