@@ -37,6 +37,7 @@ from hv._nic import Nic, nic_cmdline
 from hv._status import StopInfo, StopKind
 from hv._timeline import INF, Run, Ticket, Timeline
 from hv.board import Machine, MachineConfig, load_file
+from hv.engine import Exit, ExitKind
 from hv.hw import DEFAULT_MIPS, DEFAULT_QUANTUM, AsyncWork, Device, TimeSource, VirtualClock
 from hv.hw import _platform as P
 
@@ -49,6 +50,9 @@ PANIC_MARKER = b"Kernel panic - not syncing"
 # Virtual time: the longest a VM runs before the timeline yields to the event loop (host time:
 # it changes when other tasks run, never what the guest sees).
 VT_YIELD_S = 0.005
+# Virtual time: what may wait for a VM's time to reach it (frames on their way in); beyond it
+# they are dropped and counted (vt_inbox_dropped), as a NIC's backlog does.
+VT_INBOX_MAX = 4096
 
 
 class VmState(enum.Enum):
@@ -357,6 +361,13 @@ class Vm:
                 return Run.PAUSED
             if m.console.blocked:
                 return Run.HELD
+            if m.slice_paused:  # the rest of a slice paused for host time, nothing between
+                ex = m.run_slice()
+                if ex.kind is ExitKind.PAUSED:
+                    return Run.YIELD
+                if self._vt_after_slice(ex):
+                    return Run.SETTLE
+                continue
             if self._vt_input:
                 # Input, a resume. A guest that runs, or sleeps with a wake-up due, takes it
                 # at its own time (its peers did not run past that plus the lookahead); one
@@ -385,22 +396,33 @@ class Vm:
             target = min(horizon, self._vt_wake_ps(now))
             budget = min(quantum, clock.insns_until(int(target)))
             ex = m.run_slice(budget)
-            printed = self._flush_output()
-            if m.stop_info is not None or m.console.blocked:
-                continue
-            if m.reboot_requested:
-                self.log.info("reboot")
-                m.reboot()
-                self._vt_sleeping = False
-                continue
-            self._vt_sleeping = m.sleeping(ex)
-            if printed and self.console.matchers:
+            if ex.kind is ExitKind.PAUSED:
+                return Run.YIELD  # host time: let the event loop run, then go on with it
+            if self._vt_after_slice(ex):
                 return Run.SETTLE  # a script waits on this console: let it react now
             if time.monotonic() > wall_end:
                 return Run.YIELD  # let the event loop run; the timeline comes back to us
 
+    def _vt_after_slice(self, ex: Exit) -> bool:
+        """A slice's end in virtual time; True if it printed what a script may wait on."""
+        m = self.machine
+        printed = self._flush_output()
+        if m.stop_info is not None or m.console.blocked:
+            return False
+        if m.reboot_requested:
+            self.log.info("reboot")
+            m.reboot()
+            self._vt_sleeping = False
+            return False
+        self._vt_sleeping = m.sleeping(ex)
+        return printed and bool(self.console.matchers)
+
     def _vt_receive(self, fn: Callable[[], None]) -> None:
         assert self._timeline is not None
+        if len(self._inbox) >= VT_INBOX_MAX:
+            # A paused VM, or one flooded faster than it runs: bounded, like the NIC's backlog.
+            self.machine.counters["vt_inbox_dropped"] += 1
+            return
         at = self._timeline.arrival_ps()
         heapq.heappush(self._inbox, (at, next(self._vt_seq), fn))
         self._timeline.note_arrival(at)

@@ -271,16 +271,28 @@ class Machine:
 
     def run_slice(self, budget: int | None = None) -> Exit:
         """Deliver input and interrupts, run one slice (``budget`` instructions, default the
-        quantum), collect console output."""
+        quantum), collect console output. In virtual time a slice paused for host time
+        (``ExitKind.PAUSED``) goes on with the next call, with none of this in between."""
+        clock = self.clock
+        if self.vcpu.slice_paused and isinstance(clock, VirtualClock):
+            ex = self.vcpu.run_slice(None, clock.guest_ps())
+            clock.settle(self.vcpu.last_insns)
+            if ex.kind is ExitKind.PAUSED:
+                return ex
+            return self._after_slice(ex)
         self.console.feed_uart()
         self.interrupts.sync()
-        clock = self.clock
         if isinstance(clock, VirtualClock):
             ex = self.vcpu.run_slice(budget, clock.guest_ps())
             clock.settle(self.vcpu.last_insns)
+            if ex.kind is ExitKind.PAUSED:
+                return ex
         else:
             self.vcpu.set_clock_offset(clock.offset_ns())
             ex = self.vcpu.run_slice(budget)
+        return self._after_slice(ex)
+
+    def _after_slice(self, ex: Exit) -> Exit:
         self.console.collect()
         native = self.vcpu.stats.sbi_native
         if native != self._sbi_native_seen:  # putchar calls the native hook answered
@@ -326,6 +338,10 @@ class Machine:
             return
         ahead = clock.tick_ps(deadline) - clock.now_ps()
         self.vcpu.cut_budget(max(1, -(-ahead // clock.ps_per_insn)))
+
+    @property
+    def slice_paused(self) -> bool:
+        return self.vcpu.slice_paused
 
     def timer_ps(self) -> int | None:
         """Virtual time: the lab time at which the armed timer falls due (None: none armed,

@@ -112,6 +112,8 @@ class _Exits(ctypes.Structure):  # hv_exits in _native/vcpu.c
         ("putchar", ctypes.c_uint64),
         ("deadline_ns", ctypes.c_int64),
         ("late_stops", ctypes.c_uint64),
+        ("event", ctypes.c_int32),
+        ("late", ctypes.c_int32),
     )
 
 

@@ -114,6 +114,9 @@ class ExitKind(enum.Enum):
     PREEMPTED = "preempted"  # budget spent, or the host asked for a stop
     WFI = "wfi"  # the guest waits for an interrupt
     FATAL = "fatal"  # the guest can't go on (see Exit.reason)
+    # Virtual time: the slice stopped for host time alone, invisibly to the guest; run_slice
+    # goes on with it (nothing of the slice boundary's work may happen in between).
+    PAUSED = "paused"
     HOST_ERROR = "host_error"  # a device model or the hypervisor failed
 
 
@@ -265,6 +268,11 @@ class Vcpu:
         self._mip = 0
         self.last_insns = 0  # instructions the last slice ran (fast engine)
         self._time_limit = NO_LIMIT  # the clock's read limit (see set_time_limit)
+        # Why the running slice stops: an event of the guest's, or host time alone (a late
+        # stop), and the budget left of a slice paused for host time (virtual time).
+        self._event = False
+        self._late_stop = False
+        self._paused_budget = 0
         # Virtual time (set_virtual_time): the slice's starting budget, and whether one runs.
         self.virtual = False
         self._budget0 = 0
@@ -307,6 +315,11 @@ class Vcpu:
         else:
             self._unspent += give
         hv.budget -= give
+
+    @property
+    def slice_paused(self) -> bool:
+        """A slice stopped for host time waits to go on (virtual time: ``run_slice``)."""
+        return self._paused_budget > 0
 
     def executed_in_slice(self) -> int:
         """Instructions charged to the running slice so far (0 between slices): whole blocks,
@@ -517,6 +530,13 @@ class Vcpu:
         """End the current slice at the next block entry. Call it from the engine's hooks
         or between slices (on the VM's thread); a request made between slices is served by
         the start of the next one."""
+        e = self._exits
+        if e is not None:
+            e.event = 1
+        self._event = True
+        self._zero_budget()
+
+    def _zero_budget(self) -> None:
         hv = self._hv
         if hv is not None:
             # The engine reads the budget at every block entry: 0 ends the slice there. What
@@ -537,20 +557,26 @@ class Vcpu:
         or it can't go on. In virtual time ``base_ps`` is the guest's time at the start."""
         if self._closed:
             raise HostError("the vCPU is closed")
-        # A stop asked for before this slice (e.g. to deliver an interrupt raised between
-        # slices) is already served by starting the engine again: mip is written.
-        self.stats.slices += 1
         start = time.monotonic_ns()
-        self._deadline = NO_DEADLINE_NS if self.virtual else start + SLICE_HOST_NS
-        quantum = self.quantum if budget is None else max(1, budget)
-        written = self.mem.take_host_writes()
-        if written:
-            self._drop_translations(written)
+        self._deadline = start + SLICE_HOST_NS
+        resuming = self._paused_budget > 0
+        if resuming:  # the rest of a slice paused for host time (virtual time)
+            quantum, self._paused_budget = self._paused_budget, 0
+        else:
+            # A stop asked for before this slice (e.g. to deliver an interrupt raised between
+            # slices) is already served by starting the engine again: mip is written.
+            self.stats.slices += 1
+            quantum = self.quantum if budget is None else max(1, budget)
+            written = self.mem.take_host_writes()
+            if written:
+                self._drop_translations(written)
+        self._event = self._late_stop = False
         hv = self._hv
         e = self._exits
         if e is not None:
             e.unspent = 0
             e.deadline_ns = self._deadline
+            e.event = e.late = 0
         if hv is not None:
             hv.budget = quantum
             self._unspent = 0
@@ -603,6 +629,15 @@ class Vcpu:
             return self._take_fatal() or Exit(ExitKind.PREEMPTED)
         if err:
             return self._engine_error(err, pc)
+        if stopped and self.virtual and hv is not None:
+            late = self._late_stop or (e is not None and e.late)
+            event = self._event or (e is not None and e.event)
+            rest = quantum - self.last_insns
+            if late and not event and rest > 0:
+                # Host time alone ended it: the guest must not see a boundary here. The rest
+                # of the budget runs when run_slice is called again.
+                self._paused_budget = rest
+                return Exit(ExitKind.PAUSED)
         if stopped:
             return Exit(ExitKind.PREEMPTED)
         # The engine returned by itself: a wfi (pc is past it). With count slicing (no native
@@ -647,7 +682,8 @@ class Vcpu:
         if self._hv is not None and self._hv.budget <= 0:
             return  # already ending
         self.stats.late_stops += 1
-        self.request_stop()
+        self._late_stop = True
+        self._zero_budget()
 
     def _on_intr(self, uc: int, intno: int, ud: int) -> None:
         if self._exits is None and time.monotonic_ns() > self._deadline:

@@ -97,10 +97,15 @@ struct hv_exits {
     uint64_t putchar;         /* statistics */
     int64_t deadline_ns;      /* CLOCK_MONOTONIC: the slice ends at the next block after it */
     uint64_t late_stops;      /* slices ended by the deadline here */
+    int32_t event;            /* the slice ends for a reason of the guest's (not host time) */
+    int32_t late;             /* the slice ended for host time alone (virtual time resumes it) */
 };
 
+/* An event ends the slice (a full console buffer, a clock read at a timer's deadline): in
+ * virtual time such a stop is part of the guest's run; a host-time one (below) is not. */
 static void hv_end_slice(struct hv_exits *e)
 {
+    e->event = 1;
     if (e->budget && *e->budget > 0) {
         e->unspent += *e->budget;
         *e->budget = 0;  /* the engine (or block hook) stops at the next block entry */
@@ -111,7 +116,9 @@ static void hv_check_deadline(struct hv_exits *e, int64_t now)
 {
     if (now > e->deadline_ns && e->budget && *e->budget > 0) {
         e->late_stops++;
-        hv_end_slice(e);
+        e->late = 1;
+        e->unspent += *e->budget;
+        *e->budget = 0;
     }
 }
 
@@ -240,6 +247,8 @@ static const struct hv_layout_entry hv_layouts[] = {
     HV_FIELD(hv_exits, putchar),
     HV_FIELD(hv_exits, deadline_ns),
     HV_FIELD(hv_exits, late_stops),
+    HV_FIELD(hv_exits, event),
+    HV_FIELD(hv_exits, late),
     HV_SIZE(hv_clock),
     HV_FIELD(hv_clock, offset_ns),
     HV_FIELD(hv_clock, hz),
