@@ -233,14 +233,14 @@ def ping(args: argparse.Namespace) -> None:
 
 
 def tcp(args: argparse.Namespace) -> None:
-    table = {"rate": "50Mbit", "queue": args.queue} | ({"delay": args.delay} if args.delay else {})
+    imp = {"rate": "50Mbit", "queue": args.queue} | ({"delay": args.delay} if args.delay else {})
     print(
-        f"## tcp: {args.bytes} B across {table}; alone and beside {args.hogs} cpu guests ({load()})"
+        f"## tcp: {args.bytes} B across {imp}; alone and beside {args.hogs} cpu guests ({load()})"
     )
     got: dict[tuple[str, int], list[float]] = {}
 
     def one(clock: str, n: int, _: int) -> None:
-        body = tcp_lab(table, args.bytes)
+        body = tcp_lab(imp, args.bytes)
         if n:
             body += "[switches.hogs]\n" + hogs(n, args.hog_iters, "hogs")
         r = run(clock, body, {"a", "b"})
