@@ -134,13 +134,20 @@ def report(clock: str, case: str, what: str, r: Result) -> None:
     print(f"{clock:8} {case}: {what}, wall {r.wall:.2f} s{tl_note(r)} ({load()})", flush=True)
 
 
+def clocks(args: argparse.Namespace) -> Sequence[str]:
+    return CLOCKS if args.clock == "both" else (args.clock,)
+
+
 def alternate(
-    repeat: int, fn: Callable[[str, int, int], None], cases: Sequence[int] = (0,)
+    repeat: int,
+    fn: Callable[[str, int, int], None],
+    cases: Sequence[int] = (0,),
+    clocks: Sequence[str] = CLOCKS,
 ) -> None:
     """fn(clock, case, i) for each case: virtual, real, virtual, real, ..."""
     for case in cases:
         for i in range(repeat):
-            for clock in CLOCKS:
+            for clock in clocks:
                 fn(clock, case, i)
 
 
@@ -223,7 +230,7 @@ def ping(args: argparse.Namespace) -> None:
         )
         report(clock, f"hogs={n:2}", what, r)
 
-    alternate(args.repeat, one, list(dict.fromkeys((0, args.hogs))))
+    alternate(args.repeat, one, list(dict.fromkeys((0, args.hogs))), clocks(args))
     rows = []
     for (clock, n), xs in got.items():
         ok = "yes" if all(40.0 <= x <= 40.5 for t in xs for x in t) else "no"
@@ -258,7 +265,7 @@ def tcp(args: argparse.Namespace) -> None:
         )
         report(clock, f"hogs={n:2}", what, r)
 
-    alternate(args.repeat, one, list(dict.fromkeys((0, args.hogs))))
+    alternate(args.repeat, one, list(dict.fromkeys((0, args.hogs))), clocks(args))
     rows = [
         [clock, f"{n} cpu guests", rng(xs, "{:.1f}")]
         + [rng([x * 1e6 / d for x in xs]) for d in (RATE, GOODPUT_MAX)]
@@ -319,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--real-count", type=int, default=10, help="real time: wake-ups (10)")
         p.add_argument("--real-repeat", type=int, default=1, help="real-time runs (1)")
     for p in (parts["ping"], parts["tcp"], parts["all"]):
+        p.add_argument(
+            "--clock", choices=("both", *CLOCKS), default="both", help="which clocks to run (both)"
+        )
         p.add_argument("--hogs", type=int, default=10, help="cpu guests beside (10)")
         p.add_argument("--hog-iters", type=int, default=100_000, help="their iters (100000)")
     for p in (parts["ping"], parts["all"]):
