@@ -32,6 +32,7 @@ busy   ``--guests`` `cpu` guests (``iters=--iters``) doing a fixed amount of wor
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -45,8 +46,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.impair import GOODPUT_MAX, RATE, SUMMARY, TCP, link_text, rtts, tcp_lab
+from hv._timeline import DEFAULT_LOOKAHEAD_PS, Timeline
 from hv.hw import VirtualClock
-from hv.lab import LabRun, parse_lab, run_lab
+from hv.lab import LabRun, _runner, parse_lab, run_lab
 
 CLOCKS = ("virtual", "real")
 RTT = re.compile(rb"rtt min/avg/max = (\d+)/(\d+)/(\d+) us")
@@ -320,6 +322,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, p in parts.items():
         n = 2 if name == "tcp" else 3
         p.add_argument("--repeat", type=int, default=n, help=f"runs of each clock ({n})")
+        p.add_argument(
+            "--lookahead",
+            type=int,
+            metavar="US",
+            help="an experiment: the lab timeline's lookahead in microseconds (default: the "
+            "core's, hv._timeline.DEFAULT_LOOKAHEAD_PS)",
+        )
     for p in (parts["idle"], parts["all"]):
         p.add_argument("--guests", type=int, default=10, help="sleep guests (10)")
         p.add_argument("--count", type=int, default=60, help="virtual: wake-ups (60)")
@@ -341,7 +350,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parts["busy"].add_argument("--guests", type=int, default=4, help="cpu guests (4)")
     parts["busy"].add_argument("--iters", type=int, default=300, help="their iters (300)")
     args = ap.parse_args(argv)
-    print(f"vtime: {args.part}, python {sys.version.split()[0]}, {load()}")
+    if args.lookahead is not None:  # run_lab makes its Timeline() through this name
+        la_ps = args.lookahead * 1_000_000
+        vars(_runner)["Timeline"] = functools.partial(Timeline, lookahead_ps=la_ps)
+    la = DEFAULT_LOOKAHEAD_PS if args.lookahead is None else args.lookahead * 1_000_000
+    print(
+        f"vtime: {args.part}, python {sys.version.split()[0]}, lookahead {la / 1e6:g} us, {load()}"
+    )
     if args.part == "all":
         idle(args)
         ping(args)
