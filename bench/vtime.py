@@ -27,6 +27,12 @@ busy   ``--guests`` `cpu` guests (``iters=--iters``) doing a fixed amount of wor
     python bench/vtime.py tcp  [--repeat 2] [--bytes 10000000] [--queue 1MiB] [--hogs 10]
     python bench/vtime.py busy [--repeat 3] [--guests 4] [--iters 300]
     python bench/vtime.py all
+
+``--clock virtual|real`` runs one clock only (ping, tcp): a virtual run gives the same figures
+every time, beside the CPU guests or not. ``--lookahead US`` is an experiment: it gives the
+lab's timeline another lookahead than the core's 10 us (the minimum latency of a NIC's
+cable), to measure what the lookahead costs (busy) and what it changes (ping: each RTT is
+40 ms + 2 x the lookahead + ~4 us of the guests' own work).
 """
 
 from __future__ import annotations
