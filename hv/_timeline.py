@@ -46,11 +46,15 @@ import trio
 import trio.testing
 
 PS = 1_000_000_000_000  # picoseconds per second
-# The minimum latency of a NIC's cable, and so the lab's lookahead: 10 us. A real host-to-
-# switch hop costs about that (a NIC, a PCIe DMA, a store-and-forward of a 1500-byte frame at
-# 1 Gbit/s is 12 us), and it lets a VM run 10,000 instructions at the nominal 1,000 MIPS
-# between synchronisations with its peers.
-DEFAULT_LOOKAHEAD_PS = 10_000_000
+# The minimum latency of a NIC's cable, and so the lab's lookahead: 200 us (a lab's
+# ``lookahead`` key changes it). It is what a guest-to-guest hop through a host's software
+# switch costs (100-300 us of round trip between VMs on one host), and it lets a busy VM run
+# 200,000 instructions at the nominal 1,000 MIPS between synchronisations with its peers:
+# measured (bench/vtime.py busy --lookahead), 10 us made a lab of CPU-bound guests 3-6x
+# slower than real time mode (a slice costs the host ~40 us beyond the guest's work), 200 us
+# 1.0-1.2x, 500 us 1.04-1.10x; a ping through a 20 ms-each-way cable reads 40 ms plus twice
+# the lookahead (40.4 ms at 200 us).
+DEFAULT_LOOKAHEAD_PS = 200_000_000
 INF = math.inf
 # The longest the timeline waits for scripts to react to a guest's output (host time; only
 # another busy task in the same trio run, never a script, makes it wait that long).
@@ -139,6 +143,10 @@ class Timeline:
         self.now_ps = 0
         self._now_s = 0.0  # the same, exactly as the event had it (a fabric deadline's float)
         self._members: list[Member] = []
+        # Members that can reach one another (a lab's VMs joined by switches and links): only
+        # these bound each other's horizons. Unset: everyone reaches everyone.
+        self._island: dict[str, int] = {}
+        self.reached_ps = 0  # the newest time any member got to (for stats after the end)
         self._order: dict[int, int] = {}  # id(member) -> its place (ties in the outbox)
         self._outbox: list[_Posted] = []
         self._seq = itertools.count()
@@ -176,6 +184,12 @@ class Timeline:
         if member in self._members:
             self._members.remove(member)
         self.poke()
+
+    def set_islands(self, islands: dict[str, int]) -> None:
+        """Which members can reach which (by member name: equal numbers reach each other, a
+        member not named reaches everyone). A guest with no NIC, or on a switch joined to no
+        other guest's, then runs free of the others (only the fabric bounds it)."""
+        self._island = dict(islands)
 
     def add_timed(self, timed: Timed) -> None:
         self._timed.append(timed)
@@ -295,19 +309,32 @@ class Timeline:
         # members (a member's own time does not bound it) and the fabric. Members that run
         # before it in the round only move later, and what they send is later than where
         # they started, so these bounds stay safe, and cost O(N) a round, not O(N^2).
-        first = second = INF
-        who: Member | None = None
+        # (Per island: members that cannot reach each other do not bound each other.)
+        islands = self._island
+        least: dict[int, tuple[float, float, Member | None]] = {}
         for m in self._members:
             n = m.vt_next_ps()
+            key = islands.get(m.name, -1)
+            first, second, who = least.get(key, (INF, INF, None))
             if n < first:
-                first, second, who = n, first, m
+                least[key] = (n, first, m)
             elif n < second:
-                second = n
+                least[key] = (first, n, who)
+        everyone = least.get(-1, (INF, INF, None))
         fabric = self._fabric_next()
         for m in list(self._members):
             if m not in self._members or self.halted:
                 continue
-            horizon = min(second if m is who else first, fabric) + self.lookahead_ps
+            key = islands.get(m.name, -1)
+            first, second, who = least.get(key, (INF, INF, None))
+            others = second if m is who else first
+            if key != -1:  # members with no island reach everyone
+                others = min(others, everyone[0])
+            elif len(least) > 1:
+                others = min(
+                    others, *(f for k, (f, _, w) in least.items() if k != -1 and w is not m)
+                )
+            horizon = min(others, fabric) + self.lookahead_ps
             if m.vt_next_ps() >= horizon:
                 continue
             ran = True
@@ -343,6 +370,9 @@ class Timeline:
                     with trio.move_on_after(1.0):  # re-check now and then (a stop, a pause)
                         await blocker.wait()
                 continue
+            ps = m.vt_ps()
+            if ps > self.reached_ps:
+                self.reached_ps = ps
             if got is Run.STOPPED and self.on_stop is not None:
                 self.on_stop(m)
             return
@@ -353,7 +383,7 @@ class Timeline:
         """Virtual time, wall time and their ratio (virtual seconds per wall second)."""
         wall = time.monotonic() - self.wall_start if self.wall_start is not None else self.wall_s
         lab = self._members_min()
-        virt = (lab if lab != INF else self.now_ps) / PS
+        virt = (lab if lab != INF else max(self.now_ps, self.reached_ps)) / PS
         return {
             "virtual_s": virt,
             "wall_s": wall,

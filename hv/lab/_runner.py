@@ -235,7 +235,9 @@ async def run_lab(
             read[key] = boot_files(spec, v)
         boots[name] = read[key]
     run = LabRun(spec)
-    tl = run.timeline = Timeline() if spec.clock == "virtual" else None
+    tl = run.timeline = (
+        Timeline(lookahead_ps=spec.lookahead_ps) if spec.clock == "virtual" else None
+    )
     prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
     try:
         async with trio.open_nursery() as nursery:
@@ -300,6 +302,7 @@ async def run_lab(
                     except ConfigError as e:  # the kernel's content, a NIC's capture, ...
                         raise ConfigError(f"vms.{name}: {e}") from None
                 if tl is not None:
+                    tl.set_islands(islands(spec))
                     # Once every VM has joined: a VM made while the clock already ran would
                     # join late, and what the others did meanwhile would depend on the host.
                     nursery.start_soon(tl.run)
@@ -352,6 +355,26 @@ async def run_lab(
     run.status = _status(run, exit_code_from, until)
     run.ended.set()
     return run.status
+
+
+def islands(spec: LabSpec) -> dict[str, int]:
+    """The lab's VMs grouped by what can reach what: VMs whose NICs' switches are joined
+    (directly or by links) share a number; a VM with no NIC is alone."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for name, vm in spec.vms.items():
+        node = f"vm:{name}"
+        root(node)
+        for nic in vm.nics:
+            for sw in spec.reaches(nic.switch):
+                parent[root(f"sw:{sw}")] = root(node)
+    numbers: dict[str, int] = {}
+    return {name: numbers.setdefault(root(f"vm:{name}"), len(numbers)) for name in spec.vms}
 
 
 async def _cable(

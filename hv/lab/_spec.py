@@ -64,6 +64,7 @@ from hv._values import (
     table,
     unknown,
 )
+from hv._timeline import DEFAULT_LOOKAHEAD_PS
 from hv.hw import DEFAULT_MIPS, VirtualClock
 from hv.hw import _platform as P
 from hv.lab._impair import parse_impairment
@@ -77,7 +78,9 @@ VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "d
 DISK_KEYS = {"file", "ro", "format", "snapshot", "serial", "backing_dirs"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
 LINK_KEYS = {"a", "b", "impair", "vlans"}
-LAB_KEYS = {"name", "switches", "vms", "links", "clock", "seed", "mips"}
+LAB_KEYS = {"name", "switches", "vms", "links", "clock", "seed", "mips", "lookahead"}
+LOOKAHEAD_MIN_PS = 1_000_000  # 1 us
+LOOKAHEAD_MAX_PS = 1_000_000_000_000  # 1 s
 CLOCKS = ("real", "virtual")
 TAP_NAME_MAX = 15  # IFNAMSIZ - 1
 LAB_FILE_MAX = 1 << 20  # bytes: a lab file is a page or two of TOML
@@ -167,6 +170,7 @@ class LabSpec:
     clock: str = "real"  # "real" or "virtual" (docs/TIME.md)
     seed: int | None = None  # mixed into every impairment's seed
     mips: int = DEFAULT_MIPS  # virtual time: a hart's nominal rate
+    lookahead_ps: int = DEFAULT_LOOKAHEAD_PS  # virtual time: a NIC cable's minimum latency
 
     def reaches(self, switch: str) -> frozenset[str]:
         """The switches whose built-in services ``switch``'s untagged frames reach (itself
@@ -563,9 +567,17 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
         VirtualClock(mips)
     except ValueError as e:
         raise ConfigError(f"mips: {e}") from None
+    lookahead_ps = DEFAULT_LOOKAHEAD_PS
+    if "lookahead" in doc:
+        lookahead_ps = round(duration(doc["lookahead"], "lookahead") * 1e12)
+        if not LOOKAHEAD_MIN_PS <= lookahead_ps <= LOOKAHEAD_MAX_PS:
+            raise ConfigError(
+                f"lookahead: {doc['lookahead']!r} is out of range 1us..1s (the least latency "
+                "of a NIC's cable in virtual time; default 200us)"
+            )
     lab = LabSpec(
         name=name, base=base, switches=switches, vms=vms, links=links, clock=clock, seed=seed,
-        mips=mips,
+        mips=mips, lookahead_ps=lookahead_ps,
     )  # fmt: skip
     check_clock(lab)
     return lab
