@@ -1,0 +1,229 @@
+"""Virtual time from the command line and from code: ``hv run --clock``, ``hv up --clock
+--seed --mips`` (over the lab file's keys), ``open_lab(clock=...)`` and ``Lab(clock=...)``;
+what ``hv stats``, ``hv top`` and ``hv up``'s live view say of the lab's clock. Real guests
+(the bundled ``sleep``, ``ping``, ``udpecho``), real ``hv`` processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hv._errors import ConfigError
+from hv.cli._control import load_named
+
+REPO = Path(__file__).resolve().parent.parent
+
+# 3 x 10 s of guest sleep: in real time that would take 30 s; on virtual time a fraction
+SLEEPER = 'kernel = "sleep"\nmem = "16M"\nappend = "ms=10000 count=3"\n'
+LOSSY = """
+[switches.a]
+[switches.b]
+[[links]]
+a = "a"
+b = "b"
+impair = { delay = "5ms", loss = "50%" }
+[vms.echo]
+kernel = "udpecho"
+mem = "16M"
+nics = [{ switch = "b", ip = "10.0.0.2/24" }]
+[vms.pinger]
+kernel = "ping"
+mem = "16M"
+append = "peer=10.0.0.2 count=24 interval=20"
+nics = [{ switch = "a", ip = "10.0.0.1/24" }]
+"""
+TAP_LAB = '[switches.lan]\ntap = "hvclk0"\n[vms.s]\n' + SLEEPER
+
+
+def hv(*args: str | Path, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "hv.cli", *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def in_netns(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``hv ARGS`` in a network namespace of its own: a regression that opens a TAP touches
+    no interface of the host's."""
+    return subprocess.run(
+        ["unshare", "--net", "--map-root-user", sys.executable, "-m", "hv.cli", *map(str, args)],
+        cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+
+
+def sleeps(out: str) -> tuple[list[float], float]:
+    """The sleep guest's measured sleeps and its total, in ms."""
+    each = [float(x) for x in re.findall(r"sleep \d+: ([\d.]+) ms", out)]
+    total = re.search(r"done in ([\d.]+) ms", out)
+    assert total is not None, out
+    return each, float(total.group(1))
+
+
+def one_line(r: subprocess.CompletedProcess[str], status: int = 4) -> str:
+    assert r.returncode == status, (r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hv: "), r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+# -- hv run --------------------------------------------------------------------------------
+
+
+def test_hv_run_clock_virtual_runs_the_guest_on_guest_time(tmp_path: Path) -> None:
+    """30 s of guest sleep, each timer exact to the guest (virtual time jumps to the
+    deadline), in well under 30 s of wall time; --mips sets the rate, and a slower hart takes
+    longer in guest time for the same instructions between its sleeps."""
+    args = ("run", "sleep", "--mem", "16M", "--append", "ms=10000 count=3", "--clock", "virtual")
+    start = time.monotonic()
+    fast = hv(*args, cwd=tmp_path)
+    wall = time.monotonic() - start
+    assert fast.returncode == 0, fast.stderr
+    each, total = sleeps(fast.stdout)
+    assert len(each) == 3 and all(10000.0 <= ms < 10000.01 for ms in each), fast.stdout
+    assert 30000.0 <= total < 30000.05 and wall < 30, (fast.stdout, wall)
+    again = hv(*args, cwd=tmp_path)
+    assert again.stdout == fast.stdout  # nothing of the host in it
+    slow = hv(*args, "--mips", "100", cwd=tmp_path)
+    assert slow.returncode == 0, slow.stderr
+    assert sleeps(slow.stdout)[1] > total, (slow.stdout, fast.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--clock", "virtual", "--mips", "7"], "--mips: mips 7: use a rate that divides"),
+        (["--clock", "virtual", "--mips", "0"], "--mips: mips 0 is out of range"),
+        (["--mips", "500"], "--mips: sets how fast virtual time runs: add --clock virtual"),
+        (["--clock", "real", "--mips", "500"], "add --clock virtual"),
+    ],
+)
+def test_hv_run_bad_clock_options_exit_4(args: list[str], message: str, tmp_path: Path) -> None:
+    assert message in one_line(hv("run", "hello", *args, cwd=tmp_path))
+
+
+def test_hv_run_refuses_a_tap_on_virtual_time_before_opening_it(tmp_path: Path) -> None:
+    r = in_netns("run", "hello", "--clock", "virtual", "--net", "tap:hvclk0", cwd=tmp_path)
+    assert one_line(r) == (
+        "hv: --net tap:hvclk0: a TAP puts the host on the wire, and the host lives in real "
+        "time, so this VM cannot run on virtual time: use --clock real, or leave out --net"
+    )
+
+
+def test_clock_usage_errors_exit_2(tmp_path: Path) -> None:
+    for args in (["run", "hello", "--clock", "fast"], ["up", "x.toml", "--seed", "many"]):
+        r = hv(*args, cwd=tmp_path)
+        assert r.returncode == 2 and "usage:" in r.stderr, (args, r.stderr)
+
+
+def test_clock_options_have_help(tmp_path: Path) -> None:
+    for command in ("run", "up"):
+        text = " ".join(hv(command, "--help", cwd=tmp_path).stdout.split())
+        assert "--clock {real,virtual}" in text and "--mips N" in text
+        assert "guest time comes from the instructions the guests run" in text
+        assert "docs/TIME.md" in text
+    up = " ".join(hv("up", "--help", cwd=tmp_path).stdout.split())
+    assert "--seed N" in up and "instead of its file's seed key" in up
+    assert "A lab with a TAP runs on real time only" in up
+
+
+# -- hv up ---------------------------------------------------------------------------------
+
+
+def test_hv_up_clock_virtual_overrides_the_file(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.toml"
+    lab.write_text("[vms.s]\n" + SLEEPER)  # no clock key: real time by the file
+    start = time.monotonic()
+    r = hv("up", lab, "--clock", "virtual", cwd=tmp_path)
+    wall = time.monotonic() - start
+    assert r.returncode == 0, r.stderr
+    each, total = sleeps(r.stdout)
+    assert all(10000.0 <= ms < 10000.01 for ms in each) and total < 30000.05, r.stdout
+    assert wall < 30
+
+
+def test_hv_up_seed_overrides_the_file_and_decides_the_losses(tmp_path: Path) -> None:
+    """On virtual time a seed gives the same run, another seed other losses; --seed replaces
+    the file's."""
+    lab = tmp_path / "lossy.toml"
+    lab.write_text('clock = "virtual"\nseed = 1\n' + LOSSY)
+
+    def replies(*more: str) -> list[str]:
+        r = hv("up", lab, "--exit-code-from", "pinger", *more, cwd=tmp_path)
+        got = re.findall(r"ping: reply from 10.0.0.2: seq=(\d+)", r.stdout)
+        assert "24 sent" in r.stdout and got, r.stdout + r.stderr
+        return got
+
+    first = replies()
+    assert replies("--seed", "1") == first
+    other = replies("--seed", "2")
+    assert other == replies("--seed", "2") and other != first
+
+
+@pytest.mark.parametrize(
+    ("file", "args", "message"),
+    [
+        ("[vms.s]\n" + SLEEPER, ["--mips", "500"], "--mips: sets how fast virtual time runs, "
+         "but lab clk runs on real time: add --clock virtual"),
+        ("[vms.s]\n" + SLEEPER, ["--clock", "virtual", "--mips", "3"], "--mips: mips 3: use a "
+         "rate that divides 1,000,000"),
+        ("[vms.s]\n" + SLEEPER, ["--seed", "-1"], "--seed: -1 is not a whole number >= 0"),
+        ('clock = "virtual"\n[vms.s]\n' + SLEEPER, ["--clock", "real", "--mips", "100"],
+         "runs on real time: add --clock virtual"),
+    ],
+)  # fmt: skip
+def test_hv_up_bad_clock_options_exit_4(
+    file: str, args: list[str], message: str, tmp_path: Path
+) -> None:
+    lab = tmp_path / "lab.toml"
+    lab.write_text('name = "clk"\n' + file)
+    for detach in ([], ["-d"]):  # hv up -d says it too, before starting anything
+        line = one_line(hv("up", lab, *detach, *args, cwd=tmp_path))
+        assert message in line, line
+
+
+def test_hv_up_clock_virtual_refuses_a_tap_lab_as_the_file_would(tmp_path: Path) -> None:
+    real = tmp_path / "tap.toml"
+    real.write_text(TAP_LAB)
+    virtual = tmp_path / "vtap.toml"
+    virtual.write_text('clock = "virtual"\n' + TAP_LAB)
+    by_file = one_line(in_netns("up", virtual, cwd=tmp_path))
+    assert "switches.lan.tap: a TAP puts the host on the wire" in by_file
+    assert 'use clock = "real" (or --clock real), or take the TAP out' in by_file
+    for detach in ([], ["-d"]):
+        assert one_line(in_netns("up", real, *detach, "--clock", "virtual", cwd=tmp_path)) == (
+            by_file
+        )
+
+
+def _up_args(**given: object) -> argparse.Namespace:
+    return argparse.Namespace(**{"clock": None, "seed": None, "mips": None, **given})
+
+
+def test_the_options_replace_the_files_keys(tmp_path: Path) -> None:
+    """--clock real takes a TAP lab that the file puts on virtual time; each option replaces
+    only its own key."""
+    lab = tmp_path / "vtap.toml"
+    lab.write_text(
+        'clock = "virtual"\nseed = 4\nmips = 500\n' + TAP_LAB.replace("tap =", "# tap =")
+    )
+    spec = load_named(lab, None, _up_args())
+    assert (spec.clock, spec.seed, spec.mips) == ("virtual", 4, 500)
+    spec = load_named(lab, None, _up_args(seed=9, mips=2000))
+    assert (spec.clock, spec.seed, spec.mips) == ("virtual", 9, 2000)
+    spec = load_named(lab, None, _up_args(clock="real"))
+    assert (spec.clock, spec.seed, spec.mips) == ("real", 4, 500)
+    lab.write_text('clock = "virtual"\n' + TAP_LAB)
+    with pytest.raises(ConfigError, match="a TAP puts the host on the wire"):
+        load_named(lab, None, _up_args())
+    spec = load_named(lab, None, _up_args(clock="real"))
+    assert spec.clock == "real" and spec.switches["lan"].tap == "hvclk0"
