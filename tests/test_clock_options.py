@@ -14,9 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
-from hv._errors import ConfigError
+import hv
+from hv import ConfigError, Lab
+from hv.build._zig import cache_dir
 from hv.cli._control import load_named
+from hv.lab import as_spec
+
+pytest_plugins = ["pytester"]
+# pytester points HOME at its own folder: keep the built guests and engine where they are
+CACHE_BASE = cache_dir().parent
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,7 +50,7 @@ nics = [{ switch = "a", ip = "10.0.0.1/24" }]
 TAP_LAB = '[switches.lan]\ntap = "hvclk0"\n[vms.s]\n' + SLEEPER
 
 
-def hv(*args: str | Path, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def hv_cli(*args: str | Path, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "hv.cli", *map(str, args)],
@@ -85,15 +93,15 @@ def test_hv_run_clock_virtual_runs_the_guest_on_guest_time(tmp_path: Path) -> No
     longer in guest time for the same instructions between its sleeps."""
     args = ("run", "sleep", "--mem", "16M", "--append", "ms=10000 count=3", "--clock", "virtual")
     start = time.monotonic()
-    fast = hv(*args, cwd=tmp_path)
+    fast = hv_cli(*args, cwd=tmp_path)
     wall = time.monotonic() - start
     assert fast.returncode == 0, fast.stderr
     each, total = sleeps(fast.stdout)
     assert len(each) == 3 and all(10000.0 <= ms < 10000.01 for ms in each), fast.stdout
     assert 30000.0 <= total < 30000.05 and wall < 30, (fast.stdout, wall)
-    again = hv(*args, cwd=tmp_path)
+    again = hv_cli(*args, cwd=tmp_path)
     assert again.stdout == fast.stdout  # nothing of the host in it
-    slow = hv(*args, "--mips", "100", cwd=tmp_path)
+    slow = hv_cli(*args, "--mips", "100", cwd=tmp_path)
     assert slow.returncode == 0, slow.stderr
     assert sleeps(slow.stdout)[1] > total, (slow.stdout, fast.stdout)
 
@@ -108,7 +116,7 @@ def test_hv_run_clock_virtual_runs_the_guest_on_guest_time(tmp_path: Path) -> No
     ],
 )
 def test_hv_run_bad_clock_options_exit_4(args: list[str], message: str, tmp_path: Path) -> None:
-    assert message in one_line(hv("run", "hello", *args, cwd=tmp_path))
+    assert message in one_line(hv_cli("run", "hello", *args, cwd=tmp_path))
 
 
 def test_hv_run_refuses_a_tap_on_virtual_time_before_opening_it(tmp_path: Path) -> None:
@@ -121,17 +129,17 @@ def test_hv_run_refuses_a_tap_on_virtual_time_before_opening_it(tmp_path: Path) 
 
 def test_clock_usage_errors_exit_2(tmp_path: Path) -> None:
     for args in (["run", "hello", "--clock", "fast"], ["up", "x.toml", "--seed", "many"]):
-        r = hv(*args, cwd=tmp_path)
+        r = hv_cli(*args, cwd=tmp_path)
         assert r.returncode == 2 and "usage:" in r.stderr, (args, r.stderr)
 
 
 def test_clock_options_have_help(tmp_path: Path) -> None:
     for command in ("run", "up"):
-        text = " ".join(hv(command, "--help", cwd=tmp_path).stdout.split())
+        text = " ".join(hv_cli(command, "--help", cwd=tmp_path).stdout.split())
         assert "--clock {real,virtual}" in text and "--mips N" in text
         assert "guest time comes from the instructions the guests run" in text
         assert "docs/TIME.md" in text
-    up = " ".join(hv("up", "--help", cwd=tmp_path).stdout.split())
+    up = " ".join(hv_cli("up", "--help", cwd=tmp_path).stdout.split())
     assert "--seed N" in up and "instead of its file's seed key" in up
     assert "A lab with a TAP runs on real time only" in up
 
@@ -143,7 +151,7 @@ def test_hv_up_clock_virtual_overrides_the_file(tmp_path: Path) -> None:
     lab = tmp_path / "lab.toml"
     lab.write_text("[vms.s]\n" + SLEEPER)  # no clock key: real time by the file
     start = time.monotonic()
-    r = hv("up", lab, "--clock", "virtual", cwd=tmp_path)
+    r = hv_cli("up", lab, "--clock", "virtual", cwd=tmp_path)
     wall = time.monotonic() - start
     assert r.returncode == 0, r.stderr
     each, total = sleeps(r.stdout)
@@ -158,7 +166,7 @@ def test_hv_up_seed_overrides_the_file_and_decides_the_losses(tmp_path: Path) ->
     lab.write_text('clock = "virtual"\nseed = 1\n' + LOSSY)
 
     def replies(*more: str) -> list[str]:
-        r = hv("up", lab, "--exit-code-from", "pinger", *more, cwd=tmp_path)
+        r = hv_cli("up", lab, "--exit-code-from", "pinger", *more, cwd=tmp_path)
         got = re.findall(r"ping: reply from 10.0.0.2: seq=(\d+)", r.stdout)
         assert "24 sent" in r.stdout and got, r.stdout + r.stderr
         return got
@@ -187,7 +195,7 @@ def test_hv_up_bad_clock_options_exit_4(
     lab = tmp_path / "lab.toml"
     lab.write_text('name = "clk"\n' + file)
     for detach in ([], ["-d"]):  # hv up -d says it too, before starting anything
-        line = one_line(hv("up", lab, *detach, *args, cwd=tmp_path))
+        line = one_line(hv_cli("up", lab, *detach, *args, cwd=tmp_path))
         assert message in line, line
 
 
@@ -227,3 +235,117 @@ def test_the_options_replace_the_files_keys(tmp_path: Path) -> None:
         load_named(lab, None, _up_args())
     spec = load_named(lab, None, _up_args(clock="real"))
     assert spec.clock == "real" and spec.switches["lan"].tap == "hvclk0"
+
+
+# -- from code: open_lab, Lab, hv.aio, the pytest plugin ---------------------------------
+
+
+def sleeper(**clock: object) -> Lab:
+    return Lab("sleeper", **clock).vm("s", kernel="sleep", mem="16M",  # type: ignore[arg-type]
+                                      append="ms=10000 count=3")  # fmt: skip
+
+
+def test_lab_takes_the_clock_keys_of_a_lab_file(tmp_path: Path) -> None:
+    spec = sleeper(clock="virtual", seed=3, mips=500).spec()
+    assert (spec.clock, spec.seed, spec.mips) == ("virtual", 3, 500)
+    assert (sleeper().spec().clock, sleeper().spec().seed) == ("real", None)
+    with pytest.raises(ConfigError, match='clock: \'fast\' is not "real" or "virtual"'):
+        sleeper(clock="fast").spec()
+    with pytest.raises(ConfigError, match="mips: mips 7: use a rate that divides"):
+        sleeper(clock="virtual", mips=7).spec()
+    with pytest.raises(ConfigError, match=r"switches\.lan\.tap: a TAP puts the host on the wire"):
+        sleeper(clock="virtual").switch("lan", tap="hvclk0").spec()
+    # clock= in place of the lab's own: a TAP lab that says "virtual" runs with "real"
+    tap = sleeper(clock="virtual").switch("lan", tap="hvclk0")
+    assert as_spec(tap, clock="real").clock == "real"
+    path = tmp_path / "vtap.toml"
+    path.write_text('clock = "virtual"\n' + TAP_LAB)
+    assert as_spec(path, clock="real").switches["lan"].tap == "hvclk0"
+
+
+async def test_open_lab_clock_seed_mips_over_the_labs_own() -> None:
+    out: list[bytes] = []
+    async with hv.open_lab(sleeper(), out.append, clock="virtual", mips=500) as run:
+        assert run.spec.clock == "virtual" and run.spec.mips == 500
+        assert run.timeline is not None
+        with trio.fail_after(30):
+            assert await run.wait() == 0
+    each, total = sleeps(b"".join(out).decode())
+    assert all(10000.0 <= ms < 10000.01 for ms in each) and total < 30000.1
+    # real time: no timeline; mips is refused there, a TAP on virtual time too
+    async with hv.open_lab(sleeper(clock="virtual"), clock="real") as run:
+        assert run.spec.clock == "real" and run.timeline is None
+    with pytest.raises(ConfigError, match="mips: sets how fast virtual time runs, but lab "
+                       'sleeper runs on real time: add clock="virtual"'):  # fmt: skip
+        async with hv.open_lab(sleeper(), mips=500):
+            pass
+    with pytest.raises(ConfigError, match=r"switches\.lan\.tap: a TAP puts the host on the wire"):
+        async with hv.open_lab(sleeper().switch("lan", tap="hvclk0"), clock="virtual"):
+            pass
+
+
+async def test_open_lab_seed_reaches_every_impairment(tmp_path: Path) -> None:
+    lossy = tmp_path / "lossy.toml"
+    lossy.write_text("seed = 1\n" + LOSSY)
+    async with hv.open_lab(lossy, seed=5) as run:
+        assert run.spec.seed == 5
+        link = run.impairments["links[0]"]
+        assert all(str(d.impairment.seed).startswith("5/") for d in (link.egress, link.ingress))
+
+
+def test_aio_open_lab_takes_the_clock_too() -> None:
+    import asyncio
+
+    import hv.aio
+
+    out: list[bytes] = []
+
+    async def main() -> None:
+        async with hv.aio.open_lab(sleeper(), out.append, clock="virtual", seed=2) as lab:
+            assert await lab.run_sync(lambda run: (run.spec.clock, run.spec.seed)) == (
+                "virtual",
+                2,
+            )
+            async with asyncio.timeout(30):
+                assert await lab.wait() == 0
+
+    asyncio.run(main())
+    each, total = sleeps(b"".join(out).decode())
+    assert all(10000.0 <= ms < 10000.01 for ms in each) and total < 30000.1
+
+
+PLUGIN_TESTS = """
+import hv, pytest
+from hv import Lab
+
+LAB = Lab("sl").vm("s", kernel="sleep", mem="16M", append="ms=10000 count=3")
+
+
+async def test_hv_lab_on_virtual_time(hv_lab):
+    with pytest.raises(hv.ConfigError, match="mips: sets how fast virtual time runs"):
+        await hv_lab(LAB, mips=500)
+    lab = await hv_lab(LAB, clock="virtual", seed=4, mips=500)
+    assert (lab.spec.clock, lab.spec.seed, lab.spec.mips) == ("virtual", 4, 500)
+    await lab.vms["s"].console.wait_for(b"sleep: done in 30000.0")
+    assert lab.timeline is not None
+
+
+async def test_hv_vm_on_virtual_time(hv_vm):
+    vm = await hv_vm(kernel="sleep", mem="16M", append="ms=10000 count=3", clock="virtual")
+    await vm.console.wait_for(b"sleep: done in 30000.0")
+    with pytest.raises(hv.ConfigError, match="the switches of hv_vm run on real time"):
+        await hv_vm(kernel="udpecho", mem="16M", nics=["lan"], clock="virtual")
+    assert "lan" not in hv_vm.switches  # refused before anything started
+"""
+
+
+def test_the_pytest_fixtures_take_the_clock(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(CACHE_BASE))
+    for var in ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTEST_PLUGINS", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(var, raising=False)
+    pytester.makeini("[pytest]\ntrio_mode = true\nfilterwarnings = error\n")
+    pytester.makepyfile(test_clock=PLUGIN_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=2)
