@@ -6,6 +6,7 @@ what ``hv stats``, ``hv top`` and ``hv up``'s live view say of the lab's clock. 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -15,12 +16,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_control import Host
 
 import hv
 from hv import ConfigError, Lab
 from hv.build._zig import cache_dir
 from hv.cli._control import load_named
 from hv.lab import as_spec
+from hv.lab._stats import rates, render_snapshot, snapshot
 
 pytest_plugins = ["pytester"]
 # pytester points HOME at its own folder: keep the built guests and engine where they are
@@ -349,3 +352,102 @@ def test_the_pytest_fixtures_take_the_clock(
     pytester.makepyfile(test_clock=PLUGIN_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=2)
+
+
+# -- the lab's clock in hv stats, hv top and hv up's live view -----------------------------
+
+VIRTUAL = {"mode": "virtual", "virtual_s": 12.345, "wall_s": 0.402, "ratio": 30.709,
+           "mips": 1000, "seed": 7, "rounds": 9, "events": 3}  # fmt: skip
+
+
+def made_up(clock: dict[str, object] | None) -> dict[str, object]:
+    snap: dict[str, object] = {"lab": "t", "time": 1.0, "vms": {}, "switches": {}}
+    if clock is not None:
+        snap["clock"] = clock
+    return snap
+
+
+def test_the_clock_in_the_plain_lines_and_the_table() -> None:
+    import io
+
+    from rich.console import Console
+
+    from hv.lab._view import render_lines, render_table
+
+    r = rates(None, made_up(VIRTUAL))
+    assert render_lines(r)[0] == (
+        "lab t interval=0.00s running=0/0 mips=0.0 exits/s=0 cpu=0% clock=virtual "
+        "virtual=12.345s wall=0.402s ratio=30.7x"
+    )
+    assert render_snapshot(made_up(VIRTUAL))[0] == (
+        "lab t vms=0 running=0 clock=virtual virtual=12.345s wall=0.402s ratio=30.7x"
+    )
+    out = io.StringIO()
+    Console(file=out, width=100, color_system=None).print(render_table(r))
+    assert "clock: virtual 12.345 s in 0.402 s wall (30.7x)" in out.getvalue()
+    real = made_up({"mode": "real", "seed": None})
+    assert render_lines(rates(None, real))[0].endswith(" cpu=0% clock=real")
+    assert render_snapshot(real)[0] == "lab t vms=0 running=0 clock=real"
+    out = io.StringIO()
+    Console(file=out, width=100, color_system=None).print(render_table(rates(None, real)))
+    assert "clock: real" in out.getvalue() and "wall" not in out.getvalue()
+    # a snapshot from a lab that does not say (an older hv): nothing about the clock
+    assert render_snapshot(made_up(None))[0] == "lab t vms=0 running=0"
+    assert "clock" not in render_lines(rates(None, made_up(None)))[0]
+
+
+async def test_the_snapshot_has_the_labs_clock() -> None:
+    async with hv.open_lab(sleeper(), clock="virtual", seed=6) as run:
+        with trio.fail_after(30):
+            assert await run.wait() == 0
+        clock = snapshot(run)["clock"]
+    # after the end too: where the VMs got to, and the wall time the timeline ran for
+    assert clock["mode"] == "virtual" and (clock["mips"], clock["seed"]) == (1000, 6)
+    assert 30.0 <= clock["virtual_s"] < 30.1 and 0 < clock["wall_s"] < 30
+    assert clock["ratio"] == pytest.approx(clock["virtual_s"] / clock["wall_s"])
+    async with hv.open_lab(sleeper(seed=2)) as run:
+        assert snapshot(run)["clock"] == {"mode": "real", "seed": 2}
+
+
+def test_hv_up_stats_lines_and_the_table_show_the_clock(tmp_path: Path) -> None:
+    from test_view import run_on_a_pty
+
+    lab = tmp_path / "lab.toml"
+    lab.write_text('name = "clk"\n[vms.s]\n' + SLEEPER)
+    r = hv_cli("up", lab, "--clock", "virtual", "--stats", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    last = [line for line in r.stdout.splitlines() if line.startswith("lab ")][-1]
+    m = re.search(r" clock=virtual virtual=([\d.]+)s wall=([\d.]+)s ratio=([\d.]+)x$", last)
+    assert m is not None and 30.0 <= float(m[1]) < 30.1, r.stdout  # the end: 30 s of sleep
+    status, out = run_on_a_pty(str(lab), "--clock", "virtual")
+    assert status == 0, out[-2000:]
+    tail = out[out.rindex("lab clk") :]  # the last table, left on the screen
+    assert re.search(r"clock: virtual 30\.0\d\d s in [\d.]+ s wall \([\d.]+x\)", tail), tail
+
+
+def test_hv_stats_and_top_of_a_detached_lab_show_its_clock() -> None:
+    h = Host()
+    try:
+        lab = h.lab_file("vt", '[vms.s]\nkernel = "sleep"\nmem = "16M"\n'
+                               'append = "ms=1000 count=100000000"\n')  # fmt: skip
+        up = h.hv("up", "-d", str(lab), "--clock", "virtual", "--seed", "5", "--mips", "500")
+        assert up.returncode == 0, up.stdout + up.stderr
+        r = h.hv("stats", "hv-vt", "--json")
+        assert r.returncode == 0, r.stderr
+        clock = json.loads(r.stdout)["clock"]
+        assert (clock["mode"], clock["seed"], clock["mips"]) == ("virtual", 5, 500)
+        assert clock["virtual_s"] >= 0 and clock["wall_s"] > 0 and "ratio" in clock
+        plain = h.hv("stats", "hv-vt").stdout.splitlines()[0]
+        assert re.fullmatch(r"lab hv-vt vms=1 running=1 clock=virtual virtual=[\d.]+s "
+                            r"wall=[\d.]+s ratio=[\d.]+x", plain), plain  # fmt: skip
+        top = h.hv("top", "hv-vt", "--interval", "0.2", "--count", "1")
+        assert top.returncode == 0 and " clock=virtual virtual=" in top.stdout, top.stdout
+        real = h.lab_file("rt", '[vms.s]\nkernel = "echo"\nmem = "16M"\n')
+        assert h.hv("up", "-d", str(real)).returncode == 0
+        assert json.loads(h.hv("stats", "hv-rt", "--json").stdout)["clock"] == {
+            "mode": "real",
+            "seed": None,
+        }
+        assert h.hv("stats", "hv-rt").stdout.startswith("lab hv-rt vms=1 running=1 clock=real\n")
+    finally:
+        h.cleanup()
