@@ -164,6 +164,7 @@ class Timeline:
         self.halted = False
         self.wall_start: float | None = None
         self.wall_s = 0.0  # wall time spent while the timeline ran
+        self._ended = False
 
     # -- the fabric's clock ------------------------------------------------------------------
 
@@ -292,11 +293,13 @@ class Timeline:
     async def run(self) -> None:
         """Drive the members until the task is cancelled (a lab's nursery, a VM's own)."""
         self.wall_start = time.monotonic()
+        self._ended = False
         try:
             while True:
                 await self._round()
         finally:
             self.wall_s = time.monotonic() - self.wall_start
+            self._ended = True
 
     async def _round(self) -> None:
         if self.halted:
@@ -381,7 +384,8 @@ class Timeline:
 
     def stats(self) -> dict[str, float]:
         """Virtual time, wall time and their ratio (virtual seconds per wall second)."""
-        wall = time.monotonic() - self.wall_start if self.wall_start is not None else self.wall_s
+        start = self.wall_start
+        wall = time.monotonic() - start if start is not None and not self._ended else self.wall_s
         lab = self._members_min()
         virt = (lab if lab != INF else max(self.now_ps, self.reached_ps)) / PS
         return {

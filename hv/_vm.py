@@ -117,6 +117,11 @@ class Vm:
     """
 
     def __init__(self, config: VmConfig) -> None:
+        if config.clock == "virtual" and config.nics and config.timeline is None:
+            raise ConfigError(
+                "a VM on virtual time with NICs runs in a lab whose switches share its clock: "
+                'use a lab with clock = "virtual" (hv up, open_lab), or clock="real" here'
+            )
         self.config = config
         self.name = config.name
         self.machine = Machine(config.machine_config())

@@ -666,17 +666,24 @@ class LabRun:
 
 @asynccontextmanager
 async def open_lab(
-    spec: LabSpec | Lab | str | Path, output: Output | None = None, *, mode: Mode = "thread"
+    spec: LabSpec | Lab | str | Path,
+    output: Output | None = None,
+    *,
+    mode: Mode = "thread",
+    clock: str | None = None,
+    seed: int | None = None,
+    mips: int | None = None,
 ) -> AsyncIterator[LabRun]:
     """``hv.open_lab`` for asyncio: the lab runs for the body of the ``async with``, in a
     trio thread of its own (``mode="guest"``: as a guest of asyncio's loop). ``output`` is
-    called in the trio thread."""
+    called in the trio thread. ``clock``, ``seed`` and ``mips`` as for ``hv.open_lab``
+    (virtual time: docs/TIME.md)."""
 
     @asynccontextmanager
     async def in_trio() -> AsyncIterator[TrioLabRun]:
         from hv.lab import open_lab as trio_open_lab
 
-        async with trio_open_lab(spec, output) as run:
+        async with trio_open_lab(spec, output, clock=clock, seed=seed, mips=mips) as run:
             yield run
 
     portal = Portal(mode)

@@ -25,8 +25,11 @@ and is stopped when the test ends):
   named is started on first use (``hv_vm.switches[name]``), or before with
   ``await hv_vm.switch("lan", subnet="10.0.0.0/24", dhcp=True, dns=True)``: the keys of a
   lab file's switch table, checked the same way, services in ``hv_vm.services[name]``.
+  ``clock="virtual"`` (and ``mips=``) runs a VM without NICs on virtual time, on a
+  timeline of its own (docs/TIME.md); VMs on a network share their lab's: use ``hv_lab``.
 - ``hv_lab``: ``lab = await hv_lab("lab.toml")`` (relative to the test file) or
-  ``await hv_lab(Lab()...)`` gives a running ``LabRun`` (``.vms``, ``.switches``, ...).
+  ``await hv_lab(Lab()...)`` gives a running ``LabRun`` (``.vms``, ``.switches``, ...);
+  ``await hv_lab(spec, clock="virtual", seed=3)`` runs it on virtual time.
 
 Every switch they start that has no capture of its own captures into the test's
 ``tmp_path`` (``--hv-no-capture``, the ``hv_capture`` ini option or
@@ -277,14 +280,27 @@ class VmFactory:
         """Boot a VM: a ``VmConfig``, or ``kernel`` (a bundled guest, ``linux``, a path) with
         ``cmdline`` (replaces the kernel's default) or ``append``, ``mem`` (``"16M"`` or
         bytes), ``nics`` and any other ``VmConfig`` field. Returns the running ``hv.Vm``."""
+        from hv._errors import ConfigError
         from hv._vm import run_vm
 
+        if config is not None and (
+            kernel is not None or name is not None or nics or more or mem is not None
+        ):
+            raise TypeError("hv_vm takes a VmConfig or keywords, not both")
+        if (config.clock if config else more.get("clock")) == "virtual" and (
+            config.nics if config else nics
+        ):
+            # Its timeline would not wait for the switches (they run on real time): it would
+            # skip ahead past every answer. A lab runs its VMs and fabric on one timeline.
+            raise ConfigError(
+                "hv_vm: a VM on virtual time with NICs, but the switches of hv_vm run on "
+                "real time: run VMs that share a network as a lab, on its clock "
+                '(await hv_lab(Lab(..., clock="virtual")...))'
+            )
         if config is None:
             if kernel is None:
                 raise TypeError("hv_vm needs a VmConfig or kernel=")
             config = await self._config(kernel, name, cmdline, append, mem, nics, more)
-        elif kernel is not None or name is not None or nics or more or mem is not None:
-            raise TypeError("hv_vm takes a VmConfig or keywords, not both")
         if config.name in self.vms:
             raise ValueError(f"hv_vm: this test already has a VM named {config.name!r}")
         vm: Vm = await self._nursery.start(run_vm, config)
@@ -380,13 +396,20 @@ class LabFactory:
         self.labs: list[LabRun] = []
         self._scopes: list[trio.CancelScope] = []
 
-    def spec(self, spec: Lab | LabSpec | str | Path) -> LabSpec:
-        """The parsed lab, with a capture in tmp_path for each switch without one."""
-        from hv.lab import as_spec
+    def spec(
+        self,
+        spec: Lab | LabSpec | str | Path,
+        clock: str | None = None,
+        seed: int | None = None,
+        mips: int | None = None,
+    ) -> LabSpec:
+        """The parsed lab, with a capture in tmp_path for each switch without one (and
+        ``clock``, ``seed``, ``mips`` in place of its own, as ``hv.open_lab`` takes them)."""
+        from hv.lab import as_spec, with_clock
 
         if isinstance(spec, str | Path) and not Path(spec).is_absolute():
             spec = self.base / spec
-        parsed = as_spec(spec)
+        parsed = with_clock(as_spec(spec, clock=clock), clock, seed, mips)
         switches = {
             name: s
             if s.capture is not None
@@ -395,11 +418,20 @@ class LabFactory:
         }
         return dataclasses.replace(parsed, switches=switches)
 
-    async def __call__(self, spec: Lab | LabSpec | str | Path) -> LabRun:
+    async def __call__(
+        self,
+        spec: Lab | LabSpec | str | Path,
+        *,
+        clock: str | None = None,
+        seed: int | None = None,
+        mips: int | None = None,
+    ) -> LabRun:
         """Start the lab (a ``Lab``, a parsed spec, or a lab file's path): its switches,
-        services and VMs are up when this returns the ``LabRun``."""
+        services and VMs are up when this returns the ``LabRun``. ``clock`` ("real" or
+        "virtual"), ``seed`` and ``mips`` replace the lab's own, as for ``hv.open_lab``."""
         try:
-            run: LabRun = await self._nursery.start(self._run, self.spec(spec))
+            parsed = self.spec(spec, clock, seed, mips)
+            run: LabRun = await self._nursery.start(self._run, parsed)
         except BaseExceptionGroup as group:  # the lab's nursery: raise what went wrong
             raise _single(group) from None
         self.labs.append(run)

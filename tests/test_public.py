@@ -148,6 +148,7 @@ FACES: dict[str, list[str]] = {
         "services_config",
         "settings_text",
         "view_mode",
+        "with_clock",
     ],
 }
 

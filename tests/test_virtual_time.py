@@ -334,3 +334,17 @@ async def test_a_script_typing_at_a_console_gets_the_same_run(
     second = await _conversation(tmp_path / "b")
     assert first.count(b"step2") >= 2
     assert first == second
+
+
+async def test_a_lone_virtual_vm_with_nics_is_refused() -> None:
+    """Its switch would run on another clock: frames would land in its past or future."""
+    from hv import Nic
+    from hv._vm import Vm
+    from hv.build import guest_path
+    from netfabric.switch import Switch
+
+    cfg = VmConfig(
+        kernel=guest_path("ping"), clock="virtual", nics=(Nic(Switch("lan"), "10.0.0.1/24"),)
+    )
+    with pytest.raises(ConfigError, match="virtual time with NICs runs in a lab"):
+        Vm(cfg)

@@ -66,17 +66,31 @@ def default_lab_name(path: Path) -> str:
     return f"{folder}-{stem}" if folder else stem
 
 
-def load_named(path: Path, project: str | None) -> LabSpec:
+def load_named(path: Path, project: str | None, args: argparse.Namespace | None = None) -> LabSpec:
     """The lab in ``path`` under its name: ``-p NAME``, else the file's ``name = "..."``,
-    else ``default_lab_name``."""
+    else ``default_lab_name``; with ``hv up``'s ``args``, its ``--clock``, ``--seed`` and
+    ``--mips`` in place of the file's."""
     from dataclasses import replace
 
-    from hv.lab import check_lab_name, load_lab
+    from hv.lab import check_lab_name, load_lab, with_clock
 
-    spec = load_lab(path, default_name=default_lab_name(path))
+    spec = load_lab(
+        path, default_name=default_lab_name(path), clock=args.clock if args is not None else None
+    )
     if project is not None:
         spec = replace(spec, name=check_lab_name(project, "-p/--project-name"))
+    if args is not None:
+        spec = with_clock(spec, args.clock, args.seed, args.mips, option="--")
     return spec
+
+
+def clock_arguments(args: argparse.Namespace) -> list[str]:
+    """``hv up``'s ``--clock``, ``--seed`` and ``--mips`` as given, to pass on."""
+    out = []
+    for key in ("clock", "seed", "mips"):
+        if getattr(args, key) is not None:
+            out += [f"--{key}", str(getattr(args, key))]
+    return out
 
 
 def lab_file_name(path: Path) -> str | None:
@@ -756,7 +770,7 @@ def up_detached(args: argparse.Namespace) -> int:
     if args.attach is not None:
         raise ConfigError("--attach and -d do not go together: attach later with hv console LAB VM")
     lab = Path(args.lab)
-    spec = load_named(lab, args.project_name)
+    spec = load_named(lab, args.project_name, args)
     check_captures(spec, args.force)  # said here, in one line, rather than in the log
     folder = private_labs_dir()
     paths = LabPaths.of(spec.name, folder)
@@ -768,6 +782,7 @@ def up_detached(args: argparse.Namespace) -> int:
         argv += ["--exit-code-from", args.exit_code_from]
     if args.force:
         argv.append("--force")
+    argv += clock_arguments(args)
     if getattr(args, "view", None) == "on":  # --stats: rates every second, into the log
         argv.append("--stats")
     argv += ["--log-level", args.log_level] + (["--log-json"] if args.log_json else [])

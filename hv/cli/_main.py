@@ -24,7 +24,7 @@ from hv.cli import _control as _control_cli
 from hv.cli import _disk as _disk_cli
 from hv.cli import _netem as _netem_cli
 from hv.cli._terminal import EXIT_OUTPUT_CLOSED, EscapeKeys, raw_terminal
-from hv.hw import DEFAULT_QUANTUM
+from hv.hw import DEFAULT_MIPS, DEFAULT_QUANTUM
 from hv.hw import _platform as P
 
 if TYPE_CHECKING:
@@ -40,11 +40,15 @@ def parse_size(text: str) -> int:
     return argument(size, bare=MIB)(text)
 
 
-def _quantum(text: str) -> int:
+def _whole(text: str) -> int:
     try:
-        n = int(text.replace("_", ""))
+        return int(text.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+
+
+def _quantum(text: str) -> int:
+    n = _whole(text)
     if n <= 0:
         raise argparse.ArgumentTypeError("the quantum must be positive")
     return n
@@ -127,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"guest instructions per time slice, approximately (default {DEFAULT_QUANTUM:,})",
     )
+    _add_clock_options(run, lab=False)
     _add_log_options(run)
 
     guests = sub.add_parser(
@@ -232,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="off",
         help="no live table on a terminal: the consoles only",
     )
+    _add_clock_options(up, lab=True)
     _add_log_options(up)
     _control_cli.add_parsers(sub)  # ps, console, stop, down, capture: driving a running lab
     _netem_cli.add_parsers(sub, up)  # hv netem: a running lab's impaired cables
@@ -285,6 +291,50 @@ def _engine_version() -> str:
 
 
 IMAGES = ("linux",)
+
+
+# One line on what virtual time is, for --help (docs/TIME.md says the rest).
+VIRTUAL_TIME = (
+    "guest time comes from the instructions the guests run, not from the host's clock: a run "
+    "does not depend on the host, and an idle guest skips ahead to its next timer; "
+    "docs/TIME.md"
+)
+
+
+def _add_clock_options(p: argparse.ArgumentParser, *, lab: bool) -> None:
+    """``--clock``, ``--mips`` (and for a lab ``--seed``): what ``clock``, ``mips`` and
+    ``seed`` in a lab file say."""
+    p.add_argument(
+        "--clock",
+        choices=("real", "virtual"),
+        help=(
+            "the lab's clock, instead of its file's clock key: " if lab else "the guest's clock: "
+        )
+        + f"real (guest time is the host's{'' if lab else '; the default'}) or virtual "
+        + f"({VIRTUAL_TIME})"
+        + (". A lab with a TAP runs on real time only" if lab else ""),
+    )
+    p.add_argument(
+        "--mips",
+        type=_whole,
+        metavar="N",
+        help=(
+            "with --clock virtual: how fast guest time runs, in millions of guest "
+            f"instructions per second (default {DEFAULT_MIPS}; N must divide 1,000,000)"
+            + (", instead of the lab file's mips key" if lab else "")
+        ),
+    )
+    if lab:
+        p.add_argument(
+            "--seed",
+            type=_whole,
+            metavar="N",
+            help=(
+                "the seed of the lab's random choices (the impairments' loss, jitter, ...), "
+                "instead of its file's seed key: with virtual time the same seed gives the "
+                "same run"
+            ),
+        )
 
 
 def _add_log_options(p: argparse.ArgumentParser) -> None:
@@ -426,6 +476,7 @@ async def _run(args: argparse.Namespace) -> int:
                 f"--net {text}: TAP {tap} is named twice (a VM's NICs need a TAP each)"
             )
         named.add(tap)
+    _check_clock(args)
     switches = [Switch(f"net{i}") for i in range(len(nets))]
     taps = [open_tap(sw, tap) for sw, (tap, _, _) in zip(switches, nets, strict=True)]
     if len(args.disk) + len(nets) > P.VIRTIO_SLOTS:  # before opening dozens of files
@@ -446,6 +497,8 @@ async def _run(args: argparse.Namespace) -> int:
         quantum=args.quantum,
         name=Path(args.kernel).name,
         dtb_out=args.dtb_out,
+        clock="virtual" if args.clock == "virtual" else "real",
+        mips=args.mips if args.mips is not None else DEFAULT_MIPS,
     )
     try:
         try:
@@ -461,6 +514,25 @@ async def _run(args: argparse.Namespace) -> int:
         return await _run_vm(vm, [(sw, tap) for sw, tap in zip(switches, taps, strict=True)])
     finally:
         await close_disks(disks)
+
+
+def _check_clock(args: argparse.Namespace) -> None:
+    """``hv run``'s ``--clock`` and ``--mips`` go together, and virtual time takes no TAP
+    (as a lab's ``clock`` and ``mips``: hv.lab.with_clock)."""
+    from hv.hw import VirtualClock
+
+    if args.mips is not None:
+        if args.clock != "virtual":
+            raise ConfigError("--mips: sets how fast virtual time runs: add --clock virtual")
+        try:
+            VirtualClock(args.mips)
+        except ValueError as e:
+            raise ConfigError(f"--mips: {e}") from None
+    if args.clock == "virtual" and args.net:
+        raise ConfigError(
+            f"--net {args.net[0]}: a TAP puts the host on the wire, and the host lives in real "
+            "time, so this VM cannot run on virtual time: use --clock real, or leave out --net"
+        )
 
 
 async def _run_vm(vm: Vm, ports: list[tuple[Switch, TapPort]]) -> int:
@@ -648,7 +720,7 @@ async def _up(args: argparse.Namespace) -> int:
     from hv._status import StopKind
     from hv.lab import ControlServer, LiveConsole, live_view, run_lab, view_mode
 
-    spec = _control_cli.load_named(Path(args.lab), args.project_name)
+    spec = _control_cli.load_named(Path(args.lab), args.project_name, args)
     if args.attach is not None and args.attach not in spec.vms:
         raise ConfigError(f"--attach: no VM named {args.attach!r} ({', '.join(spec.vms)})")
     write = _stdout_writer()

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         load_lab,
         parse_lab,
         parse_switch,
+        with_clock,
     )
     from hv.lab._stats import cable_counters_text, duration_text, render_snapshot, settings_text
     from hv.lab._view import LiveConsole, live_view, view_mode
@@ -76,6 +77,7 @@ _LAZY = {
     "load_lab": "hv.lab._spec",
     "parse_lab": "hv.lab._spec",
     "parse_switch": "hv.lab._spec",
+    "with_clock": "hv.lab._spec",
     "cable_counters_text": "hv.lab._stats",
     "duration_text": "hv.lab._stats",
     "render_snapshot": "hv.lab._stats",
@@ -129,4 +131,5 @@ __all__ = [
     "services_config",
     "settings_text",
     "view_mode",
+    "with_clock",
 ]

@@ -10,6 +10,10 @@
 ``Lab`` builds the tables a TOML file would hold, and ``parse_doc`` checks them the same
 way, so a typo in code gets the same error, naming the key, as one in a file. ``open_lab``
 runs the lab in a nursery of its own (``run_lab``) and stops every VM on the way out.
+
+Virtual time (docs/TIME.md): ``Lab("x", clock="virtual", seed=3)`` as a file's ``clock``,
+``seed`` and ``mips`` keys, or ``open_lab(spec, clock="virtual", seed=3)`` over what the
+lab says (as ``hv up --clock virtual --seed 3``).
 """
 
 from __future__ import annotations
@@ -22,15 +26,27 @@ from typing import Any
 import trio
 
 from hv.lab._runner import LabRun, Output, run_lab
-from hv.lab._spec import LabSpec, check_captures, load_lab, parse_doc
+from hv.lab._spec import LabSpec, check_captures, load_lab, parse_doc, with_clock
 
 
 class Lab:
     """A lab built in code: ``Lab("name").switch(...).vm(...).link(...)``; keys as in lab
-    files (``nics=["lan"]`` is short for ``[{"switch": "lan"}]``)."""
+    files (``nics=["lan"]`` is short for ``[{"switch": "lan"}]``), the lab's own ``clock``,
+    ``seed`` and ``mips`` too (``Lab("name", clock="virtual", seed=3)``)."""
 
-    def __init__(self, name: str = "lab", base: Path | str = ".") -> None:
+    def __init__(
+        self,
+        name: str = "lab",
+        base: Path | str = ".",
+        *,
+        clock: str | None = None,
+        seed: int | None = None,
+        mips: int | None = None,
+    ) -> None:
         self.doc: dict[str, Any] = {"name": name, "switches": {}, "vms": {}}
+        for key, value in (("clock", clock), ("seed", seed), ("mips", mips)):
+            if value is not None:
+                self.doc[key] = value
         self.base = Path(base)
 
     def switch(self, name: str, **keys: Any) -> Lab:
@@ -49,28 +65,42 @@ class Lab:
         self.doc.setdefault("links", []).append({"a": a, "b": b, **keys})
         return self
 
-    def spec(self) -> LabSpec:
-        return parse_doc(self.doc, self.base.resolve(), str(self.doc["name"]))
+    def spec(self, *, clock: str | None = None) -> LabSpec:
+        """The parsed lab (``clock``: in place of its own, as ``hv up --clock``)."""
+        return parse_doc(self.doc, self.base.resolve(), str(self.doc["name"]), clock=clock)
 
 
-def as_spec(spec: LabSpec | Lab | str | Path) -> LabSpec:
+def as_spec(spec: LabSpec | Lab | str | Path, *, clock: str | None = None) -> LabSpec:
+    """The parsed lab; ``clock`` in place of the lab's own (a TAP lab whose file says
+    "virtual" is taken with "real")."""
     if isinstance(spec, LabSpec):
-        return spec
+        return with_clock(spec, clock)
     if isinstance(spec, Lab):
-        return spec.spec()
-    return load_lab(Path(spec))
+        return spec.spec(clock=clock)
+    return load_lab(Path(spec), clock=clock)
 
 
 @asynccontextmanager
 async def open_lab(
-    spec: LabSpec | Lab | str | Path, output: Output | None = None, *, force: bool = False
+    spec: LabSpec | Lab | str | Path,
+    output: Output | None = None,
+    *,
+    force: bool = False,
+    clock: str | None = None,
+    seed: int | None = None,
+    mips: int | None = None,
 ) -> AsyncIterator[LabRun]:
     """Run a lab (a parsed file, a ``Lab``, or a lab file's path) for the body of the
     ``async with``: its switches, services and VMs are up when the body starts; leaving it
     stops every VM (captures flushed and closed). ``await lab.wait()`` waits for every VM
     to stop on its own and gives the lab's status. A capture overwrites an existing file
-    that is not pcapng only with ``force`` (as ``hv up --force``); a ConfigError otherwise."""
-    parsed = as_spec(spec)
+    that is not pcapng only with ``force`` (as ``hv up --force``); a ConfigError otherwise.
+
+    ``clock`` ("real" or "virtual"), ``seed`` and ``mips`` replace the lab's own keys, as
+    ``hv up --clock --seed --mips`` do (docs/TIME.md); a ConfigError for a lab with a TAP on
+    virtual time, or ``mips`` on real time. ``lab.timeline.stats()`` then gives the virtual
+    time, the wall time and their ratio."""
+    parsed = with_clock(as_spec(spec, clock=clock), clock, seed, mips)
     check_captures(parsed, force)  # a plain ConfigError here, not one from inside the nursery
     async with trio.open_nursery() as nursery:
         run: LabRun = await nursery.start(_run, parsed, output, force)

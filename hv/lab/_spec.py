@@ -51,6 +51,7 @@ from typing import Any
 from blockdev.open import DiskSpec, parse_disk_spec
 from hv._errors import ConfigError
 from hv._nic import default_mac, nic_cmdline
+from hv._timeline import DEFAULT_LOOKAHEAD_PS
 from hv._values import (
     MIB,
     BadValue,
@@ -64,7 +65,6 @@ from hv._values import (
     table,
     unknown,
 )
-from hv._timeline import DEFAULT_LOOKAHEAD_PS
 from hv.hw import DEFAULT_MIPS, VirtualClock
 from hv.hw import _platform as P
 from hv.lab._impair import parse_impairment
@@ -460,7 +460,9 @@ def connected(switch: str, links: tuple[LinkSpec, ...]) -> frozenset[str]:
     return frozenset(seen)
 
 
-def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
+def parse_lab(
+    text: str, base: Path, default_name: str = "lab", *, clock: str | None = None
+) -> LabSpec:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -469,11 +471,15 @@ def parse_lab(text: str, base: Path, default_name: str = "lab") -> LabSpec:
         raise ConfigError(
             "not a valid lab file: arrays or tables nested too deeply (a lab needs a few levels)"
         ) from None
-    return parse_doc(doc, base, default_name)
+    return parse_doc(doc, base, default_name, clock=clock)
 
 
-def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> LabSpec:
-    """A lab from its tables (what a TOML file holds, or what ``Lab`` builds in code)."""
+def parse_doc(
+    doc: dict[str, Any], base: Path, default_name: str = "lab", *, clock: str | None = None
+) -> LabSpec:
+    """A lab from its tables (what a TOML file holds, or what ``Lab`` builds in code);
+    ``clock`` in place of its ``clock`` key (``hv up --clock``: a TAP lab whose file says
+    "virtual" runs with "real")."""
     unknown(doc, LAB_KEYS, "lab")
     name = check_lab_name(string(doc.get("name", default_name), "name"), "name")
     switches: dict[str, SwitchSpec] = {}
@@ -554,19 +560,9 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
             disks=disks,
         )
     _shared_disks(vms, base)
-    clock = doc.get("clock", "real")
-    if clock not in CLOCKS:
-        raise ConfigError(f'clock: {clock!r} is not "real" or "virtual"')
-    seed = doc.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise ConfigError(f"seed: {seed!r} is not a whole number >= 0")
-    mips = doc.get("mips", DEFAULT_MIPS)
-    if not isinstance(mips, int) or isinstance(mips, bool):
-        raise ConfigError(f"mips: {mips!r} is not a whole number of million instructions/s")
-    try:
-        VirtualClock(mips)
-    except ValueError as e:
-        raise ConfigError(f"mips: {e}") from None
+    clock = clock_value(doc.get("clock", "real") if clock is None else clock, "clock")
+    seed = seed_value(doc.get("seed"), "seed")
+    mips = mips_value(doc.get("mips", DEFAULT_MIPS), "mips")
     lookahead_ps = DEFAULT_LOOKAHEAD_PS
     if "lookahead" in doc:
         lookahead_ps = round(duration(doc["lookahead"], "lookahead") * 1e12)
@@ -581,6 +577,62 @@ def parse_doc(doc: dict[str, Any], base: Path, default_name: str = "lab") -> Lab
     )  # fmt: skip
     check_clock(lab)
     return lab
+
+
+def clock_value(value: Any, key: str) -> str:
+    """A lab's ``clock``: "real" or "virtual" (a ConfigError naming ``key`` otherwise)."""
+    if value not in CLOCKS:
+        raise ConfigError(f'{key}: {value!r} is not "real" or "virtual"')
+    return str(value)
+
+
+def seed_value(value: Any, key: str) -> int | None:
+    """A lab's ``seed``: None or a whole number >= 0."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ConfigError(f"{key}: {value!r} is not a whole number >= 0")
+    return value
+
+
+def mips_value(value: Any, key: str) -> int:
+    """A lab's ``mips``: a rate ``VirtualClock`` takes."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not a whole number of million instructions/s")
+    try:
+        VirtualClock(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    return value
+
+
+def with_clock(
+    spec: LabSpec,
+    clock: str | None = None,
+    seed: int | None = None,
+    mips: int | None = None,
+    *,
+    option: str = "",
+) -> LabSpec:
+    """``spec`` with the lab file's ``clock``, ``seed`` and ``mips`` replaced by those given
+    (``hv up --clock``, ``open_lab(clock=...)``), checked as the file's are; ``option`` is
+    put before the names in errors ("--" for the command line). ``mips`` only sets how fast
+    virtual time runs, so it is refused for a lab that runs on real time."""
+    name = {k: f"{option}{k}" for k in ("clock", "seed", "mips")}
+    changes: dict[str, Any] = {}
+    if clock is not None:
+        changes["clock"] = clock_value(clock, name["clock"])
+    if seed is not None:
+        changes["seed"] = seed_value(seed, name["seed"])
+    if mips is not None:
+        changes["mips"] = mips_value(mips, name["mips"])
+    new = dataclasses.replace(spec, **changes)
+    if mips is not None and new.clock != "virtual":
+        virtual = "--clock virtual" if option == "--" else 'clock="virtual"'
+        raise ConfigError(
+            f"{name['mips']}: sets how fast virtual time runs, but lab {spec.name} runs on "
+            f"real time: add {virtual}"
+        )
+    check_clock(new)
+    return new
 
 
 def check_clock(spec: LabSpec) -> None:
@@ -624,12 +676,14 @@ def read_lab_file(path: Path) -> str:
         ) from None
 
 
-def load_lab(path: Path, default_name: str | None = None) -> LabSpec:
+def load_lab(path: Path, default_name: str | None = None, *, clock: str | None = None) -> LabSpec:
     """The lab in file ``path``; its name is the file's ``name = "..."``, else
-    ``default_name``, else the file's stem."""
+    ``default_name``, else the file's stem; ``clock`` in place of the file's."""
     text = read_lab_file(path)
     try:
-        spec = parse_lab(text, path.resolve().parent, default_name=default_name or path.stem)
+        spec = parse_lab(
+            text, path.resolve().parent, default_name=default_name or path.stem, clock=clock
+        )
     except ConfigError as e:
         if str(e).startswith("not a valid"):  # about the whole file: say which
             raise ConfigError(f"{path}: {e}") from None

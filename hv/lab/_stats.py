@@ -17,7 +17,14 @@ A snapshot::
           "tx_wire_frames": 9, "tx_wire_bytes": 882, "drops": 3,
           "drops_by": {"loss": 3}, "cable": "a.eth0",
           "cable_counts": {"duplicated": 0, "corrupted": 0, "reordered": 0}}]}},
-     "impairments": {"a.eth0": {...}}}       # hv.lab._netem.describe, per cable
+     "impairments": {"a.eth0": {...}},      # hv.lab._netem.describe, per cable
+     "clock": {"mode": "virtual", "virtual_s": 12.345, "wall_s": 0.402, "ratio": 30.7,
+               "mips": 1000, "seed": 7, "rounds": 812, "events": 96}}
+
+``clock`` is the lab's clock (docs/TIME.md): ``{"mode": "real", "seed": ...}`` on real time;
+on virtual time also the lab's virtual time (seconds since it started: the time every VM
+has reached), the wall time it has run for, their ratio (virtual seconds per wall second),
+the harts' rate, and the timeline's rounds and events so far.
 
 What the VM counters are (the vCPU's ``VcpuStats``, hv/engine/_vcpu.py):
 
@@ -159,7 +166,64 @@ def snapshot(run: LabRun, now: float | None = None) -> Snapshot:
         "vms": {name: vm_snapshot(vm) for name, vm in run.vms.items()},
         "switches": {name: switch_snapshot(sw, on.get(name)) for name, sw in run.switches.items()},
         "impairments": {key: describe(run, key) for key in run.impairments},
+        "clock": clock_snapshot(run),
     }
+
+
+def clock_snapshot(run: LabRun) -> dict[str, Any]:
+    """The lab's clock: its mode, and on virtual time where it is (see the docstring)."""
+    from hv._timeline import PS
+    from hv.hw import VirtualClock
+
+    tl = run.timeline
+    if tl is None:
+        return {"mode": "real", "seed": run.spec.seed}
+    s = tl.stats()
+    virtual, wall = s["virtual_s"], s["wall_s"]
+    if run.vms and all(vm.exit is not None for vm in run.vms.values()):
+        # Every VM has left the timeline, which then reports only its fabric's time: where
+        # the lab got to is where its VMs stopped.
+        ps = [vm.machine.clock.ps for vm in run.vms.values()
+              if isinstance(vm.machine.clock, VirtualClock)]  # fmt: skip
+        virtual = max([virtual, *(p / PS for p in ps)])
+    if tl.wall_s > 0:  # its task has ended: the wall time it ran, not the time since
+        wall = tl.wall_s
+    return {
+        "mode": "virtual",
+        "virtual_s": virtual,
+        "wall_s": wall,
+        "ratio": virtual / wall if wall > 0 else 0.0,
+        "mips": run.spec.mips,
+        "seed": run.spec.seed,
+        "rounds": s["rounds"],
+        "events": s["events"],
+    }
+
+
+def clock_fields(clock: Mapping[str, Any] | None) -> str:
+    """`` clock=real`` or `` clock=virtual virtual=12.345s wall=0.402s ratio=30.7x`` (the
+    end of the ``lab`` line of ``hv stats`` and of the live view's lines; nothing for a
+    snapshot without a clock, from an older lab)."""
+    if not clock:
+        return ""
+    if clock["mode"] != "virtual":
+        return f" clock={clock['mode']}"
+    return (
+        f" clock=virtual virtual={clock['virtual_s']:.3f}s wall={clock['wall_s']:.3f}s "
+        f"ratio={clock['ratio']:.1f}x"
+    )
+
+
+def clock_text(clock: Mapping[str, Any] | None) -> str:
+    """``clock: virtual 12.345 s in 0.402 s wall (30.7x)``, or ``clock: real``."""
+    if not clock:
+        return ""
+    if clock["mode"] != "virtual":
+        return f"clock: {clock['mode']}"
+    return (
+        f"clock: virtual {clock['virtual_s']:.3f} s in {clock['wall_s']:.3f} s wall "
+        f"({clock['ratio']:.1f}x)"
+    )
 
 
 def _per_s(cur: int, prev: int, dt: float) -> float:
@@ -181,13 +245,14 @@ def rates(prev: Snapshot | None, cur: Snapshot) -> Rates:
     """Per-second figures between two snapshots of the same lab (``prev`` None, or no time
     between them: every rate is 0). A VM or port that ``prev`` lacks counts from 0.
 
-    ``{"lab", "time", "interval", "vms": {name: {name, state, uptime, mips, exits_per_s,
-    cpu, guest_insns, insns_counter, exits, exit}}, "switches": {name: {name, ports: [{id,
-    name, rx_fps, rx_bps, tx_fps, tx_bps, rx_wire_fps, rx_wire_bps, tx_wire_fps,
-    tx_wire_bps, drops_per_s, drops, drops_by, cable, cable_counts}]}}, "total": {mips,
-    exits_per_s, cpu}}``: ``mips`` millions of guest instructions per second, ``cpu`` the
-    share of one host CPU spent in the VM's vCPU (host time over wall time: 0.5 is half a
-    core), ``*_fps`` frames and ``*_bps`` bytes per second (``*_wire_*`` on the wire)."""
+    ``{"lab", "time", "interval", "clock", "vms": {name: {name, state, uptime, mips,
+    exits_per_s, cpu, guest_insns, insns_counter, exits, exit}}, "switches": {name: {name,
+    ports: [{id, name, rx_fps, rx_bps, tx_fps, tx_bps, rx_wire_fps, rx_wire_bps,
+    tx_wire_fps, tx_wire_bps, drops_per_s, drops, drops_by, cable, cable_counts}]}},
+    "total": {mips, exits_per_s, cpu}}``: ``mips`` millions of guest instructions per
+    second, ``cpu`` the share of one host CPU spent in the VM's vCPU (host time over wall
+    time: 0.5 is half a core), ``*_fps`` frames and ``*_bps`` bytes per second (``*_wire_*``
+    on the wire); ``clock`` the current snapshot's (``clock_snapshot``)."""
     dt = cur["time"] - prev["time"] if prev is not None else 0.0
     pvms: dict[str, Any] = prev["vms"] if prev is not None else {}
     vms: dict[str, Any] = {}
@@ -233,6 +298,7 @@ def rates(prev: Snapshot | None, cur: Snapshot) -> Rates:
         "lab": cur.get("lab", ""),
         "time": cur["time"],
         "interval": dt,
+        "clock": cur.get("clock"),  # the snapshot's (``clock_snapshot``); None from an old lab
         "vms": vms,
         "switches": switches,
         "total": {
@@ -325,13 +391,16 @@ def render_snapshot(snap: Snapshot) -> list[str]:
     """A snapshot's cumulative counters as plain lines (``hv stats``; a stable format,
     fields separated by single spaces)::
 
-        lab NAME vms=3 running=2
+        lab NAME vms=3 running=2 clock=real
+        lab NAME vms=3 running=2 clock=virtual virtual=12.345s wall=0.402s ratio=30.7x
         vm NAME STATE guest_insns=N exits=N cpu_time=1.234s uptime=12.3s [exit=0 ...]
         port SWITCH PORT rx=N rx_bytes=N rx_wire=N rx_wire_bytes=N tx=N tx_bytes=N
              tx_wire=N tx_wire_bytes=N drops=N [drops_by=CAUSE:N,...]
              [cable=KEY duplicated=N corrupted=N reordered=N]                 (one line)
         cable KEY A-B DIRECTION FROM->TO delay=... (settings) frames_in=N ... pending=N
 
+    The ``lab`` line ends with the lab's clock: ``real``, or ``virtual`` with the lab's
+    virtual time, the wall time it took and their ratio (``clock_snapshot``).
     ``rx``/``tx`` count frames as the devices handed them over, ``*_wire`` as the wire
     carries them (an offloaded TCP frame as its segments). ``drops`` are the switch's on the
     port's ingress plus its cable's (by the port the frames leave by: see hv.lab._netem),
@@ -340,6 +409,7 @@ def render_snapshot(snap: Snapshot) -> list[str]:
     vms = snap["vms"].values()
     running = sum(v["state"] == "running" for v in vms)
     out = [f"lab {snap['lab'] or '-'} vms={len(vms)} running={running}"]
+    out[0] += clock_fields(snap.get("clock"))
     for v in vms:
         uptime = "-" if v["uptime"] is None else f"{v['uptime']:.1f}s"
         line = (

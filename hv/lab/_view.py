@@ -32,7 +32,16 @@ from rich.table import Table
 from rich.text import Text
 
 from hv.lab._runner import LabRun, Output
-from hv.lab._stats import Rates, Snapshot, drops_by_field, exit_fields, rates, snapshot
+from hv.lab._stats import (
+    Rates,
+    Snapshot,
+    clock_fields,
+    clock_text,
+    drops_by_field,
+    exit_fields,
+    rates,
+    snapshot,
+)
 
 # How often console lines are printed above the table (a batch per refresh of the display).
 CONSOLE_FLUSH_S = 0.1
@@ -56,29 +65,32 @@ def render_lines(r: Rates) -> list[str]:
     The format is stable (``hv up --stats`` and ``hv top`` off a terminal print it; scripts
     may parse it), fields separated by single spaces::
 
-        lab NAME interval=1.00s running=2/3 mips=12.3 exits/s=5000 cpu=45%
+        lab NAME interval=1.00s running=2/3 mips=12.3 exits/s=5000 cpu=45% clock=real
         vm NAME STATE mips=123.4 exits/s=5000 cpu=45% uptime=12.3s
         vm NAME stopped mips=0.0 exits/s=0 cpu=0% uptime=- exit=0 kind=poweroff reason="..."
         port SWITCH PORT rx=10/s rx_bytes=980/s tx=9/s tx_bytes=882/s drops=0/s drops_total=0
              rx_wire=10/s tx_wire=9/s [drops_by=REASON:N,...]
              [cable=KEY duplicated=N corrupted=N reordered=N]            (one line)
 
-    ``mips`` is ``-`` when the engine counts no instructions; ``cpu`` is the share of one host
-    CPU, which a busy VM can take all of (100%); ``uptime`` is guest time since boot (``-``
-    once stopped). A stopped VM's line ends with its exit status, stop kind and reason (a
-    JSON string). Port ``rx`` is what the port's device sent into the switch, ``tx`` what
-    the switch delivered to it, as the devices handed frames over; ``rx_wire`` and
-    ``tx_wire`` the same on the wire (an offloaded TCP frame as its segments). ``drops`` the
-    port's drops per second and ``drops_total`` since the start: the switch's, and its
-    cable's when it has one (``cable=``, with what the cable did to frames it passed on), by
-    reason in ``drops_by=REASON:N,...`` when there are any (a cable's: ``loss``, ``queue``,
-    ``mtu``; see hv.lab._stats)."""
+    The ``lab`` line ends with the lab's clock: ``clock=real``, or ``clock=virtual
+    virtual=12.345s wall=0.402s ratio=30.7x`` (the lab's virtual time, the wall time it
+    took, their ratio). ``mips`` is ``-`` when the engine counts no instructions; ``cpu`` is
+    the share of one host CPU, which a busy VM can take all of (100%); ``uptime`` is guest
+    time since boot (``-`` once stopped). A stopped VM's line ends with its exit status,
+    stop kind and reason (a JSON string). Port ``rx`` is what the port's device sent into
+    the switch, ``tx`` what the switch delivered to it, as the devices handed frames over;
+    ``rx_wire`` and ``tx_wire`` the same on the wire (an offloaded TCP frame as its
+    segments). ``drops`` the port's drops per second and ``drops_total`` since the start:
+    the switch's, and its cable's when it has one (``cable=``, with what the cable did to
+    frames it passed on), by reason in ``drops_by=REASON:N,...`` when there are any (a
+    cable's: ``loss``, ``queue``, ``mtu``; see hv.lab._stats)."""
     vms = r["vms"].values()
     running = sum(v["state"] == "running" for v in vms)
     t = r["total"]
     out = [
         f"lab {r['lab'] or '-'} interval={r['interval']:.2f}s running={running}/{len(vms)} "
         f"mips={t['mips']:.1f} exits/s={t['exits_per_s']:.0f} cpu={t['cpu']:.0%}"
+        + clock_fields(r.get("clock"))
     ]
     for v in vms:
         line = (
@@ -139,14 +151,16 @@ _STATE_STYLE = {"running": "green", "paused": "yellow", "created": "cyan", "stop
 
 def render_table(r: Rates) -> Group:
     """The rates as two ``rich`` tables in a ``Group``: the VMs (title ``lab NAME``; state,
-    MIPS, exits/s, CPU share, uptime, exit) and the switch ports (frames and bytes per second
-    each way, frames as sent and, where offloads make them differ, on the wire; drops per
-    second, in all and by cause, the port's impaired cable included)."""
+    MIPS, exits/s, CPU share, uptime, exit; the lab's clock below them) and the switch
+    ports (frames and bytes per second each way, frames as sent and, where offloads make
+    them differ, on the wire; drops per second, in all and by cause, the port's impaired
+    cable included)."""
     vms = Table(
         title=f"lab {r['lab'] or '-'}",
         caption=(
             f"every {r['interval']:.1f}s  total: {r['total']['mips']:.1f} MIPS, "
             f"{_si(r['total']['exits_per_s'])} exits/s, {r['total']['cpu']:.0%} CPU"
+            + (f"\n{clock}" if (clock := clock_text(r.get("clock"))) else "")
         ),
         title_justify="left",
         caption_justify="left",
