@@ -56,6 +56,9 @@ PS = 1_000_000_000_000  # picoseconds per second
 # the lookahead (40.4 ms at 200 us).
 DEFAULT_LOOKAHEAD_PS = 200_000_000
 INF = math.inf
+# The most guest time a member runs in one round (10 ms): a guest that nothing can reach
+# would otherwise run to its end before the others' turn.
+ROUND_PS = 10_000_000_000
 # The longest the timeline waits for scripts to react to a guest's output (host time; only
 # another busy task in the same trio run, never a script, makes it wait that long).
 SETTLE_MAX_S = 0.05
@@ -337,8 +340,11 @@ class Timeline:
                 others = min(
                     others, *(f for k, (f, _, w) in least.items() if k != -1 and w is not m)
                 )
-            horizon = min(others, fabric) + self.lookahead_ps
-            if m.vt_next_ps() >= horizon:
+            start = m.vt_next_ps()
+            # No more than ROUND_PS a round, even for a member nothing can reach (no NIC):
+            # the others get their turn, at points that do not depend on the host.
+            horizon = min(min(others, fabric) + self.lookahead_ps, start + ROUND_PS)
+            if start >= horizon:
                 continue
             ran = True
             await self._advance(m, int(horizon) if horizon != INF else 1 << 62)

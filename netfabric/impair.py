@@ -587,6 +587,8 @@ class ImpairedLink:
         # Its time (seconds): trio's; a virtual-time lab's timeline, which then also calls
         # ``fire`` when ``next_deadline`` comes, instead of ``run`` (docs/TIME.md).
         self.clock = clock
+        # Told when a frame is queued (a virtual-time lab's timeline: it may be idle)
+        self.on_pending: Callable[[], None] | None = None
         self.egress = ImpairedDirection(egress, "egress")
         self.ingress = ImpairedDirection(ingress, "ingress")
         self._targets: dict[str, Deliver] = {}
@@ -618,6 +620,8 @@ class ImpairedLink:
             d.submit(frame, None, now)
             for f in d.due_frames(now):
                 deliver(f)
+            if self.on_pending is not None:
+                self.on_pending()
             scope = self._scope
             if scope is not None:
                 nd = d.next_deadline()

@@ -183,8 +183,8 @@ def test_hv_up_seed_overrides_the_file_and_decides_the_losses(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("file", "args", "message"),
     [
-        ("[vms.s]\n" + SLEEPER, ["--mips", "500"], "--mips: sets how fast virtual time runs, "
-         "but lab clk runs on real time: add --clock virtual"),
+        ('clock = "real"\n[vms.s]\n' + SLEEPER, ["--mips", "500"], "--mips: sets how fast "
+         "virtual time runs, but lab clk runs on real time: add --clock virtual"),
         ("[vms.s]\n" + SLEEPER, ["--clock", "virtual", "--mips", "3"], "--mips: mips 3: use a "
          "rate that divides 1,000,000"),
         ("[vms.s]\n" + SLEEPER, ["--seed", "-1"], "--seed: -1 is not a whole number >= 0"),
@@ -251,7 +251,9 @@ def sleeper(**clock: object) -> Lab:
 def test_lab_takes_the_clock_keys_of_a_lab_file(tmp_path: Path) -> None:
     spec = sleeper(clock="virtual", seed=3, mips=500).spec()
     assert (spec.clock, spec.seed, spec.mips) == ("virtual", 3, 500)
-    assert (sleeper().spec().clock, sleeper().spec().seed) == ("real", None)
+    # the default: virtual time, unless a TAP puts the host on the wire
+    assert (sleeper().spec().clock, sleeper().spec().seed) == ("virtual", None)
+    assert sleeper().switch("lan", tap="hvclk0").spec().clock == "real"
     with pytest.raises(ConfigError, match='clock: \'fast\' is not "real" or "virtual"'):
         sleeper(clock="fast").spec()
     with pytest.raises(ConfigError, match="mips: mips 7: use a rate that divides"):
@@ -280,7 +282,7 @@ async def test_open_lab_clock_seed_mips_over_the_labs_own() -> None:
         assert run.spec.clock == "real" and run.timeline is None
     with pytest.raises(ConfigError, match="mips: sets how fast virtual time runs, but lab "
                        'sleeper runs on real time: add clock="virtual"'):  # fmt: skip
-        async with hv.open_lab(sleeper(), mips=500):
+        async with hv.open_lab(sleeper(clock="real"), mips=500):
             pass
     with pytest.raises(ConfigError, match=r"switches\.lan\.tap: a TAP puts the host on the wire"):
         async with hv.open_lab(sleeper().switch("lan", tap="hvclk0"), clock="virtual"):
@@ -326,7 +328,7 @@ LAB = Lab("sl").vm("s", kernel="sleep", mem="16M", append="ms=10000 count=3")
 
 async def test_hv_lab_on_virtual_time(hv_lab):
     with pytest.raises(hv.ConfigError, match="mips: sets how fast virtual time runs"):
-        await hv_lab(LAB, mips=500)
+        await hv_lab(LAB, clock="real", mips=500)
     lab = await hv_lab(LAB, clock="virtual", seed=4, mips=500)
     assert (lab.spec.clock, lab.spec.seed, lab.spec.mips) == ("virtual", 4, 500)
     await lab.vms["s"].console.wait_for(b"sleep: done in 30000.0")
@@ -405,7 +407,7 @@ async def test_the_snapshot_has_the_labs_clock() -> None:
     assert clock["mode"] == "virtual" and (clock["mips"], clock["seed"]) == (1000, 6)
     assert 30.0 <= clock["virtual_s"] < 30.1 and 0 < clock["wall_s"] < 30
     assert clock["ratio"] == pytest.approx(clock["virtual_s"] / clock["wall_s"])
-    async with hv.open_lab(sleeper(seed=2)) as run:
+    async with hv.open_lab(sleeper(seed=2, clock="real")) as run:
         assert snapshot(run)["clock"] == {"mode": "real", "seed": 2}
 
 
@@ -443,7 +445,7 @@ def test_hv_stats_and_top_of_a_detached_lab_show_its_clock() -> None:
         top = h.hv("top", "hv-vt", "--interval", "0.2", "--count", "1")
         assert top.returncode == 0 and " clock=virtual virtual=" in top.stdout, top.stdout
         real = h.lab_file("rt", '[vms.s]\nkernel = "echo"\nmem = "16M"\n')
-        assert h.hv("up", "-d", str(real)).returncode == 0
+        assert h.hv("up", "-d", str(real), "--clock", "real").returncode == 0
         assert json.loads(h.hv("stats", "hv-rt", "--json").stdout)["clock"] == {
             "mode": "real",
             "seed": None,

@@ -104,7 +104,7 @@ async def test_frames_for_a_vm_that_has_stopped_are_dropped_not_a_crash(tmp_path
     closed reaches a reset device and is dropped: it used to raise the guest's interrupt line
     on the released engine, a use after free that killed the whole process."""
     spec = (
-        Lab("late", base=tmp_path)
+        Lab("late", base=tmp_path, clock="real")  # the cable's delay in trio's time
         .switch("lan")
         .vm(
             "b",

@@ -284,7 +284,8 @@ def hv_up(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_hv_up_stats_off_a_terminal_prints_lines_between_the_consoles(tmp_path: Path) -> None:
     lab = lab_file(tmp_path)
-    r = hv_up(str(lab), "--stats", "--exit-code-from", "a")
+    # every wall second: on real time the 15 pings take 1.5 s (virtual time: far less)
+    r = hv_up(str(lab), "--stats", "--clock", "real", "--exit-code-from", "a")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     lines = r.stdout.splitlines()
     assert "a | ping: 10.0.0.2: 15 sent, 15 received" in r.stdout

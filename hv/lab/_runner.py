@@ -264,6 +264,7 @@ async def run_lab(
                         else:  # its timers on the lab's clock
                             host = ServiceHost(services_config(spec, name), clock=tl.now)
                             host.attach(run.switches[name])
+                            host.on_pending = tl.poke
                             tl.add_timed(host)
                             run.services[name] = host
                 for i, link in enumerate(spec.links):
@@ -394,6 +395,7 @@ async def _cable(
         link: ImpairedLink = await nursery.start(ImpairedLink(egress, ingress, name).run)
         return link
     link = ImpairedLink(egress, ingress, name, clock=tl.now)
+    link.on_pending = tl.poke  # a frame from a host port may find the timeline idle
     tl.add_timed(link)
     return link
 

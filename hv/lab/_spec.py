@@ -167,7 +167,7 @@ class LabSpec:
     vms: dict[str, VmSpec] = field(default_factory=dict)
     links: tuple[LinkSpec, ...] = ()
     source: Path | None = None  # the lab file (resolved), when read from one
-    clock: str = "real"  # "real" or "virtual" (docs/TIME.md)
+    clock: str = "virtual"  # "real" or "virtual" (docs/TIME.md); a lab with a TAP: real
     seed: int | None = None  # mixed into every impairment's seed
     mips: int = DEFAULT_MIPS  # virtual time: a hart's nominal rate
     lookahead_ps: int = DEFAULT_LOOKAHEAD_PS  # virtual time: a NIC cable's minimum latency
@@ -560,7 +560,9 @@ def parse_doc(
             disks=disks,
         )
     _shared_disks(vms, base)
-    clock = clock_value(doc.get("clock", "real") if clock is None else clock, "clock")
+    # Virtual time unless the host is on the wire (a TAP): docs/TIME.md says why.
+    default = "real" if any(s.tap is not None for s in switches.values()) else "virtual"
+    clock = clock_value(doc.get("clock", default) if clock is None else clock, "clock")
     seed = seed_value(doc.get("seed"), "seed")
     mips = mips_value(doc.get("mips", DEFAULT_MIPS), "mips")
     lookahead_ps = DEFAULT_LOOKAHEAD_PS

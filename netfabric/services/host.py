@@ -88,6 +88,8 @@ class ServiceHost:
         self._ident = 0
         self.port: ServicesPort | None = None
         self._wake: trio.Event | None = None
+        # Told when a timer may be due sooner (a virtual-time lab's timeline: it may be idle)
+        self.on_pending: Callable[[], None] | None = None
         self._sleeping_until = math.inf
 
     def add_name(self, name: str, address: IPv4Address) -> None:
@@ -271,6 +273,8 @@ class ServiceHost:
 
     def _maybe_wake(self) -> None:
         """A new transfer may need the timer task sooner than it planned to wake."""
+        if self.on_pending is not None:
+            self.on_pending()
         if self._wake is not None:
             deadline = self.next_deadline()
             if deadline is not None and deadline < self._sleeping_until:
