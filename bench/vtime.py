@@ -30,7 +30,7 @@ busy   ``--guests`` `cpu` guests (``iters=--iters``) doing a fixed amount of wor
 
 ``--clock virtual|real`` runs one clock only (ping, tcp): a virtual run gives the same figures
 every time, beside the CPU guests or not. ``--lookahead US`` is an experiment: it gives the
-lab's timeline another lookahead than the core's 10 us (the minimum latency of a NIC's
+lab's timeline another lookahead than the default (the minimum latency of a NIC's
 cable), to measure what the lookahead costs (busy) and what it changes (ping: each RTT is
 40 ms + 2 x the lookahead + ~4 us of the guests' own work).
 """
@@ -38,7 +38,6 @@ cable), to measure what the lookahead costs (busy) and what it changes (ping: ea
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import re
 import sys
@@ -52,9 +51,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.impair import GOODPUT_MAX, RATE, SUMMARY, TCP, link_text, rtts, tcp_lab
-from hv._timeline import DEFAULT_LOOKAHEAD_PS, Timeline
+from hv._timeline import DEFAULT_LOOKAHEAD_PS
 from hv.hw import VirtualClock
-from hv.lab import LabRun, _runner, parse_lab, run_lab
+from hv.lab import LabRun, _spec, parse_lab, run_lab
 
 CLOCKS = ("virtual", "real")
 RTT = re.compile(rb"rtt min/avg/max = (\d+)/(\d+)/(\d+) us")
@@ -356,9 +355,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parts["busy"].add_argument("--guests", type=int, default=4, help="cpu guests (4)")
     parts["busy"].add_argument("--iters", type=int, default=300, help="their iters (300)")
     args = ap.parse_args(argv)
-    if args.lookahead is not None:  # run_lab makes its Timeline() through this name
-        la_ps = args.lookahead * 1_000_000
-        vars(_runner)["Timeline"] = functools.partial(Timeline, lookahead_ps=la_ps)
+    if args.lookahead is not None:  # as a lab's `lookahead` key would (its default)
+        vars(_spec)["DEFAULT_LOOKAHEAD_PS"] = args.lookahead * 1_000_000
     la = DEFAULT_LOOKAHEAD_PS if args.lookahead is None else args.lookahead * 1_000_000
     print(
         f"vtime: {args.part}, python {sys.version.split()[0]}, lookahead {la / 1e6:g} us, {load()}"
