@@ -562,6 +562,7 @@ def parse_doc(
     _shared_disks(vms, base)
     # Virtual time unless the host is on the wire (a TAP): docs/TIME.md says why.
     default = "real" if any(s.tap is not None for s in switches.values()) else "virtual"
+    overridden = clock
     clock = clock_value(doc.get("clock", default) if clock is None else clock, "clock")
     seed = seed_value(doc.get("seed"), "seed")
     mips = mips_value(doc.get("mips", DEFAULT_MIPS), "mips")
@@ -573,6 +574,14 @@ def parse_doc(
                 f"lookahead: {doc['lookahead']!r} is out of range 1us..1s (the least latency "
                 "of a NIC's cable in virtual time; default 200us)"
             )
+    if overridden is None and clock == "real":  # (an override keeps the file's keys quiet)
+        for key in ("mips", "lookahead"):
+            if key in doc:
+                why = "it has a TAP" if default == "real" and "clock" not in doc else "it says so"
+                raise ConfigError(
+                    f"{key}: only matters on virtual time, but this lab runs on real time "
+                    f'({why}): drop {key}, or say clock = "virtual"'
+                )
     lab = LabSpec(
         name=name, base=base, switches=switches, vms=vms, links=links, clock=clock, seed=seed,
         mips=mips, lookahead_ps=lookahead_ps,
