@@ -232,14 +232,23 @@ class Timeline:
         """When something the fabric hands a VM now arrives there."""
         return self.now_ps + self.lookahead_ps
 
-    def _fabric_next(self) -> float:
-        best = INF
+    def _next_timed(self) -> tuple[float, Timed | None, float]:
+        """The fabric's timer due first: (its time in ps, rounded up; the source; its
+        deadline exactly as the source gave it)."""
+        best: float = INF
+        due: Timed | None = None
+        due_s = 0.0
         for t in self._timed:
             d = t.next_deadline()
             if d is not None:
                 ps = math.ceil(d * PS)
                 if ps < best:
-                    best = ps
+                    best, due, due_s = ps, t, d
+        return best, due, due_s
+
+    def _fabric_next(self) -> float:
+        """When the fabric next does something: a timer, or the oldest event in the outbox."""
+        best = self._next_timed()[0]
         if self._outbox and self._outbox[0].at_ps < best:
             best = self._outbox[0].at_ps
         return best
@@ -258,15 +267,7 @@ class Timeline:
         while True:
             bound = self._bound
             top = self._outbox[0].at_ps if self._outbox else INF
-            tnext: float = INF
-            due: Timed | None = None
-            due_s = 0.0
-            for t in self._timed:
-                d = t.next_deadline()
-                if d is not None:
-                    ps = math.ceil(d * PS)
-                    if ps < tnext:
-                        tnext, due, due_s = ps, t, d
+            tnext, due, due_s = self._next_timed()
             at = min(top, tnext)
             if at >= bound or at == INF:
                 self.events += n

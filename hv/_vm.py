@@ -149,8 +149,7 @@ class Vm:
         self._tickets: list[tuple[int, int, Ticket]] = []
         self._vt_seq = itertools.count()
         self._member = _Member(self)
-        self._vt_started = False  # its task runs (until then the others wait for it)
-        self._vt_start = trio.Event()
+        self._vt_start = trio.Event()  # its task runs (until then the others wait for it)
         if self._timeline is not None:
             # Joined here, in the order the VMs are made (a lab's order), not when each
             # task gets to run: the order breaks ties between VMs, so it must not vary.
@@ -278,7 +277,6 @@ class Vm:
         m = self.machine
         self._state = VmState.RUNNING
         self.log.info("started", mem_mib=m.mem.size >> 20, kernel=m.kernel and m.kernel.kind)
-        self._vt_started = True
         self._vt_start.set()
         timeline.poke()
         try:
@@ -322,7 +320,7 @@ class Vm:
         return best
 
     def _vt_blocker(self) -> trio.Event | None:
-        if not self._vt_started:
+        if not self._vt_start.is_set():
             return self._vt_start
         if self.machine.console.blocked:
             self._wake = trio.Event()
@@ -355,7 +353,7 @@ class Vm:
         assert isinstance(clock, VirtualClock)
         quantum = self.config.quantum
         wall_end = time.monotonic() + VT_YIELD_S
-        if not self._vt_started:
+        if not self._vt_start.is_set():
             return Run.WAITING  # its task has not started yet: wait for it, at its time
         while True:
             if m.stop_info is not None:

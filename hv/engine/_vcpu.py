@@ -297,6 +297,8 @@ class Vcpu:
     def set_time_limit(self, ticks: int) -> None:
         """The highest time a read may show is ``ticks - 1`` (an armed timer's deadline whose
         interrupt is not yet pending); NO_LIMIT lifts it. See hv_clock_ticks."""
+        if ticks == self._time_limit:
+            return  # (asked at every slice's start: a ctypes write only when it changes)
         self._time_limit = ticks
         if self._clock is not None:
             self._clock.limit = ticks
@@ -308,13 +310,7 @@ class Vcpu:
         hv = self._hv
         if hv is None or not self._in_slice or hv.budget <= insns:
             return
-        give = hv.budget - max(0, insns)
-        e = self._exits
-        if e is not None:
-            e.unspent += give
-        else:
-            self._unspent += give
-        hv.budget -= give
+        self._give_up(hv.budget - max(0, insns))
 
     @property
     def slice_paused(self) -> bool:
@@ -539,16 +535,22 @@ class Vcpu:
     def _zero_budget(self) -> None:
         hv = self._hv
         if hv is not None:
-            # The engine reads the budget at every block entry: 0 ends the slice there. What
-            # is given up goes where the native clock sees it (it must not count as run).
-            e = self._exits
-            if e is not None:
-                e.unspent += hv.budget
-            else:
-                self._unspent += hv.budget
-            hv.budget = 0
+            # The engine reads the budget at every block entry: 0 ends the slice there.
+            self._give_up(hv.budget)
         else:
             self._slice.request = 1
+
+    def _give_up(self, amount: int) -> None:
+        """Take ``amount`` off the running slice's budget. What is given up goes where the
+        native clock sees it: it must not count as run."""
+        hv = self._hv
+        assert hv is not None
+        e = self._exits
+        if e is not None:
+            e.unspent += amount
+        else:
+            self._unspent += amount
+        hv.budget -= amount
 
     # -- running ---------------------------------------------------------------------------
 
