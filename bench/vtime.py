@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -52,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.impair import GOODPUT_MAX, RATE, SUMMARY, TCP, link_text, rtts, tcp_lab
 from hv._timeline import DEFAULT_LOOKAHEAD_PS
+from hv.engine import _vcpu
 from hv.hw import VirtualClock
 from hv.lab import LabRun, _spec, parse_lab, run_lab
 
@@ -284,6 +286,30 @@ def tcp(args: argparse.Namespace) -> None:
 # -- busy -------------------------------------------------------------------------------------
 
 
+class EngineTime:
+    """Times every entry into the engine (``uc_emu_start``) while it is open: what a run spends
+    running guest code, and so what it spends around it (the slices' bookkeeping)."""
+
+    def __enter__(self) -> EngineTime:
+        self.seconds = 0.0
+        self.calls = 0
+        self._real = vars(_vcpu)["_emu_start"]
+
+        def timed(*args: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return self._real(*args)
+            finally:
+                self.seconds += time.perf_counter() - t
+                self.calls += 1
+
+        vars(_vcpu)["_emu_start"] = timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        vars(_vcpu)["_emu_start"] = self._real
+
+
 def busy(args: argparse.Namespace) -> None:
     print(f"## busy: {args.guests} cpu guests, iters={args.iters} each ({load()})")
     for switch in ("sw", None):
@@ -297,12 +323,18 @@ def busy_case(args: argparse.Namespace, switch: str | None) -> None:
     sums: set[bytes] = set()
 
     def one(clock: str, _: int, __: int) -> None:
-        r = run(clock, body)
+        with EngineTime() as engine:
+            r = run(clock, body)
         if r.status != 0:
             raise SystemExit(f"busy {clock}: status {r.status}")
         sums.update(re.findall(rb"checksum: 0x[0-9a-f]+", b"".join(r.consoles.values())))
         walls[clock].append(r.wall)
         report(clock, where, "done", r)
+        outside = r.wall - engine.seconds
+        print(
+            f"    {engine.seconds:.3f} s in the engine over {engine.calls} slices; outside it "
+            f"{outside:.3f} s = {outside / max(1, engine.calls) * 1e6:.1f} us a slice"
+        )
 
     alternate(args.repeat, one)
     v, real = walls["virtual"], walls["real"]
