@@ -432,7 +432,8 @@ _chain = st.fixed_dictionaries(
     {
         "data": _packet,
         "split": st.integers(0, 60),
-        "writable": st.lists(st.integers(0, 64), max_size=2),  # wrong direction too
+        # rx buffers (writable ones elsewhere: the wrong direction); 44: a header, no data
+        "writable": st.lists(st.sampled_from([0, 1, 43, 44, 45, 64, 4140]), max_size=2),
         "queue": st.sampled_from([V.TX, V.TX, V.TX, V.RX, V.EVENT]),
     }
 )
@@ -552,3 +553,26 @@ def test_rng_seed_in_virtual_time(guest_elfs: Any) -> None:
     assert a != first(clock="virtual", seed=8, name="a")
     assert a != first(clock="virtual", seed=7, name="b")
     assert first(name="a") != first(name="a")  # os.urandom
+
+
+async def test_rx_buffer_too_small_for_data(nursery: trio.Nursery) -> None:
+    """A 44-byte rx buffer (a header, no room for data) while data waits: given back empty
+    and counted, never a loop; a real buffer then gets the data."""
+    v2 = Vsock(rx_buffers=0)
+    stream, _ = await _open_without_buffers(v2, nursery)
+    v2.post_rx(1, size=V.HDR_LEN)
+    with trio.fail_after(5):
+        await stream.send_all(b"data")
+    [u] = v2.rxq.take_used()
+    assert u.written == 0 and v2.vs.counters["rx_bad_buffer"] == 1
+    v2.post_rx(1)
+    assert [p.data for p in v2.received()] == [b"data"]
+
+
+async def _open_without_buffers(v: Vsock, nursery: trio.Nursery) -> tuple[V.VsockStream, Pkt]:
+    v.post_rx(1)
+    stream, req = await open_out(v, nursery)
+    v.rxq.take_used()  # open_out posted one again: use it up with a control packet
+    v.send(hdr(V.OP_CREDIT_REQUEST, 5000, req.src_port))
+    assert len(v.rxq.take_used()) == 1
+    return stream, req

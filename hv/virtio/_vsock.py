@@ -124,7 +124,8 @@ VSOCK_COUNTERS = frozenset(
         "unknown_connection",  # a packet of no connection: RST
         "credit_overrun",  # more data than our advertised credit: RST
         "data_after_shutdown",  # RW after the guest's own SHUTDOWN(SEND): RST
-        "rx_bad_buffer",  # an rx buffer with no room for a header: given back empty
+        "rx_bad_buffer",  # an rx buffer with no room for a header (or for data, when data
+        # waits): given back empty
         # bounds
         "connections_full",  # a connection refused: MAX_CONNECTIONS live
         "evicted",  # a closing connection the guest never finished: RST to free its slot
@@ -592,13 +593,18 @@ class VirtioVsock(VirtioBackend):
             if chain is None:
                 break
             room = chain.writable_len
-            if room < HDR_LEN:
+            if room < HDR_LEN:  # not even a header fits
                 self.counters["rx_bad_buffer"] += 1
                 q.push(chain.head, 0)
                 filled = True
                 continue
             pkt = self._next_packet(room)
             if pkt is None:
+                if room == HDR_LEN and self._ready:  # data waits; a header-only buffer
+                    self.counters["rx_bad_buffer"] += 1  # would stall the ring: give it back
+                    q.push(chain.head, 0)
+                    filled = True
+                    continue
                 q.unpop(1)
                 break
             n = chain.write(mem, pkt)
@@ -613,7 +619,7 @@ class VirtioVsock(VirtioBackend):
         if self._replies:
             self.counters["resets_out"] += 1
             return self._replies.popleft()
-        while self._ready:
+        for _ in range(len(self._ready)):  # each once: one may have nothing that fits
             conn = self._ready.popleft()
             conn.queued = False
             pkt = self._conn_packet(conn, room)
