@@ -523,18 +523,24 @@ class VmAgent(Agent):
         self.ready_timeout = ready_timeout
         self.seen = False  # the agent has answered once
 
-    async def _vsock_connect(self) -> _Stream:
+    async def connect(self, ready_timeout: float | None = None) -> _Stream:
+        """A connection to the agent (a request goes on it); waits for the agent to come up
+        for ``ready_timeout`` (default: this agent's) if it has not answered yet."""
+        return await self._vsock_connect(ready_timeout)
+
+    async def _vsock_connect(self, ready_timeout: float | None = None) -> _Stream:
         from hv.virtio import VsockRefused, VsockUnavailable  # (the device's module)
 
         vm = self.vm
+        wait = self.ready_timeout if ready_timeout is None else ready_timeout
         dev = getattr(vm, "vsock", None)
         if dev is None:
             raise AgentUnavailable(
                 f"VM {vm.name} has no vsock device, so no agent to run commands: give it "
                 "one (vsock = true in the lab file, VmConfig(vsock=...))"
             )
-        deadline = time.monotonic() + self.ready_timeout
-        with trio.move_on_at(trio.current_time() + self.ready_timeout):
+        deadline = time.monotonic() + wait
+        with trio.move_on_after(wait):
             while True:
                 try:
                     await dev.wait_ready()
@@ -557,7 +563,7 @@ class VmAgent(Agent):
                     break
                 await trio.sleep(RETRY_S)
         raise AgentUnavailable(
-            f"no agent answered in VM {vm.name} within {self.ready_timeout:g} s (vsock port "
+            f"no agent answered in VM {vm.name} within {wait:g} s (vsock port "
             f"{AGENT_PORT}): is it a Linux guest of hv's image, booted to its init?"
         )
 
