@@ -149,6 +149,7 @@ class Vm:
         self._own_timeline = config.clock == "virtual" and config.timeline is None
         self._vt_sleeping = False
         self._vt_input = False
+        self._host_input: list[Callable[[], None]] = []  # devices' host input, due at once
         self._inbox: list[tuple[int, int, Callable[[], None]]] = []
         self._tickets: list[tuple[int, int, Ticket]] = []
         self._vt_seq = itertools.count()
@@ -433,6 +434,9 @@ class Vm:
                 if self._vt_sleeping and self._vt_wake_ps(clock.ps) == INF:
                     clock.skip_to(timeline.frontier_ps())
                 self._vt_sleeping = False
+                pending, self._host_input = self._host_input, []
+                for fn in pending:  # at this guest time, between slices
+                    fn()
             now = clock.ps
             if not self._vt_due(now):
                 return Run.WAITING
@@ -483,6 +487,12 @@ class Vm:
         heapq.heappush(self._inbox, (at, next(self._vt_seq), fn))
         self._timeline.note_arrival(at)
         self._timeline.poke()
+
+    def _vt_host_input(self, fn: Callable[[], None]) -> None:
+        # A device's host input (bounded by its devices: each keeps one call pending at most).
+        self._host_input.append(fn)
+        self._vt_input = True
+        self._wake_up()
 
     def _vt_expect(self, due_ps: int) -> Ticket:
         ticket = Ticket(due_ps)
@@ -613,6 +623,9 @@ class _VmTime:
 
     def expect(self, due_ps: int) -> Ticket:
         return self._vm._vt_expect(due_ps)
+
+    def host_input(self, fn: Callable[[], None]) -> None:
+        self._vm._vt_host_input(fn)
 
 
 class _Member:

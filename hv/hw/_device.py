@@ -59,6 +59,12 @@ class DeviceTime(Protocol):
         when the guest's time gets to its arrival (now plus the cable's latency)."""
         ...
 
+    def host_input(self, fn: Callable[[], None]) -> None:
+        """Input from the host reaches the VM now (vsock data a host task sent): ``fn``
+        gives it to the device when the guest next runs, at its time then; a guest asleep
+        with nothing due wakes at the lab's newest time, as for typed console input."""
+        ...
+
     def expect(self, due_ps: int) -> Completion:
         """Host work started now is to complete to the guest at ``due_ps`` (a modelled
         latency): the guest does not get past that time until it is ready."""
