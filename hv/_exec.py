@@ -533,7 +533,7 @@ class VmAgent(Agent):
 
         vm = self.vm
         wait = self.ready_timeout if ready_timeout is None else ready_timeout
-        dev = getattr(vm, "vsock", None)
+        dev = _vsock_of(vm)
         if dev is None:
             raise AgentUnavailable(
                 f"VM {vm.name} has no vsock device, so no agent to run commands: give it "
@@ -566,6 +566,19 @@ class VmAgent(Agent):
             f"no agent answered in VM {vm.name} within {wait:g} s (vsock port "
             f"{AGENT_PORT}): is it a Linux guest of hv's image, booted to its init?"
         )
+
+
+def _vsock_of(vm: _VmLike) -> Any:
+    """``vm.vsock``; or a vsock device given in ``VmConfig.devices``."""
+    dev = getattr(vm, "vsock", None)
+    if dev is not None:
+        return dev
+    from hv.virtio import VirtioVsock
+
+    for d in getattr(getattr(vm, "config", None), "devices", ()):
+        if isinstance(getattr(d, "backend", None), VirtioVsock):
+            return d.backend
+    return None
 
 
 def agent_of(vm: _VmLike) -> VmAgent:

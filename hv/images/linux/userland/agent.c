@@ -661,6 +661,16 @@ int ap_agent(int argc, char **argv)
     }
 }
 
+/* tty: the terminal on stdin (how 'hv exec -t' is checked), as coreutils' tty. */
+int ap_tty(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    const char *name = ttyname(0);
+    puts(name ? name : "not a tty");
+    return name ? 0 : 1;
+}
+
 /* Called by init (PID 1, all signals blocked) before the network: ptys, then the agent. */
 void agent_boot(void)
 {

@@ -33,6 +33,7 @@ int parse_ipv4(const char *s, struct in_addr *out);
 #define HV_AGENT_PORT 1000          /* AF_VSOCK port the agent listens on */
 #define HV_FRAME_MAX (1u << 20)     /* largest frame payload either side accepts */
 int ap_agent(int argc, char **argv);
+int ap_tty(int argc, char **argv);
 void agent_boot(void);              /* init: mount devpts, start the agent in the background */
 
 /* init.c */

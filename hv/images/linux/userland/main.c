@@ -38,6 +38,7 @@ const struct applet applets[] = {
     {"poweroff", ap_poweroff, "                       sync and power off"},
     {"reboot", ap_reboot, "                       sync and reboot"},
     {"stress", ap_stress, "[-n ITER] [-p PAGES]   fork/exec/exit + page-fault stress, summary"},
+    {"tty", ap_tty, "                       the terminal on stdin"},
     {"hv-agent", ap_agent, "[-u PATH] [-p PORT]     the host's agent (hv exec, hv cp): vsock or unix socket"},
     {NULL, NULL, NULL},
 };
