@@ -33,12 +33,18 @@ from hv.build import guest_path
 
 if TYPE_CHECKING:
     from hv._console import Console
+    from hv._exec import AgentUnavailable, CommandFailed, ExecError, ExecResult, ExecTimeout
     from hv._vm import Vm, VmConfig, VmState, open_vm, run_vm
     from hv.lab import Lab, open_lab
 
 # The machine's names load the CPU engine (which may build it on first use), so they are
 # imported on first access: `import hv` alone, or the `hv` command's other actions, do not.
 _LAZY = {
+    "AgentUnavailable": "hv._exec",
+    "CommandFailed": "hv._exec",
+    "ExecError": "hv._exec",
+    "ExecResult": "hv._exec",
+    "ExecTimeout": "hv._exec",
     "Console": "hv._console",
     "Vm": "hv._vm",
     "VmConfig": "hv._vm",
@@ -56,9 +62,14 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "EXIT_STATUS",
+    "AgentUnavailable",
+    "CommandFailed",
     "ConfigError",
     "Console",
     "Disk",
+    "ExecError",
+    "ExecResult",
+    "ExecTimeout",
     "GuestError",
     "HostError",
     "HvError",
