@@ -90,3 +90,10 @@ async def test_killed_agent_is_a_clear_error_at_once(guest: hv.Vm) -> None:
     assert r.returncode == 0
     with trio.fail_after(5), pytest.raises(AgentUnavailable, match="not running any more"):
         await guest.exec("true")
+
+
+async def test_the_pytest_plugins_vms_have_exec(hv_vm: Any) -> None:
+    vm = await hv_vm(kernel="linux", name="p", devices=(virtio_vsock("p.vsock"),))
+    with trio.fail_after(60):
+        r = await vm.exec("uname", "-a", check=True)
+    assert r.stdout.startswith(b"Linux ")
