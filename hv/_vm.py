@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
@@ -39,10 +39,13 @@ from hv._log import get_logger
 from hv._nic import Nic, nic_cmdline
 from hv._status import StopInfo, StopKind
 from hv._timeline import INF, Run, Ticket, Timeline
-from hv.board import Machine, MachineConfig, load_file
+from hv.board import Machine, MachineConfig, is_linux_image, load_file
 from hv.engine import Exit, ExitKind
 from hv.hw import DEFAULT_MIPS, DEFAULT_QUANTUM, AsyncWork, Device, TimeSource, VirtualClock
 from hv.hw import _platform as P
+
+if TYPE_CHECKING:
+    from hv.virtio import VirtioVsock
 
 log = get_logger("hv.vm")
 
@@ -56,6 +59,9 @@ VT_YIELD_S = 0.005
 # Virtual time: what may wait for a VM's time to reach it (frames on their way in); beyond it
 # they are dropped and counted (vt_inbox_dropped), as a NIC's backlog does.
 VT_INBOX_MAX = 4096
+# The guest's vsock CID: each VM is a machine of its own (the host is CID 2 for every one),
+# so all of them may be 3, as Firecracker's and QEMU's single guests usually are.
+GUEST_CID = 3
 
 
 class VmState(enum.Enum):
@@ -89,12 +95,25 @@ class VmConfig:
     clock: Literal["real", "virtual"] = "real"
     mips: int = DEFAULT_MIPS
     timeline: Timeline | None = field(default=None, compare=False)
+    # A virtio-vsock device (``Vm.vsock``; the guest is CID 3: every VM is a machine of its
+    # own, so all may be) and a virtio-rng, after the disks. None: on for a Linux Image
+    # kernel while virtio slots are free, off otherwise (firmware guests keep their slots).
+    vsock: bool | None = None
+    rng: bool | None = None
+    # Virtual time: the lab's seed; the VM's generators (virtio-rng) derive from it and the
+    # VM's name, so a run repeats byte for byte (real time: os.urandom).
+    seed: int | None = None
 
     def machine_config(self) -> MachineConfig:
         kernel = self.kernel if isinstance(self.kernel, bytes) else load_file(self.kernel, "kernel")
         initrd = self.initrd
         if initrd is not None and not isinstance(initrd, bytes):
             initrd = load_file(initrd, "initrd")
+        devices = (
+            self.devices
+            + tuple(nic.device(self.name, i) for i, nic in enumerate(self.nics))
+            + tuple(disk.device(self.name, i) for i, disk in enumerate(self.disks))
+        )
         return MachineConfig(
             kernel=kernel,
             mem_size=self.mem_size,
@@ -104,13 +123,39 @@ class VmConfig:
             dtb_out=self.dtb_out,
             count_instructions=self.count_instructions,
             native_exits=self.native_exits,
-            devices=self.devices
-            + tuple(nic.device(self.name, i) for i, nic in enumerate(self.nics))
-            + tuple(disk.device(self.name, i) for i, disk in enumerate(self.disks)),
+            devices=devices + self._service_devices(is_linux_image(kernel), len(devices)),
             time_source=self.time_source,
             clock=self.clock,
             mips=self.mips,
         )
+
+    def _service_devices(self, linux: bool, used: int) -> tuple[Device, ...]:
+        """The vsock and rng devices this VM gets (after its other devices)."""
+        from hv.virtio import VirtioMmio, VirtioRng, VirtioVsock
+
+        out: list[Device] = []
+        for key, want, make in (
+            ("vsock", self.vsock, lambda: VirtioVsock(GUEST_CID)),
+            ("rng", self.rng, lambda: VirtioRng(seed=self._rng_seed())),
+        ):
+            if want is False or (want is None and not linux):
+                continue
+            if used + len(out) >= P.VIRTIO_SLOTS:
+                if want is None:
+                    continue  # automatic: only while slots are free
+                raise ConfigError(
+                    f"{key}=True: all {P.VIRTIO_SLOTS} virtio slots are taken by devices, "
+                    "NICs and disks; drop one or set it to False"
+                )
+            out.append(VirtioMmio(f"{self.name}.{key}", make()))
+        return tuple(out)
+
+    def _rng_seed(self) -> str | None:
+        """Virtual time: the rng's seed (the lab's seed and the VM's name); real time: None
+        (os.urandom)."""
+        if self.clock != "virtual":
+            return None
+        return f"{'' if self.seed is None else self.seed}/{self.name}/virtio-rng"
 
 
 class Vm:
@@ -179,6 +224,17 @@ class Vm:
     @property
     def state(self) -> VmState:
         return self._state
+
+    @property
+    def vsock(self) -> VirtioVsock | None:
+        """The VM's virtio-vsock device (``connect``, ``listen``), or None if it has none."""
+        from hv.virtio import VirtioMmio
+        from hv.virtio import VirtioVsock as Vsock
+
+        for dev in self.machine.slots.values():
+            if isinstance(dev, VirtioMmio) and isinstance(dev.backend, Vsock):
+                return dev.backend
+        return None
 
     @property
     def stats(self) -> dict[str, int]:

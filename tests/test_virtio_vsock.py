@@ -506,3 +506,49 @@ async def test_fuzz_rng_chains(sizes: Sequence[tuple[int, bool]]) -> None:
     if not dev.status & M.STATUS_NEEDS_RESET:
         for u, (n, _) in zip(q.take_used(), sizes, strict=True):
             assert u.written == min(n, R.MAX_REQUEST)
+
+
+# -- wiring: which VMs get the devices -----------------------------------------------------------
+
+
+def _backends(config: Any) -> list[str]:
+    from hv import Vm
+
+    return [type(getattr(d, "backend", d)).__name__ for d in Vm(config).machine.slots.values()]
+
+
+def test_linux_vms_get_vsock_and_rng_last(linux_image: Any, guest_elfs: Any) -> None:
+    from blockdev import MemoryDisk
+    from hv import Disk, VmConfig
+
+    linux = VmConfig(kernel=linux_image.kernel, name="l", disks=(Disk(MemoryDisk(1 << 20)),))
+    assert _backends(linux) == ["VirtioBlk", "VirtioVsock", "VirtioRng"]
+    assert _backends(VmConfig(kernel=linux_image.kernel, vsock=False)) == ["VirtioRng"]
+    # firmware guests keep their slots unless asked
+    assert _backends(VmConfig(kernel=guest_elfs["hello"])) == []
+    assert _backends(VmConfig(kernel=guest_elfs["hello"], vsock=True)) == ["VirtioVsock"]
+    # all slots taken: automatic ones step aside, an explicit one is a clear error
+    full = tuple(Disk(MemoryDisk(1 << 20)) for _ in range(8))
+    assert "VirtioVsock" not in _backends(VmConfig(kernel=linux_image.kernel, disks=full))
+    from hv import ConfigError
+
+    with pytest.raises(ConfigError, match="virtio slots"):
+        _backends(VmConfig(kernel=linux_image.kernel, disks=full, rng=True))
+
+
+def test_rng_seed_in_virtual_time(guest_elfs: Any) -> None:
+    """Virtual time: the lab's seed and the VM's name give the rng's bytes; real time does
+    not repeat."""
+    from hv import Vm, VmConfig
+
+    def first(**kw: Any) -> bytes:
+        vm = Vm(VmConfig(kernel=guest_elfs["hello"], rng=True, **kw))
+        [dev] = vm.machine.slots.values()
+        src: R.Source = dev.backend.source  # type: ignore[attr-defined]
+        return src(32)
+
+    a = first(clock="virtual", seed=7, name="a")
+    assert a == first(clock="virtual", seed=7, name="a")
+    assert a != first(clock="virtual", seed=8, name="a")
+    assert a != first(clock="virtual", seed=7, name="b")
+    assert first(name="a") != first(name="a")  # os.urandom

@@ -11,7 +11,7 @@ from hv._lazy import face_attribute
 
 if TYPE_CHECKING:
     from hv.board._fdt import DeviceTreeSpec, build_device_tree
-    from hv.board._loader import NotAKernel, load_file, load_kernel
+    from hv.board._loader import NotAKernel, is_linux_image, load_file, load_kernel
     from hv.board._machine import Machine, MachineConfig
 
 
@@ -23,6 +23,7 @@ _FACE = {
     "MachineConfig": "hv.board._machine",
     "NotAKernel": "hv.board._loader",
     "build_device_tree": "hv.board._fdt",
+    "is_linux_image": "hv.board._loader",
     "load_file": "hv.board._loader",
     "load_kernel": "hv.board._loader",
 }
@@ -38,6 +39,7 @@ __all__ = [
     "MachineConfig",
     "NotAKernel",
     "build_device_tree",
+    "is_linux_image",
     "load_file",
     "load_kernel",
 ]

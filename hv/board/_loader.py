@@ -370,6 +370,11 @@ def _describe_elf(machine: str, elfclass: int, little: bool) -> str:
 # --- Linux Image ------------------------------------------------------------------------------
 
 
+def is_linux_image(data: bytes) -> bool:
+    """Is ``data`` a RISC-V Linux ``Image`` (the boot header's magic)?"""
+    return _is_image(data)
+
+
 def _is_image(data: bytes) -> bool:
     if len(data) < IMAGE_HEADER.size:
         return False

@@ -202,6 +202,7 @@ def vm_config(
         clock="virtual" if spec.clock == "virtual" else "real",
         mips=spec.mips,
         timeline=timeline,
+        seed=spec.seed,
     )
 
 

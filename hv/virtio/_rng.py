@@ -52,13 +52,16 @@ def seeded_source(seed: str) -> Source:
 
 
 class VirtioRng(VirtioBackend):
-    """An entropy device; ``source(n)`` gives ``n`` random bytes (default ``os.urandom``)."""
+    """An entropy device; ``source(n)`` gives ``n`` random bytes (default ``os.urandom``;
+    with ``seed``, ``seeded_source(seed)``)."""
 
     device_id = DEVICE_ID_RNG
     queue_max = 256
 
-    def __init__(self, source: Source | None = None) -> None:
+    def __init__(self, source: Source | None = None, *, seed: str | None = None) -> None:
         super().__init__()
+        if source is None and seed is not None:
+            source = seeded_source(seed)
         self.source: Source = source or os.urandom
         self.counters: collections.Counter[str] = Counters("virtio-rng", RNG_COUNTERS)
         self._mem: GuestMemory | None = None

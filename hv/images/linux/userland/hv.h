@@ -82,4 +82,8 @@ int ap_poweroff(int argc, char **argv);
 int ap_reboot(int argc, char **argv);
 int ap_stress(int argc, char **argv);
 
+/* vsock.c */
+int ap_vsockecho(int argc, char **argv);
+int ap_vsockcat(int argc, char **argv);
+
 #endif

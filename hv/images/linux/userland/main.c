@@ -37,6 +37,8 @@ const struct applet applets[] = {
     {"traffic", ap_traffic, "send|recv [-u|-t] ...  throughput test (see: help traffic)"},
     {"poweroff", ap_poweroff, "                       sync and power off"},
     {"reboot", ap_reboot, "                       sync and reboot"},
+    {"vsockecho", ap_vsockecho, "PORT                   listen on AF_VSOCK, echo each connection"},
+    {"vsockcat", ap_vsockcat, "CID PORT [TEXT]        vsock client: send TEXT or stdin, print replies"},
     {"stress", ap_stress, "[-n ITER] [-p PAGES]   fork/exec/exit + page-fault stress, summary"},
     {"tty", ap_tty, "                       the terminal on stdin"},
     {"hv-agent", ap_agent, "[-u PATH] [-p PORT]     the host's agent (hv exec, hv cp): vsock or unix socket"},
