@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hv
 from hv.build import _image_linux as il
-from hv.virtio import virtio_vsock
 
 TEN_MB = 10_000_000
 TARGET_MS = 5.0
@@ -41,8 +40,7 @@ async def main(runs: int, big: int) -> None:
     img = il.linux_image_info()
     if img is None:
         sys.exit("build the Linux image first: hv image build linux")
-    cfg = hv.VmConfig(kernel=img.kernel, initrd=img.initrd, cmdline=img.cmdline, name="bench",
-                      devices=(virtio_vsock("bench.vsock"),))  # fmt: skip
+    cfg = hv.VmConfig(kernel=img.kernel, initrd=img.initrd, cmdline=img.cmdline, name="bench")
     async with trio.open_nursery() as nursery:
         vm: hv.Vm = await nursery.start(hv.run_vm, cfg)
         t0 = time.perf_counter()

@@ -509,6 +509,9 @@ class _VmLike(Protocol):  # hv.Vm, as this module needs it (no import: no cycle 
     name: str
     _agent: Any
 
+    @property
+    def vsock(self) -> Any: ...  # hv.virtio.VirtioVsock | None
+
 
 class VmAgent(Agent):
     """``Agent`` of a VM: connects over its virtio-vsock device to ``AGENT_PORT``.
@@ -533,11 +536,11 @@ class VmAgent(Agent):
 
         vm = self.vm
         wait = self.ready_timeout if ready_timeout is None else ready_timeout
-        dev = _vsock_of(vm)
+        dev = vm.vsock
         if dev is None:
             raise AgentUnavailable(
                 f"VM {vm.name} has no vsock device, so no agent to run commands: give it "
-                "one (vsock = true in the lab file, VmConfig(vsock=...))"
+                "one (VmConfig(vsock=True); a Linux kernel gets one while a virtio slot is free)"
             )
         deadline = time.monotonic() + wait
         with trio.move_on_after(wait):
@@ -566,19 +569,6 @@ class VmAgent(Agent):
             f"no agent answered in VM {vm.name} within {wait:g} s (vsock port "
             f"{AGENT_PORT}): is it a Linux guest of hv's image, booted to its init?"
         )
-
-
-def _vsock_of(vm: _VmLike) -> Any:
-    """``vm.vsock``; or a vsock device given in ``VmConfig.devices``."""
-    dev = getattr(vm, "vsock", None)
-    if dev is not None:
-        return dev
-    from hv.virtio import VirtioVsock
-
-    for d in getattr(getattr(vm, "config", None), "devices", ()):
-        if isinstance(getattr(d, "backend", None), VirtioVsock):
-            return d.backend
-    return None
 
 
 def agent_of(vm: _VmLike) -> VmAgent:

@@ -15,14 +15,12 @@ import trio
 
 import hv
 from hv._exec import AgentUnavailable, ExecError, Output
-from hv.virtio import virtio_vsock
 
 TEN_MB = 10_000_000
 
 
 def _config(img: Any, name: str = "g") -> hv.VmConfig:
-    return hv.VmConfig(kernel=img.kernel, initrd=img.initrd, cmdline=img.cmdline, name=name,
-                       devices=(virtio_vsock(f"{name}.vsock"),))  # fmt: skip
+    return hv.VmConfig(kernel=img.kernel, initrd=img.initrd, cmdline=img.cmdline, name=name)
 
 
 @pytest.fixture
@@ -93,7 +91,7 @@ async def test_killed_agent_is_a_clear_error_at_once(guest: hv.Vm) -> None:
 
 
 async def test_the_pytest_plugins_vms_have_exec(hv_vm: Any) -> None:
-    vm = await hv_vm(kernel="linux", name="p", devices=(virtio_vsock("p.vsock"),))
+    vm = await hv_vm(kernel="linux", name="p")
     with trio.fail_after(60):
         r = await vm.exec("uname", "-a", check=True)
     assert r.stdout.startswith(b"Linux ")
