@@ -139,7 +139,9 @@ class _Sender:
 
 def _events(conn: Connection, reader: FrameReader) -> Any:
     """The agent's events as they arrive (``FrameReader`` over the blocking socket)."""
-    reader.feed(conn.buffered())
+    early = conn.buffered()
+    if early:  # (b"" would mean the end)
+        reader.feed(early)
     while True:
         event = reader.next_event()
         if event is not None:

@@ -3,7 +3,7 @@
  * It listens on AF_VSOCK port HV_AGENT_PORT (any CID), or on a Unix socket with -u PATH (how
  * the host's tests drive it). Each connection carries one request, then the answer streams
  * back; the connection ends with the request. A process per connection, so concurrent
- * requests just work. The protocol (docs/EXEC.md, hv/_exec.py) is binary frames:
+ * requests just work (a handler is forked ahead, waiting in accept). The protocol (docs/EXEC.md, hv/_exec.py) is binary frames:
  *
  *     u8 type, u32 length (big-endian), length bytes of payload      (length <= HV_FRAME_MAX)
  *
@@ -35,6 +35,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -640,24 +642,46 @@ int ap_agent(int argc, char **argv)
     sa.sa_handler = SIG_DFL;
     sa.sa_flags = SA_NOCLDWAIT; /* handlers are reaped by the kernel */
     sigaction(SIGCHLD, &sa, NULL);
+    /* A handler is forked before its connection comes: it waits in accept(), tells the
+     * listener when it has one (which forks the next), and serves it. Waiting handlers
+     * run at the lowest priority, so forking the next one takes the CPU only when the
+     * request being served leaves it idle; a handler with a connection runs at 0. */
+    setpriority(PRIO_PROCESS, 0, 19);
     for (;;) {
-        int c = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
-        if (c < 0) {
-            if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE ||
-                errno == ENOMEM || errno == ENOBUFS)
-                continue;
-            errorf("hv-agent: accept: %s", strerror(errno));
+        int ready[2];
+        if (pipe2(ready, O_CLOEXEC) < 0) {
+            errorf("hv-agent: pipe: %s", strerror(errno));
             return 1;
         }
+        pid_t listener = getpid();
         pid_t pid = fork();
         if (pid == 0) {
+            close(ready[0]);
+            /* a waiting handler ends with the listener (a killed agent takes no request) */
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != listener)
+                _exit(0);
+            int c;
+            while ((c = accept4(ls, NULL, NULL, SOCK_CLOEXEC)) < 0)
+                if (errno != EINTR && errno != ECONNABORTED && errno != EMFILE &&
+                    errno != ENFILE && errno != ENOMEM && errno != ENOBUFS)
+                    _exit(1);
+            prctl(PR_SET_PDEATHSIG, 0); /* a request being served is finished */
+            setpriority(PRIO_PROCESS, 0, 0);
+            close(ready[1]); /* the listener forks the next handler */
             close(ls);
             sa.sa_flags = 0;
             sigaction(SIGCHLD, &sa, NULL); /* the handler waits for its command itself */
             handle(c);
             _exit(0);
         }
-        close(c);
+        close(ready[1]);
+        char b;
+        while (read(ready[0], &b, 1) < 0 && errno == EINTR)
+            ;
+        close(ready[0]);
+        if (pid < 0)
+            sleep(1); /* out of processes: try again, without spinning */
     }
 }
 
