@@ -107,6 +107,7 @@ TRIO_DIFFERENCES: dict[str, str] = {
     "Vm.resume": "awaited: returns once the VM runs again, in the trio thread",
     "Vm.run": "not here: open_vm and open_lab run the VM",
     "Vm.open_exec": "not here: a stream across threads; exec() gives the whole result",
+    "Vm.vsock": _INTERNAL,
     "Vm.machine": _INTERNAL,
     "Vm.log": _INTERNAL,
     "Console.on_drained": _INTERNAL,
