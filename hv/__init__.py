@@ -14,9 +14,10 @@ cycles between packages; tests/test_layers.py checks this very list, ``LAYERS``)
 5. ``netfabric``, ``blockdev`` (separate packages): the network and the disks, no hv at all.
 6. ``virtio``: the virtio devices guests see (over ``blockdev``; net over frames only).
 7. ``board``: the machine assembled: devices, firmware and the vCPU, one slice at a time.
-8. ``_vm``, ``_console``, ``_disk``, ``_nic``, ``_timeline``, ``_values``: the machine as a
-   trio task with an async console, its disks and NICs, the virtual-time timeline that drives
-   a lab's VMs, and the value parsers (sizes, durations, MACs...).
+8. ``_vm``, ``_console``, ``_disk``, ``_exec``, ``_nic``, ``_timeline``, ``_values``: the
+   machine as a trio task with an async console, its disks and NICs, commands run in it
+   through its guest agent, the virtual-time timeline that drives a lab's VMs, and the value
+   parsers (sizes, durations, MACs...).
 9. ``lab`` (several VMs and switches, ``hv up``), ``aio`` (the asyncio face).
 10. this package's names, ``cli`` (the ``hv`` command), ``pytest_plugin``.
 """
@@ -32,12 +33,18 @@ from hv.build import guest_path
 
 if TYPE_CHECKING:
     from hv._console import Console
+    from hv._exec import AgentUnavailable, CommandFailed, ExecError, ExecResult, ExecTimeout
     from hv._vm import Vm, VmConfig, VmState, open_vm, run_vm
     from hv.lab import Lab, open_lab
 
 # The machine's names load the CPU engine (which may build it on first use), so they are
 # imported on first access: `import hv` alone, or the `hv` command's other actions, do not.
 _LAZY = {
+    "AgentUnavailable": "hv._exec",
+    "CommandFailed": "hv._exec",
+    "ExecError": "hv._exec",
+    "ExecResult": "hv._exec",
+    "ExecTimeout": "hv._exec",
     "Console": "hv._console",
     "Vm": "hv._vm",
     "VmConfig": "hv._vm",
@@ -55,9 +62,14 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "EXIT_STATUS",
+    "AgentUnavailable",
+    "CommandFailed",
     "ConfigError",
     "Console",
     "Disk",
+    "ExecError",
+    "ExecResult",
+    "ExecTimeout",
     "GuestError",
     "HostError",
     "HvError",

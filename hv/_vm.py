@@ -17,11 +17,13 @@ runs again at once.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import heapq
 import itertools
+import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ import trio
 from hv._console import BACKLOG_HIGH, Console
 from hv._disk import Disk
 from hv._errors import ConfigError, StateError
+from hv._exec import ExecResult, Process, agent_of
 from hv._log import get_logger
 from hv._nic import Nic, nic_cmdline
 from hv._status import StopInfo, StopKind
@@ -182,6 +185,7 @@ class Vm:
         self._pause_requested = False
         self._scan_tail = b""
         self.exit: StopInfo | None = None
+        self._agent: object = None  # hv._exec.VmAgent, made on first use
         self.log = log.bind(vm=self.name)
         # Virtual time (hv._timeline): the VM is a member of a timeline that drives it.
         self._timeline: Timeline | None = None
@@ -268,6 +272,55 @@ class Vm:
         await self._stopped.wait()
         assert self.exit is not None
         return self.exit
+
+    # -- commands and files in the guest (hv._exec: its agent, over virtio-vsock) -----------
+
+    async def exec(
+        self,
+        *argv: str | bytes,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> ExecResult:
+        """Run ``argv`` in the guest (a Linux guest of hv's image: its agent, over
+        virtio-vsock) and wait for its end: ``ExecResult(returncode, stdout, stderr)``.
+        The first call waits for the agent to come up (the guest boots). ``ExecError``
+        (``hv._exec``) if the command cannot start (``errno``) or the agent is missing or
+        gone; ``ExecTimeout`` after ``timeout`` seconds (the command is killed);
+        ``CommandFailed`` with ``check=True`` for a status other than 0."""
+        return await agent_of(self).exec(
+            *argv, stdin=stdin, env=env, cwd=cwd, timeout=timeout, check=check
+        )
+
+    def open_exec(
+        self,
+        argv: Sequence[str | bytes],
+        *,
+        stdin: bool = False,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        tty: bool = False,
+        rows: int = 0,
+        cols: int = 0,
+    ) -> contextlib.AbstractAsyncContextManager[Process]:
+        """``async with vm.open_exec(argv) as proc:`` the streaming form of ``exec``:
+        ``proc.send_input``, ``close_input``, ``resize``, ``signal``, and ``async for event
+        in proc.events()`` (``Output(fd, data)``, then ``Exited(returncode)``). Leaving the
+        block ends a command still running."""
+        return agent_of(self).open_exec(
+            argv, stdin=stdin, env=env, cwd=cwd, tty=tty, rows=rows, cols=cols
+        )
+
+    async def copy_in(self, local: str | os.PathLike[str], guest_path: str) -> None:
+        """Copy a local file into the guest (``guest_path`` ending in ``/``: into that folder),
+        with its mode bits."""
+        await agent_of(self).copy_in(local, guest_path)
+
+    async def copy_out(self, guest_path: str, local: str | os.PathLike[str]) -> None:
+        """Copy a file out of the guest to ``local`` (a folder: into it), with its mode bits."""
+        await agent_of(self).copy_out(guest_path, local)
 
     # -- the run loop ----------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import os
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -65,6 +66,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import trio
 
 from hv._errors import HvError
+from hv._exec import ExecResult
 from hv._status import StopInfo
 from netfabric.ports import PortCounters
 
@@ -104,6 +106,8 @@ TRIO_DIFFERENCES: dict[str, str] = {
     "Vm.pause": "awaited: returns once the VM is paused, in the trio thread",
     "Vm.resume": "awaited: returns once the VM runs again, in the trio thread",
     "Vm.run": "not here: open_vm and open_lab run the VM",
+    "Vm.open_exec": "not here: a stream across threads; exec() gives the whole result",
+    "Vm.vsock": _INTERNAL,
     "Vm.machine": _INTERNAL,
     "Vm.log": _INTERNAL,
     "Console.on_drained": _INTERNAL,
@@ -479,6 +483,32 @@ class Vm:
     async def wait(self) -> StopInfo:
         """Wait until the VM stops; why it did."""
         return await self._portal.run(self.trio_vm.wait)
+
+    async def exec(
+        self,
+        *argv: str | bytes,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> ExecResult:
+        """Run ``argv`` in the guest through its agent (``hv.Vm.exec``): its exit code,
+        stdout and stderr."""
+        return await self._portal.run(
+            functools.partial(
+                self.trio_vm.exec, stdin=stdin, env=env, cwd=cwd, timeout=timeout, check=check
+            ),
+            *argv,
+        )
+
+    async def copy_in(self, local: str | os.PathLike[str], guest_path: str) -> None:
+        """Copy a local file into the guest (``hv.Vm.copy_in``)."""
+        await self._portal.run(self.trio_vm.copy_in, local, guest_path)
+
+    async def copy_out(self, guest_path: str, local: str | os.PathLike[str]) -> None:
+        """Copy a file out of the guest (``hv.Vm.copy_out``)."""
+        await self._portal.run(self.trio_vm.copy_out, guest_path, local)
 
 
 class HostPort:

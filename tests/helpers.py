@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -46,3 +47,19 @@ def wait_until_sync(
             raise _timed_out(what, timeout)
         time.sleep(every)
     return value
+
+
+def host_userland() -> Path:
+    """The guest's userland (``hvbox``, with ``hv-agent``) built for this host (x86_64 musl,
+    the guest image's flags otherwise): the agent's protocol tested over a Unix socket."""
+    from hv.build._image_linux import USERLAND_CFLAGS, USERLAND_DIR, _userland_sources
+    from hv.build._zig import cached_build, run_zig
+
+    flags = ["-target", "x86_64-linux-musl", *USERLAND_CFLAGS[2:]]
+    sources = [p for p in _userland_sources(USERLAND_DIR) if p.suffix == ".c"]
+    headers = [p for p in _userland_sources(USERLAND_DIR) if p.suffix == ".h"]
+
+    def build(out: Path) -> None:
+        run_zig(["cc", *flags, "-o", str(out), *map(str, sources)])
+
+    return cached_build("hvbox-host", [*sources, *headers], flags, build)

@@ -335,7 +335,12 @@ def test_the_public_api_is_pinned() -> None:
     assert sorted(hv.__all__) == sorted(
         [
             "EXIT_STATUS",
+            "AgentUnavailable",
+            "CommandFailed",
             "ConfigError",
+            "ExecError",
+            "ExecResult",
+            "ExecTimeout",
             "Console",
             "GuestError",
             "HostError",

@@ -41,7 +41,17 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("board", frozenset({"hv.board"})),
     (
         "vm",
-        frozenset({"hv._console", "hv._disk", "hv._nic", "hv._timeline", "hv._values", "hv._vm"}),
+        frozenset(
+            {
+                "hv._console",
+                "hv._disk",
+                "hv._exec",
+                "hv._nic",
+                "hv._timeline",
+                "hv._values",
+                "hv._vm",
+            }
+        ),
     ),
     ("lab", frozenset({"hv.lab", "hv.aio"})),
     ("top", frozenset({"hv", "hv.cli", "hv.pytest_plugin"})),

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, cast
 import trio
 
 from hv._errors import ConfigError, HostError
+from hv._exec import AGENT_PORT, CHUNK, READY_TIMEOUT, ExecError, agent_of
 from hv._log import get_logger
 from hv._status import StopInfo
 from hv._vm import Vm, VmState
@@ -533,6 +534,8 @@ class ControlServer:
                 return await self._capture(stream, request)
             if op == "down":
                 return await self._down(stream)
+            if op == "agent":
+                return await self._agent(stream, lines, request)
             try:
                 answer = await self._simple(op, request)
             except ControlError as e:
@@ -679,6 +682,45 @@ class ControlServer:
                     await stream.send_eof()
             finally:
                 fan.detach(box)
+
+    async def _agent(
+        self, stream: trio.SocketStream, lines: _Lines, request: dict[str, Any]
+    ) -> None:
+        """``hv exec``, ``hv cp``: a connection to the VM's guest agent, relayed byte for byte
+        (the client speaks the agent's protocol, hv/_exec.py; the relay reads a direction only
+        as fast as the other end takes it). Either end closing ends both."""
+        vm = self._vm(request.get("vm"))
+        wait = request.get("timeout", READY_TIMEOUT)
+        if not isinstance(wait, int | float) or isinstance(wait, bool) or not 0 <= wait <= 3600:
+            raise ControlError("timeout: seconds to wait for the agent (0 to 3600)")
+        if vm.state is VmState.STOPPED:
+            raise ControlError(f"VM {vm.name} of lab {self.name} has stopped: no agent to reach")
+        with self._stream():
+            try:
+                agent = await agent_of(vm).connect(float(wait))
+            except ExecError as e:
+                raise ControlError(str(e)) from None
+            try:
+                await _send(stream, {"ok": True, "vm": vm.name, "port": AGENT_PORT})
+                early = lines.rest()
+                async with trio.open_nursery() as nursery:
+
+                    async def up() -> None:
+                        with contextlib.suppress(trio.BrokenResourceError, OSError):
+                            if early:
+                                await agent.send_all(early)
+                            while data := await stream.receive_some(CHUNK * 4):
+                                await agent.send_all(data)
+                        nursery.cancel_scope.cancel()  # the client went away: so does the request
+
+                    nursery.start_soon(up)
+                    with contextlib.suppress(trio.BrokenResourceError, OSError):
+                        while data := await agent.receive_some(CHUNK * 4):
+                            await stream.send_all(data)
+                    nursery.cancel_scope.cancel()
+            finally:
+                with contextlib.suppress(Exception):
+                    await agent.aclose()
 
     async def _capture(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
         assert self.run is not None

@@ -29,6 +29,13 @@ void errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int usage_error(const char *name);          /* prints "usage: ..." and returns 2 */
 int parse_ipv4(const char *s, struct in_addr *out);
 
+/* agent.c: hv exec / hv cp (hv/_exec.py is the host's side, docs/EXEC.md the protocol) */
+#define HV_AGENT_PORT 1000          /* AF_VSOCK port the agent listens on */
+#define HV_FRAME_MAX (1u << 20)     /* largest frame payload either side accepts */
+int ap_agent(int argc, char **argv);
+int ap_tty(int argc, char **argv);
+void agent_boot(void);              /* init: mount devpts, start the agent in the background */
+
 /* init.c */
 int init_main(int argc, char **argv);
 

@@ -181,6 +181,8 @@ int init_main(int argc, char **argv)
     cmdline_param("hostname", host, sizeof host);
     sethostname(host, strlen(host));
 
+    agent_boot(); /* hv exec: devpts, the agent (agent.c) */
+
     struct in_addr lo;
     parse_ipv4("127.0.0.1", &lo);
     net_if_set_addr("lo", lo, 8);

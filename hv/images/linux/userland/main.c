@@ -40,6 +40,8 @@ const struct applet applets[] = {
     {"vsockecho", ap_vsockecho, "PORT                   listen on AF_VSOCK, echo each connection"},
     {"vsockcat", ap_vsockcat, "CID PORT [TEXT]        vsock client: send TEXT or stdin, print replies"},
     {"stress", ap_stress, "[-n ITER] [-p PAGES]   fork/exec/exit + page-fault stress, summary"},
+    {"tty", ap_tty, "                       the terminal on stdin"},
+    {"hv-agent", ap_agent, "[-u PATH] [-p PORT]     the host's agent (hv exec, hv cp): vsock or unix socket"},
     {NULL, NULL, NULL},
 };
 
