@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 import trio
-from helpers import wait_until_sync
+from helpers import wait_until, wait_until_sync
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.l2 import ARP, Ether
 from test_control import Host
 
 import hv
@@ -110,6 +112,36 @@ async def test_a_link_between_switches_down_stops_pings_and_up_restores_them(clo
         with trio.fail_after(60):
             await replies(c, 3)
         assert run.link_state("wan-lan")["up"] is True
+
+
+async def test_on_virtual_time_the_carrier_goes_after_what_the_switch_gave_the_guest() -> None:
+    """The switch's side goes down at the fabric's time; the guest's carrier after the
+    frames the switch handed it before (as a frame would): a frame delivered just before the
+    cable is pulled is received, not dropped as arriving on a dead link, and the answer the
+    guest sends once its carrier is gone goes nowhere."""
+    lab = hv.Lab("order", clock="virtual").switch("lan")
+    lab.vm("s", kernel="udpecho", mem="16M", append="ip=10.0.0.2/24", nics=["lan"])
+    async with hv.open_lab(lab) as run:
+        with trio.fail_after(60):
+            await run.vms["s"].console.wait_for(b"udpecho: echoing")
+        net = cable_nic(run, "s.eth0")
+        assert net is not None
+        me = "52:54:00:aa:bb:cc"
+        port = run.switches["lan"].open_port("me")
+        port.send(Ether(src=me, dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.0.0.2", psrc="10.0.0.9"))
+        with trio.fail_after(60):
+            while not (ARP in (reply := Ether(await port.receive())) and reply[ARP].op == 2):
+                pass
+        before = net.counters["rx_frames"]
+        # in one go, nothing between: the ping is in the switch before the cable goes
+        port.send(Ether(src=me, dst=reply[ARP].hwsrc) / IP(src="10.0.0.9", dst="10.0.0.2")
+                  / ICMP(id=7, seq=1))  # fmt: skip
+        run.set_link("s.eth0", up=False)
+        assert net.link_up  # the guest's side is on its way, behind the frame
+        await wait_until(lambda: not net.link_up, "s's carrier to go", 60)
+        await wait_until(lambda: net.counters["tx_link_down"] > 0, "s's answer, dropped", 60)
+        assert net.counters["rx_frames"] == before + 1 and net.counters["rx_link_down"] == 0
+        assert port.receive_nowait() is None  # the answer never crossed
 
 
 # -- Linux guests: the carrier in sysfs, a ping across -----------------------------------------
