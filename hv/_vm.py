@@ -533,9 +533,9 @@ class Vm:
         self._vt_sleeping = m.sleeping(ex)
         return printed and bool(self.console.matchers)
 
-    def _vt_receive(self, fn: Callable[[], None]) -> None:
+    def _vt_receive(self, fn: Callable[[], None], bounded: bool = True) -> None:
         assert self._timeline is not None
-        if len(self._inbox) >= VT_INBOX_MAX:
+        if bounded and len(self._inbox) >= VT_INBOX_MAX:
             # A paused VM, or one flooded faster than it runs: bounded, like the NIC's backlog.
             self.machine.counters["vt_inbox_dropped"] += 1
             return
@@ -674,8 +674,8 @@ class _VmTime:
     def send(self, fn: Callable[[], None]) -> None:
         self._timeline.post(self._vm._member, self._clock.now_ps(), fn)
 
-    def receive(self, fn: Callable[[], None]) -> None:
-        self._vm._vt_receive(fn)
+    def receive(self, fn: Callable[[], None], *, bounded: bool = True) -> None:
+        self._vm._vt_receive(fn, bounded)
 
     def expect(self, due_ps: int) -> Ticket:
         return self._vm._vt_expect(due_ps)

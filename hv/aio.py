@@ -151,6 +151,9 @@ TRIO_DIFFERENCES: dict[str, str] = {
     "LabRun.impairments": _INTERNAL,
     "LabRun.timeline": _INTERNAL,
     "LabRun.ended": "not here: await wait()",
+    "LabRun.set_link": "awaited: the change is made in the trio thread",
+    "LabRun.link_state": "awaited: the counters are read in the trio thread",
+    "LabRun.link_states": "awaited: the counters are read in the trio thread",
 }
 
 
@@ -681,6 +684,21 @@ class LabRun:
     async def stop(self, reason: str = "stopped") -> None:
         """Stop every VM (the lab then ends). Differs from trio: awaited."""
         await self.portal.run_sync(self.trio_run.stop, reason)
+
+    async def set_link(self, cable: str, up: bool) -> dict[str, Any]:
+        """Pull a cable out (``up=False``) or plug it back (trio's ``LabRun.set_link``); its
+        state after. Differs from trio: awaited (the change is made in the trio thread)."""
+        return await self.portal.run_sync(self.trio_run.set_link, cable, up)
+
+    async def link_state(self, cable: str) -> dict[str, Any]:
+        """A cable's state (trio's ``LabRun.link_state``). Differs from trio: awaited (the
+        counters are read in the trio thread)."""
+        return await self.portal.run_sync(self.trio_run.link_state, cable)
+
+    async def link_states(self) -> list[dict[str, Any]]:
+        """Every cable's state (trio's ``LabRun.link_states``). Differs from trio: awaited
+        (the counters are read in the trio thread)."""
+        return await self.portal.run_sync(self.trio_run.link_states)
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await fn(lab, *args)`` in the trio thread, ``lab`` being the trio ``LabRun``

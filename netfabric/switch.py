@@ -8,8 +8,12 @@ other port that is up. Entries age out after ``aging`` seconds without a frame f
 The table is bounded (``max_macs``): a guest that floods frames from random source MACs
 cannot grow it without limit. When it is full, the oldest entry is evicted first (counted in
 ``evictions``); traffic keeps flowing (unknown destinations are flooded, as on a real switch
-with a full CAM). Frames shorter than an Ethernet header are dropped and counted per port, as
-are frames arriving on, or only destined to, a port that is down.
+with a full CAM). Frames shorter than an Ethernet header are dropped and counted per port.
+
+Link state: a port that is down (its cable unplugged, ``set_up``) sends and takes nothing.
+What arrives on it, and what the switch would have sent out through it (a flood, a frame to
+a MAC behind it), is dropped and counted on that port as ``down``; what was learned behind
+it is forgotten when it goes down, as a real switch flushes a port on link loss.
 
 VLANs (802.1Q). Until a port is given a VLAN role, the switch is VLAN-unaware and every
 port is an untagged member of one LAN (the fast path). An access port carries one VLAN
@@ -112,6 +116,7 @@ class LearningSwitch:
         self.ports: dict[int, PortCounters] = {}
         self._up: dict[int, bool] = {}
         self._flood_cache: dict[int, tuple[int, ...]] = {}
+        self._down: tuple[int, ...] = ()  # the ports that are down (usually none)
         self.evictions = 0
         self.aged = 0
         # VLAN roles: empty while the switch is VLAN-unaware (every port untagged in one LAN)
@@ -151,6 +156,7 @@ class LearningSwitch:
 
     def set_up(self, port: int, up: bool) -> None:
         self._up[port] = up
+        self._down = tuple(p for p, u in self._up.items() if not u)
         self._flood_cache.clear()
         self._vlan_flood.clear()
         if not up:  # what was learned behind it is stale once it is down
@@ -179,7 +185,7 @@ class LearningSwitch:
         c.rx_frames += 1
         c.rx_bytes += n
         if not self._up[in_port]:
-            c.drops["port_down"] += 1
+            c.drops["down"] += 1
             return ()
         if n < ETH_HEADER:
             c.drops["runt"] += 1
@@ -196,15 +202,19 @@ class LearningSwitch:
         out: tuple[int, ...]
         if dst[0] & 1:
             out = self._flood_set(in_port)
+            if self._down:
+                self._count_down(in_port, 0)
         else:
             entry = table.get(dst)
             if entry is None or now - entry[1] > self.aging:
                 out = self._flood_set(in_port)
+                if self._down:
+                    self._count_down(in_port, 0)
             elif entry[0] == in_port:
                 c.drops["same_port"] += 1  # the destination is behind the port it came from
                 return ()
             elif not self._up.get(entry[0], False):
-                c.drops["dest_down"] += 1
+                self.ports[entry[0]].drops["down"] += 1
                 return ()
             else:
                 out = (entry[0],)
@@ -267,7 +277,7 @@ class LearningSwitch:
                     c.drops["same_port"] += 1
                     return ()
                 if not self._up.get(entry[0], False):
-                    c.drops["dest_down"] += 1
+                    self.ports[entry[0]].drops["down"] += 1
                     return ()
                 out = (entry[0],)
         if out is None:
@@ -279,12 +289,22 @@ class LearningSwitch:
                     if up and p != in_port and (self.vlans.get(p) or PortVlan()).carries(vid)
                 )
                 self._vlan_flood[(in_port, vid)] = out
+            if self._down:
+                self._count_down(in_port, vid)
         n = len(frame)
         for p in out:
             pc = self.ports[p]
             pc.tx_frames += 1
             pc.tx_bytes += n
         return out
+
+    def _count_down(self, in_port: int, vid: int) -> None:
+        """A flood from ``in_port`` (of VLAN ``vid``; 0: unaware) missed the ports that are
+        down: count it on each that would have had it."""
+        vlans = self.vlans
+        for p in self._down:
+            if p != in_port and (not vid or (vlans.get(p) or PortVlan()).carries(vid)):
+                self.ports[p].drops["down"] += 1
 
     def learn(self, mac: bytes, port: int, now: float) -> None:
         """``mac`` is behind ``port`` as of ``now`` (the newest entry; the table stays bounded)."""
@@ -442,8 +462,8 @@ class Switch:
         if len(frame) < 42 or frame[12:14] != b"\x08\x06" or frame[20:22] != b"\x00\x01":
             return frame
         hit = self._arp_owner.get(bytes(frame[38:42]))
-        if hit is None or hit[0] == port_id or hit[0] not in self.ports:
-            return frame
+        if hit is None or hit[0] == port_id or not self.core.is_up(hit[0]):
+            return frame  # (an owner that is down: flooded, counted on its port as down)
         owner, mac = hit
         self.core.learn(mac, owner, now)
         return mac + bytes(frame[6:])

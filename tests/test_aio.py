@@ -128,6 +128,22 @@ def test_a_lab_from_asyncio_consoles_frames_and_stop() -> None:
                 while not (ICMP in (pong := Ether(await port.receive())) and pong[ICMP].type == 0):
                     pass
             assert pong[Raw].load == b"hello"
+            # s's cable pulled out: a ping is not answered, counted as down on s's port
+            state = await lab.set_link("s", up=False)
+            assert (state["name"], state["up"]) == ("s.eth0", False)
+            await port.send(Ether(src=ME, dst=guest) / IP(src="10.0.0.9", dst="10.0.0.2")
+                            / ICMP(id=7, seq=2))  # fmt: skip
+            assert (await lab.link_state("s.eth0"))["down_drops"] >= 1
+            await lab.set_link("s.eth0", up=True)
+            assert [(c["name"], c["up"]) for c in await lab.link_states()] == [
+                ("s.eth0", True), ("p.eth0", True),
+            ]  # fmt: skip
+            await port.send(Ether(src=ME, dst=guest) / IP(src="10.0.0.9", dst="10.0.0.2")
+                            / ICMP(id=7, seq=3))  # fmt: skip
+            async with asyncio.timeout(10):
+                while not (ICMP in (pong := Ether(await port.receive())) and pong[ICMP].type == 0):
+                    pass
+            assert pong[ICMP].seq == 3  # not seq 2: it never got there
             # two ports of our own: frames arrive whole and in order, none dropped
             a, b = port, lab.switches["lan"].open_port("b")
             a_mac, b_mac = bytes.fromhex(ME.replace(":", "")), bytes.fromhex("525400aa0002")

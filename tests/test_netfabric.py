@@ -78,9 +78,26 @@ def test_ports_down_drop_and_forget(sw: LearningSwitch) -> None:
     sw.set_up(2, False)
     assert sw.forward(1, frame(BCAST, A), 0.0) == (3,)
     assert sw.forward(2, frame(A, B), 0.0) == ()
-    assert sw.ports[2].drops["port_down"] == 1
+    # what it sent, and the flood it missed: both counted on the port that is down
+    assert sw.ports[2].drops == {"down": 2} and sw.ports[2].tx_frames == 1
     sw.set_up(1, False)
     assert sw.lookup(A, 0.0) is None  # learned behind a port that went down
+    assert sw.forward(3, frame(A, C), 0.0) == ()  # flooded (A is forgotten): to no one
+    assert sw.ports[1].drops == {"down": 1} and sw.ports[2].drops == {"down": 3}
+    sw.learn(A, 1, 0.0)  # told from outside that A is behind port 1, which is down
+    assert sw.forward(3, frame(A, C), 0.0) == ()
+    assert sw.ports[1].drops == {"down": 2} and sw.ports[3].drops == {}
+    sw.set_up(1, True)
+    sw.set_up(2, True)
+    assert sw.forward(3, frame(BCAST, C), 0.0) == (1, 2)
+    assert sw.ports[1].drops == {"down": 2} and sw.ports[2].drops == {"down": 3}
+
+
+def test_a_vlan_flood_counts_down_only_where_its_vlan_goes(vsw: LearningSwitch) -> None:
+    vsw.set_up(2, False)
+    vsw.set_up(3, False)
+    assert vsw.forward(1, frame(BCAST, A), 0.0) == (4,)
+    assert vsw.ports[2].drops == {"down": 1} and vsw.ports[3].drops == {}
 
 
 def test_runts_and_same_port_frames_are_dropped_and_counted(sw: LearningSwitch) -> None:

@@ -105,6 +105,21 @@ def lab_file_name(path: Path) -> str | None:
     return name if isinstance(name, str) else default_lab_name(path)
 
 
+def ask_lab(args: Any, op: str, request: dict[str, Any]) -> dict[str, Any] | None:
+    """Ask running lab ``args.lab`` (resolved in place: ``resolve_lab``) the request ``op``
+    (``hv netem``, ``hv link``): its answer, without ``ok``; None once its error is printed
+    (the command then ends with EXIT_FAILED)."""
+    try:
+        args.lab = resolve_lab(args.lab)  # a name, the lab file, or its stem
+        with Connection.open(args.lab) as conn:
+            answer = conn.request(op, **request)
+    except ControlError as e:
+        print(f"hv: {e}", file=sys.stderr)
+        return None
+    answer.pop("ok", None)
+    return answer
+
+
 def resolve_lab(text: str) -> str:
     """The running (or ended) lab that LAB on the command line means: its full name; the
     path of its lab file; or its file's stem when one running lab has it (``hv console lab

@@ -23,6 +23,7 @@ from hv.build import StderrProgress, _guests, _image_linux, resolve_kernel
 from hv.cli import _control as _control_cli
 from hv.cli import _disk as _disk_cli
 from hv.cli import _exec as _exec_cli
+from hv.cli import _link as _link_cli
 from hv.cli import _netem as _netem_cli
 from hv.cli._terminal import EXIT_OUTPUT_CLOSED, EscapeKeys, raw_terminal
 from hv.hw import DEFAULT_MIPS, DEFAULT_QUANTUM
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     _control_cli.add_parsers(sub)  # ps, console, stop, down, capture: driving a running lab
     _netem_cli.add_parsers(sub, up)  # hv netem: a running lab's impaired cables
     _exec_cli.add_parsers(sub)  # hv exec, hv cp: commands and files in a lab's guests
+    _link_cli.add_parsers(sub)  # hv link: a running lab's cables pulled out and plugged back
 
     demo = sub.add_parser(
         "demo",
@@ -646,6 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _netem_cli.netem_command(args)
         if args.command in _exec_cli.COMMANDS:
             return _exec_cli.exec_command(args)
+        if args.command == "link":
+            return _link_cli.link_command(args)
         if args.command in _control_cli.COMMANDS:
             return _control_cli.control_command(args)
         if args.command == "disk":

@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from typing import Any
 
 from hv._errors import ConfigError
-from hv.cli._control import EXIT_FAILED, Connection, resolve_lab
-from hv.lab import ControlError
+from hv.cli._control import EXIT_FAILED, ask_lab
 
 DELAY_HELP = (
     "Each direction of a cable has its own settings, and a delay applies per direction: "
@@ -198,14 +196,9 @@ def netem_command(args: argparse.Namespace) -> int:
         request["cable"] = cable
     if action == "set":
         request |= {"set": table, "direction": args.direction}
-    try:
-        args.lab = resolve_lab(args.lab)  # a name, the lab file, or its stem
-        with Connection.open(args.lab) as conn:
-            answer = conn.request("netem", **request)
-    except ControlError as e:
-        print(f"hv: {e}", file=sys.stderr)
+    answer = ask_lab(args, "netem", request)
+    if answer is None:
         return EXIT_FAILED
-    answer.pop("ok", None)
     if args.json:
         print(json.dumps(answer.get("cable", answer), indent=2))
         return 0

@@ -54,9 +54,12 @@ class DeviceTime(Protocol):
         lab's timeline gets there."""
         ...
 
-    def receive(self, fn: Callable[[], None]) -> None:
+    def receive(self, fn: Callable[[], None], *, bounded: bool = True) -> None:
         """Something reaches the VM from the lab now (a frame): ``fn`` gives it to the device
-        when the guest's time gets to its arrival (now plus the cable's latency)."""
+        when the guest's time gets to its arrival (now plus the cable's latency). What waits
+        so is bounded (a flooded guest's frames beyond it are dropped and counted);
+        ``bounded=False`` for a change of state the host makes (a cable's link going down),
+        which must not be lost and which the device coalesces."""
         ...
 
     def host_input(self, fn: Callable[[], None]) -> None:

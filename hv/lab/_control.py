@@ -28,7 +28,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, cast
@@ -40,6 +40,7 @@ from hv._exec import AGENT_PORT, CHUNK, READY_TIMEOUT, ExecError, agent_of
 from hv._log import get_logger
 from hv._status import StopInfo
 from hv._vm import Vm, VmState
+from hv.lab._link import link
 from hv.lab._netem import netem
 from hv.lab._protocol import (
     LOG_ENV,
@@ -553,6 +554,8 @@ class ControlServer:
             return {"ok": True, "stats": self.stats()}
         if op == "netem":
             return {"ok": True, **self.netem(request)}
+        if op == "link":
+            return {"ok": True, **self.link(request)}
         if op == "stop":  # answered even when it ends the lab (the last VMs stopped)
             with self._stream():
                 return {"ok": True, "stopped": await self._stop(request.get("vm"))}
@@ -612,9 +615,19 @@ class ControlServer:
 
     def netem(self, request: dict[str, Any]) -> dict[str, Any]:
         """Show or change an impaired cable (``hv.lab._netem.netem``)."""
+        return self._cable_op(netem, request)
+
+    def link(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Show a cable's link state or set it (``hv.lab._link.link``)."""
+        return self._cable_op(link, request)
+
+    def _cable_op(
+        self, op: Callable[[LabRun, dict[str, Any]], dict[str, Any]], request: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``op(run, request)``: a bad name or value is the client's error."""
         assert self.run is not None
         try:
-            return netem(self.run, request)
+            return op(self.run, request)
         except (LookupError, ValueError) as e:
             raise ControlError(str(e.args[0]) if e.args else str(e)) from None
 

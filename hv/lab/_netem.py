@@ -16,26 +16,50 @@ port (the VM's side has no switch port).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from hv.lab._impair import parse_changes
 from netfabric.impair import ImpairedDirection, ImpairedLink
 
 if TYPE_CHECKING:
-    from hv.lab._runner import LabRun
+    from hv._timeline import Timeline
+    from hv._vm import Vm
+    from hv.lab._spec import LabSpec
+    from netfabric.ports.link import Link
+    from netfabric.switch import Switch
+
+
+class Cabled(Protocol):
+    """A running lab, as its cables are found in it (``hv.lab.LabRun``; a protocol, so that
+    the lab's own methods can use this module: ``LabRun.set_link``)."""
+
+    @property
+    def spec(self) -> LabSpec: ...
+    @property
+    def switches(self) -> dict[str, Switch]: ...
+    @property
+    def vms(self) -> dict[str, Vm]: ...
+    @property
+    def links(self) -> list[Link]: ...
+    @property
+    def impairments(self) -> dict[str, ImpairedLink]: ...
+    @property
+    def timeline(self) -> Timeline | None: ...
+
 
 DIRECTIONS = ("egress", "ingress")
 
 
-def _link_index(key: str) -> int | None:
+def link_index(key: str) -> int | None:
     if key.startswith("links[") and key.endswith("]") and key[6:-1].isdigit():
         return int(key[6:-1])
     return None
 
 
-def cable_ends(run: LabRun, key: str) -> tuple[str, str]:
+def cable_ends(run: Cabled, key: str) -> tuple[str, str]:
     """Where ``key``'s egress direction runs from and to (ingress: the other way)."""
-    i = _link_index(key)
+    i = link_index(key)
     if i is not None:
         link = run.spec.links[i]
         return link.a, link.b
@@ -43,37 +67,40 @@ def cable_ends(run: LabRun, key: str) -> tuple[str, str]:
     return vm, run.spec.vms[vm].nics[int(eth.removeprefix("eth"))].switch
 
 
-def _label(run: LabRun, key: str) -> str:
+def _label(run: Cabled, key: str) -> str:
     a, b = cable_ends(run, key)
     return f"{a}-{b}"
 
 
-def cable_names(run: LabRun) -> list[str]:
-    """Each cable as ``KEY (A-B)``, for messages."""
-    return [f"{key} ({_label(run, key)})" for key in run.impairments]
+def cable_names(run: Cabled, keys: Iterable[str] | None = None) -> list[str]:
+    """Each cable (``keys``; default the impaired ones) as ``KEY (A-B)``, for messages."""
+    return [f"{key} ({_label(run, key)})" for key in (run.impairments if keys is None else keys)]
 
 
-def find_cable(run: LabRun, name: str) -> str:
-    """The ``LabRun.impairments`` key ``name`` stands for; a LookupError saying why not
+def find_cable(run: Cabled, name: str, keys: Sequence[str] | None = None) -> str:
+    """The key ``name`` stands for among ``keys`` (default: the ``LabRun.impairments``
+    keys; ``hv link`` gives every cable's, ``link_cables``); a LookupError saying why not
     (unknown, or more than one cable by that name) and listing the cables."""
-    if name in run.impairments:
+    impaired = keys is None
+    keys = list(run.impairments) if keys is None else keys
+    if name in keys:
         return name
     found: list[str] = []
     vm_cables: dict[str, list[str]] = {}
-    for key in run.impairments:
+    for key in keys:
         a, b = cable_ends(run, key)
         if name in (f"{a}-{b}", f"{b}-{a}"):
             found.append(key)
-        if _link_index(key) is None:
+        if link_index(key) is None:
             vm_cables.setdefault(a, []).append(key)
     if len(vm_cables.get(name, [])) == 1:
         found += vm_cables[name]
     if len(found) == 1:
         return found[0]
-    cables = ", ".join(cable_names(run)) or "none"
+    cables = ", ".join(cable_names(run, keys)) or "none"
     if found:
         raise LookupError(f"{name!r} names several cables: {', '.join(found)} (cables: {cables})")
-    if not run.impairments:
+    if impaired and not keys:
         raise LookupError(
             f"no cable named {name!r}: lab {run.spec.name} has no impaired cables (a link or "
             "a NIC with impair = {...} in the lab file has one; impair = {} starts it clean)"
@@ -92,7 +119,7 @@ def _direction(d: ImpairedDirection, ends: tuple[str, str]) -> dict[str, Any]:
     }
 
 
-def describe(run: LabRun, key: str) -> dict[str, Any]:
+def describe(run: Cabled, key: str) -> dict[str, Any]:
     """One cable, JSON-able: its names, and per direction its ends, settings (the
     ``Impairment`` fields: seconds, probabilities, bits/s, bytes), counters and what it
     holds now."""
@@ -101,13 +128,13 @@ def describe(run: LabRun, key: str) -> dict[str, Any]:
     return {
         "name": key,
         "label": f"{a}-{b}",
-        "kind": "link" if _link_index(key) is not None else "nic",
+        "kind": "link" if link_index(key) is not None else "nic",
         "egress": _direction(link.egress, (a, b)),
         "ingress": _direction(link.ingress, (b, a)),
     }
 
 
-def netem(run: LabRun, request: dict[str, Any]) -> dict[str, Any]:
+def netem(run: Cabled, request: dict[str, Any]) -> dict[str, Any]:
     """The ``netem`` op: ``{"cable": NAME, "set": {...}, "direction": "both"}`` changes the
     named settings (spelled as in a lab file's ``impair`` table; ``null`` takes a ``rate``,
     ``mtu`` or ``loss_burst`` away) of one or both directions and keeps the rest; without
@@ -150,12 +177,12 @@ def _set(
     link.set(which, **changes)
 
 
-def cable_ports(run: LabRun) -> dict[tuple[str, int], list[tuple[str, ImpairedDirection]]]:
+def cable_ports(run: Cabled) -> dict[tuple[str, int], list[tuple[str, ImpairedDirection]]]:
     """(switch, port id) -> the cable directions whose drops count on that port (see the
     module docstring), each with its cable's key."""
     out: dict[tuple[str, int], list[tuple[str, ImpairedDirection]]] = {}
     for key, link in run.impairments.items():
-        i = _link_index(key)
+        i = link_index(key)
         if i is not None:
             if i >= len(run.links):
                 continue

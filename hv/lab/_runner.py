@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -26,6 +27,8 @@ from hv._vm import Vm, VmConfig, run_vm
 from hv.board import load_file
 from hv.build import StderrProgress, build_bundled, resolve_kernel
 from hv.hw import DEFAULT_QUANTUM
+from hv.lab._link import describe as describe_link
+from hv.lab._link import link_cables, link_state, set_link
 from hv.lab._spec import LabSpec, NicSpec, VmSpec, check_captures, check_clock
 from netfabric.capture import CaptureError
 from netfabric.impair import ImpairedLink, Impairment
@@ -83,6 +86,27 @@ class LabRun:
         """Stop every VM (the lab then ends)."""
         for vm in self.vms.values():
             vm.stop(reason)
+
+    def set_link(self, cable: str, up: bool) -> dict[str, Any]:
+        """Pull a cable out (``up=False``) or plug it back, as ``hv link LAB CABLE down|up``:
+        a NIC's (``"r1.eth0"``, or the VM's name if it has one NIC) or a link's
+        (``"links[0]"``, or its ends ``"s1-s2"``). Down, nothing crosses it either way
+        (counted as drops by cause ``down``), the switches forget the MACs learned through
+        it, and a NIC's guest loses its carrier; up, it all comes back. At the lab's current
+        time (on virtual time, the guest sees it as a frame sent then: hv.lab._link). Returns
+        the cable's state as ``link_state`` does; a LookupError listing the cables for a name
+        that is none."""
+        return set_link(self, cable, up)
+
+    def link_state(self, cable: str) -> dict[str, Any]:
+        """A cable's state: ``{"name", "label", "kind" ("nic" or "link"), "up", "egress":
+        {"from", "to", "frames"}, "ingress": {...}, "down_drops"}`` (frames that entered it
+        each way; what was dropped because it was down). A LookupError for a name."""
+        return link_state(self, cable)
+
+    def link_states(self) -> list[dict[str, Any]]:
+        """Every cable's state (``link_state``): the lab's links, then each VM's NICs."""
+        return [describe_link(self, key) for key in link_cables(self)]
 
     # "links[0]", "a.eth0": the impairments on cables, changeable while the lab runs
     impairments: dict[str, ImpairedLink] = field(default_factory=dict)

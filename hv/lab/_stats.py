@@ -52,7 +52,9 @@ port's traffic lost: the switch's drops on the port's ingress, by reason, and, w
 port has an impaired cable (``cable``, a ``LabRun.impairments`` key), the cable's drops
 (wire frames) by cause: ``loss``, ``queue`` (the rate limiter's queue was full), ``mtu``. A
 cable direction counts on the port its frames leave the switch by (a link's two directions
-on the link's two ports; a NIC's cable, both ways, on the NIC's port: hv.lab._netem).
+on the link's two ports; a NIC's cable, both ways, on the NIC's port: hv.lab._netem), and
+``down``: what a port whose cable is down (``hv link``) missed, each way, with what its NIC
+dropped meanwhile (hv.lab._link).
 ``cable_counts``: what the cable did to frames it passed on (``duplicated``, ``corrupted``,
 ``reordered``). ``impairments``: each cable's settings and counters per direction.
 """
@@ -114,14 +116,19 @@ CABLE_COUNTS = ("duplicated", "corrupted", "reordered")
 
 
 def switch_snapshot(
-    switch: Switch, cables: Mapping[int, list[tuple[str, ImpairedDirection]]] | None = None
+    switch: Switch,
+    cables: Mapping[int, list[tuple[str, ImpairedDirection]]] | None = None,
+    nic_down: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """One switch's ports and their cumulative counters; ``cables``: port id -> the cable
-    directions whose drops count on that port (``hv.lab._netem.cable_ports``)."""
+    directions whose drops count on that port (``hv.lab._netem.cable_ports``); ``nic_down``:
+    port id -> what the NIC behind it dropped while its link was down (``hv link``)."""
     ports = []
     for pid, port in switch.ports.items():
         c = port.counters
         drops_by = dict(c.drops)
+        if nic_down and nic_down.get(pid):
+            drops_by["down"] = drops_by.get("down", 0) + nic_down[pid]
         on = cables.get(pid, []) if cables else []
         counts = dict.fromkeys(CABLE_COUNTS, 0)
         for _, d in on:
@@ -155,16 +162,23 @@ def snapshot(run: LabRun, now: float | None = None) -> Snapshot:
     """The lab's cumulative counters now: a JSON-able dict (see the module docstring).
     ``now`` is the sample's time (``time.monotonic()`` unless given)."""
     # here, not at the top: hv stats's client renders snapshots without loading the fabric
+    from hv.lab._link import nic_down_drops
     from hv.lab._netem import cable_ports, describe
 
     on: dict[str, dict[int, list[tuple[str, ImpairedDirection]]]] = {}
     for (switch, pid), dirs in cable_ports(run).items():
         on.setdefault(switch, {})[pid] = dirs
+    down: dict[str, dict[int, int]] = {}
+    for (switch, pid), n in nic_down_drops(run).items():
+        down.setdefault(switch, {})[pid] = n
     return {
         "lab": run.spec.name,
         "time": time.monotonic() if now is None else now,
         "vms": {name: vm_snapshot(vm) for name, vm in run.vms.items()},
-        "switches": {name: switch_snapshot(sw, on.get(name)) for name, sw in run.switches.items()},
+        "switches": {
+            name: switch_snapshot(sw, on.get(name), down.get(name))
+            for name, sw in run.switches.items()
+        },
         "impairments": {key: describe(run, key) for key in run.impairments},
         "clock": clock_snapshot(run),
     }
@@ -404,8 +418,8 @@ def render_snapshot(snap: Snapshot) -> list[str]:
     ``rx``/``tx`` count frames as the devices handed them over, ``*_wire`` as the wire
     carries them (an offloaded TCP frame as its segments). ``drops`` are the switch's on the
     port's ingress plus its cable's (by the port the frames leave by: see hv.lab._netem),
-    by cause: the switch's reasons, and ``loss``, ``queue`` (the rate limiter's queue
-    full) and ``mtu`` on a cable."""
+    by cause: the switch's reasons (``down``: its cable is down, ``hv link``), and
+    ``loss``, ``queue`` (the rate limiter's queue full) and ``mtu`` on a cable."""
     vms = snap["vms"].values()
     running = sum(v["state"] == "running" for v in vms)
     out = [f"lab {snap['lab'] or '-'} vms={len(vms)} running={running}"]

@@ -83,7 +83,8 @@ def render_lines(r: Rates) -> list[str]:
     segments). ``drops`` the port's drops per second and ``drops_total`` since the start:
     the switch's, and its cable's when it has one (``cable=``, with what the cable did to
     frames it passed on), by reason in ``drops_by=REASON:N,...`` when there are any (a
-    cable's: ``loss``, ``queue``, ``mtu``; see hv.lab._stats)."""
+    cable's: ``loss``, ``queue``, ``mtu``; ``down`` while it is pulled out, ``hv link``;
+    see hv.lab._stats)."""
     vms = r["vms"].values()
     running = sum(v["state"] == "running" for v in vms)
     t = r["total"]

@@ -93,6 +93,8 @@ class VirtioNet(VirtioBackend):
         self.mac = mac
         self.mtu = mtu
         self.link_up = True
+        self._link_wanted = True  # what the host last set (set_link)
+        self._link_on_way = False  # virtual time: a change on its way to the guest
         self._send: Callable[[Frame], None] = _unconnected  # the send end: connect()
         self.backlog: collections.deque[Frame] = collections.deque()
         self.counters: collections.Counter[str] = Counters("virtio-net", NET_COUNTERS)
@@ -119,6 +121,24 @@ class VirtioNet(VirtioBackend):
         return self.mac + struct.pack("<HHH", status, 1, self.mtu)
 
     def set_link(self, up: bool) -> None:
+        """The cable's link state, set from the host: STATUS's link bit and a config-change
+        interrupt (Linux's driver then reports carrier loss at once, NO-CARRIER); while it
+        is down the device sends and takes nothing (counted: ``tx_link_down``,
+        ``rx_link_down``). In virtual time the change reaches the guest as a frame does, at
+        the lab's time plus the cable's latency, after the frames the fabric handed it before
+        (a change that finds one on its way rides with it: a flap quicker than the latency
+        never reaches the guest)."""
+        self._link_wanted = up
+        vt = self._time()
+        if vt is None:
+            self._apply_link()
+        elif not self._link_on_way:
+            self._link_on_way = True
+            vt.receive(self._apply_link, bounded=False)
+
+    def _apply_link(self) -> None:
+        self._link_on_way = False
+        up = self._link_wanted
         if up != self.link_up:
             self.link_up = up
             if self.transport is not None:
