@@ -5,7 +5,7 @@
 # Keep build_pkgs in sync with REQUIRED_PACKAGES in hv/build/_image_linux.py (a test checks).
 set -eu
 
-build_pkgs="linux-source-6.1 gcc-riscv64-linux-gnu binutils-riscv64-linux-gnu gcc libc6-dev make bc bison flex xz-utils"
+build_pkgs="linux-source-6.1 gcc-riscv64-linux-gnu binutils-riscv64-linux-gnu gcc libc6-dev make bc bison flex xz-utils apt dpkg debian-archive-keyring"
 test_pkgs="qemu-system-misc qemu-utils opensbi u-boot-qemu"
 
 if [ "${1:-}" = --list ]; then echo "$build_pkgs $test_pkgs"; exit 0; fi

@@ -81,7 +81,7 @@ async def test_exec_needs_no_network(linux_image: Any) -> None:
 
 async def test_killed_agent_is_a_clear_error_at_once(guest: hv.Vm) -> None:
     with trio.fail_after(60):
-        ps = (await guest.exec("ps")).stdout.decode()
+        ps = (await guest.exec("ps", "-o", "pid,ppid,args")).stdout.decode()
     agent = [line.split() for line in ps.splitlines() if line.endswith(" hv-agent")]
     pid = next(f[0] for f in agent if f[1] == "1")  # the listener (its handlers are its children)
     r = await guest.exec("kill", "-9", pid)

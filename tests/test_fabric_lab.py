@@ -160,3 +160,34 @@ async def test_a_guest_gets_a_lease_from_a_dhcp_server_across_a_link(tmp_path: P
     assert re.search(r"fw +\| ping: 10\.0\.0\.2: 2 sent, 2 received", text), text[-3000:]
     leases = lab.services["lan"].leases()
     assert [lease.ip.exploded for lease in leases.values()] == [bound[1]]
+
+
+DNS_LAB = """
+[switches.lan]
+subnet = "10.0.0.0/24"
+dns = true
+
+[vms.web]
+kernel = "linux"
+append = 'hv.run="echo hello-from-web > /var/www/index.html; httpd -f -p 80 -h /var/www"'
+nics = [{ switch = "lan", ip = "10.0.0.2/24" }]
+
+[vms.client]
+kernel = "linux"
+append = '''hv.run="nslookup web.lab; until wget -q -O - http://web.lab/; do sleep 0.1; done; \
+cat /etc/resolv.conf /etc/hosts; poweroff"'''
+nics = [{ switch = "lan", ip = "10.0.0.3/24" }]
+"""
+
+
+async def test_linux_guests_find_each_other_through_the_lab_dns(
+    tmp_path: Path, linux_image: Any
+) -> None:
+    """busybox's nslookup and wget in one guest, busybox's httpd in another named web: the
+    name web.lab through the switch's DNS server, which init put in /etc/resolv.conf."""
+    text, (status, _lab) = await run(DNS_LAB, tmp_path, {"client"})
+    assert status == 0, text[-3000:]
+    assert re.search(r"client +\| Address: 10\.0\.0\.2", text), text[-3000:]
+    assert re.search(r"client +\| hello-from-web", text), text[-3000:]
+    assert re.search(r"client +\| search lab\s+client +\| nameserver 10\.0\.0\.1", text)
+    assert re.search(r"client +\| 127\.0\.1\.1\s+client\.lab client", text), text[-2000:]

@@ -4,10 +4,13 @@ The kernel comes from Debian's ``linux-source-6.1`` package, built with Debian's
 ``riscv64-linux-gnu-`` cross compiler from ``make tinyconfig`` plus the fragment in
 ``hv/images/linux/config.fragment``. The initramfs holds our own static userland
 (``hv/images/linux/userland/*.c``, one multi-call binary built with zig for
-``riscv64-linux-musl``), packed as a newc cpio by this module.
+``riscv64-linux-musl``), packed as a newc cpio by this module, beside Debian's
+``busybox-static`` for riscv64 (``/bin/busybox``: ``sh`` and the usual tools; downloaded by
+``_debian``, its applets linked as ``_busybox`` says).
 
 Everything lands in ``cache_dir()/images/linux-<key>/`` where the key hashes the kernel
-source package version, the config fragment, the userland sources and
+source package version, the config fragment, the userland sources, ``_busybox.py``,
+busybox's pinned version and sha256 (``_debian``'s ``packages.lock``) and
 ``BUILD_SCRIPT_VERSION``: an unchanged input set is a cache hit, any change rebuilds. The
 unpacked source tree and the kernel object tree are kept per source version (under
 ``images/src`` and ``images/obj``) so a fragment change is an incremental ``make``; the
@@ -32,11 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hv._errors import HostError
+from hv.build import _busybox, _debian
 from hv.build._progress import Progress, kbuild_step, run_logged, step_line
 from hv.build._zig import cache_dir, zig_command
 
 # Bump when this script's output changes for the same inputs (flags, cpio layout, ...).
-BUILD_SCRIPT_VERSION = "1"
+BUILD_SCRIPT_VERSION = "2"
 
 KERNEL_SOURCE_PACKAGE = "linux-source-6.1"
 KERNEL_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
@@ -60,7 +64,12 @@ REQUIRED_PACKAGES: tuple[str, ...] = (
     "bison",
     "flex",
     "xz-utils",
+    *_debian.REQUIRED_PACKAGES,  # busybox-static for riscv64, from Debian's archive
 )
+
+# Debian's static busybox (riscv64), /bin/busybox in the initramfs.
+BUSYBOX_PACKAGE = "busybox-static"
+BUSYBOX_PATH = "usr/bin/busybox"  # in the package
 
 USERLAND_CFLAGS: tuple[str, ...] = (
     "-target",
@@ -277,19 +286,36 @@ def _source_version() -> str | None:
     return _dpkg_status([KERNEL_SOURCE_PACKAGE]).get(KERNEL_SOURCE_PACKAGE)
 
 
-def image_key(source_version: str, fragment: Path = FRAGMENT, userland: Path = USERLAND_DIR) -> str:
-    """Hash of everything the image is built from."""
+def image_key(
+    source_version: str,
+    fragment: Path = FRAGMENT,
+    userland: Path = USERLAND_DIR,
+    busybox: str = "",
+) -> str:
+    """Hash of everything the image is built from (``busybox``: its "version sha256")."""
     h = hashlib.sha256()
-    for part in (BUILD_SCRIPT_VERSION, source_version, ARCH, CROSS_COMPILE, DEFAULT_CMDLINE):
+    parts = (BUILD_SCRIPT_VERSION, source_version, ARCH, CROSS_COMPILE, DEFAULT_CMDLINE, busybox)
+    for part in parts:
         h.update(part.encode() + b"\0")
     h.update(b" ".join(a.encode() for a in USERLAND_CFLAGS) + b"\0")
-    for f in [fragment, *_userland_sources(userland)]:
+    # _busybox.py: which applet is whose and where its link goes is part of the image.
+    for f in [fragment, *_userland_sources(userland), Path(_busybox.__file__)]:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
 def _images_root() -> Path:
     return cache_dir() / "images"
+
+
+def debs_dir() -> Path:
+    """Where the Debian packages of the image are downloaded and pinned."""
+    return cache_dir() / "debian" / "debs"
+
+
+def _busybox_pin() -> str | None:
+    deb = _debian.pinned(BUSYBOX_PACKAGE, debs_dir())
+    return None if deb is None else f"{deb.version} {deb.sha256}"
 
 
 def _image_from_dir(d: Path, key: str) -> LinuxImage | None:
@@ -304,9 +330,10 @@ def _image_from_dir(d: Path, key: str) -> LinuxImage | None:
 def linux_image_info() -> LinuxImage | None:
     """The cached image for the current inputs, or None if it has not been built."""
     version = _source_version()
-    if version is None:
+    pin = _busybox_pin()
+    if version is None or pin is None:
         return None
-    key = image_key(version)
+    key = image_key(version, busybox=pin)
     return _image_from_dir(_images_root() / f"linux-{key}", key)
 
 
@@ -340,19 +367,35 @@ def _cpio_entry(
     return out
 
 
-def write_initramfs(out: Path, binary: Path, applets: Sequence[str]) -> None:
-    """A newc cpio: /bin/hvbox, symlinks /init and /bin/<applet>, the mount points."""
+def write_initramfs(
+    out: Path, binary: Path, applets: Sequence[str], busybox: bytes | None = None
+) -> None:
+    """A newc cpio: /bin/hvbox, symlinks /init and /bin/<applet>, the mount points; with
+    ``busybox`` (the binary), /bin/busybox and its applets' links (``_busybox.links``)."""
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = []
-    for d in ("bin", "dev", "etc", "mnt", "proc", "root", "sys", "tmp"):
+    dirs = ["bin", "dev", "etc", "mnt", "proc", "root", "sys", "tmp"]
+    if busybox is not None:
+        dirs += ["sbin", "usr", "usr/bin", "usr/sbin", "var", "var/www"]
+    for d in dirs:
         entries.append((d, stat.S_IFDIR | 0o755, b"", (0, 0)))
     # The kernel opens /dev/console for init before anything is mounted.
     entries.append(("dev/console", stat.S_IFCHR | 0o600, b"", (5, 1)))
     entries.append(("dev/null", stat.S_IFCHR | 0o666, b"", (1, 3)))
     entries.append(("bin/hvbox", stat.S_IFREG | 0o755, binary.read_bytes(), (0, 0)))
     entries.append(("init", stat.S_IFLNK | 0o777, b"bin/hvbox", (0, 0)))
-    for name in applets:
-        if name != "init":
-            entries.append((f"bin/{name}", stat.S_IFLNK | 0o777, b"hvbox", (0, 0)))
+    if busybox is None:
+        links = {f"bin/{name}": "hvbox" for name in applets if name != "init"}
+    else:
+        entries.append(("bin/busybox", stat.S_IFREG | 0o755, busybox, (0, 0)))
+        links = _busybox.links(_busybox.applet_dirs(busybox), list(applets))
+        for name, text in (
+            ("passwd", b"root:x:0:0:root:/root:/bin/sh\n"),
+            ("group", b"root:x:0:\n"),
+            ("profile", _busybox.profile()),
+        ):
+            entries.append((f"etc/{name}", stat.S_IFREG | 0o644, text, (0, 0)))
+    for path, target in links.items():
+        entries.append((path, stat.S_IFLNK | 0o777, target.encode(), (0, 0)))
     entries.append(
         ("etc/hvfabric-release", stat.S_IFREG | 0o644, b"hvfabric linux guest\n", (0, 0))
     )
@@ -586,13 +629,26 @@ def _build_userland(out: Path, userland: Path, log: Path, stages: _Stages) -> No
     stages.end("userland")
 
 
+def _fetch_busybox(stages: _Stages, refresh: bool) -> tuple[Path, str]:
+    """Debian's busybox-static .deb (downloaded once, then pinned: ``_debian``) and its pin."""
+    stages.start("busybox", f"Debian {_debian.SUITE} {BUSYBOX_PACKAGE} ({_debian.ARCH})")
+    (deb,) = _debian.apt_download([BUSYBOX_PACKAGE], debs_dir(), stages.say, refresh=refresh)
+    pin = _busybox_pin()
+    assert pin is not None
+    stages.say(f"busybox: {deb.name}")
+    stages.end("busybox")
+    return deb, pin
+
+
 def build_linux(
     *,
     install_deps: bool = False,
     progress: Progress | None = None,
     jobs: int | None = None,
+    refresh: bool = False,
 ) -> LinuxImage:
-    """Build (or find in the cache) the Linux guest kernel and initramfs."""
+    """Build (or find in the cache) the Linux guest kernel and initramfs. ``refresh``: ask
+    Debian's archive for the current busybox-static even if one is pinned."""
     stages = _Stages(progress)
     missing = missing_packages()
     if missing:
@@ -608,7 +664,8 @@ def build_linux(
         raise HostError(
             f"{KERNEL_SOURCE_PACKAGE} is not installed; " + _install_hint([KERNEL_SOURCE_PACKAGE])
         )
-    key = image_key(version)
+    deb, pin = _fetch_busybox(stages, refresh)
+    key = image_key(version, busybox=pin)
     root = _images_root()
     final = root / f"linux-{key}"
     cached = _image_from_dir(final, key)
@@ -634,7 +691,7 @@ def build_linux(
             shutil.copyfile(FRAGMENT, fragment)
             for f in _userland_sources():
                 shutil.copyfile(f, userland / f.name)
-            snap_key = image_key(version, fragment, userland)
+            snap_key = image_key(version, fragment, userland, pin)
             if snap_key != key:
                 stages.say(f"inputs changed since the start: building key {snap_key}")
                 key, final = snap_key, root / f"linux-{snap_key}"
@@ -643,13 +700,18 @@ def build_linux(
             binary = tmp / "hvbox"
             _build_userland(binary, userland, log, stages)
             stages.start("initramfs", "newc cpio")
-            write_initramfs(tmp / "initrd.cpio", binary, userland_applets(userland))
+            _debian.extract_deb(deb, tmp / "busybox-deb")
+            busybox = _busybox.quiet_prompt((tmp / "busybox-deb" / BUSYBOX_PATH).read_bytes())
+            shutil.rmtree(tmp / "busybox-deb")
+            write_initramfs(tmp / "initrd.cpio", binary, userland_applets(userland), busybox)
             stages.end("initramfs")
             shutil.copyfile(image, tmp / "Image")
             shutil.copyfile(config, tmp / "config")
             shutil.copyfile(log, tmp / "build.log")
             (tmp / "cmdline").write_text(DEFAULT_CMDLINE + "\n")
-            (tmp / "key").write_text(f"{key}\n{KERNEL_SOURCE_PACKAGE} {version}\n")
+            (tmp / "key").write_text(
+                f"{key}\n{KERNEL_SOURCE_PACKAGE} {version}\n{BUSYBOX_PACKAGE} {pin}\n"
+            )
             binary.unlink()
             tmp.chmod(0o755)  # mkdtemp makes it 0700
             if final.exists():

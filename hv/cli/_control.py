@@ -1,5 +1,5 @@
 """Driving running labs from another process: ``hv up -d``, ``hv ps``, ``hv console``,
-``hv capture``, ``hv stop``, ``hv down``; and the client side of the control protocol.
+``hv capture``, ``hv stop``, ``hv down``, ``hv logs``; and the client side of the control protocol.
 
 Each lab that ``hv up`` runs serves a control socket (``hv.lab._control``; what both ends
 share, where the sockets are and how lines are framed, is ``hv.lab._protocol``; the protocol
@@ -34,6 +34,7 @@ from hv.lab import (
     already_running,
     ended_lab,
     ended_labs,
+    lock_holder,
     private_labs_dir,
     running_labs,
 )
@@ -41,7 +42,7 @@ from hv.lab import (
 if TYPE_CHECKING:
     from hv.lab import LabSpec
 
-COMMANDS = ("ps", "stats", "console", "stop", "down", "capture", "top")
+COMMANDS = ("ps", "stats", "console", "stop", "down", "capture", "top", "logs")
 EXIT_FAILED = 1  # no such lab, VM or switch; the lab refused or went away
 EXIT_HOST = 3  # hv up -d: the lab did not come up in time
 START_TIMEOUT = 120.0  # seconds hv up -d waits for a lab to answer by default
@@ -335,6 +336,24 @@ def add_parsers(sub: Any) -> None:
         help="recent output to show first (default 4096, at most 65536; 0: none)",
     )
 
+    logs = sub.add_parser(
+        "logs",
+        help="every VM's console output of a lab, prefixed by VM name (also after it ended)",
+        description=(
+            "Print what the consoles of lab LAB's VMs (or of VM only) printed, each line "
+            "prefixed with its VM's name (coloured on a terminal), from the logs the lab keeps "
+            "on disk: the newest 1-2 MiB of each VM, kept after the lab ends (hv ps -a). With "
+            "-f, go on printing what they print until the lab ends."
+        ),
+    )
+    logs.add_argument("lab", metavar="LAB")
+    logs.add_argument("vm", metavar="VM", nargs="?")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until the lab ends")
+    logs.add_argument(
+        "-n", "--tail", type=int, metavar="N", help="only the last N lines of each VM first"
+    )
+    logs.add_argument("--no-color", action="store_true", help="no colours, even on a terminal")
+
     stop = sub.add_parser(
         "stop",
         help="stop VMs of a running lab (all by default)",
@@ -395,6 +414,8 @@ def control_command(args: argparse.Namespace) -> int:
             return _stats(args)
         if args.command == "top":
             return _top(args)
+        if args.command == "logs":
+            return _logs(args)
     except ControlError as e:
         print(f"hv: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -887,3 +908,98 @@ def _tail(path: Path, lines: int) -> list[str]:
     except OSError:
         return []
     return text.splitlines()[-lines:]
+
+
+# -- hv logs ------------------------------------------------------------------------------
+
+_COLOURS = (36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96)  # as compose: one per VM, in turn
+FOLLOW_POLL = 0.1  # seconds between looks at the logs with -f
+
+
+def _lab_alive(lab: str) -> bool:
+    """Does lab ``lab`` still run (its lock file is there and its process lives)?"""
+    lock = LabPaths.of(lab).lock
+    if not lock.exists():
+        return False
+    holder = lock_holder(lock)
+    if holder is None or not isinstance(holder.get("pid"), int):
+        return True  # starting up
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LogPrinter:
+    """Lines of several VMs' output, each prefixed with ``VM | `` (the names padded to one
+    width, coloured when ``colour``); a VM's partial line waits for its end."""
+
+    def __init__(self, names: list[str], colour: bool) -> None:
+        width = max(map(len, names), default=1)
+        self.prefix = {}
+        for i, name in enumerate(names):
+            text = f"{name:<{width}} | "
+            if colour:
+                text = f"\x1b[{_COLOURS[i % len(_COLOURS)]}m{text}\x1b[0m"
+            self.prefix[name] = text.encode()
+        self.partial: dict[str, bytes] = dict.fromkeys(names, b"")
+
+    def feed(self, name: str, data: bytes, *, tail: int | None = None) -> None:
+        lines = (self.partial[name] + data).split(b"\n")
+        self.partial[name] = lines.pop()
+        if tail is not None:
+            lines = lines[-tail:] if tail > 0 else []
+        if lines:
+            _write_all(
+                1, b"".join(self.prefix[name] + line.rstrip(b"\r") + b"\n" for line in lines)
+            )
+
+    def flush(self, name: str) -> None:
+        """Print ``name``'s unfinished line (a prompt) as a line of its own."""
+        if self.partial[name]:
+            self.feed(name, b"\n")
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from hv.lab import Follower, log_names
+
+    lab = args.lab
+    alive = _lab_alive(lab)
+    names = log_names(lab)
+    if not names:
+        if alive or ended_lab(lab) is not None:
+            raise ControlError(f"lab {lab} has no console logs (it ran with an older hv?)")
+        raise ControlError(f"no lab named {lab}, running or ended (hv ps -a lists them)")
+    if args.vm is not None:
+        if args.vm not in names:
+            raise ControlError(f"lab {lab} has no VM named {args.vm} (VMs: {', '.join(names)})")
+        names = [args.vm]
+    if args.tail is not None and args.tail < 0:
+        raise ConfigError("--tail: give a number of lines, 0 or more")
+    colour = not args.no_color and not os.environ.get("NO_COLOR") and os.isatty(1)
+    out = LogPrinter(names, colour)
+    followers = {name: Follower(lab, name) for name in names}
+    try:
+        for name, f in followers.items():
+            out.feed(name, f.backlog(), tail=args.tail)
+            if not (args.follow and alive):
+                out.flush(name)
+        while args.follow and alive:
+            alive = _lab_alive(lab)  # before the last read: what it printed is on disk
+            for name, f in followers.items():
+                if data := f.read():
+                    out.feed(name, data)
+            if alive:
+                time.sleep(FOLLOW_POLL)
+        if args.follow:
+            for name in names:
+                out.flush(name)
+    except BrokenPipeError:
+        return EXIT_OUTPUT_CLOSED
+    finally:
+        for f in followers.values():
+            f.close()
+    return 0

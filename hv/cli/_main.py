@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Build the riscv64 Linux kernel from Debian's linux-source-6.1 with Debian's cross "
             "compiler and the config fragment in hv/images/linux, and an initramfs with "
-            "hvfabric's own userland (built with zig). The first build takes "
+            "hvfabric's own userland (built with zig) and Debian's busybox-static. The first "
+            "build takes "
             f"{_image_linux.KERNEL_TIME}, showing make's steps on stderr; then it is cached."
         ),
     )
@@ -175,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="install missing Debian packages with apt-get (needs root)",
     )
     ib.add_argument("--jobs", type=int, metavar="N", help="parallel compile jobs (default: CPUs)")
+    ib.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ask Debian's archive for the current busybox-static (otherwise the one "
+        "downloaded first is kept, and the build works offline)",
+    )
     ii = isub.add_parser("info", help="show where a built image is")
     ii.add_argument("name", choices=IMAGES, metavar="NAME", help="image: linux")
     ii.add_argument("--json", action="store_true", help='print {"kernel", "initrd", "cmdline"}')
@@ -691,7 +698,10 @@ def _image_command(args: argparse.Namespace) -> int:
         progress = StderrProgress(clock=True)
         try:
             built = _image_linux.build_linux(
-                install_deps=args.install_deps, progress=progress, jobs=args.jobs
+                install_deps=args.install_deps,
+                progress=progress,
+                jobs=args.jobs,
+                refresh=args.refresh,
             )
         finally:
             progress.close()

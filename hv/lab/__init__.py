@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from hv.lab._control import ControlServer
     from hv.lab._demo import run_demo
     from hv.lab._impair import parse_changes
+    from hv.lab._logs import Follower, log_names
     from hv.lab._protocol import (
         ENDED_KEEP,
         LOG_ENV,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
         already_running,
         ended_lab,
         ended_labs,
+        lock_holder,
         private_labs_dir,
         running_labs,
     )
@@ -52,6 +54,8 @@ _LAZY = {
     "ControlServer": "hv.lab._control",
     "run_demo": "hv.lab._demo",
     "parse_changes": "hv.lab._impair",
+    "Follower": "hv.lab._logs",
+    "log_names": "hv.lab._logs",
     "ControlError": "hv.lab._protocol",
     "ENDED_KEEP": "hv.lab._protocol",
     "LOG_ENV": "hv.lab._protocol",
@@ -61,6 +65,7 @@ _LAZY = {
     "already_running": "hv.lab._protocol",
     "ended_lab": "hv.lab._protocol",
     "ended_labs": "hv.lab._protocol",
+    "lock_holder": "hv.lab._protocol",
     "private_labs_dir": "hv.lab._protocol",
     "running_labs": "hv.lab._protocol",
     "LabRun": "hv.lab._runner",
@@ -97,6 +102,7 @@ __all__ = [
     "LOG_ENV",
     "ControlError",
     "ControlServer",
+    "Follower",
     "Lab",
     "LabPaths",
     "LabRun",
@@ -118,6 +124,8 @@ __all__ = [
     "ended_labs",
     "live_view",
     "load_lab",
+    "lock_holder",
+    "log_names",
     "open_lab",
     "open_tap",
     "parse_changes",

@@ -16,7 +16,8 @@ data for a client wait in a bounded buffer, and what does not fit is dropped and
 
 The server owns the VMs' console output while the lab runs: it prints it (prefixed by VM
 name, as ``hv up`` always did) and hands it to attached consoles, keeping a tail of each for
-the next client to attach.
+the next client to attach, and writes each to a bounded log file on disk for ``hv logs``
+(``hv.lab._logs``), which outlives the lab.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from hv._log import get_logger
 from hv._status import StopInfo
 from hv._vm import Vm, VmState
 from hv.lab._link import link
+from hv.lab._logs import ConsoleLog, clear_logs, prune_logs
 from hv.lab._netem import netem
 from hv.lab._protocol import (
     LOG_ENV,
@@ -53,6 +55,7 @@ from hv.lab._protocol import (
     LineBuffer,
     LineTooLong,
     already_running,
+    ended_labs,
     forget_ended,
     lock_holder,
     lock_text,
@@ -60,6 +63,7 @@ from hv.lab._protocol import (
     private_labs_dir,
     record_ended,
     refusal,
+    running_labs,
 )
 from hv.lab._runner import LabRun, Output, PrefixedOutput
 from hv.lab._spec import LabSpec
@@ -306,6 +310,7 @@ class ControlServer:
         self.run: LabRun | None = None
         self.refused = 0
         self.consoles: dict[str, ConsoleFan] = {}
+        self.logs: dict[str, ConsoleLog] = {}  # each VM's console on disk (hv logs)
         self.captures: set[LiveCapture] = set()
         self.stopped_at: dict[str, float] = {}
         self.ending = False
@@ -364,6 +369,7 @@ class ControlServer:
             os.unlink(paths.sock)
         with contextlib.suppress(OSError, HostError):  # the name runs again: not ended
             forget_ended(self.name)
+        clear_logs(self.name, folder.parent)  # nor are its old logs this run's
 
     def release(self) -> None:
         if self.run is not None:  # ended without _finish (cancelled: Ctrl-C, SIGTERM)
@@ -424,6 +430,12 @@ class ControlServer:
             prefixed = PrefixedOutput(output, list(run.vms)) if output is not None else None
             for name, vm in run.vms.items():
                 fan = self.consoles[name] = ConsoleFan(vm)
+                try:
+                    self.logs[name] = ConsoleLog(
+                        self.name, name, self.paths.sock.parent.parent if self.paths else None
+                    )
+                except OSError as e:
+                    log.warning("no console log", lab=self.name, vm=name, error=str(e))
                 self._fans_left += 1
                 nursery.start_soon(self._pump_console, name, fan, prefixed)
             listener = await self._bind()
@@ -442,8 +454,12 @@ class ControlServer:
                 if out is not None:
                     out.feed(name, data)
                 fan.feed(data)
+                if name in self.logs:
+                    self.logs[name].write(data)
         finally:
             fan.end()
+            if name in self.logs:
+                self.logs[name].close()
             self._fans_left -= 1
         await vm.wait()
         self.stopped_at.setdefault(name, time.time())
@@ -475,6 +491,9 @@ class ControlServer:
         entry["uptime"] = round(entry["ended"] - self.started, 3)
         try:
             record_ended(entry)
+            # logs go with the lab's entry: those of labs no longer remembered, nor running
+            keep = {e["name"] for e in ended_labs()} | set(running_labs()) | {self.name}
+            prune_logs(keep, self.paths.sock.parent.parent if self.paths else None)
         except (OSError, HostError) as e:
             log.warning("cannot record the lab's end", lab=self.name, error=str(e))
 

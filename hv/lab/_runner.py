@@ -146,6 +146,31 @@ def services_config(spec: LabSpec, switch: str) -> ServicesConfig:
         raise ConfigError(f"switches.{switch}: {e}") from None
 
 
+def names_cmdline(spec: LabSpec, vm: VmSpec, given: str = "") -> str:
+    """What a guest is told of its names: ``hostname=`` (the VM's name, unless ``given``, its
+    command line so far, has one) and, for a NIC with a fixed address whose switch reaches a
+    DNS server, ``nameserver=`` (the services' address) and ``hv.domain=`` (the zone), as the
+    Linux userland's init reads them into /etc/hosts and /etc/resolv.conf (DHCP NICs hear
+    the same from DHCP). Later words: the first of each in ``given`` wins."""
+    words = [] if "hostname=" in given else [f"hostname={vm.name}"]
+    servers: list[str] = []
+    domain = None
+    for nic in vm.nics:
+        if not isinstance(nic.ip, ipaddress.IPv4Interface):
+            continue
+        for name in sorted(spec.reaches(nic.switch)):
+            s = spec.switches[name]
+            if s.dns and s.subnet is not None:
+                config = services_config(spec, name)
+                if str(config.service_ip) not in servers:
+                    servers.append(str(config.service_ip))
+                domain = domain or config.domain
+    words += [f"nameserver={a}" for a in servers[:3]]
+    if domain:
+        words.append(f"hv.domain={domain}")
+    return " ".join(words)
+
+
 def open_tap(switch: Switch, name: str) -> TapPort:
     """The TAP ``name`` on ``switch`` (a HostError that says what to do if it can't be)."""
     try:
@@ -202,6 +227,7 @@ def vm_config(
     cmdline = vm.cmdline if vm.cmdline is not None else (boot.cmdline or "")
     if vm.append:
         cmdline = f"{cmdline} {vm.append}".strip()
+    cmdline = f"{cmdline} {names_cmdline(spec, vm, cmdline)}".strip()
     nics = tuple(
         Nic(
             switches[n.switch],

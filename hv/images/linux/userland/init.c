@@ -4,11 +4,13 @@
  *  2. brings up lo (127.0.0.1/8) and configures interfaces from the kernel command line's
  *     vlan= and ip= options (see net.c for the accepted forms; ip=dhcp runs dhcp.c's client
  *     before anything else, so hv.run= commands find the network configured);
+ *     then writes /etc/hosts and, from nameserver= and hv.domain=, /etc/resolv.conf;
  *  3. prints a banner, then runs "hv.run=..." once if given (sh -c), then the interactive
  *     shell on the console's real tty (so Ctrl-C and job control work), respawning it
  *     when it exits;
  *  4. reaps every child (orphans are re-parented to PID 1) on SIGCHLD;
- *     SIGTERM/SIGUSR2 power off, SIGINT (Ctrl-Alt-Del) and SIGUSR1 reboot.
+ *     busybox's signals for halt, poweroff and reboot: SIGUSR1 and SIGUSR2 power off,
+ *     SIGTERM and SIGINT (Ctrl-Alt-Del) reboot.
  */
 #include "hv.h"
 
@@ -52,8 +54,9 @@ static void read_file(const char *path, char *buf, size_t n)
         buf[--r] = 0;
 }
 
-/* Value of a "key=value" kernel parameter (double quotes around the value are removed). */
-static int cmdline_param(const char *key, char *out, size_t n)
+/* Value of the nth (from 0) "key=value" kernel parameter (double quotes around the value
+ * are removed); 0 if there are not that many. */
+static int cmdline_param_nth(const char *key, int nth, char *out, size_t n)
 {
     size_t klen = strlen(key);
     const char *p = g_cmdline;
@@ -67,7 +70,8 @@ static int cmdline_param(const char *key, char *out, size_t n)
                 quoted = !quoted;
             p++;
         }
-        if ((size_t)(p - start) > klen && strncmp(start, key, klen) == 0 && start[klen] == '=') {
+        if ((size_t)(p - start) > klen && strncmp(start, key, klen) == 0 && start[klen] == '=' &&
+            nth-- == 0) {
             size_t j = 0;
             for (const char *q = start + klen + 1; q < p && j + 1 < n; q++)
                 if (*q != '"')
@@ -77,6 +81,11 @@ static int cmdline_param(const char *key, char *out, size_t n)
         }
     }
     return 0;
+}
+
+static int cmdline_param(const char *key, char *out, size_t n)
+{
+    return cmdline_param_nth(key, 0, out, n);
 }
 
 /* The tty behind /dev/console (the last entry of /sys/class/tty/console/active). */
@@ -92,6 +101,47 @@ static void console_device(char *out, size_t n)
         snprintf(out, n, "/dev/console");
 }
 
+/* /etc/hosts (localhost, and this host's name on 127.0.1.1) and, when the command line names
+ * DNS servers (nameserver=IP, dracut's option, repeatable; hv.domain=DOMAIN for the search
+ * list, as a lab passes them), /etc/resolv.conf; otherwise resolv.conf stays as DHCP wrote
+ * it, if it did. */
+static void write_name_files(void)
+{
+    char host[65] = "", domain[128] = "";
+    gethostname(host, sizeof host - 1);
+    cmdline_param("hv.domain", domain, sizeof domain);
+    FILE *f = fopen("/etc/hosts", "w");
+    if (f) {
+        fprintf(f, "127.0.0.1\tlocalhost\n::1\tlocalhost\n");
+        if (domain[0])
+            fprintf(f, "127.0.1.1\t%s.%s %s\n", host, domain, host);
+        else
+            fprintf(f, "127.0.1.1\t%s\n", host);
+        fclose(f);
+    }
+    char servers[3][48];
+    int n = 0;
+    for (int i = 0; n < 3 && cmdline_param_nth("nameserver", i, servers[n], sizeof servers[n]);
+         i++) {
+        struct in_addr a;
+        if (parse_ipv4(servers[n], &a) == 0)
+            n++;
+        else
+            fprintf(stderr, "init: nameserver=%s: not an IPv4 address\n", servers[n]);
+    }
+    if (!n)
+        return;
+    f = fopen("/etc/resolv.conf", "w");
+    if (!f)
+        return;
+    fprintf(f, "# from the kernel command line\n");
+    if (domain[0])
+        fprintf(f, "search %s\n", domain);
+    for (int i = 0; i < n; i++)
+        fprintf(f, "nameserver %s\n", servers[i]);
+    fclose(f);
+}
+
 static void banner(void)
 {
     struct utsname u;
@@ -103,7 +153,7 @@ static void banner(void)
     printf("\n=== hvfabric guest: Linux %s %s, %lu MiB RAM, up %.*s s ===\n", u.release,
            u.machine, (unsigned long)(si.totalram * si.mem_unit >> 20),
            (int)strcspn(up, " "), up);
-    printf("type 'help' for the commands\n");
+    printf("busybox sh; 'hvbox' lists hvfabric's own tools (traffic, echod, stress, ...)\n");
     fflush(stdout);
 }
 
@@ -127,8 +177,9 @@ static pid_t spawn_shell(const char *tty, const char *command)
         if (fd > 2)
             close(fd);
     }
-    char *argv_i[] = {"sh", NULL};
-    char *argv_c[] = {"sh", "-c", (char *)command, NULL};
+    /* "-sh": a login shell, which reads /etc/profile (hvbox's applets that win) */
+    char *argv_i[] = {"-sh", NULL};
+    char *argv_c[] = {"-sh", "-c", (char *)command, NULL};
     char **argv = command ? argv_c : argv_i;
     execv("/bin/sh", argv);
     _exit(sh_main(command ? 3 : 1, argv));
@@ -173,7 +224,9 @@ int init_main(int argc, char **argv)
         }
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
-    setenv("PATH", "/bin", 1);
+    setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin", 1);
+    setenv("ENV", "/etc/profile", 0);
+    setenv("PS1", "\\h:\\w\\$ ", 0);
     setenv("HOME", "/", 0);
     read_file("/proc/cmdline", g_cmdline, sizeof g_cmdline);
 
@@ -188,6 +241,7 @@ int init_main(int argc, char **argv)
     net_if_set_addr("lo", lo, 8);
     net_if_up("lo", 1);
     net_configure_from_cmdline(g_cmdline);
+    write_name_files();
 
     banner();
 
@@ -201,9 +255,9 @@ int init_main(int argc, char **argv)
     for (;;) {
         siginfo_t si;
         int sig = sigwaitinfo(&all, &si);
-        if (sig == SIGTERM || sig == SIGUSR2)
+        if (sig == SIGUSR1 || sig == SIGUSR2)
             shutdown_system(RB_POWER_OFF);
-        if (sig == SIGINT || sig == SIGUSR1)
+        if (sig == SIGINT || sig == SIGTERM)
             shutdown_system(RB_AUTOBOOT);
         if (sig != SIGCHLD)
             continue;

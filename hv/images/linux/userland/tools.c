@@ -556,7 +556,7 @@ int ap_sleep(int argc, char **argv)
 static int shutdown_now(int how)
 {
     sync();
-    if (getpid() != 1 && kill(1, how == RB_POWER_OFF ? SIGUSR2 : SIGUSR1) == 0) {
+    if (getpid() != 1 && kill(1, how == RB_POWER_OFF ? SIGUSR2 : SIGTERM) == 0) {
         pause(); /* init terminates everyone, then calls reboot(2) */
         return 0;
     }
