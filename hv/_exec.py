@@ -18,7 +18,7 @@ The host's first frame is the request:
   ``envc`` ``KEY=VALUE`` (added to the agent's environment, replacing a variable of the same
   name).
 - ``P`` put a file: ``u32 mode``, the path, NUL. The file's bytes follow as ``i`` frames and
-  a ``c``; the agent writes ``PATH.hv-cp-PID`` and renames it into place at the end, so a
+  a ``c``; the agent writes ``PATH.hv-cp-PID-SLOT`` and renames it into place at the end, so a
   copy cut short leaves no half file.
 - ``G`` get a file: the path, NUL.
 

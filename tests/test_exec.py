@@ -5,6 +5,7 @@ own. Real guests: tests/test_exec_guest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -204,16 +205,78 @@ async def test_copy_errors_are_clear(agent: Agent, tmp_path: Path) -> None:
 async def test_agent_killed_mid_command(
     agent: Agent, agent_sock: tuple[Path, subprocess.Popen[bytes]]
 ) -> None:
-    """The handler of a request dies: the client says so, it does not hang."""
+    """The agent dies while it serves a request: the client says so, it does not hang."""
     async with agent.open_exec(["sh", "-c", "echo started; exec sleep 60"]) as p:
         event = await p.next_event()
         assert event == Output(1, b"started\n")
-        handlers = subprocess.run(["pgrep", "-P", str(agent_sock[1].pid)], capture_output=True,
-                                  text=True, check=True).stdout.split()  # fmt: skip
-        for pid in handlers:
-            os.kill(int(pid), signal.SIGKILL)
+        agent_sock[1].kill()
         with trio.fail_after(10), pytest.raises(AgentUnavailable, match="closed the connection"):
             await p.next_event()
+
+
+def _children(pid: int) -> list[str]:
+    """The processes whose parent is ``pid``: their states (R, S, Z...)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (d / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                if int(fields[1]) == pid:
+                    out.append(fields[0])
+    return out
+
+
+async def test_one_agent_process_serves_concurrent_requests_and_reaps(
+    agent: Agent, agent_sock: tuple[Path, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """The agent serves every connection in one process (no process per request): many
+    requests at once, of every kind, each gets its own answer; a connection whose host stops
+    reading holds only its own command; every command is reaped (no zombie, no child left)."""
+    pid = agent_sock[1].pid
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(300_000))
+    results: dict[str, object] = {}
+
+    async def one(i: int) -> None:
+        kind = i % 5
+        if kind == 0:
+            results[f"echo{i}"] = (await agent.exec("sh", "-c", f"echo {i}; exit {i % 7}")).stdout
+        elif kind == 1:
+            data = str(i).encode() * 50_000
+            results[f"cat{i}"] = (await agent.exec("cat", stdin=data)).stdout == data
+        elif kind == 2:
+            async with agent.open_exec(["tty"], tty=True) as p:
+                out = b"".join([e.data async for e in p.events() if isinstance(e, Output)])
+            results[f"tty{i}"] = out.startswith(b"/dev/pts/")
+        elif kind == 3:
+            await agent.copy_out(str(blob), tmp_path / f"back{i}")
+            results[f"get{i}"] = (tmp_path / f"back{i}").read_bytes() == blob.read_bytes()
+        else:
+            await agent.copy_in(blob, str(tmp_path / f"put{i}"))
+            results[f"put{i}"] = (tmp_path / f"put{i}").read_bytes() == blob.read_bytes()
+
+    with trio.fail_after(60):
+        async with (
+            agent.open_exec(["sh", "-c", "while :; do echo line; done"]),  # held: nobody reads
+            trio.open_nursery() as n,
+        ):
+            for i in range(25):
+                n.start_soon(one, i)
+    want: dict[str, object] = {}
+    for i in range(25):
+        kind = ("echo", "cat", "tty", "get", "put")[i % 5]
+        want[f"{kind}{i}"] = f"{i}\n".encode() if kind == "echo" else True
+    assert results == want
+    await wait_until(lambda: _children(pid) == [], "every command to be reaped", timeout=10)
+
+
+async def test_commands_get_default_signals_and_an_empty_mask(agent: Agent) -> None:
+    """The agent ignores SIGPIPE and blocks SIGCHLD; its commands get neither."""
+    r = await agent.exec("sh", "-c", "kill -PIPE $$; echo survived")
+    assert r.returncode == -signal.SIGPIPE, r
+    r = await agent.exec("sh", "-c", "grep -E '^Sig(Blk|Ign)' /proc/self/status")
+    assert r.stdout.split() == [b"SigBlk:", b"0" * 16, b"SigIgn:", b"0" * 16], r
 
 
 # -- the sans-IO frames ----------------------------------------------------------------------

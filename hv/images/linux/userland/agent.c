@@ -2,8 +2,11 @@
  *
  * It listens on AF_VSOCK port HV_AGENT_PORT (any CID), or on a Unix socket with -u PATH (how
  * the host's tests drive it). Each connection carries one request, then the answer streams
- * back; the connection ends with the request. A process per connection, so concurrent
- * requests just work (a handler is forked ahead, waiting in accept). The protocol (docs/EXEC.md, hv/_exec.py) is binary frames:
+ * back; the connection ends with the request. One process serves every connection with a
+ * poll loop (no process per request: a fork, its copy-on-write faults and its exit cost a
+ * guest more than the command itself), and starts commands with posix_spawn (musl's shares
+ * the agent's memory until the exec: no page tables copied, no faults). The protocol
+ * (docs/EXEC.md, hv/_exec.py) is binary frames:
  *
  *     u8 type, u32 length (big-endian), length bytes of payload      (length <= HV_FRAME_MAX)
  *
@@ -13,11 +16,12 @@
  *                1 killed by a signal; i32 code or signal number), 'r' error (u32 errno,
  *                then a message)
  *
- * Back-pressure both ways: the agent writes to the socket blocking and reads the command's
- * output only when it has sent the last; it reads input frames only when the command has
- * taken the last. SIGPIPE is ignored and a host that goes away mid-stream ends that request
- * (its command is killed), never the agent. Handlers are reaped by the kernel (SA_NOCLDWAIT);
- * a handler reaps its command through a signalfd.
+ * Back-pressure both ways, per connection: the sockets are non-blocking; the agent reads a
+ * command's output only when the connection has sent the last chunk, and reads the next
+ * input frame only when the command has taken the last. So a host that stops reading holds
+ * its own command and nobody else's. SIGPIPE is ignored and a host that goes away ends that
+ * request (its command is killed, with its session), never the agent. The agent reaps its
+ * commands through a signalfd (SIGCHLD blocked); their orphans go to init.
  *
  * agent_boot() is what init calls: it mounts devpts (ptys for 'exec -t') and starts the agent
  * in the background. The agent is not restarted if it dies (kill it and exec says so at once).
@@ -27,20 +31,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <pty.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -48,9 +49,10 @@
 
 #include <linux/vm_sockets.h>
 
-#define CHUNK (64 << 10) /* output read and sent at once */
-
-static uint8_t *g_buf;  /* HV_FRAME_MAX + header: one frame in or out at a time */
+#define CHUNK (64 << 10)           /* output read and sent at once */
+#define OBUF_CAP (5 + CHUNK + 1024) /* a chunk's frame, and small frames after it */
+#define KEEP_IBUF (64 << 10)        /* an input buffer up to this size is kept for the next */
+#define MAX_CONNS 64                /* served at once; more wait in the listen backlog */
 
 /* -- frames -------------------------------------------------------------------------- */
 
@@ -72,65 +74,57 @@ static uint16_t get_u16(const uint8_t *p)
     return (uint16_t)(p[0] << 8 | p[1]);
 }
 
-/* All n bytes read (out = 0) or written (out = 1); -1 on an error or an early end. */
-static int io_full(int fd, void *buf, size_t n, int out)
-{
-    uint8_t *p = buf;
-    while (n) {
-        ssize_t r = out ? write(fd, p, n) : read(fd, p, n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        p += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
+/* One connection and its request. */
+enum { C_FREE, C_REQ, C_EXEC, C_PUT, C_GET };
 
-#define read_full(fd, buf, n) io_full(fd, buf, n, 0)
-#define write_full(fd, buf, n) io_full(fd, (void *)(buf), n, 1)
-
-/* A frame whose payload is already at buf + 5 (no copy): fills the header, sends it whole. */
-static int send_inplace(int sock, uint8_t type, uint8_t *buf, uint32_t n)
-{
-    buf[0] = type;
-    put_u32(buf + 1, n);
-    return write_full(sock, buf, 5 + (size_t)n);
-}
-
-static int send_frame(int sock, uint8_t type, const void *payload, uint32_t n)
-{
+struct conn {
+    int state;
+    int sock;
+    /* the host's frame being read: its header, then its payload into ibuf */
     uint8_t head[5];
-    head[0] = type;
-    put_u32(head + 1, n);
-    struct iovec iov[2] = {{head, 5}, {(void *)payload, n}};
-    size_t total = 5 + (size_t)n;
-    int cnt = 2;
-    struct iovec *v = iov;
-    while (total) {
-        ssize_t r = writev(sock, v, cnt);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        total -= (size_t)r;
-        while (cnt && (size_t)r >= v->iov_len) {
-            r -= (ssize_t)v->iov_len;
-            v++;
-            cnt--;
-        }
-        if (cnt) {
-            v->iov_base = (uint8_t *)v->iov_base + r;
-            v->iov_len -= (size_t)r;
-        }
-    }
-    return 0;
+    uint32_t head_got, len, got;
+    uint8_t *ibuf;
+    uint32_t icap;
+    int held;        /* a whole 'i' frame in ibuf that the command has not taken all of */
+    uint32_t in_off; /* how much of it the command took */
+    /* to the host: frames not yet sent */
+    uint8_t *obuf;
+    size_t olen, ooff;
+    int closing; /* the answer is complete: close once obuf is sent */
+    /* exec */
+    pid_t pid;
+    int child_done, status;
+    int out_r, err_r, in_w, master; /* -1: none (or closed) */
+    int draining;                   /* a pty whose command ended: read what is there, then stop */
+    /* put and get */
+    int fd;
+    char *path, *tmp;
+    mode_t mode;
+    int err;
+};
+
+static struct conn g_conns[MAX_CONNS];
+static int g_devnull = -1;
+static sigset_t g_ignored; /* signals the agent found ignored: the commands get them at default */
+
+static void conn_finish(struct conn *c);
+
+/* Append a frame to the connection's output (small frames, or a chunk into an empty obuf). */
+static void queue_frame(struct conn *c, uint8_t type, const void *payload, uint32_t n)
+{
+    if (c->olen + 5 + n > OBUF_CAP) /* never: callers queue a chunk only into an empty obuf */
+        n = (uint32_t)(OBUF_CAP - c->olen - 5);
+    uint8_t *p = c->obuf + c->olen;
+    p[0] = type;
+    put_u32(p + 1, n);
+    if (n)
+        memmove(p + 5, payload, n);
+    c->olen += 5 + (size_t)n;
 }
 
-static int send_error(int sock, int err, const char *fmt, ...)
+static void queue_error(struct conn *c, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static int send_error(int sock, int err, const char *fmt, ...)
+static void queue_error(struct conn *c, int err, const char *fmt, ...)
 {
     uint8_t p[512];
     put_u32(p, (uint32_t)err);
@@ -142,30 +136,63 @@ static int send_error(int sock, int err, const char *fmt, ...)
         n = 0;
     if ((size_t)n > sizeof p - 5)
         n = sizeof p - 5;
-    return send_frame(sock, 'r', p, 4 + (uint32_t)n);
+    queue_frame(c, 'r', p, 4 + (uint32_t)n);
+    c->closing = 1;
 }
 
-static int send_exit(int sock, int status)
+static void queue_exit(struct conn *c, int status)
 {
     uint8_t p[5];
     int how = WIFSIGNALED(status) ? 1 : 0;
     p[0] = (uint8_t)how;
     put_u32(p + 1, (uint32_t)(how ? WTERMSIG(status) : WEXITSTATUS(status)));
-    return send_frame(sock, 'x', p, 5);
+    queue_frame(c, 'x', p, 5);
+    c->closing = 1;
 }
 
-/* The next frame into g_buf + 5; its type and length. -1: the host went away, or broke the
- * framing (a length over HV_FRAME_MAX). */
-static int recv_frame(int sock, uint8_t *type, uint32_t *len)
+static void close_fd(int *fd)
 {
-    uint8_t head[5];
-    if (read_full(sock, head, 5) < 0)
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+/* The host went away (or broke the framing): the request ends, its command is killed (its
+ * session: a pty's too), a half-written file removed. */
+static void conn_abort(struct conn *c)
+{
+    if (c->state == C_EXEC && !c->child_done && c->pid > 0) {
+        kill(-c->pid, SIGKILL);
+        kill(c->pid, SIGKILL);
+    }
+    if (c->state == C_PUT && c->tmp) {
+        close_fd(&c->fd);
+        unlink(c->tmp);
+    }
+    conn_finish(c);
+}
+
+/* Send what is queued, as far as the socket takes it. -1: the connection is over. */
+static int flush(struct conn *c)
+{
+    while (c->ooff < c->olen) {
+        ssize_t w = send(c->sock, c->obuf + c->ooff, c->olen - c->ooff, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (w <= 0) {
+            conn_abort(c);
+            return -1;
+        }
+        c->ooff += (size_t)w;
+    }
+    c->olen = c->ooff = 0;
+    if (c->closing) {
+        conn_finish(c);
         return -1;
-    *type = head[0];
-    *len = get_u32(head + 1);
-    if (*len > HV_FRAME_MAX)
-        return -1;
-    return read_full(sock, g_buf + 5, *len);
+    }
+    return 0;
 }
 
 /* -- exec ---------------------------------------------------------------------------- */
@@ -174,7 +201,7 @@ struct exec_req {
     int want_stdin, want_tty;
     struct winsize ws;
     const char *cwd;
-    char **argv;
+    char **argv; /* malloc'd, as envp; the strings are the request's */
     char **envp;
 };
 
@@ -183,6 +210,7 @@ struct exec_req {
 static int parse_exec(uint8_t *p, uint32_t n, struct exec_req *r)
 {
     extern char **environ;
+    r->argv = r->envp = NULL;
     if (n < 9)
         return -1;
     r->want_stdin = p[0] & 1;
@@ -194,24 +222,27 @@ static int parse_exec(uint8_t *p, uint32_t n, struct exec_req *r)
     if (argc == 0)
         return -1;
     char *s = (char *)p + 9, *end = (char *)p + n;
-    char **strs = calloc(1 + argc + envc, sizeof *strs);
     size_t base = 0;
     while (environ[base])
         base++;
     r->argv = calloc(argc + 1, sizeof *r->argv);
     r->envp = calloc(base + envc + 1, sizeof *r->envp);
-    if (!strs || !r->argv || !r->envp)
+    if (!r->argv || !r->envp)
         return -1;
+    char *cwd = NULL, **env = r->envp + base; /* the additions first go after the slots */
     for (unsigned i = 0; i < 1 + argc + envc; i++) {
         char *z = memchr(s, 0, (size_t)(end - s));
         if (!z)
             return -1;
-        strs[i] = s;
+        if (i == 0)
+            cwd = s;
+        else if (i <= argc)
+            r->argv[i - 1] = s;
+        else
+            env[i - 1 - argc] = s;
         s = z + 1;
     }
-    r->cwd = strs[0][0] ? strs[0] : NULL;
-    for (unsigned i = 0; i < argc; i++)
-        r->argv[i] = strs[1 + i];
+    r->cwd = cwd[0] ? cwd : NULL;
     /* env: the agent's, with each addition replacing a variable of the same name */
     size_t k = 0;
     for (size_t i = 0; i < base; i++) {
@@ -219,373 +250,456 @@ static int parse_exec(uint8_t *p, uint32_t n, struct exec_req *r)
         size_t klen = eq ? (size_t)(eq - environ[i]) : strlen(environ[i]);
         int replaced = 0;
         for (unsigned j = 0; j < envc && !replaced; j++)
-            replaced = strncmp(strs[1 + argc + j], environ[i], klen) == 0 &&
-                       strs[1 + argc + j][klen] == '=';
+            replaced = strncmp(env[j], environ[i], klen) == 0 && env[j][klen] == '=';
         if (!replaced)
             r->envp[k++] = environ[i];
     }
-    for (unsigned j = 0; j < envc; j++)
-        r->envp[k++] = strs[1 + argc + j];
+    memmove(r->envp + k, env, envc * sizeof *env);
+    r->envp[k + envc] = NULL;
     return 0;
 }
 
-static int set_nonblock(int fd)
+/* The program to run: argv[0] if it has a '/', else looked up in the command's PATH (the
+ * env's, else the agent's), as execvp does. 0, or the errno to report. */
+static int find_program(const char *name, char *const *envp, char *full, size_t n)
 {
-    return fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-}
-
-/* Runs in the vfork()ed child: only system calls, then exec or _exit. Reports a failure
- * (stage, errno) on errfd. */
-static void child_exec(struct exec_req *r, int in, int out, int err, int tty, int errfd)
-{
-    sigset_t none;
-    sigemptyset(&none);
-    for (int s = 1; s < 65; s++)
-        signal(s, SIG_DFL); /* ignored signals survive exec: give the command the defaults */
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    setsid();
-    if (tty >= 0) {
-        ioctl(tty, TIOCSCTTY, 0);
-        in = out = err = tty;
+    if (strchr(name, '/')) {
+        if (strlen(name) >= n)
+            return ENAMETOOLONG;
+        strcpy(full, name);
+        return 0;
     }
-    if (in < 0)
-        in = open("/dev/null", O_RDONLY);
-    dup2(in, 0);
-    dup2(out, 1);
-    dup2(err, 2);
-    int fail[2];
-    if (r->cwd && chdir(r->cwd) < 0) {
-        fail[0] = 1;
-        fail[1] = errno;
-        write(errfd, fail, sizeof fail);
-        _exit(127);
-    }
-    const char *path = NULL;
-    for (char **e = r->envp; *e; e++)
+    const char *path = "/bin:/usr/bin:/sbin:/usr/sbin";
+    for (char *const *e = envp; *e; e++)
         if (strncmp(*e, "PATH=", 5) == 0)
             path = *e + 5;
-    /* execvpe is a GNU extension in musl too; search PATH ourselves for the env's PATH */
-    if (strchr(r->argv[0], '/')) {
-        execve(r->argv[0], r->argv, r->envp);
-    } else {
-        char full[4096];
-        int saved = ENOENT;
-        const char *p = path ? path : "/bin:/usr/bin:/sbin:/usr/sbin";
-        while (*p) {
-            const char *c = strchr(p, ':');
-            size_t dl = c ? (size_t)(c - p) : strlen(p);
-            size_t al = strlen(r->argv[0]);
-            if (dl + al + 2 <= sizeof full) {
-                memcpy(full, p, dl);
-                full[dl] = '/';
-                memcpy(full + dl + 1, r->argv[0], al + 1);
-                execve(full, r->argv, r->envp);
-                if (errno != ENOENT && errno != ENOTDIR)
-                    saved = errno;
-            }
-            if (!c)
-                break;
-            p = c + 1;
+    int saved = ENOENT;
+    size_t al = strlen(name);
+    for (const char *p = path;;) {
+        const char *colon = strchr(p, ':');
+        size_t dl = colon ? (size_t)(colon - p) : strlen(p);
+        if (dl + al + 2 <= n) {
+            memcpy(full, p, dl);
+            full[dl] = '/';
+            memcpy(full + dl + 1, name, al + 1);
+            if (access(full, X_OK) == 0)
+                return 0;
+            if (errno != ENOENT && errno != ENOTDIR)
+                saved = errno;
         }
-        errno = saved;
+        if (!colon)
+            return saved;
+        p = colon + 1;
     }
-    fail[0] = 2;
-    fail[1] = errno;
-    write(errfd, fail, sizeof fail);
-    _exit(127);
 }
 
-static int do_exec(int sock, uint8_t *req, uint32_t n)
+/* Start the command of an 'X' request: pipes (or a pty), then posix_spawn in a session of
+ * its own with default signals and an empty mask. On failure, the 'r' frame is queued. */
+static void start_exec(struct conn *c, uint8_t *req, uint32_t n)
 {
     struct exec_req r;
-    if (parse_exec(req, n, &r) < 0)
-        return send_error(sock, EINVAL, "malformed exec request");
-    int in_w = -1, in_r = -1, out_r = -1, out_w = -1, err_r = -1, err_w = -1, master = -1,
-        slave = -1, ep[2];
+    char prog[4096], pts[32];
+    int in_r = -1, out_w = -1, err_w = -1, cwd_fd = -1, p[2];
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    int fa_ok = 0, attr_ok = 0, e;
+    c->state = C_EXEC;
+    if (parse_exec(req, n, &r) < 0) {
+        queue_error(c, EINVAL, "malformed exec request");
+        goto out;
+    }
+    if ((e = find_program(r.argv[0], r.envp, prog, sizeof prog)) != 0) {
+        queue_error(c, e, "cannot run %s: %s", r.argv[0], strerror(e));
+        goto out;
+    }
+    if (r.cwd && (cwd_fd = open(r.cwd, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
+        e = errno;
+        queue_error(c, e, "cannot change to %s: %s", r.cwd, strerror(e));
+        goto out;
+    }
+    if (posix_spawn_file_actions_init(&fa) != 0 || !(fa_ok = 1) ||
+        posix_spawnattr_init(&attr) != 0 || !(attr_ok = 1)) {
+        queue_error(c, ENOMEM, "%s", strerror(ENOMEM));
+        goto out;
+    }
     if (r.want_tty) {
-        if (openpty(&master, &slave, NULL, NULL, r.ws.ws_row ? &r.ws : NULL) < 0)
-            return send_error(sock, errno, "openpty: %s (is devpts mounted on /dev/pts?)",
-                              strerror(errno));
-        fcntl(master, F_SETFD, FD_CLOEXEC);
-        fcntl(slave, F_SETFD, FD_CLOEXEC);
-        out_r = master;
+        c->master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+        int unlock = 0;
+        if (c->master < 0 || ioctl(c->master, TIOCSPTLCK, &unlock) < 0 ||
+            ptsname_r(c->master, pts, sizeof pts) != 0) {
+            e = errno;
+            queue_error(c, e, "openpty: %s (is devpts mounted on /dev/pts?)", strerror(e));
+            goto out;
+        }
+        if (r.ws.ws_row)
+            ioctl(c->master, TIOCSWINSZ, &r.ws);
+        c->out_r = c->master;
         if (r.want_stdin)
-            in_w = master;
+            c->in_w = c->master;
+        /* opened after setsid: the pty becomes the command's controlling terminal */
+        posix_spawn_file_actions_addopen(&fa, 0, pts, O_RDWR, 0);
+        posix_spawn_file_actions_adddup2(&fa, 0, 1);
+        posix_spawn_file_actions_adddup2(&fa, 0, 2);
     } else {
-        int p[2];
         if (pipe2(p, O_CLOEXEC) < 0)
-            return send_error(sock, errno, "pipe: %s", strerror(errno));
-        out_r = p[0], out_w = p[1];
+            goto pipe_failed;
+        c->out_r = p[0], out_w = p[1];
         if (pipe2(p, O_CLOEXEC) < 0)
-            return send_error(sock, errno, "pipe: %s", strerror(errno));
-        err_r = p[0], err_w = p[1];
+            goto pipe_failed;
+        c->err_r = p[0], err_w = p[1];
         if (r.want_stdin) {
             if (pipe2(p, O_CLOEXEC) < 0)
-                return send_error(sock, errno, "pipe: %s", strerror(errno));
-            in_r = p[0], in_w = p[1];
+                goto pipe_failed;
+            in_r = p[0], c->in_w = p[1];
+            fcntl(c->in_w, F_SETFL, O_NONBLOCK);
         }
+        posix_spawn_file_actions_adddup2(&fa, in_r >= 0 ? in_r : g_devnull, 0);
+        posix_spawn_file_actions_adddup2(&fa, out_w, 1);
+        posix_spawn_file_actions_adddup2(&fa, err_w, 2);
     }
-    if (pipe2(ep, O_CLOEXEC) < 0)
-        return send_error(sock, errno, "pipe: %s", strerror(errno));
-
-    sigset_t chld;
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &chld, NULL);
-    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-
-    pid_t pid = vfork();
-    if (pid == 0)
-        child_exec(&r, in_r, out_w, err_w, slave, ep[1]);
-    int spawn_errno = errno;
-    close(ep[1]);
-    if (in_r >= 0)
-        close(in_r);
-    if (out_w >= 0)
-        close(out_w);
-    if (err_w >= 0)
-        close(err_w);
-    if (slave >= 0)
-        close(slave);
-    if (pid < 0)
-        return send_error(sock, spawn_errno, "fork: %s", strerror(spawn_errno));
-    int fail[2];
-    if (read_full(ep[0], fail, sizeof fail) == 0) {
-        waitpid(pid, NULL, 0);
-        if (fail[0] == 1)
-            return send_error(sock, fail[1], "cannot change to %s: %s", r.cwd,
-                              strerror(fail[1]));
-        return send_error(sock, fail[1], "cannot run %s: %s", r.argv[0], strerror(fail[1]));
+    if (cwd_fd >= 0)
+        posix_spawn_file_actions_addfchdir_np(&fa, cwd_fd);
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &g_ignored);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
+                                        POSIX_SPAWN_SETSIGDEF);
+    e = posix_spawn(&c->pid, prog, &fa, &attr, r.argv, r.envp);
+    if (e != 0) {
+        c->pid = 0;
+        queue_error(c, e, "cannot run %s: %s", r.argv[0], strerror(e));
     }
-    close(ep[0]);
-    if (master >= 0)
-        set_nonblock(master);
-    else if (in_w >= 0)
-        set_nonblock(in_w);
+    goto out;
+pipe_failed:
+    e = errno;
+    queue_error(c, e, "pipe: %s", strerror(e));
+out:
+    close_fd(&in_r);
+    close_fd(&out_w);
+    close_fd(&err_w);
+    close_fd(&cwd_fd);
+    if (fa_ok)
+        posix_spawn_file_actions_destroy(&fa);
+    if (attr_ok)
+        posix_spawnattr_destroy(&attr);
+    free(r.argv);
+    free(r.envp);
+}
 
-    int status = 0, child_done = 0, host_gone = 0;
-    int out_open = 1, err_open = err_r >= 0;
-    uint32_t in_off = 0, in_len = 0; /* input waiting for the command, in g_buf + 5 */
-    int in_eof = 0;
-    uint8_t *obuf = malloc(5 + CHUNK);
-    if (!obuf)
-        _exit(1);
-    while (!(child_done && !out_open && !err_open)) {
-        struct pollfd f[5];
-        int nf = 0, i_sock = -1, i_out = -1, i_err = -1, i_in = -1, i_sig;
-        if (in_len == 0 && !host_gone) {
-            i_sock = nf;
-            f[nf++] = (struct pollfd){sock, POLLIN, 0};
+/* The command's input frame (in ibuf) into its stdin, as far as it takes it now. */
+static void feed_input(struct conn *c)
+{
+    while (c->held && c->in_w >= 0) {
+        ssize_t w = write(c->in_w, c->ibuf + c->in_off, c->len - c->in_off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            return;
+        if (w <= 0) { /* the command closed its input (EPIPE): drop the rest */
+            c->held = 0;
+            if (c->master < 0)
+                close_fd(&c->in_w);
+            return;
         }
-        if (out_open) {
-            i_out = nf;
-            f[nf++] = (struct pollfd){out_r, POLLIN, 0};
-        }
-        if (err_open) {
-            i_err = nf;
-            f[nf++] = (struct pollfd){err_r, POLLIN, 0};
-        }
-        if (in_len && in_w >= 0) {
-            i_in = nf;
-            f[nf++] = (struct pollfd){in_w, POLLOUT, 0};
-        }
-        i_sig = nf;
-        f[nf++] = (struct pollfd){sfd, POLLIN, 0};
-        if (poll(f, (nfds_t)nf, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        if (i_sock >= 0 && f[i_sock].revents) {
-            uint8_t type;
-            uint32_t len;
-            if (recv_frame(sock, &type, &len) < 0) {
-                /* the host went away: end the command (its group: a pty's session too) */
-                kill(-pid, SIGKILL);
-                kill(pid, SIGKILL);
-                host_gone = 1;
-                out_open = err_open = 0;
-            } else if (type == 'i' && in_w >= 0 && !in_eof) {
-                in_off = 0;
-                in_len = len;
-            } else if (type == 'c') {
-                in_eof = 1;
-                if (in_w >= 0 && master < 0) {
-                    close(in_w);
-                    in_w = -1;
-                } else if (in_w >= 0) {
-                    static const uint8_t eot = 4; /* a pty's end of input: ^D */
-                    write(master, &eot, 1);
-                }
-            } else if (type == 'w' && len >= 4 && master >= 0) {
-                struct winsize ws = {get_u16(g_buf + 5), get_u16(g_buf + 7), 0, 0};
-                ioctl(master, TIOCSWINSZ, &ws);
-            } else if (type == 'k' && len >= 1) {
-                kill(master >= 0 ? -pid : pid, g_buf[5]);
-            }
-        }
-        if (i_in >= 0 && f[i_in].revents) {
-            ssize_t w = write(in_w, g_buf + 5 + in_off, in_len - in_off);
-            if (w > 0) {
-                in_off += (uint32_t)w;
-                if (in_off == in_len)
-                    in_len = 0;
-            } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
-                in_len = 0; /* the command closed its input (EPIPE): drop the rest */
-                if (master < 0) {
-                    close(in_w);
-                    in_w = -1;
-                }
-            }
-        }
-        int outs[2] = {i_out, i_err};
-        for (int j = 0; j < 2; j++) {
-            int at = outs[j];
-            if (at < 0 || !f[at].revents)
-                continue;
-            int fd = j ? err_r : out_r;
-            ssize_t rd = read(fd, obuf + 5, CHUNK);
-            if (rd < 0 && (errno == EAGAIN || errno == EINTR))
-                continue;
-            if (rd <= 0) { /* EOF, or EIO: a pty whose other side is all closed */
-                if (j)
-                    err_open = 0;
-                else
-                    out_open = 0;
-                continue;
-            }
-            if (send_inplace(sock, j ? 'e' : 'o', obuf, (uint32_t)rd) < 0) {
-                kill(-pid, SIGKILL);
-                kill(pid, SIGKILL);
-                host_gone = 1;
-                out_open = err_open = 0;
-            }
-        }
-        if (f[i_sig].revents) {
-            struct signalfd_siginfo si;
-            while (read(sfd, &si, sizeof si) > 0)
-                ;
-            if (!child_done && waitpid(pid, &status, WNOHANG) == pid) {
-                child_done = 1;
-                /* a pty stays open while a background process holds it: what the command
-                 * wrote is in the master already, so take it, then stop reading */
-                if (master >= 0) {
-                    ssize_t rd;
-                    while (out_open && (rd = read(master, obuf + 5, CHUNK)) > 0)
-                        if (send_inplace(sock, 'o', obuf, (uint32_t)rd) < 0)
-                            host_gone = 1;
-                    out_open = 0;
-                }
-            }
-        }
+        c->in_off += (uint32_t)w;
+        if (c->in_off == c->len)
+            c->held = 0;
     }
-    if (!child_done)
-        waitpid(pid, &status, 0);
-    if (host_gone)
-        return -1;
-    return send_exit(sock, status);
+    c->held = 0;
+}
+
+/* A frame from the host once the exec runs. */
+static void exec_frame(struct conn *c, uint8_t type)
+{
+    if (type == 'i' && c->in_w >= 0) {
+        c->held = 1;
+        c->in_off = 0;
+        feed_input(c);
+    } else if (type == 'c') {
+        if (c->in_w >= 0 && c->master < 0) {
+            close_fd(&c->in_w);
+        } else if (c->in_w >= 0) {
+            static const uint8_t eot = 4; /* a pty's end of input: ^D */
+            write(c->master, &eot, 1);
+        }
+    } else if (type == 'w' && c->len >= 4 && c->master >= 0) {
+        struct winsize ws = {get_u16(c->ibuf), get_u16(c->ibuf + 2), 0, 0};
+        ioctl(c->master, TIOCSWINSZ, &ws);
+    } else if (type == 'k' && c->len >= 1 && !c->child_done) {
+        kill(c->master >= 0 ? -c->pid : c->pid, c->ibuf[0]);
+    }
+}
+
+/* Output of the command (fd: out_r or err_r) into the empty obuf, and on its way. */
+static int read_output(struct conn *c, int *fd, uint8_t type)
+{
+    ssize_t rd = read(*fd, c->obuf + 5, CHUNK);
+    if (rd < 0 && (errno == EAGAIN || errno == EINTR) && !c->draining)
+        return 0;
+    if (rd <= 0) { /* EOF; EIO: a pty whose other side is all closed; a drained pty */
+        if (*fd == c->master) {
+            c->out_r = -1; /* the master stays, for input, until the request ends */
+            c->draining = 0;
+        } else {
+            close_fd(fd);
+        }
+        return 0;
+    }
+    c->obuf[0] = type;
+    put_u32(c->obuf + 1, (uint32_t)rd);
+    c->olen = 5 + (size_t)rd;
+    return flush(c);
+}
+
+/* The request ends once the command has, and its output is all read. */
+static void exec_check_done(struct conn *c)
+{
+    if (c->state == C_EXEC && c->child_done && c->out_r < 0 && c->err_r < 0 && !c->closing) {
+        queue_exit(c, c->status);
+        flush(c);
+    }
 }
 
 /* -- files --------------------------------------------------------------------------- */
 
-static int do_put(int sock, uint8_t *p, uint32_t n)
+static void start_put(struct conn *c, uint8_t *p, uint32_t n)
 {
-    if (n < 5 || p[n - 1] != 0)
-        return send_error(sock, EINVAL, "malformed put request");
-    mode_t mode = (mode_t)(get_u32(p) & 07777);
-    char *path = (char *)p + 4;
-    char tmp[4200];
-    if (snprintf(tmp, sizeof tmp, "%s.hv-cp-%d", path, (int)getpid()) >= (int)sizeof tmp)
-        return send_error(sock, ENAMETOOLONG, "%s: %s", path, strerror(ENAMETOOLONG));
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0)
-        return send_error(sock, errno, "%s: %s", path, strerror(errno));
-    fchmod(fd, mode);
-    int err = 0;
-    for (;;) {
-        uint8_t type;
-        uint32_t len;
-        if (recv_frame(sock, &type, &len) < 0) {
-            close(fd);
-            unlink(tmp);
-            return -1; /* the host went away: no half-written file left behind */
-        }
-        if (type == 'c')
-            break;
-        if (type == 'i' && !err && write_full(fd, g_buf + 5, len) < 0)
-            err = errno;
+    c->state = C_PUT;
+    if (n < 5 || p[n - 1] != 0) {
+        queue_error(c, EINVAL, "malformed put request");
+        return;
     }
-    if (!err && close(fd) < 0)
-        err = errno;
-    else if (err)
-        close(fd);
-    if (!err && rename(tmp, path) < 0)
-        err = errno;
-    if (err) {
-        unlink(tmp);
-        return send_error(sock, err, "%s: %s", path, strerror(err));
+    c->mode = (mode_t)(get_u32(p) & 07777);
+    c->path = strdup((char *)p + 4);
+    size_t tl = strlen(c->path) + 32;
+    c->tmp = malloc(tl);
+    if (!c->path || !c->tmp) {
+        queue_error(c, ENOMEM, "%s", strerror(ENOMEM));
+        return;
     }
-    return send_exit(sock, 0);
+    snprintf(c->tmp, tl, "%s.hv-cp-%d-%d", c->path, (int)getpid(), (int)(c - g_conns));
+    c->fd = open(c->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, c->mode);
+    if (c->fd < 0) {
+        int e = errno;
+        free(c->tmp);
+        c->tmp = NULL;
+        queue_error(c, e, "%s: %s", c->path, strerror(e));
+        return;
+    }
+    fchmod(c->fd, c->mode);
 }
 
-static int do_get(int sock, uint8_t *p, uint32_t n)
+static void put_frame(struct conn *c, uint8_t type)
 {
-    if (n < 1 || p[n - 1] != 0)
-        return send_error(sock, EINVAL, "malformed get request");
-    const char *path = (const char *)p;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return send_error(sock, errno, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        close(fd);
-        return send_error(sock, EISDIR, "%s: %s", path, strerror(EISDIR));
+    if (type == 'i' && !c->err) {
+        for (uint32_t off = 0; off < c->len;) {
+            ssize_t w = write(c->fd, c->ibuf + off, c->len - off);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                c->err = w < 0 ? errno : EIO;
+                break;
+            }
+            off += (uint32_t)w;
+        }
+    } else if (type == 'c') {
+        int err = c->err;
+        if (close(c->fd) < 0 && !err)
+            err = errno;
+        c->fd = -1;
+        if (!err && rename(c->tmp, c->path) < 0)
+            err = errno;
+        if (err) {
+            unlink(c->tmp);
+            queue_error(c, err, "%s: %s", c->path, strerror(err));
+        } else {
+            queue_exit(c, 0);
+        }
+        free(c->tmp);
+        c->tmp = NULL;
     }
-    uint8_t *buf = malloc(5 + CHUNK);
-    if (!buf)
-        return send_error(sock, ENOMEM, "%s", strerror(ENOMEM));
-    for (;;) {
-        ssize_t r = read(fd, buf + 5, CHUNK);
+}
+
+static void start_get(struct conn *c, uint8_t *p, uint32_t n)
+{
+    c->state = C_GET;
+    if (n < 1 || p[n - 1] != 0) {
+        queue_error(c, EINVAL, "malformed get request");
+        return;
+    }
+    const char *path = (const char *)p;
+    c->fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (c->fd < 0 || fstat(c->fd, &st) < 0) {
+        int e = errno;
+        queue_error(c, e, "%s: %s", path, strerror(e));
+        return;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        queue_error(c, EISDIR, "%s: %s", path, strerror(EISDIR));
+        return;
+    }
+    c->mode = st.st_mode & 07777;
+    c->path = strdup(path);
+}
+
+/* The next chunk of the got file into the empty obuf (the end: its mode and the exit). */
+static void get_next(struct conn *c)
+{
+    ssize_t r = read(c->fd, c->obuf + 5, CHUNK);
+    if (r < 0 && errno == EINTR)
+        return;
+    if (r < 0) {
+        int e = errno;
+        queue_error(c, e, "%s: %s", c->path ? c->path : "?", strerror(e));
+    } else if (r > 0) {
+        c->obuf[0] = 'o';
+        put_u32(c->obuf + 1, (uint32_t)r);
+        c->olen = 5 + (size_t)r;
+    } else {
+        uint8_t m[4];
+        put_u32(m, (uint32_t)c->mode);
+        queue_frame(c, 'm', m, 4);
+        queue_exit(c, 0);
+    }
+    flush(c);
+}
+
+/* -- connections --------------------------------------------------------------------- */
+
+static void conn_finish(struct conn *c)
+{
+    close_fd(&c->sock);
+    if (c->out_r == c->master)
+        c->out_r = -1;
+    close_fd(&c->out_r);
+    close_fd(&c->err_r);
+    if (c->in_w == c->master)
+        c->in_w = -1;
+    close_fd(&c->in_w);
+    close_fd(&c->master);
+    close_fd(&c->fd);
+    free(c->path);
+    free(c->tmp);
+    c->path = c->tmp = NULL;
+    if (c->icap > KEEP_IBUF) {
+        free(c->ibuf);
+        c->ibuf = NULL;
+        c->icap = 0;
+    }
+    c->state = C_FREE; /* a command still running is reaped as a stranger */
+}
+
+static void conn_start(struct conn *c, int sock)
+{
+    uint8_t *ibuf = c->ibuf, *obuf = c->obuf;
+    uint32_t icap = c->icap;
+    memset(c, 0, sizeof *c);
+    c->ibuf = ibuf, c->icap = icap, c->obuf = obuf;
+    c->sock = sock;
+    c->out_r = c->err_r = c->in_w = c->master = c->fd = -1;
+    c->state = C_REQ;
+}
+
+/* A whole frame from the host (its payload in ibuf). */
+static void on_frame(struct conn *c, uint8_t type)
+{
+    if (c->state == C_REQ) {
+        if (type == 'X')
+            start_exec(c, c->ibuf, c->len);
+        else if (type == 'P')
+            start_put(c, c->ibuf, c->len);
+        else if (type == 'G')
+            start_get(c, c->ibuf, c->len);
+        else
+            queue_error(c, EPROTO, "unknown request type 0x%02x", type);
+        if (c->olen)
+            flush(c);
+    } else if (c->state == C_EXEC) {
+        exec_frame(c, type);
+    } else if (c->state == C_PUT) {
+        put_frame(c, type);
+        if (c->olen)
+            flush(c);
+    } /* a get takes no more frames: they are read, and dropped */
+}
+
+/* Read the host's frames as far as they have come (none while input is held for the
+ * command). -1: the connection is over. */
+static int read_frames(struct conn *c)
+{
+    while (!c->held && c->state != C_FREE && !c->closing) {
+        ssize_t r;
+        if (c->head_got < 5) {
+            r = recv(c->sock, c->head + c->head_got, 5 - c->head_got, 0);
+        } else {
+            r = c->len ? recv(c->sock, c->ibuf + c->got, c->len - c->got, 0) : 0;
+        }
         if (r < 0 && errno == EINTR)
             continue;
-        if (r < 0) {
-            int e = errno;
-            close(fd);
-            return send_error(sock, e, "%s: %s", path, strerror(e));
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (c->head_got < 5) {
+            if (r <= 0)
+                goto gone;
+            c->head_got += (uint32_t)r;
+            if (c->head_got < 5)
+                continue;
+            c->len = get_u32(c->head + 1);
+            c->got = 0;
+            if (c->len > HV_FRAME_MAX)
+                goto gone; /* it broke the framing */
+            if (c->len + 1 > c->icap) {
+                uint8_t *b = realloc(c->ibuf, c->len + 1);
+                if (!b)
+                    goto gone;
+                c->ibuf = b, c->icap = c->len + 1;
+            }
+            if (c->len)
+                continue;
+        } else if (r <= 0) {
+            goto gone;
+        } else {
+            c->got += (uint32_t)r;
+            if (c->got < c->len)
+                continue;
         }
-        if (r == 0)
-            break;
-        if (send_inplace(sock, 'o', buf, (uint32_t)r) < 0)
+        c->ibuf[c->len] = 0;
+        c->head_got = 0;
+        on_frame(c, c->head[0]);
+        if (c->state == C_FREE)
             return -1;
     }
-    close(fd);
-    uint8_t m[4];
-    put_u32(m, (uint32_t)(st.st_mode & 07777));
-    send_frame(sock, 'm', m, 4);
-    return send_exit(sock, 0);
+    return 0;
+gone:
+    conn_abort(c);
+    return -1;
 }
 
-static void handle(int sock)
+/* SIGCHLD: reap every command that ended. */
+static void reap(int sfd)
 {
-    g_buf = malloc(5 + HV_FRAME_MAX);
-    uint8_t type;
-    uint32_t len;
-    if (!g_buf || recv_frame(sock, &type, &len) < 0)
-        return;
-    /* the request's payload moves out of g_buf, which input frames reuse */
-    uint8_t *req = malloc(len + 1);
-    if (!req)
-        return;
-    memcpy(req, g_buf + 5, len);
-    req[len] = 0;
-    if (type == 'X')
-        do_exec(sock, req, len);
-    else if (type == 'P')
-        do_put(sock, req, len);
-    else if (type == 'G')
-        do_get(sock, req, len);
-    else
-        send_error(sock, EPROTO, "unknown request type 0x%02x", type);
+    struct signalfd_siginfo si;
+    while (read(sfd, &si, sizeof si) > 0)
+        ;
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < MAX_CONNS; i++) {
+            struct conn *c = &g_conns[i];
+            if (c->state != C_EXEC || c->pid != pid || c->child_done)
+                continue;
+            c->child_done = 1;
+            c->status = status;
+            /* a pty stays open while a background process holds it: what the command wrote
+             * is in the master already, so take it, then stop reading */
+            if (c->out_r >= 0 && c->out_r == c->master)
+                c->draining = 1;
+            exec_check_done(c);
+            break;
+        }
+    }
 }
 
 /* -- the listener -------------------------------------------------------------------- */
@@ -599,15 +713,25 @@ static int listen_on(const char *unix_path, unsigned port)
             errno = ENAMETOOLONG;
             return -1;
         }
-        strcpy(a.sun_path, unix_path);
-        s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        unlink(unix_path);
-        if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0)
+        /* bound and listening under a temporary name, then renamed: whoever sees the path
+         * can connect (no window where it exists and refuses) */
+        char tmp[sizeof a.sun_path + 16];
+        snprintf(tmp, sizeof tmp, "%s.%d", unix_path, (int)getpid());
+        if (strlen(tmp) >= sizeof a.sun_path) {
+            errno = ENAMETOOLONG;
             return -1;
+        }
+        strcpy(a.sun_path, tmp);
+        s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        unlink(tmp);
+        if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0 || listen(s, 64) < 0 ||
+            rename(tmp, unix_path) < 0)
+            return -1;
+        return s;
     } else {
         struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY,
                                 .svm_port = port};
-        s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) < 0)
             return -1;
     }
@@ -615,6 +739,28 @@ static int listen_on(const char *unix_path, unsigned port)
         return -1;
     return s;
 }
+
+/* One connection from the listen queue (poll said there is one). Never accept() on an
+ * empty queue: Linux's vsock_accept() on a non-blocking socket sleeps until the next timer
+ * tick before it says EAGAIN (schedule_timeout(0) in TASK_INTERRUPTIBLE), up to 10 ms with
+ * HZ=100. Several waiting connections take a poll round each. */
+static void accept_one(int ls)
+{
+    struct conn *c = NULL;
+    for (int i = 0; i < MAX_CONNS && !c; i++)
+        if (g_conns[i].state == C_FREE)
+            c = &g_conns[i];
+    if (!c || (!c->obuf && !(c->obuf = malloc(OBUF_CAP))))
+        return; /* (full: the listener is not polled) */
+    int s = accept4(ls, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (s < 0)
+        return; /* out of files or memory: the next round */
+    conn_start(c, s);
+    if (read_frames(c) == 0 && c->olen)
+        flush(c);
+}
+
+enum { R_SOCK, R_OUT, R_ERR, R_IN };
 
 int ap_agent(int argc, char **argv)
 {
@@ -636,52 +782,122 @@ int ap_agent(int argc, char **argv)
                strerror(errno));
         return 1;
     }
-    struct sigaction sa = {0};
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
-    sa.sa_handler = SIG_DFL;
-    sa.sa_flags = SA_NOCLDWAIT; /* handlers are reaped by the kernel */
-    sigaction(SIGCHLD, &sa, NULL);
-    /* A handler is forked before its connection comes: it waits in accept(), tells the
-     * listener when it has one (which forks the next), and serves it. Waiting handlers
-     * run at the lowest priority, so forking the next one takes the CPU only when the
-     * request being served leaves it idle; a handler with a connection runs at 0. */
-    setpriority(PRIO_PROCESS, 0, 19);
+    g_devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    /* what the agent inherited ignored, its commands get at default (posix_spawn resets
+     * only these: one system call each, not one per signal) */
+    sigemptyset(&g_ignored);
+    for (int s = 1; s < 65; s++) {
+        struct sigaction old;
+        if (sigaction(s, NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+            sigaddset(&g_ignored, s);
+    }
+    sigaddset(&g_ignored, SIGPIPE);
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) {
+        errorf("hv-agent: signalfd: %s", strerror(errno));
+        return 1;
+    }
+    static struct pollfd f[2 + 4 * MAX_CONNS];
+    static struct {
+        struct conn *c;
+        int role;
+    } who[2 + 4 * MAX_CONNS];
     for (;;) {
-        int ready[2];
-        if (pipe2(ready, O_CLOEXEC) < 0) {
-            errorf("hv-agent: pipe: %s", strerror(errno));
+        int nf = 0, busy = 0, room = 0;
+        f[nf++] = (struct pollfd){sfd, POLLIN, 0};
+        for (int i = 0; i < MAX_CONNS; i++) {
+            struct conn *c = &g_conns[i];
+            if (c->state == C_FREE) {
+                room = 1;
+                continue;
+            }
+            short ev = 0;
+            if (c->olen)
+                ev |= POLLOUT;
+            else if (!c->held && !c->closing)
+                ev |= POLLIN;
+            if (ev) {
+                who[nf].c = c, who[nf].role = R_SOCK;
+                f[nf++] = (struct pollfd){c->sock, ev, 0};
+            }
+            if (c->state == C_EXEC && !c->olen) {
+                if (c->draining) {
+                    busy = 1; /* read the pty without waiting */
+                } else if (c->out_r >= 0) {
+                    who[nf].c = c, who[nf].role = R_OUT;
+                    f[nf++] = (struct pollfd){c->out_r, POLLIN, 0};
+                }
+                if (c->err_r >= 0) {
+                    who[nf].c = c, who[nf].role = R_ERR;
+                    f[nf++] = (struct pollfd){c->err_r, POLLIN, 0};
+                }
+            }
+            if (c->state == C_EXEC && c->held && c->in_w >= 0) {
+                who[nf].c = c, who[nf].role = R_IN;
+                f[nf++] = (struct pollfd){c->in_w, POLLOUT, 0};
+            }
+            if (c->state == C_GET && !c->olen && !c->closing)
+                busy = 1; /* the next chunk of the file */
+        }
+        int i_ls = -1;
+        if (room) {
+            i_ls = nf;
+            f[nf++] = (struct pollfd){ls, POLLIN, 0};
+        }
+        if (poll(f, (nfds_t)nf, busy ? 0 : -1) < 0 && errno != EINTR) {
+            errorf("hv-agent: poll: %s", strerror(errno));
             return 1;
         }
-        pid_t listener = getpid();
-        pid_t pid = fork();
-        if (pid == 0) {
-            close(ready[0]);
-            /* a waiting handler ends with the listener (a killed agent takes no request) */
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            if (getppid() != listener)
-                _exit(0);
-            int c;
-            while ((c = accept4(ls, NULL, NULL, SOCK_CLOEXEC)) < 0)
-                if (errno != EINTR && errno != ECONNABORTED && errno != EMFILE &&
-                    errno != ENFILE && errno != ENOMEM && errno != ENOBUFS)
-                    _exit(1);
-            prctl(PR_SET_PDEATHSIG, 0); /* a request being served is finished */
-            setpriority(PRIO_PROCESS, 0, 0);
-            close(ready[1]); /* the listener forks the next handler */
-            close(ls);
-            sa.sa_flags = 0;
-            sigaction(SIGCHLD, &sa, NULL); /* the handler waits for its command itself */
-            handle(c);
-            _exit(0);
+        if (f[0].revents)
+            reap(sfd);
+        for (int k = 1; k < nf; k++) {
+            if (!f[k].revents || k == i_ls)
+                continue;
+            struct conn *c = who[k].c;
+            if (c->state == C_FREE || f[k].fd < 0)
+                continue;
+            switch (who[k].role) {
+            case R_SOCK:
+                if (c->olen) {
+                    if (flush(c) < 0)
+                        continue;
+                }
+                if (!c->olen && (f[k].revents & (POLLIN | POLLHUP | POLLERR)))
+                    read_frames(c);
+                break;
+            case R_OUT:
+                if (!c->olen && c->out_r == f[k].fd)
+                    read_output(c, &c->out_r, 'o');
+                break;
+            case R_ERR:
+                if (!c->olen && c->err_r == f[k].fd)
+                    read_output(c, &c->err_r, 'e');
+                break;
+            case R_IN:
+                feed_input(c);
+                if (!c->held && c->state != C_FREE)
+                    read_frames(c);
+                break;
+            }
+            if (c->state == C_EXEC)
+                exec_check_done(c);
         }
-        close(ready[1]);
-        char b;
-        while (read(ready[0], &b, 1) < 0 && errno == EINTR)
-            ;
-        close(ready[0]);
-        if (pid < 0)
-            sleep(1); /* out of processes: try again, without spinning */
+        for (int i = 0; i < MAX_CONNS; i++) {
+            struct conn *c = &g_conns[i];
+            if (c->state == C_EXEC && c->draining && !c->olen && c->out_r >= 0)
+                read_output(c, &c->out_r, 'o');
+            if (c->state == C_EXEC)
+                exec_check_done(c);
+            else if (c->state == C_GET && !c->olen && !c->closing)
+                get_next(c);
+        }
+        if (i_ls >= 0 && f[i_ls].revents)
+            accept_one(ls);
     }
 }
 
