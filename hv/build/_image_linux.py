@@ -119,6 +119,21 @@ REQUIRED_SYMBOLS: Mapping[str, str] = {
     "SHMEM": "y",
     "MODULES": "n",
     "IP_PNP": "n",
+    # what network labs and hv exec rely on (issue 19)
+    "IPV6": "y",
+    "IP_MULTICAST": "y",
+    "NETFILTER": "y",
+    "NF_TABLES": "y",
+    "NF_NAT": "y",
+    "BRIDGE": "y",
+    "TUN": "y",
+    "VETH": "y",
+    "NET_NS": "y",
+    "NET_SCH_NETEM": "y",
+    "VSOCKETS": "y",
+    "VIRTIO_VSOCKETS": "y",
+    "HW_RANDOM_VIRTIO": "y",
+    "UNIX98_PTYS": "y",
 }
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images" / "linux"
