@@ -182,3 +182,12 @@ async def test_debian_vms_boot_run_and_share_one_base(
     # each VM writes its own overlay: beta does not see alpha's file, the base is unchanged
     assert "NOT-WRITTEN" in beta, beta[-3000:]
     assert hashlib.sha256(debian_image.base.read_bytes()).hexdigest() == before
+
+
+def test_ci_installs_the_host_packages_and_builds_the_image_before_pytest() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    script = (repo / ".ci" / "linux-deps.sh").read_text()
+    m = re.search(r'^debian_pkgs="([^"]*)"', script, flags=re.MULTILINE)
+    assert m is not None and set(m.group(1).split()) == set(D.REQUIRED_PACKAGES)
+    test = (repo / ".ci" / "test").read_text()
+    assert test.index("image build debian") < test.index("-m pytest")
