@@ -97,7 +97,15 @@ status=$?
 if [ "$status" -ne 0 ]; then
     echo "hv-debian: the tail of /debootstrap/debootstrap.log:"
     tail -n 40 /debootstrap/debootstrap.log
-else
+elif [ -d /var/cache/hvfabric-debs ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d  # no service starts in the build
+    chmod 755 /usr/sbin/policy-rc.d
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        /var/cache/hvfabric-debs/*.deb
+    status=$?
+    rm -rf /usr/sbin/policy-rc.d /var/cache/hvfabric-debs
+fi
+if [ "$status" -eq 0 ]; then
     apt-get clean
     rm -rf /var/lib/apt/lists/* /var/log/bootstrap.log /var/cache/debconf/*-old
     rm -f /etc/dpkg/dpkg.cfg.d/hvfabric-unsafe-io
@@ -114,7 +122,9 @@ echo "hv-debian: second stage exit $status"
 """
 
 _EXIT = re.compile(r"hv-debian: second stage exit (\d+)")
-_STEP = re.compile(r"^I: (Unpacking|Configuring|Extracting|Retrieving) (\S+?)(?:\.\.\.)?$")
+_STEP = re.compile(
+    r"^(?:I: )?(Unpacking|Configuring|Extracting|Retrieving|Setting up) (\S+?)(?:\.\.\.)?(?: .*)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -199,8 +209,6 @@ def _first_stage(target: Path, packages: Sequence[str], log: Path, stages: _Stag
     cmd = ["debootstrap", "--foreign", f"--arch={ARCH}", "--variant=minbase"]
     if KEYRING.is_file():
         cmd.append(f"--keyring={KEYRING}")
-    if packages:
-        cmd.append(f"--include={','.join(packages)}")
     cmd += [SUITE, str(target), MIRROR]
     done = 0
 
@@ -213,6 +221,48 @@ def _first_stage(target: Path, packages: Sequence[str], log: Path, stages: _Stag
 
     _run(cmd, cwd=None, log=log, on_line=on_line)
     stages.end("debootstrap")
+
+
+def _download(target: Path, packages: Sequence[str], log: Path, stages: _Stages) -> int:
+    """Download ``packages`` and their dependencies for riscv64 with apt's own resolver (a
+    private state folder; the host's apt is not touched) into the image, where the guest
+    installs them with apt after the minbase second stage. debootstrap's ``--include``
+    cannot do it: it takes the first alternative of every dependency and installs them in
+    batches that break on pre-dependencies (frr -> logrotate -> cron -> systemd fails)."""
+    stages.start("download", f"apt-get --download-only {' '.join(packages)} ({ARCH})")
+    state = target.parent / "apt"
+    for d in ("etc/apt/apt.conf.d", "etc/apt/preferences.d", "var/lib/apt/lists/partial",
+              "var/cache/apt/archives/partial", "var/lib/dpkg"):  # fmt: skip
+        (state / d).mkdir(parents=True, exist_ok=True)
+    (state / "var/lib/dpkg/status").write_text("")
+    (state / "etc/apt/sources.list").write_text(
+        f"deb [signed-by={KEYRING}] {MIRROR} {SUITE} main\n"
+    )
+    debs = target / "var/cache/hvfabric-debs"
+    debs.mkdir(parents=True)
+    conf = state / "apt.conf"
+    conf.write_text(
+        f'Dir "{state}/";\nDir::State::status "{state}/var/lib/dpkg/status";\n'
+        f'APT::Architecture "{ARCH}";\nAPT::Architectures "{ARCH}";\n'
+        f'Dir::Cache::archives "{debs}/";\nAPT::Install-Recommends "false";\n'
+    )
+    env = {**os.environ, "APT_CONFIG": str(conf), "DEBIAN_FRONTEND": "noninteractive"}
+    done = 0
+
+    def on_line(line: str) -> None:
+        nonlocal done
+        if line.startswith("Get:"):
+            done += 1
+            stages.say(step_line(done, None, " ".join(line.split()[3:5])))
+
+    _run(["apt-get", "update"], cwd=None, log=log, env=env)
+    _run(["apt-get", "install", "--download-only", "-y", *packages], cwd=None, log=log,
+         env=env, on_line=on_line)  # fmt: skip
+    shutil.rmtree(debs / "partial", ignore_errors=True)
+    (debs / "lock").unlink(missing_ok=True)
+    shutil.rmtree(state)
+    stages.end("download")
+    return len(list(debs.glob("*.deb")))
 
 
 def _prepare(target: Path) -> int:
@@ -364,7 +414,8 @@ def build_debian(
         try:
             target = tmp / "root"
             _first_stage(target, pkgs, log, stages)
-            count = _prepare(target)
+            extra = _download(target, pkgs, log, stages) if pkgs else 0
+            count = _prepare(target) + extra
             raw = tmp / "root.img"
             _mkfs(target, raw, size, log, stages)
             shutil.rmtree(target)
