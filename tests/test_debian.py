@@ -138,7 +138,7 @@ def test_build_command_and_key() -> None:
 
 
 ALPHA_RUN = (
-    "cat /etc/debian_version; hostname; iperf3 --version | head -n 1; "
+    "cat /etc/debian_version; cat /proc/sys/kernel/hostname; iperf3 --version | head -n 1; "
     "ip -4 -o addr show eth0; echo marker > /root/written; sync; echo RUN-DONE; poweroff"
 )
 BETA_RUN = (

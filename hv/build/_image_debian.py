@@ -313,20 +313,20 @@ def _second_stage(
     done = 0
     status: int | None = None
     manifest: list[str] | None = None
+    listing = False
     tail: list[str] = []
 
     def on_line(line: str) -> None:
-        nonlocal done, status, manifest
+        nonlocal done, status, manifest, listing
         text = line.strip()
         tail.append(text)
         del tail[:-60]
-        if manifest is not None and text != "hv-debian: manifest ends":
+        if text in ("hv-debian: manifest begins", "hv-debian: manifest ends"):
+            listing = text.endswith("begins")
+            manifest = [] if listing else manifest
+            return
+        if listing and manifest is not None:
             manifest.append(text)
-            return
-        if text == "hv-debian: manifest begins":
-            manifest = []
-            return
-        if text == "hv-debian: manifest ends":
             return
         m = _EXIT.search(text)
         if m is not None:
@@ -345,8 +345,9 @@ def _second_stage(
         if status is None:
             raise HostError(f"the second-stage guest failed (log: {log}): {e}") from None
     if status != 0:
+        what = f"exit status {status}" if status is not None else "it never said it ended"
         raise HostError(
-            f"debootstrap's second stage failed in the guest ({status}); log: {log}\n"
+            f"debootstrap's second stage failed in the guest ({what}); log: {log}\n"
             + "\n".join(tail[-40:])
         )
     if not manifest:
