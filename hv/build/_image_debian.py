@@ -46,7 +46,7 @@ from hv.build._image_linux import (
     build_linux,
     install_packages,
 )
-from hv.build._progress import Progress, step_line
+from hv.build._progress import Progress, run_logged, step_line
 from hv.build._zig import cache_dir
 
 # Bump when this script's output changes for the same inputs (the guest script, cleanup, ...).
@@ -359,7 +359,12 @@ def _second_stage(
 def _pack(raw: Path, out: Path, log: Path, stages: _Stages) -> None:
     stages.start("qcow2", "e2image -ra (used blocks only) + qemu-img convert -O qcow2")
     sparse = raw.with_suffix(".sparse")
-    _run(["e2fsck", "-fy", str(raw)], cwd=None, log=log)
+    # The guest powers off without unmounting its root (like a pulled plug, after sync):
+    # e2fsck replays the journal and clears the orphan list; 1 means "fixed", not a failure.
+    cmd = ["e2fsck", "-fy", str(raw)]
+    status = run_logged(cmd, cwd=None, log=log, on_line=lambda _line: None)
+    if status not in (0, 1):
+        raise HostError(f"{' '.join(cmd)} failed ({status}); log: {log}")
     _run(["e2image", "-ra", str(raw), str(sparse)], cwd=None, log=log)
     raw.unlink()
     _run(["qemu-img", "convert", "-O", "qcow2", str(sparse), str(out)], cwd=None, log=log)
