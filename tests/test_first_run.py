@@ -294,7 +294,7 @@ def test_the_test_command_refuses_without_root_when_packages_are_missing(tmp_pat
     assert m is not None, r.stderr
     assert {"tshark", "iputils-ping", "linux-source-6.1", "qemu-utils"} <= set(m.group(1).split())
     assert "needs root" in r.stderr
-    assert "[2/6]" not in r.stderr  # nothing after the packages ran
+    assert "[2/7]" not in r.stderr  # nothing after the packages ran
 
 
 @pytest.mark.slow
@@ -310,8 +310,8 @@ def test_the_test_command_exits_with_pytests_status(tmp_path: Path) -> None:
     )
     assert failing.returncode == 1, failing.stderr
     assert "1 failed" in failing.stdout
-    for n in range(1, 7):
-        assert f"== test [{n}/6]" in failing.stderr
+    for n in range(1, 8):
+        assert f"== test [{n}/7]" in failing.stderr
     assert "using " in failing.stderr and "as it is" in failing.stderr
     none = subprocess.run(
         [*base, str(tmp_path / "test_one.py"), "-k", "no_such_test"],

@@ -481,13 +481,13 @@ def _run(
 
 
 @contextmanager
-def _locked(path: Path, stages: _Stages) -> Iterator[None]:
+def _locked(path: Path, stages: _Stages, what: str = "the Linux image") -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            stages.say("waiting for another build of the Linux image to finish")
+            stages.say(f"waiting for another build of {what} to finish")
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -21,6 +21,7 @@ from hv._nic import Nic
 from hv._values import MIB, argument, size
 from hv.build import StderrProgress, _guests, _image_linux, resolve_kernel
 from hv.cli import _control as _control_cli
+from hv.cli import _debian as _debian_cli
 from hv.cli import _disk as _disk_cli
 from hv.cli import _exec as _exec_cli
 from hv.cli import _link as _link_cli
@@ -150,26 +151,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     image = sub.add_parser(
         "image",
-        help="build and inspect guest OS images (Linux)",
+        help="build and inspect guest OS images (Linux, Debian)",
         description=(
             "Guest OS images built from Debian packages and cached under the user's cache "
             "directory ($XDG_CACHE_HOME/hvfabric/images), rebuilt only when their inputs "
-            "change (kernel source version, config fragment, userland sources)."
+            "change (kernel source version, config fragment, userland sources; for debian: "
+            "the package set and size)."
         ),
     )
     isub = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
     ib = isub.add_parser(
         "build",
-        help="build an image (kernel Image + initramfs)",
+        help="build an image (linux: kernel Image + initramfs; debian: a root disk)",
         description=(
-            "Build the riscv64 Linux kernel from Debian's linux-source-6.1 with Debian's cross "
-            "compiler and the config fragment in hv/images/linux, and an initramfs with "
+            "linux: build the riscv64 Linux kernel from Debian's linux-source-6.1 with Debian's "
+            "cross compiler and the config fragment in hv/images/linux, and an initramfs with "
             "hvfabric's own userland (built with zig) and Debian's busybox-static. The first "
-            "build takes "
-            f"{_image_linux.KERNEL_TIME}, showing make's steps on stderr; then it is cached."
+            f"build takes {_image_linux.KERNEL_TIME}, showing make's steps on stderr; then it "
+            "is cached. "
+            "debian: a Debian trixie riscv64 root file system as a qcow2 base for labs "
+            '(image = "debian"): debootstrap\'s first stage on the host (root), its second '
+            "stage inside an hv guest booting the linux image (built first if needed)."
         ),
     )
-    ib.add_argument("name", choices=IMAGES, metavar="NAME", help="image to build: linux")
+    ib.add_argument("name", choices=IMAGES, metavar="NAME", help="image to build: linux, debian")
     ib.add_argument(
         "--install-deps",
         action="store_true",
@@ -183,8 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         "downloaded first is kept, and the build works offline)",
     )
     ii = isub.add_parser("info", help="show where a built image is")
-    ii.add_argument("name", choices=IMAGES, metavar="NAME", help="image: linux")
-    ii.add_argument("--json", action="store_true", help='print {"kernel", "initrd", "cmdline"}')
+    ii.add_argument("name", choices=IMAGES, metavar="NAME", help="image: linux, debian")
+    ii.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"kernel", "initrd", "cmdline"} (debian: {"base", "manifest", "packages"})',
+    )
+    _debian_cli.add_arguments(ib, ii)
     isub.add_parser("list", help="list the built images")
 
     _disk_cli.add_parser(sub)
@@ -301,7 +311,7 @@ def _engine_version() -> str:
     return UNICORN_VERSION
 
 
-IMAGES = ("linux",)
+IMAGES = ("linux", "debian")
 
 
 # One line on what virtual time is, for --help (docs/TIME.md says the rest).
@@ -694,6 +704,8 @@ def _guests_command(args: argparse.Namespace) -> int:
 
 
 def _image_command(args: argparse.Namespace) -> int:
+    if args.image_command in ("build", "info") and args.name == "debian":
+        return _debian_cli.debian_command(args)
     if args.image_command == "build":
         progress = StderrProgress(clock=True)
         try:
@@ -710,10 +722,11 @@ def _image_command(args: argparse.Namespace) -> int:
     img = _image_linux.linux_image_info()
     if args.image_command == "list":
         if img is None:
-            print("no images built (hv image build linux)")
+            print("no linux image built (hv image build linux)")
         else:
             size = (img.kernel.stat().st_size + img.initrd.stat().st_size) >> 10
             print(f"linux  {img.key}  {size} KiB  {img.kernel.parent}")
+        _debian_cli.list_images()
         return 0
     if img is None:
         raise ConfigError("the linux image is not built yet; run: hv image build linux")

@@ -29,7 +29,7 @@ from hv.build import StderrProgress, build_bundled, resolve_kernel
 from hv.hw import DEFAULT_QUANTUM
 from hv.lab._link import describe as describe_link
 from hv.lab._link import link_cables, link_state, set_link
-from hv.lab._spec import LabSpec, NicSpec, VmSpec, check_captures, check_clock
+from hv.lab._spec import ImageSpec, LabSpec, NicSpec, VmSpec, check_captures, check_clock
 from netfabric.capture import CaptureError
 from netfabric.impair import ImpairedLink, Impairment
 from netfabric.ports.base import Cable, PortVlan
@@ -225,6 +225,8 @@ def vm_config(
     cables = cables or {}
     boot = boot or boot_files(spec, vm)
     cmdline = vm.cmdline if vm.cmdline is not None else (boot.cmdline or "")
+    if vm.image is not None:  # our init mounts the image's disk (vda) as its root
+        cmdline = f"{cmdline} root=/dev/vda hostname={vm.name}".strip()
     if vm.append:
         cmdline = f"{cmdline} {vm.append}".strip()
     cmdline = f"{cmdline} {names_cmdline(spec, vm, cmdline)}".strip()
@@ -256,6 +258,52 @@ def vm_config(
     )
 
 
+def image_file(image: ImageSpec, key: str) -> Path:
+    """The qcow2 base of a VM's ``image``: a built Debian image, or the file it names; a
+    ConfigError naming ``key`` (with the command that builds it) if there is none. Building
+    is not done here: it needs root and the network and takes many minutes (like the Linux
+    image, it is an explicit step)."""
+    from hv.build import build_command, debian_image_info
+
+    if image.file is not None:
+        if not image.file.is_file():
+            raise ConfigError(f"{key}: {image.file}: no such file")
+        return image.file
+    built = debian_image_info(image.packages)
+    if built is None:
+        what = ", ".join(image.packages) or "minbase only"
+        raise ConfigError(
+            f"{key}: the Debian image ({what}) is not built yet; run: "
+            + build_command(image.packages)
+        )
+    return built.base
+
+
+async def open_image(path: Path, owner: str) -> Disk:
+    """A throwaway qcow2 overlay on the image ``path`` (read-only), checked to hold an ext4
+    file system (the root our init mounts); a ConfigError naming ``OWNER.image`` if not."""
+    from blockdev import BlockError
+    from blockdev.open import DiskSpec, open_disk
+
+    key = f"{owner}.image"
+    try:
+        backend = await open_disk(DiskSpec(str(path), format="qcow2", snapshot=True), owner=key)
+    except (ValueError, BlockError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+    disk = Disk(backend)
+    try:
+        superblock = await backend.read(1024, 1024) if backend.size >= 2048 else b""
+        if superblock[56:58] != b"\x53\xef":
+            raise ConfigError(
+                f"{key}: {path} holds no ext4 file system (not a root disk from "
+                "hv image build debian)"
+            )
+    except BaseException:
+        await close_disks([disk])
+        raise
+    return disk
+
+
 async def run_lab(
     spec: LabSpec,
     output: Output | None = None,
@@ -276,6 +324,11 @@ async def run_lab(
     check_captures(spec, force)  # before anything is opened or started
     check_clock(spec)
     build_bundled((v.kernel for v in spec.vms.values()), spec.base, StderrProgress("hv: "))
+    images = {
+        name: image_file(v.image, f"vms.{name}.image")
+        for name, v in spec.vms.items()
+        if v.image is not None
+    }
     # Read once per kernel and initrd, however many VMs boot them (a thousand guests of one
     # kind share the bytes, and the bundled guest's build check runs once).
     read: dict[tuple[str, Path | None], BootFiles] = {}
@@ -341,7 +394,11 @@ async def run_lab(
                             cables[(vspec.name, i)] = imp
                 for vspec in spec.vms.values():
                     owner = f"vms.{vspec.name}"
-                    run.disks[vspec.name] = await open_disks(vspec.disks, spec.base, owner)
+                    if vspec.image is not None:  # the root disk first: vda
+                        run.disks[vspec.name] = [await open_image(images[vspec.name], owner)]
+                    run.disks.setdefault(vspec.name, []).extend(
+                        await open_disks(vspec.disks, spec.base, owner)
+                    )
                 configs = {
                     name: vm_config(
                         spec, v, run.switches, cables, run.disks.get(name, []), boots[name], tl

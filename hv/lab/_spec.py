@@ -18,6 +18,7 @@
 
     [vms.a]
     kernel = "linux"                  # a bundled guest, an image name or a path
+    image = "debian"                  # optional: a Debian root disk (or { packages = [...] })
     append = 'hv.run="ping -c 5 10.0.0.2"'
     mem = "256M"
     nics = [{ switch = "lan", ip = "10.0.0.1/24" }]   # mac optional: stable from the names
@@ -32,7 +33,11 @@ destroys a file (``check_captures``, before anything starts): not the lab file, 
 another capture, and an existing file that is not pcapng only with ``hv up --force``. A NIC's
 ``ip`` reaches the guest on its command line as ``ip=``, the form both the Linux userland's
 init and the firmware runtime read; ``append`` adds to the kernel's default command line,
-``cmdline`` replaces it.
+``cmdline`` replaces it. ``image`` (with ``kernel = "linux"``) boots a Debian root file system
+from ``hv image build debian``: the default package set (``"debian"``), another one
+(``{ packages = ["iperf3"] }``) or a qcow2 file; each VM gets its own throwaway overlay on the
+read-only base as its first disk (``/dev/vda``, ``root=/dev/vda``, ``hostname=NAME`` on its
+command line), and 512M of RAM unless ``mem`` says otherwise.
 """
 
 from __future__ import annotations
@@ -70,11 +75,14 @@ from hv.hw import _platform as P
 from hv.lab._impair import parse_impairment
 from netfabric.impair import Impairment
 
+IMAGE_MEM_DEFAULT = 512 * MIB  # a Debian VM's RAM (apt, dpkg, FRR want more than 128M)
+
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap"}
 DHCP_KEYS = {"pool", "lease", "boot"}
-VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks"}
+VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks", "image"}
+IMAGE_KEYS = {"packages"}
 DISK_KEYS = {"file", "ro", "format", "snapshot", "serial", "backing_dirs"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
 LINK_KEYS = {"a", "b", "impair", "vlans"}
@@ -147,6 +155,14 @@ class NicSpec:
 
 
 @dataclass(frozen=True)
+class ImageSpec:
+    """A VM's root disk: the Debian image built for ``packages``, or a qcow2 ``file``."""
+
+    packages: tuple[str, ...] = ()
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
 class VmSpec:
     name: str
     kernel: str  # a bundled guest, "linux", or a path (resolved against the lab's folder)
@@ -157,6 +173,7 @@ class VmSpec:
     quantum: int | None = None
     nics: tuple[NicSpec, ...] = ()
     disks: tuple[DiskSpec, ...] = ()  # FILE relative to the lab's folder
+    image: ImageSpec | None = None  # a root disk before ``disks`` (vda)
 
 
 @dataclass(frozen=True)
@@ -390,6 +407,29 @@ def _disk(val: Any, dkey: str) -> DiskSpec:
         raise ConfigError(f"{dkey}: {e}") from None
 
 
+def _image(val: Any, key: str, kernel: Any, base: Path) -> ImageSpec:
+    """``image = "debian"``, ``image = { packages = [...] }`` or ``image = "FILE.qcow2"``."""
+    from hv.build import DEFAULT_PACKAGES, parse_packages
+
+    if kernel != "linux":
+        raise ConfigError(
+            f'{key}: needs kernel = "linux" (hvfabric\'s init mounts the image as its root)'
+        )
+    if isinstance(val, dict):
+        unknown(val, IMAGE_KEYS, key)
+        if "packages" not in val:
+            raise ConfigError(f"{key}.packages: missing (a list of Debian package names)")
+        if not isinstance(val["packages"], list):
+            raise ConfigError(f"{key}.packages: expected a list of Debian package names")
+        return ImageSpec(packages=parse_packages(val["packages"], f"{key}.packages"))
+    name = string(val, key)
+    if name == "debian":
+        return ImageSpec(packages=DEFAULT_PACKAGES)
+    if not name:
+        raise ConfigError(f'{key}: give "debian", {{ packages = [...] }} or a qcow2 file')
+    return ImageSpec(file=base / name)
+
+
 def _shared_disks(vms: dict[str, VmSpec], base: Path) -> None:
     """Refuse an image that one disk writes and another disk uses too (the same file under
     any name: relative, through a symlink or a hard link), before anything starts; the image
@@ -541,7 +581,14 @@ def parse_doc(
                 f"{key}.quantum: {quantum!r} is not a number of instructions per slice in "
                 f"{P.QUANTUM_MIN}..{P.QUANTUM_MAX} (default {P.DEFAULT_QUANTUM})"
             )
-        disks = _disks(t["disks"], f"{key}.disks", len(nics)) if "disks" in t else ()
+        image = _image(t["image"], f"{key}.image", t["kernel"], base) if "image" in t else None
+        slots = len(nics) + (image is not None)
+        disks = _disks(t["disks"], f"{key}.disks", slots) if "disks" in t else ()
+        if slots > P.VIRTIO_SLOTS:
+            raise ConfigError(
+                f"{key}.image: the image's disk and {len(nics)} NICs, but hv-virt has "
+                f"{P.VIRTIO_SLOTS} virtio slots"
+            )
         if len(nics) > P.VIRTIO_SLOTS:
             raise ConfigError(
                 f"{key}.nics: {len(nics)} NICs, but hv-virt has {P.VIRTIO_SLOTS} virtio slots"
@@ -551,13 +598,14 @@ def parse_doc(
             kernel=string(t["kernel"], f"{key}.kernel"),
             mem=size(t["mem"], f"{key}.mem", bare=MIB, lo=P.MEM_MIN, hi=P.MEM_MAX)
             if "mem" in t
-            else P.MEM_DEFAULT,
+            else (IMAGE_MEM_DEFAULT if image is not None else P.MEM_DEFAULT),
             append=string(t.get("append", ""), f"{key}.append"),
             cmdline=string(t["cmdline"], f"{key}.cmdline") if "cmdline" in t else None,
             initrd=base / string(t["initrd"], f"{key}.initrd") if "initrd" in t else None,
             quantum=quantum,
             nics=tuple(nics),
             disks=disks,
+            image=image,
         )
     _shared_disks(vms, base)
     # Virtual time unless the host is on the wire (a TAP): docs/TIME.md says why.

@@ -1,6 +1,8 @@
 /* PID 1 of the hvfabric Linux guest.
  *
  *  1. mounts proc on /proc, sysfs on /sys, devtmpfs on /dev, tmpfs on /tmp;
+ *     with root=/dev/vdX, switches to that disk's root file system first (see
+ *     switch_to_disk_root);
  *  2. brings up lo (127.0.0.1/8) and configures interfaces from the kernel command line's
  *     vlan= and ip= options (see net.c for the accepted forms; ip=dhcp runs dhcp.c's client
  *     before anything else, so hv.run= commands find the network configured);
@@ -142,6 +144,50 @@ static void write_name_files(void)
     fclose(f);
 }
 
+/* root=/dev/vdX (a Debian root file system on a disk, hv image build debian): mount it,
+ * mount a tmpfs on its /run and bind our /bin (hvbox and its applet links) on /run/hv/bin,
+ * move /dev /proc /sys /tmp into it, and make it the root; this process carries on as init
+ * there (network, hostname, hv.run=, and the disk's /bin/sh as the console shell). Our
+ * applets come after the disk's own tools in PATH. On a failure: stay in the initramfs. */
+static void switch_to_disk_root(void)
+{
+    char dev[64], fstype[16] = "ext4";
+    if (!cmdline_param("root", dev, sizeof dev) || strncmp(dev, "/dev/", 5) != 0)
+        return;
+    cmdline_param("rootfstype", fstype, sizeof fstype);
+    struct stat st;
+    for (int i = 0; i < 100 && stat(dev, &st) < 0; i++)
+        usleep(10000); /* virtio-blk probes before init runs: this is a safety net */
+    mkdir("/newroot", 0755);
+    if (mount(dev, "/newroot", fstype, MS_NOATIME, NULL) < 0) {
+        fprintf(stderr, "init: root=%s: mount %s: %s; staying in the initramfs\n", dev, fstype,
+                strerror(errno));
+        return;
+    }
+    mount_fs("tmpfs", "/newroot/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+    mkdir("/newroot/run/hv", 0755);
+    mkdir("/newroot/run/hv/bin", 0755);
+    if (mount("/bin", "/newroot/run/hv/bin", NULL, MS_BIND, NULL) < 0)
+        fprintf(stderr, "init: bind /bin on /run/hv/bin: %s\n", strerror(errno));
+    static const char *const moved[] = {"/dev", "/proc", "/sys", "/tmp"};
+    for (size_t i = 0; i < sizeof moved / sizeof moved[0]; i++) {
+        char to[32];
+        snprintf(to, sizeof to, "/newroot%s", moved[i]);
+        if (lstat(to, &st) == 0 && S_ISLNK(st.st_mode))
+            unlink(to); /* debootstrap --foreign leaves proc -> /proc */
+        mkdir(to, 0755);
+        if (mount(moved[i], to, NULL, MS_MOVE, NULL) < 0)
+            fprintf(stderr, "init: move %s: %s\n", moved[i], strerror(errno));
+    }
+    if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 ||
+        chdir("/") < 0) {
+        fprintf(stderr, "init: switch to root=%s: %s\n", dev, strerror(errno));
+        return;
+    }
+    setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/run/hv/bin", 1);
+    setenv("HOME", "/root", 1);
+}
+
 static void banner(void)
 {
     struct utsname u;
@@ -229,6 +275,7 @@ int init_main(int argc, char **argv)
     setenv("PS1", "\\h:\\w\\$ ", 0);
     setenv("HOME", "/", 0);
     read_file("/proc/cmdline", g_cmdline, sizeof g_cmdline);
+    switch_to_disk_root();
 
     char host[65] = "hv";
     cmdline_param("hostname", host, sizeof host);
