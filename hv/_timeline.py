@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
-import trio.testing
 
 PS = 1_000_000_000_000  # picoseconds per second
 # The minimum latency of a NIC's cable, and so the lab's lookahead: 200 us (a lab's
@@ -371,8 +370,12 @@ class Timeline:
             if got is Run.SETTLE:
                 # Everything that reacts to the output (a script's wait_for, then send_all)
                 # runs now, before the guest goes on: its input lands at this guest time.
+                # trio.testing imported here: it loads pytest when installed (~0.1 s of
+                # every hv start, and only virtual time needs it)
+                from trio.testing import wait_all_tasks_blocked
+
                 with trio.move_on_after(SETTLE_MAX_S):
-                    await trio.testing.wait_all_tasks_blocked()
+                    await wait_all_tasks_blocked()
                 continue
             if got in (Run.WAITING, Run.HELD):
                 blocker = m.vt_blocker()

@@ -280,3 +280,14 @@ def test_run_paths_that_are_fifos_are_refused_at_once(tmp_path: Path) -> None:
         r = hv(*args, cwd=tmp_path, timeout=30)
         assert r.returncode == 4, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "FIFO" in r.stderr, (args, r.stderr)
+
+
+def test_hv_run_does_not_load_pytest() -> None:
+    """`hv run` and `hv up` start without pytest (trio.testing pulls it in: ~0.1 s of every
+    start, measured by bench/debian.py)."""
+    code = (
+        "import sys, hv.cli._main, hv._vm, hv._disk, hv.lab._runner; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pytest', '_pytest')))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout[:400] + r.stderr
