@@ -139,10 +139,11 @@ def test_build_command_and_key() -> None:
 
 ALPHA_RUN = (
     "cat /etc/debian_version; cat /proc/sys/kernel/hostname; iperf3 --version | head -n 1; "
-    "ip -4 -o addr show eth0; echo marker > /root/written; sync; echo RUN-DONE; poweroff"
+    "ip -color=never -4 -o addr show eth0; echo marker > /root/written; sync; "
+    "echo RUN-DONE; poweroff"
 )
 BETA_RUN = (
-    "ip -4 -o addr show eth0; cat /root/written || echo NOT-WRITTEN; "
+    "ip -color=never -4 -o addr show eth0; cat /root/written || echo NOT-WRITTEN; "
     "ping -c 1 -W 5 10.0.0.2 | tail -n 2; echo RUN-DONE; poweroff"
 )
 STATIC_LAB = f"""
