@@ -309,8 +309,7 @@ def hv_iperf() -> float:
     import trio
 
     from hv import _log
-    from hv.lab._runner import run_lab
-    from hv.lab._spec import parse_lab
+    from hv.lab import parse_lab, run_lab
 
     _log.configure("error")
     spec = parse_lab(LAB, Path.cwd())

@@ -153,7 +153,7 @@ async def test_busybox_shell_and_tools(linux_vm: hv.Vm) -> None:
     # (short command lines: the line editor wraps long ones on the console)
     for path in ("/usr/bin/nc", "/usr/bin/wget", "/usr/bin/nslookup", "/usr/bin/head",
                  "/sbin/udhcpc", "/bin/vi", "/usr/sbin/httpd"):  # fmt: skip
-        assert (await run(linux_vm, f"readlink {path}")).strip() == "/bin/busybox", path
+        assert (await run(linux_vm, f"readlink -f {path}")).strip() == "/bin/busybox", path
     # every applet busybox itself lists has its link, but the ones hvbox keeps (init, ip,
     # ping, dd, true, false: hv/build/_busybox.py OURS) and /linuxrc
     await run(linux_vm, "busybox --list-full > /tmp/l")

@@ -26,6 +26,7 @@ not made in any directory, so that PATH order never decides.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 
@@ -143,7 +144,9 @@ def links(busybox_dirs: Mapping[str, str], ours: list[str]) -> dict[str, str]:
     for name, d in sorted(busybox_dirs.items()):
         if name in SKIP or name in OURS or not d:
             continue
-        out[f"{d}/{name}"] = "/bin/busybox"
+        # relative, so that the links still work where the initramfs's folders are bound
+        # under a disk root (/run/hv/bin, /run/hv/sbin: init.c's switch_to_disk_root)
+        out[f"{d}/{name}"] = posixpath.relpath("bin/busybox", d)
     for name in ours:
         if name == "init" or (name in busybox_dirs and name not in OURS):
             continue

@@ -145,10 +145,13 @@ static void write_name_files(void)
 }
 
 /* root=/dev/vdX (a Debian root file system on a disk, hv image build debian): mount it,
- * mount a tmpfs on its /run and bind our /bin (hvbox and its applet links) on /run/hv/bin,
+ * mount a tmpfs on its /run and bind our /bin, /sbin, /usr/bin and /usr/sbin (hvbox, busybox
+ * and their links) under /run/hv,
  * move /dev /proc /sys /tmp into it, and make it the root; this process carries on as init
  * there (network, hostname, hv.run=, and the disk's /bin/sh as the console shell). Our
  * applets come after the disk's own tools in PATH. On a failure: stay in the initramfs. */
+static int g_disk_root; /* init switched to root= (a disk) */
+
 static void switch_to_disk_root(void)
 {
     char dev[64], fstype[16] = "ext4";
@@ -166,9 +169,18 @@ static void switch_to_disk_root(void)
     }
     mount_fs("tmpfs", "/newroot/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
     mkdir("/newroot/run/hv", 0755);
-    mkdir("/newroot/run/hv/bin", 0755);
-    if (mount("/bin", "/newroot/run/hv/bin", NULL, MS_BIND, NULL) < 0)
-        fprintf(stderr, "init: bind /bin on /run/hv/bin: %s\n", strerror(errno));
+    /* busybox's links are relative (../bin/busybox), so they work from there too */
+    static const char *const tools[][2] = {{"/bin", "/newroot/run/hv/bin"},
+                                           {"/sbin", "/newroot/run/hv/sbin"},
+                                           {"/usr/bin", "/newroot/run/hv/usr/bin"},
+                                           {"/usr/sbin", "/newroot/run/hv/usr/sbin"}};
+    mkdir("/newroot/run/hv/usr", 0755);
+    for (size_t i = 0; i < sizeof tools / sizeof tools[0]; i++) {
+        mkdir(tools[i][1], 0755);
+        if (mount(tools[i][0], tools[i][1], NULL, MS_BIND, NULL) < 0)
+            fprintf(stderr, "init: bind %s on %s: %s\n", tools[i][0], tools[i][1],
+                    strerror(errno));
+    }
     static const char *const moved[] = {"/dev", "/proc", "/sys", "/tmp"};
     for (size_t i = 0; i < sizeof moved / sizeof moved[0]; i++) {
         char to[32];
@@ -184,7 +196,11 @@ static void switch_to_disk_root(void)
         fprintf(stderr, "init: switch to root=%s: %s\n", dev, strerror(errno));
         return;
     }
-    setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/run/hv/bin", 1);
+    setenv("PATH",
+           "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:"
+           "/run/hv/bin:/run/hv/sbin:/run/hv/usr/bin:/run/hv/usr/sbin",
+           1);
+    g_disk_root = 1;
     setenv("HOME", "/root", 1);
 }
 
@@ -223,9 +239,12 @@ static pid_t spawn_shell(const char *tty, const char *command)
         if (fd > 2)
             close(fd);
     }
-    /* "-sh": a login shell, which reads /etc/profile (hvbox's applets that win) */
-    char *argv_i[] = {"-sh", NULL};
-    char *argv_c[] = {"-sh", "-c", (char *)command, NULL};
+    /* "-sh": a login shell, which reads /etc/profile (hvbox's applets that win); on a disk
+     * root a plain shell, so that the disk's /etc/profile keeps init's PATH (its own tools
+     * first, then ours in /run/hv: poweroff, reboot, busybox's applets) */
+    char *name = g_disk_root ? "sh" : "-sh";
+    char *argv_i[] = {name, NULL};
+    char *argv_c[] = {name, "-c", (char *)command, NULL};
     char **argv = command ? argv_c : argv_i;
     execv("/bin/sh", argv);
     _exit(sh_main(command ? 3 : 1, argv));
