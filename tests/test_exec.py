@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hv._exec import (
     FRAME_MAX,
@@ -323,3 +325,37 @@ def test_exec_request_layout() -> None:
         exec_request(["a\0b"])
     with pytest.raises(ValueError, match="empty"):
         exec_request([])
+
+
+# -- fuzz: what a hostile agent sends -------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=64),
+            # well-formed headers of every type and of lengths around the bound
+            st.builds(
+                lambda kind, n, tail: struct.pack(">BI", kind, n) + tail,
+                st.integers(0, 255),
+                st.sampled_from([0, 1, 4, 5, 64, FRAME_MAX, FRAME_MAX + 1, 0xFFFFFFFF]),
+                st.binary(max_size=16),
+            ),
+        ),
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_fuzz_frame_reader_raises_only_protocol_errors(chunks: list[bytes], end: bool) -> None:
+    """Any bytes in any pieces: events or ProtocolError, never another exception, and the
+    reader never holds more than one frame plus the piece that just came."""
+    r = FrameReader()
+    try:
+        for chunk in [*chunks, b""] if end else chunks:
+            r.feed(chunk)
+            while r.next_event() is not None:
+                pass
+            assert len(r._buf) <= 5 + FRAME_MAX + max(len(chunk), 1)
+    except ProtocolError:
+        pass
