@@ -192,3 +192,16 @@ def test_ci_installs_the_host_packages_and_builds_the_image_before_pytest() -> N
     assert m is not None and set(m.group(1).split()) == set(D.REQUIRED_PACKAGES)
     test = (repo / ".ci" / "test").read_text()
     assert test.index("image build debian") < test.index("-m pytest")
+
+
+def test_a_capture_onto_the_vms_image_file_is_refused(tmp_path: Path) -> None:
+    """An `image` file is a disk like any other: a capture may not overwrite it."""
+    from hv.lab import check_captures
+
+    (tmp_path / "root.qcow2").write_bytes(b"QFI\xfb" + bytes(100))
+    lab = (
+        '[switches.lan]\ncapture = "root.qcow2"\n'
+        '[vms.a]\nkernel = "linux"\nimage = "root.qcow2"\nnics = [{ switch = "lan" }]\n'
+    )
+    with pytest.raises(ConfigError, match=r"switches\.lan\.capture: .* is vms\.a\.image's file"):
+        check_captures(parse_lab(lab, tmp_path))

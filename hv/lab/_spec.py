@@ -755,9 +755,9 @@ PCAPNG_MAGIC = bytes.fromhex("0a0d0d0a")  # a pcapng file starts with a Section 
 
 def check_captures(spec: LabSpec, force: bool = False) -> None:
     """Refuse, before anything starts, a capture that would destroy a file: the lab file, a
-    disk's image, another capture's file (the same path or inode), anything but a regular
-    file, or an existing file that is not pcapng (unless ``force``; an old capture is
-    overwritten, as ``tcpdump -w`` does). Each error names the capture's key."""
+    disk's image or a VM's ``image`` file, another capture's file (the same path or inode),
+    anything but a regular file, or an existing file that is not pcapng (unless ``force``; an
+    old capture is overwritten, as ``tcpdump -w`` does). Each error names the capture's key."""
     taken: dict[Path | tuple[int, int], str] = {}  # resolved path and (dev, inode) -> whose
 
     def claim(path: Path, whose: str) -> None:
@@ -767,6 +767,10 @@ def check_captures(spec: LabSpec, force: bool = False) -> None:
     if spec.source is not None:
         claim(spec.source, "the lab file")
     for vm in spec.vms.values():
+        if vm.image is not None and vm.image.file is not None:
+            # (the image's own error, if any, comes when it is opened)
+            with contextlib.suppress(ValueError, OSError):
+                claim(vm.image.file, f"vms.{vm.name}.image's file")
         for i, disk in enumerate(vm.disks):
             try:
                 claim(spec.base / disk.path, f"vms.{vm.name}.disks[{i}]'s image")
@@ -790,7 +794,7 @@ def check_captures(spec: LabSpec, force: bool = False) -> None:
         whose = next((taken[i] for i in idents if i in taken), None)
         if whose == "the lab file":
             raise ConfigError(f"{key}: {name} is the lab file; give the capture a file of its own")
-        if whose is not None and whose.endswith("'s image"):
+        if whose is not None and whose.endswith(("'s image", "'s file")):
             raise ConfigError(f"{key}: {name} is {whose}; give the capture a file of its own")
         if whose is not None:
             raise ConfigError(f"{key}: {name} is also {whose}; each capture needs its own file")
