@@ -1,0 +1,162 @@
+"""Real network software in real guests, driven through ``vm.exec`` / ``hv exec``: iperf3
+across an impaired link, FRR's ospfd on a triangle that loses a link, nginx fetched by its lab
+DNS name with busybox's wget, tcpdump's capture copied out with ``hv cp`` and read by tshark.
+
+The Debian guests use the image of `hv image build debian` (built before pytest starts, as
+tests/test_debian.py says); every lab runs on virtual time (the default), so what iperf3 and
+ping measure is the fabric's, not the host's load.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import trio
+from test_debian import debian_image  # noqa: F401  (the fixture)
+
+import hv
+
+EXEC_TIMEOUT = 600  # one command's wall time on a loaded machine (iperf3: about 25 s alone)
+CONVERGE_TIMEOUT = 600  # wall seconds for FRR to start and converge (virtual time runs ahead)
+
+
+def debian(lab: hv.Lab, name: str, *nics: dict[str, Any]) -> hv.Lab:
+    return lab.vm(name, kernel="linux", image="debian", nics=list(nics))
+
+
+async def sh(vm: hv.Vm, script: str, timeout: float = EXEC_TIMEOUT) -> str:
+    """Run ``script`` with the guest's ``sh``; its stdout (AssertionError on a failure)."""
+    r = await vm.exec("sh", "-c", script, timeout=timeout)
+    assert r.returncode == 0, (vm.name, script, r)
+    return r.stdout.decode()
+
+
+# ---------------------------------------------------------------- iperf3
+
+
+async def test_iperf3_across_a_50mbit_20ms_link_gets_most_of_the_rate(
+    debian_image: Any,  # noqa: F811
+) -> None:
+    """50 Mbit/s and 20 ms each way (a bandwidth-delay product of 250 kB): iperf3's own
+    figure for what the server received is 40-48 Mbit/s (TCP/IP/Ethernet headers take 4.4 %
+    of a full frame: 47.8 Mbit/s of payload at most)."""
+    lab = hv.Lab("iperf").switch("left").switch("right")
+    lab.link("left", "right", impair={"delay": "20ms", "rate": "50Mbit"})
+    debian(lab, "server", {"switch": "left", "ip": "10.0.0.1/24"})
+    debian(lab, "client", {"switch": "right", "ip": "10.0.0.2/24"})
+    async with hv.open_lab(lab) as run:
+        server, client = run.vms["server"], run.vms["client"]
+        await sh(server, "iperf3 -s -D")  # forks: returns at once, its output closed
+        r = await client.exec("iperf3", "-c", "10.0.0.1", "-t", "5", "-J", timeout=EXEC_TIMEOUT)
+        assert r.returncode == 0, r
+        result = json.loads(r.stdout)
+        received = result["end"]["sum_received"]["bits_per_second"]
+        assert 40e6 <= received <= 48e6, result["end"]
+        # it went through the impairment: every frame of the transfer delayed and paced there
+        assert result["end"]["streams"][0]["sender"]["min_rtt"] >= 40_000  # us
+
+
+# ---------------------------------------------------------------- FRR: OSPF on a triangle
+
+# r1 -- s12 -- r2 -- s23 -- r3 -- s13 -- r1; router N's loopback is 10.255.0.N/32
+TRIANGLE = {
+    "r1": (("s12", "10.0.12.1"), ("s13", "10.0.13.1")),
+    "r2": (("s12", "10.0.12.2"), ("s23", "10.0.23.2")),
+    "r3": (("s23", "10.0.23.3"), ("s13", "10.0.13.3")),
+}
+
+
+def frr_conf(router: str) -> str:
+    """Point-to-point links (no DR election, no wait timer) and 1 s hellos (a neighbour that
+    is gone is dead after 4 s, not OSPF's default 40 s)."""
+    n = router[1:]
+    lines = ["frr defaults traditional", f"hostname {router}", "!"]
+    for i in range(len(TRIANGLE[router])):
+        lines += [f"interface eth{i}", " ip ospf network point-to-point",
+                  " ip ospf hello-interval 1", " ip ospf dead-interval 4", "!"]  # fmt: skip
+    lines += ["ip forwarding", "!", "router ospf", f" ospf router-id 10.255.0.{n}"]
+    lines += [f" network {ip.rsplit('.', 1)[0]}.0/24 area 0" for _, ip in TRIANGLE[router]]
+    lines += [f" network 10.255.0.{n}/32 area 0", "!", ""]
+    return "\n".join(lines)
+
+
+async def start_frr(vm: hv.Vm, conf: Path) -> None:
+    """The router's loopback, its frr.conf, and FRR 10's daemons started by hand (mgmtd,
+    zebra, ospfd; then ``vtysh -b`` hands each its part of the integrated frr.conf). Not
+    Debian's ``frrinit.sh start``: its watchfrr, started in the first minute of uptime, gives
+    up without starting a daemon (it waits out its restart interval first). Output goes to a
+    file: a daemon keeps what it inherits open, and exec waits for the end of its output."""
+    await vm.copy_in(conf, "/etc/frr/frr.conf")
+    n = vm.name[1:]
+    await sh(vm, f"ip addr add 10.255.0.{n}/32 dev lo && install -d -o frr -g frr /run/frr && "
+                 "for d in mgmtd zebra ospfd; do /usr/lib/frr/$d -d -F traditional -A 127.0.0.1 "
+                 "|| exit 1; done > /tmp/frr.log 2>&1 && vtysh -b >> /tmp/frr.log 2>&1 "
+                 "|| { cat /tmp/frr.log; exit 1; }")  # fmt: skip
+
+
+async def full_neighbours(vm: hv.Vm) -> list[str]:
+    """The router ids of the OSPF neighbours ``vm`` is Full with."""
+    r = await vm.exec("vtysh", "-c", "show ip ospf neighbor json", timeout=EXEC_TIMEOUT)
+    if r.returncode != 0 or not r.stdout.strip():
+        return []  # ospfd is still starting
+    neighbours: dict[str, list[dict[str, Any]]] = json.loads(r.stdout).get("neighbors", {})
+    return sorted(rid for rid, ns in neighbours.items()
+                  if any(x["nbrState"].startswith("Full") for x in ns))  # fmt: skip
+
+
+async def route_to(vm: hv.Vm, ip: str) -> str:
+    """``ip route get``: the route the kernel takes to ``ip`` ("" while it has none)."""
+    r = await vm.exec("ip", "route", "get", ip, timeout=EXEC_TIMEOUT)
+    return r.stdout.decode() if r.returncode == 0 else ""
+
+
+async def ping_ttl(vm: hv.Vm, ip: str) -> int | None:
+    """The TTL of the reply to one ping, None if none came."""
+    r = await vm.exec("ping", "-n", "-c", "1", "-W", "1", ip, timeout=EXEC_TIMEOUT)
+    m = re.search(rb"bytes from .* ttl=(\d+)", r.stdout)
+    return int(m[1]) if m else None
+
+
+async def test_frr_ospf_triangle_converges_and_routes_around_a_pulled_cable(
+    debian_image: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    lab = hv.Lab("ospf").switch("s12").switch("s23").switch("s13")
+    for router, nics in TRIANGLE.items():
+        debian(lab, router, *({"switch": s, "ip": f"{ip}/24"} for s, ip in nics))
+    async with hv.open_lab(lab) as run:
+        vms = run.vms
+        async with trio.open_nursery() as nursery:
+            for router in TRIANGLE:
+                conf = tmp_path / f"{router}.conf"
+                conf.write_text(frr_conf(router))
+                conf.chmod(0o644)
+                nursery.start_soon(start_frr, vms[router], conf)
+        want = {r: sorted(f"10.255.0.{x[1:]}" for x in TRIANGLE if x != r) for r in TRIANGLE}
+        got: dict[str, list[str]] = {}
+        with trio.move_on_after(CONVERGE_TIMEOUT):
+            while got != want:
+                got = {r: await full_neighbours(vms[r]) for r in TRIANGLE}
+        assert got == want, "Full with: " + repr(got)
+        r1 = vms["r1"]
+        # r3's loopback straight across s13: r1's next hop is r3, and the reply one hop away
+        with trio.fail_after(CONVERGE_TIMEOUT):
+            while "via 10.0.13.3 dev eth1" not in await route_to(r1, "10.255.0.3"):
+                pass
+        assert await ping_ttl(r1, "10.255.0.3") == 64
+        run.set_link("r1.eth1", up=False)  # r1's cable to s13
+        # around: through r2 (r1 drops its routes over eth1 at once; r3 declares r1 dead
+        # after the 4 s dead interval and answers through r2 too), one hop more
+        with trio.fail_after(CONVERGE_TIMEOUT):
+            while "via 10.0.12.2 dev eth0" not in (route := await route_to(r1, "10.255.0.3")):
+                pass
+        ttl = None
+        with trio.fail_after(CONVERGE_TIMEOUT):
+            while ttl is None:
+                ttl = await ping_ttl(r1, "10.255.0.3")
+        assert ttl == 63, route
+        trace = await sh(r1, "ip route show 10.255.0.3")
+        assert "proto ospf" in trace and "via 10.0.12.2" in trace, trace
