@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import trio
+from helpers import wait_until_sync
+from test_control import Host
 from test_debian import debian_image  # noqa: F401  (the fixture)
 
 import hv
 
 EXEC_TIMEOUT = 600  # one command's wall time on a loaded machine (iperf3: about 25 s alone)
+GUEST_EPOCH = 1767225600  # 2026-01-01 00:00:00 UTC
 CONVERGE_TIMEOUT = 600  # wall seconds for FRR to start and converge (virtual time runs ahead)
 
 
@@ -32,6 +37,15 @@ async def sh(vm: hv.Vm, script: str, timeout: float = EXEC_TIMEOUT) -> str:
     r = await vm.exec("sh", "-c", script, timeout=timeout)
     assert r.returncode == 0, (vm.name, script, r)
     return r.stdout.decode()
+
+
+async def set_clock(vm: hv.Vm) -> None:
+    """Set the guest's wall clock to a fixed date (the same on every run). A guest has no
+    RTC: its clock starts at 1970-01-01 00:00:00, and real daemons break on that. Seen here:
+    nginx's worker and master die of SIGSEGV (a NULL load in libc) on the first request in
+    the first second of 1970; FRR's watchfrr, started in the first minute, waits 55 s and
+    exits without starting a daemon. With a recent date both start at once."""
+    await sh(vm, f"date -u -s @{GUEST_EPOCH} > /dev/null")
 
 
 # ---------------------------------------------------------------- iperf3
@@ -84,17 +98,17 @@ def frr_conf(router: str) -> str:
 
 
 async def start_frr(vm: hv.Vm, conf: Path) -> None:
-    """The router's loopback, its frr.conf, and FRR 10's daemons started by hand (mgmtd,
-    zebra, ospfd; then ``vtysh -b`` hands each its part of the integrated frr.conf). Not
-    Debian's ``frrinit.sh start``: its watchfrr, started in the first minute of uptime, gives
-    up without starting a daemon (it waits out its restart interval first). Output goes to a
-    file: a daemon keeps what it inherits open, and exec waits for the end of its output."""
+    """The router's clock (see ``set_clock``) and loopback, its frr.conf, ospfd on in
+    /etc/frr/daemons, and Debian's own start script without systemd: it starts watchfrr,
+    which starts zebra, mgmtd, ospfd and staticd and hands them the integrated frr.conf. Its
+    output goes to a file: the daemons keep what they inherit open, and exec waits for EOF."""
+    await set_clock(vm)
     await vm.copy_in(conf, "/etc/frr/frr.conf")
     n = vm.name[1:]
-    await sh(vm, f"ip addr add 10.255.0.{n}/32 dev lo && install -d -o frr -g frr /run/frr && "
-                 "for d in mgmtd zebra ospfd; do /usr/lib/frr/$d -d -F traditional -A 127.0.0.1 "
-                 "|| exit 1; done > /tmp/frr.log 2>&1 && vtysh -b >> /tmp/frr.log 2>&1 "
-                 "|| { cat /tmp/frr.log; exit 1; }")  # fmt: skip
+    await sh(vm, f"ip addr add 10.255.0.{n}/32 dev lo && "
+                 "sed -i 's/^ospfd=no/ospfd=yes/' /etc/frr/daemons && "
+                 "/usr/lib/frr/frrinit.sh start > /tmp/frrinit.log 2>&1 "
+                 "|| { cat /tmp/frrinit.log; exit 1; }")  # fmt: skip
 
 
 async def full_neighbours(vm: hv.Vm) -> list[str]:
@@ -160,3 +174,93 @@ async def test_frr_ospf_triangle_converges_and_routes_around_a_pulled_cable(
         assert ttl == 63, route
         trace = await sh(r1, "ip route show 10.255.0.3")
         assert "proto ospf" in trace and "via 10.0.12.2" in trace, trace
+
+
+# ---------------------------------------------------------------- nginx, by its DNS name
+
+
+async def test_busybox_wget_fetches_nginx_by_its_lab_dns_name(
+    debian_image: Any,  # noqa: F811
+    linux_image: Any,
+) -> None:
+    """Debian's nginx-light with its default site in ``web``; busybox's wget in a guest of the
+    fast image asks the switch's DNS server for web.lab (init wrote it to resolv.conf)."""
+    lab = hv.Lab("web").switch("lan", subnet="10.0.0.0/24", dns=True)
+    debian(lab, "web", {"switch": "lan", "ip": "10.0.0.2/24"})
+    lab.vm("client", kernel="linux", nics=[{"switch": "lan", "ip": "10.0.0.3/24"}])
+    async with hv.open_lab(lab) as run:
+        web, client = run.vms["web"], run.vms["client"]
+        await set_clock(web)
+        # the master forks once it listens; its output goes to a file (exec waits for EOF)
+        await sh(web, "nginx > /tmp/nginx.log 2>&1 || { cat /tmp/nginx.log; exit 1; }")
+        assert "nginx: master process" in await sh(web, "ps -eo args")
+        r = await client.exec("wget", "-q", "-O", "-", "http://web.lab/", timeout=EXEC_TIMEOUT)
+        assert r.returncode == 0, r
+        assert b"<title>Welcome to nginx!</title>" in r.stdout, r.stdout[:500]
+        r = await client.exec("nslookup", "web.lab", timeout=EXEC_TIMEOUT)
+        assert re.search(rb"Address:\s*10\.0\.0\.2\b", r.stdout), r
+        log = await sh(web, "cat /var/log/nginx/access.log")
+        assert re.search(r'^10\.0\.0\.3 .*"GET / HTTP/1\.[01]" 200 ', log, re.M), log
+
+
+# ---------------------------------------------------------------- tcpdump -w, hv cp, tshark
+
+CAPTURE_LAB = """
+[switches.lan]
+subnet = "10.0.0.0/24"
+
+[vms.cap]
+kernel = "linux"
+image = "debian"
+nics = [{ switch = "lan", ip = "10.0.0.2/24" }]
+
+[vms.pinger]
+kernel = "linux"
+nics = [{ switch = "lan", ip = "10.0.0.3/24" }]
+"""
+PINGS = 5
+
+
+def test_tcpdump_capture_copied_out_with_hv_cp_reads_in_tshark(
+    debian_image: Any,  # noqa: F811
+    linux_image: Any,
+) -> None:
+    """``hv up -d``, then only the command line: tcpdump -w in the Debian guest (in the
+    background: exec returns, tcpdump goes on), busybox's ping from the other guest, tcpdump
+    ends by itself after its -c packets, ``hv cp`` brings the file out, tshark reads it."""
+    tshark = shutil.which("tshark")
+    assert tshark, "tshark is not installed (apt-get install tshark)"
+    h = Host()
+    try:
+        r = h.hv("up", "-d", str(h.lab_file("rc", CAPTURE_LAB)))
+        assert r.returncode == 0, r.stderr
+        lab = "hv-rc"
+        n = 2 * PINGS  # each echo request and its reply
+        script = f"tcpdump -i eth0 -w /tmp/x.pcap -c {n} icmp > /tmp/tcpdump.log 2>&1 &"
+        r = h.hv("exec", lab, "cap", "--", "sh", "-c", script, timeout=EXEC_TIMEOUT)
+        assert r.returncode == 0, r.stderr
+
+        def listening() -> bool:
+            log = h.hv("exec", lab, "cap", "--", "cat", "/tmp/tcpdump.log").stdout
+            return "listening on eth0" in log
+
+        wait_until_sync(listening, "tcpdump to listen", timeout=EXEC_TIMEOUT, every=0.2)
+        r = h.hv("exec", lab, "pinger", "--", "ping", "-c", str(PINGS), "10.0.0.2",
+                 timeout=EXEC_TIMEOUT)  # fmt: skip
+        assert r.returncode == 0 and f"{PINGS} packets transmitted, {PINGS} received" in r.stdout, r
+        # tcpdump ends after its n packets (waited for in the guest, on its clock)
+        done = "while pidof tcpdump > /dev/null; do sleep 0.1; done; cat /tmp/tcpdump.log"
+        r = h.hv("exec", lab, "cap", "--", "sh", "-c", done, timeout=EXEC_TIMEOUT)
+        assert f"{n} packets captured" in r.stdout, r
+        local = h.root / "x.pcap"
+        r = h.hv("cp", f"{lab}:cap:/tmp/x.pcap", str(local))
+        assert r.returncode == 0, r.stderr
+        fields = subprocess.run(
+            [tshark, "-r", str(local), "-T", "fields", "-e", "icmp.type", "-e", "ip.src"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.split("\n")  # fmt: skip
+        assert sorted(x for x in fields if x) == sorted(
+            ["8\t10.0.0.3"] * PINGS + ["0\t10.0.0.2"] * PINGS
+        ), fields
+    finally:
+        h.cleanup()
