@@ -6,6 +6,7 @@ before pytest starts (cached: only the first run pays for it).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -193,3 +194,25 @@ async def test_hosts_and_resolv_conf_from_the_command_line(linux_image: il.Linux
     assert "127.0.0.1\tlocalhost\n" in out and "127.0.1.1\tweb.lab web\n" in out, out[-800:]
     assert "search lab\nnameserver 10.0.0.1\nnameserver 10.0.0.9\n" in out, out[-800:]
     assert "\nweb\n" in out
+
+
+async def test_the_guest_has_the_wall_clock(linux_image: il.LinuxImage) -> None:
+    """No RTC: hv passes hv.time= and init sets the clock; the host's time on real time, a
+    fixed date on virtual time (so a run repeats). At 1970-01-01 real daemons break."""
+    import time
+
+    from hv._vm import VIRTUAL_EPOCH
+
+    async with trio.open_nursery() as nursery:
+        vm = await _boot(linux_image, nursery)
+        guest = int(await run(vm, "date -u +%s"))
+        assert abs(guest - time.time()) < 120, guest
+        vm.stop()
+    cfg = dataclasses.replace(config(linux_image), clock="virtual")
+    async with trio.open_nursery() as nursery:
+        vm = await nursery.start(hv.run_vm, cfg)
+        with trio.fail_after(BOOT_TIMEOUT):
+            await vm.console.wait_for(PROMPT)
+        guest = int(await run(vm, "date -u +%s"))
+        assert VIRTUAL_EPOCH <= guest < VIRTUAL_EPOCH + 60, guest
+        vm.stop()

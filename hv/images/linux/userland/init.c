@@ -26,6 +26,7 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/sysinfo.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -150,6 +151,20 @@ static void write_name_files(void)
  * move /dev /proc /sys /tmp into it, and make it the root; this process carries on as init
  * there (network, hostname, hv.run=, and the disk's /bin/sh as the console shell). Our
  * applets come after the disk's own tools in PATH. On a failure: stay in the initramfs. */
+/* hv.time=SECONDS (since the epoch, UTC): the guest has no RTC, so hv passes the wall clock
+ * on the command line (the host's time, or a fixed date on virtual time) and init sets it. */
+static void set_wall_clock(void)
+{
+    char text[32];
+    if (!cmdline_param("hv.time", text, sizeof text))
+        return;
+    char *end;
+    long long secs = strtoll(text, &end, 10);
+    struct timeval tv = {.tv_sec = (time_t)secs, .tv_usec = 0};
+    if (*end || secs <= 0 || settimeofday(&tv, NULL) < 0)
+        fprintf(stderr, "init: hv.time=%s: cannot set the clock\n", text);
+}
+
 static int g_disk_root; /* init switched to root= (a disk) */
 
 static void switch_to_disk_root(void)
@@ -294,6 +309,7 @@ int init_main(int argc, char **argv)
     setenv("PS1", "\\h:\\w\\$ ", 0);
     setenv("HOME", "/", 0);
     read_file("/proc/cmdline", g_cmdline, sizeof g_cmdline);
+    set_wall_clock();
     switch_to_disk_root();
 
     char host[65] = "hv";
