@@ -207,7 +207,14 @@ async def test_busybox_wget_fetches_nginx_by_its_lab_dns_name(
 
 # ---------------------------------------------------------------- tcpdump -w, hv cp, tshark
 
+# Real time: on virtual time, a Debian guest running tcpdump sometimes leaves ARP requests
+# unanswered for 2-3 s of guest time after the idle lab ran ahead between host commands (the
+# requests reach it; its replies leave together about a second after the last one, as if
+# the frames were noticed only at its next timer). Seen in about 1 run of 4; not with
+# tcpdump stopped, and never in 5 runs on real time. Open: see the issue 19 note.
 CAPTURE_LAB = """
+clock = "real"
+
 [switches.lan]
 subnet = "10.0.0.0/24"
 
@@ -237,7 +244,8 @@ def test_tcpdump_capture_copied_out_with_hv_cp_reads_in_tshark(
         r = h.hv("up", "-d", str(h.lab_file("rc", CAPTURE_LAB)))
         assert r.returncode == 0, r.stderr
         lab = "hv-rc"
-        script = "tcpdump -i eth0 -U -w /tmp/x.pcap icmp > /tmp/tcpdump.log 2>&1 &"
+        n = 2 * PINGS  # each echo request and its reply
+        script = f"tcpdump -i eth0 -w /tmp/x.pcap -c {n} icmp > /tmp/tcpdump.log 2>&1 &"
         r = h.hv("exec", lab, "cap", "--", "sh", "-c", script, timeout=EXEC_TIMEOUT)
         assert r.returncode == 0, r.stderr
 
@@ -248,15 +256,11 @@ def test_tcpdump_capture_copied_out_with_hv_cp_reads_in_tshark(
         wait_until_sync(listening, "tcpdump to listen", timeout=EXEC_TIMEOUT, every=0.2)
         r = h.hv("exec", lab, "pinger", "--", "ping", "-c", str(PINGS), "10.0.0.2",
                  timeout=EXEC_TIMEOUT)  # fmt: skip
-        m = re.search(r"(\d+) packets transmitted, (\d+) received", r.stdout)
-        assert r.returncode in (0, 1) and m, r
-        sent, answered = int(m[1]), int(m[2])
-        assert sent == PINGS and answered >= 1, r.stdout
-        # tcpdump ends on SIGINT, writing what it has (waited for in the guest)
-        done = "kill -INT $(pidof tcpdump); while pidof tcpdump > /dev/null; do sleep 0.1; done"
-        r = h.hv("exec", lab, "cap", "--", "sh", "-c", f"{done}; cat /tmp/tcpdump.log",
-                 timeout=EXEC_TIMEOUT)  # fmt: skip
-        assert f"{sent + answered} packets captured" in r.stdout, r
+        assert r.returncode == 0 and f"{PINGS} packets transmitted, {PINGS} received" in r.stdout, r
+        # tcpdump ends after its n packets (waited for in the guest, on its clock)
+        done = "while pidof tcpdump > /dev/null; do sleep 0.1; done; cat /tmp/tcpdump.log"
+        r = h.hv("exec", lab, "cap", "--", "sh", "-c", done, timeout=EXEC_TIMEOUT)
+        assert f"{n} packets captured" in r.stdout, r
         local = h.root / "x.pcap"
         r = h.hv("cp", f"{lab}:cap:/tmp/x.pcap", str(local))
         assert r.returncode == 0, r.stderr
@@ -265,7 +269,7 @@ def test_tcpdump_capture_copied_out_with_hv_cp_reads_in_tshark(
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout.split("\n")  # fmt: skip
         assert sorted(x for x in fields if x) == sorted(
-            ["8\t10.0.0.3"] * sent + ["0\t10.0.0.2"] * answered
+            ["8\t10.0.0.3"] * PINGS + ["0\t10.0.0.2"] * PINGS
         ), fields
     finally:
         h.cleanup()
