@@ -498,13 +498,16 @@ class Vm:
                     return Run.SETTLE
                 continue
             if self._vt_input:
-                # Input, a resume. A guest that runs, or sleeps with a wake-up due, takes it
-                # at its own time (its peers did not run past that plus the lookahead); one
-                # that slept with nothing due is behind the lab: it wakes at the lab's newest
-                # time, so nothing it sends lands in a peer's past.
+                # Input, a resume. A guest that runs takes it at its own time (its peers did
+                # not run past that plus the lookahead). A sleeping one is behind the lab: its
+                # peers may have run up to its next wake-up plus the lookahead, so it takes
+                # the input there (as if it came when the guest woke anyway), or at the lab's
+                # newest time if that is sooner or nothing is due; so nothing it sends lands
+                # in a peer's past.
                 self._vt_input = False
-                if self._vt_sleeping and self._vt_wake_ps(clock.ps) == INF:
-                    clock.skip_to(timeline.frontier_ps())
+                if self._vt_sleeping:
+                    wake = self._vt_wake_ps(clock.ps)
+                    clock.skip_to(int(min(wake, timeline.frontier_ps())))
                 self._vt_sleeping = False
                 pending, self._host_input = self._host_input, []
                 for fn in pending:  # at this guest time, between slices
