@@ -81,7 +81,9 @@ def apt_options(root: Path) -> list[str]:
     return out
 
 
-def _prepare(root: Path) -> None:
+def prepare_state(root: Path) -> None:
+    """Create the private state under ``root`` (folders, an empty dpkg status, the source
+    list of Debian's archive for riscv64) that ``apt_options(root)`` points at."""
     for d in ("state/lists/partial", "cache/archives/partial"):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "state" / "status").touch()
@@ -186,7 +188,7 @@ def apt_download(
         if wanted:
             if not KEYRING.is_file():
                 raise HostError(f"{KEYRING} is missing: apt-get install debian-archive-keyring")
-            _prepare(root)
+            prepare_state(root)
             opts = apt_options(root)
             say(f"debian: apt-get update ({SUITE} {ARCH}, private state in {root})")
             _run(["apt-get", *opts, "-q", "update"])

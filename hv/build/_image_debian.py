@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hv._errors import ConfigError, HostError
+from hv.build._debian import ARCH, KEYRING, MIRROR, SUITE, apt_options, prepare_state
 from hv.build._image_linux import (
     LinuxImage,
     _dpkg_status,
@@ -52,10 +53,6 @@ from hv.build._zig import cache_dir
 # Bump when this script's output changes for the same inputs (the guest script, cleanup, ...).
 BUILD_SCRIPT_VERSION = "1"
 
-SUITE = "trixie"
-ARCH = "riscv64"
-MIRROR = "http://deb.debian.org/debian"
-KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 DEFAULT_SIZE = 2 << 30
 MIN_SIZE = 512 << 20
 MAX_SIZE = 64 << 30
@@ -231,22 +228,12 @@ def _download(target: Path, packages: Sequence[str], log: Path, stages: _Stages)
     batches that break on pre-dependencies (frr -> logrotate -> cron -> systemd fails)."""
     stages.start("download", f"apt-get --download-only {' '.join(packages)} ({ARCH})")
     state = target.parent / "apt"
-    for d in ("etc/apt/apt.conf.d", "etc/apt/preferences.d", "var/lib/apt/lists/partial",
-              "var/cache/apt/archives/partial", "var/lib/dpkg"):  # fmt: skip
-        (state / d).mkdir(parents=True, exist_ok=True)
-    (state / "var/lib/dpkg/status").write_text("")
-    (state / "etc/apt/sources.list").write_text(
-        f"deb [signed-by={KEYRING}] {MIRROR} {SUITE} main\n"
-    )
+    prepare_state(state)
     debs = target / "var/cache/hvfabric-debs"
     debs.mkdir(parents=True)
-    conf = state / "apt.conf"
-    conf.write_text(
-        f'Dir "{state}/";\nDir::State::status "{state}/var/lib/dpkg/status";\n'
-        f'APT::Architecture "{ARCH}";\nAPT::Architectures "{ARCH}";\n'
-        f'Dir::Cache::archives "{debs}/";\nAPT::Install-Recommends "false";\n'
-    )
-    env = {**os.environ, "APT_CONFIG": str(conf), "DEBIAN_FRONTEND": "noninteractive"}
+    opts = [*apt_options(state), "-o", f"Dir::Cache::archives={debs}/"]
+    opts += ["-o", "APT::Install-Recommends=false"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     done = 0
 
     def on_line(line: str) -> None:
@@ -255,8 +242,8 @@ def _download(target: Path, packages: Sequence[str], log: Path, stages: _Stages)
             done += 1
             stages.say(step_line(done, None, " ".join(line.split()[3:5])))
 
-    _run(["apt-get", "update"], cwd=None, log=log, env=env)
-    _run(["apt-get", "install", "--download-only", "-y", *packages], cwd=None, log=log,
+    _run(["apt-get", *opts, "update"], cwd=None, log=log, env=env)
+    _run(["apt-get", *opts, "install", "--download-only", "-y", *packages], cwd=None, log=log,
          env=env, on_line=on_line)  # fmt: skip
     shutil.rmtree(debs / "partial", ignore_errors=True)
     (debs / "lock").unlink(missing_ok=True)

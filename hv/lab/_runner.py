@@ -226,7 +226,7 @@ def vm_config(
     boot = boot or boot_files(spec, vm)
     cmdline = vm.cmdline if vm.cmdline is not None else (boot.cmdline or "")
     if vm.image is not None:  # our init mounts the image's disk (vda) as its root
-        cmdline = f"{cmdline} root=/dev/vda hostname={vm.name}".strip()
+        cmdline = f"{cmdline} root=/dev/vda".strip()
     if vm.append:
         cmdline = f"{cmdline} {vm.append}".strip()
     cmdline = f"{cmdline} {names_cmdline(spec, vm, cmdline)}".strip()
