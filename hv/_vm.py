@@ -71,10 +71,6 @@ class VmState(enum.Enum):
     STOPPED = "stopped"
 
 
-# The wall clock a Linux guest on virtual time starts at (2026-01-01T00:00:00Z; hv.time=).
-VIRTUAL_EPOCH = 1767225600
-
-
 @dataclass(frozen=True)
 class VmConfig:
     """What to boot. ``kernel`` and ``initrd`` are paths or the file contents."""
@@ -122,9 +118,7 @@ class VmConfig:
         return MachineConfig(
             kernel=kernel,
             mem_size=self.mem_size,
-            cmdline=" ".join(
-                x for x in (self.cmdline, nic_cmdline(self.nics), self._time_arg(linux)) if x
-            ),
+            cmdline=" ".join(x for x in (self.cmdline, nic_cmdline(self.nics)) if x),
             initrd=initrd,
             quantum=self.quantum,
             dtb_out=self.dtb_out,
@@ -135,15 +129,6 @@ class VmConfig:
             clock=self.clock,
             mips=self.mips,
         )
-
-    def _time_arg(self, linux: bool) -> str:
-        """``hv.time=SECONDS`` for a Linux guest, which has no RTC: our init sets the wall
-        clock from it (daemons such as nginx and FRR's watchfrr break at 1970-01-01). The
-        host's time on real time; on virtual time the fixed ``VIRTUAL_EPOCH``, so that a run
-        repeats. A command line that sets ``hv.time=`` itself keeps its own."""
-        if not linux or "hv.time=" in self.cmdline:
-            return ""
-        return f"hv.time={VIRTUAL_EPOCH if self.clock == 'virtual' else int(time.time())}"
 
     def _service_devices(self, linux: bool, used: int) -> tuple[Device, ...]:
         """The vsock and rng devices this VM gets (after its other devices)."""

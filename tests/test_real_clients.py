@@ -22,7 +22,7 @@ from test_control import Host
 from test_debian import debian_image  # noqa: F401  (the fixture)
 
 import hv
-from hv._vm import VIRTUAL_EPOCH
+from hv.hw._clock import VIRTUAL_EPOCH
 
 EXEC_TIMEOUT = 600  # one command's wall time on a loaded machine (iperf3: about 25 s alone)
 GUEST_EPOCH = VIRTUAL_EPOCH  # 2026-01-01 00:00:00 UTC: a virtual-time guest's clock at boot

@@ -166,6 +166,7 @@ class Machine:
         self.console.native = self.vcpu
         self._sbi_native_seen = 0
         self.kernel: LoadedKernel | None = None
+        self._bootargs = config.cmdline  # the command line of the boot under way
         self.dtb = b""
 
     def _place(self, slot: int, dev: Device) -> None:
@@ -202,6 +203,7 @@ class Machine:
         """Load the kernel, initrd and device tree, and put the hart at the kernel's entry."""
         cfg = self.config
         self.kernel = load_kernel(cfg.kernel, self.mem.base, self.mem.size, self.mem.write)
+        self._bootargs = self._with_wall_clock(cfg.cmdline, self.kernel.kind)
         if cfg.initrd and len(cfg.initrd) >= self.mem.size:
             raise ConfigError(
                 f"initrd of {len(cfg.initrd) >> 20} MiB does not fit in {self.mem.size >> 20} MiB "
@@ -228,13 +230,23 @@ class Machine:
             initrd=layout.initrd and [hex(a) for a in layout.initrd],
         )
 
+    def _with_wall_clock(self, cmdline: str, kind: str) -> str:
+        """A Linux Image has no RTC to read: ``hv.time=`` gives its init the wall clock at
+        this boot (the host's; on virtual time ``VIRTUAL_EPOCH`` plus the lab's time, so a
+        run repeats). Daemons break at 1970-01-01 (nginx's workers crashed on their first
+        request; FRR's watchfrr gave up). A command line that sets it keeps its own."""
+        if kind != "image" or "hv.time=" in cmdline:
+            return cmdline
+        arg = f"hv.time={self.clock.wall_s()}"
+        return f"{cmdline} {arg}" if len(cmdline) + len(arg) < TEXT_LIMIT else cmdline
+
     def _device_tree(self, initrd: tuple[int, int] | None) -> bytes:
         if initrd is None and self.config.initrd:
             initrd = (self.mem.base, self.mem.base + len(self.config.initrd))
         spec = DeviceTreeSpec(
             ram_base=self.mem.base,
             ram_size=self.mem.size,
-            bootargs=self.config.cmdline,
+            bootargs=self._bootargs,
             initrd=initrd,
             virtio_slots=tuple(sorted(self.slots)),
         )

@@ -29,6 +29,9 @@ DEFAULT_MIPS = 1000
 MIPS_MIN = 1
 MIPS_MAX = 1_000_000
 PS_PER_S = 1_000_000_000_000
+# The wall clock of a virtual-time guest at lab time 0 (2026-01-01T00:00:00Z): a Linux guest
+# has no RTC, and its init sets the clock from ``hv.time=`` (``Clock.wall_s`` at each boot).
+VIRTUAL_EPOCH = 1767225600
 
 
 class Clock:
@@ -54,6 +57,10 @@ class Clock:
 
     def seconds_until(self, ticks: int) -> float:
         return max(0.0, (ticks - self.ticks()) / self.hz)
+
+    def wall_s(self) -> int:
+        """The wall clock a guest booting now should start at (seconds since the epoch)."""
+        return int(time.time())
 
     def offset_ns(self) -> int:
         """The source time at which guest time would read 0 (the native clock's base)."""
@@ -108,6 +115,11 @@ class VirtualClock(Clock):
 
     def now_ns(self) -> int:
         return self.now_ps() // 1000
+
+    def wall_s(self) -> int:
+        """``VIRTUAL_EPOCH`` plus the lab's time: the same on every run, and a reboot does not
+        turn the guest's clock back."""
+        return VIRTUAL_EPOCH + self.ps // PS_PER_S
 
     def guest_ps(self) -> int:
         """Picoseconds since (re)boot at the start of the next slice (what the native clock
