@@ -34,6 +34,7 @@ callbacks; it imports neither.
 from __future__ import annotations
 
 import enum
+import functools
 import heapq
 import itertools
 import math
@@ -43,6 +44,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
+
+from hv.hw import Pool, default_jobs
 
 PS = 1_000_000_000_000  # picoseconds per second
 # The minimum latency of a NIC's cable, and so the lab's lookahead: 200 us (a lab's
@@ -138,10 +141,16 @@ class Timeline:
     ``now()`` is the fabric's clock (seconds): while an event is processed, its time; else the
     time up to which everything has been processed. ``run()`` is the task that drives it."""
 
-    def __init__(self, lookahead_ps: int = DEFAULT_LOOKAHEAD_PS) -> None:
+    def __init__(self, lookahead_ps: int = DEFAULT_LOOKAHEAD_PS, jobs: int | None = None) -> None:
         if lookahead_ps <= 0:
             raise ValueError("the lookahead must be positive")
+        if jobs is not None and jobs < 1:
+            raise ValueError("jobs must be at least 1")
         self.lookahead_ps = lookahead_ps
+        # How many host threads run the members of a round at once (hv.hw._parallel);
+        # the results are the same for any number.
+        self.jobs = jobs if jobs is not None else default_jobs()
+        self._pool: Pool | None = None
         self.now_ps = 0
         self._now_s = 0.0  # the same, exactly as the event had it (a fabric deadline's float)
         self._members: list[Member] = []
@@ -154,8 +163,8 @@ class Timeline:
         self._seq = itertools.count()
         self._timed: list[Timed] = []
         self._poke = trio.Event()
-        self._horizon_ps = 0  # of the member running now (its first send lowers it)
-        self._running: Member | None = None
+        # How far each member of the round under way may go (its first send lowers it).
+        self._horizons: dict[int, int] = {}
         self._bound: float = INF  # while processing: what no member can send before
         self.rounds = 0
         self.events = 0
@@ -215,12 +224,14 @@ class Timeline:
         heapq.heappush(
             self._outbox, _Posted(at_ps, self._order.get(id(member), 0), next(self._seq), fn)
         )
-        if member is self._running:
-            self._horizon_ps = min(self._horizon_ps, at_ps + self.lookahead_ps)
+        key = id(member)
+        horizon = self._horizons.get(key)
+        if horizon is not None and at_ps + self.lookahead_ps < horizon:
+            self._horizons[key] = at_ps + self.lookahead_ps
 
-    def horizon_ps(self) -> int:
-        """How far the running member may go now."""
-        return self._horizon_ps
+    def horizon_ps(self, member: Member) -> int:
+        """How far ``member`` may go now (in the round under way)."""
+        return self._horizons[id(member)]
 
     def frontier_ps(self) -> int:
         """The newest time any member has reached: where input from outside (typing, a
@@ -297,12 +308,14 @@ class Timeline:
         """Drive the members until the task is cancelled (a lab's nursery, a VM's own)."""
         self.wall_start = time.monotonic()
         self._ended = False
+        self._pool = Pool(self.jobs)
         try:
             while True:
                 await self._round()
         finally:
             self.wall_s = time.monotonic() - self.wall_start
             self._ended = True
+            self._pool.close()
 
     async def _round(self) -> None:
         if self.halted:
@@ -328,9 +341,8 @@ class Timeline:
                 least[key] = (first, n, who)
         everyone = least.get(-1, (INF, INF, None))
         fabric = self._fabric_next()
-        for m in list(self._members):
-            if m not in self._members or self.halted:
-                continue
+        plan: list[tuple[Member, int]] = []
+        for m in self._members:
             key = islands.get(m.name, -1)
             first, second, who = least.get(key, (INF, INF, None))
             others = second if m is who else first
@@ -346,49 +358,68 @@ class Timeline:
             horizon = min(min(others, fabric) + self.lookahead_ps, start + ROUND_PS)
             if start >= horizon:
                 continue
+            plan.append((m, int(horizon) if horizon != INF else 1 << 62))
+        if plan and not self.halted:
             ran = True
-            await self._advance(m, int(horizon) if horizon != INF else 1 << 62)
+            await self._advance(plan)
         if not ran and not processed:
             # Nothing can happen before something from outside: input, a stop, a host I/O.
             await self._poke.wait()
         else:
             await trio.lowlevel.checkpoint()
 
-    async def _advance(self, m: Member, horizon: int) -> None:
-        """Run ``m`` to ``horizon`` (lowered if it sends). Waits and yields in host time keep
-        the horizon: where slices end never depends on when the host got round to it."""
-        self._horizon_ps = horizon
-        while True:
-            self._running = m
-            try:
-                got = m.vt_advance(self, self._horizon_ps)
-            finally:
-                self._running = None
-            if got is Run.YIELD:
-                await trio.lowlevel.checkpoint()
-                continue
-            if got is Run.SETTLE:
-                # Everything that reacts to the output (a script's wait_for, then send_all)
-                # runs now, before the guest goes on: its input lands at this guest time.
-                # trio.testing imported here: it loads pytest when installed (~0.1 s of
-                # every hv start, and only virtual time needs it)
-                from trio.testing import wait_all_tasks_blocked
+    async def _advance(self, plan: list[tuple[Member, int]]) -> None:
+        """Run each member of ``plan`` to its horizon (lowered if it sends), on up to
+        ``jobs`` host threads at once. Waits and yields in host time keep the horizons: where
+        slices end never depends on when the host got round to it, nor on how many threads
+        ran the round (each member's horizon comes from the round's starting state, and what
+        one sends is only seen after the round)."""
+        assert self._pool is not None
+        self._horizons = {id(m): h for m, h in plan}
+        todo = [m for m, _ in plan]
+        try:
+            while todo:
+                got = self._pool.run([functools.partial(self._step, m) for m in todo])
+                again: list[Member] = []
+                settle = yielded = False
+                for m, run in zip(todo, got, strict=True):
+                    if run is Run.YIELD:
+                        yielded = True
+                        again.append(m)
+                    elif run is Run.SETTLE:
+                        settle = True
+                        again.append(m)
+                    elif run in (Run.WAITING, Run.HELD):
+                        blocker = m.vt_blocker()
+                        if blocker is not None:
+                            with trio.move_on_after(1.0):  # re-check now and then (a stop)
+                                await blocker.wait()
+                        again.append(m)
+                    else:
+                        ps = m.vt_ps()
+                        if ps > self.reached_ps:
+                            self.reached_ps = ps
+                        if run is Run.STOPPED and self.on_stop is not None:
+                            self.on_stop(m)
+                if settle:
+                    # Everything that reacts to the output (a script's wait_for, then
+                    # send_all) runs now, before the guest goes on: its input lands at this
+                    # guest time. trio.testing imported here: it loads pytest when installed
+                    # (~0.1 s of every hv start, and only virtual time needs it)
+                    from trio.testing import wait_all_tasks_blocked
 
-                with trio.move_on_after(SETTLE_MAX_S):
-                    await wait_all_tasks_blocked()
-                continue
-            if got in (Run.WAITING, Run.HELD):
-                blocker = m.vt_blocker()
-                if blocker is not None:
-                    with trio.move_on_after(1.0):  # re-check now and then (a stop, a pause)
-                        await blocker.wait()
-                continue
-            ps = m.vt_ps()
-            if ps > self.reached_ps:
-                self.reached_ps = ps
-            if got is Run.STOPPED and self.on_stop is not None:
-                self.on_stop(m)
-            return
+                    with trio.move_on_after(SETTLE_MAX_S):
+                        await wait_all_tasks_blocked()
+                elif yielded:
+                    await trio.lowlevel.checkpoint()
+                if self.halted:
+                    return
+                todo = [m for m in again if m in self._members]
+        finally:
+            self._horizons = {}
+
+    def _step(self, m: Member) -> Run:
+        return m.vt_advance(self, self._horizons[id(m)])
 
     # -- what users see ----------------------------------------------------------------------
 
@@ -404,4 +435,6 @@ class Timeline:
             "ratio": virt / wall if wall > 0 else 0.0,
             "rounds": self.rounds,
             "events": self.events,
+            "jobs": self.jobs,
+            "parallel_batches": self._pool.batches if self._pool is not None else 0,
         }

@@ -500,7 +500,7 @@ class Vm:
             now = clock.ps
             if not self._vt_due(now):
                 return Run.WAITING
-            horizon = timeline.horizon_ps()
+            horizon = timeline.horizon_ps(self._member)
             if now >= horizon:
                 return Run.RAN
             if self._vt_sleeping:

@@ -81,15 +81,17 @@ def load_named(path: Path, project: str | None, args: argparse.Namespace | None 
     if project is not None:
         spec = replace(spec, name=check_lab_name(project, "-p/--project-name"))
     if args is not None:
-        spec = with_clock(spec, args.clock, args.seed, args.mips, option="--")
+        spec = with_clock(
+            spec, args.clock, args.seed, args.mips, jobs=getattr(args, "jobs", None), option="--"
+        )
     return spec
 
 
 def clock_arguments(args: argparse.Namespace) -> list[str]:
-    """``hv up``'s ``--clock``, ``--seed`` and ``--mips`` as given, to pass on."""
+    """``hv up``'s ``--clock``, ``--seed``, ``--mips`` and ``--jobs`` as given, to pass on."""
     out = []
-    for key in ("clock", "seed", "mips"):
-        if getattr(args, key) is not None:
+    for key in ("clock", "seed", "mips", "jobs"):
+        if getattr(args, key, None) is not None:
             out += [f"--{key}", str(getattr(args, key))]
     return out
 

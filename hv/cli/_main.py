@@ -347,6 +347,15 @@ def _add_clock_options(p: argparse.ArgumentParser, *, lab: bool) -> None:
     )
     if lab:
         p.add_argument(
+            "--jobs",
+            type=_whole,
+            metavar="N",
+            help=(
+                "host threads that run the lab's VMs at once on virtual time (default: every "
+                "core; the run is byte for byte the same for any N; docs/SCALING.md)"
+            ),
+        )
+        p.add_argument(
             "--seed",
             type=_whole,
             metavar="N",

@@ -72,7 +72,7 @@ from hv.engine._abi import (
     unicorn,
 )
 from hv.engine._native import _load_native_hook
-from hv.hw import Bus, GuestMemory
+from hv.hw import GATE, Bus, GuestMemory
 from hv.riscv import _traps
 
 log = get_logger("hv.vcpu")
@@ -356,6 +356,12 @@ class Vcpu:
                     self._host_error(f"{name} failed handling a guest error")
 
         def on_read(uc: int, offset: int, sz: int, ud: int) -> int:
+            if GATE.active:  # a parallel batch: hv's Python runs under the gate
+                with GATE.lock:
+                    return read(offset, sz)
+            return read(offset, sz)
+
+        def read(offset: int, sz: int) -> int:
             stats.mmio_reads += 1
             if time.monotonic_ns() > self._deadline:
                 self._late()
@@ -371,6 +377,13 @@ class Vcpu:
         mem = self.mem
 
         def on_write(uc: int, offset: int, sz: int, value: int, ud: int) -> None:
+            if GATE.active:
+                with GATE.lock:
+                    write(offset, sz, value)
+                return
+            write(offset, sz, value)
+
+        def write(offset: int, sz: int, value: int) -> None:
             stats.mmio_writes += 1
             if time.monotonic_ns() > self._deadline:
                 self._late()
@@ -591,7 +604,7 @@ class Vcpu:
             stops = hv.stops
             self._in_slice = True
             try:
-                err = _emu_start(self._h, self._pc, 0, 0, 0)
+                err = self._engine(0)
             finally:
                 self._in_slice = False
             unspent = self._unspent + (e.unspent if e is not None else 0)
@@ -605,7 +618,7 @@ class Vcpu:
             s.request = 0
             before = s.executed
             count = 0 if self.slicing == "block-hook" else quantum
-            err = _emu_start(self._h, self._pc, 0, 0, count)
+            err = self._engine(count)
             ran = s.executed - before
             self.stats.code_bytes += ran
             self.stats.guest_insns += ran // BYTES_PER_INSN if count == 0 else 0
@@ -649,6 +662,18 @@ class Vcpu:
         self.stats.wfi += 1
         return Exit(ExitKind.WFI)
 
+    def _engine(self, count: int) -> int:
+        """Run the guest (the engine), without hv's gate if a parallel batch holds it here:
+        guest code is what runs on several cores at once (hv.hw._parallel)."""
+        gate = GATE
+        if not gate.active:
+            return int(_emu_start(self._h, self._pc, 0, 0, count))
+        gate.lock.release()
+        try:
+            return int(_emu_start(self._h, self._pc, 0, 0, count))
+        finally:
+            gate.lock.acquire()
+
     def _take_fatal(self) -> Exit | None:
         fatal, self._fatal = self._fatal, None
         return fatal
@@ -688,6 +713,13 @@ class Vcpu:
         self._zero_budget()
 
     def _on_intr(self, uc: int, intno: int, ud: int) -> None:
+        if GATE.active:  # a parallel batch: hv's Python runs under the gate
+            with GATE.lock:
+                self._exception(intno)
+            return
+        self._exception(intno)
+
+    def _exception(self, intno: int) -> None:
         if self._exits is None and time.monotonic_ns() > self._deadline:
             self._late()  # (with the native hook in front, it checks the deadline itself)
         try:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from hv.hw._counters import Counters
     from hv.hw._device import AsyncWork, Completion, Device, DeviceContext, DeviceTime
     from hv.hw._memory import GuestMemory
+    from hv.hw._parallel import GATE, Gate, Pool, default_jobs
     from hv.hw._platform import (
         DEFAULT_QUANTUM,
         KERNEL_ADDR,
@@ -51,10 +52,13 @@ _FACE = {
     "Device": "hv.hw._device",
     "DeviceContext": "hv.hw._device",
     "DeviceTime": "hv.hw._device",
+    "GATE": "hv.hw._parallel",
+    "Gate": "hv.hw._parallel",
     "GuestMemory": "hv.hw._memory",
     "IrqLine": "hv.hw._bus",
     "KERNEL_ADDR": "hv.hw._platform",
     "PLIC_BASE": "hv.hw._platform",
+    "Pool": "hv.hw._parallel",
     "PLIC_NUM_SOURCES": "hv.hw._platform",
     "PLIC_SIZE": "hv.hw._platform",
     "QUANTUM_MAX": "hv.hw._platform",
@@ -71,6 +75,7 @@ _FACE = {
     "VIRTIO_SLOTS": "hv.hw._platform",
     "VIRTIO_STRIDE": "hv.hw._platform",
     "VirtualClock": "hv.hw._clock",
+    "default_jobs": "hv.hw._parallel",
     "virtio_slot_base": "hv.hw._platform",
 }
 
@@ -82,6 +87,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DEFAULT_MIPS",
     "DEFAULT_QUANTUM",
+    "GATE",
     "KERNEL_ADDR",
     "PLIC_BASE",
     "PLIC_NUM_SOURCES",
@@ -106,9 +112,12 @@ __all__ = [
     "Device",
     "DeviceContext",
     "DeviceTime",
+    "Gate",
     "GuestMemory",
     "IrqLine",
+    "Pool",
     "TimeSource",
     "VirtualClock",
+    "default_jobs",
     "virtio_slot_base",
 ]

@@ -89,6 +89,7 @@ async def open_lab(
     clock: str | None = None,
     seed: int | None = None,
     mips: int | None = None,
+    jobs: int | None = None,
 ) -> AsyncIterator[LabRun]:
     """Run a lab (a parsed file, a ``Lab``, or a lab file's path) for the body of the
     ``async with``: its switches, services and VMs are up when the body starts; leaving it
@@ -99,8 +100,9 @@ async def open_lab(
     ``clock`` ("real" or "virtual"), ``seed`` and ``mips`` replace the lab's own keys, as
     ``hv up --clock --seed --mips`` do (docs/TIME.md); a ConfigError for a lab with a TAP on
     virtual time, or ``mips`` on real time. ``lab.timeline.stats()`` then gives the virtual
-    time, the wall time and their ratio."""
-    parsed = with_clock(as_spec(spec, clock=clock), clock, seed, mips)
+    time, the wall time and their ratio. ``jobs`` is how many host threads run the VMs of a
+    virtual-time lab (default: every core; the run is the same for any number)."""
+    parsed = with_clock(as_spec(spec, clock=clock), clock, seed, mips, jobs=jobs)
     check_captures(parsed, force)  # a plain ConfigError here, not one from inside the nursery
     async with trio.open_nursery() as nursery:
         run: LabRun = await nursery.start(_run, parsed, output, force)

@@ -339,9 +339,8 @@ async def run_lab(
             read[key] = boot_files(spec, v)
         boots[name] = read[key]
     run = LabRun(spec)
-    tl = run.timeline = (
-        Timeline(lookahead_ps=spec.lookahead_ps) if spec.clock == "virtual" else None
-    )
+    virtual = spec.clock == "virtual"
+    tl = run.timeline = Timeline(spec.lookahead_ps, jobs=spec.jobs) if virtual else None
     prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
     try:
         async with trio.open_nursery() as nursery:

@@ -188,6 +188,9 @@ class LabSpec:
     seed: int | None = None  # mixed into every impairment's seed
     mips: int = DEFAULT_MIPS  # virtual time: a hart's nominal rate
     lookahead_ps: int = DEFAULT_LOOKAHEAD_PS  # virtual time: a NIC cable's minimum latency
+    # Host threads that run the VMs (virtual time); None: all the host's cores. A choice of
+    # the host's, not of the lab's: the same run for any number (hv up --jobs).
+    jobs: int | None = None
 
     def reaches(self, switch: str) -> frozenset[str]:
         """The switches whose built-in services ``switch``'s untagged frames reach (itself
@@ -663,12 +666,26 @@ def mips_value(value: Any, key: str) -> int:
     return value
 
 
+JOBS_MAX = 1024
+
+
+def jobs_value(value: object, key: str) -> int:
+    """How many host threads run a lab's VMs: a whole number from 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= JOBS_MAX:
+        raise ConfigError(
+            f"{key}: {value!r} is not a number of host threads: use 1 to {JOBS_MAX} "
+            "(the default is every core this process may use)"
+        )
+    return value
+
+
 def with_clock(
     spec: LabSpec,
     clock: str | None = None,
     seed: int | None = None,
     mips: int | None = None,
     *,
+    jobs: int | None = None,
     option: str = "",
 ) -> LabSpec:
     """``spec`` with the lab file's ``clock``, ``seed`` and ``mips`` replaced by those given
@@ -683,6 +700,8 @@ def with_clock(
         changes["seed"] = seed_value(seed, name["seed"])
     if mips is not None:
         changes["mips"] = mips_value(mips, name["mips"])
+    if jobs is not None:
+        changes["jobs"] = jobs_value(jobs, f"{option}jobs")
     new = dataclasses.replace(spec, **changes)
     if mips is not None and new.clock != "virtual":
         virtual = "--clock virtual" if option == "--" else 'clock="virtual"'
