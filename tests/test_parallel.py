@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from rvasm import WFI, addi, amoadd_w, bne, code, r_type
 
 from hv._errors import ConfigError
 from hv.hw import GATE, Pool
@@ -191,3 +192,71 @@ async def test_a_worker_may_set_trio_events_and_start_tasks() -> None:
     finally:
         pool.close()
     assert sorted(woke) == ["event", "task"]
+
+
+# -- atomics across engines on parallel threads (hv/engine/patches/0004) ---------------------
+
+_LR_W = 0b0001000
+_SC_W = 0b0001100
+
+
+def _racer(n: int) -> bytes:
+    """a0: an amoadd.w counter, a1: an LR/SC counter, a2: rounds; then wfi."""
+    t1, t2, t3, a0, a1, a2 = 6, 7, 28, 10, 11, 12
+    words = [
+        addi(t1, 0, 1),
+        amoadd_w(0, t1, a0),  # loop:
+        r_type(_LR_W, 0, a1, 2, t2, 0x2F),  # retry: lr.w t2, (a1)
+        addi(t2, t2, 1),
+        r_type(_SC_W, t2, a1, 2, t3, 0x2F),  # sc.w t3, t2, (a1)
+        bne(t3, 0, -12),
+        addi(a2, a2, -1),
+        bne(a2, 0, -24),
+        WFI,
+    ]
+    assert n > 0
+    return code(words)
+
+
+class _NoFirmware:
+    def sbi_call(self, eid: int, fid: int, args: object) -> tuple[int, int] | None:
+        return (-2, 0)
+
+    def time_ticks(self) -> int:
+        return 0
+
+
+def test_amos_and_lr_sc_are_atomic_across_harts_on_parallel_threads() -> None:
+    from hv.engine import ExitKind, Vcpu
+    from hv.hw import RAM_BASE, Bus, GuestMemory
+
+    rounds = 1_000_000
+    mem = GuestMemory(RAM_BASE, 1 << 20)
+    mem.write(RAM_BASE, _racer(rounds))
+    harts = [Vcpu(mem, Bus(), _NoFirmware(), 50_000) for _ in range(2)]
+    for i, v in enumerate(harts):
+        v.set_parallel()
+        v.reset(RAM_BASE, i, 0)
+        v.set_x(10, RAM_BASE + 0x1000)
+        v.set_x(11, RAM_BASE + 0x2000)
+        v.set_x(12, rounds)
+
+    def run(v: Vcpu) -> int:
+        slices = 0
+        while (ex := v.run_slice()).kind is ExitKind.PREEMPTED:
+            slices += 1
+        assert ex.kind is ExitKind.WFI, ex
+        return slices
+
+    pool = Pool(2)
+    try:
+        slices = pool.run([functools.partial(run, v) for v in harts])
+    finally:
+        pool.close()
+        for v in harts:
+            v.close()
+    assert all(s > 2 for s in slices)  # several slices each: the harts overlapped
+    amo = int.from_bytes(mem.read(RAM_BASE + 0x1000, 4), "little")
+    lrsc = int.from_bytes(mem.read(RAM_BASE + 0x2000, 4), "little")
+    mem.close()
+    assert (amo, lrsc) == (2 * rounds, 2 * rounds)

@@ -42,6 +42,7 @@ PATCHES = (
     "0001-store-fast-path.patch",
     "0002-inline-exit-check.patch",
     "0003-time-csr.patch",
+    "0004-parallel-atomics.patch",
 )
 # Bump when the recipe below changes in a way that changes the library.
 RECIPE = "1"

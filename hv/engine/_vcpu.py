@@ -67,6 +67,7 @@ from hv.engine._abi import (
     _reg_read_batch,
     _reg_write,
     _reg_write_batch,
+    _set_parallel,
     _set_time,
     _Slice,
     unicorn,
@@ -293,6 +294,17 @@ class Vcpu:
         c.ps_per_insn = ps_per_insn
         c.budget = ctypes.addressof(self._hv)
         self.virtual = True
+
+    def set_parallel(self) -> None:
+        """This hart shares its RAM with harts on other host threads: AMOs and SC become host
+        atomics (engine patch 0004; it costs single-thread speed, so only SMP guests ask).
+        Without the fast engine an SMP guest's harts must stay on one thread."""
+        if _set_parallel is None:
+            raise HostError(
+                "harts on parallel threads need hvfabric's engine: run `hv engine build`"
+            )
+        if _set_parallel(self._h, 1):
+            raise HostError("uc_hv_set_parallel failed")
 
     def set_time_limit(self, ticks: int) -> None:
         """The highest time a read may show is ``ticks - 1`` (an armed timer's deadline whose
