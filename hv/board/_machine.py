@@ -60,6 +60,12 @@ log = get_logger("hv.machine")
 
 # How often a sleeping guest is re-checked when guest time comes from an injected source.
 CUSTOM_CLOCK_POLL_S = 0.001
+# Virtual time: an armed timer's interrupt comes this many timebase ticks after its deadline,
+# unless a time read reaches the deadline first (that read raises it: hv_clock_ticks). A
+# guest polling the clock so sees the deadline before the interrupt, as on real hardware
+# (delivered exactly at the deadline, the interrupt would follow a read of deadline - 1:
+# time moves at block entries); one tick is 100 ns at the 10 MHz timebase.
+TIMER_LATENCY_TICKS = 1
 
 
 @dataclass(frozen=True)
@@ -344,11 +350,12 @@ class Machine:
 
     def _timer_set(self, deadline: int) -> None:
         """Virtual time: a timer set inside a slice for before the slice's end ends the slice
-        at its deadline, so the interrupt comes exactly then (not a slice late)."""
+        at its deadline (and TIMER_LATENCY_TICKS), so the interrupt comes then (not a slice
+        late)."""
         clock = self.clock
         if deadline == NO_DEADLINE or not isinstance(clock, VirtualClock):
             return
-        ahead = clock.tick_ps(deadline) - clock.now_ps()
+        ahead = clock.tick_ps(deadline + TIMER_LATENCY_TICKS) - clock.now_ps()
         self.vcpu.cut_budget(max(1, -(-ahead // clock.ps_per_insn)))
 
     @property
@@ -362,7 +369,7 @@ class Machine:
         deadline = self.interrupts.timer_deadline
         if not isinstance(clock, VirtualClock) or deadline == NO_DEADLINE:
             return None
-        return clock.tick_ps(deadline)
+        return clock.tick_ps(deadline + TIMER_LATENCY_TICKS)
 
     def feed_input(self, data: bytes) -> None:
         self.console.feed(data)

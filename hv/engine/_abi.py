@@ -94,6 +94,9 @@ class _Clock(ctypes.Structure):  # hv_clock in _native/vcpu.c
         ("budget", ctypes.c_void_p),
         ("limit", ctypes.c_uint64),
         ("clamped", ctypes.c_uint64),
+        ("uc", ctypes.c_void_p),
+        ("reg_mip", ctypes.c_int32),
+        ("fired", ctypes.c_int32),
     )
 
 

@@ -248,7 +248,12 @@ class Vcpu:
             if FAST_ENGINE and _set_time is not None:
                 # The engine reads the time CSR through hv_clock_ticks: no trap for rdtime.
                 self._clock = _Clock(
-                    offset_ns=0, hz=timebase_hz, exits=ctypes.addressof(e), limit=NO_LIMIT
+                    offset_ns=0,
+                    hz=timebase_hz,
+                    exits=ctypes.addressof(e),
+                    limit=NO_LIMIT,
+                    uc=self._h,
+                    reg_mip=_MIP,
                 )
                 fn = ctypes.cast(native.hv_clock_ticks, ctypes.c_void_p)
                 if _set_time(self._h, fn, ctypes.byref(self._clock)):
@@ -269,6 +274,7 @@ class Vcpu:
         self._mip = 0
         self.last_insns = 0  # instructions the last slice ran (fast engine)
         self._time_limit = NO_LIMIT  # the clock's read limit (see set_time_limit)
+        self._stip_raised = False  # an emulated time read raised STIP (see _emulate)
         # Why the running slice stops: an event of the guest's, or host time alone (a late
         # stop), and the budget left of a slice paused for host time (virtual time).
         self._event = False
@@ -307,8 +313,8 @@ class Vcpu:
             raise HostError("uc_hv_set_parallel failed")
 
     def set_time_limit(self, ticks: int) -> None:
-        """The highest time a read may show is ``ticks - 1`` (an armed timer's deadline whose
-        interrupt is not yet pending); NO_LIMIT lifts it. See hv_clock_ticks."""
+        """An armed timer's deadline whose interrupt is not yet pending: a read that reaches
+        it raises STIP first (``_raise_stip``); NO_LIMIT lifts it. See hv_clock_ticks."""
         if ticks == self._time_limit:
             return  # (asked at every slice's start: a ctypes write only when it changes)
         self._time_limit = ticks
@@ -486,7 +492,15 @@ class Vcpu:
         at its next return to the main loop, so the caller should end the slice.
         Safe inside hooks. Costs a few raw calls, so only when something changed."""
         pending &= S_INTERRUPTS
-        if self._closed or (pending == self._mip and not pending & MIP_SSIP):
+        if self._closed:
+            return False
+        if self._stip_raised or (self._clock is not None and self._clock.fired):
+            # A time read reached the timer's deadline and put STIP in mip itself (see
+            # _emulate, hv_clock_ticks): mip is ahead of _mip, which says what hv raised.
+            self._stip_raised = False
+            if self._clock is not None:
+                self._clock.fired = 0
+        elif pending == self._mip and not pending & MIP_SSIP:
             return False
         raised = bool(pending & ~self._mip)
         old = self.reg(_PRIV)
@@ -805,11 +819,22 @@ class Vcpu:
         self.stats.rdtime_emulated += 1
         ticks = self.firmware.time_ticks()
         if ticks >= self._time_limit:  # as the native clock does (hv_clock_ticks)
-            ticks = self._time_limit - 1 if self._time_limit else 0
+            self._raise_stip()
             self.request_stop()
         self.set_x(rd, ticks)
         self.set_reg(_PC, epc + 4)
         return True
+
+    def _raise_stip(self) -> None:
+        """A time read reached the armed timer's deadline: STIP into mip before the read
+        returns, so the guest never sees the deadline without the interrupt pending nor takes
+        the interrupt before a read has shown the deadline (hv_clock_fire in C). The host's
+        next update_interrupts takes note (counters, wake-up) as for any raised interrupt."""
+        old = self.reg(_PRIV)
+        self.set_reg(_PRIV, PRIV_M)
+        self.set_reg(_MIP, self.reg(_MIP) | MIP_STIP)
+        self.set_reg(_PRIV, old)
+        self._stip_raised = True  # (the limit stays until the host's sync lifts it)
 
     def _satp(self, priv: int) -> int:
         """satp as the guest's MMU sees it (0 in M-mode). In S-mode Python may read it

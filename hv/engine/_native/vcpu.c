@@ -161,10 +161,13 @@ void hv_intr_hook(void *uc, uint32_t intno, struct hv_exits *e)
  *    engine has charged to this slice's budget so far (whole blocks, at their entry), base_ps
  *    the guest's time when the slice started. The host's clock is not read at all.
  * In both, `limit` keeps the timer exact: while a timer is armed whose interrupt is not yet in
- * mip, a read shows at most limit - 1 (one tick before the deadline) and ends the slice at the
- * next block, where the host raises the interrupt. So the guest never reads a time at or past
- * its deadline without the interrupt pending (a wait on the slice's end would otherwise show
- * it a time up to a slice late with no interrupt).
+ * mip, a read that reaches limit (the deadline) first raises STIP in mip itself (hv_clock_fire)
+ * and ends the slice at the next block, where the host takes note. So the guest never reads a
+ * time at or past its deadline without the interrupt pending (a wait on the slice's end would
+ * otherwise show it a time up to a slice late with no interrupt), and the read before the
+ * interrupt is taken shows the deadline reached (a read held below it until the slice's end
+ * would show the interrupt early: kvm-unit-tests' sbi "timer delay honored"). Without `uc`
+ * (no register access) a read is held at limit - 1 instead, until the host raises it.
  */
 struct hv_clock {
     int64_t offset_ns;
@@ -178,7 +181,31 @@ struct hv_clock {
     int64_t *budget;        /* virtual: the engine's budget (HvSlice.budget) */
     uint64_t limit;         /* ticks a read may reach (an armed timer's deadline), or ~0 */
     uint64_t clamped;       /* statistics: reads held below the deadline */
+    void *uc;               /* the engine, to raise STIP from a read (hv_clock_fire) */
+    int32_t reg_mip;        /* its register id for mip */
+    int32_t fired;          /* set when a read raised STIP; the host clears it */
 };
+
+#define PRIV_M 3
+#define MIP_STIP (1ull << 5)
+
+/* A read reached the armed timer's deadline: STIP into mip now (a write of mip needs M-mode,
+ * as in the host's update_interrupts), and the slice ends at the next block so that the host
+ * sees the interrupt (its counters, a sleeping hart's wake-up) and lifts the limit (until
+ * then, a further read raises it again: no harm). */
+static void hv_clock_fire(struct hv_clock *c)
+{
+    struct hv_exits *e = c->exits;
+    uint64_t priv = 0, m = PRIV_M, mip = 0;
+    e->reg_read(c->uc, e->reg_priv, &priv);
+    e->reg_write(c->uc, e->reg_priv, &m);
+    e->reg_read(c->uc, c->reg_mip, &mip);
+    mip |= MIP_STIP;
+    e->reg_write(c->uc, c->reg_mip, &mip);
+    e->reg_write(c->uc, e->reg_priv, &priv);
+    c->fired = 1;
+    hv_end_slice(e);
+}
 
 uint64_t hv_clock_ticks(struct hv_clock *c)
 {
@@ -200,6 +227,10 @@ uint64_t hv_clock_ticks(struct hv_clock *c)
         ticks = (uint64_t)((unsigned __int128)ns * c->hz / 1000000000u);
     }
     if (ticks >= c->limit) {
+        if (c->uc && c->exits) {
+            hv_clock_fire(c);
+            return ticks;
+        }
         ticks = c->limit ? c->limit - 1 : 0;
         c->clamped++;
         if (c->exits)
@@ -261,6 +292,9 @@ static const struct hv_layout_entry hv_layouts[] = {
     HV_FIELD(hv_clock, budget),
     HV_FIELD(hv_clock, limit),
     HV_FIELD(hv_clock, clamped),
+    HV_FIELD(hv_clock, uc),
+    HV_FIELD(hv_clock, reg_mip),
+    HV_FIELD(hv_clock, fired),
     {0, 0},
 };
 
