@@ -23,7 +23,7 @@ import heapq
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Literal
 import trio
 
 from hv._console import BACKLOG_HIGH, Console
+from hv._cores import Cores
 from hv._disk import Disk
 from hv._errors import ConfigError, StateError
 from hv._exec import ExecResult, Process, agent_of
@@ -56,6 +57,10 @@ PANIC_MARKER = b"Kernel panic - not syncing"
 # Virtual time: the longest a VM runs before the timeline yields to the event loop (host time:
 # it changes when other tasks run, never what the guest sees).
 VT_YIELD_S = 0.005
+# Real time on a lab's cores (hv._cores): host time a VM's part of a batch may take. Longer
+# batches cost less per slice but keep the event loop (frames, timers, other VMs' wake-ups)
+# waiting as long.
+CORES_BATCH_S = 0.003
 # Virtual time: what may wait for a VM's time to reach it (frames on their way in); beyond it
 # they are dropped and counted (vt_inbox_dropped), as a NIC's backlog does.
 VT_INBOX_MAX = 4096
@@ -95,6 +100,9 @@ class VmConfig:
     clock: Literal["real", "virtual"] = "real"
     mips: int = DEFAULT_MIPS
     timeline: Timeline | None = field(default=None, compare=False)
+    # Real time: the host threads the VM's slices run on, shared with the other VMs of its
+    # lab (hv._cores); None: the VM runs its slices itself, on the trio thread.
+    cores: Cores | None = field(default=None, compare=False)
     # A virtio-vsock device (``Vm.vsock``; the guest is CID 3: every VM is a machine of its
     # own, so all may be) and a virtio-rng, after the disks. None: on for a Linux Image
     # kernel while virtio slots are free, off otherwise (firmware guests keep their slots).
@@ -359,26 +367,64 @@ class Vm:
         m = self.machine
         self._state = VmState.RUNNING
         self.log.info("started", mem_mib=m.mem.size >> 20, kernel=m.kernel and m.kernel.kind)
-        while m.stop_info is None:
-            if self._pause_requested:
-                await self._paused()
-                continue
+        cores = self.config.cores
+        if cores is not None:
+            cores.enter()
+        try:
+            while m.stop_info is None:
+                if self._pause_requested:
+                    await self._off_cores(self._paused)
+                    continue
+                ex = m.run_slice() if cores is None else await cores.slice(self._rt_slices)
+                self._flush_output()
+                if m.stop_info is not None:
+                    break
+                if m.console.blocked:
+                    await self._off_cores(self._held_back)
+                    continue
+                if m.reboot_requested:
+                    self.log.info("reboot")
+                    m.reboot()
+                    await trio.lowlevel.checkpoint()  # a guest rebooting in a loop must yield
+                    continue
+                if m.sleeping(ex):
+                    await self._off_cores(self._idle)
+                elif cores is None:
+                    await trio.lowlevel.checkpoint()
+        finally:
+            if cores is not None:
+                cores.leave()
+
+    def _rt_slices(self) -> Exit:
+        """Real time on a lab's cores: slices one after another, for up to CORES_BATCH_S of
+        host time or until the VM's task has something to do (a batch of the pool has a cost
+        of its own, a thread's wake-up; on a loaded host a millisecond or more)."""
+        m = self.machine
+        until = time.monotonic() + CORES_BATCH_S
+        while True:
             ex = m.run_slice()
             self._flush_output()
-            if m.stop_info is not None:
-                break
-            if m.console.blocked:
-                await self._held_back()
-                continue
-            if m.reboot_requested:
-                self.log.info("reboot")
-                m.reboot()
-                await trio.lowlevel.checkpoint()  # a guest rebooting in a loop must yield
-                continue
-            if m.sleeping(ex):
-                await self._idle()
-            else:
-                await trio.lowlevel.checkpoint()
+            if (
+                m.stop_info is not None
+                or m.console.blocked
+                or m.reboot_requested
+                or m.sleeping(ex)
+                or self._pause_requested
+                or time.monotonic() >= until
+            ):
+                return ex
+
+    async def _off_cores(self, wait: Callable[[], Awaitable[None]]) -> None:
+        """Wait without holding up the batches of the other VMs on the lab's cores."""
+        cores = self.config.cores
+        if cores is None:
+            await wait()
+            return
+        cores.leave()
+        try:
+            await wait()
+        finally:
+            cores.enter()
 
     # -- virtual time: the timeline drives the machine (hv._timeline) ------------------------
 

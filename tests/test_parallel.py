@@ -20,6 +20,7 @@ import trio
 import trio.testing
 from rvasm import WFI, addi, amoadd_w, bne, code, r_type
 
+from hv import StopKind
 from hv._errors import ConfigError
 from hv.hw import GATE, Pool
 from hv.lab._runner import run_lab
@@ -260,3 +261,52 @@ def test_amos_and_lr_sc_are_atomic_across_harts_on_parallel_threads() -> None:
     lrsc = int.from_bytes(mem.read(RAM_BASE + 0x2000, 4), "little")
     mem.close()
     assert (amo, lrsc) == (2 * rounds, 2 * rounds)
+
+
+# -- real time: the slices of the running VMs in batches (hv._cores) --------------------------
+
+RT_LAB = """
+clock = "real"
+
+[switches.lan]
+subnet = "10.0.0.0/24"
+
+[vms.srv]
+kernel = "udpecho"
+nics = [{ switch = "lan", ip = "10.0.0.2/24" }]
+
+[vms.gen]
+kernel = "udpgen"
+append = "peer=10.0.0.2 count=200 size=600 window=16 timeout=20"
+nics = [{ switch = "lan", ip = "10.0.0.3/24" }]
+
+[vms.pinger]
+kernel = "ping"
+append = "peer=10.0.0.2 count=5 interval=2"
+nics = [{ switch = "lan", ip = "10.0.0.4/24" }]
+
+[vms.c1]
+kernel = "cpu"
+append = "iters=40"
+"""
+
+
+async def test_a_real_time_lab_runs_its_vms_slices_on_several_threads(tmp_path: Path) -> None:
+    """Frames and interrupts between VMs whose slices run on different threads (an
+    interrupt for a VM running elsewhere waits for its next slice: HartInterrupts.sync)."""
+    spec = with_clock(parse_lab(RT_LAB, tmp_path, "rt"), jobs=2)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            run = await nursery.start(
+                functools.partial(run_lab, spec, until=frozenset({"gen", "pinger", "c1"}))
+            )
+            await run.wait()
+    assert run.cores is not None and run.cores.batches > 0
+    out = {name: vm.console.transcript for name, vm in run.vms.items()}
+    assert b"udpgen: 10.0.0.2:7: 200 sent, 200 echoed, 0 lost" in out["gen"], out["gen"]
+    assert b"ping: 10.0.0.2: 5 sent, 5 received" in out["pinger"], out["pinger"]
+    assert b"checksum: 0x" in out["c1"]
+    assert {e.kind for e in run.exits.values() if e is not None} <= {
+        StopKind.POWEROFF,
+        StopKind.STOPPED,
+    }

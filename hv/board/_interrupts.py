@@ -30,6 +30,8 @@ class InterruptSink(Protocol):
 
     def request_stop(self) -> None: ...
 
+    def busy_elsewhere(self) -> bool: ...
+
     def set_time_limit(self, ticks: int) -> None: ...
 
 
@@ -64,6 +66,12 @@ class HartInterrupts:
         """Bring mip up to date now (safe inside hooks); on a rising bit, end the slice (the
         engine takes it at the next block) and wake the VM if it sleeps."""
         if self.sink is None:
+            return
+        if self.sink.busy_elsewhere():
+            # Its engine runs on another thread (a parallel batch): never touch it from here.
+            # Its next slice starts with a sync, and this makes that soon.
+            self.sink.request_stop()
+            self.wake()
             return
         pending = self.pending()
         # The native clock shows at most one tick before an armed timer's deadline until its

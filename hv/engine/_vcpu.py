@@ -32,6 +32,7 @@ import collections
 import contextlib
 import ctypes
 import enum
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -284,6 +285,7 @@ class Vcpu:
         self.virtual = False
         self._budget0 = 0
         self._in_slice = False
+        self._runner: int | None = None  # the thread running its engine in a parallel batch
 
     def set_virtual_time(self, ps_per_insn: int) -> None:
         """Guest time from retired instructions (``ps_per_insn`` picoseconds each), never from
@@ -694,11 +696,20 @@ class Vcpu:
         gate = GATE
         if not gate.active:
             return int(_emu_start(self._h, self._pc, 0, 0, count))
+        self._runner = threading.get_ident()
         gate.lock.release()
         try:
             return int(_emu_start(self._h, self._pc, 0, 0, count))
         finally:
             gate.lock.acquire()
+            self._runner = None
+
+    def busy_elsewhere(self) -> bool:
+        """Does this hart's engine run guest code on another thread right now (a parallel
+        batch)? Then nothing may touch its registers from here: an interrupt raised for it
+        waits for the start of its next slice, which ``request_stop`` brings soon."""
+        runner = self._runner
+        return runner is not None and runner != threading.get_ident()
 
     def _take_fatal(self) -> Exit | None:
         fatal, self._fatal = self._fatal, None

@@ -118,14 +118,21 @@ class Pool:
         if self._closed:
             raise RuntimeError("the pool is closed")
         self.batches += 1
-        self._start_threads(min(self.jobs, len(calls)))
-        batch = _Batch(calls, _trio_context())
+        # The calling thread runs calls too: it would only wait otherwise, and a worker
+        # that the host is slow to wake (a loaded machine) then costs nothing.
+        self._start_threads(min(self.jobs, len(calls)) - 1)
+        batch = _Batch(calls, None)
+        context = _trio_context()
+        batch.context = context
         gate = GATE
         gate.active = True
         try:
             with self._cond:
                 self._batch = batch
                 self._cond.notify_all()
+            with gate.lock:
+                while (i := self._take(batch)) is not None:
+                    self._call(batch, i, lend=False)
             batch.done.wait()
         finally:
             with self._cond:
@@ -135,6 +142,30 @@ class Pool:
             if err is not None:
                 raise err
         return batch.results
+
+    def _take(self, b: _Batch) -> int | None:
+        with self._cond:
+            if b.next >= len(b.calls):
+                return None
+            i = b.next
+            b.next += 1
+            return i
+
+    def _call(self, b: _Batch, i: int, *, lend: bool) -> None:
+        """Run call ``i`` (holding the gate) and count it done."""
+        if lend:
+            _lend(b.context)
+        try:
+            b.results[i] = b.calls[i]()
+        except BaseException as e:  # handed to the caller
+            b.errors[i] = e
+        finally:
+            if lend:
+                _take_back(b.context)
+        with self._cond:
+            b.left -= 1
+            if b.left == 0:
+                b.done.set()
 
     def _start_threads(self, want: int) -> None:
         while len(self._threads) < want:
@@ -153,22 +184,11 @@ class Pool:
                         return
                     b = self._batch
                     if b is not None and b.next < len(b.calls):
-                        i = b.next
-                        b.next += 1
                         break
                     self._cond.wait()
             with gate.lock:
-                _lend(b.context)
-                try:
-                    b.results[i] = b.calls[i]()
-                except BaseException as e:  # handed to the caller
-                    b.errors[i] = e
-                finally:
-                    _take_back(b.context)
-            with self._cond:
-                b.left -= 1
-                if b.left == 0:
-                    b.done.set()
+                while (i := self._take(b)) is not None:
+                    self._call(b, i, lend=True)
 
     def close(self) -> None:
         with self._cond:

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from hv._cores import Cores
 from hv._disk import Disk, close_disks, open_disks
 from hv._errors import ConfigError, HostError
 from hv._nic import Nic
@@ -26,7 +27,7 @@ from hv._timeline import Timeline
 from hv._vm import Vm, VmConfig, run_vm
 from hv.board import load_file
 from hv.build import StderrProgress, build_bundled, resolve_kernel
-from hv.hw import DEFAULT_QUANTUM
+from hv.hw import DEFAULT_QUANTUM, default_jobs
 from hv.lab._link import describe as describe_link
 from hv.lab._link import link_cables, link_state, set_link
 from hv.lab._spec import ImageSpec, LabSpec, NicSpec, VmSpec, check_captures, check_clock
@@ -75,6 +76,7 @@ class LabRun:
     status: int | None = None  # the lab's exit status once it has ended
     ended: trio.Event = field(default_factory=trio.Event)
     timeline: Timeline | None = None  # virtual time: the lab's clock (docs/TIME.md)
+    cores: Cores | None = None  # real time: the host threads its VMs' slices run on
 
     async def wait(self) -> int:
         """Wait for the lab to end (every VM stopped); its exit status."""
@@ -221,6 +223,7 @@ def vm_config(
     disks: Sequence[Disk] = (),
     boot: BootFiles | None = None,
     timeline: Timeline | None = None,
+    cores: Cores | None = None,
 ) -> VmConfig:
     cables = cables or {}
     boot = boot or boot_files(spec, vm)
@@ -254,6 +257,7 @@ def vm_config(
         clock="virtual" if spec.clock == "virtual" else "real",
         mips=spec.mips,
         timeline=timeline,
+        cores=cores,
         seed=spec.seed,
     )
 
@@ -398,9 +402,21 @@ async def run_lab(
                     run.disks.setdefault(vspec.name, []).extend(
                         await open_disks(vspec.disks, spec.base, owner)
                     )
+                jobs = spec.jobs if spec.jobs is not None else default_jobs()
+                if tl is None and jobs > 1 and len(spec.vms) > 1:
+                    # real time: the VMs' slices on up to ``jobs`` host threads (hv._cores)
+                    run.cores = Cores(jobs)
+                    nursery.start_soon(run.cores.run)
                 configs = {
                     name: vm_config(
-                        spec, v, run.switches, cables, run.disks.get(name, []), boots[name], tl
+                        spec,
+                        v,
+                        run.switches,
+                        cables,
+                        run.disks.get(name, []),
+                        boots[name],
+                        tl,
+                        run.cores,
                     )
                     for name, v in spec.vms.items()
                 }
