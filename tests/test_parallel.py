@@ -310,3 +310,21 @@ async def test_a_real_time_lab_runs_its_vms_slices_on_several_threads(tmp_path: 
         StopKind.POWEROFF,
         StopKind.STOPPED,
     }
+
+
+def test_hv_up_takes_jobs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    lab = tmp_path / "j.toml"
+    lab.write_text('[vms.a]\nkernel = "cpu"\nappend = "iters=5"\n')
+    hv = [sys.executable, "-m", "hv.cli", "up", str(lab)]
+    bad = subprocess.run([*hv, "--jobs", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 4
+    assert bad.stderr.strip() == (
+        "hv: --jobs: 0 is not a number of host threads: use 1 to 1024 (the default is every "
+        "core this process may use)"
+    )
+    good = subprocess.run([*hv, "--jobs", "2"], capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    assert "a | checksum: 0x" in good.stdout

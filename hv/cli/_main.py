@@ -351,8 +351,8 @@ def _add_clock_options(p: argparse.ArgumentParser, *, lab: bool) -> None:
             type=_whole,
             metavar="N",
             help=(
-                "host threads that run the lab's VMs at once on virtual time (default: every "
-                "core; the run is byte for byte the same for any N; docs/SCALING.md)"
+                "host threads that run the lab's VMs at once (default: every core; on virtual "
+                "time the run is byte for byte the same for any N; docs/SCALING.md)"
             ),
         )
         p.add_argument(
