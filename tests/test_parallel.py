@@ -328,3 +328,44 @@ def test_hv_up_takes_jobs(tmp_path: Path) -> None:
     good = subprocess.run([*hv, "--jobs", "2"], capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
     assert "a | checksum: 0x" in good.stdout
+
+
+def _smc_harts(shared: bool) -> int:
+    """Hart 1 runs code at X (translating it), hart 0 rewrites X through its own engine,
+    hart 1 runs fence.i and X again: what X returns the second time."""
+    from rvasm import FENCE_I, jal, jalr, li32, sw
+
+    from hv.engine import ExitKind, Vcpu
+    from hv.hw import RAM_BASE, Bus, GuestMemory
+
+    a0, t0, s0, s1, ra = 10, 5, 8, 9, 1
+    x, result, writer = RAM_BASE + 0x800, RAM_BASE + 0x1000, RAM_BASE + 0x400
+    mem = GuestMemory(RAM_BASE, 1 << 20)
+    # hart 1 at RAM_BASE: fence.i; call X; store a0; wfi; loop
+    mem.write(RAM_BASE, code([FENCE_I, jalr(ra, s0), sw(a0, s1, 0), WFI, jal(0, -16)]))
+    mem.write(x, code([addi(a0, 0, 1), jalr(0, ra)]))  # X: return 1
+    # hart 0 at writer: X's first instruction becomes "addi a0, zero, 2"; wfi
+    mem.write(writer, code([*li32(t0, addi(a0, 0, 2)), sw(t0, s0, 0), WFI]))
+    harts = [Vcpu(mem, Bus(), _NoFirmware(), 50_000) for _ in range(2)]
+    try:
+        for i, (v, entry) in enumerate(zip(harts, (writer, RAM_BASE), strict=True)):
+            if shared:
+                v.set_shared_code()
+            v.reset(entry, i, 0)
+            v.set_x(s0, x)
+            v.set_x(s1, result)
+        assert harts[1].run_slice().kind is ExitKind.WFI
+        assert int.from_bytes(mem.read(result, 4), "little") == 1
+        assert harts[0].run_slice().kind is ExitKind.WFI  # X rewritten by another engine
+        assert harts[1].run_slice().kind is ExitKind.WFI
+        return int.from_bytes(mem.read(result, 4), "little")
+    finally:
+        for v in harts:
+            v.close()
+        mem.close()
+
+
+def test_fence_i_runs_code_another_hart_wrote() -> None:
+    assert _smc_harts(shared=True) == 2
+    # (without it, the engine runs its old translation: what the flag is for)
+    assert _smc_harts(shared=False) == 1

@@ -74,6 +74,11 @@ if hasattr(_lib, "uc_hv_set_parallel"):  # the fast engine's patch 0004
     _set_parallel = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)(
         ("uc_hv_set_parallel", _lib)
     )
+_set_shared_code = None
+if hasattr(_lib, "uc_hv_set_shared_code"):  # the fast engine's patch 0005
+    _set_shared_code = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)(
+        ("uc_hv_set_shared_code", _lib)
+    )
 
 # The native console buffer: its size, and how full it gets before the slice ends to hand
 # the bytes over (the Python console path hands over at the same mark).

@@ -43,6 +43,7 @@ PATCHES = (
     "0002-inline-exit-check.patch",
     "0003-time-csr.patch",
     "0004-parallel-atomics.patch",
+    "0005-fence-i-shared-code.patch",
 )
 # Bump when the recipe below changes in a way that changes the library.
 RECIPE = "1"

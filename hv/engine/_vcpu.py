@@ -69,6 +69,7 @@ from hv.engine._abi import (
     _reg_write,
     _reg_write_batch,
     _set_parallel,
+    _set_shared_code,
     _set_time,
     _Slice,
     unicorn,
@@ -313,6 +314,16 @@ class Vcpu:
             )
         if _set_parallel(self._h, 1):
             raise HostError("uc_hv_set_parallel failed")
+
+    def set_shared_code(self) -> None:
+        """Other engines (this guest's other harts) write this hart's RAM: the guest's
+        fence.i then drops all of this engine's translations (engine patch 0005), since an
+        engine sees only its own stores to code it translated. Without the fast engine an
+        SMP guest cannot run correct code published across harts."""
+        if _set_shared_code is None:
+            raise HostError("an SMP guest needs hvfabric's engine: run `hv engine build`")
+        if _set_shared_code(self._h, 1):
+            raise HostError("uc_hv_set_shared_code failed")
 
     def set_time_limit(self, ticks: int) -> None:
         """An armed timer's deadline whose interrupt is not yet pending: a read that reaches
