@@ -1,0 +1,293 @@
+"""VXLAN (RFC 7348): a switch's cable carried over UDP (netfabric.ports.vxlan).
+
+(a) the header codec (fuzzed), the VTEP learning table, and hostile datagrams fed to a port;
+(b) an hv lab in-process whose switch has a VXLAN uplink bound in namespace A, and a Linux
+``vxlan`` device in namespace B (joined to A by a veth pair): pings both ways, counters, a
+capture read by tshark; (c) a lab over two hosts: two ``hv up --host`` processes in two
+namespaces, and a Linux vxlan device in a third.
+
+Every interface lives in a network namespace the test creates and deletes; the in-process lab
+runs on a thread that entered namespace A (and dies afterwards), so the socket is born there.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import secrets
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+from helpers import in_netns
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netfabric.frame import Frame
+from netfabric.ports.vxlan import (
+    BAD_FLAGS,
+    BAD_HEADER,
+    VNI_MAX,
+    VtepTable,
+    VxlanEndpoint,
+    VxlanError,
+    VxlanPort,
+    decode_header,
+    encode_header,
+    parse_addr,
+)
+from netfabric.switch import Switch
+
+T = TypeVar("T")
+
+A, B, C = ("10.9.0.1", 4789), ("10.9.0.2", 4789), ("10.9.0.3", 4789)
+MAC1, MAC2 = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+BCAST = b"\xff" * 6
+
+
+def ether(dst: bytes, src: bytes, payload: bytes = b"x" * 46) -> bytes:
+    return dst + src + b"\x08\x00" + payload
+
+
+# -- (a) the codec ---------------------------------------------------------------------------
+
+
+def test_the_header_is_rfc_7348s() -> None:
+    # flags 0x08 (I), 3 reserved bytes, the VNI (24 bits), 1 reserved byte; network order
+    assert encode_header(42) == bytes([0x08, 0, 0, 0, 0, 0, 42, 0])
+    assert encode_header(VNI_MAX) == bytes([0x08, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0])
+    assert decode_header(encode_header(0x123456)) == 0x123456
+    assert decode_header(bytes([0x08, 0, 0, 0, 0, 0, 7, 0x99])) == 7  # last byte: ignored
+    assert decode_header(b"\x08\x00\x00") == BAD_HEADER
+    assert decode_header(bytes(8)) == BAD_FLAGS  # no I flag
+    assert decode_header(bytes([0x0C, 0, 0, 0, 0, 0, 7, 0])) == BAD_FLAGS  # another flag too
+    assert decode_header(bytes([0x08, 0, 1, 0, 0, 0, 7, 0])) == BAD_FLAGS  # reserved bits
+    for bad in (-1, VNI_MAX + 1):
+        with pytest.raises(ValueError, match="not a VNI"):
+            encode_header(bad)
+
+
+@given(st.binary(max_size=24))
+def test_the_decoder_takes_any_bytes(data: bytes) -> None:
+    got = decode_header(data)
+    if len(data) < 8:
+        assert got == BAD_HEADER
+    elif data[:4] != b"\x08\x00\x00\x00":
+        assert got == BAD_FLAGS
+    else:
+        assert got == int.from_bytes(data[4:7], "big")
+        assert encode_header(got) == data[:7] + b"\x00"
+
+
+def test_addresses() -> None:
+    assert parse_addr("10.9.0.2") == ("10.9.0.2", 4789)
+    assert parse_addr("10.9.0.2:4790") == ("10.9.0.2", 4790)
+    assert parse_addr("10.9.0.2", 8472) == ("10.9.0.2", 8472)
+    for bad, why in (
+        ("10.9.0", "not an IPv4 address"),
+        ("host.example", "not an IPv4 address"),
+        ("10.9.0.2:0", "not a UDP port"),
+        ("10.9.0.2:x", "not a UDP port"),
+        ("::1", "not an IPv4 address"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            parse_addr(bad)
+
+
+# -- (a) the learning table ----------------------------------------------------------------
+
+
+def test_unknown_and_broadcast_flood_to_every_known_vtep_and_learned_macs_go_to_one() -> None:
+    t = VtepTable([B], aging=300)
+    assert t.destinations(BCAST, 0) == (B,)
+    assert t.destinations(MAC1, 0) == (B,)  # unknown unicast: flooded
+    t.learn(MAC1, C, 1.0)  # a VTEP not configured: learned, and flooded to from now on
+    assert t.destinations(MAC1, 2.0) == (C,)
+    assert t.destinations(BCAST, 2.0) == (B, C)
+    assert t.destinations(MAC2, 2.0) == (B, C)
+    t.learn(MAC1, B, 3.0)  # the MAC moved
+    assert t.destinations(MAC1, 3.0) == (B,)
+    assert t.counters["moved"] == 1 and t.counters["learned"] == 1
+    # aged out: the MAC floods again, the silent VTEP is no longer flooded to
+    assert t.destinations(MAC1, 304.0) == (B,) and t.destinations(BCAST, 304.0) == (B,)
+    assert t.lookup(MAC1, 304.0) is None and not t.vteps
+
+
+def test_without_learning_only_the_fixed_remotes() -> None:
+    t = VtepTable([B, C, B], learning=False)  # (duplicates are one)
+    t.learn(MAC1, A, 0)
+    assert t.destinations(MAC1, 0) == (B, C) and not t.macs and not t.vteps
+
+
+def test_a_flood_of_new_source_macs_and_senders_is_bounded() -> None:
+    t = VtepTable([B], max_macs=100, max_vteps=8)
+    for i in range(10_000):
+        t.learn(i.to_bytes(6, "big"), (f"10.1.{i >> 8 & 255}.{i & 255}", 4789), i / 1000)
+    assert len(t.macs) == 100 and len(t.vteps) == 8
+    assert t.counters["evictions"] == 9_900 and t.counters["vtep_evictions"] == 10_000 - 8
+    assert t.destinations(BCAST, 10.0)[0] == B and len(t.destinations(BCAST, 10.0)) == 9
+    # the newest are kept
+    assert t.lookup((9_999).to_bytes(6, "big"), 10.0) == ("10.1.39.15", 4789)
+
+
+# -- (a) hostile datagrams into a port -------------------------------------------------------
+
+
+def endpoint_with_port(
+    remotes: tuple[tuple[str, int], ...] = (B,), **kw: int
+) -> tuple[VxlanEndpoint, VxlanPort, list[bytes]]:
+    """An endpoint on an unbound socket (no interface is touched) with VNI 42's port on a
+    switch that has one more port recording what reaches it."""
+    sw = Switch("lan")
+    got: list[bytes] = []
+    sw.attach("sink", lambda data, off: got.append(data))
+    ep = VxlanEndpoint(sock=socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    port = VxlanPort(sw, ep, 42, remotes, **kw)
+    return ep, port, got
+
+
+def test_hostile_datagrams_are_counted_never_raised() -> None:
+    ep, port, got = endpoint_with_port(max_frame=1518)
+    good = ether(BCAST, MAC1)
+    with contextlib.closing(ep):
+        for data in (
+            b"",
+            b"\x08\x00\x00",  # short
+            bytes(8) + good,  # no I flag
+            b"\x88\x00\x00\x00" + b"\x00\x00\x2a\x00" + good,  # a reserved flag set
+            encode_header(43) + good,  # another VNI
+            encode_header(42) + b"\x02" * 13,  # shorter than an Ethernet header
+            encode_header(42) + ether(BCAST, MAC1, bytes(1600)),  # over max_frame
+            encode_header(42) + good,
+        ):
+            ep.datagram(memoryview(data), C)
+    c = ep.counters + port.vxlan
+    assert (c["rx_bad_header"], c["rx_bad_flags"], c["rx_unknown_vni"]) == (2, 2, 1)
+    assert (c["rx_runt"], c["rx_oversize"], c["rx_frames"]) == (1, 1, 1)
+    assert c["rx_datagrams"] == 8 and got == [good]
+    assert port.table.lookup(MAC1, port._clock()) == C  # learned from the good one
+    assert port.counters.rx_frames == 1  # the switch saw the one good frame
+
+
+@given(st.binary(max_size=80), st.integers(0, 255))
+def test_any_datagram_is_a_frame_or_a_counter(data: bytes, vni_low: int) -> None:
+    ep, port, got = endpoint_with_port(max_frame=64)
+    with contextlib.closing(ep):
+        for d in (data, encode_header(42) + data, encode_header(vni_low) + data):
+            ep.datagram(memoryview(d), C)
+    c = ep.counters + port.vxlan
+    kinds = ("rx_bad_header", "rx_bad_flags", "rx_unknown_vni", "rx_runt", "rx_oversize")
+    assert sum(c[k] for k in kinds) + c["rx_frames"] == 3 == c["rx_datagrams"]
+    assert len(got) == c["rx_frames"] and all(14 <= len(f) <= 64 for f in got)
+
+
+def test_frames_from_the_switch_go_to_the_right_vteps_and_drops_are_counted() -> None:
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    class Recording(socket.socket):
+        def sendmsg(self, bufs, anc=(), flags=0, addr=None):  # type: ignore[no-untyped-def, override]
+            if addr == C:
+                raise BlockingIOError(11, "full")
+            sent.append((b"".join(bufs), addr))
+            return sum(map(len, bufs))
+
+    sw = Switch("lan")
+    local = sw.open_port("guest")
+    ep = VxlanEndpoint(sock=Recording(socket.AF_INET, socket.SOCK_DGRAM))
+    port = VxlanPort(sw, ep, 42, [B])
+    with contextlib.closing(ep):
+        local.send(ether(BCAST, MAC2))
+        assert sent == [(encode_header(42) + ether(BCAST, MAC2), B)]
+        ep.datagram(memoryview(encode_header(42) + ether(MAC2, MAC1)), C)  # MAC1 behind C
+        local.send(ether(MAC1, MAC2))  # to C, whose socket buffer is full: dropped, counted
+        local.send(ether(BCAST, MAC2))  # to B and C
+    c = port.vxlan
+    assert c["tx_frames"] == 3 and c["tx_datagrams"] == 2 and sent[-1][1] == B
+    assert (c["tx_busy"], c["tx_dropped"]) == (2, 2)
+    with contextlib.closing(
+        VxlanEndpoint(sock=socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    ) as ep2:
+        nowhere = VxlanPort(sw, ep2, 7)
+        nowhere.deliver(Frame(ether(BCAST, MAC2)))
+    assert nowhere.vxlan["tx_no_remote"] == 1
+    with pytest.raises(ValueError, match="VNI 42 already has a port"):
+        VxlanPort(sw, ep, 42)
+
+
+# -- namespaces ----------------------------------------------------------------------------
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+def in_ns(name: str, *cmd: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", name, *cmd], capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def namespaces() -> Iterator[Callable[[str], str]]:
+    """Makes namespaces (``make(tag)`` -> its name, lo up, no IPv6); deletes them after."""
+    made: list[str] = []
+
+    def make(tag: str) -> str:
+        name = f"hvvx-{tag}-{secrets.token_hex(3)}"
+        ip("netns", "add", name)
+        made.append(name)
+        ip("-n", name, "link", "set", "lo", "up")
+        for key in ("all", "default"):
+            in_ns(name, "sysctl", "-q", "-w", f"net.ipv6.conf.{key}.disable_ipv6=1")
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_an_address_that_is_not_the_hosts_is_a_clear_error(
+    namespaces: Callable[[str], str],
+) -> None:
+    ns = namespaces("a")
+    with pytest.raises(VxlanError, match=r"10\.9\.0\.1 is not an address of this host"):
+        in_netns(ns, lambda: VxlanEndpoint("10.9.0.1", 4789))
+    taken = in_netns(ns, lambda: VxlanEndpoint("127.0.0.1", 4789))
+    with contextlib.closing(taken), pytest.raises(VxlanError, match="UDP port 4789 is taken"):
+        in_netns(ns, lambda: VxlanEndpoint("0.0.0.0", 4789))
+
+
+async def test_a_burst_the_socket_cannot_hold_is_counted_as_kernel_drops(
+    namespaces: Callable[[str], str],
+) -> None:
+    ns = namespaces("a")
+
+    def pair() -> tuple[VxlanEndpoint, socket.socket]:
+        ep = VxlanEndpoint("127.0.0.1", 4789)
+        ep.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # room for very few
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        return ep, tx
+
+    ep, tx = in_netns(ns, pair)
+    with contextlib.closing(ep), tx:
+        sw = Switch("lan")
+        got = collections.Counter[str]()
+        sw.attach("sink", lambda data, off: got.update(["frame"]))
+        VxlanPort(sw, ep, 42)
+        datagram = encode_header(42) + ether(BCAST, MAC1)
+        for _ in range(200):
+            tx.sendto(datagram, ("127.0.0.1", 4789))
+        while not ep.read_available():
+            pass
+        # the kernel tells the count with the next datagram it queues after the drops
+        tx.sendto(datagram, ("127.0.0.1", 4789))
+        while not ep.read_available():
+            pass
+        c = ep.counters
+        assert c["rx_kernel_drops"] > 100 and c["rx_datagrams"] + c["rx_kernel_drops"] == 201
+        assert got["frame"] == c["rx_datagrams"]
