@@ -14,17 +14,25 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import secrets
+import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+import trio
 from helpers import in_netns
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hv import ConfigError
+from hv.lab import Lab, open_lab, parse_lab, render_snapshot, with_clock
+from hv.lab._hosts import VxlanSpec
+from hv.lab._stats import snapshot
 from netfabric.frame import Frame
 from netfabric.ports.vxlan import (
     BAD_FLAGS,
@@ -291,3 +299,154 @@ async def test_a_burst_the_socket_cannot_hold_is_counted_as_kernel_drops(
         c = ep.counters
         assert c["rx_kernel_drops"] > 100 and c["rx_datagrams"] + c["rx_kernel_drops"] == 201
         assert got["frame"] == c["rx_datagrams"]
+
+
+# -- the lab file ------------------------------------------------------------------------------
+
+UPLINK = """
+[switches.lan]
+vxlan = { vni = 42, local = "10.9.0.1", remote = "10.9.0.2" }
+[vms.g]
+kernel = "udpecho"
+nics = [{ switch = "lan", ip = "10.20.0.2/24" }]
+"""
+
+
+def test_a_switch_with_a_vxlan_uplink_in_a_lab_file(tmp_path: Path) -> None:
+    lab = parse_lab(UPLINK, tmp_path)
+    assert lab.switches["lan"].vxlan == VxlanSpec(42, "10.9.0.1", 4789, (B,), True)
+    assert lab.clock == "real"  # the other hosts are on the wire
+    text = UPLINK.replace(
+        'remote = "10.9.0.2" }',
+        'remote = ["10.9.0.2", "10.9.0.3:8472"], port = 4790, learning = false }',
+    )
+    assert parse_lab(text, tmp_path).switches["lan"].vxlan == VxlanSpec(
+        42, "10.9.0.1", 4790, (("10.9.0.2", 4790), ("10.9.0.3", 8472)), False
+    )
+
+
+@pytest.mark.parametrize(
+    ("vxlan", "error"),
+    [
+        ("42", r"switches.lan.vxlan: expected a table like \{ vni = 42"),
+        ('{ local = "10.9.0.1" }', r"switches.lan.vxlan.vni: missing \(the VXLAN network id"),
+        ("{ vni = 42 }", r"switches.lan.vxlan.local: missing \(this host's address to bind"),
+        ('{ vni = 0, local = "10.9.0.1" }', r"vxlan.vni: 0 is not a VNI in 1..16777215"),
+        ('{ vni = 16777216, local = "10.9.0.1" }', "vxlan.vni: 16777216 is not a VNI"),
+        ('{ vni = 4, local = "lan" }', "vxlan.local: 'lan' is not an IPv4 address"),
+        ('{ vni = 4, local = "10.9.0.1", remote = "x" }', r"vxlan.remote: 'x' is not an IPv4"),
+        ('{ vni = 4, local = "10.9.0.1", remote = ["10.9.0.2:99999"] }', r"remote\[0\]: .* port"),
+        ('{ vni = 4, local = "10.9.0.1", port = 0 }', "vxlan.port: 0 is not a UDP port"),
+        ('{ vni = 4, local = "10.9.0.1", vlan = 3 }', r"vxlan.vlan: unknown key \(known: "),
+        ('{ vni = 4, local = "10.9.0.1", learning = 1 }', "vxlan.learning: expected true or"),
+    ],
+)
+def test_bad_vxlan_keys_say_which_and_why(tmp_path: Path, vxlan: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        parse_lab(f"[switches.lan]\nvxlan = {vxlan}\n[vms.g]\nkernel = 'udpecho'\n", tmp_path)
+
+
+def test_vxlan_lives_on_real_time_and_vnis_are_one_per_switch(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r'switches.lan.vxlan: VXLAN puts other hosts on the '
+                       r'wire.*use clock = "real"'):  # fmt: skip
+        parse_lab('clock = "virtual"\n' + UPLINK, tmp_path)
+    with pytest.raises(ConfigError, match=r"switches\.lan\.vxlan: VXLAN puts other hosts"):
+        with_clock(parse_lab(UPLINK, tmp_path), "virtual")
+    two = UPLINK + '[switches.wan]\nvxlan = { vni = 42, local = "10.9.0.1" }\n'
+    with pytest.raises(ConfigError, match=r"switches.wan.vxlan.vni: 42 on 10.9.0.1:4789 is also "):
+        parse_lab(two, tmp_path)
+    parse_lab(
+        two.replace('vni = 42, local = "10.9.0.1" }', 'vni = 43, local = "10.9.0.1" }'), tmp_path
+    )
+
+
+# -- (b) an in-process lab and a Linux vxlan device ------------------------------------------
+
+
+def veth(a: str, b: str, a_ip: str, b_ip: str) -> None:
+    """A veth pair between namespaces ``a`` and ``b`` (eth-a in a, eth-b in b), addressed."""
+    ip("-n", a, "link", "add", "vx-a", "type", "veth", "peer", "name", "vx-b", "netns", b)
+    for ns, dev, addr in ((a, "vx-a", a_ip), (b, "vx-b", b_ip)):
+        ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+        ip("-n", ns, "link", "set", dev, "up")
+
+
+def linux_vxlan(ns: str, local: str, remotes: list[str], addr: str, dev: str = "vx-b") -> str:
+    """A Linux vxlan device (VNI 42, port 4789) in ``ns`` flooding to ``remotes``, with
+    ``addr`` on the guests' subnet; its MAC."""
+    ip("-n", ns, "link", "add", "vx0", "type", "vxlan", "id", "42", "remote", remotes[0],
+       "local", local, "dstport", "4789", "dev", dev)  # fmt: skip
+    for more in remotes[1:]:
+        in_ns(ns, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst", more)
+    ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "vx0")
+    ip("-n", ns, "link", "set", "vx0", "up")
+    out = ip("-n", ns, "-j", "link", "show", "vx0")
+    return str(json.loads(out)[0]["address"])
+
+
+def tshark_icmp(path: Path) -> list[tuple[str, str, str, str]]:
+    """The ICMP frames in capture ``path``: (interface, source, destination, type)."""
+    tshark = shutil.which("tshark")
+    assert tshark
+    out = subprocess.run(
+        [tshark, "-r", str(path), "-Y", "icmp", "-T", "fields", "-e", "frame.interface_name",
+         "-e", "ip.src", "-e", "ip.dst", "-e", "icmp.type"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    return [(i, s, d, t) for i, s, d, t in (line.split("\t") for line in out.splitlines())]
+
+
+def test_a_linux_vxlan_device_and_guests_ping_each_other_across_the_uplink(
+    namespaces: Callable[[str], str], tmp_path: Path
+) -> None:
+    ns_a, ns_b = namespaces("a"), namespaces("b")
+    veth(ns_a, ns_b, "10.9.0.1", "10.9.0.2")
+    linux_mac = linux_vxlan(ns_b, "10.9.0.2", ["10.9.0.1"], "10.20.0.9")
+    capture = tmp_path / "lan.pcapng"
+    lab = (
+        Lab("vx")
+        .switch("lan", capture=str(capture),
+                vxlan={"vni": 42, "local": "10.9.0.1", "remote": "10.9.0.2"})
+        .vm("g", kernel="udpecho", mem="16M", nics=[{"switch": "lan", "ip": "10.20.0.2/24"}])
+        .vm("p", kernel="ping", mem="16M", append="peer=10.20.0.9 count=3 interval=100",
+            nics=[{"switch": "lan", "ip": "10.20.0.3/24"}])
+    )  # fmt: skip
+
+    async def scenario() -> tuple[int, subprocess.CompletedProcess[bytes], dict[str, Any]]:
+        with trio.fail_after(30):
+            async with open_lab(lab.spec()) as run:
+                pinged = await trio.run_process(
+                    ["ip", "netns", "exec", ns_b, "ping", "-c", "3", "-i", "0.2", "-w", "15",
+                     "10.20.0.2"], capture_stdout=True, check=False,
+                )  # fmt: skip
+                status = (await run.vms["p"].wait()).exit_code
+                port = run.vxlan["lan"]
+                seen = {
+                    "switch": port.counters,
+                    "vxlan": port.stats(),
+                    "linux_at": port.table.lookup(bytes.fromhex(linux_mac.replace(":", "")), 0),
+                    "stats": render_snapshot(snapshot(run)),
+                }
+        return status, pinged, seen
+
+    # the lab runs on a thread inside namespace A: its UDP socket is born there
+    status, pinged, seen = in_netns(ns_a, lambda: trio.run(scenario))
+    out = pinged.stdout.decode()
+    assert pinged.returncode == 0 and " 0% packet loss" in out, out  # the namespace to a guest
+    assert status == 0  # the guest's ping to the namespace: every reply came
+    c = seen["vxlan"]["counters"]
+    assert c["rx_frames"] >= 6 and c["tx_frames"] >= 6  # ARP and 3 pings each way, at least
+    for bad in ("rx_bad_header", "rx_bad_flags", "rx_unknown_vni", "tx_dropped", "rx_runt"):
+        assert c.get(bad, 0) == 0, (bad, c)
+    assert seen["switch"].rx_frames == c["rx_frames"]
+    assert seen["linux_at"] == ("10.9.0.2", 4789)  # (it sent from another port)
+    assert seen["vxlan"]["remotes"][0] == "10.9.0.2:4789"
+    [line] = [x for x in seen["stats"] if x.startswith("vxlan lan ")]
+    assert line.startswith("vxlan lan vni=42 local=10.9.0.1:4789 remotes=10.9.0.2:4789 ")
+    # the capture: the pings both ways, on the uplink's interface
+    icmp = tshark_icmp(capture)
+    from_linux = [x for x in icmp if x[0] == "vxlan:42" and x[1] == "10.20.0.9"]
+    assert {(s, d, t) for _, s, d, t in from_linux} == {
+        ("10.20.0.9", "10.20.0.2", "8"), ("10.20.0.9", "10.20.0.3", "0"),
+    }  # fmt: skip
+    assert sum(1 for x in icmp if x[0] == "g.eth0" and x[3] == "0") >= 3  # g's echo replies

@@ -368,7 +368,8 @@ def _bind(local: str, port: int) -> socket.socket:
 
 class VxlanPort(SwitchPort):
     """Port ``vxlan:VNI`` of ``switch``: its frames carried by ``endpoint`` over VXLAN ``vni``
-    to ``remotes`` (and, with ``learning``, to the VTEPs its MACs were learned from). On a
+    to ``remotes`` (and, with ``learning``, to the VTEPs its MACs were learned from, at their
+    address and ``dst_port``, whatever port they sent from). On a
     VLAN-aware switch it is a trunk carrying every VLAN tagged, VLAN 1 untagged, as a link is.
     ``counters`` are the switch's for the port; ``vxlan`` the VXLAN side's: ``rx_frames``,
     ``rx_runt``, ``rx_oversize``, ``tx_frames``, ``tx_datagrams``, ``tx_no_remote`` (a frame
@@ -382,6 +383,7 @@ class VxlanPort(SwitchPort):
         remotes: Iterable[Addr] = (),
         *,
         learning: bool = True,
+        dst_port: int = VXLAN_PORT,
         max_frame: int = MAX_FRAME,
         max_macs: int = DEFAULT_MAX_MACS,
         max_vteps: int = DEFAULT_MAX_VTEPS,
@@ -398,6 +400,11 @@ class VxlanPort(SwitchPort):
             counters=self.vxlan,
         )  # fmt: skip
         self._clock = clock
+        self.dst_port = dst_port
+        # A VTEP sends from a port of its choice (Linux: a hash of the inner flow) to ours: it
+        # is learned by its address, reached at its configured port if it is a fixed remote,
+        # else at ``dst_port`` (Linux's ``dstport``).
+        self._fixed = {host: (host, port) for host, port in reversed(self.table.remotes)}
         endpoint.add(self)
         super().__init__(switch, f"vxlan:{vni}")
         switch.trunk_ports.add(self.id)
@@ -416,7 +423,10 @@ class VxlanPort(SwitchPort):
             return
         frame = bytes(inner)
         if not frame[6] & 1:
-            self.table.learn(frame[6:12], vtep, self._clock())
+            host = vtep[0]
+            self.table.learn(
+                frame[6:12], self._fixed.get(host) or (host, self.dst_port), self._clock()
+            )
         c["rx_frames"] += 1
         c["rx_bytes"] += n
         self.switch.send(self.id, Frame(frame))
