@@ -14,24 +14,26 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ipaddress
 import json
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import trio
-from helpers import in_netns
+from helpers import in_netns, wait_until_sync
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hv import ConfigError
-from hv.lab import Lab, open_lab, parse_lab, render_snapshot, with_clock
-from hv.lab._hosts import VxlanSpec
+from hv.lab import Lab, open_lab, parse_lab, render_snapshot, run_lab, services_config, with_clock
+from hv.lab._hosts import VxlanSpec, for_host, vni_for
 from hv.lab._stats import snapshot
 from netfabric.frame import Frame
 from netfabric.ports.vxlan import (
@@ -450,3 +452,212 @@ def test_a_linux_vxlan_device_and_guests_ping_each_other_across_the_uplink(
         ("10.20.0.9", "10.20.0.2", "8"), ("10.20.0.9", "10.20.0.3", "0"),
     }  # fmt: skip
     assert sum(1 for x in icmp if x[0] == "g.eth0" and x[3] == "0") >= 3  # g's echo replies
+
+
+# -- a lab over [hosts] --------------------------------------------------------------------
+
+HOSTS_LAB = """
+[hosts]
+a = "10.9.0.1"
+b = "10.9.0.2"
+
+[switches.lan]
+subnet = "10.20.0.0/24"
+dns = true
+capture = "lan.pcapng"
+
+[switches.wan]
+
+[switches.far]
+
+[[links]]
+a = "far"
+b = "lan"
+
+[vms.ga]
+host = "a"
+kernel = "udpecho"
+nics = [{ switch = "lan", ip = "10.20.0.2/24" }, { switch = "wan" }]
+
+[vms.gb]
+host = "b"
+kernel = "udpecho"
+nics = [{ switch = "lan", ip = "10.20.0.3/24" }, { switch = "far" }]
+"""
+
+
+def test_each_host_runs_its_part_and_split_switches_get_uplinks(tmp_path: Path) -> None:
+    spec = parse_lab(HOSTS_LAB, tmp_path)
+    assert spec.hosts == {"a": A, "b": B} and spec.clock == "real"
+    a, b = for_host(spec, "a"), for_host(spec, "b")
+    assert (list(a.vms), list(a.remote_vms), list(b.vms)) == (["ga"], ["gb"], ["gb"])
+    # lan has VMs on both: an uplink on each, to the other; its home (services, capture) is a
+    assert set(a.switches) == {"lan", "wan"} and set(b.switches) == {"lan", "far"}
+    assert a.switches["lan"].vxlan == VxlanSpec(vni_for("lan"), "10.9.0.1", 4789, (B,), True)
+    assert b.switches["lan"].vxlan == VxlanSpec(vni_for("lan"), "10.9.0.2", 4789, (A,), True)
+    assert a.switches["lan"].dns and a.switches["lan"].capture == tmp_path / "lan.pcapng"
+    assert b.switches["lan"].subnet is None and b.switches["lan"].capture is None
+    assert a.switches["wan"].vxlan is None and b.switches["far"].vxlan is None  # one host each
+    # the link runs on the home of its switch a (far: b), and every host knows every link
+    assert (a.links, b.links) == ((), spec.links) and a.reaches("lan") == {"lan", "far"}
+    # a's DNS answers for the VM on b too
+    assert services_config(a, "lan").dns.names == {  # type: ignore[union-attr]
+        "ga": [ipaddress.IPv4Address("10.20.0.2")], "gb": [ipaddress.IPv4Address("10.20.0.3")],
+    }  # fmt: skip
+    # the VNI comes from the switch's name: the same on every host, every run
+    assert vni_for("lan") == 15260844 and 1 <= vni_for("x" * 32) <= VNI_MAX
+    fixed = HOSTS_LAB.replace("[switches.wan]", "[switches.wan]\nvxlan = { vni = 7 }")
+    assert for_host(parse_lab(fixed, tmp_path), "a").switches["wan"].vxlan == VxlanSpec(
+        7, "10.9.0.1", 4789, (), True
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (('host = "b"', 'host = "c"'), r'vms.gb.host: no host named "c" in \[hosts\] \(a, b\)'),
+        (('host = "b"\n', ""), r"vms.gb.host: missing: this lab runs over hosts a, b"),
+        (
+            ("[switches.wan]", '[switches.wan]\nvxlan = { vni = 7, local = "10.9.0.1" }'),
+            r"switches.wan.vxlan.local: in a lab over \[hosts\] each host's VXLAN address",
+        ),
+        (('b = "10.9.0.2"', 'b = "10.9.0.1"'), r"hosts.b: 10.9.0.1:4789 is also host a's"),
+        (('b = "10.9.0.2"', 'B = "10.9.0.2"'), "hosts.B: host names are lowercase"),
+        (('b = "10.9.0.2"', 'b = "0.0.0.0"'), "hosts.b: the other hosts send to it"),
+        (
+            ("[switches.wan]", "[switches.wan]\nvxlan = { vni = 15260844 }"),
+            "switches.wan: its VXLAN network id 15260844 is also switch lan's",
+        ),
+        (("[hosts]", 'clock = "virtual"\n[hosts]'), "hosts: a lab over several hosts .* real"),
+    ],
+)
+def test_bad_hosts_say_which_and_why(tmp_path: Path, change: tuple[str, str], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        parse_lab(HOSTS_LAB.replace(*change), tmp_path)
+
+
+async def test_without_host_it_says_what_to_run_on_each(tmp_path: Path) -> None:
+    spec = parse_lab(HOSTS_LAB, tmp_path, "net")
+    with pytest.raises(ConfigError, match=r"lab net runs over hosts a, b: on a \(10.9.0.1\): "
+                       r"hv up LAB --host a; on b \(10.9.0.2\): hv up LAB --host b"):  # fmt: skip
+        await run_lab(spec)
+    with pytest.raises(ConfigError, match=r'--host: no host named "c" in \[hosts\] \(a, b\)'):
+        for_host(spec, "c")
+    with pytest.raises(ConfigError, match=r"--host: lab lab has no \[hosts\] table"):
+        for_host(parse_lab(UPLINK, tmp_path), "a")
+    lab = tmp_path / "net.toml"
+    lab.write_text(HOSTS_LAB)
+    r = subprocess.run([sys.executable, "-m", "hv.cli", "up", str(lab)], capture_output=True,
+                       text=True, timeout=60, check=False)  # fmt: skip
+    assert r.returncode == 4 and r.stderr.startswith("hv: lab ") and "--host a" in r.stderr, r
+    assert len(r.stderr.splitlines()) == 1
+
+
+TWO_HOSTS = """
+name = "two"
+
+[hosts]
+a = "10.9.0.1"
+b = "10.9.0.2"
+
+[switches.lan]
+vxlan = { vni = 42 }              # (a Linux vxlan device joins with id 42)
+capture = "lan.pcapng"
+
+[vms.ga]
+host = "a"
+kernel = "udpecho"
+mem = "16M"
+nics = [{ switch = "lan", ip = "10.20.0.2/24" }]
+
+[vms.gb]
+host = "b"
+kernel = "udpecho"
+mem = "16M"
+nics = [{ switch = "lan", ip = "10.20.0.3/24" }]
+
+[vms.pb]
+host = "b"
+kernel = "ping"
+mem = "16M"
+append = "peer=10.20.0.2 count=3 interval=100"
+nics = [{ switch = "lan", ip = "10.20.0.4/24" }]
+"""
+
+
+def test_a_lab_over_two_hosts_and_a_linux_vxlan_device_on_a_third(
+    namespaces: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Hosts a and b are two namespaces with an ``hv up --host`` each, c a third with a Linux
+    vxlan device; a bridge in a joins the three (a 10.9.0.1, b .2, c .3)."""
+    ns = {h: namespaces(h) for h in "abc"}
+    ip("-n", ns["a"], "link", "add", "br0", "type", "bridge")
+    ip("-n", ns["a"], "addr", "add", "10.9.0.1/24", "dev", "br0")
+    ip("-n", ns["a"], "link", "set", "br0", "up")
+    for h, addr in (("b", "10.9.0.2"), ("c", "10.9.0.3")):
+        ip("-n", ns["a"], "link", "add", f"to-{h}", "type", "veth", "peer", "name", "up0",
+           "netns", ns[h])  # fmt: skip
+        ip("-n", ns["a"], "link", "set", f"to-{h}", "master", "br0", "up")
+        ip("-n", ns[h], "addr", "add", f"{addr}/24", "dev", "up0")
+        ip("-n", ns[h], "link", "set", "up0", "up")
+    lab = tmp_path / "two.toml"
+    lab.write_text(TWO_HOSTS)
+    logs = {h: tmp_path / f"{h}.log" for h in "ab"}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def output(h: str) -> str:
+        return logs[h].read_text(errors="replace")
+
+    def up(h: str) -> None:
+        with logs[h].open("wb") as log:
+            procs[h] = subprocess.Popen(
+                ["ip", "netns", "exec", ns[h], sys.executable, "-m", "hv.cli", "up", str(lab),
+                 "--host", h, "--no-view"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    def alive(h: str, line: str) -> Callable[[], bool]:
+        def check() -> bool:
+            assert procs[h].poll() is None, output(h)
+            return line in output(h)
+
+        return check
+
+    try:
+        up("a")
+        wait_until_sync(alive("a", "ga | udpecho: echoing"), "ga to run on host a", timeout=20)
+        up("b")
+        wait_until_sync(alive("b", "gb | udpecho: echoing"), "gb to run on host b", timeout=20)
+        # guest to guest across hosts: pb (on b) pings ga (on a)
+        wait_until_sync(lambda: "pb | ping: 10.20.0.2: " in output("b"), "pb's ping", timeout=15)
+        assert "pb | ping: 10.20.0.2: 3 sent, 3 received" in output("b"), output("b")
+        # a Linux vxlan device on c, flooding to both hosts, pings a guest on each
+        linux_vxlan(ns["c"], "10.9.0.3", ["10.9.0.1", "10.9.0.2"], "10.20.0.9", dev="up0")
+        for guest in ("10.20.0.2", "10.20.0.3"):
+            r = in_ns(ns["c"], "ping", "-c", "3", "-i", "0.2", "-w", "10", guest)
+            assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
+        stats = subprocess.run(
+            [sys.executable, "-m", "hv.cli", "stats", "two-a"], capture_output=True, text=True,
+            timeout=30, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    [line] = [x for x in stats.splitlines() if x.startswith("vxlan lan ")]
+    assert line.startswith(
+        "vxlan lan vni=42 local=10.9.0.1:4789 remotes=10.9.0.2:4789,10.9.0.3:4789 "
+    )  # fmt: skip   (c: learned)
+    counts = dict(kv.split("=") for kv in line.split()[6:])
+    assert int(counts["rx_frames"]) >= 8 and int(counts["tx_frames"]) >= 8  # ARP, 3 pings: 2 peers
+    assert counts.get("rx_bad_header", "0") == "0" and counts.get("tx_dropped", "0") == "0"
+    # the capture is host a's (the switch's home): ga's replies to pb and to c's pings
+    icmp = tshark_icmp(tmp_path / "lan.pcapng")
+    assert {(s, d) for i, s, d, t in icmp if i == "ga.eth0" and t == "0"} == {
+        ("10.20.0.2", "10.20.0.4"), ("10.20.0.2", "10.20.0.9"),
+    }  # fmt: skip

@@ -89,7 +89,8 @@ def load_named(path: Path, project: str | None, args: argparse.Namespace | None 
         if host is not None:
             spec = for_host(spec, host)
             if project is None:
-                spec = replace(spec, name=check_lab_name(f"{spec.name}-{host}", "--host"))
+                name = f"{spec.name[: NAME_MAX - len(host) - 1].rstrip('-_')}-{host}"
+                spec = replace(spec, name=check_lab_name(name, "--host"))
     return spec
 
 
