@@ -192,6 +192,11 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 def measure(ns: str, guest: Console, pings: int, nbytes: int) -> dict[str, float]:
     """Ping, then host -> guest, then guest -> host; the guest powers off at the end."""
     host_side_up(ns, guest)
+    return measure_from(ns, guest, pings, nbytes)
+
+
+def measure_from(ns: str, guest: Console, pings: int, nbytes: int) -> dict[str, float]:
+    """``measure`` once the namespace ``ns`` reaches the guest at GUEST (and is HOST)."""
     guest.wait_for(READY, 120)
     warm = in_ns(ns, "ping", "-c", "3", "-i", "0.2", "-w", "30", GUEST)
     if warm.returncode:
