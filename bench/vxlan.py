@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _common as C
-from bench.tap import GUEST, HOST, TAP, Console, guest_run, log, measure_from, ns_cmd
+from bench.tap import GUEST, HOST, TAP, Console, guest_run, log, measure_from, ns_cmd, table
 from hv.build import _image_linux
 
 VNI = 42
@@ -163,24 +163,7 @@ def main() -> None:
         for ns in (a, b):
             subprocess.run(["ip", "netns", "del", ns], check=False)
     print(f"\nVXLAN {VNI}; {args.pings} pings, {args.bytes / 1e6:g} MB each way\n")
-    print(
-        "| | RTT min ms | RTT avg ms | TCP vxlan dev → guest Mbit/s | TCP guest → vxlan dev "
-        "Mbit/s | VM process CPU / waiting |"
-    )
-    print("|---|---|---|---|---|---|")
-    best: dict[str, dict[str, float]] = {}
-    for name, rs in results.items():
-        for i, r in enumerate(rs):
-            print(
-                f"| {name}, run {i + 1} | {r['rtt_min']:.3f} | {r['rtt_avg']:.3f} | "
-                f"{r['to_guest']:.1f} | {r['from_guest']:.1f} | {100 * r['cpu']:.0f} % / "
-                f"{100 * r['wait']:.0f} % |"
-            )
-        best[name] = {
-            k: (min if k.startswith("rtt") else max)(r[k] for r in rs)
-            for k in rs[0]
-            if k not in ("cpu", "wait")
-        }
+    best = table(results, "vxlan dev")
     for name, r in best.items():
         print(
             f"vxlan: {name} rtt min/avg {r['rtt_min']:.3f}/{r['rtt_avg']:.3f} ms, tcp to/from "
