@@ -26,8 +26,7 @@ import trio
 
 from bench import _common as C
 from hv.hw import default_jobs
-from hv.lab import open_lab
-from hv.lab._spec import parse_lab
+from hv.lab import open_lab, parse_lab
 
 
 def lab_text(guests: int, iters: int) -> str:

@@ -192,6 +192,11 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 def measure(ns: str, guest: Console, pings: int, nbytes: int) -> dict[str, float]:
     """Ping, then host -> guest, then guest -> host; the guest powers off at the end."""
     host_side_up(ns, guest)
+    return measure_from(ns, guest, pings, nbytes)
+
+
+def measure_from(ns: str, guest: Console, pings: int, nbytes: int) -> dict[str, float]:
+    """``measure`` once the namespace ``ns`` reaches the guest at GUEST (and is HOST)."""
     guest.wait_for(READY, 120)
     warm = in_ns(ns, "ping", "-c", "3", "-i", "0.2", "-w", "30", GUEST)
     if warm.returncode:
@@ -256,6 +261,30 @@ def run_qemu(ns: str, img: _image_linux.LinuxImage, pings: int, nbytes: int) -> 
         guest.finish(1)
 
 
+def table(results: dict[str, list[dict[str, float]]], peer: str) -> dict[str, dict[str, float]]:
+    """Print every run's figures as a Markdown table (``peer``: who talks to the guest);
+    the best of each (least RTT, most Mbit/s)."""
+    print(
+        f"| | RTT min ms | RTT avg ms | TCP {peer} → guest Mbit/s | TCP guest → {peer} Mbit/s "
+        "| VM process CPU / waiting, to guest |"
+    )
+    print("|---|---|---|---|---|---|")
+    best: dict[str, dict[str, float]] = {}
+    for name, rs in results.items():
+        for i, r in enumerate(rs):
+            label = name if len(rs) == 1 else f"{name}, run {i + 1}"
+            print(
+                f"| {label} | {r['rtt_min']:.3f} | {r['rtt_avg']:.3f} | {r['to_guest']:.1f} | "
+                f"{r['from_guest']:.1f} | {100 * r['cpu']:.0f} % / {100 * r['wait']:.0f} % |"
+            )
+        best[name] = {
+            k: (min if k.startswith("rtt") else max)(r[k] for r in rs)
+            for k in rs[0]
+            if k not in ("cpu", "wait")
+        }
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pings", type=int, default=50, help="pings, 20 ms apart (default 50)")
@@ -288,24 +317,7 @@ def main() -> None:
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
     print(f"\nnamespace {ns}, TAP {TAP}; {args.pings} pings, {args.bytes / 1e6:g} MB each way\n")
-    print(
-        "| | RTT min ms | RTT avg ms | TCP host → guest Mbit/s | TCP guest → host Mbit/s "
-        "| VM process CPU / waiting, host → guest |"
-    )
-    print("|---|---|---|---|---|---|")
-    best: dict[str, dict[str, float]] = {}
-    for name, rs in results.items():
-        for i, r in enumerate(rs):
-            label = name if len(rs) == 1 else f"{name}, run {i + 1}"
-            print(
-                f"| {label} | {r['rtt_min']:.3f} | {r['rtt_avg']:.3f} | {r['to_guest']:.1f} | "
-                f"{r['from_guest']:.1f} | {100 * r['cpu']:.0f} % / {100 * r['wait']:.0f} % |"
-            )
-        best[name] = {
-            k: (min if k.startswith("rtt") else max)(r[k] for r in rs)
-            for k in rs[0]
-            if k not in ("cpu", "wait")
-        }
+    best = table(results, "host")
     h, q = best["hv"], best["qemu"]
     print(
         f"tap: hv rtt min/avg {h['rtt_min']:.3f}/{h['rtt_avg']:.3f} ms, tcp to/from guest "

@@ -17,7 +17,8 @@ A frame's path, by file, from one guest to another:
    guest's RX queue (``hv/virtio/_queue.py``) and interrupts it.
 
 Other ports take frames the same way: ``ports/host.py`` (driven from code), ``ports/tap.py``
-(the host's kernel), ``ports/link.py`` (another switch), ``ports/services.py`` (DHCP, DNS and
+(the host's kernel), ``ports/link.py`` (another switch), ``ports/vxlan.py`` (other hosts, over
+VXLAN), ``ports/services.py`` (DHCP, DNS and
 TFTP: ``netfabric/services/``). ``hv/_nic.py`` is where the machine and the fabric meet: it
 builds a NIC's device and its port and joins them.
 
@@ -38,6 +39,7 @@ from netfabric.ports.link import Link, LinkPort
 from netfabric.ports.nic import NicPort
 from netfabric.ports.services import ServicesPort
 from netfabric.ports.tap import TapPort
+from netfabric.ports.vxlan import VxlanEndpoint, VxlanPort
 from netfabric.switch import LearningSwitch, Switch, mac_str, parse_mac
 
 __all__ = [
@@ -60,6 +62,8 @@ __all__ = [
     "Switch",
     "SwitchPort",
     "TapPort",
+    "VxlanEndpoint",
+    "VxlanPort",
     "mac_str",
     "parse_mac",
 ]

@@ -6,6 +6,7 @@ counter or a state with no event of its own. Never sleep a fixed time and assume
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,29 @@ def wait_until_sync(
             raise _timed_out(what, timeout)
         time.sleep(every)
     return value
+
+
+def in_netns(name: str, fn: Callable[[], T]) -> T:
+    """``fn()`` on a thread that entered network namespace ``name`` (and dies afterwards):
+    what it opens (a TAP, a socket) is born there; the caller's thread never moves."""
+    from pyroute2 import netns
+
+    box: dict[str, T] = {}
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            netns.setns(name, flags=0)
+            box["value"] = fn()
+        except BaseException as e:
+            error.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    return box["value"]
 
 
 def host_userland() -> Path:

@@ -20,7 +20,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import TypeVar
 
 import pytest
 import trio
-from helpers import wait_until
+from helpers import in_netns, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 from pyroute2 import NetNS, netns
@@ -144,22 +143,7 @@ class Namespace:
 
     def inside(self, fn: Callable[[], T]) -> T:
         """``fn()`` on a thread that entered the namespace (and dies afterwards)."""
-        box: dict[str, T] = {}
-        error: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                netns.setns(self.name, flags=0)
-                box["value"] = fn()
-            except BaseException as e:
-                error.append(e)
-
-        t = threading.Thread(target=run)
-        t.start()
-        t.join()
-        if error:
-            raise error[0]
-        return box["value"]
+        return in_netns(self.name, fn)
 
     def open_tap(self, name: str | None = None, *, offload: bool = True) -> TapDevice:
         tap = self.inside(partial(TapDevice, name or tap_name(), offload=offload))

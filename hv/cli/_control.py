@@ -70,10 +70,13 @@ def default_lab_name(path: Path) -> str:
 def load_named(path: Path, project: str | None, args: argparse.Namespace | None = None) -> LabSpec:
     """The lab in ``path`` under its name: ``-p NAME``, else the file's ``name = "..."``,
     else ``default_lab_name``; with ``hv up``'s ``args``, its ``--clock``, ``--seed`` and
-    ``--mips`` in place of the file's."""
+    ``--mips`` in place of the file's, and with ``--host NAME`` that host's part of a lab over
+    ``[hosts]`` (named ``NAME-HOST`` unless ``-p`` says otherwise: two hosts' parts may run on
+    one machine, in two network namespaces)."""
     from dataclasses import replace
 
     from hv.lab import check_lab_name, load_lab, with_clock
+    from hv.lab._hosts import for_host
 
     spec = load_lab(
         path, default_name=default_lab_name(path), clock=args.clock if args is not None else None
@@ -84,6 +87,12 @@ def load_named(path: Path, project: str | None, args: argparse.Namespace | None 
         spec = with_clock(
             spec, args.clock, args.seed, args.mips, jobs=getattr(args, "jobs", None), option="--"
         )
+        host = getattr(args, "host", None)
+        if host is not None:
+            spec = for_host(spec, host)
+            if project is None:
+                name = f"{spec.name[: NAME_MAX - len(host) - 1].rstrip('-_')}-{host}"
+                spec = replace(spec, name=check_lab_name(name, "--host"))
     return spec
 
 
@@ -821,6 +830,8 @@ def up_detached(args: argparse.Namespace) -> int:
     if args.force:
         argv.append("--force")
     argv += clock_arguments(args)
+    if getattr(args, "host", None) is not None:
+        argv += ["--host", args.host]
     if getattr(args, "view", None) == "on":  # --stats: rates every second, into the log
         argv.append("--stats")
     argv += ["--log-level", args.log_level] + (["--log-json"] if args.log_json else [])

@@ -241,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--exit-code-from", metavar="NAME", help="end the lab when VM NAME stops, with its status"
     )
+    up.add_argument(
+        "--host",
+        metavar="NAME",
+        help="a lab over several hosts ([hosts] in its file): run host NAME's part (its VMs, "
+        "their switches, VXLAN to the other hosts); the lab's name is then NAME-HOST",
+    )
     view = up.add_mutually_exclusive_group()
     view.add_argument(
         "--stats",

@@ -28,6 +28,7 @@ from hv._vm import Vm, VmConfig, run_vm
 from hv.board import load_file
 from hv.build import StderrProgress, build_bundled, resolve_kernel
 from hv.hw import DEFAULT_QUANTUM, default_jobs
+from hv.lab._hosts import VxlanSpec, run_command
 from hv.lab._link import describe as describe_link
 from hv.lab._link import link_cables, link_state, set_link
 from hv.lab._spec import ImageSpec, LabSpec, NicSpec, VmSpec, check_captures, check_clock
@@ -36,6 +37,7 @@ from netfabric.impair import ImpairedLink, Impairment
 from netfabric.ports.base import Cable, PortVlan
 from netfabric.ports.link import Link
 from netfabric.ports.tap import TapError, TapPort
+from netfabric.ports.vxlan import VxlanEndpoint, VxlanError, VxlanPort
 from netfabric.services import DhcpConfig, DnsConfig, ServiceHost, ServicesConfig
 from netfabric.switch import Switch
 
@@ -71,6 +73,8 @@ class LabRun:
     vms: dict[str, Vm] = field(default_factory=dict)
     links: list[Link] = field(default_factory=list)
     taps: dict[str, TapPort] = field(default_factory=dict)  # switch name -> its TAP
+    vxlan: dict[str, VxlanPort] = field(default_factory=dict)  # switch name -> its uplink
+    endpoints: dict[tuple[str, int], VxlanEndpoint] = field(default_factory=dict)  # UDP sockets
     services: dict[str, ServiceHost] = field(default_factory=dict)  # switch -> its services
     disks: dict[str, list[Disk]] = field(default_factory=dict)  # VM -> its disks (opened)
     status: int | None = None  # the lab's exit status once it has ended
@@ -125,7 +129,7 @@ def services_config(spec: LabSpec, switch: str) -> ServicesConfig:
     if s.dhcp is not None:
         hostnames = {
             nic.mac: vm.name
-            for vm in spec.vms.values()
+            for vm in spec.every_vm().values()
             for nic in vm.nics
             if nic.ip == "dhcp" and switch in spec.reaches(nic.switch)
         }
@@ -135,7 +139,7 @@ def services_config(spec: LabSpec, switch: str) -> ServicesConfig:
         )  # fmt: skip
     if s.dns:
         names: dict[str, list[ipaddress.IPv4Address]] = {}
-        for vm in spec.vms.values():
+        for vm in spec.every_vm().values():
             for nic in vm.nics:
                 if isinstance(nic.ip, ipaddress.IPv4Interface):
                     names.setdefault(vm.name, []).append(nic.ip.ip)
@@ -179,6 +183,24 @@ def open_tap(switch: Switch, name: str) -> TapPort:
         return TapPort(switch, name)
     except TapError as e:
         raise HostError(f"switch {switch.name}: {e}") from None
+
+
+async def open_uplink(
+    nursery: trio.Nursery, run: LabRun, switch: Switch, spec: VxlanSpec
+) -> VxlanPort:
+    """``switch``'s VXLAN uplink, on the lab's endpoint for its local address and port (one
+    UDP socket for every VNI there, its reading task in ``nursery``); a HostError that says
+    what to do if it cannot be bound."""
+    assert spec.local is not None and spec.vni is not None
+    key = (spec.local, spec.port)
+    endpoint = run.endpoints.get(key)
+    if endpoint is None:
+        try:
+            endpoint = VxlanEndpoint(spec.local, spec.port)
+        except VxlanError as e:
+            raise HostError(f"switch {switch.name}: {e}") from None
+        run.endpoints[key] = await nursery.start(endpoint.run)
+    return VxlanPort(switch, endpoint, spec.vni, spec.remotes, learning=spec.learning)
 
 
 def _port_vlan(nic: NicSpec) -> PortVlan | None:
@@ -321,6 +343,8 @@ async def run_lab(
     ``exit_code_from`` stopped (its status is the lab's); or every VM in ``until`` stopped
     (the lab's status is 0 only if they all stopped cleanly). A capture may overwrite an
     existing file that is not pcapng only with ``force`` (see ``check_captures``)."""
+    if spec.hosts and spec.host is None:
+        raise ConfigError(run_command(spec))
     if exit_code_from is not None and exit_code_from not in spec.vms:
         raise ConfigError(
             f"--exit-code-from: no VM named {exit_code_from!r} ({', '.join(spec.vms)})"
@@ -362,6 +386,10 @@ async def run_lab(
                     if s.tap is not None:
                         run.taps[name] = await nursery.start(
                             open_tap(run.switches[name], s.tap).run
+                        )
+                    if s.vxlan is not None:
+                        run.vxlan[name] = await open_uplink(
+                            nursery, run, run.switches[name], s.vxlan
                         )
                     if s.subnet is not None:
                         if tl is None:

@@ -8,6 +8,7 @@
     dns = true                        # answers a.lab, b.lab with the VMs' addresses
     tftp = "tftp-root"                # read-only, relative to the lab file
     tap = "hvtap0"                    # the host on this switch
+    vxlan = { vni = 42, local = "10.9.0.1", remote = "10.9.0.2" }  # other hosts (hv.lab._hosts)
 
     [switches.wan]
 
@@ -72,6 +73,7 @@ from hv._values import (
 )
 from hv.hw import DEFAULT_MIPS, VirtualClock
 from hv.hw import _platform as P
+from hv.lab._hosts import VxlanSpec, check_hosts, parse_hosts, parse_vxlan
 from hv.lab._impair import parse_impairment
 from netfabric.impair import Impairment
 
@@ -79,14 +81,16 @@ IMAGE_MEM_DEFAULT = 512 * MIB  # a Debian VM's RAM (apt, dpkg, FRR want more tha
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
-SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap"}
+SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap", "vxlan"}
 DHCP_KEYS = {"pool", "lease", "boot"}
-VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks", "image"}
+VM_KEYS = {
+    "kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks", "image", "host",
+}  # fmt: skip
 IMAGE_KEYS = {"packages"}
 DISK_KEYS = {"file", "ro", "format", "snapshot", "serial", "backing_dirs"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
 LINK_KEYS = {"a", "b", "impair", "vlans"}
-LAB_KEYS = {"name", "switches", "vms", "links", "clock", "seed", "mips", "lookahead"}
+LAB_KEYS = {"name", "switches", "vms", "links", "clock", "seed", "mips", "lookahead", "hosts"}
 LOOKAHEAD_MIN_PS = 1_000_000  # 1 us
 LOOKAHEAD_MAX_PS = 1_000_000_000_000  # 1 s
 CLOCKS = ("real", "virtual")
@@ -114,6 +118,7 @@ class SwitchSpec:
     tftp: Path | None = None
     tap: str | None = None
     gateway: ipaddress.IPv4Address | None = None  # the router DHCP hands out (default: services)
+    vxlan: VxlanSpec | None = None  # an uplink to other hosts (hv.lab._hosts)
 
     @property
     def service_ip(self) -> ipaddress.IPv4Address | None:
@@ -174,6 +179,7 @@ class VmSpec:
     nics: tuple[NicSpec, ...] = ()
     disks: tuple[DiskSpec, ...] = ()  # FILE relative to the lab's folder
     image: ImageSpec | None = None  # a root disk before ``disks`` (vda)
+    host: str | None = None  # in a lab over [hosts]: the host it runs on
 
 
 @dataclass(frozen=True)
@@ -188,19 +194,29 @@ class LabSpec:
     seed: int | None = None  # mixed into every impairment's seed
     mips: int = DEFAULT_MIPS  # virtual time: a hart's nominal rate
     lookahead_ps: int = DEFAULT_LOOKAHEAD_PS  # virtual time: a NIC cable's minimum latency
-    # Host threads that run the VMs (virtual time); None: all the host's cores. A choice of
-    # the host's, not of the lab's: the same run for any number (hv up --jobs).
+    # Host threads that run the VMs; None: all the host's cores. A choice of the host's,
+    # not of the lab's: the same run for any number on virtual time (hv up --jobs).
     jobs: int | None = None
+    # A lab over several hosts (hv.lab._hosts): host name -> its VXLAN address; once one
+    # host's part is taken (``for_host``), that host, the VMs on the others and every link.
+    hosts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    host: str | None = None
+    remote_vms: dict[str, VmSpec] = field(default_factory=dict)
+    all_links: tuple[LinkSpec, ...] | None = None
+
+    def every_vm(self) -> dict[str, VmSpec]:
+        """The lab's VMs, those on other hosts too."""
+        return {**self.vms, **self.remote_vms}
 
     def reaches(self, switch: str) -> frozenset[str]:
         """The switches whose built-in services ``switch``'s untagged frames reach (itself
-        and those cabled to it, directly or through others)."""
-        return connected(switch, self.links)
+        and those cabled to it, directly or through others, on any host)."""
+        return connected(switch, self.links if self.all_links is None else self.all_links)
 
     def static_leases(self, switch: str) -> dict[bytes, tuple[ipaddress.IPv4Address, str]]:
         """MAC -> (address, host name) for the NICs on ``switch`` with a fixed address."""
         out = {}
-        for vm in self.vms.values():
+        for vm in self.every_vm().values():
             for nic in vm.nics:
                 if nic.switch == switch and isinstance(nic.ip, ipaddress.IPv4Interface):
                     out[nic.mac] = (nic.ip.ip, vm.name)
@@ -219,7 +235,9 @@ def _vids(value: Any, key: str) -> frozenset[int]:
     return frozenset(_vid(v, f"{key}[{i}]") for i, v in enumerate(value))
 
 
-def parse_switch(name: str, t: dict[str, Any], base: Path) -> SwitchSpec:
+def parse_switch(
+    name: str, t: dict[str, Any], base: Path, *, over_hosts: bool = False
+) -> SwitchSpec:
     key = f"switches.{name}"
     unknown(t, SWITCH_KEYS, key)
     cap = base / string(t["capture"], f"{key}.capture") if "capture" in t else None
@@ -284,7 +302,8 @@ def parse_switch(name: str, t: dict[str, Any], base: Path) -> SwitchSpec:
         gateway = ipv4_address(string(t["gateway"], f"{key}.gateway"), f"{key}.gateway")
         if subnet is None or gateway not in subnet:
             raise ConfigError(f"{key}.gateway: {gateway} is not in {key}.subnet")
-    return SwitchSpec(name, cap, subnet, dhcp, bool(dns), tftp, tap, gateway)
+    vxlan = parse_vxlan(t["vxlan"], f"{key}.vxlan", over_hosts=over_hosts) if "vxlan" in t else None
+    return SwitchSpec(name, cap, subnet, dhcp, bool(dns), tftp, tap, gateway, vxlan)
 
 
 def _impair(value: Any, key: str) -> Impair:
@@ -525,17 +544,27 @@ def parse_doc(
     "virtual" runs with "real")."""
     unknown(doc, LAB_KEYS, "lab")
     name = check_lab_name(string(doc.get("name", default_name), "name"), "name")
+    hosts = parse_hosts(doc["hosts"]) if "hosts" in doc else {}
     switches: dict[str, SwitchSpec] = {}
     taps: dict[str, str] = {}
+    vnis: dict[tuple[str | None, int, int | None], str] = {}
     for sname, sval in table(doc.get("switches", {}), "switches").items():
         key = f"switches.{sname}"
         if not _NAME.match(sname):
             raise ConfigError(f"{key}: switch names are lowercase letters, digits, - and _")
-        switches[sname] = spec = parse_switch(sname, table(sval, key), base)
+        switches[sname] = spec = parse_switch(sname, table(sval, key), base, over_hosts=bool(hosts))
         if spec.tap is not None:
             if spec.tap in taps:
                 raise ConfigError(f"{key}.tap: {spec.tap} is also on switch {taps[spec.tap]}")
             taps[spec.tap] = sname
+        if spec.vxlan is not None and spec.vxlan.local is not None:
+            v = spec.vxlan
+            if (v.local, v.port, v.vni) in vnis:
+                raise ConfigError(
+                    f"{key}.vxlan.vni: {v.vni} on {v.local}:{v.port} is also switch "
+                    f"{vnis[(v.local, v.port, v.vni)]}'s; each switch needs its own VNI"
+                )
+            vnis[(v.local, v.port, v.vni)] = sname
     links = _links(doc.get("links", []), switches)
     reach = {name: connected(name, links) for name in switches}
     vms: dict[str, VmSpec] = {}
@@ -609,10 +638,12 @@ def parse_doc(
             nics=tuple(nics),
             disks=disks,
             image=image,
+            host=string(t["host"], f"{key}.host") if "host" in t else None,
         )
     _shared_disks(vms, base)
-    # Virtual time unless the host is on the wire (a TAP): docs/TIME.md says why.
-    default = "real" if any(s.tap is not None for s in switches.values()) else "virtual"
+    # Virtual time unless the host or other hosts are on the wire (a TAP, VXLAN): docs/TIME.md
+    on_wire = any(s.tap is not None or s.vxlan is not None for s in switches.values())
+    default = "real" if on_wire or hosts else "virtual"
     overridden = clock
     clock = clock_value(doc.get("clock", default) if clock is None else clock, "clock")
     seed = seed_value(doc.get("seed"), "seed")
@@ -628,15 +659,20 @@ def parse_doc(
     if overridden is None and clock == "real":  # (an override keeps the file's keys quiet)
         for key in ("mips", "lookahead"):
             if key in doc:
-                why = "it has a TAP" if default == "real" and "clock" not in doc else "it says so"
+                why = (
+                    "it has a TAP, VXLAN or [hosts]"
+                    if default == "real" and "clock" not in doc
+                    else "it says so"
+                )
                 raise ConfigError(
                     f"{key}: only matters on virtual time, but this lab runs on real time "
                     f'({why}): drop {key}, or say clock = "virtual"'
                 )
     lab = LabSpec(
         name=name, base=base, switches=switches, vms=vms, links=links, clock=clock, seed=seed,
-        mips=mips, lookahead_ps=lookahead_ps,
+        mips=mips, lookahead_ps=lookahead_ps, hosts=hosts,
     )  # fmt: skip
+    check_hosts(lab)
     check_clock(lab)
     return lab
 
@@ -714,16 +750,27 @@ def with_clock(
 
 
 def check_clock(spec: LabSpec) -> None:
-    """A TAP puts the host's kernel on the wire, and it lives in real time: such a lab cannot
-    run on virtual time (a ConfigError that says what to do)."""
+    """A TAP puts the host's kernel on the wire, a VXLAN uplink other hosts, and they live in
+    real time: such a lab cannot run on virtual time (a ConfigError that says what to do)."""
     if spec.clock != "virtual":
         return
+    if spec.hosts:
+        raise ConfigError(
+            "hosts: a lab over several hosts has VXLAN between them, and the hosts live in real "
+            'time, so this lab cannot run on virtual time: use clock = "real" (or --clock real)'
+        )
     for name, s in spec.switches.items():
         if s.tap is not None:
             raise ConfigError(
                 f"switches.{name}.tap: a TAP puts the host on the wire, and the host lives in "
                 'real time, so this lab cannot run on virtual time: use clock = "real" (or '
                 "--clock real), or take the TAP out"
+            )
+        if s.vxlan is not None:
+            raise ConfigError(
+                f"switches.{name}.vxlan: VXLAN puts other hosts on the wire, and they live in "
+                'real time, so this lab cannot run on virtual time: use clock = "real" (or '
+                "--clock real), or take the uplink out"
             )
 
 

@@ -18,6 +18,8 @@ A snapshot::
           "drops_by": {"loss": 3}, "cable": "a.eth0",
           "cable_counts": {"duplicated": 0, "corrupted": 0, "reordered": 0}}]}},
      "impairments": {"a.eth0": {...}},      # hv.lab._netem.describe, per cable
+     "vxlan": {"lan": {"vni": 42, "local": "10.9.0.1:4789", "remotes": ["10.9.0.2:4789"],
+                       "macs": 3, "counters": {"rx_frames": 12, "rx_bad_header": 0, ...}}},
      "clock": {"mode": "virtual", "virtual_s": 12.345, "wall_s": 0.402, "ratio": 30.7,
                "mips": 1000, "seed": 7, "rounds": 812, "events": 96}}
 
@@ -57,6 +59,10 @@ on the link's two ports; a NIC's cable, both ways, on the NIC's port: hv.lab._ne
 dropped meanwhile (hv.lab._link).
 ``cable_counts``: what the cable did to frames it passed on (``duplicated``, ``corrupted``,
 ``reordered``). ``impairments``: each cable's settings and counters per direction.
+``vxlan``: each switch's VXLAN uplink (netfabric.ports.vxlan.VxlanPort.stats): its VNI, the
+local and remote VTEPs (fixed and learned), the MACs learned behind them, and the counters of
+the port and its UDP socket (``rx_bad_header``, ``rx_bad_flags``, ``rx_unknown_vni``,
+``rx_runt``, ``rx_oversize``, ``rx_kernel_drops``, ``tx_no_remote``, ``tx_dropped``, ...).
 """
 
 from __future__ import annotations
@@ -180,6 +186,7 @@ def snapshot(run: LabRun, now: float | None = None) -> Snapshot:
             for name, sw in run.switches.items()
         },
         "impairments": {key: describe(run, key) for key in run.impairments},
+        "vxlan": {name: port.stats() for name, port in run.vxlan.items()},
         "clock": clock_snapshot(run),
     }
 
@@ -412,6 +419,7 @@ def render_snapshot(snap: Snapshot) -> list[str]:
              tx_wire=N tx_wire_bytes=N drops=N [drops_by=CAUSE:N,...]
              [cable=KEY duplicated=N corrupted=N reordered=N]                 (one line)
         cable KEY A-B DIRECTION FROM->TO delay=... (settings) frames_in=N ... pending=N
+        vxlan SWITCH vni=N local=ADDR:PORT remotes=ADDR:PORT,... macs=N COUNTER=N ...
 
     The ``lab`` line ends with the lab's clock: ``real``, or ``virtual`` with the lab's
     virtual time, the wall time it took and their ratio (``clock_snapshot``).
@@ -455,4 +463,10 @@ def render_snapshot(snap: Snapshot) -> list[str]:
                 f"cable {cable['name']} {cable['label']} {way} {d['from']}->{d['to']} "
                 f"{settings_text(d['settings'])} {cable_counters_text(d)}"
             )
+    for name, v in snap.get("vxlan", {}).items():
+        counts = " ".join(f"{k}={n}" for k, n in sorted(v["counters"].items()))
+        out.append(
+            f"vxlan {name} vni={v['vni']} local={v['local']} "
+            f"remotes={','.join(v['remotes']) or '-'} macs={v['macs']} {counts}".rstrip()
+        )
     return out

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
+import trio
+
 from netfabric.capture import PcapngWriter, PortCapture
 from netfabric.frame import Frame
 
@@ -245,3 +247,17 @@ class SwitchPort:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} #{self.id} on {self.switch.name!r}>"
+
+
+async def read_until_closed(fd: Callable[[], int], read_available: Callable[[], bool]) -> None:
+    """A reading task's loop over a non-blocking descriptor (a TAP's, a socket's): call
+    ``read_available()`` (True once nothing is left), wait for more, until ``fd()`` is
+    negative (closed) or the descriptor is closed under the wait."""
+    while fd() >= 0:
+        if read_available():
+            try:
+                await trio.lowlevel.wait_readable(fd())
+            except trio.ClosedResourceError:
+                return
+        else:
+            await trio.lowlevel.checkpoint()

@@ -47,6 +47,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import socket
 import stat
@@ -60,7 +61,7 @@ import trio
 
 from netfabric.frame import Frame
 from netfabric.offload import GSO_NONE, GSO_TCPV4, Offload
-from netfabric.ports.base import SwitchPort, SwitchSide
+from netfabric.ports.base import SwitchPort, SwitchSide, read_until_closed
 
 # What a frame read from the host goes to: its bytes and its Offload (None: a complete frame).
 Handler = Callable[[bytes, Offload | None], None]
@@ -355,14 +356,7 @@ class TapDevice:
 
     async def receive(self, handle: Handler) -> None:
         """Hand every frame the host sends to ``handle``, until the device is closed."""
-        while self._fd >= 0:
-            if self.read_available(handle):
-                try:
-                    await trio.lowlevel.wait_readable(self._fd)
-                except trio.ClosedResourceError:
-                    return
-            else:
-                await trio.lowlevel.checkpoint()
+        await read_until_closed(self.fileno, functools.partial(self.read_available, handle))
 
 
 class TapPort(SwitchPort):
