@@ -152,6 +152,7 @@ FACES: dict[str, list[str]] = {
         "duration_text",
         "ended_lab",
         "ended_labs",
+        "for_host",
         "live_view",
         "load_lab",
         "lock_holder",

@@ -75,8 +75,7 @@ def load_named(path: Path, project: str | None, args: argparse.Namespace | None 
     one machine, in two network namespaces)."""
     from dataclasses import replace
 
-    from hv.lab import check_lab_name, load_lab, with_clock
-    from hv.lab._hosts import for_host
+    from hv.lab import check_lab_name, for_host, load_lab, with_clock
 
     spec = load_lab(
         path, default_name=default_lab_name(path), clock=args.clock if args is not None else None

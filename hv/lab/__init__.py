@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from hv.lab._api import Lab, as_spec, open_lab
     from hv.lab._control import ControlServer
     from hv.lab._demo import run_demo
+    from hv.lab._hosts import for_host
     from hv.lab._impair import parse_changes
     from hv.lab._logs import Follower, log_names
     from hv.lab._protocol import (
@@ -53,6 +54,7 @@ _LAZY = {
     "open_lab": "hv.lab._api",
     "ControlServer": "hv.lab._control",
     "run_demo": "hv.lab._demo",
+    "for_host": "hv.lab._hosts",
     "parse_changes": "hv.lab._impair",
     "Follower": "hv.lab._logs",
     "log_names": "hv.lab._logs",
@@ -122,6 +124,7 @@ __all__ = [
     "duration_text",
     "ended_lab",
     "ended_labs",
+    "for_host",
     "live_view",
     "load_lab",
     "lock_holder",
