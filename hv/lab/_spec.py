@@ -81,7 +81,10 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap"}
 DHCP_KEYS = {"pool", "lease", "boot"}
-VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks", "image"}
+VM_KEYS = {
+    "kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks", "image", "shard",
+}  # fmt: skip
+SHARD_MAX = 1023  # a lab over several processes (hv.lab._shards): shards 0..SHARD_MAX
 IMAGE_KEYS = {"packages"}
 DISK_KEYS = {"file", "ro", "format", "snapshot", "serial", "backing_dirs"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
@@ -174,6 +177,9 @@ class VmSpec:
     nics: tuple[NicSpec, ...] = ()
     disks: tuple[DiskSpec, ...] = ()  # FILE relative to the lab's folder
     image: ImageSpec | None = None  # a root disk before ``disks`` (vda)
+    # The process (MPI rank) that runs it when the lab runs over several (hv.lab._shards);
+    # None: placed automatically. A lab in one process runs every VM, whatever this says.
+    shard: int | None = None
 
 
 @dataclass(frozen=True)
@@ -609,6 +615,7 @@ def parse_doc(
             nics=tuple(nics),
             disks=disks,
             image=image,
+            shard=_shard(t["shard"], f"{key}.shard") if "shard" in t else None,
         )
     _shared_disks(vms, base)
     # Virtual time unless the host is on the wire (a TAP): docs/TIME.md says why.
@@ -639,6 +646,15 @@ def parse_doc(
     )  # fmt: skip
     check_clock(lab)
     return lab
+
+
+def _shard(value: Any, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= SHARD_MAX:
+        raise ConfigError(
+            f"{key}: {value!r} is not a shard number: use 0 to {SHARD_MAX} (the rank of the "
+            "process that runs this VM when the lab runs over several: hv up --shards N)"
+        )
+    return value
 
 
 def clock_value(value: Any, key: str) -> str:
