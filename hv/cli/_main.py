@@ -697,7 +697,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return trio.run(_with_signals, _demo, args)
     except HvError as e:
-        if not (isinstance(e, ConfigError) and _quiet_rank()):
+        if isinstance(e, ConfigError) and _quiet_rank():
+            # The first shard finds the same and says it; plain mpiexec ends every shard
+            # once one fails: give it the time to.
+            import time
+
+            time.sleep(1.0)
+        else:
             print(f"hv: {e}", file=sys.stderr)
         return EXIT_CONFIG if isinstance(e, ConfigError) else 3
     except KeyboardInterrupt:
@@ -771,7 +777,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 def _quiet_rank() -> bool:
     """One of a sharded lab's processes other than the first (rank 0 says what all of them
-    find wrong with the lab file, once)."""
+    find wrong with the lab, once)."""
     from hv.lab._shards import mpi_rank, mpi_size
 
     return mpi_size() > 1 and mpi_rank() > 0
@@ -787,7 +793,10 @@ def _up_shards(args: argparse.Namespace) -> int:
         raise ConfigError("--shards: this hv already runs under mpiexec (drop --shards)")
     if args.detach:
         raise ConfigError("--shards: a lab over several processes runs in the foreground (no -d)")
-    _control_cli.load_named(Path(args.lab), args.project_name, args)  # a bad lab: say it once
+    from hv.lab._shards import assign
+
+    # What is wrong with the lab, said once, before any process starts.
+    assign(_control_cli.load_named(Path(args.lab), args.project_name, args), args.shards)
     return subprocess.call(launch_argv(args.argv, args.shards))
 
 

@@ -203,11 +203,15 @@ class Mesh:
 
     def abort(self, why: str) -> None:
         """Tell the others this shard fails (``why``), waiting briefly for it to leave."""
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # (their end, when they take it)
         reqs = [self.comm.isend(pickle.dumps(why), dest=k, tag=TAG_ABORT) for k in self.peers]
         end = time.monotonic() + 1.0
-        while reqs and time.monotonic() < end:
-            reqs = [r for r in reqs if not r.Test()]
-            time.sleep(0.001)
+        try:
+            while reqs and time.monotonic() < end:
+                reqs = [r for r in reqs if not r.Test()]
+                time.sleep(0.001)
+        except self.MPI.Exception:  # a shard that is gone: nothing more to tell it
+            pass
 
 
 @dataclass
