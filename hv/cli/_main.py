@@ -32,7 +32,7 @@ from hv.hw import _platform as P
 
 if TYPE_CHECKING:
     from hv._vm import Vm
-    from hv.lab._shards import Mesh
+    from hv.lab import Mesh
     from netfabric.ports.tap import TapPort
     from netfabric.switch import Switch
 
@@ -778,7 +778,7 @@ async def _demo(args: argparse.Namespace) -> int:
 def _quiet_rank() -> bool:
     """One of a sharded lab's processes other than the first (rank 0 says what all of them
     find wrong with the lab, once)."""
-    from hv.lab._shards import mpi_rank, mpi_size
+    from hv.lab import mpi_rank, mpi_size
 
     return mpi_size() > 1 and mpi_rank() > 0
 
@@ -787,24 +787,24 @@ def _up_shards(args: argparse.Namespace) -> int:
     """``hv up --shards N``: mpiexec running ``hv up`` N times (hv.lab._shards)."""
     import subprocess
 
-    from hv.lab._shards import launch_argv, mpi_size
+    from hv.lab import launch_argv, mpi_size
 
     if mpi_size() > 1:
         raise ConfigError("--shards: this hv already runs under mpiexec (drop --shards)")
     if args.detach:
         raise ConfigError("--shards: a lab over several processes runs in the foreground (no -d)")
-    from hv.lab._shards import assign
+    from hv.lab import assign_shards
 
     # What is wrong with the lab, said once, before any process starts.
-    assign(_control_cli.load_named(Path(args.lab), args.project_name, args), args.shards)
+    assign_shards(_control_cli.load_named(Path(args.lab), args.project_name, args), args.shards)
     return subprocess.call(launch_argv(args.argv, args.shards))
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from hv.lab._shards import mpi_size
+    from hv.lab import mpi_size
 
     if mpi_size() > 1:
-        from hv.lab._shards import Mesh
+        from hv.lab import Mesh
 
         mesh = Mesh()
         try:

@@ -333,14 +333,14 @@ async def run_lab(
     owner = {name: 0 for name in spec.vms}
     rank = 0
     if mesh is not None and mesh.size > 1:
-        from hv.lab._shards import START_TIMEOUT_S, TAG_READY, assign, shard_captures
+        from hv.lab._shards import START_TIMEOUT_S, TAG_READY, assign_shards, shard_captures
 
         if spec.clock != "virtual":
             raise ConfigError(
                 "a lab over several processes (shards) runs on virtual time: drop "
                 'clock = "real" (or --clock real), or run it in one process'
             )
-        owner, rank = assign(spec, mesh.size), mesh.rank
+        owner, rank = assign_shards(spec, mesh.size), mesh.rank
         spec = shard_captures(spec, rank)
     else:
         mesh = None

@@ -81,7 +81,7 @@ def mpi_rank() -> int:
     return 0
 
 
-def assign(spec: LabSpec, shards: int) -> dict[str, int]:
+def assign_shards(spec: LabSpec, shards: int) -> dict[str, int]:
     """Each VM's shard: its ``shard`` key, else (in the lab's order) the shard with the fewest
     VMs so far (the lowest on a tie). A ConfigError for a shard this run does not have."""
     counts = [0] * shards
