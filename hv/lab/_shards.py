@@ -5,21 +5,27 @@ Each shard is one ``hv up`` process, an MPI rank (``mpiexec -n N hv up LAB``, or
 = K`` in a VM's table, or else the next VM in the lab's order goes to the shard with the
 fewest so far. Every shard has every switch. A switch with VMs on several shards gets, in
 each shard's copy, a *shard port* per other shard: a frame the copy sends out through one at
-fabric time t enters the other shard's copy at t plus the lookahead W, as through a cable of
-W between two switches (learning and flooding as across any cable; a frame that came in
-through a shard port never goes out through another one, so a broadcast crosses once). What
-lies between switches (links and their impairments) and the built-in services run on shard 0
-alone: so the lab stays a tree however many copies its switches have.
+fabric time t enters the other shard's copy at t plus the lookahead W, and what that copy
+hands its VMs arrives there at once (at t + W, not t + 2W): the boundary takes the place of
+the NIC cable's latency, so a guest sees the same run as with every VM in one process (the
+shard copies' captures show a frame from another shard a W later). Learning and flooding are
+as across any cable; a frame that came in through a shard port never goes out through another
+one (split horizon), so a broadcast crosses once; a NIC's static address is bound to the
+shard port toward its VM on the other copies, so ARP asks it as one switch would. What lies
+between switches (links and their impairments) and the built-in services run on shard 0
+alone, so the lab stays a tree however many copies its switches have (a path through them
+from another shard takes W more than in one process).
 
 The window. At the start of every round of its timeline (hv._timeline), each shard sends
-each other one, in one message: the frames that crossed to it (with their arrival times, in
-the order they crossed), the VMs of its own that have stopped, and how soon it could next
-act (its VMs', its fabric's, and those frames' earliest). From the messages every shard
+each other one, in one message: the frames that crossed to it (with their times, in the
+order they crossed), the VMs of its own that have stopped, and how soon it could next act
+(its VMs', its fabric's, and the times those frames left). From the messages every shard
 knows the lab's lower bound L (the least of those) and the frames that came to it; it posts
-them on its timeline in a fixed order (time, source shard, order of crossing); and none of
-its fabric runs at or past L + W, nor its VMs past L + 2W, the earliest a frame from another
-shard could still reach them. An idle lab jumps: L is the next event anywhere. The shards
-end together at the round where the stopped VMs of all of them end the lab.
+them on its timeline in a fixed order (time, source shard, order of crossing); none of its
+fabric runs at or past L + W (a frame from elsewhere could still enter there), and none of
+its VMs past L + W (where such a frame could reach them). An idle lab jumps: L is the next
+event anywhere. The shards end together, at the round where the stopped VMs of all of them
+end the lab.
 
 Failures end every shard. A shard that fails (a bad VM of its own, a host error) tells the
 others before it exits (an ``abort`` message: they stop with its reason). One that dies
@@ -34,6 +40,7 @@ mpi4py is imported only when a process is one of several ranks (``mpi_size``), s
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pickle
 import signal
@@ -281,6 +288,15 @@ class Shards:
             if self.rank in on[name]:
                 for k in sorted(on[name] - {self.rank}):
                     self.ports[(name, k)] = ShardPort(sw, k, self)
+        # A NIC's static address is bound to its port (an ARP request for it goes there
+        # alone: netfabric.switch.Switch.bind_ip); on the other shards, to the port toward
+        # its shard, so they ask it as one switch would.
+        for vm in spec.vms.values():
+            k = self.owner[vm.name]
+            for nic in vm.nics:
+                port = self.ports.get((nic.switch, k))
+                if port is not None and isinstance(nic.ip, ipaddress.IPv4Interface):
+                    switches[nic.switch].bind_ip(port.id, nic.ip.ip.packed, nic.mac)
 
     def cross(self, peer: int, switch: str, frame: Frame) -> None:
         tl = self.timeline
@@ -293,7 +309,10 @@ class Shards:
         """One window (hv._timeline.Window): swap frames, stopped VMs and bounds; L."""
         out, self._out = self._out, {}
         stopped = sorted(self.local_stopped())
-        least = min([next_ps, *(c.at_ps for frames in out.values() for c in frames)])
+        # A frame that crossed counts at the time it left (it acts on the other side as if
+        # from there: hv._timeline.Timeline.post_remote).
+        wait = self.timeline.lookahead_ps
+        least = min([next_ps, *(c.at_ps - wait for frames in out.values() for c in frames)])
         messages = {
             k: (least, stopped, [(c.at_ps, c.switch, c.data, c.offload) for c in out.get(k, [])])
             for k in self.mesh.peers
