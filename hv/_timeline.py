@@ -64,6 +64,11 @@ ROUND_PS = 10_000_000_000
 # The longest the timeline waits for scripts to react to a guest's output (host time; only
 # another busy task in the same trio run, never a script, makes it wait that long).
 SETTLE_MAX_S = 0.05
+# Over several processes (Window): what another process posts, in the order of the
+# processes' numbers (before this one's own events of the same time).
+REMOTE_ORDER = 1 << 40
+# How often an idle lab over several processes looks again for input the others got (s).
+WINDOW_IDLE_S = 0.01
 
 
 class Timed(Protocol):
@@ -84,6 +89,17 @@ class Run(enum.Enum):
     HELD = "held"  # its console reader is behind: await its wake-up
     PAUSED = "paused"
     STOPPED = "stopped"
+
+
+class Window(Protocol):
+    """The other processes of a lab split over several (hv.lab._shards): at the start of
+    every round, ``sync`` tells them how soon this one could next act (``next_ps``: its
+    members' and its fabric's earliest) and hands on what crossed to them; it posts what
+    crossed from them (``Timeline.post_remote``) and returns the earliest any of them could
+    still act (the lab's lower bound L). Nothing from another process enters this one's
+    fabric before L plus the lookahead."""
+
+    async def sync(self, timeline: Timeline, next_ps: float) -> float: ...
 
 
 class Member(Protocol):
@@ -173,6 +189,15 @@ class Timeline:
         # how a lab ends is as repeatable as the rest of it.
         self.on_stop: Callable[[Member], None] | None = None
         self.halted = False
+        # A lab over several processes: the window they share (None: this process is the
+        # whole lab), and the earliest a frame from another one can still enter the fabric.
+        self.window: Window | None = None
+        self._remote_ps: float = INF
+        self._lower: float = INF  # the lab's lower bound L at this round
+        # What other processes posted (their frames, due here at their time; what the
+        # fabric hands a VM while processing one arrives at once: ``_credit``).
+        self._inbound: list[_Posted] = []
+        self._credit = 0
         self.wall_start: float | None = None
         self.wall_s = 0.0  # wall time spent while the timeline ran
         self._ended = False
@@ -229,6 +254,14 @@ class Timeline:
         if horizon is not None and at_ps + self.lookahead_ps < horizon:
             self._horizons[key] = at_ps + self.lookahead_ps
 
+    def post_remote(self, at_ps: int, source: int, fn: Callable[[], None]) -> None:
+        """What another process of the lab (``source``, its number) handed this one's fabric
+        for ``at_ps`` (a frame across a shard boundary, which left the other process's fabric
+        a lookahead before): processed at ``at_ps`` before this process's own events of that
+        time, in the order the posts come (the caller's order). It had its cable's latency on
+        the way: what it brings a VM here arrives at ``at_ps``, not a lookahead later."""
+        heapq.heappush(self._inbound, _Posted(at_ps, REMOTE_ORDER + source, next(self._seq), fn))
+
     def horizon_ps(self, member: Member) -> int:
         """How far ``member`` may go now (in the round under way)."""
         return self._horizons[id(member)]
@@ -240,7 +273,7 @@ class Timeline:
 
     def arrival_ps(self) -> int:
         """When something the fabric hands a VM now arrives there."""
-        return self.now_ps + self.lookahead_ps
+        return self.now_ps + self.lookahead_ps - self._credit
 
     def _next_timed(self) -> tuple[float, Timed | None, float]:
         """The fabric's timer due first: (its time in ps, rounded up; the source; its
@@ -268,6 +301,9 @@ class Timeline:
         if at_ps < self._bound:
             self._bound = at_ps
 
+    def _inbound_next(self) -> float:
+        return self._inbound[0].at_ps if self._inbound else INF
+
     def _process(self) -> int:
         """Everything due before what no member can still send before, in time order: the
         outbox and the fabric's timers. A delivery may wake a member earlier: it lowers the
@@ -279,7 +315,24 @@ class Timeline:
             top = self._outbox[0].at_ps if self._outbox else INF
             tnext, due, due_s = self._next_timed()
             at = min(top, tnext)
-            if at >= bound or at == INF:
+            inbound = self._inbound_next()
+            if inbound <= at and inbound != INF:
+                # From another process: before any event of its time here. A member at that
+                # time has sent nothing earlier that is not in; one from elsewhere could still
+                # come at L + W (ordered by process, so not at or past it).
+                if inbound > bound or inbound >= self._remote_ps:
+                    self.events += n
+                    return n
+                n += 1
+                if inbound > self.now_ps:
+                    self.now_ps, self._now_s = int(inbound), inbound / PS
+                self._credit = self.lookahead_ps
+                try:
+                    heapq.heappop(self._inbound).fn()
+                finally:
+                    self._credit = 0
+                continue
+            if at >= bound or at >= self._remote_ps or at == INF:
                 self.events += n
                 return n
             n += 1
@@ -322,6 +375,16 @@ class Timeline:
             await trio.sleep_forever()
         self.rounds += 1
         self._poke = trio.Event()
+        lower = INF
+        if self.window is not None:
+            # A lab over several processes: agree on the lower bound first (and take in what
+            # crossed from the others); no one here goes past what could still come from there.
+            lower = await self.window.sync(
+                self, min(self._members_min(), self._fabric_next(), self._inbound_next())
+            )
+            if self.halted:
+                await trio.sleep_forever()
+            self._lower, self._remote_ps = lower, lower + self.lookahead_ps
         processed = self._process()
         ran = False
         # Each member's horizon from the state at the round's start: the two earliest
@@ -341,6 +404,10 @@ class Timeline:
                 least[key] = (first, n, who)
         everyone = least.get(-1, (INF, INF, None))
         fabric = self._fabric_next()
+        if self.window is not None:
+            # What another process posted reaches a VM at its own time, not a lookahead
+            # after; and what may still come reaches one at L + W at the earliest.
+            fabric = min(fabric, self._inbound_next() - self.lookahead_ps, self._lower)
         plan: list[tuple[Member, int]] = []
         for m in self._members:
             key = islands.get(m.name, -1)
@@ -362,9 +429,14 @@ class Timeline:
         if plan and not self.halted:
             ran = True
             await self._advance(plan)
-        if not ran and not processed:
+        if not ran and not processed and (self.window is None or lower == INF):
             # Nothing can happen before something from outside: input, a stop, a host I/O.
-            await self._poke.wait()
+            # (Over several processes: the others may get such input too; look again soon.)
+            if self.window is None:
+                await self._poke.wait()
+            else:
+                with trio.move_on_after(WINDOW_IDLE_S):
+                    await self._poke.wait()
         else:
             await trio.lowlevel.checkpoint()
 

@@ -124,6 +124,10 @@ class LearningSwitch:
         self.vlan = 0  # the VLAN the last forwarded frame was classified into (0: unaware)
         self.tagged_in = False  # whether it arrived with an 802.1Q tag
         self._vlan_flood: dict[tuple[int, int], tuple[int, ...]] = {}
+        # Split horizon: what comes in through one of these ports never goes out through
+        # another (the ports toward the switch's copies in a lab's other shards, each of
+        # which floods its own side: hv.lab._shards).
+        self.split: frozenset[int] = frozenset()
 
     # -- ports -----------------------------------------------------------------------------
 
@@ -162,13 +166,26 @@ class LearningSwitch:
         if not up:  # what was learned behind it is stale once it is down
             self.table = {mac: e for mac, e in self.table.items() if e[0] != port}
 
+    def split_horizon(self, port: int) -> None:
+        """Add ``port`` to the split-horizon group (see ``split``)."""
+        self.split = self.split | {port}
+        self._flood_cache.clear()
+        self._vlan_flood.clear()
+
+    def _apart(self, a: int, b: int) -> bool:
+        return a in self.split and b in self.split
+
     def is_up(self, port: int) -> bool:
         return self._up.get(port, False)
 
     def _flood_set(self, in_port: int) -> tuple[int, ...]:
         got = self._flood_cache.get(in_port)
         if got is None:
-            got = tuple(p for p, up in self._up.items() if up and p != in_port)
+            got = tuple(
+                p
+                for p, up in self._up.items()
+                if up and p != in_port and not self._apart(in_port, p)
+            )
             self._flood_cache[in_port] = got
         return got
 
@@ -210,7 +227,7 @@ class LearningSwitch:
                 out = self._flood_set(in_port)
                 if self._down:
                     self._count_down(in_port, 0)
-            elif entry[0] == in_port:
+            elif entry[0] == in_port or (self.split and self._apart(in_port, entry[0])):
                 c.drops["same_port"] += 1  # the destination is behind the port it came from
                 return ()
             elif not self._up.get(entry[0], False):
@@ -273,7 +290,7 @@ class LearningSwitch:
         if not dst[0] & 1:
             entry = table.get(dst + tag)
             if entry is not None and now - entry[1] <= self.aging:
-                if entry[0] == in_port:
+                if entry[0] == in_port or (self.split and self._apart(in_port, entry[0])):
                     c.drops["same_port"] += 1
                     return ()
                 if not self._up.get(entry[0], False):
@@ -286,7 +303,10 @@ class LearningSwitch:
                 out = tuple(
                     p
                     for p, up in self._up.items()
-                    if up and p != in_port and (self.vlans.get(p) or PortVlan()).carries(vid)
+                    if up
+                    and p != in_port
+                    and not self._apart(in_port, p)
+                    and (self.vlans.get(p) or PortVlan()).carries(vid)
                 )
                 self._vlan_flood[(in_port, vid)] = out
             if self._down:

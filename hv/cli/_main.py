@@ -32,6 +32,7 @@ from hv.hw import _platform as P
 
 if TYPE_CHECKING:
     from hv._vm import Vm
+    from hv.lab import Mesh
     from netfabric.ports.tap import TapPort
     from netfabric.switch import Switch
 
@@ -237,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="let a capture overwrite an existing file that is not pcapng",
+    )
+    up.add_argument(
+        "--shards",
+        type=_whole,
+        metavar="N",
+        help=(
+            "run the lab over N processes (MPI ranks, started with the mpich wheel's "
+            "mpiexec; a VM's shard = K key places it, else they are spread evenly; "
+            "docs/SCALING.md). As mpiexec -n N hv up LAB"
+        ),
     )
     up.add_argument(
         "--exit-code-from", metavar="NAME", help="end the lab when VM NAME stops, with its status"
@@ -659,6 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.enable()  # a crash in native code still says where Python was
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if args.command is None:
         parser.print_help()
         return 2
@@ -673,6 +685,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "engine":
             return _engine_command(args)
         if args.command == "up":
+            if args.shards is not None and args.shards > 1:
+                return _up_shards(args)
             if args.detach:
                 return _control_cli.up_detached(args)
             return trio.run(_with_signals, _up, args)
@@ -689,7 +703,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return trio.run(_with_signals, _demo, args)
     except HvError as e:
-        print(f"hv: {e}", file=sys.stderr)
+        if isinstance(e, ConfigError) and _quiet_rank():
+            # The first shard finds the same and says it; plain mpiexec ends every shard
+            # once one fails: give it the time to.
+            import time
+
+            time.sleep(1.0)
+        else:
+            print(f"hv: {e}", file=sys.stderr)
         return EXIT_CONFIG if isinstance(e, ConfigError) else 3
     except KeyboardInterrupt:
         print("hv: interrupted", file=sys.stderr)
@@ -760,13 +781,61 @@ async def _demo(args: argparse.Namespace) -> int:
     return await run_demo(write, Path(args.capture), args.pings, args.datagrams, args.linux)
 
 
+def _quiet_rank() -> bool:
+    """One of a sharded lab's processes other than the first (rank 0 says what all of them
+    find wrong with the lab, once)."""
+    from hv.lab import mpi_rank, mpi_size
+
+    return mpi_size() > 1 and mpi_rank() > 0
+
+
+def _up_shards(args: argparse.Namespace) -> int:
+    """``hv up --shards N``: mpiexec running ``hv up`` N times (hv.lab._shards)."""
+    import subprocess
+
+    from hv.lab import launch_argv, mpi_size
+
+    if mpi_size() > 1:
+        raise ConfigError("--shards: this hv already runs under mpiexec (drop --shards)")
+    if args.detach:
+        raise ConfigError("--shards: a lab over several processes runs in the foreground (no -d)")
+    from hv.lab import assign_shards
+
+    # What is wrong with the lab, said once, before any process starts.
+    assign_shards(_control_cli.load_named(Path(args.lab), args.project_name, args), args.shards)
+    return subprocess.call(launch_argv(args.argv, args.shards))
+
+
 async def _up(args: argparse.Namespace) -> int:
+    from hv.lab import mpi_size
+
+    if mpi_size() > 1:
+        from hv.lab import Mesh
+
+        mesh = Mesh()
+        try:
+            status = await _up_lab(args, mesh)
+        except BaseException as e:
+            mesh.abort(str(e) or type(e).__name__)
+            raise
+        mesh.close()
+        return status
+    return await _up_lab(args, None)
+
+
+async def _up_lab(args: argparse.Namespace, mesh: Mesh | None) -> int:
     from functools import partial
 
     from hv._status import StopKind
     from hv.lab import ControlServer, LiveConsole, live_view, run_lab, view_mode
 
     spec = _control_cli.load_named(Path(args.lab), args.project_name, args)
+    if mesh is not None and mesh.rank > 0:
+        # Another shard of a lab over several processes: its VMs' consoles on stdout; the
+        # first shard has the control socket and says how the lab ended.
+        return await run_lab(
+            spec, _stdout_writer(), args.exit_code_from, force=args.force, mesh=mesh
+        )
     if args.attach is not None and args.attach not in spec.vms:
         raise ConfigError(f"--attach: no VM named {args.attach!r} ({', '.join(spec.vms)})")
     write = _stdout_writer()
@@ -776,7 +845,7 @@ async def _up(args: argparse.Namespace) -> int:
     stdin = sys.stdin.fileno() if sys.stdin is not None and args.attach else -1
     with ControlServer(spec, Path(args.lab)) as control:  # refused if the lab's name is taken
         async with trio.open_nursery() as nursery:
-            lab = partial(run_lab, spec, None, args.exit_code_from, force=args.force)
+            lab = partial(run_lab, spec, None, args.exit_code_from, force=args.force, mesh=mesh)
             run = await nursery.start(lab)  # its consoles are the control server's
             if shown is not None:
                 nursery.start_soon(partial(live_view, run, shown, terminal=mode == "table"))

@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -40,6 +40,9 @@ from netfabric.ports.tap import TapError, TapPort
 from netfabric.ports.vxlan import VxlanEndpoint, VxlanError, VxlanPort
 from netfabric.services import DhcpConfig, DnsConfig, ServiceHost, ServicesConfig
 from netfabric.switch import Switch
+
+if TYPE_CHECKING:
+    from hv.lab._shards import Mesh, Shards
 
 Output = Callable[[bytes], None]
 
@@ -81,6 +84,9 @@ class LabRun:
     ended: trio.Event = field(default_factory=trio.Event)
     timeline: Timeline | None = None  # virtual time: the lab's clock (docs/TIME.md)
     cores: Cores | None = None  # real time: the host threads its VMs' slices run on
+    # A lab over several processes (hv.lab._shards): this one's part (``vms`` holds its own
+    # VMs; ``exits`` every VM's once the lab has ended).
+    shards: Shards | None = None
 
     async def wait(self) -> int:
         """Wait for the lab to end (every VM stopped); its exit status."""
@@ -337,31 +343,54 @@ async def run_lab(
     *,
     until: frozenset[str] | None = None,
     force: bool = False,
+    mesh: Mesh | None = None,
     task_status: trio.TaskStatus[LabRun] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run ``spec`` to its end; return the lab's exit status. The end: every VM stopped; or
     ``exit_code_from`` stopped (its status is the lab's); or every VM in ``until`` stopped
     (the lab's status is 0 only if they all stopped cleanly). A capture may overwrite an
-    existing file that is not pcapng only with ``force`` (see ``check_captures``)."""
+    existing file that is not pcapng only with ``force`` (see ``check_captures``). With a
+    ``mesh`` of several processes (MPI ranks), this process runs its shard of the lab
+    (hv.lab._shards); the status is the whole lab's, the same in every one."""
     if spec.hosts and spec.host is None:
         raise ConfigError(run_command(spec))
     if exit_code_from is not None and exit_code_from not in spec.vms:
         raise ConfigError(
             f"--exit-code-from: no VM named {exit_code_from!r} ({', '.join(spec.vms)})"
         )
+    owner = {name: 0 for name in spec.vms}
+    rank = 0
+    if mesh is not None and mesh.size > 1:
+        from hv.lab._shards import START_TIMEOUT_S, TAG_READY, assign_shards, shard_captures
+
+        if spec.clock != "virtual":
+            raise ConfigError(
+                "a lab over several processes (shards) runs on virtual time: drop "
+                'clock = "real" (or --clock real), or run it in one process'
+            )
+        owner, rank = assign_shards(spec, mesh.size), mesh.rank
+        spec = shard_captures(spec, rank)
+    else:
+        mesh = None
+    mine = [name for name in spec.vms if owner[name] == rank]
     check_captures(spec, force)  # before anything is opened or started
     check_clock(spec)
-    build_bundled((v.kernel for v in spec.vms.values()), spec.base, StderrProgress("hv: "))
+    if mesh is not None and rank > 0:  # shard 0 builds what is missing, the others then find it
+        await mesh.swap({k: None for k in mesh.peers}, TAG_READY, START_TIMEOUT_S)
+    build_bundled((spec.vms[n].kernel for n in mine), spec.base, StderrProgress("hv: "))
+    if mesh is not None and rank == 0:
+        await mesh.swap({k: None for k in mesh.peers}, TAG_READY, START_TIMEOUT_S)
     images = {
         name: image_file(v.image, f"vms.{name}.image")
         for name, v in spec.vms.items()
-        if v.image is not None
+        if v.image is not None and name in mine
     }
     # Read once per kernel and initrd, however many VMs boot them (a thousand guests of one
     # kind share the bytes, and the bundled guest's build check runs once).
     read: dict[tuple[str, Path | None], BootFiles] = {}
     boots: dict[str, BootFiles] = {}
-    for name, v in spec.vms.items():
+    for name in mine:
+        v = spec.vms[name]
         key = (v.kernel, v.initrd)
         if key not in read:
             read[key] = boot_files(spec, v)
@@ -369,7 +398,25 @@ async def run_lab(
     run = LabRun(spec)
     virtual = spec.clock == "virtual"
     tl = run.timeline = Timeline(spec.lookahead_ps, jobs=spec.jobs) if virtual else None
-    prefixed = PrefixedOutput(output, list(spec.vms)) if output is not None else None
+    prefixed = PrefixedOutput(output, mine) if output is not None else None
+
+    def ends(stopped: set[str]) -> bool:
+        return (
+            (exit_code_from is not None and exit_code_from in stopped)
+            or stopped >= spec.vms.keys()
+            or (until is not None and until <= stopped)
+        )
+
+    shards: Shards | None = None
+    if mesh is not None:
+        from hv.lab._shards import Shards
+
+        assert tl is not None
+        shards = run.shards = tl.window = Shards(
+            mesh, owner, tl, ends,
+            lambda: {n for n, v in run.vms.items() if v.machine.stop_info is not None},
+        )  # fmt: skip
+    fabric = rank == 0  # links and services: on shard 0 alone (hv.lab._shards)
     try:
         async with trio.open_nursery() as nursery:
             try:
@@ -391,7 +438,7 @@ async def run_lab(
                         run.vxlan[name] = await open_uplink(
                             nursery, run, run.switches[name], s.vxlan
                         )
-                    if s.subnet is not None:
+                    if s.subnet is not None and fabric:
                         if tl is None:
                             host = ServiceHost(services_config(spec, name))
                             host.attach(run.switches[name])
@@ -402,7 +449,7 @@ async def run_lab(
                             host.on_pending = tl.poke
                             tl.add_timed(host)
                             run.services[name] = host
-                for i, link in enumerate(spec.links):
+                for i, link in enumerate(spec.links if fabric else ()):
                     imp = None
                     if link.impair is not None:
                         imp = run.impairments[f"links[{i}]"] = await _cable(
@@ -413,8 +460,10 @@ async def run_lab(
                     if link.vlans is not None:
                         made.trunk(link.vlans)
                     run.links.append(made)
+                if shards is not None:
+                    shards.wire(run.switches, spec)
                 cables: dict[tuple[str, int], Cable] = {}
-                for vspec in spec.vms.values():
+                for vspec in (spec.vms[n] for n in mine):
                     for i, nic in enumerate(vspec.nics):
                         if nic.impair is not None:
                             name = f"{vspec.name}.eth{i}"
@@ -423,31 +472,25 @@ async def run_lab(
                             )
                             # egress: from the VM into the switch; ingress: the other way
                             cables[(vspec.name, i)] = imp
-                for vspec in spec.vms.values():
-                    owner = f"vms.{vspec.name}"
+                for vspec in (spec.vms[n] for n in mine):
+                    whose = f"vms.{vspec.name}"
                     if vspec.image is not None:  # the root disk first: vda
-                        run.disks[vspec.name] = [await open_image(images[vspec.name], owner)]
+                        run.disks[vspec.name] = [await open_image(images[vspec.name], whose)]
                     run.disks.setdefault(vspec.name, []).extend(
-                        await open_disks(vspec.disks, spec.base, owner)
+                        await open_disks(vspec.disks, spec.base, whose)
                     )
                 jobs = spec.jobs if spec.jobs is not None else default_jobs()
-                if tl is None and jobs > 1 and len(spec.vms) > 1:
+                if tl is None and jobs > 1 and len(mine) > 1:
                     # real time: the VMs' slices on up to ``jobs`` host threads (hv._cores)
                     run.cores = Cores(jobs)
                     nursery.start_soon(run.cores.run)
                 configs = {
                     name: vm_config(
-                        spec,
-                        v,
-                        run.switches,
-                        cables,
-                        run.disks.get(name, []),
-                        boots[name],
-                        tl,
-                        run.cores,
+                        spec, spec.vms[name], run.switches, cables, run.disks.get(name, []),
+                        boots[name], tl, run.cores,
                     )
-                    for name, v in spec.vms.items()
-                }
+                    for name in mine
+                }  # fmt: skip
                 for name, cfg in configs.items():
                     try:
                         run.vms[name] = await nursery.start(run_vm, cfg)
@@ -464,14 +507,16 @@ async def run_lab(
             task_status.started(run)
             done = trio.Event()
 
-            def ends(stopped: set[str]) -> bool:
-                return (
-                    (exit_code_from is not None and exit_code_from in stopped)
-                    or len(stopped) == len(run.vms)
-                    or (until is not None and until <= stopped)
-                )
+            if shards is not None:
+                # Over several processes the end is decided at a window, by every shard at
+                # once (hv.lab._shards.Shards.sync), from all of them's stopped VMs.
+                async def ended() -> None:
+                    assert shards is not None
+                    await shards.ended.wait()
+                    done.set()
 
-            if tl is not None:
+                nursery.start_soon(ended)
+            elif tl is not None:
                 # Virtual time: the lab ends at the guest time its deciding VM stopped, from
                 # inside the timeline, before anything else runs: the others are stopped and
                 # the clock frozen there, so the end is the same on every run.
@@ -490,7 +535,7 @@ async def run_lab(
                     while data := await vm.console.receive_some():
                         prefixed.feed(name, data)
                 run.exits[name] = await vm.wait()
-                if ends(set(run.exits)):
+                if shards is None and ends(set(run.exits)):
                     done.set()
 
             for name, vm in run.vms.items():
@@ -504,6 +549,8 @@ async def run_lab(
             nursery.cancel_scope.cancel()
     finally:  # after every VM has stopped: what the guests flushed is on disk
         await close_disks([disk for disks in run.disks.values() for disk in disks])
+    if shards is not None:  # every shard's exits: the lab's status is the same everywhere
+        run.exits = await shards.finish(dict(run.exits))
     run.status = _status(run, exit_code_from, until)
     run.ended.set()
     return run.status

@@ -85,7 +85,9 @@ SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap", "vx
 DHCP_KEYS = {"pool", "lease", "boot"}
 VM_KEYS = {
     "kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks", "image", "host",
+    "shard",
 }  # fmt: skip
+SHARD_MAX = 1023  # a lab over several processes (hv.lab._shards): shards 0..SHARD_MAX
 IMAGE_KEYS = {"packages"}
 DISK_KEYS = {"file", "ro", "format", "snapshot", "serial", "backing_dirs"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
@@ -180,6 +182,9 @@ class VmSpec:
     disks: tuple[DiskSpec, ...] = ()  # FILE relative to the lab's folder
     image: ImageSpec | None = None  # a root disk before ``disks`` (vda)
     host: str | None = None  # in a lab over [hosts]: the host it runs on
+    # The process (MPI rank) that runs it when the lab runs over several (hv.lab._shards);
+    # None: placed automatically. A lab in one process runs every VM, whatever this says.
+    shard: int | None = None
 
 
 @dataclass(frozen=True)
@@ -639,6 +644,7 @@ def parse_doc(
             disks=disks,
             image=image,
             host=string(t["host"], f"{key}.host") if "host" in t else None,
+            shard=_shard(t["shard"], f"{key}.shard") if "shard" in t else None,
         )
     _shared_disks(vms, base)
     # Virtual time unless the host or other hosts are on the wire (a TAP, VXLAN): docs/TIME.md
@@ -675,6 +681,15 @@ def parse_doc(
     check_hosts(lab)
     check_clock(lab)
     return lab
+
+
+def _shard(value: Any, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= SHARD_MAX:
+        raise ConfigError(
+            f"{key}: {value!r} is not a shard number: use 0 to {SHARD_MAX} (the rank of the "
+            "process that runs this VM when the lab runs over several: hv up --shards N)"
+        )
+    return value
 
 
 def clock_value(value: Any, key: str) -> str:
