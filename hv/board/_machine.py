@@ -82,8 +82,10 @@ class MachineConfig:
     # retires at ``mips`` million a second, and skips ahead while it waits (docs/TIME.md).
     clock: Literal["real", "virtual"] = "real"
     mips: int = DEFAULT_MIPS
+    smp: int = 1  # harts (1..SMP_MAX), hart 0 boots, the others wait for SBI HSM hart_start
 
     def __post_init__(self) -> None:
+        check_smp(self.smp)
         if not P.MEM_MIN <= self.mem_size <= P.MEM_MAX:
             raise ConfigError(
                 f"memory size {self.mem_size // (1 << 20)} MiB is out of range: use "
@@ -116,6 +118,13 @@ class MachineConfig:
         names = [d.name for d in self.devices]
         if len(set(names)) != len(names):
             raise ConfigError(f"device names must be unique: {names}")
+
+
+def check_smp(smp: object, what: str = "smp") -> int:
+    """A hart count (``smp``) as the machine takes it; a ConfigError saying the range if not."""
+    if not isinstance(smp, int) or isinstance(smp, bool) or not 1 <= smp <= P.SMP_MAX:
+        raise ConfigError(f"{what}: {smp!r} harts; use 1 to {P.SMP_MAX} (e.g. --smp 4)")
+    return smp
 
 
 class Machine:
@@ -249,6 +258,7 @@ class Machine:
             bootargs=self._bootargs,
             initrd=initrd,
             virtio_slots=tuple(sorted(self.slots)),
+            hart_count=self.config.smp,
         )
         return build_device_tree(spec)
 

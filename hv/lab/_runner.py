@@ -248,6 +248,7 @@ def vm_config(
         cmdline=cmdline,
         mem_size=vm.mem,
         quantum=vm.quantum if vm.quantum is not None else DEFAULT_QUANTUM,
+        smp=vm.smp,
         name=vm.name,
         nics=nics,
         disks=tuple(disks),

@@ -81,7 +81,9 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap"}
 DHCP_KEYS = {"pool", "lease", "boot"}
-VM_KEYS = {"kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks", "image"}
+VM_KEYS = {
+    "kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks", "image", "smp",
+}  # fmt: skip
 IMAGE_KEYS = {"packages"}
 DISK_KEYS = {"file", "ro", "format", "snapshot", "serial", "backing_dirs"}
 NIC_KEYS = {"switch", "ip", "mac", "gateway", "capture", "vlan", "trunk", "native", "impair"}
@@ -171,6 +173,7 @@ class VmSpec:
     cmdline: str | None = None
     initrd: Path | None = None
     quantum: int | None = None
+    smp: int = 1  # harts
     nics: tuple[NicSpec, ...] = ()
     disks: tuple[DiskSpec, ...] = ()  # FILE relative to the lab's folder
     image: ImageSpec | None = None  # a root disk before ``disks`` (vda)
@@ -581,6 +584,11 @@ def parse_doc(
                 f"{key}.quantum: {quantum!r} is not a number of instructions per slice in "
                 f"{P.QUANTUM_MIN}..{P.QUANTUM_MAX} (default {P.DEFAULT_QUANTUM})"
             )
+        smp = t.get("smp", 1)
+        if not isinstance(smp, int) or isinstance(smp, bool) or not 1 <= smp <= P.SMP_MAX:
+            raise ConfigError(
+                f"{key}.smp: {smp!r} is not a number of harts in 1..{P.SMP_MAX} (default 1)"
+            )
         image = _image(t["image"], f"{key}.image", t["kernel"], base) if "image" in t else None
         slots = len(nics) + (image is not None)
         disks = _disks(t["disks"], f"{key}.disks", slots) if "disks" in t else ()
@@ -603,6 +611,7 @@ def parse_doc(
             cmdline=string(t["cmdline"], f"{key}.cmdline") if "cmdline" in t else None,
             initrd=base / string(t["initrd"], f"{key}.initrd") if "initrd" in t else None,
             quantum=quantum,
+            smp=smp,
             nics=tuple(nics),
             disks=disks,
             image=image,
