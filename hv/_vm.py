@@ -198,6 +198,7 @@ class Vm:
         self._timeline: Timeline | None = None
         if config.clock == "virtual":
             self._timeline = config.timeline or Timeline()
+            self.machine.horizon = self._timeline.horizon_ps
         self._own_timeline = config.clock == "virtual" and config.timeline is None
         self._vt_sleeping = False
         self._vt_input = False

@@ -9,16 +9,21 @@ qemu-system-riscv64 with OpenSBI, the reference.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Literal
 
 import fdt
 import pytest
+import trio
+from test_guest_dhcp import run_qemu
 
-from hv import ConfigError, VmConfig
+from hv import ConfigError, StopInfo, StopKind, Vm, VmConfig, run_vm
 from hv.board import MachineConfig
+from hv.build._guests import build_guest
 from hv.lab import parse_lab
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,3 +108,91 @@ def test_device_tree_of_an_smp_machine(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.count('device_type = "cpu";') == 4
+
+
+# -- the smp guest: under hv, and under qemu + OpenSBI (the reference) ---------------------
+
+SUMMARY = re.compile(r"^smp: (\d+) passed, (\d+) failed$", re.M)
+CHECK = re.compile(r"^(PASS|FAIL) (\w+)", re.M)
+
+
+def checks(out: str) -> list[tuple[str, str]]:
+    return CHECK.findall(out)
+
+
+def assert_all_passed(out: str) -> list[tuple[str, str]]:
+    summary = SUMMARY.search(out)
+    assert summary is not None, out[-3000:]
+    found = checks(out)
+    assert [c for c in found if c[0] == "FAIL"] == [], out[-3000:]
+    assert int(summary.group(2)) == 0 and int(summary.group(1)) == len(found)
+    return found
+
+
+async def run_smp(smp: int, cmdline: str = "", **kw: Any) -> tuple[StopInfo, str]:
+    config = VmConfig(kernel=build_guest("smp"), smp=smp, cmdline=cmdline, name="smp", **kw)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            vm: Vm = await nursery.start(run_vm, config)
+            info = await vm.wait()
+    return info, vm.console.transcript.decode(errors="replace")
+
+
+# the checks a machine of 4 harts runs, by name (each hart's own counted)
+EXPECTED = {
+    "harts", "status_stopped", "hart_start", "status_after_start", "hart_entered",
+    "start_registers", "status_started", "start_started_hart", "start_bad_hartid",
+    "status_bad_hartid", "status_self", "race_finished", "amoadd_w", "amoadd_d", "lr_sc",
+    "ipi_mask", "ipi_base", "ipi_all", "ipi_legacy", "ipi_own_stvec", "ipi_bad_base",
+    "remote_fence_i", "remote_fence_i_all", "remote_fence_i_bad_base", "remote_sfence_vma",
+    "remote_sfence_vma_all", "remote_sfence_vma_asid", "remote_sfence_vma_bad_base",
+    "suspend_retentive_status", "suspend_retentive_resumes", "status_after_resume",
+    "suspend_non_retentive_status", "suspend_non_retentive_resumes",
+    "status_after_non_retentive", "hart_stop", "hart_restart", "status_restarted", "fwft",
+    "lr_sc_lost_to_store",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("smp", "clock"), [(2, "real"), (4, "real"), (4, "virtual"), (8, "real")])
+async def test_smp_guest_passes(smp: int, clock: Literal["real", "virtual"]) -> None:
+    info, out = await run_smp(smp, quantum=10_000, clock=clock)
+    found = assert_all_passed(out)
+    assert {name for _, name in found} == EXPECTED
+    assert sum(name == "hart_start" for _, name in found) == smp - 1
+    assert f"smp: {smp} harts, booted on hart 0" in out
+    assert info.kind is StopKind.POWEROFF, info
+
+
+async def test_smp_guest_hostile_and_strict_checks() -> None:
+    """Bad HSM calls get their error codes (the machine runs on), and a hart's reservation is
+    lost when another hart stored the same value (qemu's sc only compares values)."""
+    info, out = await run_smp(3, "hostile strict")
+    found = {name for _, name in assert_all_passed(out)}
+    assert "lr_sc_lost_to_same_value_store" in found
+    assert {n for n in found if n.startswith("hostile_")} == {
+        "hostile_start_bad_address", "hostile_start_odd_address", "hostile_start_huge_hartid",
+        "hostile_start_hartid_minus_1", "hostile_ipi_mask_beyond",
+        "hostile_sfence_wrapping_range", "hostile_suspend_bad_address",
+        "hostile_suspend_reserved_type", "hostile_hart_still_stopped",
+    }  # fmt: skip
+    assert info.kind is StopKind.POWEROFF, info
+
+
+async def test_smp_virtual_time_repeats_byte_for_byte() -> None:
+    """Two runs of an SMP guest on virtual time print the same bytes (its times included)."""
+    runs = [await run_smp(2, clock="virtual", quantum=5_000) for _ in range(2)]
+    assert runs[0][1] == runs[1][1]
+    assert "smp: done at tick " in runs[0][1]
+    assert_all_passed(runs[0][1])
+
+
+def test_smp_guest_under_qemu_agrees() -> None:
+    """The reference: qemu-system-riscv64 -M virt -smp 4 with OpenSBI runs the same guest,
+    and every check hv runs passes there too, the same number of times."""
+    out = run_qemu(build_guest("smp"), "", "-smp", "4")
+    found = assert_all_passed(out)
+    assert {name for _, name in found} == EXPECTED
+    boot = re.search(r"smp: 4 harts, booted on hart (\d)", out)
+    assert boot is not None, out[-2000:]
+    hv_out = trio.run(lambda: run_smp(4, quantum=10_000))[1]
+    assert sorted(found) == sorted(checks(hv_out))

@@ -287,7 +287,9 @@ class Machine:
         self.slots: dict[int, Device] = {}
         for slot, dev in enumerate(config.devices):
             self._place(slot, dev)
-        self.harts = [self._make_hart(h) for h in range(config.smp)]
+        self.harts: list[Hart] = []
+        for h in range(config.smp):
+            self.harts.append(self._make_hart(h))
         hart0 = self.harts[0]
         self.vcpu = hart0.vcpu  # hart 0's (a one-hart machine's only) vCPU
         self.interrupts = hart0.interrupts

@@ -485,6 +485,12 @@ class Vcpu:
             return 0
         return self.csr(_reg("MIE")) & S_INTERRUPTS
 
+    def raised_interrupts(self) -> int:
+        """mip's S-level bits (SSIP stays until the guest clears it)."""
+        if self._closed:
+            return 0
+        return self.csr(_MIP) & S_INTERRUPTS
+
     def _drop_translations(self, ranges: list[tuple[int, int]]) -> None:
         """Host writes to guest RAM are invisible to the engine: drop the translated code of
         the pages they touched, so the guest runs what is there now. A write made during a
