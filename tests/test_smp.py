@@ -196,3 +196,67 @@ def test_smp_guest_under_qemu_agrees() -> None:
     assert boot is not None, out[-2000:]
     hv_out = trio.run(lambda: run_smp(4, quantum=10_000))[1]
     assert sorted(found) == sorted(checks(hv_out))
+
+
+# -- the PLIC's per-hart contexts, U-Boot ------------------------------------------------
+
+
+def test_plic_has_two_contexts_per_hart() -> None:
+    from hv.devices._plic import CLAIM_OFFSET, CONTEXT_BASE, CONTEXT_STRIDE, ENABLE_BASE, Plic
+
+    changes: list[tuple[int, bool]] = []
+    plic = Plic(lambda ctx, level: changes.append((ctx, level)), harts=4)
+    plic.mmio_write(4 * 5, 4, 1)  # source 5: priority 1
+    plic.mmio_write(ENABLE_BASE + 0x80 * 7, 4, 1 << 5)  # context 7: hart 3's S-mode
+    plic.irq_line(5)(True)
+    assert changes == [(7, True)]
+    assert plic.mmio_read(CONTEXT_BASE + CONTEXT_STRIDE * 3 + CLAIM_OFFSET, 4) == 0  # hart 1 M
+    assert plic.mmio_read(CONTEXT_BASE + CONTEXT_STRIDE * 7 + CLAIM_OFFSET, 4) == 5
+    assert changes == [(7, True), (7, False)]
+    plic.mmio_read(CONTEXT_BASE + CONTEXT_STRIDE * 8 + CLAIM_OFFSET, 4)  # no context 8
+    assert plic.counters["bad_read"] == 1
+
+
+UBOOT = Path("/usr/lib/u-boot/qemu-riscv64_smode/u-boot.bin")
+
+
+@pytest.mark.parametrize("smp", [2, 4])
+async def test_uboot_boots_on_an_smp_machine(smp: int) -> None:
+    """U-Boot (S-mode, Debian's qemu build) lists every hart of the tree and powers off."""
+    if not UBOOT.is_file():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs u-boot-qemu (.ci/linux-deps.sh)")
+        pytest.skip("needs Debian's u-boot-qemu")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            vm: Vm = await nursery.start(run_vm, VmConfig(kernel=UBOOT, smp=smp))
+            await vm.console.wait_for(b"=> ")
+            await vm.console.send_all(b"fdt addr $fdtcontroladdr; fdt list /cpus\r")
+            await vm.console.wait_for(b"cpu-map")
+            await vm.console.send_all(b"poweroff\r")
+            info = await vm.wait()
+    out = vm.console.transcript.decode(errors="replace")
+    assert [f"cpu@{h}" in out for h in range(smp + 1)] == [True] * smp + [False]
+    assert info.kind is StopKind.POWEROFF, info
+
+
+def test_smp_bench_runs() -> None:
+    r = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "smp.py"), "--iters", "100000", "--repeat", "1",
+         "--harts", "1,2"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].split() == [
+        "harts",
+        "host",
+        "s",
+        "guest",
+        "Minsn",
+        "MIPS",
+        "vs",
+        "1",
+        "hart",
+    ]
+    assert len(r.stdout.splitlines()) == 3

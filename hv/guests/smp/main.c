@@ -133,6 +133,24 @@ static void race(void)
     __atomic_fetch_add(&done, 1, __ATOMIC_SEQ_CST);
 }
 
+/* ---- bootarg work=N: every hart computes (a benchmark), nothing is checked ---- */
+
+static unsigned long work_iters;
+static volatile uint64_t work_sum;
+
+static void work(void)
+{
+    uint64_t x = 0x9E3779B97F4A7C15UL ^ hartid_now();
+    for (unsigned long i = 0; i < work_iters; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x += i * 0x2545F4914F6CDD1DUL;
+    }
+    __atomic_fetch_add(&work_sum, x, __ATOMIC_SEQ_CST);
+    __atomic_fetch_add(&done, 1, __ATOMIC_SEQ_CST);
+}
+
 /* ---- secondary harts ---- */
 
 static unsigned long call_code(void)
@@ -149,6 +167,11 @@ NORETURN void smp_hart_main(unsigned long hartid, unsigned long opaque, unsigned
     got_satp[h] = csr_read(satp);
     got_sie[h] = csr_read(sstatus) & SSTATUS_SIE;
     __atomic_fetch_add(&checked_in[h], 1, __ATOMIC_SEQ_CST);
+    if (work_iters) {
+        work();
+        for (;;)
+            __asm__ volatile("wfi");
+    }
     if (!resumed)
         race();
     else
@@ -544,6 +567,18 @@ int main(unsigned long hartid, const void *fdt)
     while (nharts < MAX_HARTS && sbi_hart_get_status(nharts).error == 0)
         nharts++;
     printf("smp: %lu harts, booted on hart %lu\n", nharts, boot);
+    work_iters = bootarg_ulong("work", 0);
+    if (work_iters) {
+        for (unsigned long h = 0; h < nharts; h++)
+            if (h != boot)
+                sbi_hart_start(h, (unsigned long)smp_hart_entry, 0);
+        work();
+        while (done < nharts)
+            ;
+        printf("work: %lu harts x %lu iterations, sum %lx\n", nharts, work_iters,
+               (unsigned long)work_sum);
+        return 0;
+    }
     result("harts", nharts >= 2, "%lu harts (want 2 or more: run with smp 2..8)", nharts);
     if (nharts < 2) {
         printf("smp: %d passed, %d failed\n", passed, failed);
