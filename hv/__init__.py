@@ -14,10 +14,11 @@ cycles between packages; tests/test_layers.py checks this very list, ``LAYERS``)
 5. ``netfabric``, ``blockdev`` (separate packages): the network and the disks, no hv at all.
 6. ``virtio``: the virtio devices guests see (over ``blockdev``; net over frames only).
 7. ``board``: the machine assembled: devices, firmware and the vCPU, one slice at a time.
-8. ``_vm``, ``_console``, ``_disk``, ``_exec``, ``_nic``, ``_timeline``, ``_values``: the
-   machine as a trio task with an async console, its disks and NICs, commands run in it
-   through its guest agent, the virtual-time timeline that drives a lab's VMs, and the value
-   parsers (sizes, durations, MACs...).
+8. ``_vm``, ``_console``, ``_cores``, ``_disk``, ``_exec``, ``_nic``, ``_timeline``,
+   ``_values``: the machine as a trio task with an async console, its disks and NICs,
+   commands run in it through its guest agent, the virtual-time timeline that drives a lab's
+   VMs, the real-time batches of slices on the host's cores, and the value parsers (sizes,
+   durations, MACs...).
 9. ``lab`` (several VMs and switches, ``hv up``), ``aio`` (the asyncio face).
 10. this package's names, ``cli`` (the ``hv`` command), ``pytest_plugin``.
 """

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import heapq
 import itertools
 import os
@@ -40,7 +41,7 @@ from hv._log import get_logger
 from hv._nic import Nic, nic_cmdline
 from hv._status import StopInfo, StopKind
 from hv._timeline import INF, Run, Ticket, Timeline
-from hv.board import Machine, MachineConfig, is_linux_image, load_file
+from hv.board import Machine, MachineConfig, check_smp, is_linux_image, load_file
 from hv.engine import Exit, ExitKind
 from hv.hw import DEFAULT_MIPS, DEFAULT_QUANTUM, AsyncWork, Device, TimeSource, VirtualClock
 from hv.hw import _platform as P
@@ -111,6 +112,11 @@ class VmConfig:
     # Virtual time: the lab's seed; the VM's generators (virtio-rng) derive from it and the
     # VM's name, so a run repeats byte for byte (real time: os.urandom).
     seed: int | None = None
+    # Harts (1..8, as QEMU's -smp): hart 0 boots, the others wait for SBI HSM hart_start.
+    smp: int = 1
+
+    def __post_init__(self) -> None:
+        check_smp(self.smp)
 
     def machine_config(self) -> MachineConfig:
         kernel = self.kernel if isinstance(self.kernel, bytes) else load_file(self.kernel, "kernel")
@@ -136,6 +142,7 @@ class VmConfig:
             time_source=self.time_source,
             clock=self.clock,
             mips=self.mips,
+            smp=self.smp,
         )
 
     def _service_devices(self, linux: bool, used: int) -> tuple[Device, ...]:
@@ -208,6 +215,8 @@ class Vm:
         self._tickets: list[tuple[int, int, Ticket]] = []
         self._vt_seq = itertools.count()
         self._member = _Member(self)
+        if self._timeline is not None:  # (an SMP guest's harts stop there too)
+            self.machine.horizon = functools.partial(self._timeline.horizon_ps, self._member)
         self._vt_start = trio.Event()  # its task runs (until then the others wait for it)
         if self._timeline is not None:
             # Joined here, in the order the VMs are made (a lab's order), not when each

@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
         frozenset(
             {
                 "hv._console",
+                "hv._cores",
                 "hv._disk",
                 "hv._exec",
                 "hv._nic",

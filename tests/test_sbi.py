@@ -29,6 +29,15 @@ class FakePlatform:
     resets: list[tuple[ResetKind, bool, str]] = field(default_factory=list)
     suspends: int = 0
     busy: bool = False  # the console is flow-controlled: writes are refused
+    hartid: int = 0
+    harts: int = 1
+    ipi_targets: list[int] = field(default_factory=list)  # bit sets
+    tlb_targets: list[int] = field(default_factory=list)
+    fence_i_targets: list[int] = field(default_factory=list)
+    states: dict[int, int] = field(default_factory=dict)  # HSM state by hart (0: started)
+    started: list[tuple[int, int, int]] = field(default_factory=list)
+    resumes: list[tuple[int, int] | None] = field(default_factory=list)
+    words: dict[int, int] = field(default_factory=dict)  # read_ulong's memory
 
     def console_write(self, data: bytes) -> bool:
         if self.busy:
@@ -44,20 +53,51 @@ class FakePlatform:
     def set_timer(self, deadline: int) -> None:
         self.timers.append(deadline)
 
-    def send_ipi(self) -> None:
+    def send_ipi(self, harts: int) -> None:
         self.ipis_sent += 1
+        self.ipi_targets.append(harts)
 
     def clear_ipi(self) -> None:
         self.ipis_cleared += 1
 
-    def flush_tlb(self) -> None:
+    def flush_tlb(self, harts: int) -> None:
         self.tlb_flushes += 1
+        self.tlb_targets.append(harts)
+
+    def fence_i(self, harts: int) -> None:
+        self.fence_i_targets.append(harts)
 
     def reset(self, kind: ResetKind, failure: bool, reason: str) -> None:
         self.resets.append((kind, failure, reason))
 
-    def hart_suspend(self) -> None:
+    def state(self, hart: int) -> int:
+        return self.states.get(hart, S.HSM_STARTED if hart == 0 else S.HSM_STOPPED)
+
+    def hart_start(self, hart: int, addr: int, opaque: int) -> int:
+        if self.state(hart) == S.HSM_STARTED:
+            return S.ERR_ALREADY_AVAILABLE
+        self.states[hart] = S.HSM_START_PENDING
+        self.started.append((hart, addr, opaque))
+        return S.SUCCESS
+
+    def hart_stop(self) -> int:
+        if self.harts == 1:
+            self.reset(ResetKind.SHUTDOWN, True, "hart 0 stopped itself (SBI HSM hart_stop)")
+        self.states[self.hartid] = S.HSM_STOPPED
+        return S.SUCCESS
+
+    def hart_status(self, hart: int) -> int:
+        return self.state(hart)
+
+    def hart_suspend(self, resume: tuple[int, int] | None) -> None:
         self.suspends += 1
+        self.resumes.append(resume)
+
+    def valid_entry(self, addr: int) -> bool:
+        return self.mem.contains(addr, 4) and addr % 2 == 0
+
+    def read_ulong(self, vaddr: int) -> int | None:
+        return self.words.get(vaddr)
 
 
 @pytest.fixture
@@ -239,14 +279,17 @@ def test_hsm_hart_suspend(sbi: Sbi, plat: FakePlatform) -> None:
     # only the low 32 bits are the suspend type
     assert call(sbi, S.EXT_HSM, 3, 1 << 32) == (S.SUCCESS, 0)
     assert plat.suspends == 2
-    assert call(sbi, S.EXT_HSM, 3, S.HSM_SUSPEND_NON_RETENTIVE, RAM, 0) == (
-        S.ERR_NOT_SUPPORTED,
+    assert call(sbi, S.EXT_HSM, 3, S.HSM_SUSPEND_NON_RETENTIVE, RAM, 7) == (S.SUCCESS, 0)
+    assert plat.resumes[-1] == (RAM, 7)
+    assert call(sbi, S.EXT_HSM, 3, S.HSM_SUSPEND_NON_RETENTIVE, 0x1000, 7) == (
+        S.ERR_INVALID_ADDRESS,
         0,
     )
+    assert plat.suspends == 3
     assert call(sbi, S.EXT_HSM, 3, 0x1000_0000) == (S.ERR_INVALID_PARAM, 0)  # reserved
     assert call(sbi, S.EXT_HSM, 3, 0x8000_0001) == (S.ERR_INVALID_PARAM, 0)  # reserved
     assert call(sbi, S.EXT_HSM, 3, 1) == (S.ERR_INVALID_PARAM, 0)  # reserved
-    assert plat.suspends == 2
+    assert plat.suspends == 3
 
 
 def test_hsm_unknown_function(sbi: Sbi, plat: FakePlatform) -> None:
@@ -417,6 +460,7 @@ def test_legacy_getchar(sbi: Sbi, plat: FakePlatform) -> None:
 def test_legacy_timer_and_ipis(sbi: Sbi, plat: FakePlatform) -> None:
     assert call(sbi, S.LEGACY_SET_TIMER, 0, 999, 3) == (0, 3)
     assert plat.timers == [999]
+    plat.words[RAM] = 1
     assert call(sbi, S.LEGACY_SEND_IPI, 0, RAM, 3) == (0, 3)
     assert plat.ipis_sent == 1
     assert call(sbi, S.LEGACY_CLEAR_IPI, 0, 0, 3) == (0, 3)
@@ -438,3 +482,114 @@ def test_legacy_remote_fences_not_supported(sbi: Sbi, plat: FakePlatform, eid: i
     assert result == (S.ERR_NOT_SUPPORTED, 9)
     assert sbi.counters["not_supported"] == 1
     assert plat.tlb_flushes == 0
+
+
+# -- several harts ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sbi4(plat: FakePlatform) -> Sbi:
+    plat.harts = 4
+    plat.hartid = 1
+    return Sbi(plat)
+
+
+@pytest.mark.parametrize(
+    ("mask", "base", "result", "targets"),
+    [
+        (0b1111, 0, S.SUCCESS, 0b1111),
+        (0b11, 2, S.SUCCESS, 0b1100),
+        (0b1, 3, S.SUCCESS, 0b1000),
+        (0, ALL_HARTS, S.SUCCESS, 0b1111),  # base -1: every hart, the mask ignored
+        (0b111, 0, S.SUCCESS, 0b111),
+        (0, 7, S.SUCCESS, None),  # an empty mask names no hart: nothing to check
+        (0b10000, 0, S.ERR_INVALID_PARAM, None),  # hart 4
+        (0b111, 2, S.ERR_INVALID_PARAM, None),  # harts 2, 3 and 4
+        (1, 4, S.ERR_INVALID_PARAM, None),
+        (1, 1 << 40, S.ERR_INVALID_PARAM, None),
+    ],
+)
+def test_hart_masks_of_a_four_hart_machine(
+    sbi4: Sbi, plat: FakePlatform, mask: int, base: int, result: int, targets: int | None
+) -> None:
+    assert call(sbi4, S.EXT_IPI, 0, mask, base) == (result, 0)
+    assert plat.ipi_targets == ([] if targets is None else [targets])
+    for fid in (0, 1, 2):
+        assert call(sbi4, S.EXT_RFENCE, fid, mask, base) == (result, 0)
+    assert plat.fence_i_targets == ([] if targets is None else [targets])
+    assert plat.tlb_targets == ([] if targets is None else [targets, targets])
+
+
+@pytest.mark.parametrize("fid", [1, 2])
+def test_sfence_vma_ranges_and_asids_are_checked(sbi4: Sbi, plat: FakePlatform, fid: int) -> None:
+    top = (1 << 64) - 1
+    assert call(sbi4, S.EXT_RFENCE, fid, 1, 0, 0, 0, 0) == (S.SUCCESS, 0)  # everything
+    assert call(sbi4, S.EXT_RFENCE, fid, 1, 0, 0x1000, top, 0) == (S.SUCCESS, 0)  # everything
+    assert call(sbi4, S.EXT_RFENCE, fid, 1, 0, top - 0xFFF, 0x1000, 0) == (S.SUCCESS, 0)
+    assert call(sbi4, S.EXT_RFENCE, fid, 1, 0, top - 0xFFF, 0x2000, 0) == (
+        S.ERR_INVALID_ADDRESS,
+        0,
+    )
+    assert len(plat.tlb_targets) == 3
+    if fid == 2:
+        assert call(sbi4, S.EXT_RFENCE, fid, 1, 0, 0, 0, 0xFFFF) == (S.SUCCESS, 0)
+        assert call(sbi4, S.EXT_RFENCE, fid, 1, 0, 0, 0, 0x10000) == (S.ERR_INVALID_PARAM, 0)
+        assert len(plat.tlb_targets) == 4
+
+
+def test_hsm_of_a_four_hart_machine(sbi4: Sbi, plat: FakePlatform) -> None:
+    assert call(sbi4, S.EXT_HSM, 2, 2) == (S.SUCCESS, S.HSM_STOPPED)
+    assert call(sbi4, S.EXT_HSM, 0, 2, RAM + 0x100, 42) == (S.SUCCESS, 0)
+    assert plat.started == [(2, RAM + 0x100, 42)]
+    assert call(sbi4, S.EXT_HSM, 2, 2) == (S.SUCCESS, S.HSM_START_PENDING)
+    assert call(sbi4, S.EXT_HSM, 0, 0, RAM, 0) == (S.ERR_ALREADY_AVAILABLE, 0)
+    assert call(sbi4, S.EXT_HSM, 0, 4, RAM, 0) == (S.ERR_INVALID_PARAM, 0)
+    assert call(sbi4, S.EXT_HSM, 0, ALL_HARTS, RAM, 0) == (S.ERR_INVALID_PARAM, 0)
+    assert call(sbi4, S.EXT_HSM, 0, 3, 0x1000, 0) == (S.ERR_INVALID_ADDRESS, 0)
+    assert call(sbi4, S.EXT_HSM, 0, 3, RAM + 1, 0) == (S.ERR_INVALID_ADDRESS, 0)
+    assert call(sbi4, S.EXT_HSM, 0, 3, RAM + RAM_SIZE, 0) == (S.ERR_INVALID_ADDRESS, 0)
+    assert plat.started == [(2, RAM + 0x100, 42)]
+    assert call(sbi4, S.EXT_HSM, 2, 4) == (S.ERR_INVALID_PARAM, 0)
+    assert call(sbi4, S.EXT_HSM, 1) == (S.SUCCESS, 0)  # hart 1 stops itself
+    assert plat.states[1] == S.HSM_STOPPED and plat.resets == []
+
+
+def test_legacy_ipi_reads_the_mask_from_guest_memory(sbi4: Sbi, plat: FakePlatform) -> None:
+    plat.words[0xFFFF_FFC0_0000_1000] = 0b1_0101  # hart 4 does not exist: left out
+    assert call(sbi4, S.LEGACY_SEND_IPI, 0, 0xFFFF_FFC0_0000_1000) == (0, 0)
+    assert call(sbi4, S.LEGACY_SEND_IPI, 0, 0) == (0, 0)  # null: every hart
+    assert plat.ipi_targets == [0b0101, 0b1111]
+    assert call(sbi4, S.LEGACY_SEND_IPI, 0, 0x2000) == (S.ERR_INVALID_ADDRESS, 0)  # unmapped
+    assert plat.ipi_targets == [0b0101, 0b1111]
+
+
+# -- FWFT (SBI 3.0) ---------------------------------------------------------------------------
+
+
+def test_fwft_misaligned_delegation(sbi: Sbi) -> None:
+    assert call(sbi, S.EXT_BASE, 3, S.EXT_FWFT) == (S.SUCCESS, 1)
+    assert call(sbi, S.EXT_FWFT, 1, S.FWFT_MISALIGNED_EXC_DELEG) == (S.SUCCESS, 0)
+    assert call(sbi, S.EXT_FWFT, 0, S.FWFT_MISALIGNED_EXC_DELEG, 1, 0) == (S.SUCCESS, 0)
+    assert call(sbi, S.EXT_FWFT, 1, S.FWFT_MISALIGNED_EXC_DELEG) == (S.SUCCESS, 1)
+    assert call(sbi, S.EXT_FWFT, 0, S.FWFT_MISALIGNED_EXC_DELEG, 2, 0) == (S.ERR_INVALID_PARAM, 0)
+    assert call(sbi, S.EXT_FWFT, 0, S.FWFT_MISALIGNED_EXC_DELEG, 0, 2) == (S.ERR_INVALID_PARAM, 0)
+    assert call(sbi, S.EXT_FWFT, 0, S.FWFT_MISALIGNED_EXC_DELEG, 0, S.FWFT_SET_LOCK) == (
+        S.SUCCESS,
+        0,
+    )
+    assert call(sbi, S.EXT_FWFT, 0, S.FWFT_MISALIGNED_EXC_DELEG, 1, 0) == (S.ERR_DENIED_LOCKED, 0)
+    assert call(sbi, S.EXT_FWFT, 1, S.FWFT_MISALIGNED_EXC_DELEG) == (S.SUCCESS, 0)
+    sbi.reset()  # a reboot unlocks it
+    assert call(sbi, S.EXT_FWFT, 0, S.FWFT_MISALIGNED_EXC_DELEG, 1, 0) == (S.SUCCESS, 0)
+
+
+@pytest.mark.parametrize("feature", [1, 2, 3, 4, 5])
+def test_fwft_features_this_hart_lacks(sbi: Sbi, feature: int) -> None:
+    assert call(sbi, S.EXT_FWFT, 1, feature) == (S.ERR_NOT_SUPPORTED, 0)
+    assert call(sbi, S.EXT_FWFT, 0, feature, 1, 0) == (S.ERR_NOT_SUPPORTED, 0)
+
+
+@pytest.mark.parametrize("feature", [6, 0x3FFF_FFFF, 0x4000_0000, 0x8000_0000])
+def test_fwft_reserved_features_are_denied(sbi: Sbi, feature: int) -> None:
+    assert call(sbi, S.EXT_FWFT, 1, feature) == (S.ERR_DENIED, 0)
+    assert call(sbi, S.EXT_FWFT, 2) == (S.ERR_NOT_SUPPORTED, 0)

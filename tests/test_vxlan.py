@@ -33,8 +33,9 @@ from hypothesis import strategies as st
 
 from hv import ConfigError
 from hv.lab import Lab, open_lab, parse_lab, render_snapshot, run_lab, services_config, with_clock
-from hv.lab._hosts import VxlanSpec, for_host, vni_for
+from hv.lab._hosts import for_host
 from hv.lab._stats import snapshot
+from hv.lab._vxlan_keys import VxlanSpec, vni_for
 from netfabric.frame import Frame
 from netfabric.ports.vxlan import (
     BAD_FLAGS,

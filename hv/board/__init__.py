@@ -12,7 +12,7 @@ from hv._lazy import face_attribute
 if TYPE_CHECKING:
     from hv.board._fdt import DeviceTreeSpec, build_device_tree
     from hv.board._loader import NotAKernel, is_linux_image, load_file, load_kernel
-    from hv.board._machine import Machine, MachineConfig
+    from hv.board._machine import Machine, MachineConfig, check_smp
 
 
 # The names other packages use, loaded on first use (importing one private module of this
@@ -23,6 +23,7 @@ _FACE = {
     "MachineConfig": "hv.board._machine",
     "NotAKernel": "hv.board._loader",
     "build_device_tree": "hv.board._fdt",
+    "check_smp": "hv.board._machine",
     "is_linux_image": "hv.board._loader",
     "load_file": "hv.board._loader",
     "load_kernel": "hv.board._loader",
@@ -39,6 +40,7 @@ __all__ = [
     "MachineConfig",
     "NotAKernel",
     "build_device_tree",
+    "check_smp",
     "is_linux_image",
     "load_file",
     "load_kernel",

@@ -28,6 +28,8 @@ class InterruptSink(Protocol):
 
     def enabled_interrupts(self) -> int: ...
 
+    def raised_interrupts(self) -> int: ...
+
     def request_stop(self) -> None: ...
 
     def busy_elsewhere(self) -> bool: ...
@@ -107,8 +109,11 @@ class HartInterrupts:
         if self.sink is None:
             return False
         pending = self.pending()
-        if pending & self.sink.enabled_interrupts():
+        enabled = self.sink.enabled_interrupts()
+        if pending & enabled:
             return True
+        if enabled & MIP_SSIP and self.sink.raised_interrupts() & MIP_SSIP:
+            return True  # an IPI already in mip (the guest clears SSIP itself)
         self.sink.update_interrupts(pending)
         return False
 

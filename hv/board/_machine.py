@@ -37,7 +37,7 @@ from hv.board._firmware import BoardFirmware
 from hv.board._interrupts import NO_DEADLINE, HartInterrupts
 from hv.board._loader import LoadedKernel, load_kernel, plan_layout, save_file
 from hv.devices import Finisher, FinishKind, Plic, Uart16550
-from hv.engine import Exit, ExitKind, Vcpu
+from hv.engine import Exit, ExitKind, Vcpu, VcpuStats
 from hv.hw import (
     DEFAULT_MIPS,
     DEFAULT_QUANTUM,
@@ -54,7 +54,16 @@ from hv.hw import (
     VirtualClock,
 )
 from hv.hw import _platform as P
-from hv.riscv import LEGACY_PUTCHAR
+from hv.riscv import ERR_ALREADY_AVAILABLE as SBI_ERR_ALREADY_AVAILABLE
+from hv.riscv import ERR_INVALID_PARAM as SBI_ERR_INVALID_PARAM
+from hv.riscv import (
+    HSM_START_PENDING,
+    HSM_STARTED,
+    HSM_STOPPED,
+    HSM_SUSPENDED,
+    LEGACY_PUTCHAR,
+)
+from hv.riscv import SUCCESS as SBI_SUCCESS
 
 log = get_logger("hv.machine")
 
@@ -66,6 +75,11 @@ CUSTOM_CLOCK_POLL_S = 0.001
 # (delivered exactly at the deadline, the interrupt would follow a read of deadline - 1:
 # time moves at block entries); one tick is 100 ns at the 10 MHz timebase.
 TIMER_LATENCY_TICKS = 1
+# Host-written ranges one hart keeps to drop before its next slice; past it, all of RAM.
+HOST_WRITES_KEPT = 256
+
+_RAN = Exit(ExitKind.PREEMPTED)
+_ASLEEP = Exit(ExitKind.WFI)
 
 
 @dataclass(frozen=True)
@@ -88,8 +102,10 @@ class MachineConfig:
     # retires at ``mips`` million a second, and skips ahead while it waits (docs/TIME.md).
     clock: Literal["real", "virtual"] = "real"
     mips: int = DEFAULT_MIPS
+    smp: int = 1  # harts (1..SMP_MAX), hart 0 boots, the others wait for SBI HSM hart_start
 
     def __post_init__(self) -> None:
+        check_smp(self.smp)
         if not P.MEM_MIN <= self.mem_size <= P.MEM_MAX:
             raise ConfigError(
                 f"memory size {self.mem_size // (1 << 20)} MiB is out of range: use "
@@ -124,15 +140,139 @@ class MachineConfig:
             raise ConfigError(f"device names must be unique: {names}")
 
 
+def check_smp(smp: object, what: str = "smp") -> int:
+    """A hart count (``smp``) as the machine takes it; a ConfigError saying the range if not."""
+    if not isinstance(smp, int) or isinstance(smp, bool) or not 1 <= smp <= P.SMP_MAX:
+        raise ConfigError(f"{what}: {smp!r} harts; use 1 to {P.SMP_MAX} (e.g. --smp 4)")
+    return smp
+
+
+class Hart:
+    """One hart of the machine: its vCPU, interrupts and firmware, and its HSM state."""
+
+    def __init__(
+        self, hartid: int, vcpu: Vcpu, interrupts: HartInterrupts, firmware: BoardFirmware
+    ) -> None:
+        self.id = hartid
+        self.vcpu = vcpu
+        self.interrupts = interrupts
+        self.firmware = firmware
+        self.power_on()
+
+    def power_on(self) -> None:
+        """Hart 0 runs (its vCPU is put at the kernel's entry by the machine); the others
+        wait for SBI HSM hart_start."""
+        self.state = HSM_STARTED if self.id == 0 else HSM_STOPPED
+        self.start: tuple[int, int] | None = None  # (addr, opaque) while START_PENDING
+        self.sleeping = False  # in wfi or suspended, until an interrupt of its own
+        self.suspended = False  # SBI HSM hart_suspend
+        self.resume: tuple[int, int] | None = None  # a non-retentive suspend's (addr, opaque)
+        self.stale_code = False  # a remote fence.i: drop its translations first
+        self.stale_tlb = False  # a remote sfence.vma: flush its TLB first
+        self.firmware.sbi.reset()
+
+    def runs(self) -> bool:
+        """Started (awake or asleep)."""
+        return self.state == HSM_STARTED
+
+    def wake_pending(self) -> bool:
+        return self.state == HSM_STARTED and self.sleeping and self.interrupts.wake_pending()
+
+    def wake(self) -> None:
+        self.sleeping = self.suspended = False
+        if self.resume is not None:  # non-retentive: at resume_addr, a0 = hartid, a1 = opaque
+            addr, opaque = self.resume
+            self.resume = None
+            self.vcpu.reset(addr, self.id, opaque)
+
+    def ready(self) -> bool:
+        """Can it run a slice now? Starts a hart whose start is pending, wakes a sleeping
+        one whose interrupt is pending."""
+        if self.state == HSM_START_PENDING:
+            assert self.start is not None
+            addr, opaque = self.start
+            self.start = None
+            self.vcpu.reset(addr, self.id, opaque)  # S-mode, satp = 0, sstatus.SIE = 0
+            self.state = HSM_STARTED
+            self.sleeping = self.suspended = False
+            self.stale_code = self.stale_tlb = False  # (reset dropped both)
+        if self.state != HSM_STARTED:
+            return False
+        if self.sleeping:
+            if not self.interrupts.wake_pending():
+                return False
+            self.wake()
+        return True
+
+    def prepare(self) -> None:
+        """Before each of its slices: what other harts asked of it (fences), its LR
+        reservation lost (another hart may have stored to it), its interrupts into mip."""
+        vcpu = self.vcpu
+        if self.stale_code:
+            self.stale_code = False
+            vcpu.flush_code()
+        if self.stale_tlb:
+            self.stale_tlb = False
+            vcpu.flush_tlb()
+        vcpu.clear_reservation()
+        self.interrupts.sync()
+
+
+class _HostWrites:
+    """The host's writes to guest RAM, handed to every hart's engine (each drops their
+    translations before its next slice), bounded per hart."""
+
+    def __init__(self, mem: GuestMemory, harts: int) -> None:
+        self.mem = mem
+        self.queues: list[list[tuple[int, int]]] = [[] for _ in range(harts)]
+
+    def taker(self, hart: int) -> Callable[[], list[tuple[int, int]]]:
+        def take() -> list[tuple[int, int]]:
+            new = self.mem.take_host_writes()
+            if new:
+                for q in self.queues:
+                    q += new
+                    if len(q) > HOST_WRITES_KEPT:  # a hart stopped for long: all of RAM
+                        q[:] = [(self.mem.base, self.mem.base + self.mem.size)]
+            mine = self.queues[hart]
+            out = mine[:]
+            mine.clear()
+            return out
+
+        return take
+
+
+class _NativeConsoles:
+    """The harts' native console buffers as one, in hart order: the harts run in turn, and
+    the console collects after each slice, so that is the order the guest wrote in."""
+
+    def __init__(self, vcpus: list[Vcpu]) -> None:
+        self.vcpus = vcpus
+
+    def console_pending(self) -> bool:
+        return any(v.console_pending() for v in self.vcpus)
+
+    def take_console(self) -> bytes:
+        return b"".join(v.take_console() for v in self.vcpus)
+
+    def hold_console(self, hold: bool) -> None:
+        for v in self.vcpus:
+            v.hold_console(hold)
+
+    def request_stop(self) -> None:
+        for v in self.vcpus:
+            v.request_stop()
+
+
 class Machine:
-    """The hv-virt board with one hart."""
+    """The hv-virt board with ``smp`` harts."""
 
     def __init__(self, config: MachineConfig) -> None:
         self.config = config
         self.counters: collections.Counter[str] = collections.Counter()
         self.stop_info: StopInfo | None = None
         self.reboot_requested = False
-        self.suspended = False  # SBI HSM retentive suspend: sleep like wfi
+        self.suspended = False  # SBI HSM retentive suspend of a one-hart machine: like wfi
         # Set by the owner (the VM task): wake a sleeping VM.
         self.on_wake: Callable[[], None] = lambda: None
 
@@ -140,8 +280,7 @@ class Machine:
         self.clock: Clock = (
             VirtualClock(config.mips) if config.clock == "virtual" else Clock(config.time_source)
         )
-        self.interrupts = HartInterrupts(self.clock, self.counters, self._wake)
-        self.plic = Plic(self._on_plic_change)
+        self.plic = Plic(self._on_plic_change, config.smp)
         self.uart = Uart16550(self.plic.irq_line(P.UART0_IRQ))
         self.finisher = Finisher(self._on_finish)
         self.console = ConsoleIo(self.uart, self.counters)
@@ -153,27 +292,61 @@ class Machine:
         self.slots: dict[int, Device] = {}
         for slot, dev in enumerate(config.devices):
             self._place(slot, dev)
-        self.firmware = BoardFirmware(self.mem, self.console, self.interrupts, self.clock, self)
-        self.sbi = self.firmware.sbi
-        self.vcpu = Vcpu(
+        self.harts: list[Hart] = []
+        for h in range(config.smp):
+            self.harts.append(self._make_hart(h))
+        hart0 = self.harts[0]
+        self.vcpu = hart0.vcpu  # hart 0's (a one-hart machine's only) vCPU
+        self.interrupts = hart0.interrupts
+        self.firmware = hart0.firmware
+        self.sbi = self.firmware.sbi  # counts every hart's calls
+        self._running = hart0  # the hart whose slice runs (or ran last)
+        self._smp = config.smp > 1
+        # Virtual time, set by the owner: how far the guest may run now (the lab's horizon),
+        # which a round's later harts respect when an earlier one lowered it.
+        self.horizon: Callable[[], float] | None = None
+        if self._smp:
+            fanout = _HostWrites(self.mem, config.smp)
+            for hart in self.harts:
+                hart.vcpu.host_writes = fanout.taker(hart.id)
+            self.console.native = _NativeConsoles([h.vcpu for h in self.harts])
+        else:
+            self.console.native = self.vcpu
+            if isinstance(self.clock, VirtualClock):
+                self.clock.in_slice = self.vcpu.executed_in_slice
+        self._sbi_native_seen = 0
+        self.kernel: LoadedKernel | None = None
+        self._bootargs = config.cmdline  # the command line of the boot under way
+        self.dtb = b""
+
+    def _make_hart(self, h: int) -> Hart:
+        config = self.config
+        interrupts = HartInterrupts(self.clock, self.counters, self._wake)
+        firmware = BoardFirmware(
+            self.mem,
+            self.console,
+            interrupts,
+            self.clock,
+            self,
+            hartid=h,
+            harts=config.smp,
+            shared=self.harts[0].firmware.sbi if h else None,
+        )
+        vcpu = Vcpu(
             self.mem,
             self.bus,
-            self.firmware,
+            firmware,
             config.quantum,
             config.count_instructions,
             native_exits=config.native_exits and (self.clock.monotonic or self.clock.virtual),
             timebase_hz=self.clock.hz,
         )
+        hart = Hart(h, vcpu, interrupts, firmware)
         if isinstance(self.clock, VirtualClock):
-            self.vcpu.set_virtual_time(self.clock.ps_per_insn)
-            self.clock.in_slice = self.vcpu.executed_in_slice
-            self.interrupts.on_set_timer = self._timer_set
-        self.interrupts.sink = self.vcpu
-        self.console.native = self.vcpu
-        self._sbi_native_seen = 0
-        self.kernel: LoadedKernel | None = None
-        self._bootargs = config.cmdline  # the command line of the boot under way
-        self.dtb = b""
+            vcpu.set_virtual_time(self.clock.ps_per_insn)
+            interrupts.on_set_timer = functools.partial(self._timer_set, hart)
+        interrupts.sink = vcpu
+        return hart
 
     def _place(self, slot: int, dev: Device) -> None:
         base = P.virtio_slot_base(slot)
@@ -228,6 +401,8 @@ class Machine:
         if cfg.dtb_out is not None:
             save_file(cfg.dtb_out, self.dtb, "the device tree file")
         self.vcpu.reset(self.kernel.entry, 0, layout.dtb_addr)
+        for hart in self.harts:
+            hart.power_on()
         log.debug(
             "boot",
             kernel=self.kernel.kind,
@@ -255,6 +430,7 @@ class Machine:
             bootargs=self._bootargs,
             initrd=initrd,
             virtio_slots=tuple(sorted(self.slots)),
+            hart_count=self.config.smp,
         )
         return build_device_tree(spec)
 
@@ -267,7 +443,8 @@ class Machine:
         self.suspended = False
         self.mem.clear()
         self.clock.restart()
-        self.interrupts.reset()
+        for hart in self.harts:
+            hart.interrupts.reset()
         for dev in self.devices:
             dev.reset()
         self.boot()
@@ -278,11 +455,13 @@ class Machine:
         completion or an impaired cable's late delivery that reaches a device afterwards is
         dropped there, and never touches the released engine (that was a use after free: a
         crash of the whole host)."""
-        self.interrupts.sink = None
+        for hart in self.harts:
+            hart.interrupts.sink = None
         for dev in self.devices:
             with contextlib.suppress(Exception):
                 dev.close()
-        self.vcpu.close()
+        for hart in self.harts:
+            hart.vcpu.close()
         self.mem.close()
 
     # -- running ---------------------------------------------------------------------------
@@ -290,7 +469,10 @@ class Machine:
     def run_slice(self, budget: int | None = None) -> Exit:
         """Deliver input and interrupts, run one slice (``budget`` instructions, default the
         quantum), collect console output. In virtual time a slice paused for host time
-        (``ExitKind.PAUSED``) goes on with the next call, with none of this in between."""
+        (``ExitKind.PAUSED``) goes on with the next call, with none of this in between.
+        An SMP machine runs a round instead (``run_round``)."""
+        if self._smp:
+            return self.run_round(budget)
         clock = self.clock
         if self.vcpu.slice_paused and isinstance(clock, VirtualClock):
             ex = self.vcpu.run_slice(None, clock.guest_ps())
@@ -326,29 +508,45 @@ class Machine:
 
     def end_slice(self) -> None:
         """End the running slice at the next block (from hooks, or harmless between slices)."""
-        self.vcpu.request_stop()
+        self._running.vcpu.request_stop()
 
     def sleeping(self, ex: Exit) -> bool:
-        """After ``ex``, does the guest wait for an interrupt (``wfi`` or SBI suspend)?"""
+        """After ``ex``, does the guest wait for an interrupt (``wfi`` or SBI suspend)? (An
+        SMP machine: does every started hart?)"""
         return ex.kind is ExitKind.WFI or self.suspended
 
     def wake_pending(self) -> bool:
         """Would the sleeping guest go on now? (A pending enabled interrupt ends ``wfi``.)"""
+        if self._smp:
+            return any(h.state == HSM_START_PENDING or h.wake_pending() for h in self.harts)
         if self.interrupts.wake_pending():
             self.suspended = False
+            hart = self.harts[0]
+            if hart.resume is not None:  # non-retentive suspend: resume at its address
+                hart.wake()
             return True
         return False
 
     def next_deadline(self) -> float | None:
         """Host seconds until the guest's timer is due (None: no timer). With an injected
         time source its pace is unknown to the host, so a sleeping guest is re-checked
-        every CUSTOM_CLOCK_POLL_S instead."""
-        deadline = self.interrupts.next_deadline()
+        every CUSTOM_CLOCK_POLL_S instead. (SMP: the first hart's timer still ahead, or 0 if
+        only due ones are armed.)"""
+        if self._smp:
+            due = [
+                d
+                for h in self.harts
+                if h.runs() and (d := h.interrupts.next_deadline()) is not None
+            ]
+            ahead = [d for d in due if d > 0]
+            deadline = min(ahead) if ahead else (0.0 if due else None)
+        else:
+            deadline = self.interrupts.next_deadline()
         if deadline is None or self.clock.monotonic:
             return deadline
         return min(deadline, CUSTOM_CLOCK_POLL_S)
 
-    def _timer_set(self, deadline: int) -> None:
+    def _timer_set(self, hart: Hart, deadline: int) -> None:
         """Virtual time: a timer set inside a slice for before the slice's end ends the slice
         at its deadline (and TIMER_LATENCY_TICKS), so the interrupt comes then (not a slice
         late)."""
@@ -356,7 +554,7 @@ class Machine:
         if deadline == NO_DEADLINE or not isinstance(clock, VirtualClock):
             return
         ahead = clock.tick_ps(deadline + TIMER_LATENCY_TICKS) - clock.now_ps()
-        self.vcpu.cut_budget(max(1, -(-ahead // clock.ps_per_insn)))
+        hart.vcpu.cut_budget(max(1, -(-ahead // clock.ps_per_insn)))
 
     @property
     def slice_paused(self) -> bool:
@@ -364,12 +562,23 @@ class Machine:
 
     def timer_ps(self) -> int | None:
         """Virtual time: the lab time at which the armed timer falls due (None: none armed,
-        or its interrupt is already pending)."""
+        or its interrupt is already pending). SMP: the first one still ahead of the machine's
+        time, else the first one."""
         clock = self.clock
-        deadline = self.interrupts.timer_deadline
-        if not isinstance(clock, VirtualClock) or deadline == NO_DEADLINE:
+        if not isinstance(clock, VirtualClock):
             return None
-        return clock.tick_ps(deadline + TIMER_LATENCY_TICKS)
+        if not self._smp:
+            deadline = self.interrupts.timer_deadline
+            if deadline == NO_DEADLINE:
+                return None
+            return clock.tick_ps(deadline + TIMER_LATENCY_TICKS)
+        times = [
+            clock.tick_ps(h.interrupts.timer_deadline + TIMER_LATENCY_TICKS)
+            for h in self.harts
+            if h.runs() and h.interrupts.timer_deadline != NO_DEADLINE
+        ]
+        ahead = [t for t in times if t > clock.ps]
+        return min(ahead) if ahead else min(times, default=None)
 
     def feed_input(self, data: bytes) -> None:
         self.console.feed(data)
@@ -377,9 +586,21 @@ class Machine:
     def take_output(self) -> bytes:
         return self.console.take_output()
 
+    def hart_stats(self) -> VcpuStats:
+        """The vCPUs' counters (an SMP machine's summed over its harts)."""
+        if not self._smp:
+            return self.vcpu.stats
+        total = VcpuStats()
+        for hart in self.harts:
+            for k, n in vars(hart.vcpu.stats).items():
+                if isinstance(n, int):
+                    setattr(total, k, getattr(total, k) + n)
+            total.traps_by_cause.update(hart.vcpu.stats.traps_by_cause)
+        return total
+
     def stats(self) -> dict[str, int]:
         """Counters: slices, exits by kind, interrupts, SBI calls by extension, devices."""
-        v = self.vcpu.stats
+        v = self.hart_stats()
         out = {k: n for k, n in vars(v).items() if isinstance(n, int)}
         for cause, n in v.traps_by_cause.items():
             out[f"trap_cause_{cause}"] = n
@@ -393,6 +614,179 @@ class Machine:
             out[f"sbi.{k}"] = n
         return out
 
+    # -- SMP: the harts in turn --------------------------------------------------------------
+
+    def run_round(self, budget: int | None = None) -> Exit:
+        """One slice of each runnable hart, in hart order: the seam a parallel run replaces
+        (each hart is an engine of its own; what they share is RAM, the devices and this
+        machine's Python state). Stopped harts and sleeping ones are skipped; a sleeping
+        hart wakes on its own interrupts. Returns WFI when every started hart sleeps.
+
+        Virtual time is one clock, in lockstep: every hart runs the same window of guest
+        time from the same base (``budget`` instructions, or up to ``horizon``), each in
+        slices of its own (a timer set inside one still cuts it, and a hart whose timer
+        falls due inside the window wakes there); then the clock stands at the latest time
+        a hart reached. Real time: one slice of ``budget`` instructions each."""
+        clock = self.clock
+        quantum = self.config.quantum if budget is None else max(1, budget)
+        self.console.feed_uart()
+        ex = _RAN
+        if isinstance(clock, VirtualClock):
+            base = reached = clock.ps
+            end = base + quantum * clock.ps_per_insn
+            for hart in self.harts:
+                if self.stop_info is not None or self.reboot_requested:
+                    break
+                self._running = hart
+                clock.ps = base
+                clock.in_slice = hart.vcpu.executed_in_slice
+                ex = self._run_hart_virtual(hart, clock, end) or ex
+                reached = max(reached, clock.ps)
+            clock.ps = reached
+        else:
+            offset = clock.offset_ns()
+            for hart in self.harts:
+                if self.stop_info is not None or self.reboot_requested:
+                    break
+                if not hart.ready():
+                    continue
+                self._running = hart
+                hart.prepare()
+                hart.vcpu.set_clock_offset(offset)
+                ex = self._hart_after(hart, hart.vcpu.run_slice(quantum)) or ex
+        if ex is not _RAN:
+            return ex
+        if all(
+            h.state == HSM_STOPPED or (h.state == HSM_STARTED and h.sleeping) for h in self.harts
+        ):
+            return _ASLEEP
+        return _RAN
+
+    def _run_hart_virtual(self, hart: Hart, clock: VirtualClock, end: int) -> Exit | None:
+        """Hart ``hart``'s share of the window up to ``end`` (lab ps), from ``clock.ps``."""
+        vcpu = hart.vcpu
+        horizon = self.horizon
+        while self.stop_info is None and not self.reboot_requested:
+            limit = end if horizon is None else min(end, int(horizon()))
+            if clock.ps >= limit:
+                return None
+            if not hart.ready():
+                # asleep: its timer may wake it inside the window
+                t = self._hart_timer_ps(hart, clock)
+                if not hart.sleeping or t is None or not clock.ps < t < limit:
+                    return None
+                clock.ps = t
+                continue
+            hart.prepare()
+            ex = vcpu.run_slice(clock.insns_until(limit), clock.guest_ps())
+            clock.settle(vcpu.last_insns)
+            while ex.kind is ExitKind.PAUSED:  # host time alone paused it: go on at once
+                ex = vcpu.run_slice(None, clock.guest_ps())
+                clock.settle(vcpu.last_insns)
+            bad = self._hart_after(hart, ex)
+            if bad is not None:
+                return bad
+        return None
+
+    @staticmethod
+    def _hart_timer_ps(hart: Hart, clock: VirtualClock) -> int | None:
+        deadline = hart.interrupts.timer_deadline
+        return None if deadline == NO_DEADLINE else clock.tick_ps(deadline + TIMER_LATENCY_TICKS)
+
+    def _hart_after(self, hart: Hart, ex: Exit) -> Exit | None:
+        """After one of ``hart``'s slices: its console output and devices' work; the exit
+        if it stopped the machine."""
+        self.console.collect()
+        native = sum(h.vcpu.stats.sbi_native for h in self.harts)
+        if native != self._sbi_native_seen:
+            self.sbi.calls[LEGACY_PUTCHAR] += native - self._sbi_native_seen
+            self._sbi_native_seen = native
+        for dev in self.devices:
+            dev.after_slice()
+        if ex.kind is ExitKind.FATAL:
+            self.stop(StopKind.GUEST_FAULT, f"guest fault: hart {hart.id}: {ex.reason}")
+            return ex
+        if ex.kind is ExitKind.HOST_ERROR:
+            self.stop(StopKind.HOST_ERROR, f"host error: hart {hart.id}: {ex.reason}", ex.detail)
+            return ex
+        if ex.kind is ExitKind.WFI or hart.suspended:
+            hart.sleeping = True
+        return None
+
+    # -- SMP: the harts' side of the SBI (hv.board._firmware.Board) -------------------------
+
+    def send_ipi(self, harts: int) -> None:
+        for hart in self._each(harts):
+            if hart.runs():  # a stopped (or not yet started) hart ignores it, as in OpenSBI
+                hart.interrupts.send_ipi()
+
+    def flush_tlb(self, harts: int) -> None:
+        for hart in self._each(harts):
+            if hart is self._running:
+                hart.vcpu.flush_tlb()  # (inside its own SBI call: at once)
+            else:
+                hart.stale_tlb = True  # before its next slice
+
+    def fence_i(self, harts: int) -> None:
+        if not self._smp:
+            return  # one engine sees its own stores (and the host's DMA is dropped anyway)
+        for hart in self._each(harts):
+            hart.stale_code = True
+            if hart is self._running:
+                hart.vcpu.request_stop()  # flushed before its next slice
+
+    def hart_start(self, hart: int, addr: int, opaque: int) -> int:
+        h = self.harts[hart]
+        if h.state == HSM_STARTED:
+            return SBI_ERR_ALREADY_AVAILABLE
+        if h.state != HSM_STOPPED:
+            return SBI_ERR_INVALID_PARAM  # starting or stopping already (as OpenSBI)
+        h.state = HSM_START_PENDING
+        h.start = (addr, opaque)
+        self.counters["hart_starts"] += 1
+        self._wake()
+        return SBI_SUCCESS
+
+    def hart_stop(self, hart: int) -> int:
+        h = self.harts[hart]
+        others = [o for o in self.harts if o is not h and o.state != HSM_STOPPED]
+        if not others:
+            self.stop(StopKind.FAILURE, f"hart {hart} stopped itself (SBI HSM hart_stop)")
+            return SBI_SUCCESS
+        h.state = HSM_STOPPED
+        h.sleeping = h.suspended = False
+        h.resume = None
+        self.counters["hart_stops"] += 1
+        h.vcpu.request_stop()
+        return SBI_SUCCESS
+
+    def hart_status(self, hart: int) -> int:
+        h = self.harts[hart]
+        if h.state == HSM_STARTED and h.suspended:
+            return HSM_SUSPENDED
+        return h.state
+
+    def hart_suspend(self, hart: int, resume: tuple[int, int] | None) -> None:
+        h = self.harts[hart]
+        h.suspended = True
+        h.resume = resume
+        self.counters["hart_suspends"] += 1
+        if not self._smp:
+            self.suspended = True
+        h.vcpu.request_stop()
+
+    def valid_entry(self, addr: int) -> bool:
+        return addr % 2 == 0 and self.mem.contains(addr, 4)
+
+    def read_ulong(self, hart: int, vaddr: int) -> int | None:
+        pa = self.harts[hart].vcpu.translate(vaddr)
+        if pa is None or pa % 8 or not self.mem.contains(pa, 8):
+            return None
+        return self.mem.read_u64(pa)
+
+    def _each(self, harts: int) -> list[Hart]:
+        return [h for h in self.harts if harts >> h.id & 1]
+
     # -- stopping --------------------------------------------------------------------------
 
     def stop(
@@ -401,7 +795,8 @@ class Machine:
         """The machine stops for good (the first reason given wins)."""
         if self.stop_info is None:
             self.stop_info = StopInfo.make(kind, reason, detail, guest_code)
-        self.vcpu.request_stop()
+        for hart in self.harts:
+            hart.vcpu.request_stop()
         self._wake()
 
     def guest_failed(self, reason: str) -> None:
@@ -419,14 +814,8 @@ class Machine:
 
     def request_reboot(self) -> None:
         self.reboot_requested = True
-        self.vcpu.request_stop()
-
-    def suspend(self) -> None:
-        self.suspended = True
-        self.vcpu.request_stop()
-
-    def flush_tlb(self) -> None:
-        self.vcpu.flush_tlb()
+        for hart in self.harts:
+            hart.vcpu.request_stop()
 
     # -- devices' callbacks and async work -------------------------------------------------
 
@@ -434,8 +823,8 @@ class Machine:
         self.on_wake()
 
     def _on_plic_change(self, ctx: int, level: bool) -> None:
-        if ctx == P.PLIC_CONTEXT_S:
-            self.interrupts.set_external(level)
+        if ctx & 1:  # hart ctx // 2's S-mode context (the M-mode ones are listed only)
+            self.harts[ctx >> 1].interrupts.set_external(level)
 
     def _on_finish(self, kind: FinishKind, code: int) -> None:
         if kind is FinishKind.RESET:

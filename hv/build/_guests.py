@@ -22,6 +22,7 @@ GUESTS: dict[str, str] = {
     "cpu": "deterministic CPU-bound workload (CRC32 + integer mix), prints a checksum (iters=)",
     "traps": "self-checking trap test: scause/sepc/stval of exceptions, Sv39 faults, U-mode ecall",
     "sbi": "self-checking SBI v2.0 test: BASE, TIME, IPI, RFENCE, HSM, SRST, DBCN, legacy",
+    "smp": "self-checking multi-hart test (smp 2..8): HSM, AMO and LR/SC races, IPI, RFENCE",
     "echo": "echoes console input via UART RX interrupts through the PLIC; 'q' quits",
     "exits": "benchmark: repeats one exit kind n times (kind=none|sbi|mmio|rdtime|trap|timer n=)",
     "smc": "self-checking self-modifying code test: rewrites, page crossings, Sv39 aliases, loader",

@@ -58,6 +58,13 @@ def _quantum(text: str) -> int:
     return n
 
 
+def _smp(text: str) -> int:
+    n = _whole(text)
+    if not 1 <= n <= P.SMP_MAX:
+        raise argparse.ArgumentTypeError(f"{n} harts: use 1 to {P.SMP_MAX}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hv",
@@ -126,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "also follow qcow2 backing files into DIR (repeatable; by default only into the "
             "image's own folder); a block device as backing file must be named here itself"
+        ),
+    )
+    run.add_argument(
+        "--smp",
+        type=_smp,
+        default=1,
+        metavar="N",
+        help=(
+            f"number of harts (CPUs) of the machine, 1 to {P.SMP_MAX} (default 1), as QEMU's "
+            "-smp: hart 0 boots, the others are started by the guest (SBI HSM)"
         ),
     )
     run.add_argument(
@@ -542,6 +559,7 @@ async def _run(args: argparse.Namespace) -> int:
         cmdline=args.append if args.append is not None else cmdline or "",
         initrd=args.initrd or initrd,
         quantum=args.quantum,
+        smp=args.smp,
         name=Path(args.kernel).name,
         dtb_out=args.dtb_out,
         clock="virtual" if args.clock == "virtual" else "real",

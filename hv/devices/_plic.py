@@ -6,10 +6,11 @@ its line is high and it is not *in service*. We derive pending from the line ins
 it, as QEMU does, so a device that drops its line before the guest claims it causes no spurious
 claim.
 
-Each context (0 = hart 0 M-mode, 1 = hart 0 S-mode) has an enable bit per source and a priority
-threshold. A context's output is high while some pending source is enabled for it and has a
-priority above its threshold; priority 0 therefore means "never". Whenever an output changes,
-``on_context_change(ctx, level)`` is called so the CPU side can set or clear MEIP/SEIP.
+Each context (2h = hart h's M-mode, 2h + 1 = hart h's S-mode, as on QEMU virt) has an enable bit
+per source and a priority threshold. A context's output is high while some pending source is
+enabled for it and has a priority above its threshold; priority 0 therefore means "never".
+Whenever an output changes, ``on_context_change(ctx, level)`` is called so the CPU side can set
+or clear MEIP/SEIP.
 
 The guest reads claim/complete to *claim*: it gets the best candidate (highest priority, then
 lowest id), which leaves pending and goes in service, so it cannot interrupt again until the guest
@@ -30,8 +31,9 @@ from hv.hw import PLIC_SIZE, Device, IrqLine
 
 # Sources 0..NUM_SOURCES-1 exist; source 0 is reserved (as on QEMU virt).
 NUM_SOURCES = 96
-# Contexts: hart 0 M-mode and hart 0 S-mode.
-NUM_CONTEXTS = 2
+# Contexts per hart: its M-mode and its S-mode one (a machine with N harts has 2N).
+CONTEXTS_PER_HART = 2
+NUM_CONTEXTS = CONTEXTS_PER_HART  # (of a one-hart machine)
 # Priorities and thresholds are 3 bits wide (QEMU virt's "riscv,max-priority" is 7).
 MAX_PRIORITY = 7
 
@@ -50,7 +52,7 @@ _ALL_SOURCES = ((1 << NUM_SOURCES) - 1) & ~1  # bit 0 (source 0) is hardwired to
 
 
 class Plic(Device):
-    """A PLIC with ``NUM_SOURCES`` level-triggered sources and ``NUM_CONTEXTS`` contexts.
+    """A PLIC with ``NUM_SOURCES`` level-triggered sources and two contexts per hart.
 
     ``on_context_change(ctx, level)`` is called each time a context's output changes level.
     """
@@ -69,9 +71,10 @@ class Plic(Device):
         }
     )
 
-    def __init__(self, on_context_change: Callable[[int, bool], None]) -> None:
+    def __init__(self, on_context_change: Callable[[int, bool], None], harts: int = 1) -> None:
         super().__init__("plic")
         self._on_context_change = on_context_change
+        self.contexts = CONTEXTS_PER_HART * harts
         self.reset()
 
     def reset(self) -> None:
@@ -79,9 +82,9 @@ class Plic(Device):
         # Bit sets indexed by source number.
         self._asserted = 0
         self._in_service = 0
-        self._enable = [0] * NUM_CONTEXTS
-        self._threshold = [0] * NUM_CONTEXTS
-        self._output = [False] * NUM_CONTEXTS
+        self._enable = [0] * self.contexts
+        self._threshold = [0] * self.contexts
+        self._output = [False] * self.contexts
 
     # -- device side --------------------------------------------------------------------------
 
@@ -177,19 +180,17 @@ class Plic(Device):
     def _word(bits: int, index: int) -> int:
         return (bits >> (32 * index)) & 0xFFFF_FFFF
 
-    @staticmethod
-    def _enable_reg(offset: int) -> tuple[int | None, int]:
+    def _enable_reg(self, offset: int) -> tuple[int | None, int]:
         rel = offset - ENABLE_BASE
-        if 0 <= rel < ENABLE_STRIDE * NUM_CONTEXTS:
+        if 0 <= rel < ENABLE_STRIDE * self.contexts:
             ctx, off = divmod(rel, ENABLE_STRIDE)
             if off < 4 * _WORDS:
                 return ctx, off // 4
         return None, 0
 
-    @staticmethod
-    def _context_reg(offset: int) -> tuple[int | None, int]:
+    def _context_reg(self, offset: int) -> tuple[int | None, int]:
         rel = offset - CONTEXT_BASE
-        if 0 <= rel < CONTEXT_STRIDE * NUM_CONTEXTS:
+        if 0 <= rel < CONTEXT_STRIDE * self.contexts:
             ctx, off = divmod(rel, CONTEXT_STRIDE)
             if off in (THRESHOLD_OFFSET, CLAIM_OFFSET):
                 return ctx, off
@@ -230,7 +231,7 @@ class Plic(Device):
         self._update()
 
     def _update(self) -> None:
-        for ctx in range(NUM_CONTEXTS):
+        for ctx in range(self.contexts):
             level = self._best(ctx) != 0
             if level != self._output[ctx]:
                 self._output[ctx] = level

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from hv._lazy import face_attribute
 
 if TYPE_CHECKING:
-    from hv.engine._vcpu import Exit, ExitKind, Vcpu
+    from hv.engine._vcpu import Exit, ExitKind, Vcpu, VcpuStats
 
 
 from hv.engine._build import (
@@ -63,6 +63,7 @@ def engine_info() -> dict[str, object]:
 # The names other packages use, loaded on first use (importing one private module of this
 # package does not load the others).
 _FACE = {
+    "VcpuStats": "hv.engine._vcpu",
     "Exit": "hv.engine._vcpu",
     "ExitKind": "hv.engine._vcpu",
     "Vcpu": "hv.engine._vcpu",
@@ -82,6 +83,7 @@ __all__ = [
     "Exit",
     "ExitKind",
     "Vcpu",
+    "VcpuStats",
     "build_engine",
     "cached_engine",
     "engine_dir",

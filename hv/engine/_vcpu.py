@@ -35,7 +35,7 @@ import enum
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -152,6 +152,7 @@ class VcpuStats:
     sbi_native: int = 0  # SBI calls answered in the native hook (counted in sbi_calls too)
     device_guest_errors: int = 0  # MMIO accesses a device refused as the guest's error
     code_invalidations: int = 0  # ranges of host-written RAM whose translations were dropped
+    code_flushes: int = 0  # whole translation caches dropped (remote fence.i of an SMP guest)
     late_stops: int = 0  # slices ended by their host-time deadline (exit-heavy guests)
     host_ns: int = 0  # host time spent running this vCPU's slices
     mmio_reads: int = 0
@@ -190,6 +191,10 @@ class Vcpu:
         timebase_hz: int = 10_000_000,
     ) -> None:
         self.mem = mem
+        # Where the host's writes to guest RAM since the last slice come from (their
+        # translations are dropped): the RAM's own list, or on an SMP machine this hart's
+        # share of it (every hart's engine must drop them).
+        self.host_writes: Callable[[], list[tuple[int, int]]] = mem.take_host_writes
         self.firmware = firmware
         self.stats = VcpuStats()
         self.medeleg = MEDELEG_DEFAULT
@@ -464,7 +469,7 @@ class Vcpu:
         self._trap_loop.reset()
         uc.ctl_flush_tb()
         self.flush_tlb()
-        self.mem.take_host_writes()  # the whole translation cache is gone anyway
+        self.host_writes()  # the whole translation cache is gone anyway
 
     # -- register helpers (raw ctypes) -----------------------------------------------------
 
@@ -532,6 +537,12 @@ class Vcpu:
             return 0
         return self.csr(_reg("MIE")) & S_INTERRUPTS
 
+    def raised_interrupts(self) -> int:
+        """mip's S-level bits (SSIP stays until the guest clears it)."""
+        if self._closed:
+            return 0
+        return self.csr(_MIP) & S_INTERRUPTS
+
     def _drop_translations(self, ranges: list[tuple[int, int]]) -> None:
         """Host writes to guest RAM are invisible to the engine: drop the translated code of
         the pages they touched, so the guest runs what is there now. A write made during a
@@ -547,6 +558,18 @@ class Vcpu:
 
     def flush_tlb(self) -> None:
         self._uc.ctl(unicorn.unicorn_const.UC_CTL_TLB_FLUSH, unicorn.unicorn_const.UC_CTL_IO_WRITE)
+
+    def flush_code(self) -> None:
+        """Drop every translated block (another hart's stores may have changed code: fence.i
+        from afar). Between slices only."""
+        self._uc.ctl_flush_tb()
+        self.stats.code_flushes += 1
+
+    def clear_reservation(self) -> None:
+        """Lose the LR reservation (another hart may have stored to it since): the engine's
+        mode change clears it (QEMU's riscv_cpu_set_mode sets load_res to -1), and writing
+        PRIV with its own value is one. Between slices only."""
+        self.set_reg(_PRIV, self.reg(_PRIV))
 
     # -- the native exits' state, for the machine ------------------------------------------
 
@@ -621,7 +644,7 @@ class Vcpu:
             # slices) is already served by starting the engine again: mip is written.
             self.stats.slices += 1
             quantum = self.quantum if budget is None else max(1, budget)
-            written = self.mem.take_host_writes()
+            written = self.host_writes()
             if written:
                 self._drop_translations(written)
         self._event = self._late_stop = False
@@ -869,6 +892,11 @@ class Vcpu:
         satp = self.reg(_SATP)
         self.set_reg(_PRIV, priv)
         return satp
+
+    def translate(self, vaddr: int) -> int | None:
+        """The physical address of a guest virtual address, as the hart's MMU sees it now
+        (None if not mapped)."""
+        return _traps.translate(self.mem, self._satp(self.reg(_PRIV)), vaddr)
 
     def _fetch(self, vaddr: int) -> int | None:
         """The instruction word at a guest virtual address (None if not mapped)."""

@@ -24,6 +24,10 @@ KERNEL_ADDR = 0x8020_0000  # S-mode kernels are entered here (OpenSBI fw_jump co
 PLIC_NUM_SOURCES = 96  # as on QEMU virt (sources 1..95)
 PLIC_CONTEXT_M = 0  # hart 0 M-mode external interrupt (11) -- listed for compatibility only
 PLIC_CONTEXT_S = 1  # hart 0 S-mode external interrupt (9) -- the one that raises SEIP
+# Hart h's contexts are 2h (M-mode, listed only) and 2h + 1 (S-mode: its SEIP), as on QEMU virt.
+
+# Harts per machine (``smp``): each is an engine of its own over the same RAM and devices.
+SMP_MAX = 8
 
 TIMEBASE_HZ = 10_000_000  # `timebase-frequency`, as on QEMU virt
 

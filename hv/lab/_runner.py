@@ -28,10 +28,11 @@ from hv._vm import Vm, VmConfig, run_vm
 from hv.board import load_file
 from hv.build import StderrProgress, build_bundled, resolve_kernel
 from hv.hw import DEFAULT_QUANTUM, default_jobs
-from hv.lab._hosts import VxlanSpec, run_command
+from hv.lab._hosts import run_command
 from hv.lab._link import describe as describe_link
 from hv.lab._link import link_cables, link_state, set_link
 from hv.lab._spec import ImageSpec, LabSpec, NicSpec, VmSpec, check_captures, check_clock
+from hv.lab._vxlan_keys import VxlanSpec
 from netfabric.capture import CaptureError
 from netfabric.impair import ImpairedLink, Impairment
 from netfabric.ports.base import Cable, PortVlan
@@ -279,6 +280,7 @@ def vm_config(
         cmdline=cmdline,
         mem_size=vm.mem,
         quantum=vm.quantum if vm.quantum is not None else DEFAULT_QUANTUM,
+        smp=vm.smp,
         name=vm.name,
         nics=nics,
         disks=tuple(disks),

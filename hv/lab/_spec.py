@@ -73,8 +73,8 @@ from hv._values import (
 )
 from hv.hw import DEFAULT_MIPS, VirtualClock
 from hv.hw import _platform as P
-from hv.lab._hosts import VxlanSpec, check_hosts, parse_hosts, parse_vxlan
 from hv.lab._impair import parse_impairment
+from hv.lab._vxlan_keys import VxlanSpec, parse_hosts, parse_vxlan, vni_for
 from netfabric.impair import Impairment
 
 IMAGE_MEM_DEFAULT = 512 * MIB  # a Debian VM's RAM (apt, dpkg, FRR want more than 128M)
@@ -85,7 +85,7 @@ SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap", "vx
 DHCP_KEYS = {"pool", "lease", "boot"}
 VM_KEYS = {
     "kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks", "image", "host",
-    "shard",
+    "shard", "smp",
 }  # fmt: skip
 SHARD_MAX = 1023  # a lab over several processes (hv.lab._shards): shards 0..SHARD_MAX
 IMAGE_KEYS = {"packages"}
@@ -178,6 +178,7 @@ class VmSpec:
     cmdline: str | None = None
     initrd: Path | None = None
     quantum: int | None = None
+    smp: int = 1  # harts
     nics: tuple[NicSpec, ...] = ()
     disks: tuple[DiskSpec, ...] = ()  # FILE relative to the lab's folder
     image: ImageSpec | None = None  # a root disk before ``disks`` (vda)
@@ -618,6 +619,11 @@ def parse_doc(
                 f"{key}.quantum: {quantum!r} is not a number of instructions per slice in "
                 f"{P.QUANTUM_MIN}..{P.QUANTUM_MAX} (default {P.DEFAULT_QUANTUM})"
             )
+        smp = t.get("smp", 1)
+        if not isinstance(smp, int) or isinstance(smp, bool) or not 1 <= smp <= P.SMP_MAX:
+            raise ConfigError(
+                f"{key}.smp: {smp!r} is not a number of harts in 1..{P.SMP_MAX} (default 1)"
+            )
         image = _image(t["image"], f"{key}.image", t["kernel"], base) if "image" in t else None
         slots = len(nics) + (image is not None)
         disks = _disks(t["disks"], f"{key}.disks", slots) if "disks" in t else ()
@@ -640,6 +646,7 @@ def parse_doc(
             cmdline=string(t["cmdline"], f"{key}.cmdline") if "cmdline" in t else None,
             initrd=base / string(t["initrd"], f"{key}.initrd") if "initrd" in t else None,
             quantum=quantum,
+            smp=smp,
             nics=tuple(nics),
             disks=disks,
             image=image,
@@ -952,3 +959,65 @@ __all__ = [
     "nic_cmdline",
     "parse_lab",
 ]
+
+
+# -- a lab over [hosts] (hv.lab._hosts splits it) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a lab over hosts runs what: each switch's hosts (in ``[hosts]`` order) and home,
+    each link's host."""
+
+    runs: dict[str, tuple[str, ...]]
+    home: dict[str, str]
+    link_home: tuple[str, ...]
+    vni: dict[str, int]
+
+
+def placement(spec: LabSpec) -> Placement:
+    """How ``spec`` (a lab with ``[hosts]``) is split over its hosts (see the module)."""
+    order = list(spec.hosts)
+    users: dict[str, set[str]] = {s: set() for s in spec.switches}
+    for vm in spec.vms.values():
+        for nic in vm.nics:
+            assert vm.host is not None
+            users[nic.switch].add(vm.host)
+    home = {s: next((h for h in order if h in users[s]), order[0]) for s in spec.switches}
+    link_home = tuple(home[link.a] for link in spec.links)
+    on: dict[str, set[str]] = {s: users[s] | {home[s]} for s in spec.switches}
+    for link, h in zip(spec.links, link_home, strict=True):
+        on[link.a].add(h)
+        on[link.b].add(h)
+    runs = {s: tuple(h for h in order if h in on[s]) for s in spec.switches}
+    vni: dict[str, int] = {}
+    owner: dict[int, str] = {}
+    for s, sw in spec.switches.items():
+        if len(runs[s]) < 2 and sw.vxlan is None:
+            continue
+        given = sw.vxlan.vni if sw.vxlan is not None else None
+        n = vni[s] = given if given is not None else vni_for(s)
+        if n in owner:
+            raise ConfigError(
+                f"switches.{s}: its VXLAN network id {n} is also switch {owner[n]}'s: give one "
+                "of them another (vxlan = { vni = N })"
+            )
+        owner[n] = s
+    return Placement(runs, home, link_home, vni)
+
+
+def check_hosts(spec: LabSpec) -> None:
+    """Every VM of a lab over hosts names one of them (and none without ``[hosts]``)."""
+    for vm in spec.vms.values():
+        key = f"vms.{vm.name}.host"
+        if not spec.hosts:
+            if vm.host is not None:
+                raise ConfigError(f'{key}: needs a [hosts] table naming it (a = "10.9.0.1")')
+        elif vm.host is None:
+            raise ConfigError(f"{key}: missing: this lab runs over hosts {', '.join(spec.hosts)}")
+        elif vm.host not in spec.hosts:
+            raise ConfigError(
+                f'{key}: no host named "{vm.host}" in [hosts] ({", ".join(spec.hosts)})'
+            )
+    if spec.hosts:
+        placement(spec)  # (refuses VNIs that collide)

@@ -83,16 +83,16 @@ Rates = dict[str, Any]
 
 
 def _insns(vm: Vm) -> tuple[int, str]:
-    vcpu = vm.machine.vcpu
+    stats = vm.machine.hart_stats()  # (every hart's, summed)
     if vm.config.count_instructions:
-        return vcpu.stats.instructions, "exact"
-    kind = {"engine": "blocks", "block-hook": "estimate"}.get(vcpu.slicing, "none")
-    return vcpu.stats.guest_insns, kind
+        return stats.instructions, "exact"
+    kind = {"engine": "blocks", "block-hook": "estimate"}.get(vm.machine.vcpu.slicing, "none")
+    return stats.guest_insns, kind
 
 
 def vm_snapshot(vm: Vm) -> dict[str, Any]:
     """One VM's cumulative counters (see the module docstring)."""
-    s = vm.machine.vcpu.stats
+    s = vm.machine.hart_stats()
     insns, counter = _insns(vm)
     exits = s.slices + s.sbi_calls + s.traps_forwarded + s.rdtime_emulated
     exits += s.mmio_reads + s.mmio_writes

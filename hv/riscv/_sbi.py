@@ -1,4 +1,5 @@
-"""The RISC-V SBI v2.0, as the hypervisor implements it for its S-mode guests (sans-IO).
+"""The RISC-V SBI v2.0 (and FWFT of v3.0), as the hypervisor implements it for its S-mode guests
+(sans-IO), one ``Sbi`` per hart.
 
 The guest calls with ``ecall``: a7 = extension id, a6 = function id, a0..a5 = arguments; it
 gets back a0 = error code and a1 = value. Legacy (v0.1) calls return only a0. ``Sbi`` decides
@@ -28,6 +29,9 @@ ERR_INVALID_PARAM = -3
 ERR_DENIED = -4
 ERR_INVALID_ADDRESS = -5
 ERR_ALREADY_AVAILABLE = -6
+ERR_ALREADY_STARTED = -7
+ERR_ALREADY_STOPPED = -8
+ERR_DENIED_LOCKED = -10
 
 EXT_BASE = 0x10
 EXT_TIME = 0x54494D45
@@ -36,6 +40,7 @@ EXT_RFENCE = 0x52464E43
 EXT_HSM = 0x48534D
 EXT_SRST = 0x53525354
 EXT_DBCN = 0x4442434E
+EXT_FWFT = 0x46574654  # SBI 3.0 firmware features
 LEGACY_SET_TIMER = 0x00
 LEGACY_PUTCHAR = 0x01
 LEGACY_GETCHAR = 0x02
@@ -44,14 +49,33 @@ LEGACY_SEND_IPI = 0x04
 LEGACY_SHUTDOWN = 0x08
 
 EXTENSIONS = frozenset(
-    {EXT_BASE, EXT_TIME, EXT_IPI, EXT_RFENCE, EXT_HSM, EXT_SRST, EXT_DBCN}
+    {EXT_BASE, EXT_TIME, EXT_IPI, EXT_RFENCE, EXT_HSM, EXT_SRST, EXT_DBCN, EXT_FWFT}
     | {LEGACY_SET_TIMER, LEGACY_PUTCHAR, LEGACY_GETCHAR, LEGACY_CLEAR_IPI, LEGACY_SEND_IPI}
     | {LEGACY_SHUTDOWN}
 )
 
+# hart_get_status values
 HSM_STARTED = 0
+HSM_STOPPED = 1
+HSM_START_PENDING = 2
+HSM_STOP_PENDING = 3
+HSM_SUSPENDED = 4
+HSM_SUSPEND_PENDING = 5
+HSM_RESUME_PENDING = 6
 HSM_SUSPEND_RETENTIVE = 0x0000_0000
 HSM_SUSPEND_NON_RETENTIVE = 0x8000_0000
+
+# FWFT (SBI 3.0) feature ids and set() flags
+FWFT_MISALIGNED_EXC_DELEG = 0
+FWFT_LANDING_PAD = 1
+FWFT_SHADOW_STACK = 2
+FWFT_DOUBLE_TRAP = 3
+FWFT_PTE_AD_HW_UPDATING = 4
+FWFT_POINTER_MASKING_PMLEN = 5
+FWFT_DEFINED = frozenset(range(6))
+FWFT_SET_LOCK = 1
+# satp.ASID is 16 bits wide on this hart (rv64)
+ASID_MAX = 0xFFFF
 
 _MASK64 = (1 << 64) - 1
 # Most bytes one DBCN call moves: the guest retries with the rest, as the spec allows.
@@ -65,9 +89,12 @@ class ResetKind(enum.Enum):
 
 
 class SbiPlatform(Protocol):
-    """What SBI calls need from the machine."""
+    """What SBI calls need from the machine, for the calling hart (``hartid``). Sets of harts
+    are bit sets (bit h = hart h), already checked against ``harts``."""
 
     mem: GuestMemory
+    hartid: int  # the hart making the calls
+    harts: int  # the machine's hart count: ids 0..harts-1
 
     def console_write(self, data: bytes) -> bool | None:
         """Take console output; False means "not now" (the console is flow-controlled)."""
@@ -77,15 +104,44 @@ class SbiPlatform(Protocol):
 
     def set_timer(self, deadline: int) -> None: ...
 
-    def send_ipi(self) -> None: ...
+    def send_ipi(self, harts: int) -> None:
+        """Raise SSIP on those harts (a stopped one ignores it, as OpenSBI does)."""
+        ...
 
     def clear_ipi(self) -> None: ...
 
-    def flush_tlb(self) -> None: ...
+    def flush_tlb(self, harts: int) -> None:
+        """sfence.vma on those harts, each before it runs on."""
+        ...
+
+    def fence_i(self, harts: int) -> None:
+        """fence.i on those harts: their translated code is dropped before they run on."""
+        ...
 
     def reset(self, kind: ResetKind, failure: bool, reason: str) -> None: ...
 
-    def hart_suspend(self) -> None: ...
+    def hart_start(self, hart: int, addr: int, opaque: int) -> int:
+        """Start a stopped hart at ``addr`` (S-mode, a0 = hart, a1 = opaque): an SBI error."""
+        ...
+
+    def hart_stop(self) -> int:
+        """Stop the calling hart (it runs no more, the call does not return)."""
+        ...
+
+    def hart_status(self, hart: int) -> int: ...
+
+    def hart_suspend(self, resume: tuple[int, int] | None) -> None:
+        """Suspend the calling hart until an interrupt; ``resume`` (addr, opaque) for a
+        non-retentive suspend, None for a retentive one (the call returns)."""
+        ...
+
+    def valid_entry(self, addr: int) -> bool:
+        """May a hart start (or resume) at physical ``addr``?"""
+        ...
+
+    def read_ulong(self, vaddr: int) -> int | None:
+        """The 64-bit word at the caller's S-mode virtual address (None: not readable)."""
+        ...
 
 
 def _signed(v: int) -> int:
@@ -94,12 +150,27 @@ def _signed(v: int) -> int:
 
 
 class Sbi:
-    """Dispatches SBI calls for a single-hart machine (hart id 0)."""
+    """Dispatches one hart's SBI calls (``platform.hartid``). The harts of a machine each have
+    one, sharing ``counters`` and ``calls`` (pass the first one's)."""
 
-    def __init__(self, platform: SbiPlatform) -> None:
+    def __init__(
+        self,
+        platform: SbiPlatform,
+        counters: collections.Counter[str] | None = None,
+        calls: collections.Counter[int] | None = None,
+    ) -> None:
         self.p = platform
-        self.counters: collections.Counter[str] = collections.Counter()
-        self.calls: collections.Counter[int] = collections.Counter()  # by extension id
+        self.counters: collections.Counter[str] = (
+            counters if counters is not None else collections.Counter()
+        )
+        # by extension id
+        self.calls: collections.Counter[int] = calls if calls is not None else collections.Counter()
+        self.reset()
+
+    def reset(self) -> None:
+        """The hart's firmware state at power-on (FWFT features)."""
+        self.misaligned_deleg = 0
+        self.locked: set[int] = set()
 
     def call(self, eid: int, fid: int, args: Sequence[int]) -> tuple[int, int] | None:
         """Handle one call; return the new (a0, a1), or None for "not now: run the ecall again
@@ -132,13 +203,26 @@ class Sbi:
             self.p.clear_ipi()
             return (0, a[1])
         if eid == LEGACY_SEND_IPI:
-            self.p.send_ipi()
+            harts = self._legacy_mask(a[0])
+            if harts is None:
+                self.counters["bad_address"] += 1
+                return (ERR_INVALID_ADDRESS, a[1])
+            self.p.send_ipi(harts)
             return (0, a[1])
         if eid == LEGACY_SHUTDOWN:
             self.p.reset(ResetKind.SHUTDOWN, False, "legacy SBI shutdown")
             return (0, a[1])
         self.counters["not_supported"] += 1
         return (ERR_NOT_SUPPORTED, a[1])
+
+    def _legacy_mask(self, pointer: int) -> int | None:
+        """v0.1's hart mask: a word at an S-mode virtual address, all harts for a null pointer
+        (as OpenSBI); harts that don't exist are left out (v0.1 has no error for them)."""
+        every = (1 << self.p.harts) - 1
+        if pointer == 0:
+            return every
+        mask = self.p.read_ulong(pointer)
+        return None if mask is None else mask & every
 
     # -- v2.0 extensions --------------------------------------------------------------------
 
@@ -161,54 +245,82 @@ class Sbi:
         self.p.set_timer(a[0])
         return (SUCCESS, 0)
 
-    def _hart_mask_has_self(self, mask: int, base: int) -> bool | None:
-        """Whether hart 0 is in (mask, base); None if the mask names a hart that doesn't exist."""
-        if _signed(base) == -1:  # "all harts"
-            return True
+    def _hart_set(self, mask: int, base: int) -> int | None:
+        """The harts (a bit set) that (hart_mask, hart_mask_base) names; None if it names one
+        that does not exist (ERR_INVALID_PARAM). Base -1 is every hart, the mask ignored."""
+        harts = self.p.harts
+        if _signed(base) == -1:
+            return (1 << harts) - 1
+        mask &= _MASK64
         if mask == 0:
-            return False
-        if base != 0 or mask & ~1:
+            return 0
+        if base >= harts or mask >> (harts - base):
+            self.counters["bad_hart_mask"] += 1
             return None
-        return True
+        return mask << base
 
     def _ipi(self, fid: int, a: Sequence[int]) -> tuple[int, int]:
         if fid != 0:
             return self._bad_fid()
-        hit = self._hart_mask_has_self(a[0], a[1])
-        if hit is None:
+        harts = self._hart_set(a[0], a[1])
+        if harts is None:
             return (ERR_INVALID_PARAM, 0)
-        if hit:
-            self.p.send_ipi()
+        if harts:
+            self.p.send_ipi(harts)
         return (SUCCESS, 0)
 
     def _rfence(self, fid: int, a: Sequence[int]) -> tuple[int, int]:
         if fid > 6:
             return self._bad_fid()
-        hit = self._hart_mask_has_self(a[0], a[1])
-        if hit is None:
+        harts = self._hart_set(a[0], a[1])
+        if harts is None:
             return (ERR_INVALID_PARAM, 0)
         if fid >= 3:  # hypervisor fences (HFENCE.*): no H extension here
             return (ERR_NOT_SUPPORTED, 0)
-        if hit and fid in (1, 2):  # remote sfence.vma (asid): the one hart is us
-            self.p.flush_tlb()
+        if fid in (1, 2):  # remote sfence.vma (asid): the range, then the ASID
+            start, size = a[2] & _MASK64, a[3] & _MASK64
+            if size != _MASK64 and start + size > 1 << 64:  # wraps: not an address range
+                self.counters["bad_address"] += 1
+                return (ERR_INVALID_ADDRESS, 0)
+            if fid == 2 and a[4] & _MASK64 > ASID_MAX:
+                self.counters["bad_asid"] += 1
+                return (ERR_INVALID_PARAM, 0)
+            if harts:
+                self.p.flush_tlb(harts)  # the whole TLB: a superset of the range and ASID
+        elif harts:
+            self.p.fence_i(harts)
         return (SUCCESS, 0)
 
     def _hsm(self, fid: int, a: Sequence[int]) -> tuple[int, int]:
-        if fid == 0:  # hart_start
-            return (ERR_ALREADY_AVAILABLE if a[0] == 0 else ERR_INVALID_PARAM, 0)
-        if fid == 1:  # hart_stop: the only hart stopping stops the machine
-            self.p.reset(ResetKind.SHUTDOWN, True, "hart 0 stopped itself (SBI HSM hart_stop)")
-            return (SUCCESS, 0)
+        if fid == 0:  # hart_start(hartid, start_addr, opaque)
+            hart, addr = a[0] & _MASK64, a[1] & _MASK64
+            if hart >= self.p.harts:
+                self.counters["bad_hart"] += 1
+                return (ERR_INVALID_PARAM, 0)
+            if not self.p.valid_entry(addr):
+                self.counters["bad_address"] += 1
+                return (ERR_INVALID_ADDRESS, 0)
+            return (self.p.hart_start(hart, addr, a[2] & _MASK64), 0)
+        if fid == 1:  # hart_stop: does not return
+            return (self.p.hart_stop(), 0)
         if fid == 2:  # hart_get_status
-            return (SUCCESS, HSM_STARTED) if a[0] == 0 else (ERR_INVALID_PARAM, 0)
-        if fid == 3:  # hart_suspend
+            hart = a[0] & _MASK64
+            if hart >= self.p.harts:
+                self.counters["bad_hart"] += 1
+                return (ERR_INVALID_PARAM, 0)
+            return (SUCCESS, self.p.hart_status(hart))
+        if fid == 3:  # hart_suspend(type, resume_addr, opaque)
             kind = a[0] & 0xFFFF_FFFF
             if kind == HSM_SUSPEND_RETENTIVE:
-                self.p.hart_suspend()
+                self.p.hart_suspend(None)
                 return (SUCCESS, 0)
             if kind == HSM_SUSPEND_NON_RETENTIVE:
-                return (ERR_NOT_SUPPORTED, 0)
-            return (ERR_INVALID_PARAM, 0)
+                if not self.p.valid_entry(a[1] & _MASK64):
+                    self.counters["bad_address"] += 1
+                    return (ERR_INVALID_ADDRESS, 0)
+                self.p.hart_suspend((a[1] & _MASK64, a[2] & _MASK64))
+                return (SUCCESS, 0)
+            return (ERR_INVALID_PARAM, 0)  # reserved, or platform-specific (none here)
         return self._bad_fid()
 
     def _srst(self, fid: int, a: Sequence[int]) -> tuple[int, int]:
@@ -250,6 +362,31 @@ class Sbi:
         self.p.mem.write(addr, got)
         return (SUCCESS, len(got))
 
+    def _fwft(self, fid: int, a: Sequence[int]) -> tuple[int, int]:
+        """SBI 3.0 firmware features: the per-hart ones this hart has (as OpenSBI on QEMU
+        virt answers them); the others are not supported, reserved ids denied."""
+        if fid not in (0, 1):
+            return self._bad_fid()
+        feature = a[0] & 0xFFFF_FFFF
+        if feature != FWFT_MISALIGNED_EXC_DELEG:
+            if feature in FWFT_DEFINED:
+                return (ERR_NOT_SUPPORTED, 0)
+            self.counters["fwft_denied"] += 1
+            return (ERR_DENIED, 0)
+        if fid == 1:  # get
+            return (SUCCESS, self.misaligned_deleg)
+        value, flags = a[1] & _MASK64, a[2] & _MASK64
+        if value > 1 or flags & ~FWFT_SET_LOCK:
+            return (ERR_INVALID_PARAM, 0)
+        if feature in self.locked:
+            return (ERR_DENIED_LOCKED, 0)
+        # Misaligned accesses trap only for AMOs and LR/SC on this hart, and the firmware
+        # never emulates those: they reach S-mode either way.
+        self.misaligned_deleg = value
+        if flags & FWFT_SET_LOCK:
+            self.locked.add(feature)
+        return (SUCCESS, 0)
+
     def _bad_fid(self) -> tuple[int, int]:
         self.counters["not_supported"] += 1
         return (ERR_NOT_SUPPORTED, 0)
@@ -262,4 +399,5 @@ class Sbi:
         EXT_HSM: _hsm,
         EXT_SRST: _srst,
         EXT_DBCN: _dbcn,
+        EXT_FWFT: _fwft,
     }

@@ -16,6 +16,7 @@
 #include "alloc.h"
 #include "fdt.h"
 #include "str.h"
+#include "check.h"
 
 int main(unsigned long hartid, const void *fdt);
 

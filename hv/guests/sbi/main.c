@@ -5,25 +5,9 @@
  */
 #include "rt.h"
 
-static int passed, failed;
-
-static void result(const char *name, bool ok, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void result(const char *name, bool ok, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    if (ok) {
-        passed++;
-        printf("PASS %s\n", name);
-    } else {
-        failed++;
-        printf("FAIL %s: ", name);
-        vprintf(fmt, ap);
-        printf("\n");
-    }
-    va_end(ap);
-}
+#define result rt_check
+#define passed rt_passed
+#define failed rt_failed
 
 static void check_ret(const char *name, struct sbiret r, long want_error)
 {
