@@ -114,9 +114,14 @@ class VmConfig:
     seed: int | None = None
     # Harts (1..8, as QEMU's -smp): hart 0 boots, the others wait for SBI HSM hart_start.
     smp: int = 1
+    # Host threads its harts run on at once, on real time (None: every core; virtual time:
+    # in turn, so a run repeats; docs/SCALING.md).
+    jobs: int | None = None
 
     def __post_init__(self) -> None:
         check_smp(self.smp)
+        if self.jobs is not None and self.jobs < 1:
+            raise ConfigError(f"jobs {self.jobs}: use 1 or more host threads")
 
     def machine_config(self) -> MachineConfig:
         kernel = self.kernel if isinstance(self.kernel, bytes) else load_file(self.kernel, "kernel")
@@ -143,6 +148,7 @@ class VmConfig:
             clock=self.clock,
             mips=self.mips,
             smp=self.smp,
+            jobs=self.jobs,
         )
 
     def _service_devices(self, linux: bool, used: int) -> tuple[Device, ...]:

@@ -202,17 +202,19 @@ _SC_W = 0b0001100
 
 
 def _racer(n: int) -> bytes:
-    """a0: an amoadd.w counter, a1: an LR/SC counter, a2: rounds; then wfi."""
-    t1, t2, t3, a0, a1, a2 = 6, 7, 28, 10, 11, 12
+    """a0: an amoadd.w counter, a3: an amoadd.d one, a1: an LR/SC counter, a2: rounds;
+    then wfi."""
+    t1, t2, t3, a0, a1, a2, a3 = 6, 7, 28, 10, 11, 12, 13
     words = [
         addi(t1, 0, 1),
         amoadd_w(0, t1, a0),  # loop:
+        r_type(0, t1, a3, 3, 0, 0x2F),  # amoadd.d zero, t1, (a3)
         r_type(_LR_W, 0, a1, 2, t2, 0x2F),  # retry: lr.w t2, (a1)
         addi(t2, t2, 1),
         r_type(_SC_W, t2, a1, 2, t3, 0x2F),  # sc.w t3, t2, (a1)
         bne(t3, 0, -12),
         addi(a2, a2, -1),
-        bne(a2, 0, -24),
+        bne(a2, 0, -28),
         WFI,
     ]
     assert n > 0
@@ -236,11 +238,12 @@ def test_amos_and_lr_sc_are_atomic_across_harts_on_parallel_threads() -> None:
     mem.write(RAM_BASE, _racer(rounds))
     harts = [Vcpu(mem, Bus(), _NoFirmware(), 50_000) for _ in range(2)]
     for i, v in enumerate(harts):
-        v.set_parallel()
+        assert v.set_parallel()
         v.reset(RAM_BASE, i, 0)
         v.set_x(10, RAM_BASE + 0x1000)
         v.set_x(11, RAM_BASE + 0x2000)
         v.set_x(12, rounds)
+        v.set_x(13, RAM_BASE + 0x3000)
 
     def run(v: Vcpu) -> int:
         slices = 0
@@ -259,8 +262,9 @@ def test_amos_and_lr_sc_are_atomic_across_harts_on_parallel_threads() -> None:
     assert all(s > 2 for s in slices)  # several slices each: the harts overlapped
     amo = int.from_bytes(mem.read(RAM_BASE + 0x1000, 4), "little")
     lrsc = int.from_bytes(mem.read(RAM_BASE + 0x2000, 4), "little")
+    amo_d = int.from_bytes(mem.read(RAM_BASE + 0x3000, 8), "little")
     mem.close()
-    assert (amo, lrsc) == (2 * rounds, 2 * rounds)
+    assert (amo, amo_d, lrsc) == (2 * rounds, 2 * rounds, 2 * rounds)
 
 
 # -- real time: the slices of the running VMs in batches (hv._cores) --------------------------
@@ -350,7 +354,7 @@ def _smc_harts(shared: bool) -> int:
     try:
         for i, (v, entry) in enumerate(zip(harts, (writer, RAM_BASE), strict=True)):
             if shared:
-                v.set_shared_code()
+                assert v.set_shared_code()
             v.reset(entry, i, 0)
             v.set_x(s0, x)
             v.set_x(s1, result)

@@ -260,3 +260,42 @@ def test_smp_bench_runs() -> None:
         "hart",
     ]
     assert len(r.stdout.splitlines()) == 3
+
+
+LINUX_SMP_RUN = (
+    "nproc; grep -c ^processor /proc/cpuinfo; grep ^hart /proc/cpuinfo; "
+    "grep -c ^cpu[0-9] /proc/stat; "
+    "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done & "
+    "j=0; while [ $j -lt 3000 ]; do j=$((j+1)); done & wait; echo burned; poweroff"
+)
+
+
+@pytest.mark.parametrize(
+    ("jobs", "clock"), [(None, "real"), (1, "real"), (None, "virtual")], ids=str
+)
+async def test_linux_boots_on_four_harts(
+    linux_image: Any, jobs: int | None, clock: Literal["real", "virtual"]
+) -> None:
+    """Linux brings up every hart through SBI HSM (harts in parallel on real time by
+    default; in turn with one job, or on virtual time): nproc says 4."""
+    config = VmConfig(
+        kernel=linux_image.kernel,
+        initrd=linux_image.initrd,
+        cmdline=f'{linux_image.cmdline} hv.run="{LINUX_SMP_RUN}"',
+        name="linux",
+        smp=4,
+        jobs=jobs,
+        clock=clock,
+    )
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            vm = await nursery.start(run_vm, config)
+            info = await vm.wait()
+    out = vm.console.transcript.decode(errors="replace").replace("\r", "")
+    assert info.kind is StopKind.POWEROFF, out[-2000:]
+    assert "smp: Brought up 1 node, 4 CPUs" in out, out[-3000:]
+    assert re.search(r"^4\n4\n", out, re.M), out[-1500:]
+    assert re.findall(r"^hart\s*: (\d)", out, re.M) == ["0", "1", "2", "3"], out[-1500:]
+    assert "hart\t\t: 3\n4\nburned" in out, out[-1500:]
+    bad = re.findall(r".*(?:WARNING|BUG:|Oops|stall|failed to come online).*", out)
+    assert not bad, bad

@@ -29,9 +29,9 @@ class Board(Protocol):
 
     def send_ipi(self, harts: int) -> None: ...
 
-    def flush_tlb(self, harts: int) -> None: ...
+    def flush_tlb(self, harts: int) -> bool: ...
 
-    def fence_i(self, harts: int) -> None: ...
+    def fence_i(self, harts: int) -> bool: ...
 
     def hart_start(self, hart: int, addr: int, opaque: int) -> int: ...
 
@@ -96,11 +96,11 @@ class BoardFirmware:
     def clear_ipi(self) -> None:
         self.interrupts.clear_ipi()
 
-    def flush_tlb(self, harts: int) -> None:
-        self.board.flush_tlb(harts)
+    def flush_tlb(self, harts: int) -> bool:
+        return self.board.flush_tlb(harts)
 
-    def fence_i(self, harts: int) -> None:
-        self.board.fence_i(harts)
+    def fence_i(self, harts: int) -> bool:
+        return self.board.fence_i(harts)
 
     def reset(self, kind: ResetKind, failure: bool, reason: str) -> None:
         if kind is ResetKind.SHUTDOWN:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,8 +52,10 @@ from hv.hw import (
     DeviceContext,
     DeviceTime,
     GuestMemory,
+    Pool,
     TimeSource,
     VirtualClock,
+    default_jobs,
 )
 from hv.hw import _platform as P
 from hv.riscv import ERR_ALREADY_AVAILABLE as SBI_ERR_ALREADY_AVAILABLE
@@ -75,6 +79,8 @@ CUSTOM_CLOCK_POLL_S = 0.001
 # (delivered exactly at the deadline, the interrupt would follow a read of deadline - 1:
 # time moves at block entries); one tick is 100 ns at the 10 MHz timebase.
 TIMER_LATENCY_TICKS = 1
+# Real time, harts in parallel: host time a round's batch runs each hart's slices for.
+HARTS_BATCH_S = 0.002
 # Host-written ranges one hart keeps to drop before its next slice; past it, all of RAM.
 HOST_WRITES_KEPT = 256
 
@@ -103,6 +109,9 @@ class MachineConfig:
     clock: Literal["real", "virtual"] = "real"
     mips: int = DEFAULT_MIPS
     smp: int = 1  # harts (1..SMP_MAX), hart 0 boots, the others wait for SBI HSM hart_start
+    # Host threads an SMP guest's harts run on at once, on real time (None: every core; on
+    # virtual time they take turns, so a run repeats). See docs/SCALING.md.
+    jobs: int | None = None
 
     def __post_init__(self) -> None:
         check_smp(self.smp)
@@ -169,6 +178,8 @@ class Hart:
         self.resume: tuple[int, int] | None = None  # a non-retentive suspend's (addr, opaque)
         self.stale_code = False  # a remote fence.i: drop its translations first
         self.stale_tlb = False  # a remote sfence.vma: flush its TLB first
+        self.flushed = 0  # fences served (a caller on another thread waits for it to grow)
+        self.fence_wait: dict[int, int] | None = None  # its own remote fence, not yet done
         self.firmware.sbi.reset()
 
     def runs(self) -> bool:
@@ -208,6 +219,8 @@ class Hart:
         """Before each of its slices: what other harts asked of it (fences), its LR
         reservation lost (another hart may have stored to it), its interrupts into mip."""
         vcpu = self.vcpu
+        if self.stale_code or self.stale_tlb:
+            self.flushed += 1
         if self.stale_code:
             self.stale_code = False
             vcpu.flush_code()
@@ -300,8 +313,27 @@ class Machine:
         self.interrupts = hart0.interrupts
         self.firmware = hart0.firmware
         self.sbi = self.firmware.sbi  # counts every hart's calls
-        self._running = hart0  # the hart whose slice runs (or ran last)
+        # The hart whose slice runs on this thread (or ran last): harts of an SMP guest may
+        # run on several threads at once (real time), each asking for itself.
+        self._here = threading.local()
+        self._hart0 = hart0
         self._smp = config.smp > 1
+        # Real time: the harts' slices of a round in parallel, on up to ``jobs`` threads.
+        self._pool: Pool | None = None
+        if self._smp:
+            shared = [h.vcpu.set_shared_code() for h in self.harts]
+            if not all(shared):
+                log.warning(
+                    "this engine cannot drop translations at fence.i: code one hart writes "
+                    "reaches another only through SBI remote fence.i (run `hv engine build`)"
+                )
+            jobs = min(config.smp, config.jobs if config.jobs is not None else default_jobs())
+            if (
+                jobs > 1
+                and not isinstance(self.clock, VirtualClock)
+                and all([h.vcpu.set_parallel() for h in self.harts])
+            ):
+                self._pool = Pool(jobs)
         # Virtual time, set by the owner: how far the guest may run now (the lab's horizon),
         # which a round's later harts respect when an earlier one lowered it.
         self.horizon: Callable[[], float] | None = None
@@ -318,6 +350,15 @@ class Machine:
         self.kernel: LoadedKernel | None = None
         self._bootargs = config.cmdline  # the command line of the boot under way
         self.dtb = b""
+
+    @property
+    def _running(self) -> Hart:
+        hart: Hart = getattr(self._here, "hart", self._hart0)
+        return hart
+
+    @_running.setter
+    def _running(self, hart: Hart) -> None:
+        self._here.hart = hart
 
     def _make_hart(self, h: int) -> Hart:
         config = self.config
@@ -460,6 +501,8 @@ class Machine:
         for dev in self.devices:
             with contextlib.suppress(Exception):
                 dev.close()
+        if self._pool is not None:
+            self._pool.close()
         for hart in self.harts:
             hart.vcpu.close()
         self.mem.close()
@@ -643,6 +686,16 @@ class Machine:
                 ex = self._run_hart_virtual(hart, clock, end) or ex
                 reached = max(reached, clock.ps)
             clock.ps = reached
+        elif self._pool is not None:
+            # Real time on several cores: the ready harts' slices as one batch (hv.hw._parallel)
+            ready = [h for h in self.harts if h.ready()]
+            offset = clock.offset_ns()
+            until = time.monotonic() + HARTS_BATCH_S
+            run = functools.partial(
+                self._run_hart_real, quantum=quantum, offset=offset, until=until
+            )
+            for got in self._pool.run([functools.partial(run, h) for h in ready]):
+                ex = got or ex
         else:
             offset = clock.offset_ns()
             for hart in self.harts:
@@ -650,10 +703,7 @@ class Machine:
                     break
                 if not hart.ready():
                     continue
-                self._running = hart
-                hart.prepare()
-                hart.vcpu.set_clock_offset(offset)
-                ex = self._hart_after(hart, hart.vcpu.run_slice(quantum)) or ex
+                ex = self._run_hart_real(hart, quantum, offset) or ex
         if ex is not _RAN:
             return ex
         if all(
@@ -661,6 +711,30 @@ class Machine:
         ):
             return _ASLEEP
         return _RAN
+
+    def _run_hart_real(
+        self, hart: Hart, quantum: int, offset: int, until: float | None = None
+    ) -> Exit | None:
+        """Real-time slices of ``hart`` on this thread: one, or (harts in parallel) more
+        until host time ``until`` while it runs on undisturbed (a batch of the pool costs a
+        thread's wake-up: slices of a few hundred microseconds alone would not pay it).
+        The exit if it stopped the machine."""
+        while True:
+            if self.stop_info is not None or self.reboot_requested:
+                return None
+            self._running = hart
+            hart.prepare()
+            hart.vcpu.set_clock_offset(offset)
+            bad = self._hart_after(hart, hart.vcpu.run_slice(quantum))
+            if (
+                bad is not None
+                or until is None
+                or hart.sleeping
+                or hart.fence_wait is not None
+                or not hart.runs()
+                or time.monotonic() >= until
+            ):
+                return bad
 
     def _run_hart_virtual(self, hart: Hart, clock: VirtualClock, end: int) -> Exit | None:
         """Hart ``hart``'s share of the window up to ``end`` (lab ps), from ``clock.ps``."""
@@ -720,20 +794,47 @@ class Machine:
             if hart.runs():  # a stopped (or not yet started) hart ignores it, as in OpenSBI
                 hart.interrupts.send_ipi()
 
-    def flush_tlb(self, harts: int) -> None:
-        for hart in self._each(harts):
-            if hart is self._running:
-                hart.vcpu.flush_tlb()  # (inside its own SBI call: at once)
-            else:
-                hart.stale_tlb = True  # before its next slice
+    def flush_tlb(self, harts: int) -> bool:
+        return self._remote_fence(harts, tlb=True)
 
-    def fence_i(self, harts: int) -> None:
+    def fence_i(self, harts: int) -> bool:
         if not self._smp:
-            return  # one engine sees its own stores (and the host's DMA is dropped anyway)
+            return True  # one engine sees its own stores (and the host's DMA is dropped anyway)
+        return self._remote_fence(harts, tlb=False)
+
+    def _remote_fence(self, harts: int, *, tlb: bool) -> bool:
+        """sfence.vma (``tlb``) or fence.i on ``harts``: each target flushes before its next
+        slice (the caller's TLB at once). A target whose engine runs on another thread (real
+        time, harts in parallel) is asked to end its slice, and the call is not done until it
+        has flushed: False, and the calling hart makes the call again (the SBI spec's remote
+        fences complete before the call returns)."""
+        me = self._running
+        if me.fence_wait is not None:  # the same call again: have they flushed since?
+            if all(
+                self.harts[i].flushed > n or not self.harts[i].runs()
+                for i, n in me.fence_wait.items()
+            ):
+                me.fence_wait = None
+                return True
+            return False
+        wait: dict[int, int] = {}
         for hart in self._each(harts):
-            hart.stale_code = True
-            if hart is self._running:
-                hart.vcpu.request_stop()  # flushed before its next slice
+            if tlb and hart is me:
+                hart.vcpu.flush_tlb()  # (inside its own SBI call: at once)
+                continue
+            if tlb:
+                hart.stale_tlb = True
+            else:
+                hart.stale_code = True
+            if hart is me:
+                hart.vcpu.request_stop()  # its code is dropped before its next slice
+            elif hart.vcpu.busy_elsewhere():
+                hart.vcpu.request_stop()
+                wait[hart.id] = hart.flushed
+        if wait:
+            me.fence_wait = wait
+            return False
+        return True
 
     def hart_start(self, hart: int, addr: int, opaque: int) -> int:
         h = self.harts[hart]

@@ -146,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument(
+        "--jobs",
+        type=_whole,
+        metavar="N",
+        help=(
+            "host threads the harts of an --smp guest run on at once, on real time (default: "
+            "every core; on virtual time they take turns, so the run repeats)"
+        ),
+    )
+    run.add_argument(
         "--quantum",
         type=_quantum,
         default=DEFAULT_QUANTUM,
@@ -560,6 +569,7 @@ async def _run(args: argparse.Namespace) -> int:
         initrd=args.initrd or initrd,
         quantum=args.quantum,
         smp=args.smp,
+        jobs=args.jobs,
         name=Path(args.kernel).name,
         dtb_out=args.dtb_out,
         clock="virtual" if args.clock == "virtual" else "real",

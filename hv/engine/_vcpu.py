@@ -309,26 +309,26 @@ class Vcpu:
         c.budget = ctypes.addressof(self._hv)
         self.virtual = True
 
-    def set_parallel(self) -> None:
+    def set_parallel(self) -> bool:
         """This hart shares its RAM with harts on other host threads: AMOs and SC become host
         atomics (engine patch 0004; it costs single-thread speed, so only SMP guests ask).
-        Without the fast engine an SMP guest's harts must stay on one thread."""
+        False without hvfabric's engine: its harts must then stay on one thread."""
         if _set_parallel is None:
-            raise HostError(
-                "harts on parallel threads need hvfabric's engine: run `hv engine build`"
-            )
+            return False
         if _set_parallel(self._h, 1):
             raise HostError("uc_hv_set_parallel failed")
+        return True
 
-    def set_shared_code(self) -> None:
+    def set_shared_code(self) -> bool:
         """Other engines (this guest's other harts) write this hart's RAM: the guest's
         fence.i then drops all of this engine's translations (engine patch 0005), since an
-        engine sees only its own stores to code it translated. Without the fast engine an
-        SMP guest cannot run correct code published across harts."""
+        engine sees only its own stores to code it translated. False without hvfabric's
+        engine (code one hart writes reaches another only through SBI remote fence.i)."""
         if _set_shared_code is None:
-            raise HostError("an SMP guest needs hvfabric's engine: run `hv engine build`")
+            return False
         if _set_shared_code(self._h, 1):
             raise HostError("uc_hv_set_shared_code failed")
+        return True
 
     def set_time_limit(self, ticks: int) -> None:
         """An armed timer's deadline whose interrupt is not yet pending: a read that reaches

@@ -110,12 +110,14 @@ class SbiPlatform(Protocol):
 
     def clear_ipi(self) -> None: ...
 
-    def flush_tlb(self, harts: int) -> None:
-        """sfence.vma on those harts, each before it runs on."""
+    def flush_tlb(self, harts: int) -> bool:
+        """sfence.vma on those harts, each before it runs on. False: a hart runs on another
+        thread and has not flushed yet; the caller makes the call again later."""
         ...
 
-    def fence_i(self, harts: int) -> None:
-        """fence.i on those harts: their translated code is dropped before they run on."""
+    def fence_i(self, harts: int) -> bool:
+        """fence.i on those harts: their translated code is dropped before they run on.
+        False as for ``flush_tlb``."""
         ...
 
     def reset(self, kind: ResetKind, failure: bool, reason: str) -> None: ...
@@ -269,7 +271,7 @@ class Sbi:
             self.p.send_ipi(harts)
         return (SUCCESS, 0)
 
-    def _rfence(self, fid: int, a: Sequence[int]) -> tuple[int, int]:
+    def _rfence(self, fid: int, a: Sequence[int]) -> tuple[int, int] | None:
         if fid > 6:
             return self._bad_fid()
         harts = self._hart_set(a[0], a[1])
@@ -285,10 +287,11 @@ class Sbi:
             if fid == 2 and a[4] & _MASK64 > ASID_MAX:
                 self.counters["bad_asid"] += 1
                 return (ERR_INVALID_PARAM, 0)
-            if harts:
-                self.p.flush_tlb(harts)  # the whole TLB: a superset of the range and ASID
-        elif harts:
-            self.p.fence_i(harts)
+            # the whole TLB: a superset of the range and ASID
+            if harts and not self.p.flush_tlb(harts):
+                return None  # a target runs on another thread: again once it has flushed
+        elif harts and not self.p.fence_i(harts):
+            return None
         return (SUCCESS, 0)
 
     def _hsm(self, fid: int, a: Sequence[int]) -> tuple[int, int]:
