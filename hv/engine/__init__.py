@@ -1,7 +1,7 @@
 """The engine: which Unicorn library runs the guest, and how hv's fast one is built.
 
 hv runs guests on **the fast engine** by default: Unicorn 2.1.4 built from its PyPI sdist with
-three small patches of hvfabric's own (``patches/``, documented in ``patches/README.md``):
+five small patches of hvfabric's own (``patches/``, documented in ``patches/README.md``):
 
 * stores go to host memory directly unless their page holds translated code (stock 2.1.4
   sends every store of a guest with executable RAM down a slow path, and runs stale code
@@ -10,7 +10,10 @@ three small patches of hvfabric's own (``patches/``, documented in ``patches/REA
   slice (stock 2.1.4 calls a helper at every block and after every load and store, and hv
   needed a block hook of its own on top for slicing);
 * the ``time`` CSR reads a host function (``uc_hv_set_time``: hv's clock in
-  ``_native/vcpu.c``), so ``rdtime`` no longer traps to be emulated.
+  ``_native/vcpu.c``), so ``rdtime`` no longer traps to be emulated;
+* for SMP guests (one engine per hart over one RAM): AMOs and SC as host atomics when harts
+  run on parallel threads (``uc_hv_set_parallel``), and ``fence.i`` dropping the engine's
+  translations, since an engine sees only its own stores to code (``uc_hv_set_shared_code``).
 
 ``HV_ENGINE=stock`` runs on the wheel's library instead (as does any machine where the build
 is impossible). ``hv engine info`` says which library is in use, ``hv engine build`` builds it.
