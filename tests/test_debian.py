@@ -140,7 +140,7 @@ def test_build_command_and_key() -> None:
 ALPHA_RUN = (
     "cat /etc/debian_version; cat /proc/sys/kernel/hostname; iperf3 --version | head -n 1; "
     "ip -color=never -4 -o addr show eth0; echo marker > /root/written; sync; "
-    "echo RUN-DONE; poweroff"
+    "echo RUN-DONE; sleep 5; poweroff"  # (up while beta, on DHCP, pings it)
 )
 BETA_RUN = (
     "ip -color=never -4 -o addr show eth0; cat /root/written || echo NOT-WRITTEN; "

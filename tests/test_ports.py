@@ -386,6 +386,8 @@ def test_netfabric_public_names() -> None:
         "Switch",
         "SwitchPort",
         "TapPort",
+        "VxlanEndpoint",
+        "VxlanPort",
         "mac_str",
         "parse_mac",
     ]

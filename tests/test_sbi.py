@@ -29,6 +29,7 @@ class FakePlatform:
     resets: list[tuple[ResetKind, bool, str]] = field(default_factory=list)
     suspends: int = 0
     busy: bool = False  # the console is flow-controlled: writes are refused
+    fence_busy: bool = False  # a target hart runs on another thread and has not flushed
     hartid: int = 0
     harts: int = 1
     ipi_targets: list[int] = field(default_factory=list)  # bit sets
@@ -60,12 +61,14 @@ class FakePlatform:
     def clear_ipi(self) -> None:
         self.ipis_cleared += 1
 
-    def flush_tlb(self, harts: int) -> None:
+    def flush_tlb(self, harts: int) -> bool:
         self.tlb_flushes += 1
         self.tlb_targets.append(harts)
+        return not self.fence_busy
 
-    def fence_i(self, harts: int) -> None:
+    def fence_i(self, harts: int) -> bool:
         self.fence_i_targets.append(harts)
+        return not self.fence_busy
 
     def reset(self, kind: ResetKind, failure: bool, reason: str) -> None:
         self.resets.append((kind, failure, reason))
@@ -222,6 +225,17 @@ def test_ipi_unknown_function(sbi: Sbi, plat: FakePlatform) -> None:
 def test_rfence_fence_i_needs_no_tlb_flush(sbi: Sbi, plat: FakePlatform) -> None:
     assert call(sbi, S.EXT_RFENCE, 0, 1, 0) == (S.SUCCESS, 0)
     assert plat.tlb_flushes == 0
+
+
+@pytest.mark.parametrize("fid", [0, 1, 2])
+def test_a_remote_fence_not_yet_done_is_made_again(sbi: Sbi, plat: FakePlatform, fid: int) -> None:
+    """A target that runs on another thread has not flushed: no answer yet (the vCPU puts
+    the guest back on its ecall); the same call later succeeds."""
+    plat.harts = 2
+    plat.fence_busy = True
+    assert call(sbi, S.EXT_RFENCE, fid, 2, 0) is None
+    plat.fence_busy = False
+    assert call(sbi, S.EXT_RFENCE, fid, 2, 0) == (S.SUCCESS, 0)
 
 
 @pytest.mark.parametrize("fid", [1, 2])  # remote_sfence_vma, remote_sfence_vma_asid
