@@ -607,3 +607,20 @@ def test_fwft_features_this_hart_lacks(sbi: Sbi, feature: int) -> None:
 def test_fwft_reserved_features_are_denied(sbi: Sbi, feature: int) -> None:
     assert call(sbi, S.EXT_FWFT, 1, feature) == (S.ERR_DENIED, 0)
     assert call(sbi, S.EXT_FWFT, 2) == (S.ERR_NOT_SUPPORTED, 0)
+
+
+def test_error_codes_are_the_specs() -> None:
+    """SBI v3.0 §3.2's table (kvm-unit-tests' fwft lock cases caught DENIED_LOCKED as -10,
+    which the spec gives SBI_ERR_INVALID_STATE)."""
+    assert (
+        S.SUCCESS,
+        S.ERR_FAILED,
+        S.ERR_NOT_SUPPORTED,
+        S.ERR_INVALID_PARAM,
+        S.ERR_DENIED,
+        S.ERR_INVALID_ADDRESS,
+        S.ERR_ALREADY_AVAILABLE,
+        S.ERR_ALREADY_STARTED,
+        S.ERR_ALREADY_STOPPED,
+        S.ERR_DENIED_LOCKED,
+    ) == (0, -1, -2, -3, -4, -5, -6, -7, -8, -14)
