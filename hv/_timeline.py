@@ -17,9 +17,11 @@ simulation (Chandy-Misra-Bryant, with the lookahead of Renode's quantum and Shad
   from) + W``, and no further than ``W`` past its own first send (a service could answer it).
   A VM waiting in ``wfi`` is parked until its timer, its next frame or its next completion:
   an idle lab skips from event to event instead of waiting through them.
-* VMs run one after another in a fixed order, each to its horizon, and the outbox is then
-  processed in time order (ties by VM order, then by order of sending) up to what no VM can
-  still send before. Host speed changes only how fast this goes, never what happens.
+* In a round every VM runs to its horizon, computed from the round's starting state, on up to
+  ``jobs`` host threads at once (hv.hw._parallel; nothing one VM does in a round is seen by
+  another before it ends); the outbox is then processed in time order (ties by VM order,
+  then by the VM's order of sending) up to what no VM can still send before. Host speed and
+  the number of threads change only how fast this goes, never what happens.
 
 The host enters in three places, each named in docs/TIME.md: input typed on a console or sent
 by code (it is stamped with the lab's current time, which depends on when it came), a host
