@@ -206,7 +206,8 @@ def test_a_shard_killed_ends_the_other_with_a_clear_error(tmp_path: Path) -> Non
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
-    assert "another shard of this lab ended without a word" in err, err
+    # (said by the other shard, or by hv up --shards when mpiexec ended it before it could)
+    assert "shard of this lab ended without a word" in err, err
 
 
 @pytest.mark.parametrize(
@@ -238,3 +239,19 @@ def test_under_mpiexec_directly_more_shards_named_than_ranks(tmp_path: Path) -> 
         "hv: vms.gen.shard: 3, but this run has 2 shards (numbered 0 to 1): start more "
         "(hv up --shards 4, or mpiexec -n 4) or change it"
     )
+
+
+def test_the_launcher_says_a_shards_last_words_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """What a shard reported but mpiexec did not pass on is said by hv up --shards; what it
+    did pass on is not said twice; a run that failed with no report says so."""
+    from hv.cli._main import _launch_shards
+
+    report = "open(os.environ['HV_SHARD_REPORT'], 'a').write('hv: shard 1 failed\\n')"
+    lost = f"import os, sys; {report}; sys.exit(3)"
+    assert _launch_shards([sys.executable, "-c", lost]) == 3
+    assert capsys.readouterr().err == "hv: shard 1 failed\n"
+    passed = f"import os, sys; {report}; print('hv: shard 1 failed', file=sys.stderr); sys.exit(3)"
+    assert _launch_shards([sys.executable, "-c", passed]) == 3
+    assert capsys.readouterr().err == "hv: shard 1 failed\n"
+    assert _launch_shards([sys.executable, "-c", "raise SystemExit(9)"]) == 9
+    assert "a shard of this lab ended without a word" in capsys.readouterr().err

@@ -739,6 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(1.0)
         else:
             print(f"hv: {e}", file=sys.stderr)
+            _shard_report(f"hv: {e}")
         return EXIT_CONFIG if isinstance(e, ConfigError) else 3
     except KeyboardInterrupt:
         print("hv: interrupted", file=sys.stderr)
@@ -809,6 +810,16 @@ async def _demo(args: argparse.Namespace) -> int:
     return await run_demo(write, Path(args.capture), args.pings, args.datagrams, args.linux)
 
 
+def _shard_report(line: str) -> None:
+    """A shard under ``hv up --shards`` also gives its last words to the launcher
+    (``_launch_shards``), which says them if mpiexec did not."""
+    path = os.environ.get("HV_SHARD_REPORT")
+    if not path:
+        return
+    with contextlib.suppress(OSError), open(path, "a") as f:
+        f.write(line + "\n")
+
+
 def _quiet_rank() -> bool:
     """One of a sharded lab's processes other than the first (rank 0 says what all of them
     find wrong with the lab, once)."""
@@ -819,7 +830,6 @@ def _quiet_rank() -> bool:
 
 def _up_shards(args: argparse.Namespace) -> int:
     """``hv up --shards N``: mpiexec running ``hv up`` N times (hv.lab._shards)."""
-    import subprocess
 
     from hv.lab import launch_argv, mpi_size
 
@@ -831,16 +841,49 @@ def _up_shards(args: argparse.Namespace) -> int:
 
     # What is wrong with the lab, said once, before any process starts.
     assign_shards(_control_cli.load_named(Path(args.lab), args.project_name, args), args.shards)
-    return subprocess.call(launch_argv(args.argv, args.shards))
+    return _launch_shards(launch_argv(args.argv, args.shards))
+
+
+def _launch_shards(argv: list[str]) -> int:
+    """Run mpiexec, its stderr through us: a shard that ends the lab with an error also
+    writes it to a report file (HV_SHARD_REPORT), and what mpiexec did not pass on before it
+    exited (it can end before it forwards a shard's last words: a peer killed, a loaded
+    host) is said here, once."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", prefix="hv-shards-", suffix=".txt") as report:
+        env = {**os.environ, "HV_SHARD_REPORT": report.name}
+        said: set[str] = set()
+        with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env) as proc:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                sys.stderr.write(line)
+                said.add(line.rstrip("\n"))
+            rc = proc.wait()
+        reported = [line for line in report.read().splitlines() if line]
+        for line in reported:
+            if line not in said:
+                print(line, file=sys.stderr)
+                said.add(line)
+    if rc != 0 and not reported:
+        # No shard said why: one was killed before it could, and mpiexec ended the others.
+        print(
+            f"hv: a shard of this lab ended without a word (killed?); mpiexec stopped the "
+            f"others (exit status {rc})",
+            file=sys.stderr,
+        )
+    return rc
 
 
 async def _up(args: argparse.Namespace) -> int:
     from hv.lab import mpi_size
 
     if mpi_size() > 1:
+        from hv.cli import _early
         from hv.lab import Mesh
 
-        mesh = Mesh()
+        mesh = Mesh(peer_died=_early.peer_died)
         try:
             status = await _up_lab(args, mesh)
         except BaseException as e:

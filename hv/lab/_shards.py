@@ -115,7 +115,7 @@ class Mesh:
     """The lab's processes, as MPI ranks: one message to each other per round, every wait
     bounded (a shard that died or failed ends this one with a clear error)."""
 
-    def __init__(self, timeout_s: float | None = None) -> None:
+    def __init__(self, timeout_s: float | None = None, *, peer_died: bool = False) -> None:
         import mpi4py
 
         mpi4py.rc.thread_level = "single"  # only the trio thread calls MPI
@@ -131,7 +131,7 @@ class Mesh:
         env = os.environ.get("HV_SHARD_TIMEOUT", "")
         self.timeout_s = timeout_s or (float(env) if env else TIMEOUT_S)
         self._sends: list[Any] = []
-        self._peer_died = False
+        self._peer_died = peer_died  # (before this: hv.cli._early noted it)
         self.wait_s = 0.0  # host time spent waiting for the others
         self.exchanges = 0
         self.bytes_sent = 0
