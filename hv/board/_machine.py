@@ -535,18 +535,24 @@ class Machine:
             ex = self.vcpu.run_slice(budget)
         return self._after_slice(ex)
 
-    def _after_slice(self, ex: Exit) -> Exit:
+    def _after_slice(self, ex: Exit, who: str = "") -> Exit:
+        """After a slice (``who``: "hart N: " on an SMP machine): console output, the native
+        putchar count, the devices' work; a fatal exit stops the machine."""
         self.console.collect()
-        native = self.vcpu.stats.sbi_native
+        native = (
+            sum(h.vcpu.stats.sbi_native for h in self.harts)
+            if self._smp
+            else (self.vcpu.stats.sbi_native)
+        )
         if native != self._sbi_native_seen:  # putchar calls the native hook answered
             self.sbi.calls[LEGACY_PUTCHAR] += native - self._sbi_native_seen
             self._sbi_native_seen = native
         for dev in self.devices:
             dev.after_slice()
         if ex.kind is ExitKind.FATAL:
-            self.stop(StopKind.GUEST_FAULT, f"guest fault: {ex.reason}")
+            self.stop(StopKind.GUEST_FAULT, f"guest fault: {who}{ex.reason}")
         elif ex.kind is ExitKind.HOST_ERROR:
-            self.stop(StopKind.HOST_ERROR, f"host error: {ex.reason}", ex.detail)
+            self.stop(StopKind.HOST_ERROR, f"host error: {who}{ex.reason}", ex.detail)
         return ex
 
     def end_slice(self) -> None:
@@ -770,18 +776,8 @@ class Machine:
     def _hart_after(self, hart: Hart, ex: Exit) -> Exit | None:
         """After one of ``hart``'s slices: its console output and devices' work; the exit
         if it stopped the machine."""
-        self.console.collect()
-        native = sum(h.vcpu.stats.sbi_native for h in self.harts)
-        if native != self._sbi_native_seen:
-            self.sbi.calls[LEGACY_PUTCHAR] += native - self._sbi_native_seen
-            self._sbi_native_seen = native
-        for dev in self.devices:
-            dev.after_slice()
-        if ex.kind is ExitKind.FATAL:
-            self.stop(StopKind.GUEST_FAULT, f"guest fault: hart {hart.id}: {ex.reason}")
-            return ex
-        if ex.kind is ExitKind.HOST_ERROR:
-            self.stop(StopKind.HOST_ERROR, f"host error: hart {hart.id}: {ex.reason}", ex.detail)
+        self._after_slice(ex, f"hart {hart.id}: ")
+        if ex.kind in (ExitKind.FATAL, ExitKind.HOST_ERROR):
             return ex
         if ex.kind is ExitKind.WFI or hart.suspended:
             hart.sleeping = True
