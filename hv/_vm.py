@@ -60,8 +60,9 @@ PANIC_MARKER = b"Kernel panic - not syncing"
 VT_YIELD_S = 0.005
 # Real time on a lab's cores (hv._cores): host time a VM's part of a batch may take. Longer
 # batches cost less per slice but keep the event loop (frames, timers, other VMs' wake-ups)
-# waiting as long.
-CORES_BATCH_S = 0.003
+# waiting as long (bench/parallel.py --clock real and bench/vtime.py ping: 1 ms gave 1.69x
+# on two cores and 56 ms beside ten busy guests; 2 ms 1.85x and 69 ms; 3 ms 1.89x and 80 ms).
+CORES_BATCH_S = 0.002
 # Virtual time: what may wait for a VM's time to reach it (frames on their way in); beyond it
 # they are dropped and counted (vt_inbox_dropped), as a NIC's backlog does.
 VT_INBOX_MAX = 4096

@@ -14,6 +14,7 @@ import hashlib
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -373,3 +374,35 @@ def test_fence_i_runs_code_another_hart_wrote() -> None:
     assert _smc_harts(shared=True) == 2
     # (without it, the engine runs its old translation: what the flag is for)
     assert _smc_harts(shared=False) == 1
+
+
+async def test_a_real_time_batch_holds_one_vm_per_thread() -> None:
+    """The event loop waits for a batch: four busy VMs on two threads go two at a time (all
+    four at once held frames back for every VM's part: a ping beside ten busy guests took
+    100-117 ms instead of 74-81)."""
+    from hv._cores import Cores
+
+    cores = Cores(2)
+    sizes: list[int] = []
+    run = cores.pool.run
+
+    def counted(calls: Any) -> Any:
+        sizes.append(len(calls))
+        return run(calls)
+
+    cores.pool.run = counted  # type: ignore[method-assign]
+    done: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cores.run)
+        for _ in range(4):
+            cores.enter()
+
+        async def vm(i: int) -> None:
+            done.append(await cores.slice(lambda: i))
+
+        async with trio.open_nursery() as vms:
+            for i in range(4):
+                vms.start_soon(vm, i)
+        nursery.cancel_scope.cancel()
+    assert sorted(done) == [0, 1, 2, 3]
+    assert max(sizes) == 2 and sum(sizes) == 4
