@@ -92,6 +92,19 @@ def argument(parse: Callable[[Any, str], T], **options: Any) -> Callable[[str], 
 # -- tables ---------------------------------------------------------------------------------
 
 
+JOBS_MAX = 1024
+
+
+def host_threads(value: Any, key: str) -> int:
+    """How many host threads run guests (``--jobs``): a whole number from 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= JOBS_MAX:
+        raise ConfigError(
+            f"{key}: {value!r} is not a number of host threads: use 1 to {JOBS_MAX} "
+            "(the default is every core this process may use)"
+        )
+    return value
+
+
 def table(value: Any, key: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise bad(key, f"expected a table, got {type(value).__name__}")

@@ -41,6 +41,7 @@ from hv._log import get_logger
 from hv._nic import Nic, nic_cmdline
 from hv._status import StopInfo, StopKind
 from hv._timeline import INF, Run, Ticket, Timeline
+from hv._values import host_threads
 from hv.board import Machine, MachineConfig, check_smp, is_linux_image, load_file
 from hv.engine import Exit, ExitKind
 from hv.hw import DEFAULT_MIPS, DEFAULT_QUANTUM, AsyncWork, Device, TimeSource, VirtualClock
@@ -121,8 +122,8 @@ class VmConfig:
 
     def __post_init__(self) -> None:
         check_smp(self.smp)
-        if self.jobs is not None and self.jobs < 1:
-            raise ConfigError(f"jobs {self.jobs}: use 1 or more host threads")
+        if self.jobs is not None:
+            host_threads(self.jobs, "jobs")
 
     def machine_config(self) -> MachineConfig:
         kernel = self.kernel if isinstance(self.kernel, bytes) else load_file(self.kernel, "kernel")

@@ -330,6 +330,10 @@ def test_hv_up_takes_jobs(tmp_path: Path) -> None:
         "hv: --jobs: 0 is not a number of host threads: use 1 to 1024 (the default is every "
         "core this process may use)"
     )
+    run = [sys.executable, "-m", "hv.cli", "run", "cpu", "--smp", "2", "--jobs", "0"]
+    bad = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 4
+    assert bad.stderr.startswith("hv: --jobs: 0 is not a number of host threads")
     good = subprocess.run([*hv, "--jobs", "2"], capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
     assert "a | checksum: 0x" in good.stdout

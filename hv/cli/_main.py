@@ -18,7 +18,7 @@ import trio
 from hv import _log
 from hv._errors import ConfigError, HvError
 from hv._nic import Nic
-from hv._values import MIB, argument, size
+from hv._values import MIB, argument, host_threads, size
 from hv.build import StderrProgress, _guests, _image_linux, resolve_kernel
 from hv.cli import _control as _control_cli
 from hv.cli import _debian as _debian_cli
@@ -569,7 +569,7 @@ async def _run(args: argparse.Namespace) -> int:
         initrd=args.initrd or initrd,
         quantum=args.quantum,
         smp=args.smp,
-        jobs=args.jobs,
+        jobs=None if args.jobs is None else host_threads(args.jobs, "--jobs"),
         name=Path(args.kernel).name,
         dtb_out=args.dtb_out,
         clock="virtual" if args.clock == "virtual" else "real",

@@ -62,6 +62,7 @@ from hv._values import (
     MIB,
     BadValue,
     duration,
+    host_threads,
     ipv4_address,
     ipv4_interface,
     ipv4_network,
@@ -724,19 +725,6 @@ def mips_value(value: Any, key: str) -> int:
     return value
 
 
-JOBS_MAX = 1024
-
-
-def jobs_value(value: object, key: str) -> int:
-    """How many host threads run a lab's VMs: a whole number from 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= JOBS_MAX:
-        raise ConfigError(
-            f"{key}: {value!r} is not a number of host threads: use 1 to {JOBS_MAX} "
-            "(the default is every core this process may use)"
-        )
-    return value
-
-
 def with_clock(
     spec: LabSpec,
     clock: str | None = None,
@@ -759,7 +747,7 @@ def with_clock(
     if mips is not None:
         changes["mips"] = mips_value(mips, name["mips"])
     if jobs is not None:
-        changes["jobs"] = jobs_value(jobs, f"{option}jobs")
+        changes["jobs"] = host_threads(jobs, f"{option}jobs")
     new = dataclasses.replace(spec, **changes)
     if mips is not None and new.clock != "virtual":
         virtual = "--clock virtual" if option == "--" else 'clock="virtual"'
