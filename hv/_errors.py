@@ -33,3 +33,8 @@ class StateError(HvError):
         super().__init__(f"VM is {state}; this needs it to be {required}")
         self.state = state
         self.required = required
+
+
+class SnapshotError(ConfigError):
+    """A snapshot file cannot be used (truncated, corrupt, foreign, or from an hv that
+    writes a format this one does not read): the message says which part and why."""

@@ -37,11 +37,17 @@ if TYPE_CHECKING:
         VIRTIO_STRIDE,
         virtio_slot_base,
     )
+    from hv.hw._snapfile import SnapshotFile, write_snapshot
+    from hv.hw._state import Fields, State
 
 
 # The names other packages use, loaded on first use (importing one private module of this
 # package does not load the others).
 _FACE = {
+    "write_snapshot": "hv.hw._snapfile",
+    "SnapshotFile": "hv.hw._snapfile",
+    "State": "hv.hw._state",
+    "Fields": "hv.hw._state",
     "AsyncWork": "hv.hw._device",
     "Bus": "hv.hw._bus",
     "Clock": "hv.hw._clock",
@@ -112,12 +118,16 @@ __all__ = [
     "Device",
     "DeviceContext",
     "DeviceTime",
+    "Fields",
     "Gate",
     "GuestMemory",
     "IrqLine",
     "Pool",
+    "SnapshotFile",
+    "State",
     "TimeSource",
     "VirtualClock",
     "default_jobs",
     "virtio_slot_base",
+    "write_snapshot",
 ]

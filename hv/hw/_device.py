@@ -29,6 +29,7 @@ from hv._errors import GuestError, HostError
 from hv.hw._bus import IrqLine
 from hv.hw._counters import Counters
 from hv.hw._memory import GuestMemory
+from hv.hw._state import Fields, State
 
 AsyncWork = Callable[[], Awaitable[None]]
 
@@ -133,6 +134,20 @@ class Device(abc.ABC):
 
     def after_slice(self) -> None:  # noqa: B027 (optional: most devices have none)
         """Work after each time slice (batched completions, flushing), on the VM's thread."""
+
+    def save_state(self) -> State:
+        """What a snapshot keeps of the device (hv.hw._state): everything the guest can see
+        that ``reset`` would change, so that ``load_state`` on a new device of the same
+        configuration continues the run bit for bit. Called between slices, the VM paused,
+        its device work settled (``settle``). Not counters: a restored VM counts afresh."""
+        raise HostError(f"device {self.name} ({type(self).__name__}) cannot be snapshotted")
+
+    def load_state(self, st: Fields) -> None:
+        """Take back ``save_state``'s state, on a device built from the same configuration
+        and attached (``attach``) but never run. ``st`` comes from a file anyone may have
+        written: check every value (``Fields`` does types and ranges; the device checks
+        the rules between them) and raise ``SnapshotError`` rather than keep a bad one."""
+        raise HostError(f"device {self.name} ({type(self).__name__}) cannot be restored")
 
     def guest_error(self, err: GuestError) -> None:
         """The guest misused the device (the vCPU caught ``err`` from an MMIO access)."""
