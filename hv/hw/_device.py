@@ -149,6 +149,17 @@ class Device(abc.ABC):
         the rules between them) and raise ``SnapshotError`` rather than keep a bad one."""
         raise HostError(f"device {self.name} ({type(self).__name__}) cannot be restored")
 
+    def save_call(self, fn: Callable[[], None]) -> State | None:
+        """A call this device left pending on the guest's timeline (virtual time: a frame
+        it sent, ``DeviceTime.send``; one on its way to it, ``receive``; a completion,
+        ``expect``) as state, or None if ``fn`` is not one of its own. A snapshot saves
+        each pending call through the device that made it."""
+        return None
+
+    def load_call(self, st: Fields) -> Callable[[], None]:
+        """The call ``save_call`` saved, made again on this (restored) device."""
+        raise st.fail("call", f"device {self.name} has no saved calls")
+
     def guest_error(self, err: GuestError) -> None:
         """The guest misused the device (the vCPU caught ``err`` from an MMIO access)."""
         self.counters["guest_errors"] += 1
