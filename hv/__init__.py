@@ -14,7 +14,7 @@ cycles between packages; tests/test_layers.py checks this very list, ``LAYERS``)
 5. ``netfabric``, ``blockdev`` (separate packages): the network and the disks, no hv at all.
 6. ``virtio``: the virtio devices guests see (over ``blockdev``; net over frames only).
 7. ``board``: the machine assembled: devices, firmware and the vCPU, one slice at a time.
-8. ``_vm``, ``_console``, ``_cores``, ``_disk``, ``_exec``, ``_nic``, ``_timeline``,
+8. ``_vm``, ``_console``, ``_cores``, ``_disk``, ``_exec``, ``_nic``, ``_snapshot``, ``_timeline``,
    ``_values``: the machine as a trio task with an async console, its disks and NICs,
    commands run in it through its guest agent, the virtual-time timeline that drives a lab's
    VMs, the real-time batches of slices on the host's cores, and the value parsers (sizes,
@@ -26,7 +26,7 @@ cycles between packages; tests/test_layers.py checks this very list, ``LAYERS``)
 from typing import TYPE_CHECKING, Any
 
 from hv._disk import Disk
-from hv._errors import ConfigError, GuestError, HostError, HvError, StateError
+from hv._errors import ConfigError, GuestError, HostError, HvError, SnapshotError, StateError
 from hv._lazy import face_attribute
 from hv._nic import Nic
 from hv._status import EXIT_STATUS, StopInfo, StopKind
@@ -35,7 +35,8 @@ from hv.build import guest_path
 if TYPE_CHECKING:
     from hv._console import Console
     from hv._exec import AgentUnavailable, CommandFailed, ExecError, ExecResult, ExecTimeout
-    from hv._vm import Vm, VmConfig, VmState, open_vm, run_vm
+    from hv._snapshot import SnapshotInfo
+    from hv._vm import Vm, VmConfig, VmState, open_vm, restore, run_vm
     from hv.lab import Lab, open_lab
 
 # The machine's names load the CPU engine (which may build it on first use), so they are
@@ -54,6 +55,8 @@ _LAZY = {
     "Lab": "hv.lab",
     "open_lab": "hv.lab",
     "run_vm": "hv._vm",
+    "restore": "hv._vm",
+    "SnapshotInfo": "hv._snapshot",
 }
 
 
@@ -76,6 +79,8 @@ __all__ = [
     "HvError",
     "Lab",
     "Nic",
+    "SnapshotError",
+    "SnapshotInfo",
     "StateError",
     "StopInfo",
     "StopKind",
@@ -85,6 +90,7 @@ __all__ = [
     "guest_path",
     "open_lab",
     "open_vm",
+    "restore",
     "run_vm",
 ]
 

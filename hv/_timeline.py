@@ -35,13 +35,14 @@ callbacks; it imports neither.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import heapq
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -203,6 +204,9 @@ class Timeline:
         self.wall_start: float | None = None
         self.wall_s = 0.0  # wall time spent while the timeline ran
         self._ended = False
+        self._running = False
+        # Holds asked for (``held``): each (reached, released), served between two rounds.
+        self._holds: list[tuple[trio.Event, trio.Event]] = []
 
     # -- the fabric's clock ------------------------------------------------------------------
 
@@ -364,13 +368,52 @@ class Timeline:
         self.wall_start = time.monotonic()
         self._ended = False
         self._pool = Pool(self.jobs)
+        self._running = True
         try:
             while True:
+                while self._holds:
+                    reached, released = self._holds[0]
+                    reached.set()
+                    await released.wait()
+                    self._holds.pop(0)
                 await self._round()
         finally:
+            self._running = False
             self.wall_s = time.monotonic() - self.wall_start
             self._ended = True
             self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """For the block, the timeline stands still between two rounds: no member is in a
+        slice, and everything due before the lab's time has been processed (a snapshot)."""
+        reached, released = trio.Event(), trio.Event()
+        self._holds.append((reached, released))
+        self.poke()
+        try:
+            if self._running:
+                await reached.wait()
+            yield
+        finally:
+            released.set()
+            if not self._running and (reached, released) in self._holds:
+                self._holds.remove((reached, released))
+
+    # -- saved state (snapshots: the lab's or a VM's, which encode the calls) ----------------
+
+    def pending(self) -> list[tuple[int, Member, Callable[[], None]]]:
+        """What members posted that the fabric has not processed: (time, member, call), in
+        the order it will be processed."""
+        if self._inbound:
+            raise RuntimeError("a lab over several processes cannot be snapshotted")
+        by_order = {self._order[id(m)]: m for m in self._members}
+        return [(p.at_ps, by_order[p.order], p.fn) for p in sorted(self._outbox)]
+
+    def save_clock(self) -> dict[str, int | float]:
+        return {"now_ps": self.now_ps, "now_s": self._now_s, "reached_ps": self.reached_ps}
+
+    def load_clock(self, now_ps: int, now_s: float, reached_ps: int) -> None:
+        self.now_ps, self._now_s, self.reached_ps = now_ps, now_s, reached_ps
 
     async def _round(self) -> None:
         if self.halted:

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
@@ -39,6 +39,7 @@ from hv._errors import ConfigError, StateError
 from hv._exec import ExecResult, Process, agent_of
 from hv._log import get_logger
 from hv._nic import Nic, nic_cmdline
+from hv._snapshot import Restoring, SnapshotInfo, restore_fields, write_vm
 from hv._status import StopInfo, StopKind
 from hv._timeline import INF, Run, Ticket, Timeline
 from hv._values import host_threads
@@ -119,6 +120,8 @@ class VmConfig:
     # Host threads its harts run on at once, on real time (None: every core; virtual time:
     # in turn, so a run repeats; docs/SCALING.md).
     jobs: int | None = None
+    # A snapshot file to start from instead of booting (``hv.restore`` makes the config).
+    restore: Path | None = None
 
     def __post_init__(self) -> None:
         check_smp(self.smp)
@@ -196,10 +199,21 @@ class Vm:
             )
         self.config = config
         self.name = config.name
-        self.machine = Machine(config.machine_config())
-        # Load the kernel now, so a file that is not a kernel raises ConfigError from the
-        # constructor (and so from nursery.start), not later from the running task.
-        self.machine.boot()
+        self._restoring: Restoring | None = None
+        if config.restore is None:
+            self.machine = Machine(config.machine_config())
+            # Load the kernel now, so a file that is not a kernel raises ConfigError from the
+            # constructor (and so from nursery.start), not later from the running task.
+            self.machine.boot()
+        else:
+            self._restoring = r = Restoring(Path(config.restore))
+            try:
+                mc = config.machine_config()
+                self.machine = Machine(mc, ram=r.ram(mc.mem_size))
+                r.check(self.machine)
+            except BaseException:
+                r.file.close()
+                raise
         self.console = Console(self._console_input)
         self.console.on_drained = self._console_drained
         self._state = VmState.CREATED
@@ -207,6 +221,7 @@ class Vm:
         self.machine.on_wake = self._wake_up
         self._stopped = trio.Event()
         self._pause_requested = False
+        self._paused_evt = trio.Event()  # set while paused (real time)
         self._scan_tail = b""
         self.exit: StopInfo | None = None
         self._agent: object = None  # hv._exec.VmAgent, made on first use
@@ -299,6 +314,45 @@ class Vm:
         assert self.exit is not None
         return self.exit
 
+    # -- snapshots (hv._snapshot) ----------------------------------------------------------
+
+    async def snapshot(self, path: str | os.PathLike[str], *, durable: bool = True) -> SnapshotInfo:
+        """Write the VM's snapshot to ``path`` (replaced atomically): ``hv.restore(path)``
+        gives a VM that goes on from this instant. The guest is held between two slices for
+        the time it takes (on virtual time, its timeline between two rounds: the lab's time
+        does not move). ``durable``: synced to disk before it is named."""
+        if self._state not in (VmState.RUNNING, VmState.PAUSED):
+            raise StateError(self._state.value, "running or paused")
+        path = Path(path)
+        if self._timeline is not None:
+            async with self._timeline.held():
+                return await self._snapshot_now(path, durable)
+        was_paused = self._pause_requested
+        self.pause()
+        try:
+            while not self._paused_evt.is_set() and self.machine.stop_info is None:
+                with trio.move_on_after(IDLE_RECHECK_S):
+                    await self._paused_evt.wait()
+            return await self._snapshot_now(path, durable)
+        finally:
+            if not was_paused and self.machine.stop_info is None:
+                self.resume()
+
+    async def _snapshot_now(self, path: Path, durable: bool) -> SnapshotInfo:
+        m = self.machine
+        if m.stop_info is not None:
+            raise StateError("stopped", "running or paused")
+        held = time.monotonic()
+        for dev in m.devices:
+            await dev.settle()
+        for _, _, ticket in list(self._tickets):
+            await ticket.event.wait()
+        self._flush_output()
+        size = write_vm(self, path, durable=durable)
+        paused = time.monotonic() - held
+        self.log.info("snapshot", path=str(path), mib=size >> 20, paused_ms=round(paused * 1e3))
+        return SnapshotInfo(path, size, paused)
+
     # -- commands and files in the guest (hv._exec: its agent, over virtio-vsock) -----------
 
     async def exec(
@@ -361,6 +415,10 @@ class Vm:
                     lambda name, work: devices.start_soon(self._device, name, work),
                     _VmTime(self) if self._timeline is not None else None,
                 )
+                if self._restoring is not None:
+                    restoring, self._restoring = self._restoring, None
+                    restoring.load(self)
+                    self.log.info("restored", snapshot=str(restoring.path))
                 if self._timeline is None:
                     await self._loop()
                 else:
@@ -693,9 +751,11 @@ class Vm:
         self._state = VmState.PAUSED
         self.machine.clock.pause()
         self.log.info("paused")
+        self._paused_evt.set()
         while self._pause_requested and self.machine.stop_info is None:
             self._wake = trio.Event()
             await self._wake.wait()
+        self._paused_evt = trio.Event()
         self.machine.clock.resume()
         if self.machine.stop_info is None:
             self._state = VmState.RUNNING
@@ -724,6 +784,17 @@ async def open_vm(config: VmConfig) -> AsyncIterator[Vm]:
             yield vm
         finally:
             vm.stop("the block using the VM ended")
+
+
+def restore(path: str | os.PathLike[str], **overrides: Any) -> VmConfig:
+    """The ``VmConfig`` of a VM restored from the snapshot file at ``path`` (``Vm.snapshot``
+    wrote it): run it as any other (``open_vm``, ``run_vm``); it goes on from the instant of
+    the snapshot. ``overrides`` set other fields: ``name``, and the ``nics`` and ``disks``
+    the VM had (the same number and kinds: a snapshot holds what the devices were doing,
+    not what they were plugged into)."""
+    fields = restore_fields(Path(path))
+    fields.update(overrides)
+    return VmConfig(**fields)
 
 
 class _VmTime:

@@ -20,6 +20,7 @@ _Str: TypeAlias = str
 _Bytes: TypeAlias = bytes
 _Bool: TypeAlias = bool
 _List: TypeAlias = list
+_Float: TypeAlias = float
 
 
 class StateReader(Protocol):
@@ -29,11 +30,15 @@ class StateReader(Protocol):
 
     def has(self, key: _Str) -> _Bool: ...
 
+    def given(self, key: _Str) -> _Bool: ...
+
     def keys(self) -> Iterator[_Str]: ...
 
     def int(self, key: _Str, lo: _Int = 0, hi: _Int = U64) -> _Int: ...
 
     def opt_int(self, key: _Str, lo: _Int = 0, hi: _Int = U64) -> _Int | None: ...
+
+    def float(self, key: _Str) -> _Float: ...
 
     def bool(self, key: _Str) -> _Bool: ...
 

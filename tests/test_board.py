@@ -348,6 +348,8 @@ def test_the_public_api_is_pinned() -> None:
             "HvError",
             "Lab",
             "Nic",
+            "SnapshotError",
+            "SnapshotInfo",
             "StateError",
             "StopInfo",
             "StopKind",
@@ -357,6 +359,7 @@ def test_the_public_api_is_pinned() -> None:
             "guest_path",
             "open_lab",
             "open_vm",
+            "restore",
             "run_vm",
         ]
     )

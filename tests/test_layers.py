@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
                 "hv._disk",
                 "hv._exec",
                 "hv._nic",
+                "hv._snapshot",
                 "hv._timeline",
                 "hv._values",
                 "hv._vm",

@@ -12,12 +12,13 @@ from hv._lazy import face_attribute
 if TYPE_CHECKING:
     from hv.board._fdt import DeviceTreeSpec, build_device_tree
     from hv.board._loader import NotAKernel, is_linux_image, load_file, load_kernel
-    from hv.board._machine import Machine, MachineConfig, check_smp
+    from hv.board._machine import Machine, MachineConfig, check_smp, device_kind
 
 
 # The names other packages use, loaded on first use (importing one private module of this
 # package does not load the others).
 _FACE = {
+    "device_kind": "hv.board._machine",
     "DeviceTreeSpec": "hv.board._fdt",
     "Machine": "hv.board._machine",
     "MachineConfig": "hv.board._machine",
@@ -41,6 +42,7 @@ __all__ = [
     "NotAKernel",
     "build_device_tree",
     "check_smp",
+    "device_kind",
     "is_linux_image",
     "load_file",
     "load_kernel",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import mmap
 import threading
 import time
 import traceback
@@ -30,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hv._errors import ConfigError
+from hv._errors import ConfigError, HostError, SnapshotError
 from hv._log import get_logger
 from hv._status import StopInfo, StopKind
-from hv.board._console_io import ConsoleIo, OrderedUart
+from hv.board._console_io import INPUT_LIMIT, ConsoleIo, OrderedUart
 from hv.board._fdt import TEXT_LIMIT, DeviceTreeSpec, build_device_tree
 from hv.board._firmware import BoardFirmware
 from hv.board._interrupts import NO_DEADLINE, HartInterrupts
@@ -51,8 +52,10 @@ from hv.hw import (
     Device,
     DeviceContext,
     DeviceTime,
+    Fields,
     GuestMemory,
     Pool,
+    State,
     TimeSource,
     VirtualClock,
     default_jobs,
@@ -230,6 +233,67 @@ class Hart:
         vcpu.clear_reservation()
         self.interrupts.sync()
 
+    def save_state(self) -> State:
+        it = self.interrupts
+        return {
+            "hsm": self.state,
+            "start": list(self.start) if self.start else None,
+            "resume": list(self.resume) if self.resume else None,
+            "sleeping": self.sleeping,
+            "suspended": self.suspended,
+            "stale_code": self.stale_code,
+            "stale_tlb": self.stale_tlb,
+            "timer_deadline": it.timer_deadline,
+            "seip": it.seip,
+            "ipi_pending": it.ipi_pending,
+            "misaligned_deleg": self.firmware.sbi.misaligned_deleg,
+            "locked": sorted(self.firmware.sbi.locked),
+            "vcpu": self.vcpu.save_state(),
+        }
+
+    def load_state(self, st: Fields) -> None:
+        hsm = st.int("hsm", 0, 4)
+        st.check(hsm in _HSM_SAVED, "hsm", f"HSM state {hsm} is not one a snapshot keeps")
+        self.state = hsm
+        self.start = _pair(st, "start")
+        st.check((self.start is not None) == (hsm == HSM_START_PENDING), "start", "HSM mismatch")
+        self.resume = _pair(st, "resume")
+        self.sleeping = st.bool("sleeping")
+        self.suspended = st.bool("suspended")
+        self.stale_code = st.bool("stale_code")
+        self.stale_tlb = st.bool("stale_tlb")
+        it = self.interrupts
+        it.timer_deadline = st.int("timer_deadline", 0, NO_DEADLINE)
+        it.seip = st.bool("seip")
+        it.ipi_pending = st.bool("ipi_pending")
+        self.firmware.sbi.misaligned_deleg = st.int("misaligned_deleg", 0, 1)
+        self.firmware.sbi.locked = set(st.ints("locked", 16, 0, 0xFFFF_FFFF))
+        self.vcpu.load_state(st.sub("vcpu"))
+
+
+def device_kind(dev: Device) -> str:
+    """What a device is, for matching a snapshot's devices with a machine's (names carry
+    the VM's name, which a clone changes): its class, and a transport's backend's."""
+    backend = getattr(dev, "backend", None)
+    kind = type(dev).__name__
+    return kind if backend is None else f"{kind}:{type(backend).__name__}"
+
+
+def _kinds(d: Fields) -> tuple[str, ...]:
+    v = d.str("kind", 100)
+    return (v,) if v.replace(":", "").isidentifier() else ()
+
+
+_KERNEL_KINDS: tuple[str, ...] = ("image", "elf", "raw")
+_HSM_SAVED = frozenset({HSM_STARTED, HSM_STOPPED, HSM_START_PENDING, HSM_SUSPENDED})
+
+
+def _pair(st: Fields, key: str) -> tuple[int, int] | None:
+    if not st.given(key):
+        return None
+    a, b = st.ints(key, 2, length=2)
+    return (a, b)
+
 
 class _HostWrites:
     """The host's writes to guest RAM, handed to every hart's engine (each drops their
@@ -280,7 +344,9 @@ class _NativeConsoles:
 class Machine:
     """The hv-virt board with ``smp`` harts."""
 
-    def __init__(self, config: MachineConfig) -> None:
+    def __init__(self, config: MachineConfig, ram: mmap.mmap | None = None) -> None:
+        """``ram``: RAM mapped from a snapshot (then the machine is restored with
+        ``load_state``, not booted)."""
         self.config = config
         self.counters: collections.Counter[str] = collections.Counter()
         self.stop_info: StopInfo | None = None
@@ -289,7 +355,7 @@ class Machine:
         # Set by the owner (the VM task): wake a sleeping VM.
         self.on_wake: Callable[[], None] = lambda: None
 
-        self.mem = GuestMemory(P.RAM_BASE, config.mem_size)
+        self.mem = GuestMemory(P.RAM_BASE, config.mem_size, ram)
         self.clock: Clock = (
             VirtualClock(config.mips) if config.clock == "virtual" else Clock(config.time_source)
         )
@@ -506,6 +572,83 @@ class Machine:
         for hart in self.harts:
             hart.vcpu.close()
         self.mem.close()
+
+    # -- saved state (snapshots) -----------------------------------------------------------
+
+    def save_state(self) -> State:
+        """The machine between slices: clock, harts, console, every device (hv.hw._state).
+        RAM is the caller's to save (``mem.view``), as are the devices' pending calls."""
+        if self.stop_info is not None:
+            raise HostError("a stopped machine has no state to save")
+        self.console.collect()
+        clock = self.clock
+        kernel = self.kernel
+        return {
+            "clock": (
+                {"ps": clock.ps, "origin_ps": clock.origin_ps}
+                if isinstance(clock, VirtualClock)
+                else {"ticks": clock.ticks()}
+            ),
+            "reboot_requested": self.reboot_requested,
+            "suspended": self.suspended,
+            "bootargs": self._bootargs,
+            "kernel": None
+            if kernel is None
+            else {
+                "kind": kernel.kind,
+                "entry": kernel.entry,
+                "start": kernel.start,
+                "end": kernel.end,
+            },
+            "console_input": bytes(self.console.input),
+            "console_output": bytes(self.console.output),
+            "console_blocked": self.console.blocked,
+            "harts": [h.save_state() for h in self.harts],
+            "devices": [{"kind": device_kind(d), "state": d.save_state()} for d in self.devices],
+        }
+
+    def load_state(self, st: Fields) -> None:
+        """Take back ``save_state``'s state on a machine built from the same configuration
+        with its RAM from the snapshot, its devices attached (``start``), never run."""
+        c = st.sub("clock")
+        clock = self.clock
+        if isinstance(clock, VirtualClock):
+            clock.ps = c.int("ps", 0, 1 << 62)
+            clock.origin_ps = c.int("origin_ps", 0, clock.ps)
+        else:
+            ticks = c.int("ticks", 0, 1 << 62)
+            clock.start_ns = clock.source() - ticks * 1_000_000_000 // clock.hz
+            clock.paused_ns = 0
+        self.reboot_requested = st.bool("reboot_requested")
+        self.suspended = st.bool("suspended")
+        self._bootargs = st.str("bootargs", TEXT_LIMIT)
+        if st.given("kernel"):
+            k = st.sub("kernel")
+            end = self.mem.end
+            self.kernel = LoadedKernel(
+                kind=k.choice("kind", _KERNEL_KINDS),  # type: ignore[arg-type]
+                entry=k.int("entry", self.mem.base, end),
+                start=k.int("start", self.mem.base, end),
+                end=k.int("end", self.mem.base, end),
+            )
+        self.console.input[:] = st.bytes("console_input", INPUT_LIMIT)
+        self.console.output[:] = st.bytes("console_output", INPUT_LIMIT)
+        self.console.blocked = st.bool("console_blocked")
+        harts = st.subs("harts", len(self.harts), length=len(self.harts))
+        for hart, hs in zip(self.harts, harts, strict=True):
+            hart.load_state(hs)
+        devs = st.subs("devices", len(self.devices) + 1)
+        kinds = [d.choice("kind", _kinds(d)) if d.has("kind") else "?" for d in devs]
+        mine = [device_kind(d) for d in self.devices]
+        if kinds != mine:
+            raise SnapshotError(
+                f"{st.where}.devices: the snapshot's devices ({', '.join(kinds)}) are not "
+                f"this machine's ({', '.join(mine)})"
+            )
+        for dev, ds in zip(self.devices, devs, strict=True):
+            dev.load_state(ds.sub("state"))
+        for hart in self.harts:
+            hart.interrupts.sync()
 
     # -- running ---------------------------------------------------------------------------
 

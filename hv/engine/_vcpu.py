@@ -32,6 +32,7 @@ import collections
 import contextlib
 import ctypes
 import enum
+import struct
 import threading
 import time
 import traceback
@@ -75,7 +76,7 @@ from hv.engine._abi import (
     unicorn,
 )
 from hv.engine._native import _load_native_hook
-from hv.hw import GATE, Bus, GuestMemory
+from hv.hw import GATE, Bus, Fields, GuestMemory, State
 from hv.riscv import _traps
 
 log = get_logger("hv.vcpu")
@@ -108,9 +109,50 @@ MEDELEG_DEFAULT = (
 )
 
 _MSTATUS_FS_INITIAL = 1 << 13
+_MSTATUS_REG = _reg("MSTATUS")
+_FFLAGS = _reg("FFLAGS")
 _MCOUNTEREN_TM = 1 << 1
 
 PRIV_U, PRIV_S, PRIV_M = 0, 1, 3
+
+# A hart's saved state is the engine's own CPU state (Unicorn's context: QEMU's
+# CPURISCVState up to ``rdtime_fn``, 1528 bytes on 2.1.4 riscv64), which holds everything
+# the guest can see, the LR/SC reservation included, with no pointers. A file's copy is
+# checked field by field before the engine gets it (``_check_env``): the fields that
+# describe the CPU itself (ISA, version, features, PMP, the absent H extension) must equal
+# this engine's, and the ones QEMU acts on with asserts (privilege, satp's mode, mstatus)
+# must hold values the guest could have produced. FP flags live outside that block
+# (``fp_status``) and are saved as fflags.
+ENV_SIZE = 1528
+_ENV_FIXED = ((560, 592), (600, 616), (760, 952), (1008, ENV_SIZE))  # must equal this engine's
+_ENV_PRIV = 592
+_ENV_FRM = 536
+_ENV_MSTATUS = 624
+_ENV_SATP = (664, 672)  # sptbr, satp
+_ENV_MASKED = ((632, 0xFFF), (648, 0xFFF), (656, 0xFFF), (696, 0xFFFF))  # mip mie mideleg medeleg
+_MSTATUS_KNOWN = (
+    0x2
+    | 0x8
+    | 0x20
+    | 0x40
+    | 0x80
+    | 0x100
+    | (3 << 9)
+    | (3 << 11)
+    | (3 << 13)
+    | (3 << 15)
+    | (1 << 17)
+    | (1 << 18)
+    | (1 << 19)
+    | (1 << 20)
+    | (1 << 21)
+    | (1 << 22)
+    | (0xF << 32)
+    | (3 << 36)
+    | (1 << 63)
+)
+_MSTATUS_XLEN = 0xF << 32  # UXL, SXL: fixed at 64 bits
+_SATP_MODES = frozenset({0, 8, 9, 10})  # bare, Sv39, Sv48, Sv57
 
 
 class ExitKind(enum.Enum):
@@ -175,6 +217,28 @@ _UNMAPPED_CAUSE = {
     unicorn.UC_ERR_READ_UNMAPPED: _traps.CAUSE_LOAD_ACCESS,
     unicorn.UC_ERR_WRITE_UNMAPPED: _traps.CAUSE_STORE_ACCESS,
 }
+
+
+def _check_env(env: bytes, fresh: bytes, st: Fields) -> None:
+    """A saved CPU state's fields the engine would trust: refused unless the guest could
+    have produced them on this engine (see ``ENV_SIZE``)."""
+    for lo, hi in _ENV_FIXED:
+        st.check(env[lo:hi] == fresh[lo:hi], "env", f"bytes {lo}..{hi} describe another CPU")
+    u64 = struct.Struct("<Q").unpack_from
+    priv = u64(env, _ENV_PRIV)[0]
+    st.check(priv in (PRIV_U, PRIV_S), "env", f"privilege {priv} (a guest runs in U or S)")
+    st.check(u64(env, _ENV_FRM)[0] <= 7, "env", "frm is more than 7")
+    mstatus = u64(env, _ENV_MSTATUS)[0]
+    st.check(not mstatus & ~_MSTATUS_KNOWN, "env", f"mstatus {mstatus:#x} has unknown bits")
+    st.check(
+        not (mstatus ^ u64(fresh, _ENV_MSTATUS)[0]) & _MSTATUS_XLEN, "env", "mstatus XLEN fields"
+    )
+    st.check((mstatus >> 11) & 3 != 2, "env", "mstatus.MPP is 2")
+    for off in _ENV_SATP:
+        mode = u64(env, off)[0] >> 60
+        st.check(mode in _SATP_MODES, "env", f"satp mode {mode}")
+    for off, mask in _ENV_MASKED:
+        st.check(not u64(env, off)[0] & ~mask, "env", f"bits beyond {mask:#x} at {off}")
 
 
 class Vcpu:
@@ -926,6 +990,79 @@ class Vcpu:
         o.vals[5] = entry.pc
         _reg_write_batch(self._h, o.ids, o.ptrs, o.n)
         self._pc = entry.pc
+
+    # -- saved state (snapshots) -----------------------------------------------------------
+
+    def _context(self) -> tuple[Any, int]:
+        ctx = self._uc.context_save()
+        head = len(bytes(ctx)) - ENV_SIZE
+        if head < 0 or ctx.size != head + ENV_SIZE:
+            raise HostError(
+                f"this engine's CPU context is {ctx.size} bytes, not Unicorn 2.1.4's: "
+                "snapshots need the Unicorn hv is built for (`hv engine info`)"
+            )
+        return ctx, head
+
+    def save_state(self) -> State:
+        """The hart's state between slices: the engine's CPU state (registers, CSRs,
+        privilege, pending interrupts, the LR/SC reservation), FP flags, and what this class
+        keeps beside it."""
+        if self._in_slice or self._paused_budget:
+            raise HostError("a hart's state is saved between slices only")
+        ctx, head = self._context()
+        env = bytes(ctx)[head:]
+        return {
+            "env": env,
+            "pc": self._pc,
+            "fflags": self._fflags(),
+            "medeleg": self.medeleg,
+            "mip": self._mip,
+            "stip_raised": self._stip_raised,
+        }
+
+    def _fflags(self, value: int | None = None) -> int:
+        """Read (or write) fflags: through M-mode with FS on, as Unicorn checks both."""
+        old_priv = self.reg(_PRIV)
+        self.set_reg(_PRIV, PRIV_M)
+        mstatus = self.reg(_MSTATUS_REG)
+        if not mstatus & _MSTATUS_FS_INITIAL * 3:
+            self.set_reg(_MSTATUS_REG, mstatus | _MSTATUS_FS_INITIAL)
+        if value is None:
+            value = self.reg(_FFLAGS)
+        else:
+            self.set_reg(_FFLAGS, value)
+        self.set_reg(_MSTATUS_REG, mstatus)
+        self.set_reg(_PRIV, old_priv)
+        return value
+
+    def load_state(self, st: Fields) -> None:
+        """Take back ``save_state``'s state (checked: see ``_check_env``)."""
+        ctx, head = self._context()
+        blob = bytes(ctx)
+        env = st.bytes("env", length=ENV_SIZE)
+        _check_env(env, blob[head:], st)
+        pc = st.int("pc")
+        fflags = st.int("fflags", 0, 0x1F)
+        self.medeleg = st.int("medeleg", 0, 0xFFFF)
+        mip = st.int("mip", 0, S_INTERRUPTS)
+        stip = st.bool("stip_raised")
+        ctx.__setstate__((blob[:head] + env, ctx.size, ctx.arch, ctx.mode))
+        self._uc.context_restore(ctx)
+        self._fflags(fflags)
+        self._pc = pc
+        self._mip = mip
+        self._stip_raised = stip
+        self._fatal = None
+        self._trap_loop.reset()
+        self._uc.ctl_flush_tb()
+        self.flush_tlb()
+        self.host_writes()  # the whole translation cache is gone anyway
+        # The engine notices a pending interrupt only when mip is written (not from a
+        # restored context): write it again.
+        old = self.reg(_PRIV)
+        self.set_reg(_PRIV, PRIV_M)
+        self.set_reg(_MIP, self.reg(_MIP))
+        self.set_reg(_PRIV, old)
 
     def close(self) -> None:
         """Release the engine now (its translation cache and CPU state), not at the next

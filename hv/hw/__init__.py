@@ -38,12 +38,14 @@ if TYPE_CHECKING:
         virtio_slot_base,
     )
     from hv.hw._snapfile import SnapshotFile, write_snapshot
-    from hv.hw._state import Fields, State
+    from hv.hw._state import Fields, State, decode_state, encode_state
 
 
 # The names other packages use, loaded on first use (importing one private module of this
 # package does not load the others).
 _FACE = {
+    "decode_state": "hv.hw._state",
+    "encode_state": "hv.hw._state",
     "write_snapshot": "hv.hw._snapfile",
     "SnapshotFile": "hv.hw._snapfile",
     "State": "hv.hw._state",
@@ -127,7 +129,9 @@ __all__ = [
     "State",
     "TimeSource",
     "VirtualClock",
+    "decode_state",
     "default_jobs",
+    "encode_state",
     "virtio_slot_base",
     "write_snapshot",
 ]

@@ -135,6 +135,11 @@ class Device(abc.ABC):
     def after_slice(self) -> None:  # noqa: B027 (optional: most devices have none)
         """Work after each time slice (batched completions, flushing), on the VM's thread."""
 
+    async def settle(self) -> None:  # noqa: B027 (optional: most devices have none)
+        """Before a snapshot (the VM paused between slices): finish the host work under way
+        (a disk request's I/O), so that what ``save_state`` and ``save_call`` see is
+        complete. Most devices have none."""
+
     def save_state(self) -> State:
         """What a snapshot keeps of the device (hv.hw._state): everything the guest can see
         that ``reset`` would change, so that ``load_state`` on a new device of the same

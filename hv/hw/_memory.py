@@ -31,13 +31,22 @@ _U64 = struct.Struct("<Q")
 class GuestMemory:
     """Guest RAM at physical ``base``, ``size`` bytes. Addresses are guest-physical."""
 
-    def __init__(self, base: int, size: int) -> None:
+    def __init__(self, base: int, size: int, mapping: mmap.mmap | None = None) -> None:
+        """``mapping``: RAM's bytes mapped from a snapshot file (``MAP_PRIVATE``: pages the
+        guest never writes stay the file's, shared by every VM restored from it)."""
         if size <= 0 or size % mmap.PAGESIZE:
             raise ValueError(f"RAM size {size} must be a positive multiple of the page size")
+        if mapping is not None and len(mapping) != size:
+            raise ValueError(f"a mapping of {len(mapping)} bytes for {size} bytes of RAM")
         self.base = base
         self.size = size
         self.end = base + size
-        self._mmap = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.from_file = mapping is not None
+        self._mmap = (
+            mapping
+            if mapping is not None
+            else mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        )
         self.view = memoryview(self._mmap)
         # Exporting a ctypes pointer pins the mapping for the life of this object: Unicorn
         # holds the raw address, so the buffer must never move or be unmapped under it.
@@ -160,7 +169,13 @@ class GuestMemory:
     def clear(self) -> None:
         """Zero all of RAM (a reboot) and give its pages back to the host: a zeroed page
         costs no memory until the guest touches it again."""
-        self._mmap.madvise(mmap.MADV_DONTNEED)
+        if self.from_file:
+            # A private file mapping would read the file again: put anonymous (zero) pages
+            # in its place, at the same address (the engine holds it).
+            _remap_anonymous(self.host_address, self.size)
+            self.from_file = False
+        else:
+            self._mmap.madvise(mmap.MADV_DONTNEED)
         self._host_pages.clear()
 
     def close(self) -> None:
@@ -174,3 +189,21 @@ class GuestMemory:
         with contextlib.suppress(BufferError):
             self._mmap.close()
         self.end = self.base  # every range check fails from now on
+
+
+def _remap_anonymous(addr: int, size: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    )
+    fixed = 0x10  # MAP_FIXED
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | fixed
+    got = libc.mmap(addr, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
+    if got != addr:
+        raise OSError(ctypes.get_errno(), "cannot replace guest RAM's mapping")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeAlias
 
@@ -78,6 +79,7 @@ _Str: TypeAlias = str
 _Bytes: TypeAlias = bytes
 _Bool: TypeAlias = bool
 _List: TypeAlias = list
+_Float: TypeAlias = float
 
 
 class Fields:
@@ -98,6 +100,10 @@ class Fields:
     def has(self, key: _Str) -> _Bool:
         return key in self._d
 
+    def given(self, key: _Str) -> _Bool:
+        """Present and not None."""
+        return self._d.get(key) is not None
+
     def keys(self) -> Iterator[_Str]:
         return iter(self._d)
 
@@ -116,6 +122,12 @@ class Fields:
 
     def opt_int(self, key: _Str, lo: _Int = 0, hi: _Int = U64) -> _Int | None:
         return None if self._d.get(key) is None else self.int(key, lo, hi)
+
+    def float(self, key: _Str) -> _Float:
+        v = self._get(key)
+        if type(v) not in (int, float) or v != v or v in (math.inf, -math.inf):
+            raise self.fail(key, f"expected a number, found {_kind(v)}")
+        return _Float(v)
 
     def bool(self, key: _Str) -> _Bool:
         v = self._get(key)
@@ -192,3 +204,8 @@ def _kind(v: object) -> str:
         return "nothing"
     names = {bool: "true/false", int: "an integer", str: "text", list: "a list", dict: "a table"}
     return names.get(type(v), type(v).__name__)
+
+
+# Their names on hv.hw's face.
+encode_state = encode
+decode_state = decode
