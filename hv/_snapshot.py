@@ -46,6 +46,7 @@ class Vm(Protocol):
     _vt_sleeping: bool
     _vt_input: bool
     _vt_seq: itertools.count[int]
+    _member: Any
 
     @property
     def config(self) -> Any: ...
@@ -134,6 +135,12 @@ def state_of(vm: Vm) -> State:
                 for at, _, t in sorted(vm._tickets, key=lambda e: e[:2])
             ],
             "host_input": [save_call(m, fn) for fn in vm._host_input],
+            # What it sent that the lab's fabric has not taken yet, in the order it will.
+            "posted": [
+                {"at": at, **save_call(m, fn)}
+                for at, who, fn in vm._timeline.pending()
+                if who is vm._member
+            ],
         }
     return {"machine": m.save_state(), "vt": vt}
 
@@ -163,6 +170,9 @@ def load_state(vm: Vm, st: Fields) -> None:
         ticket.ready(load_call(m, e))
         heapq.heappush(vm._tickets, (at, next(vm._vt_seq), ticket))
     vm._host_input = [load_call(m, e) for e in vt.subs("host_input", CALLS_MAX)]
+    for e in vt.subs("posted", CALLS_MAX):
+        at = e.int("at", 0, 1 << 62)
+        vm._timeline.post(vm._member, at, load_call(m, e))
 
 
 def write_vm(vm: Vm, path: Path, *, durable: bool = True) -> int:

@@ -330,13 +330,17 @@ class Vm:
         was_paused = self._pause_requested
         self.pause()
         try:
-            while not self._paused_evt.is_set() and self.machine.stop_info is None:
-                with trio.move_on_after(IDLE_RECHECK_S):
-                    await self._paused_evt.wait()
+            await self._wait_paused()
             return await self._snapshot_now(path, durable)
         finally:
             if not was_paused and self.machine.stop_info is None:
                 self.resume()
+
+    async def _wait_paused(self) -> None:
+        """After ``pause``: until the VM is (real time: between slices, clock paused)."""
+        while not self._paused_evt.is_set() and self.machine.stop_info is None:
+            with trio.move_on_after(IDLE_RECHECK_S):
+                await self._paused_evt.wait()
 
     async def _snapshot_now(self, path: Path, durable: bool) -> SnapshotInfo:
         m = self.machine

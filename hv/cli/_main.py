@@ -26,6 +26,7 @@ from hv.cli import _disk as _disk_cli
 from hv.cli import _exec as _exec_cli
 from hv.cli import _link as _link_cli
 from hv.cli import _netem as _netem_cli
+from hv.cli import _snapshot as _snapshot_cli
 from hv.cli._terminal import EXIT_OUTPUT_CLOSED, EscapeKeys, raw_terminal
 from hv.hw import DEFAULT_MIPS, DEFAULT_QUANTUM
 from hv.hw import _platform as P
@@ -237,7 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
             "are relative to it."
         ),
     )
-    up.add_argument("lab", metavar="LAB.toml", help="the lab file")
+    up.add_argument("lab", metavar="LAB.toml", nargs="?", help="the lab file")
+    up.add_argument(
+        "--restore",
+        metavar="DIR",
+        help="go on from the lab snapshot in DIR (hv snapshot LAB DIR) instead of booting: "
+        "the lab's tables, clock, seed and rate are the snapshot's (give no LAB.toml)",
+    )
     up.add_argument(
         "-d",
         "--detach",
@@ -305,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     _netem_cli.add_parsers(sub, up)  # hv netem: a running lab's impaired cables
     _exec_cli.add_parsers(sub)  # hv exec, hv cp: commands and files in a lab's guests
     _link_cli.add_parsers(sub)  # hv link: a running lab's cables pulled out and plugged back
+    _snapshot_cli.add_parsers(sub)  # hv snapshot: a running lab saved, to go on from later
 
     demo = sub.add_parser(
         "demo",
@@ -724,6 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _exec_cli.exec_command(args)
         if args.command == "link":
             return _link_cli.link_command(args)
+        if args.command == "snapshot":
+            return _snapshot_cli.snapshot_command(args)
         if args.command in _control_cli.COMMANDS:
             return _control_cli.control_command(args)
         if args.command == "disk":
@@ -900,7 +910,22 @@ async def _up_lab(args: argparse.Namespace, mesh: Mesh | None) -> int:
     from hv._status import StopKind
     from hv.lab import ControlServer, LiveConsole, live_view, run_lab, view_mode
 
-    spec = _control_cli.load_named(Path(args.lab), args.project_name, args)
+    restore = None
+    if args.restore is not None:
+        from hv.lab import LabRestore
+
+        if args.lab is not None:
+            raise ConfigError("hv up --restore DIR takes no LAB.toml (the snapshot has the lab)")
+        if mesh is not None or args.host is not None:
+            raise ConfigError("--restore: a restored lab runs in one process, on one host")
+        if args.clock is not None or args.seed is not None or args.mips is not None:
+            raise ConfigError("--restore: the lab goes on with the clock, seed and mips it had")
+        restore = LabRestore(args.restore)
+        spec = restore.spec(args.project_name, getattr(args, "jobs", None))
+    elif args.lab is None:
+        raise ConfigError("hv up: name the lab file (hv up LAB.toml), or --restore DIR")
+    else:
+        spec = _control_cli.load_named(Path(args.lab), args.project_name, args)
     if mesh is not None and mesh.rank > 0:
         # Another shard of a lab over several processes: its VMs' consoles on stdout; the
         # first shard has the control socket and says how the lab ended.
@@ -914,9 +939,13 @@ async def _up_lab(args: argparse.Namespace, mesh: Mesh | None) -> int:
     mode = view_mode(args.view, _stdout_fd() >= 0 and os.isatty(1))
     shown = LiveConsole(write) if mode is not None else None
     stdin = sys.stdin.fileno() if sys.stdin is not None and args.attach else -1
-    with ControlServer(spec, Path(args.lab)) as control:  # refused if the lab's name is taken
+    lab_file = Path(args.lab) if args.lab is not None else None
+    with ControlServer(spec, lab_file) as control:  # refused if the lab's name is taken
         async with trio.open_nursery() as nursery:
-            lab = partial(run_lab, spec, None, args.exit_code_from, force=args.force, mesh=mesh)
+            lab = partial(
+                run_lab, spec, None, args.exit_code_from, force=args.force, mesh=mesh,
+                restore=restore,
+            )  # fmt: skip
             run = await nursery.start(lab)  # its consoles are the control server's
             if shown is not None:
                 nursery.start_soon(partial(live_view, run, shown, terminal=mode == "table"))

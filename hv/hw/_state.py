@@ -104,6 +104,10 @@ class Fields:
         """Present and not None."""
         return self._d.get(key) is not None
 
+    def table(self) -> dict[_Str, Any]:
+        """The dict itself, for a reader that checks it its own way (a lab's tables)."""
+        return dict(self._d)
+
     def keys(self) -> Iterator[_Str]:
         return iter(self._d)
 

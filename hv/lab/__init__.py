@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     )
     from hv.lab._runner import LabRun, Output, open_tap, run_lab, services_config
     from hv.lab._shards import Mesh, Shards, assign_shards, launch_argv, mpi_rank, mpi_size
+    from hv.lab._snapshot import LabRestore, LabSnapshotInfo
     from hv.lab._spec import (
         LabSpec,
         NicSpec,
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from hv.lab._view import LiveConsole, live_view, view_mode
 
 _LAZY = {
+    "LabSnapshotInfo": "hv.lab._snapshot",
+    "LabRestore": "hv.lab._snapshot",
     "Lab": "hv.lab._api",
     "as_spec": "hv.lab._api",
     "open_lab": "hv.lab._api",
@@ -114,7 +117,9 @@ __all__ = [
     "Follower",
     "Lab",
     "LabPaths",
+    "LabRestore",
     "LabRun",
+    "LabSnapshotInfo",
     "LabSpec",
     "LineBuffer",
     "LineTooLong",

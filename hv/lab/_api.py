@@ -25,7 +25,9 @@ from typing import Any
 
 import trio
 
+from hv._errors import ConfigError
 from hv.lab._runner import LabRun, Output, run_lab
+from hv.lab._snapshot import LabRestore
 from hv.lab._spec import LabSpec, check_captures, load_lab, parse_doc, with_clock
 
 
@@ -82,7 +84,7 @@ def as_spec(spec: LabSpec | Lab | str | Path, *, clock: str | None = None) -> La
 
 @asynccontextmanager
 async def open_lab(
-    spec: LabSpec | Lab | str | Path,
+    spec: LabSpec | Lab | str | Path | None,
     output: Output | None = None,
     *,
     force: bool = False,
@@ -90,6 +92,7 @@ async def open_lab(
     seed: int | None = None,
     mips: int | None = None,
     jobs: int | None = None,
+    restore: str | Path | None = None,
 ) -> AsyncIterator[LabRun]:
     """Run a lab (a parsed file, a ``Lab``, or a lab file's path) for the body of the
     ``async with``: its switches, services and VMs are up when the body starts; leaving it
@@ -101,11 +104,23 @@ async def open_lab(
     ``hv up --clock --seed --mips`` do (docs/TIME.md); a ConfigError for a lab with a TAP on
     virtual time, or ``mips`` on real time. ``lab.timeline.stats()`` then gives the virtual
     time, the wall time and their ratio. ``jobs`` is how many host threads run the VMs of a
-    virtual-time lab (default: every core; the run is the same for any number)."""
-    parsed = with_clock(as_spec(spec, clock=clock), clock, seed, mips, jobs=jobs)
+    virtual-time lab (default: every core; the run is the same for any number).
+
+    ``restore``: a lab snapshot's folder (``LabRun.snapshot``): the lab goes on from there,
+    with the tables, clock, seed and rate it was taken with (``spec`` is then None)."""
+    saved: LabRestore | None = None
+    if restore is not None:
+        if spec is not None:
+            raise ConfigError("open_lab: give a lab or restore=FOLDER, not both")
+        saved = LabRestore(restore)
+        parsed = saved.spec(jobs=jobs)
+    elif spec is None:
+        raise ConfigError("open_lab: give a lab (or restore=FOLDER)")
+    else:
+        parsed = with_clock(as_spec(spec, clock=clock), clock, seed, mips, jobs=jobs)
     check_captures(parsed, force)  # a plain ConfigError here, not one from inside the nursery
     async with trio.open_nursery() as nursery:
-        run: LabRun = await nursery.start(_run, parsed, output, force)
+        run: LabRun = await nursery.start(_run, parsed, output, force, saved)
         try:
             yield run
         finally:
@@ -113,6 +128,11 @@ async def open_lab(
 
 
 async def _run(
-    spec: LabSpec, output: Output | None, force: bool, *, task_status: trio.TaskStatus[LabRun]
+    spec: LabSpec,
+    output: Output | None,
+    force: bool,
+    restore: LabRestore | None,
+    *,
+    task_status: trio.TaskStatus[LabRun],
 ) -> None:
-    await run_lab(spec, output, force=force, task_status=task_status)
+    await run_lab(spec, output, force=force, restore=restore, task_status=task_status)

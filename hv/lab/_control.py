@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, cast
 
 import trio
 
-from hv._errors import ConfigError, HostError
+from hv._errors import ConfigError, HostError, HvError
 from hv._exec import AGENT_PORT, CHUNK, READY_TIMEOUT, ExecError, agent_of
 from hv._log import get_logger
 from hv._status import StopInfo
@@ -575,6 +575,8 @@ class ControlServer:
             return {"ok": True, **self.netem(request)}
         if op == "link":
             return {"ok": True, **self.link(request)}
+        if op == "snapshot":
+            return {"ok": True, **(await self.snapshot(request))}
         if op == "stop":  # answered even when it ends the lab (the last VMs stopped)
             with self._stream():
                 return {"ok": True, "stopped": await self._stop(request.get("vm"))}
@@ -631,6 +633,28 @@ class ControlServer:
         """``hv.lab._stats.snapshot`` of the lab."""
         assert self.run is not None
         return snapshot(self.run)
+
+    async def snapshot(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``{"op": "snapshot", "path": ABSOLUTE, "vm": NAME?}``: the lab's snapshot into the
+        folder ``path``, or one VM's into the file ``path`` (a folder: NAME.hvsnap in it)."""
+        assert self.run is not None
+        path = request.get("path")
+        if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
+            raise ControlError("snapshot: path must be an absolute path")
+        target = Path(path)
+        try:
+            if request.get("vm") is not None:
+                vm = self._vm(request.get("vm"))
+                if target.is_dir():
+                    target = target / f"{vm.name}.hvsnap"
+                info = await vm.snapshot(target)
+                return {"path": str(info.path), "bytes": info.bytes,
+                        "paused_ms": round(info.paused_s * 1e3, 1), "lab_ps": None}  # fmt: skip
+            lab = await self.run.snapshot(target)
+        except (HvError, OSError) as e:
+            raise ControlError(f"snapshot: {e}") from None
+        return {"path": str(lab.path), "bytes": lab.bytes,
+                "paused_ms": round(lab.paused_s * 1e3, 1), "lab_ps": lab.lab_ps}  # fmt: skip
 
     def netem(self, request: dict[str, Any]) -> dict[str, Any]:
         """Show or change an impaired cable (``hv.lab._netem.netem``)."""

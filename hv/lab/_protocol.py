@@ -42,7 +42,10 @@ if TYPE_CHECKING:
 
 PROTOCOL = "hvfabric-control"
 VERSION = 1
-OPS = ("hello", "ps", "stats", "stop", "down", "console", "capture", "netem", "agent", "link")
+OPS = (
+    "hello", "ps", "stats", "stop", "down", "console", "capture", "netem", "agent", "link",
+    "snapshot",
+)  # fmt: skip
 MAX_LINE = 64 << 10  # longest line either end reads
 SUN_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path is 108, NUL-terminated)
 # How ``hv up -d`` tells the lab it starts where its log is (shown by ``hv ps``).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,9 @@ import trio
 
 from hv._cores import Cores
 from hv._disk import Disk, close_disks, open_disks
-from hv._errors import ConfigError, HostError
+from hv._errors import ConfigError, HostError, SnapshotError
 from hv._nic import Nic
+from hv._snapshot import restore_fields
 from hv._status import StopInfo
 from hv._timeline import Timeline
 from hv._vm import Vm, VmConfig, run_vm
@@ -31,6 +33,7 @@ from hv.hw import DEFAULT_QUANTUM, default_jobs
 from hv.lab._hosts import run_command
 from hv.lab._link import describe as describe_link
 from hv.lab._link import link_cables, link_state, set_link
+from hv.lab._snapshot import LabRestore, LabSnapshotInfo, load_fabric, snapshot_lab, vm_file
 from hv.lab._spec import ImageSpec, LabSpec, NicSpec, VmSpec, check_captures, check_clock
 from hv.lab._vxlan_keys import VxlanSpec
 from netfabric.capture import CaptureError
@@ -99,6 +102,15 @@ class LabRun:
         """Stop every VM (the lab then ends)."""
         for vm in self.vms.values():
             vm.stop(reason)
+
+    async def snapshot(
+        self, folder: str | os.PathLike[str], *, durable: bool = True
+    ) -> LabSnapshotInfo:
+        """Write the lab's snapshot into ``folder`` (made if missing; its files replaced):
+        ``hv up --restore FOLDER`` or ``open_lab(..., restore=FOLDER)`` goes on from this
+        instant. On virtual time the lab's clock holds while it is taken (the run is the
+        same as one never snapshotted); on real time each VM is paused for it."""
+        return await snapshot_lab(self, Path(folder), durable=durable)
 
     def set_link(self, cable: str, up: bool) -> dict[str, Any]:
         """Pull a cable out (``up=False``) or plug it back, as ``hv link LAB CABLE down|up``:
@@ -346,6 +358,7 @@ async def run_lab(
     until: frozenset[str] | None = None,
     force: bool = False,
     mesh: Mesh | None = None,
+    restore: LabRestore | None = None,
     task_status: trio.TaskStatus[LabRun] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run ``spec`` to its end; return the lab's exit status. The end: every VM stopped; or
@@ -353,7 +366,9 @@ async def run_lab(
     (the lab's status is 0 only if they all stopped cleanly). A capture may overwrite an
     existing file that is not pcapng only with ``force`` (see ``check_captures``). With a
     ``mesh`` of several processes (MPI ranks), this process runs its shard of the lab
-    (hv.lab._shards); the status is the whole lab's, the same in every one."""
+    (hv.lab._shards); the status is the whole lab's, the same in every one. ``restore``: the
+    lab (``spec`` parsed from its tables) goes on from that snapshot (hv.lab._snapshot)
+    instead of booting."""
     if spec.hosts and spec.host is None:
         raise ConfigError(run_command(spec))
     if exit_code_from is not None and exit_code_from not in spec.vms:
@@ -379,20 +394,39 @@ async def run_lab(
     check_clock(spec)
     if mesh is not None and rank > 0:  # shard 0 builds what is missing, the others then find it
         await mesh.swap({k: None for k in mesh.peers}, TAG_READY, START_TIMEOUT_S)
-    build_bundled((spec.vms[n].kernel for n in mine), spec.base, StderrProgress("hv: "))
+    if restore is not None:
+        if mesh is not None:
+            raise ConfigError("a lab restored from a snapshot runs in one process")
+        missing = sorted(set(spec.vms) ^ set(restore.vms))
+        if missing:
+            raise SnapshotError(
+                f"{restore.folder}: the snapshot's VMs and the lab's differ ({', '.join(missing)})"
+            )
+    else:
+        build_bundled((spec.vms[n].kernel for n in mine), spec.base, StderrProgress("hv: "))
     if mesh is not None and rank == 0:
         await mesh.swap({k: None for k in mesh.peers}, TAG_READY, START_TIMEOUT_S)
     images = {
         name: image_file(v.image, f"vms.{name}.image")
         for name, v in spec.vms.items()
-        if v.image is not None and name in mine
+        if v.image is not None and name in mine and restore is None
     }
+    restored: dict[str, dict[str, Any]] = {}
+    if restore is not None:
+        for name in mine:
+            if spec.vms[name].image is not None or spec.vms[name].disks:
+                raise ConfigError(f"vms.{name}: a restored lab's VMs cannot have disks yet")
+            restored[name] = restore_fields(vm_file(restore.folder, name))
     # Read once per kernel and initrd, however many VMs boot them (a thousand guests of one
     # kind share the bytes, and the bundled guest's build check runs once).
     read: dict[tuple[str, Path | None], BootFiles] = {}
     boots: dict[str, BootFiles] = {}
     for name in mine:
         v = spec.vms[name]
+        if name in restored:
+            f = restored[name]
+            boots[name] = BootFiles(f["kernel"], f["initrd"], f["cmdline"])
+            continue
         key = (v.kernel, v.initrd)
         if key not in read:
             read[key] = boot_files(spec, v)
@@ -464,6 +498,7 @@ async def run_lab(
                     run.links.append(made)
                 if shards is not None:
                     shards.wire(run.switches, spec)
+                restore_state = restore.state() if restore is not None else None
                 cables: dict[tuple[str, int], Cable] = {}
                 for vspec in (spec.vms[n] for n in mine):
                     for i, nic in enumerate(vspec.nics):
@@ -493,6 +528,20 @@ async def run_lab(
                     )
                     for name in mine
                 }  # fmt: skip
+                if restore_state is not None:
+                    # The fabric as it was (its objects are built, nothing runs yet); each VM
+                    # takes its own state back when its task starts.
+                    load_fabric(run, restore_state.sub("fabric"))
+                    for name, f in restored.items():
+                        configs[name] = dataclasses.replace(
+                            configs[name],
+                            cmdline=f["cmdline"], mem_size=f["mem_size"], quantum=f["quantum"],
+                            smp=f["smp"], vsock=f["vsock"], rng=f["rng"], restore=f["restore"],
+                        )  # fmt: skip
+                    if tl is not None:
+                        c = restore_state.sub("timeline")
+                        now_ps = c.int("now_ps", 0, 1 << 62)
+                        tl.load_clock(now_ps, c.float("now_s"), c.int("reached_ps", 0, 1 << 62))
                 for name, cfg in configs.items():
                     try:
                         run.vms[name] = await nursery.start(run_vm, cfg)

@@ -210,6 +210,8 @@ class LabSpec:
     host: str | None = None
     remote_vms: dict[str, VmSpec] = field(default_factory=dict)
     all_links: tuple[LinkSpec, ...] | None = None
+    # The tables it was parsed from (a snapshot keeps them: hv.lab._snapshot).
+    doc: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def every_vm(self) -> dict[str, VmSpec]:
         """The lab's VMs, those on other hosts too."""
@@ -684,7 +686,7 @@ def parse_doc(
                 )
     lab = LabSpec(
         name=name, base=base, switches=switches, vms=vms, links=links, clock=clock, seed=seed,
-        mips=mips, lookahead_ps=lookahead_ps, hosts=hosts,
+        mips=mips, lookahead_ps=lookahead_ps, hosts=hosts, doc=doc,
     )  # fmt: skip
     check_hosts(lab)
     check_clock(lab)
