@@ -576,6 +576,19 @@ def _fail(load: Callable[[Fields], object], state: State, match: str) -> None:
         load(through_file(state, "dev0"))
 
 
+def test_driver_ok_with_a_queue_not_ready_round_trips() -> None:
+    """The guest's mistake (DRIVER_OK with one of two queues ready: NEEDS_RESET) is a state
+    too, restored as it was; the driver's reset brings the device back."""
+    a = Rig(N.VirtioNet(MAC), (), queues=[])
+    rx = DriverQueue(a.mem, 8, RAM + 0x1000, RAM + 0x10000)
+    tx = DriverQueue(a.mem, 8, RAM + 0x2000, RAM + 0x20000)
+    assert activate(a.dev, M.F_VERSION_1, [rx]) & M.STATUS_NEEDS_RESET  # tx never ready
+    assert len(a.dev.queues) == 1
+    b = a.twin(N.VirtioNet(MAC))
+    assert b.registers() == a.registers() and not b.dev.running
+    assert activate(b.dev, M.F_VERSION_1, [rx, tx]) == 0x0F
+
+
 def test_out_of_range_sizes_and_indices_are_refused_naming_the_field() -> None:
     a, _ = net_mid_work()
     good = a.dev.save_state()

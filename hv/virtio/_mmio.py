@@ -180,7 +180,8 @@ class VirtioMmio(Device):
 
     def save_state(self) -> State:
         """The registers, each queue's configuration, the rings' positions once the driver
-        brought the device up (``active``) and the backend's state."""
+        brought the device up and the backend's state."""
+        n = len(self.queues_cfg)
         return {
             "status": self.status,
             "device_features_sel": self.device_features_sel,
@@ -199,7 +200,8 @@ class VirtioMmio(Device):
                 }
                 for q in self.queues_cfg
             ],
-            "queues": [q.save_state() for q in self.queues],
+            # (a DRIVER_OK with queues not ready left some: NEEDS_RESET, none in use)
+            "queues": [q.save_state() for q in self.queues if len(self.queues) == n],
             "backend": self.backend.save_state(),
         }
 
