@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 
-from hv.hw import TEST_SIZE, Device
+from hv.hw import TEST_SIZE, Device, Fields, State
 
 # Low-16-bit command codes, as in QEMU's hw/misc/sifive_test.c and Linux's syscon-poweroff DT.
 FINISHER_FAIL = 0x3333
@@ -57,6 +57,12 @@ class Finisher(Device):
 
     def reset(self) -> None:
         pass  # no state: each write acts at once
+
+    def save_state(self) -> State:
+        return {}  # no state: each write acts at once
+
+    def load_state(self, st: Fields) -> None:
+        pass
 
     def mmio_read(self, offset: int, size: int) -> int:
         self.counters["bad_read"] += 1

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hv._errors import HostError
-from hv.hw import PLIC_SIZE, Device, IrqLine
+from hv.hw import PLIC_SIZE, Device, Fields, IrqLine, State
 
 # Sources 0..NUM_SOURCES-1 exist; source 0 is reserved (as on QEMU virt).
 NUM_SOURCES = 96
@@ -85,6 +85,42 @@ class Plic(Device):
         self._enable = [0] * self.contexts
         self._threshold = [0] * self.contexts
         self._output = [False] * self.contexts
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def save_state(self) -> State:
+        """Priorities, enables and thresholds, the level of each source's line (``asserted``,
+        bit n = source n) and the sources in service (claimed, not completed). Pending and
+        the outputs follow from them."""
+        return {
+            "contexts": self.contexts,
+            "priority": list(self._priority),
+            "asserted": self._asserted,
+            "in_service": self._in_service,
+            "enable": list(self._enable),
+            "threshold": list(self._threshold),
+        }
+
+    def load_state(self, st: Fields) -> None:
+        contexts = st.int("contexts", 1, 1 << 16)
+        st.check(
+            contexts == self.contexts, "contexts", f"{contexts}, this PLIC has {self.contexts}"
+        )
+        priority = st.ints("priority", NUM_SOURCES, 0, MAX_PRIORITY, length=NUM_SOURCES)
+        st.check(priority[0] == 0, "priority[0]", f"{priority[0]}: source 0 does not exist")
+        top = (1 << NUM_SOURCES) - 1
+        asserted = st.int("asserted", 0, top)
+        in_service = st.int("in_service", 0, top)
+        for key, bits in (("asserted", asserted), ("in_service", in_service)):
+            st.check(not bits & 1, key, "bit 0 is set: source 0 does not exist")
+        enable = st.ints("enable", contexts, 0, top, length=contexts)
+        for i, bits in enumerate(enable):
+            st.check(not bits & 1, f"enable[{i}]", "bit 0 is set: source 0 does not exist")
+        threshold = st.ints("threshold", contexts, 0, MAX_PRIORITY, length=contexts)
+        self._priority = list(priority)
+        self._asserted, self._in_service = asserted, in_service
+        self._enable, self._threshold = list(enable), list(threshold)
+        self._update()  # the outputs (and the harts' external interrupt lines) follow
 
     # -- device side --------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import collections
 
-from hv.hw import UART0_SIZE, Device, IrqLine
+from hv.hw import UART0_SIZE, Device, Fields, IrqLine, State
 
 # Receive FIFO depth with FIFOs enabled (a 16550A has 16 bytes).
 FIFO_SIZE = 16
@@ -139,6 +139,60 @@ class Uart16550(Device):
         self._thre_pending = False
         self._tx_ready = True
         self._output = bytearray()
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def save_state(self) -> State:
+        """Every register, the receive FIFO's bytes, the THR-empty latch and what the guest
+        transmitted that the host has not taken yet. The interrupt line follows from them."""
+        return {
+            "rx": bytes(self._rx),
+            "ier": self._ier,
+            "lcr": self._lcr,
+            "mcr": self._mcr,
+            "lsr_errors": self._lsr_errors,
+            "msr": self._msr,
+            "scr": self._scr,
+            "dll": self._dll,
+            "dlm": self._dlm,
+            "fifo_enabled": self._fifo_enabled,
+            "rx_trigger": self._rx_trigger,
+            "thre_pending": self._thre_pending,
+            "tx_ready": self._tx_ready,
+            "output": bytes(self._output),
+        }
+
+    def load_state(self, st: Fields) -> None:
+        """The saved registers. The host's console reader starts afresh, ready (the board's
+        console starts unblocked): a UART saved while the host held it busy comes back ready,
+        with the THR-empty interrupt its becoming ready raises (``set_tx_ready``)."""
+        fifo = st.bool("fifo_enabled")
+        trigger = st.int("rx_trigger", 1, 14)
+        st.check(
+            trigger in RX_TRIGGER and (fifo or trigger == 1),
+            "rx_trigger",
+            f"{trigger} is not a trigger level of this FIFO mode",
+        )
+        rx = st.bytes("rx", FIFO_SIZE if fifo else 1)
+        ier = st.int("ier", 0, IER_MASK)
+        lcr = st.int("lcr", 0, 0xFF)
+        mcr = st.int("mcr", 0, MCR_MASK)
+        lsr_errors = st.int("lsr_errors", 0, 0xFF)
+        st.check(not lsr_errors & ~LSR_ERRORS, "lsr_errors", f"{lsr_errors:#x} holds no error")
+        msr = st.int("msr", 0, 0xFF)
+        regs = [st.int(key, 0, 0xFF) for key in ("scr", "dll", "dlm")]
+        thre = st.bool("thre_pending")
+        tx_ready = st.bool("tx_ready")
+        output = st.bytes("output", OUTPUT_LIMIT)
+        self._rx = collections.deque(rx)
+        self._ier, self._lcr, self._mcr = ier, lcr, mcr
+        self._lsr_errors, self._msr = lsr_errors, msr
+        self._scr, self._dll, self._dlm = regs
+        self._fifo_enabled, self._rx_trigger = fifo, trigger
+        self._thre_pending = thre or not tx_ready
+        self._tx_ready = True
+        self._output = bytearray(output)
+        self._update_irq()
 
     # -- host side ----------------------------------------------------------------------------
 

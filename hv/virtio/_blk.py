@@ -37,17 +37,18 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from blockdev import BlockBackend, BlockIOError
 from blockdev.open import check_serial
 from hv._errors import GuestError
 from hv._log import get_logger
-from hv.hw import Completion, Counters, GuestMemory
+from hv.hw import Completion, Counters, Fields, GuestMemory, State
 from hv.virtio._mmio import F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, VirtioBackend, VirtioMmio
-from hv.virtio._queue import DescriptorChain, Virtqueue
+from hv.virtio._queue import MAX_CHAIN_BYTES, MAX_QUEUE_SIZE, DescriptorChain, Virtqueue
 
 log = get_logger("hv.virtio.blk")
 
@@ -327,6 +328,9 @@ class VirtioBlk(VirtioBackend):
         self.generation = 0
         self.in_flight = 0  # requests with the backend, of any generation
         self.in_flight_bytes = 0
+        # the same, with their tickets (virtual time), for a snapshot to replay
+        self._works: dict[int, tuple[_Work, Completion | None]] = {}
+        self._work_ids = itertools.count()
 
     # -- what the driver sees ----------------------------------------------------------------
 
@@ -382,6 +386,91 @@ class VirtioBlk(VirtioBackend):
 
     def notify(self, queue: int) -> None:
         self._take()
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def save_state(self) -> State:
+        """The generation and the requests still with the host (``in_flight``), to be
+        issued again on restore (replay: reads and writes of the same bytes to the same
+        place, a flush, a discard are all idempotent, and the disk is saved as it was when
+        the snapshot was taken, with or without each one). A request whose host work is
+        done but whose completion waits for its time (virtual time) is a pending call
+        instead: ``save_call``."""
+        works = []
+        for work, ticket in self._works.values():
+            w = _work_state(work)
+            w["due_ps"] = getattr(ticket, "due_ps", None)
+            works.append(w)
+        return {"generation": self.generation, "in_flight": works}
+
+    def load_state(
+        self, st: Fields, mem: GuestMemory | None, queues: Sequence[Virtqueue], features: int
+    ) -> None:
+        generation = st.int("generation")
+        # (what _load_work checks requests against: the queue's size, the features)
+        self._mem, self._queue, self._features = mem, queues[0] if queues else None, features
+        works = [
+            (self._load_work(w, generation), w.opt_int("due_ps"))
+            for w in st.subs("in_flight", MAX_IN_FLIGHT)
+        ]
+        st.check(
+            sum(w.cost for w, _ in works) <= MAX_IN_FLIGHT_BYTES + MAX_CHAIN_BYTES,
+            "in_flight",
+            "more bytes in flight than the device allows",
+        )
+        self.generation = generation
+        for work, due_ps in works:  # replayed: with the host again, completed as usual
+            self._start(work, due_ps)
+
+    def save_call(self, fn: Callable[[], None]) -> State | None:
+        if isinstance(fn, functools.partial) and fn.func == self._complete:
+            work, status, data = fn.args
+            return {"call": "complete", "work": _work_state(work), "status": status, "data": data}
+        return None
+
+    def load_call(self, st: Fields) -> Callable[[], None]:
+        st.choice("call", ("complete",))
+        work = self._load_work(st.sub("work"), self.generation)
+        status = st.int("status", S_OK, S_IOERR)
+        data = st.bytes("data", work.req.data_len if work.req.type == T_IN else 0)
+        return functools.partial(self._complete, work, status, data)
+
+    def _load_work(self, st: Fields, generation: int) -> _Work:
+        """A saved request, checked as ``parse_request`` and ``_check`` would have."""
+        assert self.transport is not None
+        mem = self.transport.ctx.memory
+        size = self._queue.size if self._queue is not None else MAX_QUEUE_SIZE
+        head = st.int("head", 0, size - 1)
+        rtype = st.choice("type", tuple(TYPE_NAMES.values()))
+        t = next(k for k, v in TYPE_NAMES.items() if v == rtype)
+        st.check(t != T_GET_ID, "type", "get_id is answered at once, never in flight")
+        sector = st.int("sector")
+        data: list[tuple[int, int]] = []
+        for i, (addr, n) in enumerate(_pairs(st, "data", MAX_QUEUE_SIZE)):
+            st.check(mem.contains(addr, n), f"data[{i}]", f"{addr:#x}+{n:#x} is outside RAM")
+            data.append((addr, n))
+        total = sum(n for _, n in data)
+        st.check(total <= MAX_CHAIN_BYTES, "data", f"{total} bytes is more than a chain holds")
+        st.check(total % SECTOR == 0, "data", f"{total} bytes is not whole sectors")
+        st.check(not data or t in (T_IN, T_OUT), "data", f"a {rtype} request carries no data")
+        status_addr = st.int("status_addr")
+        st.check(mem.contains(status_addr), "status_addr", f"{status_addr:#x} is outside RAM")
+        max_seg = MAX_DISCARD_SEG if t == T_DISCARD else MAX_WRITE_ZEROES_SEG
+        segs = st.subs("segments", max_seg if t in (T_DISCARD, T_WRITE_ZEROES) else 0)
+        segments = tuple(
+            Segment(g.int("sector"), g.int("num_sectors", 0, 0xFFFF_FFFF), g.int("flags", 0, 1))
+            for g in segs
+        )
+        st.check(
+            t != T_DISCARD or not any(g.flags for g in segments), "segments", "unmap on a discard"
+        )
+        payload = st.bytes("payload", total if t == T_OUT else 0)
+        st.check(t != T_OUT or len(payload) == total, "payload", "not the request's length")
+        work_generation = st.int("generation", 0, generation)
+        req = BlkRequest(head, t, sector, tuple(data), status_addr, segments)
+        refused = self._check(req)  # out of the disk's range, read-only, not negotiated
+        st.check(refused is None, "sector", f"a request this disk refuses (status {refused})")
+        return _Work(req, work_generation, total, payload)
 
     # -- taking requests ---------------------------------------------------------------------
 
@@ -489,7 +578,7 @@ class VirtioBlk(VirtioBackend):
 
     # -- doing them --------------------------------------------------------------------------
 
-    def _start(self, work: _Work) -> None:
+    def _start(self, work: _Work, due_ps: int | None = None) -> None:
         assert self.transport is not None
         self.in_flight += 1
         self.in_flight_bytes += work.cost
@@ -497,19 +586,24 @@ class VirtioBlk(VirtioBackend):
 
         ctx = self.transport.ctx
         vt = ctx.time
-        ticket = vt.expect(vt.now_ps() + modelled_latency_ps(work)) if vt is not None else None
+        if due_ps is None and vt is not None:
+            due_ps = vt.now_ps() + modelled_latency_ps(work)
+        ticket = vt.expect(due_ps) if vt is not None and due_ps is not None else None
+        key = next(self._work_ids)
+        self._works[key] = (work, ticket)
 
         async def run() -> None:
-            await self._run(work, ticket)
+            await self._run(work, ticket, key)
 
         ctx.spawn(run)
 
-    async def _run(self, work: _Work, ticket: Completion | None = None) -> None:
+    async def _run(self, work: _Work, ticket: Completion | None = None, key: int = -1) -> None:
         try:
             status, data = await self._execute(work)
         finally:  # cancelled too (the VM stops): the slot is free
             self.in_flight -= 1
             self.in_flight_bytes -= work.cost
+            self._works.pop(key, None)
         if ticket is None:
             self._complete(work, status, data)
         else:  # virtual time: the guest sees it at the modelled time, however long it took
@@ -600,6 +694,34 @@ class VirtioBlk(VirtioBackend):
             self._take()
         except GuestError as e:
             self.transport.needs_reset(e)
+
+
+def _work_state(work: _Work) -> State:
+    req = work.req
+    return {
+        "head": req.head,
+        "type": TYPE_NAMES[req.type],
+        "sector": req.sector,
+        "data": [[addr, n] for addr, n in req.data],
+        "status_addr": req.status_addr,
+        "segments": [
+            {"sector": g.sector, "num_sectors": g.num_sectors, "flags": g.flags}
+            for g in req.segments
+        ],
+        "payload": work.payload,
+        "generation": work.generation,
+    }
+
+
+def _pairs(st: Fields, key: str, max_len: int) -> list[tuple[int, int]]:
+    """A list of [address, length] pairs (u64, u32)."""
+    out = []
+    for i, v in enumerate(st.list(key, max_len)):
+        ok = isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)
+        ok = ok and 0 <= v[0] <= (1 << 64) - 1 and 0 <= v[1] <= 0xFFFF_FFFF
+        st.check(ok, f"{key}[{i}]", f"{v!r} is not an [address, length] pair")
+        out.append((v[0], v[1]))
+    return out
 
 
 def _scatter(mem: GuestMemory, bufs: Buffers, data: bytes) -> None:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import abc
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from hv._errors import GuestError
-from hv.hw import Device, GuestMemory
-from hv.virtio._queue import MAX_QUEUE_SIZE, Virtqueue
+from hv._errors import GuestError, HostError
+from hv.hw import Device, Fields, GuestMemory, State
+from hv.virtio._queue import MAX_QUEUE_SIZE, QueueError, Virtqueue
 
 MAGIC = 0x7472_6976  # "virt"
 VERSION = 2
@@ -99,6 +99,25 @@ class VirtioBackend(abc.ABC):
     def after_slice(self) -> None:  # noqa: B027 (optional)
         """Batched work after each slice (the transport's after_slice calls it)."""
 
+    def save_state(self) -> State:
+        """The backend's part of a snapshot (the transport saves the rings' positions)."""
+        raise HostError(f"virtio device {type(self).__name__} cannot be snapshotted")
+
+    def load_state(
+        self, st: Fields, mem: GuestMemory | None, queues: Sequence[Virtqueue], features: int
+    ) -> None:
+        """Take back ``save_state``'s state. ``mem`` and ``queues`` are what ``activate``
+        gave (None and () if the driver had not brought the device up), ``features`` the
+        negotiated ones: unlike ``activate``, touch neither guest memory nor the guest."""
+        raise HostError(f"virtio device {type(self).__name__} cannot be restored")
+
+    def save_call(self, fn: Callable[[], None]) -> State | None:
+        """A call of this backend pending on the guest's timeline, as state (hv.hw.Device)."""
+        return None
+
+    def load_call(self, st: Fields) -> Callable[[], None]:
+        raise st.fail("call", f"{type(self).__name__} has no saved calls")
+
 
 class _QueueConfig:
     def __init__(self) -> None:
@@ -156,6 +175,93 @@ class VirtioMmio(Device):
         self.backend.reset()
         self.reset_transport()
         self._drive_irq()
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def save_state(self) -> State:
+        """The registers, each queue's configuration, the rings' positions once the driver
+        brought the device up and the backend's state."""
+        n = len(self.queues_cfg)
+        return {
+            "status": self.status,
+            "device_features_sel": self.device_features_sel,
+            "driver_features_sel": self.driver_features_sel,
+            "driver_features": self.driver_features,
+            "queue_sel": self.queue_sel,
+            "interrupt_status": self.interrupt_status,
+            "config_generation": self.config_generation,
+            "queues_cfg": [
+                {
+                    "num": q.num,
+                    "ready": q.ready,
+                    "desc": q.desc,
+                    "driver": q.driver,
+                    "device": q.device,
+                }
+                for q in self.queues_cfg
+            ],
+            # (a DRIVER_OK with queues not ready left some: NEEDS_RESET, none in use)
+            "queues": [q.save_state() for q in self.queues if len(self.queues) == n],
+            "backend": self.backend.save_state(),
+        }
+
+    def load_state(self, st: Fields) -> None:
+        u32 = 0xFFFF_FFFF
+        status = st.int("status", 0, 0xFF)
+        driver_features = st.int("driver_features")
+        if status & STATUS_FEATURES_OK:
+            st.check(
+                not driver_features & ~self.device_features,
+                "driver_features",
+                f"{driver_features:#x} has features the device does not offer",
+            )
+            st.check(bool(driver_features & F_VERSION_1), "driver_features", "no VERSION_1")
+        interrupt_status = st.int("interrupt_status", 0, INT_USED | INT_CONFIG)
+        n = len(self.queues_cfg)
+        cfgs = []
+        for qst in st.subs("queues_cfg", n, length=n):
+            q = _QueueConfig()
+            q.num = qst.int("num", 0, u32)
+            q.ready = qst.bool("ready")
+            q.desc, q.driver, q.device = (qst.int(k) for k in ("desc", "driver", "device"))
+            cfgs.append(q)
+        saved_queues = st.subs("queues", n)
+        driver_ok = status & (STATUS_DRIVER_OK | STATUS_FEATURES_OK) == (
+            STATUS_DRIVER_OK | STATUS_FEATURES_OK
+        )
+        if saved_queues or (driver_ok and not status & STATUS_NEEDS_RESET):
+            st.check(driver_ok, "queues", "rings without DRIVER_OK and FEATURES_OK")
+            st.check(len(saved_queues) == n, "queues", f"{len(saved_queues)} of {n} queues")
+        mem = self.ctx.memory
+        event_idx = bool(driver_features & F_RING_EVENT_IDX)
+        queues: list[Virtqueue] = []
+        for i, (q, qst) in enumerate(zip(cfgs, saved_queues, strict=False)):
+            st.check(q.ready, f"queues_cfg[{i}].ready", "false for a queue in use")
+            try:
+                vq = Virtqueue(mem, q.num, q.desc, q.driver, q.device, event_idx)
+            except QueueError as e:
+                raise st.fail(f"queues_cfg[{i}]", str(e)) from None
+            vq.load_state(qst)
+            queues.append(vq)
+        self.status = status
+        self.device_features_sel = st.int("device_features_sel", 0, u32)
+        self.driver_features_sel = st.int("driver_features_sel", 0, u32)
+        self.driver_features = driver_features
+        self.queue_sel = st.int("queue_sel", 0, u32)
+        self.config_generation = st.int("config_generation", 0, u32)
+        self.queues_cfg = cfgs
+        self.queues = queues
+        self.backend.load_state(
+            st.sub("backend"), mem if queues else None, queues, driver_features if queues else 0
+        )
+        self.interrupt_status = interrupt_status
+        self._drive_irq()
+
+    def save_call(self, fn: Callable[[], None]) -> State | None:
+        return self.backend.save_call(fn)
+
+    def load_call(self, st: Fields) -> Callable[[], None]:
+        return self.backend.load_call(st)
 
     @property
     def device_features(self) -> int:

@@ -32,7 +32,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from hv._errors import GuestError
-from hv.hw import Counters, DeviceTime, GuestMemory
+from hv.hw import Counters, DeviceTime, Fields, GuestMemory, State
 from hv.virtio._mmio import F_RING_EVENT_IDX, VirtioBackend, VirtioMmio
 from hv.virtio._queue import DescriptorChain, QueueError, Virtqueue
 from netfabric.frame import Frame
@@ -53,6 +53,8 @@ RX, TX = 0, 1
 # Frames waiting for the guest's RX buffers, at most.
 RX_BACKLOG = 256
 MAX_FRAME = 65536 + HDR_LEN
+# Frames a saved backlog may hold: RX_BACKLOG, and the wire frames of one cut up in front.
+SAVED_BACKLOG_MAX = RX_BACKLOG + MAX_FRAME
 
 _HDR = struct.Struct(
     "<BBHHHHH"
@@ -145,11 +147,60 @@ class VirtioNet(VirtioBackend):
                 self.transport.config_changed()
 
     def activate(self, mem: GuestMemory, queues: Sequence[Virtqueue], features: int) -> None:
-        self._mem, self._queues = mem, queues
-        self.guest_csum = bool(features & F_GUEST_CSUM)
-        self.guest_tso4 = self.guest_csum and bool(features & F_GUEST_TSO4)
-        self.mergeable = bool(features & F_MRG_RXBUF)
+        self._negotiated(mem, queues, features)
         self._fill_rx()
+
+    def _negotiated(self, mem: GuestMemory | None, queues: Sequence[Virtqueue], f: int) -> None:
+        self._mem, self._queues = mem, queues
+        self.guest_csum = bool(f & F_GUEST_CSUM)
+        self.guest_tso4 = self.guest_csum and bool(f & F_GUEST_TSO4)
+        self.mergeable = bool(f & F_MRG_RXBUF)
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def save_state(self) -> State:
+        """The link (as the guest sees it, as the host last set it, whether a change is on
+        its way) and the receive backlog. The offloads the guest takes follow from the
+        negotiated features (the transport's); the MAC and MTU are the configuration's, kept
+        for the record: a restored device (a clone's) has its own."""
+        return {
+            "mac": self.mac,
+            "mtu": self.mtu,
+            "link_up": self.link_up,
+            "link_wanted": self._link_wanted,
+            "link_on_way": self._link_on_way,
+            "backlog": [_frame_state(f) for f in self.backlog],
+        }
+
+    def load_state(
+        self, st: Fields, mem: GuestMemory | None, queues: Sequence[Virtqueue], features: int
+    ) -> None:
+        st.bytes("mac", length=6)
+        st.int("mtu", 0, 0xFFFF)
+        link = [st.bool(key) for key in ("link_up", "link_wanted", "link_on_way")]
+        backlog = [_load_frame(f) for f in st.subs("backlog", SAVED_BACKLOG_MAX)]
+        self.link_up, self._link_wanted, self._link_on_way = link
+        self.backlog = collections.deque(backlog)
+        self._negotiated(mem, queues, features)
+
+    def save_call(self, fn: Callable[[], None]) -> State | None:
+        if fn == self._apply_link:
+            return {"call": "link"}
+        if isinstance(fn, functools.partial) and len(fn.args) == 1:
+            frame = fn.args[0]
+            if fn.func == self._emit:
+                return {"call": "send", "frame": _frame_state(frame)}
+            if fn.func == self._arrive:
+                return {"call": "arrive", "frame": _frame_state(frame)}
+        return None
+
+    def load_call(self, st: Fields) -> Callable[[], None]:
+        call = st.choice("call", ("link", "send", "arrive"))
+        if call == "link":
+            self._link_on_way = True
+            return self._apply_link
+        frame = _load_frame(st.sub("frame"))
+        return functools.partial(self._emit if call == "send" else self._arrive, frame)
 
     def reset(self) -> None:
         self._mem, self._queues = None, ()
@@ -193,9 +244,13 @@ class VirtioNet(VirtioBackend):
             elif vt is None:
                 self._send(Frame(frame, off))
             else:  # virtual time: it enters the switch when the lab's timeline gets there
-                vt.send(functools.partial(self._send, Frame(frame, off)))
+                vt.send(functools.partial(self._emit, Frame(frame, off)))
         if sent:  # let the receivers run now rather than after the rest of our slice
             self.transport.ctx.end_slice()
+
+    def _emit(self, frame: Frame) -> None:
+        """Virtual time: the frame enters the fabric (at its time on the lab's timeline)."""
+        self._send(frame)
 
     def _takes(self, off: Offload) -> bool:
         return (not off.needs_csum or self.guest_csum) and (
@@ -309,6 +364,37 @@ def _offload_header(off: Offload) -> bytes:
     return _HDR.pack(
         flags, off.gso_type, off.hdr_len, off.gso_size, off.csum_start, off.csum_offset, 1
     )
+
+
+def _frame_state(frame: Frame) -> State:
+    """A frame as state: its bytes, and its ``offload`` only if it has one."""
+    off = frame.offload
+    if off is None:
+        return {"data": frame.data}
+    return {
+        "data": frame.data,
+        "offload": {
+            "needs_csum": off.needs_csum,
+            "csum_start": off.csum_start,
+            "csum_offset": off.csum_offset,
+            "gso_type": off.gso_type,
+            "gso_size": off.gso_size,
+            "hdr_len": off.hdr_len,
+        },
+    }
+
+
+def _load_frame(st: Fields) -> Frame:
+    """A saved frame; its offload's numbers are the u16s a driver's header holds (the
+    fabric takes any: it handles a guest's nonsense), its segmentation one hv carries."""
+    data = st.bytes("data", MAX_FRAME)
+    if not st.has("offload"):
+        return Frame(data)
+    o = st.sub("offload")
+    gso = o.int("gso_type", 0, GSO_TCPV4)
+    nums = [o.int(k, 0, 0xFFFF) for k in ("csum_start", "csum_offset", "gso_size", "hdr_len")]
+    off = Offload(o.bool("needs_csum"), nums[0], nums[1], gso, nums[2], nums[3])
+    return Frame(data, off)
 
 
 def _unconnected(frame: Frame) -> None:

@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass, field
 
 from hv._errors import GuestError
-from hv.hw import GuestMemory
+from hv.hw import Fields, GuestMemory, State
 
 DESC_F_NEXT = 1
 DESC_F_WRITE = 2
@@ -116,6 +116,23 @@ class Virtqueue:
         self.last_avail = 0  # next available ring slot the device reads (free-running u16)
         self.used_idx = 0  # next used ring slot the device writes (free-running u16)
         self._signalled_used = 0  # used_idx when the driver was last interrupted
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def save_state(self) -> State:
+        """The device's position in the rings (the rings themselves are guest RAM)."""
+        return {
+            "last_avail": self.last_avail,
+            "used_idx": self.used_idx,
+            "signalled_used": self._signalled_used,
+        }
+
+    def load_state(self, st: Fields) -> None:
+        """Free-running u16 indices: any value is one the device can be at (each use is
+        taken modulo the size)."""
+        self.last_avail = st.int("last_avail", 0, 0xFFFF)
+        self.used_idx = st.int("used_idx", 0, 0xFFFF)
+        self._signalled_used = st.int("signalled_used", 0, 0xFFFF)
 
     # -- taking chains ---------------------------------------------------------------------
 

@@ -26,12 +26,15 @@ import os
 import random
 from collections.abc import Callable, Sequence
 
-from hv.hw import Counters, GuestMemory
+from hv._errors import HostError
+from hv.hw import Counters, Fields, GuestMemory, State
 from hv.virtio._mmio import VirtioBackend, VirtioMmio
 from hv.virtio._queue import Virtqueue
 
 DEVICE_ID_RNG = 4
 MAX_REQUEST = 4096
+# random.Random's state: its version, the Mersenne Twister's 624 words and position.
+_MT_VERSION, _MT_WORDS = 3, 624
 
 Source = Callable[[int], bytes]
 
@@ -80,6 +83,41 @@ class VirtioRng(VirtioBackend):
 
     def reset(self) -> None:
         self._mem, self._queue = None, None
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def _generator(self) -> random.Random | None:
+        """The seeded generator behind ``source``, or None (``os.urandom``, or a source of
+        the embedding application's own: nothing to save, nothing a run repeats)."""
+        owner = getattr(self.source, "__self__", None)
+        return owner if isinstance(owner, random.Random) else None
+
+    def save_state(self) -> State:
+        """The seeded generator's state (virtual time), so that a restored device goes on
+        with the very bytes the uninterrupted run gives; None for any other source."""
+        gen = self._generator()
+        if gen is None:
+            return {"seeded": False}
+        version, words, gauss = gen.getstate()
+        if version != _MT_VERSION or gauss is not None:  # (randbytes never sets gauss)
+            raise HostError(f"virtio-rng: a generator state hv does not save ({version})")
+        return {"seeded": True, "generator": list(words)}
+
+    def load_state(
+        self, st: Fields, mem: GuestMemory | None, queues: Sequence[Virtqueue], features: int
+    ) -> None:
+        gen = self._generator()
+        seeded = st.bool("seeded")
+        if seeded != (gen is not None):
+            has = "a seeded generator" if gen is not None else "no seeded generator"
+            raise st.fail("seeded", f"{seeded}, but this device has {has}")
+        if gen is not None:
+            words = st.ints("generator", _MT_WORDS + 1, 0, 0xFFFF_FFFF, length=_MT_WORDS + 1)
+            pos = words[-1]
+            st.check(pos <= _MT_WORDS, "generator", f"position {pos} is past {_MT_WORDS}")
+            st.check(any(words[:-1]), "generator", "all zero: not a generator's state")
+            gen.setstate((_MT_VERSION, tuple(words), None))
+        self._mem, self._queue = mem, queues[0] if queues else None
 
     def notify(self, queue: int) -> None:
         mem, q, t = self._mem, self._queue, self.transport

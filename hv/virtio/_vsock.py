@@ -57,13 +57,13 @@ from __future__ import annotations
 
 import collections
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
 from hv._errors import GuestError, HostError
-from hv.hw import Counters, GuestMemory
+from hv.hw import Counters, Fields, GuestMemory, State
 from hv.virtio._mmio import VirtioBackend, VirtioMmio
 from hv.virtio._queue import Virtqueue
 
@@ -97,6 +97,9 @@ OUT_MAX = 256 << 10
 MAX_PKT = 64 << 10  # payload per packet, at most (Linux's own limit)
 MAX_REPLIES = 256
 LISTEN_BACKLOG = 64
+# Connections a snapshot tells the guest were reset, at most (more are left to the guest's
+# own timeouts): the table's and those closed with their RST still to send.
+SAVED_RESETS_MAX = 4 * MAX_CONNECTIONS
 # Ephemeral host ports for connect() (Linux's own range for its ephemeral vsock ports).
 EPHEMERAL_LO, EPHEMERAL_HI = 49152, 65535
 RECEIVE_DEFAULT = 64 << 10
@@ -335,6 +338,75 @@ class VirtioVsock(VirtioBackend):
         if self.running:
             self._event_due = True
             self._kick()
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def save_state(self) -> State:
+        """Connections are not saved: their host ends are tasks of the host program, which a
+        snapshot cannot hold. Saved: every connection the guest may know of (as host and
+        guest port), for the restored device to reset (RST); the RSTs answering stray
+        packets, a TRANSPORT_RESET event due, and the next ephemeral port. Listeners are
+        the host program's: they stay with it (it listens again on the restored device)."""
+        keys = list(self._conns)
+        keys += [c.key for c in self._ready if c.need_rst and c.key not in self._conns]
+        return {
+            "resets": [list(k) for k in dict.fromkeys(keys)][:SAVED_RESETS_MAX],
+            "replies": list(self._replies),
+            "event_due": self._event_due,
+            "next_port": self._next_port,
+        }
+
+    def load_state(
+        self, st: Fields, mem: GuestMemory | None, queues: Sequence[Virtqueue], features: int
+    ) -> None:
+        """Every saved connection becomes an RST due to the guest (its sockets see the
+        connection reset, as after the host's end went away), sent when the guest next
+        runs (virtual time: as host input; real time: at once, from the VM's nursery)."""
+        resets = []
+        for i, v in enumerate(st.list("resets", SAVED_RESETS_MAX)):
+            ok = isinstance(v, list) and len(v) == 2
+            ok = ok and all(type(x) is int and 0 <= x <= U32 for x in v)
+            st.check(ok, f"resets[{i}]", f"{v!r} is not a [host port, guest port] pair")
+            resets.append((v[0], v[1]))
+        replies = st.list("replies", MAX_REPLIES)
+        for i, r in enumerate(replies):
+            ok = isinstance(r, bytes) and len(r) == HDR_LEN
+            st.check(ok, f"replies[{i}]", f"not a {HDR_LEN}-byte packet header")
+        event_due = st.bool("event_due")
+        self._next_port = st.int("next_port", EPHEMERAL_LO, EPHEMERAL_HI)
+        self._mem, self._queues = mem, queues
+        self._replies = collections.deque(replies)
+        self._event_due = event_due and mem is not None
+        for host_port, guest_port in resets:
+            conn = _Conn(host_port, guest_port, state="closed", need_rst=True)
+            conn.error = "the VM was restored from a snapshot"
+            self._schedule(conn)
+        if mem is not None:
+            self._up.set()
+            if self._ready or self._replies or self._event_due:
+                self._restore_kick()
+
+    def _restore_kick(self) -> None:
+        t = self.transport
+        assert t is not None
+        vt = t.ctx.time
+        if vt is not None:
+            self._kick_pending = True
+            vt.host_input(self._kicked)
+            return
+
+        async def pump() -> None:  # not inside load_state: the other devices load first
+            self._pump_guarded()
+
+        t.ctx.spawn(pump)
+
+    def save_call(self, fn: Callable[[], None]) -> State | None:
+        return {"call": "kick"} if fn == self._kicked else None
+
+    def load_call(self, st: Fields) -> Callable[[], None]:
+        st.choice("call", ("kick",))
+        self._kick_pending = True
+        return self._kicked
 
     # -- internals: connections --------------------------------------------------------------
 
