@@ -567,3 +567,33 @@ def test_entries_that_would_compare_their_frames_or_bindings_are_refused() -> No
         "services", lambda s: same(s["dhcp"]["ends"], "expires", "n"),
         r"dhcp\.ends\[1\]\.n: \d+ is not a fresh",
     )  # fmt: skip
+
+
+# -- a lab's fabric as one state (hv.lab._fabric_state) ---------------------------------------
+
+
+def test_a_lab_s_fabric_saves_and_loads_as_one(tmp_path: Path) -> None:
+    from hv.lab._fabric_state import load_fabric, save_fabric
+
+    @dataclass
+    class Lab:  # the parts of a LabRun the fabric lives in
+        switches: dict[str, Switch]
+        impairments: dict[str, ImpairedLink]
+        services: dict[str, ServiceHost]
+
+    def lab(w: World) -> Lab:
+        cables = {"links[0]": w.cables[0], **{f"h{i}.eth0": w.cables[i] for i in range(1, 5)}}
+        return Lab({"s1": w.s1, "s2": w.s2}, cables, {"s1": w.svc})
+
+    a, b = build(tmp_path, "a"), build(tmp_path, "b")
+    drive(a, traffic(1, 0.0, 200))
+    load_fabric(lab(b), through_file(save_fabric(lab(a))))
+    assert save_fabric(lab(b)) == save_fabric(lab(a))
+    other = lab(build(tmp_path, "c"))
+    del other.services["s1"]
+    why = r"fabric\.services: the snapshot's lab has s1; this one none"
+    with pytest.raises(SnapshotError, match=why):
+        load_fabric(other, through_file(save_fabric(lab(a))))
+    for w in (a, b):
+        w.s1.close()
+    other.switches["s1"].close()
