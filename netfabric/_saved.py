@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from typing import Any
 
 from netfabric._state import StateReader
@@ -51,6 +52,21 @@ def load_opt_float(
     """``load_float``, or None if ``key`` is absent (an optional float is saved only when
     it is there)."""
     return load_float(st, key, lo, hi) if st.has(key) else None
+
+
+_F64 = struct.Struct("<d")
+_U64 = struct.Struct("<Q")
+
+
+def float_bits(x: float) -> int:
+    """``x`` exactly, as the 64 bits of its double (for long columns of times)."""
+    return int(_U64.unpack(_F64.pack(x))[0])
+
+
+def bits_float(bits: int) -> float:
+    """The double of ``float_bits`` (any 64 bits give one; the caller checks it is finite
+    and in range)."""
+    return float(_F64.unpack(_U64.pack(bits))[0])
 
 
 def save_rng(rng: random.Random) -> list[int]:

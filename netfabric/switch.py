@@ -54,6 +54,7 @@ Time comes from the caller (``now``), so tests and virtual time drive aging.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +62,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
-from netfabric._saved import load_float, save_float
+from netfabric._saved import MAX_TIME, bits_float, float_bits
 from netfabric._state import StateReader
 from netfabric.capture import PcapngWriter, open_capture
 from netfabric.frame import Frame
@@ -380,10 +381,11 @@ class LearningSwitch:
         The VLAN roles and the split-horizon group are the lab's configuration (the
         restored switch is built with them) and are not saved."""
         return {
-            "table": [
-                {"mac": mac, "port": port, "seen": save_float(seen)}
-                for mac, (port, seen) in self.table.items()
-            ],
+            # three columns (a full table loads in a few ms): the keys (MAC, and VID when
+            # VLAN-aware) end to end, their ports, when each was last seen (float64 bits)
+            "macs": b"".join(self.table),
+            "at": [p for p, _ in self.table.values()],
+            "seen": [float_bits(t) for _, t in self.table.values()],
             "ports": [
                 {
                     "id": pid,
@@ -417,19 +419,27 @@ class LearningSwitch:
             counters[pid] = (values, causes)
         keylen = 8 if self.vlans else 6
         table: dict[bytes, tuple[int, float]] = {}
+        macs = st.bytes("macs", self.max_macs * keylen)
+        n = len(macs) // keylen
+        st.check(len(macs) % keylen == 0, "macs", f"not whole {keylen}-byte table keys")
+        at = st.ints("at", n, 0, 1 << 31, length=n)
+        seen = [bits_float(b) for b in st.ints("seen", n, length=n)]
         last = 0.0
-        for e in st.subs("table", self.max_macs):
-            mac = e.bytes("mac", keylen, length=keylen)
-            e.check(not mac[0] & 1, "mac", "a multicast address is never learned")
-            if keylen == 8:
-                vid = int.from_bytes(mac[6:], "big")
-                e.check(1 <= vid <= VLAN_MAX, "mac", f"VLAN {vid} is not 1..{VLAN_MAX}")
-            e.check(mac not in table, "mac", f"{mac_str(mac[:6])} is in the table twice")
-            port = e.int("port", 0, 1 << 31)
-            e.check(port in self.ports, "port", f"this switch has no port {port}")
-            seen = load_float(e, "seen")
-            e.check(seen >= last, "seen", "the table is kept oldest first")
-            table[mac], last = (port, seen), seen
+        known = self.ports
+        for i in range(n):  # the messages are made only for a bad entry (a hot loop)
+            key = macs[i * keylen : (i + 1) * keylen]
+            if key[0] & 1:
+                raise st.fail(f"macs[{i}]", "a multicast address is never learned")
+            if keylen == 8 and not 1 <= int.from_bytes(key[6:], "big") <= VLAN_MAX:
+                raise st.fail(f"macs[{i}]", f"the VLAN is not 1..{VLAN_MAX}")
+            if key in table:
+                raise st.fail(f"macs[{i}]", f"{mac_str(key[:6])} is in the table twice")
+            if at[i] not in known:
+                raise st.fail(f"at[{i}]", f"this switch has no port {at[i]}")
+            t = seen[i]
+            if not (math.isfinite(t) and last <= t <= MAX_TIME):
+                raise st.fail(f"seen[{i}]", f"{t!r} is not a time in {last!r}..{MAX_TIME!r}")
+            table[key], last = (at[i], t), t
         evictions, aged = st.int("evictions"), st.int("aged")
         self.table = table
         for pid, (values, causes) in counters.items():  # in place: ports hold them
