@@ -18,7 +18,9 @@ import os
 import stat
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from netfabric._state import StateReader
 
 if TYPE_CHECKING:
     from netfabric.frame import Frame
@@ -111,6 +113,24 @@ class PcapngWriter:
         opts = _option(OPT_ISB_IFDROP, struct.pack("<Q", dropped)) + _option(OPT_END, b"")
         head = struct.pack("<III", iface, (ts_ns >> 32) & 0xFFFF_FFFF, ts_ns & 0xFFFF_FFFF)
         self._append(_block(ISB, head + opts))
+
+    def save_state(self) -> dict[str, Any]:
+        """What the writer knows of its section that a restored one must match: its
+        interfaces, in id order. Nothing else in the bytes it writes depends on the past
+        (timestamps are the caller's, absolute), so a restored switch's capture, a new file,
+        holds the same frames from the snapshot's time on; ``frames`` counts what that file
+        holds and starts again at 0."""
+        return {"interfaces": list(self.interfaces)}
+
+    def load_state(self, st: StateReader) -> None:
+        """Check ``save_state``'s against this writer: the same interfaces (a restored
+        switch adds one per port, in the same order), or ``st.fail``."""
+        names = st.list("interfaces", len(self.interfaces))
+        st.check(
+            names == self.interfaces, "interfaces",
+            f"the snapshot's capture has interfaces {names!r:.200}, this one"
+            f" {self.interfaces!r:.200}",
+        )  # fmt: skip
 
     def flush(self) -> None:
         if self._buf:

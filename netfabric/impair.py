@@ -109,6 +109,17 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import trio
 
+from netfabric._saved import (
+    MAX_FRAME,
+    load_float,
+    load_frame,
+    load_opt_float,
+    load_rng,
+    save_float,
+    save_frame,
+    save_rng,
+)
+from netfabric._state import StateReader
 from netfabric.frame import Frame
 from netfabric.offload import ETH, Offload
 
@@ -308,6 +319,67 @@ class Impairment:
             or self.rate is not None
             or self.mtu is not None
         )
+
+
+# -- saved state (a lab's snapshot) ---------------------------------------------------------
+
+# Frames a saved direction may hold in its queue or its delay line (far more than a queue of
+# MAX_SIZE bytes of minimal frames needs in practice; a saved state is at most 64 MiB anyway).
+MAX_SAVED_FRAMES = 1 << 20
+_PROBS = ("loss", "duplicate", "corrupt", "reorder")
+_GE_FIELDS = ("p_good_to_bad", "p_bad_to_good", "loss_in_good", "loss_in_bad")
+SEED_RANGE = 1 << 64
+
+
+def save_settings(imp: Impairment) -> dict[str, Any]:
+    """An ``Impairment`` as saved state (floats exactly; what is None is left out)."""
+    out: dict[str, Any] = {
+        "delay": save_float(imp.delay),
+        "jitter": save_float(imp.jitter),
+        "jitter_dist": imp.jitter_dist,
+    }
+    for f in _PROBS:
+        out[f] = save_float(getattr(imp, f))
+    if imp.loss_burst is not None:
+        out["loss_burst"] = {f: save_float(getattr(imp.loss_burst, f)) for f in _GE_FIELDS}
+    if imp.rate is not None:
+        out["rate"] = save_float(float(imp.rate))
+    out["burst"], out["queue"] = imp.burst, imp.queue
+    if imp.mtu is not None:
+        out["mtu"] = imp.mtu
+    out["seed_int" if isinstance(imp.seed, int) else "seed"] = imp.seed
+    return out
+
+
+def load_settings(st: StateReader) -> Impairment:
+    """``save_settings``'s, checked as ``Impairment`` checks a lab's (``st.fail`` naming
+    the value otherwise)."""
+    values: dict[str, Any] = {
+        "delay": load_float(st, "delay", 0.0, MAX_DURATION),
+        "jitter": load_float(st, "jitter", 0.0, MAX_DURATION),
+    }
+    dist = st.str("jitter_dist", 16)
+    st.check(dist in ("uniform", "normal"), "jitter_dist", f'{dist!r} is not "uniform" or "normal"')
+    values["jitter_dist"] = dist
+    for f in _PROBS:
+        values[f] = load_float(st, f, 0.0, 1.0)
+    if st.has("loss_burst"):
+        ge = st.sub("loss_burst")
+        values["loss_burst"] = GilbertElliott(*(load_float(ge, f, 0.0, 1.0) for f in _GE_FIELDS))
+    if st.has("rate"):
+        values["rate"] = load_float(st, "rate", 1e-300, MAX_RATE)
+    values["burst"] = st.int("burst", 1, MAX_SIZE)
+    values["queue"] = st.int("queue", 0, MAX_SIZE)
+    if st.has("mtu"):
+        values["mtu"] = st.int("mtu", *MTU_RANGE)
+    if st.has("seed_int"):
+        values["seed"] = st.int("seed_int", -SEED_RANGE, SEED_RANGE)
+    else:
+        values["seed"] = st.str("seed")
+    try:
+        return Impairment(**values)
+    except ValueError as e:  # not expected: every value was checked above
+        raise st.fail("settings", str(e)) from None
 
 
 def _l3_len(frame: bytes) -> int:
@@ -526,6 +598,88 @@ class ImpairedDirection:
         """The departure times of the frames in the delay line, sorted (for inspection)."""
         return sorted(e[0] for e in self._line)
 
+    # -- saved state -----------------------------------------------------------------------
+
+    def save_state(self) -> dict[str, Any]:
+        """Everything that decides what this direction does from now on: its settings (as
+        changed live), its generator's exact state, the Gilbert-Elliott state, the frames
+        waiting for the rate limiter (with their draws and arrival times) and the token
+        bucket, the frames in the delay line with their departures (in the heap's own
+        order, with their sequence numbers: equal departures leave in the same order), the
+        last in-order departure, and the counters."""
+        out: dict[str, Any] = {
+            "settings": save_settings(self.impairment),
+            "rng": save_rng(self.rng),
+            "bad": self._bad,
+            "counters": {k: self.counters[k] for k in COUNTERS},
+            "queue": [
+                {
+                    "data": frame,
+                    "reorder": save_float(u_reo),
+                    "jitter": save_float(u_jit),
+                    "arrival": save_float(arrival),
+                }
+                for frame, _, _, u_reo, u_jit, arrival in self._shaper
+            ],
+            "tokens": save_float(self._tokens),
+            "line": [
+                {**save_frame(f), "departs": save_float(dep), "seq": seq}
+                for dep, seq, f in self._line
+            ],
+            "seq": self._seq,
+        }
+        if self._t_tokens is not None:
+            out["tokens_at"] = save_float(self._t_tokens)
+        if self._last != -math.inf:
+            out["last"] = save_float(self._last)
+        return out
+
+    def load_state(self, st: StateReader) -> None:
+        """Take back ``save_state``'s (a direction of the same name, of a cable built from
+        the lab's configuration): every value is checked, ``st.fail`` naming a bad one,
+        before anything changes."""
+        imp = load_settings(st.sub("settings"))
+        counters = st.sub("counters")
+        counts = {k: counters.int(k) for k in COUNTERS}
+        bad = st.bool("bad")
+        shaper: deque[_Held] = deque()
+        queued = 0
+        last_arrival = 0.0
+        for q in st.subs("queue", MAX_SAVED_FRAMES):
+            frame = q.bytes("data", MAX_FRAME)
+            u_reo = load_float(q, "reorder", 0.0, 1.0)
+            u_jit = load_float(q, "jitter", 0.0, 1.0)
+            arrival = load_float(q, "arrival")
+            q.check(arrival >= last_arrival, "arrival", "the queue is kept in arrival order")
+            last_arrival = arrival
+            shaper.append((frame, None, len(frame), u_reo, u_jit, arrival))
+            queued += len(frame)
+        st.check(not shaper or imp.rate is not None, "queue", "frames wait for a rate limit only")
+        tokens = load_float(st, "tokens", -float(MAX_SIZE), float(imp.burst))
+        t_tokens = load_opt_float(st, "tokens_at")
+        seq = st.int("seq")
+        line: list[_InFlight] = []
+        seqs: set[int] = set()
+        for i, e in enumerate(st.subs("line", MAX_SAVED_FRAMES)):
+            dep = load_float(e, "departs")
+            n = e.int("seq", 0, max(seq - 1, 0))
+            e.check(n < seq and n not in seqs, "seq", f"{n} is not a fresh sequence number")
+            seqs.add(n)
+            if i:  # the delay line is a heap: no entry before its parent
+                parent = line[(i - 1) // 2]
+                e.check((dep, n) > parent[:2], "departs", "the delay line is not in heap order")
+            line.append((dep, n, load_frame(e)))
+        last = load_opt_float(st, "last")
+        load_rng(st, "rng", self.rng)
+        self.impairment = imp
+        self._apply()
+        self.counters = Counter(counts)
+        self._bad = bad
+        self._shaper, self._queued = shaper, queued
+        self._tokens, self._t_tokens = tokens, t_tokens
+        self._line, self._seq = line, seq
+        self._last = -math.inf if last is None else last
+
     # -- live changes --------------------------------------------------------------------
 
     def set(self, *, now: float | None = None, **changes: Any) -> None:
@@ -638,6 +792,24 @@ class ImpairedLink:
             d.set(now=now, **changes)
         if self._scope is not None:
             self._scope.cancel()  # run() recomputes its deadline
+
+    def save_state(self) -> dict[str, Any]:
+        """Both directions' state (``ImpairedDirection.save_state``)."""
+        return {"egress": self.egress.save_state(), "ingress": self.ingress.save_state()}
+
+    def load_state(self, st: StateReader) -> None:
+        """Take back ``save_state``'s, both directions checked before either changes: a
+        restored cable hands on its frames in flight at their departures, and draws the
+        same numbers as the saved one would have."""
+        egress, ingress = st.sub("egress"), st.sub("ingress")
+        spare = ImpairedDirection(None, "ingress")
+        spare.load_state(ingress)  # checked first: a bad ingress leaves egress untouched
+        self.egress.load_state(egress)
+        self.ingress.load_state(ingress)
+        if self._scope is not None:
+            self._scope.cancel()  # run() recomputes its deadline
+        if self.on_pending is not None:
+            self.on_pending()
 
     def _deadline(self) -> float:
         best = math.inf

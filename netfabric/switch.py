@@ -54,13 +54,16 @@ Time comes from the caller (``now``), so tests and virtual time drive aging.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import trio
 
+from netfabric._saved import MAX_TIME, bits_float, float_bits
+from netfabric._state import StateReader
 from netfabric.capture import PcapngWriter, open_capture
 from netfabric.frame import Frame
 
@@ -97,6 +100,19 @@ VLAN_MAX = 4094
 TPID_8021Q = b"\x81\x00"
 # Every TPID some bridge reads as a tag: 802.1Q's C-tag, 802.1ad's S-tag, pre-standard QinQ.
 TPIDS = frozenset((TPID_8021Q, b"\x88\xa8", b"\x91\x00"))
+
+
+# Why the core drops a frame on a port (``PortCounters.drops``), the causes a saved state
+# may name.
+DROP_CAUSES = frozenset((
+    "down", "runt", "same_port", "tagged_on_access", "double_tagged", "vlan_not_allowed",
+    "s_tag", "untagged_on_trunk",
+))  # fmt: skip
+# A port's counters in a saved state, in this order.
+_COUNTER_FIELDS = (
+    "rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "rx_wire_extra_frames",
+    "rx_wire_extra_bytes", "tx_wire_extra_frames", "tx_wire_extra_bytes",
+)  # fmt: skip
 
 
 def _check_vid(vid: int, what: str) -> None:
@@ -357,6 +373,87 @@ class LearningSwitch:
         self.aged += gone
         return gone
 
+    # -- saved state (a lab's snapshot) -------------------------------------------------------
+
+    def save_state(self) -> dict[str, Any]:
+        """What decides where frames go from now on: the MAC table (in its age order, each
+        entry's port and when it was last seen), each port's link state, and the counters.
+        The VLAN roles and the split-horizon group are the lab's configuration (the
+        restored switch is built with them) and are not saved."""
+        return {
+            # three columns (a full table loads in a few ms): the keys (MAC, and VID when
+            # VLAN-aware) end to end, their ports, when each was last seen (float64 bits)
+            "macs": b"".join(self.table),
+            "at": [p for p, _ in self.table.values()],
+            "seen": [float_bits(t) for _, t in self.table.values()],
+            "ports": [
+                {
+                    "id": pid,
+                    "up": self._up[pid],
+                    "counters": [getattr(c, f) for f in _COUNTER_FIELDS],
+                    "drops": {k: n for k, n in c.drops.items() if n},
+                }
+                for pid, c in self.ports.items()
+            ],
+            "evictions": self.evictions,
+            "aged": self.aged,
+        }
+
+    def load_state(self, st: StateReader) -> None:
+        """Take back what ``save_state`` gave, on a switch with the same ports and VLAN
+        roles (its configuration); every value is checked (``st.fail`` otherwise) before
+        anything changes."""
+        ports = st.subs("ports", len(self.ports), length=len(self.ports))
+        up: dict[int, bool] = {}
+        counters: dict[int, tuple[list[int], dict[str, int]]] = {}
+        for want, p in zip(self.ports, ports, strict=True):
+            pid = p.int("id", 0, 1 << 31)
+            p.check(pid == want, "id", f"port {pid} where this switch has port {want}")
+            up[pid] = p.bool("up")
+            values = p.ints("counters", len(_COUNTER_FIELDS), length=len(_COUNTER_FIELDS))
+            drops = p.sub("drops")
+            causes: dict[str, int] = {}
+            for cause in drops.keys():  # noqa: SIM118 (a reader, not a dict)
+                drops.check(cause in DROP_CAUSES, cause, "is not a cause the switch drops for")
+                causes[cause] = drops.int(cause)
+            counters[pid] = (values, causes)
+        keylen = 8 if self.vlans else 6
+        table: dict[bytes, tuple[int, float]] = {}
+        macs = st.bytes("macs", self.max_macs * keylen)
+        n = len(macs) // keylen
+        st.check(len(macs) % keylen == 0, "macs", f"not whole {keylen}-byte table keys")
+        at = st.ints("at", n, 0, 1 << 31, length=n)
+        seen = [bits_float(b) for b in st.ints("seen", n, length=n)]
+        last = 0.0
+        known = self.ports
+        for i in range(n):  # the messages are made only for a bad entry (a hot loop)
+            key = macs[i * keylen : (i + 1) * keylen]
+            if key[0] & 1:
+                raise st.fail(f"macs[{i}]", "a multicast address is never learned")
+            if keylen == 8 and not 1 <= int.from_bytes(key[6:], "big") <= VLAN_MAX:
+                raise st.fail(f"macs[{i}]", f"the VLAN is not 1..{VLAN_MAX}")
+            if key in table:
+                raise st.fail(f"macs[{i}]", f"{mac_str(key[:6])} is in the table twice")
+            if at[i] not in known:
+                raise st.fail(f"at[{i}]", f"this switch has no port {at[i]}")
+            t = seen[i]
+            if not (math.isfinite(t) and last <= t <= MAX_TIME):
+                raise st.fail(f"seen[{i}]", f"{t!r} is not a time in {last!r}..{MAX_TIME!r}")
+            table[key], last = (at[i], t), t
+        evictions, aged = st.int("evictions"), st.int("aged")
+        self.table = table
+        for pid, (values, causes) in counters.items():  # in place: ports hold them
+            c = self.ports[pid]
+            for f, n in zip(_COUNTER_FIELDS, values, strict=True):
+                setattr(c, f, n)
+            c.drops.clear()
+            c.drops.update(causes)
+        self._up = up
+        self._down = tuple(p for p, u in up.items() if not u)
+        self._flood_cache.clear()
+        self._vlan_flood.clear()
+        self.evictions, self.aged = evictions, aged
+
     def lookup(self, mac: bytes, now: float, vlan: int = 1) -> int | None:
         entry = self.table.get(mac + vlan.to_bytes(2, "big") if self.vlans else mac)
         if entry is None or now - entry[1] > self.aging:
@@ -588,6 +685,34 @@ class Switch:
             name = self.ports[port].name if port in self.ports else str(port)
             out.append((mac_str(key[:6]), name, vid, now - seen))
         return out
+
+    # -- saved state (a lab's snapshot) -------------------------------------------------------
+
+    def save_state(self) -> dict[str, Any]:
+        """The switch's state (``LearningSwitch.save_state``) with its ports' names in id
+        order (a restored lab must have plugged the same ports in the same order) and its
+        capture's (``PcapngWriter.save_state``) if it writes one."""
+        out: dict[str, Any] = {
+            "ports": [p.name for p in self.ports.values()],
+            "core": self.core.save_state(),
+        }
+        if self.capture is not None:
+            out["capture"] = self.capture.save_state()
+        return out
+
+    def load_state(self, st: StateReader) -> None:
+        """Take back ``save_state``'s on a switch built from the same configuration, its
+        ports plugged in (a restored lab's, before its clock runs). A restored capture is a
+        new file: it records from the snapshot's time on."""
+        names = st.list("ports", len(self.ports))
+        mine = [p.name for p in self.ports.values()]
+        st.check(
+            names == mine, "ports",
+            f"the snapshot's switch has ports {names!r:.200}, this one {mine!r:.200}",
+        )  # fmt: skip
+        if st.has("capture") and self.capture is not None:
+            self.capture.load_state(st.sub("capture"))
+        self.core.load_state(st.sub("core"))
 
     def start_capture(self, path: Path) -> None:
         """Capture every frame on this switch to ``path`` from now on (pcapng, one

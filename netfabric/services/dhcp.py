@@ -50,12 +50,13 @@ from __future__ import annotations
 
 import collections
 import heapq
-import itertools
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from netfabric._saved import MAX_TIME, load_float, save_float
+from netfabric._state import StateReader
 from netfabric.services._ip import BROADCAST_IP, BROADCAST_MAC, ZERO_IP, Datagram, Malformed
 from netfabric.services.config import ServicesConfig, is_label
 
@@ -78,6 +79,7 @@ FLAG_BROADCAST = 0x8000
 OFFER_HOLD = 60.0  # seconds an offered address waits for the client's REQUEST
 MAX_BINDINGS = 4096  # pool addresses a switch's server keeps bindings for (static ones apart)
 BOOTP_MIN = 300  # the BOOTP message size old clients require
+_STATES = ("offered", "bound", "released", "declined")  # a binding's
 
 OPT_PAD, OPT_END = 0, 255
 OPT_MASK, OPT_ROUTER, OPT_DNS, OPT_HOSTNAME, OPT_DOMAIN, OPT_BROADCAST = 1, 3, 6, 12, 15, 28
@@ -217,12 +219,13 @@ class DhcpServer:
         self._names: dict[str, _Binding] = {}  # clients' own names -> their binding
         self._cursor = self.first  # the next pool address never handed out, or past the end
         self.max_bindings = MAX_BINDINGS
-        # Pool addresses handed out once and free again (their binding was dropped for room).
-        self._free: set[int] = set()
+        # Pool addresses handed out once and free again (their binding was dropped for room);
+        # a dict for its order (the newest goes first), which a saved state keeps.
+        self._free: dict[int, None] = {}
         # (expires, n, ip, binding) for every binding in _owner; an entry whose binding no
         # longer holds ip or has another expiry is stale. The top is the longest-ended one.
         self._ends: list[tuple[float, int, int, _Binding]] = []
-        self._seq = itertools.count()
+        self._seq = 0  # the next number of an entry of _ends
         self.siaddr = config.service_ip.packed if config.tftp_root is not None else ZERO_IP
         self.boot = d.boot.encode() if d.boot is not None else b""
         subnet = config.subnet
@@ -273,6 +276,123 @@ class DhcpServer:
         if static is not None:
             return static[1]
         return self._named.get(b.mac) or b.hostname
+
+    # -- saved state (a lab's snapshot) -------------------------------------------------------
+
+    def save_state(self) -> dict[str, Any]:
+        """Every binding (offered, leased, released or declined, with when it ends and the
+        client's own name) and the indexes over them, as they stand: the clients' (by MAC),
+        the pool addresses' holders, the clients' names, the heap of ends (in its own order,
+        with its sequence numbers: ties break the same way), the cursor over addresses never
+        handed out and the free ones in their order. The configuration (pool, static leases,
+        names the lab gives, lease time) is the restored server's own."""
+        index: dict[int, int] = {}
+        bindings: list[dict[str, Any]] = []
+
+        def ref(b: _Binding) -> int:
+            i = index.get(id(b))
+            if i is None:
+                i = index[id(b)] = len(bindings)
+                d: dict[str, Any] = {
+                    "mac": b.mac, "ip": b.ip, "state": b.state, "expires": save_float(b.expires)
+                }  # fmt: skip
+                if b.hostname is not None:
+                    d["hostname"] = b.hostname
+                bindings.append(d)
+            return i
+
+        clients = [ref(b) for b in self._bindings.values()]
+        owner = [ref(b) for b in self._owner.values()]
+        names = [{"name": n, "binding": ref(b)} for n, b in self._names.items()]
+        ends = [
+            {"expires": save_float(e), "n": n, "ip": ip, "binding": ref(b)}
+            for e, n, ip, b in self._ends
+        ]
+        return {
+            "bindings": bindings,
+            "clients": clients,
+            "owner_ips": list(self._owner),
+            "owner": owner,
+            "names": names,
+            "ends": ends,
+            "seq": self._seq,
+            "cursor": self._cursor,
+            "free": list(self._free),
+        }
+
+    def load_state(self, st: StateReader) -> None:
+        """Take back ``save_state``'s on a server of the same configuration; every value is
+        checked against it (``st.fail`` naming a bad one) before anything changes."""
+        cap = self.max_bindings
+        expires_max = MAX_TIME + self.lease_time + OFFER_HOLD
+        bindings: list[_Binding] = []
+        for r in st.subs("bindings", 3 * cap + len(self._static) + 64):
+            mac = r.bytes("mac", 6, length=6)
+            r.check(not mac[0] & 1 and mac != bytes(6), "mac", "not a client's MAC")
+            ip = r.int("ip", 0, 0xFFFF_FFFF)
+            static = self._static.get(mac)
+            r.check(
+                self._in_pool(ip) or (static is not None and static[0] == ip), "ip",
+                f"{IPv4Address(ip)} is neither in the pool nor this client's static address",
+            )  # fmt: skip
+            state = r.str("state", 16)
+            r.check(state in _STATES, "state", f"{state!r} is not one of {', '.join(_STATES)}")
+            hostname = r.str("hostname", 63) if r.has("hostname") else None
+            r.check(
+                hostname is None or client_hostname(hostname.encode()) == hostname, "hostname",
+                f"{hostname!r} is not a host name a client may have",
+            )  # fmt: skip
+            expires = load_float(r, "expires", 0.0, expires_max)
+            bindings.append(_Binding(mac, ip, state, expires, hostname))
+
+        def pick(r: StateReader, key: str) -> _Binding:
+            i = r.int(key, 0, len(bindings) - 1) if bindings else r.int(key, 1, 0)
+            return bindings[i]
+
+        clients: dict[bytes, _Binding] = {}
+        for i, n in enumerate(st.ints("clients", cap + len(self._static))):
+            where = f"clients[{i}]"
+            st.check(n < len(bindings), where, f"no binding {n}")
+            b = bindings[n]
+            st.check(b.mac not in clients, where, f"client {_mac(b.mac)} has two bindings")
+            clients[b.mac] = b
+        ips = st.ints("owner_ips", cap, 0, 0xFFFF_FFFF)
+        held = st.ints("owner", cap, 0, max(len(bindings) - 1, 0), length=len(ips))
+        owner: dict[int, _Binding] = {}
+        for i, (ip, n) in enumerate(zip(ips, held, strict=True)):
+            where = f"owner[{i}]"
+            st.check(n < len(bindings) and bindings[n].ip == ip, where, "not that address's")
+            st.check(self._in_pool(ip) and ip not in owner, where, f"{IPv4Address(ip)} again")
+            owner[ip] = bindings[n]
+        names: dict[str, _Binding] = {}
+        for r in st.subs("names", cap):
+            name = r.str("name", 63)
+            b = pick(r, "binding")
+            r.check(b.hostname == name and name not in names, "name", "not its binding's name")
+            names[name] = b
+        seq = st.int("seq")
+        ends: list[tuple[float, int, int, _Binding]] = []
+        numbers: set[int] = set()
+        for i, r in enumerate(st.subs("ends", 2 * len(owner) + 65)):
+            expires = load_float(r, "expires", 0.0, expires_max)
+            n = r.int("n")
+            r.check(n < seq and n not in numbers, "n", f"{n} is not a fresh number")
+            numbers.add(n)
+            ip = r.int("ip", 0, 0xFFFF_FFFF)
+            b = pick(r, "binding")
+            r.check(b.ip == ip, "ip", "not its binding's address")
+            if i:  # a heap: no entry before its parent
+                parent = ends[(i - 1) // 2]
+                r.check((expires, n) > parent[:2], "expires", "the ends are not in heap order")
+            ends.append((expires, n, ip, b))
+        cursor = st.int("cursor", self.first, self.last + 1)
+        free: dict[int, None] = {}
+        for i, ip in enumerate(st.ints("free", cap, 0, 0xFFFF_FFFF)):
+            st.check(self._in_pool(ip) and ip not in free, f"free[{i}]", "not a free pool address")
+            free[ip] = None
+        self._bindings, self._owner, self._names = clients, owner, names
+        self._ends, self._seq = ends, seq
+        self._cursor, self._free = cursor, free
 
     # -- messages --------------------------------------------------------------------------
 
@@ -394,7 +514,7 @@ class DhcpServer:
                 if ip not in self._reserved and ip not in self._owner:
                     return ip
             while self._free:
-                ip = self._free.pop()
+                ip = self._free.popitem()[0]
                 if ip not in self._owner:
                     return ip
         idle = self._longest_ended(now)
@@ -424,16 +544,20 @@ class DhcpServer:
         del self._owner[b.ip]
         self._forget(b)
         if len(self._free) < self.max_bindings:
-            self._free.add(b.ip)
+            self._free[b.ip] = None
         return True
 
     def _set_end(self, b: _Binding, state: str, expires: float) -> None:
         b.state, b.expires = state, expires
         if self._owner.get(b.ip) is b:
-            heapq.heappush(self._ends, (expires, next(self._seq), b.ip, b))
+            heapq.heappush(self._ends, (expires, self._next_seq(), b.ip, b))
             if len(self._ends) > 2 * len(self._owner) + 64:  # mostly stale: rebuild
-                self._ends = [(o.expires, next(self._seq), ip, o) for ip, o in self._owner.items()]
+                self._ends = [(o.expires, self._next_seq(), ip, o) for ip, o in self._owner.items()]
                 heapq.heapify(self._ends)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq - 1
 
     def _may_have(self, mac: bytes, ip: int, now: float) -> bool:
         static = self._static.get(mac)
@@ -458,7 +582,7 @@ class DhcpServer:
             if prev is not None and prev is not b:
                 self._forget(prev)
             self._owner[ip] = b
-            self._free.discard(ip)
+            self._free.pop(ip, None)
         self._set_end(b, state, expires)
 
     def _forget(self, b: _Binding) -> None:

@@ -34,9 +34,11 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import trio
 
+from netfabric._state import StateReader
 from netfabric.frame import Frame
 from netfabric.offload import checksum
 from netfabric.ports.services import ServicesPort
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 
 ICMP_ECHO_REPLY, ICMP_UNREACHABLE, ICMP_ECHO_REQUEST = 0, 3, 8
 ICMP_PORT_UNREACHABLE = 3
+MAX_NAMES = 1 << 16  # names (and addresses of a name) a saved state may give the DNS server
+MAX_COUNTERS = 1024  # counters a saved state may hold
 
 
 class ServiceHost:
@@ -124,6 +128,58 @@ class ServiceHost:
         if name is None and self.dhcp is not None:
             name = self.dhcp.reverse(int(ip), self._now)
         return name
+
+    # -- saved state (a lab's snapshot) -------------------------------------------------------
+
+    def save_state(self) -> dict[str, Any]:
+        """The host's own state: the IPv4 identification of the next frame it sends, the
+        names its DNS server answers (configured and added), its counters, and its servers'
+        (``DhcpServer.save_state``, ``TftpServer.save_state``; DNS keeps nothing of its
+        own). The configuration is the restored host's."""
+        out: dict[str, Any] = {
+            "ident": self._ident,
+            "names": [{"name": n, "ips": [int(a) for a in ips]} for n, ips in self._names.items()],
+            "rnames": [{"ip": int(a), "name": n} for a, n in self._rnames.items()],
+            "counters": dict(self.counters),
+        }
+        if self.dhcp is not None:
+            out["dhcp"] = self.dhcp.save_state()
+        if self.tftp is not None:
+            out["tftp"] = self.tftp.save_state()
+        return out
+
+    def load_state(self, st: StateReader) -> None:
+        """Take back ``save_state``'s on a host of the same configuration (every value is
+        checked, ``st.fail`` naming a bad one)."""
+        ident = st.int("ident", 0, 0xFFFF)
+        names: dict[str, list[IPv4Address]] = {}
+        for r in st.subs("names", MAX_NAMES):
+            name = r.str("name", 253)
+            r.check(name not in names, "name", f"{name!r} twice")
+            names[name] = [IPv4Address(a) for a in r.ints("ips", MAX_NAMES, 0, 0xFFFF_FFFF)]
+        rnames: dict[IPv4Address, str] = {}
+        for r in st.subs("rnames", MAX_NAMES):
+            ip = IPv4Address(r.int("ip", 0, 0xFFFF_FFFF))
+            r.check(ip not in rnames, "ip", f"{ip} twice")
+            rnames[ip] = r.str("name", 253)
+        c = st.sub("counters")
+        counters: dict[str, int] = {}
+        for key in c.keys():  # noqa: SIM118 (a reader, not a dict)
+            c.check(len(counters) < MAX_COUNTERS, key, f"more than {MAX_COUNTERS} counters")
+            c.check(0 < len(key) <= 64, key, "not a counter's name")
+            counters[key] = c.int(key)
+        for what, server in (("dhcp", self.dhcp), ("tftp", self.tftp)):
+            st.check(
+                st.has(what) == (server is not None), what,
+                "the snapshot's services and these differ in whether they run it",
+            )  # fmt: skip
+        if self.dhcp is not None:
+            self.dhcp.load_state(st.sub("dhcp"))
+        if self.tftp is not None:
+            self.tftp.load_state(st.sub("tftp"))
+        self._ident, self._names, self._rnames = ident, names, rnames
+        self.counters.clear()
+        self.counters.update(counters)  # in place: the servers count into it too
 
     # -- frames ----------------------------------------------------------------------------
 

@@ -42,8 +42,9 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from netfabric._state import StateReader
 from netfabric.services._ip import Datagram, Malformed
 from netfabric.services.config import TFTP_BLKSIZE_MAX, ServicesConfig
 
@@ -208,6 +209,22 @@ class TftpServer:
     def close(self) -> None:
         for t in list(self.transfers.values()):
             self._end(t)
+
+    # -- saved state (a lab's snapshot) -------------------------------------------------------
+
+    def save_state(self) -> dict[str, Any]:
+        """The next transfer port (it is in every reply). Transfers under way are not saved:
+        each holds an open host file, and a restored lab's server starts without them (a
+        client still in one gets no answer to its ACKs, times out and asks again, as after
+        a lost server); ``transfers`` says how many there were."""
+        return {"next_port": self._next_port, "transfers": len(self.transfers)}
+
+    def load_state(self, st: StateReader) -> None:
+        """Take back ``save_state``'s: the next port; transfers under way here end."""
+        next_port = st.int("next_port", PORT_FIRST, PORT_LAST)
+        st.int("transfers", 0, MAX_TRANSFERS)
+        self.close()
+        self._next_port = next_port
 
     # -- packets -----------------------------------------------------------------------------
 
