@@ -379,6 +379,8 @@ class Timeline:
                 await self._round()
         finally:
             self._running = False
+            for reached, _ in self._holds:  # (a hold asked for as it ended: nothing runs now)
+                reached.set()
             self.wall_s = time.monotonic() - self.wall_start
             self._ended = True
             self._pool.close()

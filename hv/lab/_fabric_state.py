@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from hv.hw._state import Fields, State
+from hv.hw import Fields, State
 from netfabric.impair import ImpairedLink
 from netfabric.services import ServiceHost
 from netfabric.switch import Switch

@@ -30,10 +30,11 @@ from hv._vm import Vm, VmConfig, run_vm
 from hv.board import load_file
 from hv.build import StderrProgress, build_bundled, resolve_kernel
 from hv.hw import DEFAULT_QUANTUM, default_jobs
+from hv.lab._fabric_state import load_fabric
 from hv.lab._hosts import run_command
 from hv.lab._link import describe as describe_link
 from hv.lab._link import link_cables, link_state, set_link
-from hv.lab._snapshot import LabRestore, LabSnapshotInfo, load_fabric, snapshot_lab, vm_file
+from hv.lab._snapshot import LabRestore, LabSnapshotInfo, snapshot_lab, vm_file
 from hv.lab._spec import ImageSpec, LabSpec, NicSpec, VmSpec, check_captures, check_clock
 from hv.lab._vxlan_keys import VxlanSpec
 from netfabric.capture import CaptureError
@@ -529,9 +530,7 @@ async def run_lab(
                     for name in mine
                 }  # fmt: skip
                 if restore_state is not None:
-                    # The fabric as it was (its objects are built, nothing runs yet); each VM
-                    # takes its own state back when its task starts.
-                    load_fabric(run, restore_state.sub("fabric"))
+                    # Each VM takes its own state back when its task starts.
                     for name, f in restored.items():
                         configs[name] = dataclasses.replace(
                             configs[name],
@@ -547,6 +546,10 @@ async def run_lab(
                         run.vms[name] = await nursery.start(run_vm, cfg)
                     except ConfigError as e:  # the kernel's content, a NIC's capture, ...
                         raise ConfigError(f"vms.{name}: {e}") from None
+                if restore_state is not None:
+                    # The fabric as it was: its objects built and every port plugged in (the
+                    # NICs' are the last), before the lab's clock runs.
+                    load_fabric(run, restore_state.sub("fabric"))
                 if tl is not None:
                     tl.set_islands(islands(spec))
                     # Once every VM has joined: a VM made while the clock already ran would

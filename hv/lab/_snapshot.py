@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from hv._errors import ConfigError, SnapshotError, StateError
-from hv.hw import Fields, SnapshotFile, State, write_snapshot
+from hv.hw import Fields, SnapshotFile, write_snapshot
 from hv.hw import decode_state as decode
 from hv.hw import encode_state as encode
+from hv.lab._fabric_state import save_fabric
 
 if TYPE_CHECKING:
     from hv._timeline import Timeline
@@ -84,32 +85,6 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise ConfigError(f"a lab key holds {type(value).__name__}, which a snapshot cannot keep")
-
-
-def _fabric_state(run: LabRun) -> State:
-    return {
-        "switches": {n: s.save_state() for n, s in run.switches.items()},
-        "cables": {n: c.save_state() for n, c in run.impairments.items()},
-        "services": {n: h.save_state() for n, h in run.services.items()},
-    }
-
-
-def load_fabric(run: LabRun, st: Fields) -> None:
-    """Take back the fabric's state on a lab built from the same tables, before it runs."""
-    for key, objs in (
-        ("switches", run.switches),
-        ("cables", run.impairments),
-        ("services", run.services),
-    ):
-        sub = st.sub(key)
-        names = sorted(sub.keys())
-        if names != sorted(objs):
-            raise SnapshotError(
-                f"{sub.where}: the snapshot has {', '.join(names) or 'none'}, the lab "
-                f"{', '.join(sorted(objs)) or 'none'}"
-            )
-        for name, obj in objs.items():
-            obj.load_state(sub.sub(name))
 
 
 def _check_snapshottable(run: LabRun) -> None:
@@ -175,7 +150,7 @@ async def _write(run: LabRun, folder: Path, durable: bool) -> int:
     }
     state = {
         "timeline": tl.save_clock() if tl is not None else None,
-        "fabric": _fabric_state(run),
+        "fabric": save_fabric(run),
     }
     size += write_snapshot(
         folder / LAB_FILE, [("meta", encode(meta)), ("state", encode(state))], durable=durable

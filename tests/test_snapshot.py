@@ -1,0 +1,169 @@
+"""Snapshots (issue 21): a VM or a lab saved between two slices and restored goes on bit for
+bit; the file format refuses what is not a snapshot it can read."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from scapy.utils import PcapNgReader
+
+import hv
+from hv import VmConfig, run_vm
+from hv.build import guest_path
+from hv.lab import LabRestore, run_lab
+from hv.lab._spec import parse_lab
+
+# The lab of test_parallel: DHCP, an impaired link with loss, jitter and a rate limit, UDP
+# and ping across it, and two compute guests with no NIC.
+LAB = """
+clock = "virtual"
+seed = 5
+
+[switches.lan]
+subnet = "10.0.0.0/24"
+dhcp = { pool = "10.0.0.100-10.0.0.150" }
+capture = "lan.pcapng"
+
+[switches.wan]
+capture = "wan.pcapng"
+
+[[links]]
+a = "lan"
+b = "wan"
+impair = { delay = "2ms", jitter = "1ms", loss = "5%", rate = "20Mbit", queue = "16KiB" }
+
+[vms.srv]
+kernel = "udpecho"
+nics = [{ switch = "wan", ip = "10.0.0.2/24" }]
+
+[vms.gen]
+kernel = "udpgen"
+append = "peer=10.0.0.2 count=120 size=600 window=16 timeout=20"
+nics = [{ switch = "lan", ip = "dhcp" }]
+
+[vms.pinger]
+kernel = "ping"
+append = "peer=10.0.0.2 count=6 interval=5"
+nics = [{ switch = "lan", ip = "10.0.0.3/24" }]
+
+[vms.c1]
+kernel = "cpu"
+append = "iters=30"
+
+[vms.c2]
+kernel = "cpu"
+append = "iters=45"
+"""
+UNTIL = frozenset({"gen", "pinger", "c1", "c2"})
+
+
+def _frames(path: Path) -> list[tuple[int, bytes]]:
+    """A capture's packets as scapy reads them: (timestamp ns, bytes)."""
+    with PcapNgReader(str(path)) as r:
+        return [(int(p.time * 10**9), bytes(p)) for p in r]
+
+
+def _outcome(run: Any, folder: Path) -> dict[str, Any]:
+    return {
+        "exits": {n: (e.kind, e.exit_code, e.reason) for n, e in run.exits.items()},
+        "consoles": {n: vm.console.transcript for n, vm in run.vms.items()},
+        "lan": _frames(folder / "lan.pcapng"),
+        "wan": _frames(folder / "wan.pcapng"),
+    }
+
+
+async def _lab(
+    folder: Path, snap: Path | None = None, *, at: bytes = b"", restore: Path | None = None
+) -> tuple[dict[str, Any], int | None]:
+    """Run the lab to its end; with ``snap``, snapshot it once VM gen printed ``at``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = LabRestore(restore) if restore is not None else None
+    spec = saved.spec() if saved is not None else parse_lab(LAB, folder, "snap")
+    lab_ps = None
+    with trio.fail_after(180):
+        async with trio.open_nursery() as nursery:
+            run = await nursery.start(functools.partial(run_lab, spec, until=UNTIL, restore=saved))
+            if snap is not None:
+                await run.vms["gen"].console.wait_for(at)
+                info = await run.snapshot(snap)
+                lab_ps = info.lab_ps
+            await run.wait()
+    return _outcome(run, folder), lab_ps
+
+
+async def test_a_lab_restored_goes_on_as_the_uninterrupted_run(tmp_path: Path) -> None:
+    whole, _ = await _lab(tmp_path / "whole")
+    # The same run, snapshotted once the generator has its address: it is not disturbed.
+    taken, lab_ps = await _lab(tmp_path / "taken", tmp_path / "snap", at=b"dhcp: eth0 bound")
+    assert taken == whole
+    assert lab_ps is not None and lab_ps > 0
+    # Restored: its captures are written from the snapshot's time on, where the uninterrupted
+    # run's were (the restored lab's files are where the lab's were: move those first).
+    shutil.move(tmp_path / "taken", tmp_path / "taken-done")
+    again, _ = await _lab(tmp_path / "taken", restore=tmp_path / "snap")
+    assert again["exits"] == whole["exits"]
+    for name, text in again["consoles"].items():
+        assert whole["consoles"][name].endswith(text), name
+    assert b"120 sent" in again["consoles"]["gen"]  # (most of its run came after the snapshot)
+    for cap in ("lan", "wan"):
+        tail = again[cap]
+        assert tail, cap
+        assert whole[cap][-len(tail) :] == tail, cap
+        # ... and it is all of the frames after the lab's time at the snapshot (the fabric had
+        # taken every frame of that instant before it)
+        assert [f for f in whole[cap] if f[0] * 1000 > lab_ps] == tail
+
+
+async def test_a_vm_restored_on_virtual_time_ends_at_the_same_instant(tmp_path: Path) -> None:
+    config = VmConfig(kernel=guest_path("cpu"), cmdline="iters=60", clock="virtual", name="c")
+    async with trio.open_nursery() as nursery:
+        vm = await nursery.start(run_vm, config)
+        await trio.sleep(0)  # (it runs: the snapshot is taken somewhere in its run)
+        info = await vm.snapshot(tmp_path / "c.hvsnap")
+        await vm.wait()
+    async with trio.open_nursery() as nursery:
+        again = await nursery.start(run_vm, hv.restore(info.path))
+        await again.wait()
+    assert again.exit == vm.exit
+    assert again.machine.clock.ps == vm.machine.clock.ps  # type: ignore[attr-defined]
+    assert vm.console.transcript.endswith(again.console.transcript)
+    assert b"checksum: 0x" in again.console.transcript
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b[:20], "truncated"),
+        (lambda b: b"GIF89a" + b[6:], "not an hv snapshot"),
+        (lambda b: b[:8] + b"\x02" + b[9:], "written by a newer hv"),
+        (lambda b: b[:40] + bytes([b[40] ^ 1]) + b[41:], "corrupt"),
+        (lambda b: b[: len(b) // 2], "truncated"),
+    ],
+)
+async def test_a_damaged_snapshot_is_refused_with_a_clear_error(
+    tmp_path: Path, damage: Any, message: str
+) -> None:
+    config = VmConfig(kernel=guest_path("echo"), clock="virtual", name="h", mem_size=16 << 20)
+    async with trio.open_nursery() as nursery:
+        vm = await nursery.start(run_vm, config)
+        info = await vm.snapshot(tmp_path / "h.hvsnap")
+        vm.stop()
+    bad = tmp_path / "bad.hvsnap"
+    bad.write_bytes(damage(info.path.read_bytes()))
+    with pytest.raises(hv.SnapshotError, match=message):
+        hv.restore(bad)
+
+
+async def test_a_snapshot_of_a_vm_that_stops_meanwhile_says_so(tmp_path: Path) -> None:
+    config = VmConfig(kernel=guest_path("hello"), clock="virtual", name="h", mem_size=16 << 20)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            vm = await nursery.start(run_vm, config)
+            with pytest.raises(hv.StateError, match="stopped"):
+                await vm.snapshot(tmp_path / "h.hvsnap")
+    assert not (tmp_path / "h.hvsnap").exists()
