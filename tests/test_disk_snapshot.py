@@ -269,3 +269,33 @@ def _point_backing(image: Path, name: str) -> None:
 
 def test_qemu_img_is_here() -> None:
     assert shutil.which("qemu-img"), "qemu-img (qemu-utils) is the oracle of these tests"
+
+
+# -- hv's Disk: what a VM snapshot calls ---------------------------------------------------
+
+
+async def test_vm_disks_freeze_and_restore(tmp_path: Path) -> None:
+    from hv import Disk
+    from hv._disk import close_disks, freeze_disks, open_frozen_disks, sync_disks
+    from hv._errors import SnapshotError
+
+    snap, work = mkdirs(tmp_path, "snap", "work")
+    create_raw(tmp_path / "data.raw", SIZE)
+    raw = await open_disk(f"{tmp_path / 'data.raw'},format=raw")
+    disks = [Disk(MemoryDisk(SIZE), serial="scratch"), Disk(raw, serial="data")]
+    await disks[0].backend.write(0, b"first")
+    await disks[1].backend.write(4096, b"second")
+    entries = await freeze_disks(disks, snap, prefix="a-")
+    await disks[1].backend.write(4096, b"SECOND")
+    await sync_disks(snap, entries)
+    await close_disks(disks)
+    assert sorted(p.name for p in snap.iterdir()) == ["a-vda.raw", "a-vdb.raw"]
+    restored = await open_frozen_disks(json.loads(json.dumps(entries)), snap, work)
+    assert [d.serial for d in restored] == ["scratch", "data"]
+    assert await restored[0].backend.read(0, 5) == b"first"
+    assert await restored[1].backend.read(4096, 6) == b"second"
+    await close_disks(restored)
+    hostile = [entries[0], {**entries[1], "file": "../data.raw"}]
+    with pytest.raises(SnapshotError, match=r"restored VM.disks\[1\].*plain file name"):
+        await open_frozen_disks(hostile, snap, work)
+    assert len(list(work.iterdir())) == 2  # the refused attempt's first overlay is gone
