@@ -357,6 +357,8 @@ async def freeze(
     if isinstance(backend, (RawFile, Qcow2Image)) and not backend.read_only:
         fmt = "raw" if isinstance(backend, RawFile) else "qcow2"
         path = os.path.join(where, f"{name}.{fmt}")
+        below = backend.backing if isinstance(backend, Qcow2Image) else None
+        bases = await trio.to_thread.run_sync(_bases, below)  # (refuses what is not a file)
         if isinstance(backend, Qcow2Image):
             async with backend._lock:  # its metadata on file, and no request until copied
                 backend._check_open()
@@ -364,8 +366,6 @@ async def freeze(
                 await trio.to_thread.run_sync(_freeze_file, backend, path)
         else:
             await trio.to_thread.run_sync(_freeze_file, backend, path)
-        below = backend.backing if isinstance(backend, Qcow2Image) else None
-        bases = await trio.to_thread.run_sync(_bases, below)
         return FrozenDisk(f"{name}.{fmt}", fmt, backend.size, serial, False, bases)
     if isinstance(backend, (RawFile, Qcow2Image)):  # read-only: nothing changes it
         path = os.path.join(where, f"{name}.qcow2")

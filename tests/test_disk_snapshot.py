@@ -299,3 +299,16 @@ async def test_vm_disks_freeze_and_restore(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError, match=r"restored VM.disks\[1\].*plain file name"):
         await open_frozen_disks(hostile, snap, work)
     assert len(list(work.iterdir())) == 2  # the refused attempt's first overlay is gone
+
+
+async def test_backing_that_is_not_a_file_is_refused(tmp_path: Path) -> None:
+    """A qcow2 image over a MemoryDisk has no file to name as the frozen copy's backing."""
+    from blockdev import Qcow2Image
+
+    snap, _ = mkdirs(tmp_path, "snap", "work")
+    create_qcow2(tmp_path / "top.qcow2", SIZE)
+    image = await Qcow2Image.open(tmp_path / "top.qcow2", backing=MemoryDisk(SIZE))
+    with pytest.raises(BlockError, match="not a file"):
+        await freeze(image, snap, "vda")
+    await image.close()
+    assert not list(snap.iterdir())
