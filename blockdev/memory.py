@@ -29,6 +29,11 @@ class MemoryDisk(BlockBackend):
             buf[at : at + n] = view[done : done + n]
             done += n
 
+    def pages(self) -> list[tuple[int, bytes]]:
+        """What the disk holds now: (offset, bytes) of each page written, in order (copies)."""
+        end = self.size
+        return [(p * PAGE, bytes(buf[: end - p * PAGE])) for p, buf in sorted(self._pages.items())]
+
     async def read(self, offset: int, length: int) -> bytes:
         self.check(offset, length)
         out = bytearray(length)

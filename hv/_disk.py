@@ -3,10 +3,16 @@
 A ``Disk`` is an opened ``blockdev`` backend (``await blockdev.open_disk("x.qcow2,snapshot")``)
 behind a virtio-blk device; the caller opens it and closes it after the VM has stopped (the
 lab runner and ``hv run --disk`` do both).
+
+In a snapshot, ``freeze_disks`` writes each disk as it is into the snapshot directory and
+returns the entries to record (JSON values); ``open_frozen_disks`` opens them again for a
+restored VM or a clone, each over a private overlay (``blockdev.freeze``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from hv._errors import ConfigError, HostError
+from hv._errors import ConfigError, HostError, SnapshotError
 
 if TYPE_CHECKING:
     from blockdev import BlockBackend, DiskSpec
@@ -80,6 +86,75 @@ async def open_disks(
             disks.append(Disk(backend, spec.serial))
     except BaseException:
         await close_disks(disks)
+        raise
+    return disks
+
+
+async def freeze_disks(
+    disks: Sequence[Disk], snapshot_dir: str | os.PathLike[str], prefix: str = ""
+) -> list[dict[str, object]]:
+    """Freeze every disk into ``snapshot_dir`` as ``PREFIXvda.raw``, ``PREFIXvdb.qcow2``, ...
+    (``prefix``: letters, digits, ``_.-``; one per VM when several share a directory) and
+    return the entries to record, in order. Call it with the VM paused and its disks drained
+    (no request in flight), then ``sync_disks`` once it runs again. A ``HostError`` if a
+    file cannot be written."""
+    from blockdev import BlockError, freeze
+
+    entries: list[dict[str, object]] = []
+    for i, disk in enumerate(disks):
+        name = f"{prefix}vd{disk_letters(i)}"
+        try:
+            entry = await freeze(disk.backend, snapshot_dir, name, serial=disk.serial)
+        except BlockError as e:
+            raise HostError(f"snapshot of disk {name}: {e}") from None
+        entries.append(entry.to_json())
+    return entries
+
+
+async def sync_disks(snapshot_dir: str | os.PathLike[str], entries: Sequence[object]) -> None:
+    """Make what ``freeze_disks`` wrote durable (fsync; the VM need not be paused)."""
+    from blockdev import BlockError, FrozenDisk, sync_frozen
+
+    try:
+        frozen = [FrozenDisk.from_json(e, f"disks[{i}]") for i, e in enumerate(entries)]
+        await sync_frozen(snapshot_dir, frozen)
+    except BlockError as e:
+        raise HostError(f"snapshot's disks: {e}") from None
+
+
+async def open_frozen_disks(
+    entries: Sequence[object],
+    snapshot_dir: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    backing_dirs: Sequence[str | os.PathLike[str]] = (),
+    owner: str = "restored VM",
+) -> list[Disk]:
+    """The disks a snapshot recorded (``freeze_disks``'s entries, read from the snapshot),
+    each over a new private qcow2 overlay in ``work_dir`` (the caller removes those), so
+    neither the snapshot nor any other restore or clone sees what this VM writes. Base images
+    outside the snapshot directory must lie in ``backing_dirs``, unchanged since the
+    snapshot. A ``SnapshotError`` naming the disk and saying what is wrong (a hostile or
+    damaged snapshot directory is refused); on an error, what was opened is closed again
+    and its overlays removed."""
+    from blockdev import BlockError, FrozenDisk, open_frozen
+
+    disks: list[Disk] = []
+    try:
+        for i, value in enumerate(entries):
+            where = f"{owner}.disks[{i}]"
+            try:
+                entry = FrozenDisk.from_json(value, where)
+                backend = await open_frozen(
+                    entry, snapshot_dir, work_dir, backing_dirs=backing_dirs, owner=where
+                )
+            except BlockError as e:
+                raise SnapshotError(f"snapshot disk: {e}") from None
+            disks.append(Disk(backend, entry.serial))
+    except BaseException:
+        await close_disks(disks)
+        for disk in disks:
+            with contextlib.suppress(OSError):
+                os.unlink(disk.backend.path)  # type: ignore[attr-defined]
         raise
     return disks
 
