@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from hv._console import Console
     from hv._exec import AgentUnavailable, CommandFailed, ExecError, ExecResult, ExecTimeout
     from hv._snapshot import SnapshotInfo
-    from hv._vm import Vm, VmConfig, VmState, open_vm, restore, run_vm
+    from hv._vm import Vm, VmConfig, VmState, open_vm, restore, restore_disks, run_vm
     from hv.lab import Lab, open_lab
 
 # The machine's names load the CPU engine (which may build it on first use), so they are
@@ -56,6 +56,7 @@ _LAZY = {
     "open_lab": "hv.lab",
     "run_vm": "hv._vm",
     "restore": "hv._vm",
+    "restore_disks": "hv._vm",
     "SnapshotInfo": "hv._snapshot",
 }
 
@@ -91,6 +92,7 @@ __all__ = [
     "open_lab",
     "open_vm",
     "restore",
+    "restore_disks",
     "run_vm",
 ]
 

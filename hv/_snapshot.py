@@ -175,11 +175,22 @@ def load_state(vm: Vm, st: Fields) -> None:
         vm._timeline.post(vm._member, at, load_call(m, e))
 
 
-def write_vm(vm: Vm, path: Path, *, durable: bool = True) -> int:
-    """Write the VM's snapshot file (the VM quiet between slices: the caller's job)."""
+def disk_prefix(path: Path) -> str:
+    """The name the files of a VM's disks start with beside its snapshot file."""
+    stem = "".join(c if c.isalnum() or c in "_.-" else "_" for c in path.stem)
+    return f"{stem}-"
+
+
+def write_vm(
+    vm: Vm, path: Path, *, disks: list[dict[str, object]] | None = None, durable: bool = True
+) -> int:
+    """Write the VM's snapshot file (the VM quiet between slices, its disks frozen beside
+    it: ``disks`` their entries; the caller's job)."""
     m = vm.machine
     state = state_of(vm)
-    sections = [("meta", encode(meta_of(vm))), ("state", encode(state))]
+    meta = meta_of(vm)
+    meta["disk_files"] = disks or []
+    sections = [("meta", encode(meta)), ("state", encode(state))]
     sections.append(("kernel", bytes(m.config.kernel)))
     if m.config.initrd is not None:
         sections.append(("initrd", bytes(m.config.initrd)))
@@ -255,3 +266,10 @@ def restore_fields(path: Path) -> dict[str, Any]:
         "rng": meta.bool("rng"),
         "restore": path,
     }
+
+
+def disk_entries(path: Path) -> list[Any]:
+    """The frozen disks a VM's snapshot recorded (files beside it: hv._disk)."""
+    with SnapshotFile(path) as f:
+        meta = read_meta(f)
+    return meta.list("disk_files", 26 * 27) if meta.has("disk_files") else []

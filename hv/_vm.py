@@ -34,12 +34,19 @@ import trio
 
 from hv._console import BACKLOG_HIGH, Console
 from hv._cores import Cores
-from hv._disk import Disk
+from hv._disk import Disk, freeze_disks, open_frozen_disks, sync_disks
 from hv._errors import ConfigError, StateError
 from hv._exec import ExecResult, Process, agent_of
 from hv._log import get_logger
 from hv._nic import Nic, nic_cmdline
-from hv._snapshot import Restoring, SnapshotInfo, restore_fields, write_vm
+from hv._snapshot import (
+    Restoring,
+    SnapshotInfo,
+    disk_entries,
+    disk_prefix,
+    restore_fields,
+    write_vm,
+)
 from hv._status import StopInfo, StopKind
 from hv._timeline import INF, Run, Ticket, Timeline
 from hv._values import host_threads
@@ -352,8 +359,12 @@ class Vm:
         for _, _, ticket in list(self._tickets):
             await ticket.event.wait()
         self._flush_output()
-        size = write_vm(self, path, durable=durable)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        disks = await freeze_disks(self.config.disks, path.parent, disk_prefix(path))
+        size = write_vm(self, path, disks=disks, durable=durable)
         paused = time.monotonic() - held
+        if disks and durable:
+            await sync_disks(path.parent, disks)
         self.log.info("snapshot", path=str(path), mib=size >> 20, paused_ms=round(paused * 1e3))
         return SnapshotInfo(path, size, paused)
 
@@ -796,9 +807,31 @@ def restore(path: str | os.PathLike[str], **overrides: Any) -> VmConfig:
     the snapshot. ``overrides`` set other fields: ``name``, and the ``nics`` and ``disks``
     the VM had (the same number and kinds: a snapshot holds what the devices were doing,
     not what they were plugged into)."""
-    fields = restore_fields(Path(path))
+    path = Path(path)
+    fields = restore_fields(path)
     fields.update(overrides)
+    if disk_entries(path) and "disks" not in overrides:
+        raise ConfigError(
+            f"{path}: the VM had disks: open them with `await hv.restore_disks(PATH, WORK_DIR)` "
+            "and pass them as disks="
+        )
     return VmConfig(**fields)
+
+
+async def restore_disks(
+    path: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    backing_dirs: Sequence[str | os.PathLike[str]] = (),
+) -> list[Disk]:
+    """The disks of the VM whose snapshot is at ``path``, as they were at the snapshot
+    (files beside it), each over a new private overlay in ``work_dir`` (yours to remove
+    once the VM is done): ``hv.restore(path, disks=...)``. Base images outside the
+    snapshot's folder must be in ``backing_dirs`` and unchanged since."""
+    path = Path(path)
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    return await open_frozen_disks(
+        disk_entries(path), path.parent, work_dir, backing_dirs, owner=f"{path.name}"
+    )
 
 
 class _VmTime:

@@ -360,6 +360,7 @@ def test_the_public_api_is_pinned() -> None:
             "open_lab",
             "open_vm",
             "restore",
+            "restore_disks",
             "run_vm",
         ]
     )

@@ -9,9 +9,12 @@ and closed on the way out.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from hv._cores import Cores
-from hv._disk import Disk, close_disks, open_disks
+from hv._disk import Disk, close_disks, open_disks, open_frozen_disks
 from hv._errors import ConfigError, HostError, SnapshotError
 from hv._nic import Nic
-from hv._snapshot import restore_fields
+from hv._snapshot import disk_entries, restore_fields
 from hv._status import StopInfo
 from hv._timeline import Timeline
 from hv._vm import Vm, VmConfig, run_vm
@@ -415,8 +418,6 @@ async def run_lab(
     restored: dict[str, dict[str, Any]] = {}
     if restore is not None:
         for name in mine:
-            if spec.vms[name].image is not None or spec.vms[name].disks:
-                raise ConfigError(f"vms.{name}: a restored lab's VMs cannot have disks yet")
             restored[name] = restore_fields(vm_file(restore.folder, name))
     # Read once per kernel and initrd, however many VMs boot them (a thousand guests of one
     # kind share the bytes, and the bundled guest's build check runs once).
@@ -512,6 +513,11 @@ async def run_lab(
                             cables[(vspec.name, i)] = imp
                 for vspec in (spec.vms[n] for n in mine):
                     whose = f"vms.{vspec.name}"
+                    if restore is not None:  # its disks as they were, over private overlays
+                        run.disks[vspec.name] = await _restored_disks(
+                            spec, vspec, restore, nursery, whose
+                        )
+                        continue
                     if vspec.image is not None:  # the root disk first: vda
                         run.disks[vspec.name] = [await open_image(images[vspec.name], whose)]
                     run.disks.setdefault(vspec.name, []).extend(
@@ -650,6 +656,32 @@ async def _cable(
     link.on_pending = tl.poke  # a frame from a host port may find the timeline idle
     tl.add_timed(link)
     return link
+
+
+async def _restored_disks(
+    spec: LabSpec, vm: VmSpec, restore: LabRestore, nursery: trio.Nursery, whose: str
+) -> list[Disk]:
+    """A restored VM's disks: the snapshot's frozen files, each under an overlay of this
+    run's own (removed when the lab ends). Base images may be where the lab's images and
+    disks are (the lab's folder, the Debian images' cache)."""
+    path = vm_file(restore.folder, vm.name)
+    entries = disk_entries(path)
+    if not entries:
+        return []
+    work = Path(tempfile.mkdtemp(prefix=f"hv-{spec.name}-{vm.name}-"))
+    nursery.start_soon(_remove_when_cancelled, work)
+    bases: set[Path] = {spec.base}
+    if vm.image is not None:
+        with contextlib.suppress(ConfigError):
+            bases.add(image_file(vm.image, f"{whose}.image").parent)
+    return await open_frozen_disks(entries, path.parent, work, sorted(bases), owner=whose)
+
+
+async def _remove_when_cancelled(folder: Path) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _seeded(imp: Impairment | None, seed: int) -> Impairment | None:
