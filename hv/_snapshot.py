@@ -20,6 +20,7 @@ the lab's time, and a restore continues the same run (docs/SNAPSHOTS.md).
 from __future__ import annotations
 
 import datetime
+import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,9 +146,11 @@ def state_of(vm: Vm) -> State:
     return {"machine": m.save_state(), "vt": vt}
 
 
-def load_state(vm: Vm, st: Fields) -> None:
+def load_state(vm: Vm, st: Fields, *, clone: bool = False) -> None:
     """Take back ``state_of``'s state on a VM restored from the snapshot (its devices
-    attached, nothing run)."""
+    attached, nothing run). A ``clone`` (restored under another name) joins a timeline of
+    its own: the frames that were on their way to or from the VM it was are dropped, and
+    its clock moves to the timeline's time (the guest's own time goes on unchanged)."""
     m = vm.machine
     m.load_state(st.sub("machine"))
     if vm._timeline is None:
@@ -159,20 +162,25 @@ def load_state(vm: Vm, st: Fields) -> None:
     vm._vt_input = vt.bool("input")
     clock = m.clock
     assert isinstance(clock, VirtualClock)
-    import heapq
-
+    shift = 0
+    if clone:
+        shift = vm._timeline.frontier_ps(skip=vm._member) - clock.ps
+        clock.ps += shift
+        clock.origin_ps += shift
     for e in vt.subs("inbox", CALLS_MAX):
         at = e.int("at", 0, 1 << 62)
-        heapq.heappush(vm._inbox, (at, next(vm._vt_seq), load_call(m, e)))
+        if not clone:
+            heapq.heappush(vm._inbox, (at, next(vm._vt_seq), load_call(m, e)))
     for e in vt.subs("tickets", CALLS_MAX):
-        at = e.int("at", 0, 1 << 62)
+        at = e.int("at", 0, 1 << 62) + shift
         ticket = Ticket(at)
         ticket.ready(load_call(m, e))
         heapq.heappush(vm._tickets, (at, next(vm._vt_seq), ticket))
     vm._host_input = [load_call(m, e) for e in vt.subs("host_input", CALLS_MAX)]
     for e in vt.subs("posted", CALLS_MAX):
         at = e.int("at", 0, 1 << 62)
-        vm._timeline.post(vm._member, at, load_call(m, e))
+        if not clone:
+            vm._timeline.post(vm._member, at, load_call(m, e))
 
 
 def disk_prefix(path: Path) -> str:
@@ -228,9 +236,11 @@ class Restoring:
             )
 
     def load(self, vm: Vm) -> None:
+        """Load the VM's state; under another name than the snapshot's, as a clone."""
         try:
             st = decode(self.file.read("state", STATE_MAX), f"{self.path}: state")
-            load_state(vm, Fields(st, "state"))
+            clone = self.meta.str("name", 200) != vm.name
+            load_state(vm, Fields(st, "state"), clone=clone)
         finally:
             self.file.close()
 

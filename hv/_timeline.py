@@ -272,10 +272,11 @@ class Timeline:
         """How far ``member`` may go now (in the round under way)."""
         return self._horizons[id(member)]
 
-    def frontier_ps(self) -> int:
-        """The newest time any member has reached: where input from outside (typing, a
-        resumed VM) comes in, so nobody ever receives something from its past."""
-        return max([self.now_ps, *(m.vt_ps() for m in self._members)])
+    def frontier_ps(self, skip: Member | None = None) -> int:
+        """The newest time any member (but ``skip``) has reached: where input from outside
+        (typing, a resumed VM, a clone) comes in, so nobody ever receives something from its
+        past."""
+        return max([self.now_ps, *(m.vt_ps() for m in self._members if m is not skip)])
 
     def arrival_ps(self) -> int:
         """When something the fabric hands a VM now arrives there."""

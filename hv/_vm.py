@@ -38,7 +38,7 @@ from hv._disk import Disk, freeze_disks, open_frozen_disks, sync_disks
 from hv._errors import ConfigError, StateError
 from hv._exec import ExecResult, Process, agent_of
 from hv._log import get_logger
-from hv._nic import Nic, nic_cmdline
+from hv._nic import Nic, default_mac, nic_cmdline
 from hv._snapshot import (
     Restoring,
     SnapshotInfo,
@@ -78,6 +78,8 @@ VT_INBOX_MAX = 4096
 # The guest's vsock CID: each VM is a machine of its own (the host is CID 2 for every one),
 # so all of them may be 3, as Firecracker's and QEMU's single guests usually are.
 GUEST_CID = 3
+# How long a clone's guest may take to take its new identity (a DHCP lease included).
+CLONE_ANNOUNCE_S = 30.0
 
 
 class VmState(enum.Enum):
@@ -367,6 +369,24 @@ class Vm:
             await sync_disks(path.parent, disks)
         self.log.info("snapshot", path=str(path), mib=size >> 20, paused_ms=round(paused * 1e3))
         return SnapshotInfo(path, size, paused)
+
+    async def announce_clone(self, addresses: Sequence[str] = ()) -> ExecResult:
+        """Tell the guest it is a clone (restored under this VM's name from another VM's
+        snapshot, with its own NICs), as Firecracker's VMGenID tells a restored guest: runs
+        ``cloned NAME eth0=MAC ... eth0=ADDR ...`` in it through its agent. hv's Linux image
+        answers with its ``cloned`` applet: each NIC takes its new MAC and drops its old
+        addresses, the hostname becomes NAME, ``/etc/hv/cloned`` runs if the image has one
+        (with the same arguments: an image's own reaction), then each NIC takes its address
+        (``addresses[i]``: ``"dhcp"``, ``"10.0.0.5/24"``, or ``""`` for none). The guest's
+        answer; ``CommandFailed`` if a step failed, ``ExecError`` if it has no agent."""
+        args = [self.name]
+        for i, nic in enumerate(self.config.nics):
+            mac = nic.mac if isinstance(nic.mac, bytes) else default_mac(self.name, i)
+            args.append(f"eth{i}={mac.hex(':')}")
+        for i, addr in enumerate(addresses):
+            if addr:
+                args.append(f"eth{i}={addr}")
+        return await self.exec("cloned", *args, check=True, timeout=CLONE_ANNOUNCE_S)
 
     # -- commands and files in the guest (hv._exec: its agent, over virtio-vsock) -----------
 

@@ -167,3 +167,44 @@ async def test_a_snapshot_of_a_vm_that_stops_meanwhile_says_so(tmp_path: Path) -
             with pytest.raises(hv.StateError, match="stopped"):
                 await vm.snapshot(tmp_path / "h.hvsnap")
     assert not (tmp_path / "h.hvsnap").exists()
+
+
+async def test_clones_of_one_snapshot_each_run_it_from_there(tmp_path: Path) -> None:
+    config = VmConfig(kernel=guest_path("cpu"), cmdline="iters=60", clock="virtual", name="c")
+    async with trio.open_nursery() as nursery:
+        vm = await nursery.start(run_vm, config)
+        info = await vm.snapshot(tmp_path / "c.hvsnap")
+        await vm.wait()
+    lab = 'clock = "virtual"\n[vms.w]\nclone = { from = "c.hvsnap", count = 4 }\n'
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            run = await nursery.start(run_lab, parse_lab(lab, tmp_path, "clones"))
+            assert sorted(run.vms) == ["w-1", "w-2", "w-3", "w-4"]
+            await run.wait()
+    # each clone ran the rest of the original's run, from the snapshot on
+    for clone in run.vms.values():
+        assert clone.exit == vm.exit
+        assert vm.console.transcript.endswith(clone.console.transcript)
+        assert b"checksum: 0x" in clone.console.transcript
+    assert info.path.is_file()  # (the clones never write their snapshot)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('clone = { from = "c.hvsnap", count = 0 }', "count: 0 is not a number of clones"),
+        ("clone = { count = 2 }", "from: missing"),
+        ('clone = { from = "c.hvsnap" }\nkernel = "cpu"', "kernel: a clone's kernel is its"),
+        ('clone = { from = "c.hvsnap", size = 2 }', "size"),
+    ],
+)
+def test_a_bad_clone_table_is_refused(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(hv.ConfigError, match=message):
+        parse_lab(f"[vms.w]\n{table}\n", tmp_path, "bad")
+
+
+async def test_a_clone_from_a_file_that_is_no_snapshot_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "c.hvsnap").write_bytes(b"#!/bin/sh\n" * 10)
+    lab = parse_lab('[vms.w]\nclone = { from = "c.hvsnap", count = 2 }\n', tmp_path, "bad")
+    with pytest.raises(hv.ConfigError, match=r"vms.w-1: .*not an hv snapshot"):
+        await run_lab(lab)

@@ -24,7 +24,8 @@ import trio
 
 from hv._cores import Cores
 from hv._disk import Disk, close_disks, open_disks, open_frozen_disks
-from hv._errors import ConfigError, HostError, SnapshotError
+from hv._errors import ConfigError, HostError, HvError, SnapshotError
+from hv._log import get_logger
 from hv._nic import Nic
 from hv._snapshot import disk_entries, restore_fields
 from hv._status import StopInfo
@@ -48,6 +49,8 @@ from netfabric.ports.tap import TapError, TapPort
 from netfabric.ports.vxlan import VxlanEndpoint, VxlanError, VxlanPort
 from netfabric.services import DhcpConfig, DnsConfig, ServiceHost, ServicesConfig
 from netfabric.switch import Switch
+
+log = get_logger("hv.lab")
 
 if TYPE_CHECKING:
     from hv.lab._shards import Mesh, Shards
@@ -407,18 +410,34 @@ async def run_lab(
                 f"{restore.folder}: the snapshot's VMs and the lab's differ ({', '.join(missing)})"
             )
     else:
-        build_bundled((spec.vms[n].kernel for n in mine), spec.base, StderrProgress("hv: "))
+        build_bundled(
+            (spec.vms[n].kernel for n in mine if spec.vms[n].clone is None),
+            spec.base,
+            StderrProgress("hv: "),
+        )
     if mesh is not None and rank == 0:
         await mesh.swap({k: None for k in mesh.peers}, TAG_READY, START_TIMEOUT_S)
+    # VMs that start from a snapshot: all of a restored lab's, and clones (``clone = {...}``)
+    snapshots = {
+        name: vm_file(restore.folder, name) if restore is not None else spec.vms[name].clone
+        for name in mine
+        if restore is not None or spec.vms[name].clone is not None
+    }
     images = {
         name: image_file(v.image, f"vms.{name}.image")
         for name, v in spec.vms.items()
-        if v.image is not None and name in mine and restore is None
+        if v.image is not None and name in mine and name not in snapshots
     }
     restored: dict[str, dict[str, Any]] = {}
-    if restore is not None:
-        for name in mine:
-            restored[name] = restore_fields(vm_file(restore.folder, name))
+    read_snap: dict[Path, dict[str, Any]] = {}
+    for name, snap in snapshots.items():
+        assert snap is not None
+        if snap not in read_snap:  # (a thousand clones of one snapshot read it once)
+            try:
+                read_snap[snap] = restore_fields(snap)
+            except ConfigError as e:
+                raise ConfigError(f"vms.{name}: {e}") from None
+        restored[name] = {**read_snap[snap], "restore": snap}
     # Read once per kernel and initrd, however many VMs boot them (a thousand guests of one
     # kind share the bytes, and the bundled guest's build check runs once).
     read: dict[tuple[str, Path | None], BootFiles] = {}
@@ -513,9 +532,10 @@ async def run_lab(
                             cables[(vspec.name, i)] = imp
                 for vspec in (spec.vms[n] for n in mine):
                     whose = f"vms.{vspec.name}"
-                    if restore is not None:  # its disks as they were, over private overlays
+                    snap = snapshots.get(vspec.name)
+                    if snap is not None:  # its disks as they were, over private overlays
                         run.disks[vspec.name] = await _restored_disks(
-                            spec, vspec, restore, nursery, whose
+                            spec, vspec, snap, nursery, whose
                         )
                         continue
                     if vspec.image is not None:  # the root disk first: vda
@@ -535,7 +555,7 @@ async def run_lab(
                     )
                     for name in mine
                 }  # fmt: skip
-                if restore_state is not None:
+                if restored:
                     # Each VM takes its own state back when its task starts.
                     for name, f in restored.items():
                         configs[name] = dataclasses.replace(
@@ -543,7 +563,7 @@ async def run_lab(
                             cmdline=f["cmdline"], mem_size=f["mem_size"], quantum=f["quantum"],
                             smp=f["smp"], vsock=f["vsock"], rng=f["rng"], restore=f["restore"],
                         )  # fmt: skip
-                    if tl is not None:
+                    if tl is not None and restore_state is not None:
                         c = restore_state.sub("timeline")
                         now_ps = c.int("now_ps", 0, 1 << 62)
                         tl.load_clock(now_ps, c.float("now_s"), c.int("reached_ps", 0, 1 << 62))
@@ -556,6 +576,9 @@ async def run_lab(
                     # The fabric as it was: its objects built and every port plugged in (the
                     # NICs' are the last), before the lab's clock runs.
                     load_fabric(run, restore_state.sub("fabric"))
+                for name in snapshots:
+                    if spec.vms[name].clone is not None and restore is None:
+                        nursery.start_soon(announce_clone, run.vms[name], spec.vms[name])
                 if tl is not None:
                     tl.set_islands(islands(spec))
                     # Once every VM has joined: a VM made while the clock already ran would
@@ -659,12 +682,11 @@ async def _cable(
 
 
 async def _restored_disks(
-    spec: LabSpec, vm: VmSpec, restore: LabRestore, nursery: trio.Nursery, whose: str
+    spec: LabSpec, vm: VmSpec, path: Path, nursery: trio.Nursery, whose: str
 ) -> list[Disk]:
     """A restored VM's disks: the snapshot's frozen files, each under an overlay of this
     run's own (removed when the lab ends). Base images may be where the lab's images and
     disks are (the lab's folder, the Debian images' cache)."""
-    path = vm_file(restore.folder, vm.name)
     entries = disk_entries(path)
     if not entries:
         return []
@@ -675,6 +697,21 @@ async def _restored_disks(
         with contextlib.suppress(ConfigError):
             bases.add(image_file(vm.image, f"{whose}.image").parent)
     return await open_frozen_disks(entries, path.parent, work, sorted(bases), owner=whose)
+
+
+async def announce_clone(vm: Vm, spec: VmSpec) -> None:
+    """Tell a clone's guest what it is now (``Vm.announce_clone``): its name, its NICs' MACs
+    and addresses. A guest without hv's agent (a firmware guest) is not told."""
+    if vm.vsock is None:
+        log.info("clone has no agent to tell", vm=vm.name)
+        return
+    addresses = [
+        "dhcp" if n.ip == "dhcp" else (str(n.ip) if n.ip is not None else "") for n in spec.nics
+    ]
+    try:
+        await vm.announce_clone(addresses)
+    except HvError as e:
+        log.warning("clone not told", vm=vm.name, error=str(e))
 
 
 async def _remove_when_cancelled(folder: Path) -> None:

@@ -86,8 +86,12 @@ SWITCH_KEYS = {"capture", "subnet", "gateway", "dhcp", "dns", "tftp", "tap", "vx
 DHCP_KEYS = {"pool", "lease", "boot"}
 VM_KEYS = {
     "kernel", "append", "cmdline", "mem", "nics", "initrd", "quantum", "disks", "image", "host",
-    "shard", "smp",
+    "shard", "smp", "clone",
 }  # fmt: skip
+CLONE_KEYS = {"from", "count"}
+CLONE_MAX = 10_000
+# What a clone takes from its snapshot, not from the lab file.
+CLONE_FROM_SNAPSHOT = ("kernel", "append", "cmdline", "mem", "initrd", "disks", "image", "smp")
 SHARD_MAX = 1023  # a lab over several processes (hv.lab._shards): shards 0..SHARD_MAX
 IMAGE_KEYS = {"packages"}
 DISK_KEYS = {"file", "ro", "format", "snapshot", "serial", "backing_dirs"}
@@ -187,6 +191,8 @@ class VmSpec:
     # The process (MPI rank) that runs it when the lab runs over several (hv.lab._shards);
     # None: placed automatically. A lab in one process runs every VM, whatever this says.
     shard: int | None = None
+    # Restored from this VM snapshot (``clone = { from, count }``: VMs NAME-1..NAME-count).
+    clone: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,20 @@ class LabSpec:
                 if nic.switch == switch and isinstance(nic.ip, ipaddress.IPv4Interface):
                     out[nic.mac] = (nic.ip.ip, vm.name)
         return out
+
+
+def _clone(value: Any, key: str, base: Path) -> tuple[Path, int]:
+    """``clone = { from = "SNAPSHOT", count = N }``: a VM snapshot file (``hv snapshot LAB VM
+    PATH``, or a lab snapshot's ``vms/NAME.hvsnap``) and how many VMs start from it."""
+    t = table(value, key)
+    unknown(t, CLONE_KEYS, key)
+    if "from" not in t:
+        raise ConfigError(f"{key}.from: missing (a VM snapshot file)")
+    src = base / string(t["from"], f"{key}.from")
+    count = t.get("count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= CLONE_MAX:
+        raise ConfigError(f"{key}.count: {count!r} is not a number of clones in 1..{CLONE_MAX}")
+    return src, count
 
 
 def _vid(value: Any, key: str) -> int:
@@ -582,13 +602,30 @@ def parse_doc(
         raise ConfigError("vms: a lab needs at least one VM ([vms.NAME] with a kernel)")
     macs: dict[bytes, str] = {}
     addresses: dict[tuple[str, ipaddress.IPv4Address], str] = {}
+    entries: list[tuple[str, str, dict[str, Any], Path | None]] = []
     for vname, vval in raw_vms.items():
         key = f"vms.{vname}"
         if not _NAME.match(vname):
             raise ConfigError(f"{key}: VM names are lowercase letters, digits, - and _")
         t = table(vval, key)
         unknown(t, VM_KEYS, key)
-        if "kernel" not in t:
+        if "clone" not in t:
+            entries.append((vname, key, t, None))
+            continue
+        src, count = _clone(t["clone"], f"{key}.clone", base)
+        for k in CLONE_FROM_SNAPSHOT:
+            if k in t:
+                raise ConfigError(f"{key}.{k}: a clone's {k} is its snapshot's (drop the key)")
+        rest = {k: v for k, v in t.items() if k != "clone"}
+        for i in range(1, count + 1):
+            name = f"{vname}-{i}"
+            if name in raw_vms:
+                raise ConfigError(f"{key}.clone: clone {name} is also a VM of the lab")
+            entries.append((name, f"{key}.clone[{name}]", rest, src))
+    if len(entries) > CLONE_MAX:
+        raise ConfigError(f"vms: {len(entries)} VMs, more than {CLONE_MAX}")
+    for vname, key, t, clone in entries:
+        if "kernel" not in t and clone is None:
             raise ConfigError(f"{key}.kernel: missing (a bundled guest, linux, or a path)")
         nics = []
         raw_nics = t.get("nics", [])
@@ -641,7 +678,7 @@ def parse_doc(
             )
         vms[vname] = VmSpec(
             name=vname,
-            kernel=string(t["kernel"], f"{key}.kernel"),
+            kernel=string(t["kernel"], f"{key}.kernel") if clone is None else "",
             mem=size(t["mem"], f"{key}.mem", bare=MIB, lo=P.MEM_MIN, hi=P.MEM_MAX)
             if "mem" in t
             else (IMAGE_MEM_DEFAULT if image is not None else P.MEM_DEFAULT),
@@ -655,6 +692,7 @@ def parse_doc(
             image=image,
             host=string(t["host"], f"{key}.host") if "host" in t else None,
             shard=_shard(t["shard"], f"{key}.shard") if "shard" in t else None,
+            clone=clone,
         )
     _shared_disks(vms, base)
     # Virtual time unless the host or other hosts are on the wire (a TAP, VXLAN): docs/TIME.md
