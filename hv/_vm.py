@@ -35,7 +35,7 @@ import trio
 from hv._console import BACKLOG_HIGH, Console
 from hv._cores import Cores
 from hv._disk import Disk, freeze_disks, open_frozen_disks, sync_disks
-from hv._errors import ConfigError, StateError
+from hv._errors import ConfigError, SnapshotError, StateError
 from hv._exec import ExecResult, Process, agent_of
 from hv._log import get_logger
 from hv._nic import Nic, default_mac, nic_cmdline
@@ -452,8 +452,12 @@ class Vm:
                 )
                 if self._restoring is not None:
                     restoring, self._restoring = self._restoring, None
-                    restoring.load(self)
-                    self.log.info("restored", snapshot=str(restoring.path))
+                    try:
+                        restoring.load(self)
+                    except SnapshotError as e:  # (the VM stops at once: it never ran)
+                        m.stop(StopKind.BAD_INPUT, f"restore refused: {e}")
+                    else:
+                        self.log.info("restored", snapshot=str(restoring.path))
                 if self._timeline is None:
                     await self._loop()
                 else:

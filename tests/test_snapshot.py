@@ -130,7 +130,7 @@ async def test_a_vm_restored_on_virtual_time_ends_at_the_same_instant(tmp_path: 
         again = await nursery.start(run_vm, hv.restore(info.path))
         await again.wait()
     assert again.exit == vm.exit
-    assert again.machine.clock.ps == vm.machine.clock.ps  # type: ignore[attr-defined]
+    assert again.machine.clock.ps == vm.machine.clock.ps
     assert vm.console.transcript.endswith(again.console.transcript)
     assert b"checksum: 0x" in again.console.transcript
 
