@@ -51,6 +51,13 @@ int net_configure_from_cmdline(const char *cmdline); /* vlan=, ip=; returns #con
 void net_wait_link_up(const char *ifname, uint64_t timeout_ns);
 int net_vlan_add(const char *parent, const char *name, int id); /* rtnetlink; -1 + errno */
 int net_link_del(const char *name);
+int parse_cidr(const char *s, struct in_addr *addr, int *prefix); /* "A[/P]"; P kept if absent */
+int net_parse_mac(const char *s, uint8_t mac[6]);   /* unicast "52:54:00:12:34:56"; 0 or -1 */
+int net_if_set_mac(const char *ifname, const uint8_t mac[6]);
+int net_addr_flush(const char *ifname, char *removed, size_t n); /* every IPv4 address */
+
+/* cloned.c: a clone's reaction (new MAC, no old address, new name, hook, new address) */
+int ap_cloned(int argc, char **argv);
 
 /* dhcp.c */
 int net_dhcp(const char *ifname, double timeout_s); /* get a lease, configure; 0 or -1 */

@@ -41,6 +41,7 @@ const struct applet applets[] = {
     {"vsockcat", ap_vsockcat, "CID PORT [TEXT]        vsock client: send TEXT or stdin, print replies"},
     {"stress", ap_stress, "[-n ITER] [-p PAGES]   fork/exec/exit + page-fault stress, summary"},
     {"tty", ap_tty, "                       the terminal on stdin"},
+    {"cloned", ap_cloned, "NAME [IFACE=MAC...] [dhcp|IFACE=dhcp|IFACE=ADDR/PREFIX[,GW]...]   a clone's new MAC, name, address"},
     {"hv-agent", ap_agent, "[-u PATH] [-p PORT]     the host's agent (hv exec, hv cp): vsock or unix socket"},
     {NULL, NULL, NULL},
 };

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <ctype.h>
 #include <linux/if_link.h>
 #include <linux/if_vlan.h>
 #include <linux/netlink.h>
@@ -29,6 +30,7 @@
 #include <linux/sockios.h>
 #include <math.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/ip.h>
 #include <netinet/ip_icmp.h>
@@ -143,7 +145,7 @@ int net_add_default_route(struct in_addr gw, const char *ifname)
 }
 
 /* Parse "A[/P]" into addr and prefix; prefix stays unchanged when absent. */
-static int parse_cidr(const char *s, struct in_addr *addr, int *prefix)
+int parse_cidr(const char *s, struct in_addr *addr, int *prefix)
 {
     char buf[64];
     snprintf(buf, sizeof buf, "%s", s);
@@ -368,8 +370,11 @@ static void nl_nest_end(struct nlmsghdr *h, struct rtattr *nest)
     nest->rta_len = (unsigned short)((char *)h + h->nlmsg_len - (char *)nest);
 }
 
-/* Send one request and wait for its ACK: 0, or -1 with errno set from the kernel's answer. */
-static int rtnl_talk(struct nlmsghdr *req)
+/* Send one request (NLM_F_ACK added) and wait for the kernel's ACK, error or NLMSG_DONE (a
+ * dump's end); each other answer to it goes to each(h, ctx) (a dump's parts; each may be NULL).
+ * 0, or -1 with errno set from the kernel's answer. */
+static int rtnl_ask(struct nlmsghdr *req, void (*each)(const struct nlmsghdr *, void *),
+                    void *ctx)
 {
     static unsigned seq;
     int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
@@ -378,35 +383,40 @@ static int rtnl_talk(struct nlmsghdr *req)
     struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
     req->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
     req->nlmsg_seq = ++seq;
-    if (sendto(fd, req, req->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    for (;;) {
-        char buf[8192] __attribute__((aligned(NLMSG_ALIGNTO)));
-        ssize_t n = recv(fd, buf, sizeof buf, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n);
-             h = NLMSG_NEXT(h, n)) {
-            if (h->nlmsg_seq != req->nlmsg_seq || h->nlmsg_type != NLMSG_ERROR)
+    int r = -1, err = EIO;
+    if (sendto(fd, req, req->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0)
+        err = errno;
+    else
+        for (int done = 0; !done;) {
+            char buf[8192] __attribute__((aligned(NLMSG_ALIGNTO)));
+            ssize_t n = recv(fd, buf, sizeof buf, 0);
+            if (n < 0 && errno == EINTR)
                 continue;
-            const struct nlmsgerr *e = NLMSG_DATA(h);
-            close(fd);
-            if (e->error) {
-                errno = -e->error;
-                return -1;
+            if (n <= 0)
+                break;
+            for (struct nlmsghdr *h = (struct nlmsghdr *)buf; !done && NLMSG_OK(h, (size_t)n);
+                 h = NLMSG_NEXT(h, n)) {
+                if (h->nlmsg_seq != req->nlmsg_seq)
+                    continue;
+                if (h->nlmsg_type == NLMSG_ERROR || h->nlmsg_type == NLMSG_DONE) {
+                    const struct nlmsgerr *e = NLMSG_DATA(h);
+                    err = h->nlmsg_type == NLMSG_ERROR ? -e->error : 0;
+                    r = err ? -1 : 0;
+                    done = 1;
+                } else if (each) {
+                    each(h, ctx);
+                }
             }
-            return 0;
         }
-    }
     close(fd);
-    errno = EIO;
-    return -1;
+    if (r < 0)
+        errno = err;
+    return r;
+}
+
+static int rtnl_talk(struct nlmsghdr *req)
+{
+    return rtnl_ask(req, NULL, NULL);
 }
 
 int net_vlan_add(const char *parent, const char *name, int id)
@@ -456,6 +466,111 @@ int net_link_del(const char *name)
     req.i.ifi_family = AF_UNSPEC;
     req.i.ifi_index = (int)index;
     return rtnl_talk(&req.h);
+}
+
+/* ------------------------------------------------------------------ MAC, flush (clones) */
+
+/* "52:54:00:12:34:56": six hex pairs separated by ':', a unicast address, not all zeros. */
+int net_parse_mac(const char *s, uint8_t mac[6])
+{
+    uint8_t any = 0;
+    for (int i = 0; i < 6; i++, s += 2) {
+        if (!isxdigit((unsigned char)s[0]) || !isxdigit((unsigned char)s[1]))
+            return -1;
+        char pair[3] = {s[0], s[1], 0};
+        mac[i] = (uint8_t)strtoul(pair, NULL, 16);
+        any |= mac[i];
+        if (i < 5 && s[2] != ':')
+            return -1;
+        s += i < 5;
+    }
+    return *s || (mac[0] & 1) || !any ? -1 : 0;
+}
+
+/* SIOCSIFHWADDR. virtio-net (IFF_LIVE_ADDR_CHANGE) takes a new MAC while up; a driver that
+ * does not says EBUSY: then down, set, up. The neighbour tables are told (NETDEV_CHANGEADDR). */
+int net_if_set_mac(const char *ifname, const uint8_t mac[6])
+{
+    struct ifreq ifr;
+    ifr_init(&ifr, ifname);
+    ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+    memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
+    if (ioctl(ctl_sock(), SIOCSIFHWADDR, &ifr) == 0)
+        return 0;
+    if (errno != EBUSY)
+        return -1;
+    if (net_if_up(ifname, 0) < 0 || ioctl(ctl_sock(), SIOCSIFHWADDR, &ifr) < 0)
+        return -1;
+    return net_if_up(ifname, 1);
+}
+
+struct first_addr {
+    unsigned index;
+    int found, prefix;
+    struct in_addr addr;
+};
+
+/* One RTM_NEWADDR of a dump: the first IPv4 address of f->index, if it is one. */
+static void first_addr_of(const struct nlmsghdr *h, void *ctx)
+{
+    struct first_addr *f = ctx;
+    const struct ifaddrmsg *ifa = NLMSG_DATA(h);
+    if (f->found || h->nlmsg_type != RTM_NEWADDR || ifa->ifa_family != AF_INET ||
+        ifa->ifa_index != f->index)
+        return;
+    int len = (int)IFA_PAYLOAD(h);
+    for (const struct rtattr *rta = IFA_RTA(ifa); RTA_OK(rta, len); rta = RTA_NEXT(rta, len))
+        if ((rta->rta_type == IFA_LOCAL || (rta->rta_type == IFA_ADDRESS && !f->found)) &&
+            RTA_PAYLOAD(rta) == 4) {
+            memcpy(&f->addr, RTA_DATA(rta), 4);
+            f->found = 1;
+        }
+    f->prefix = ifa->ifa_prefixlen;
+}
+
+/* Remove every IPv4 address of ifname (RTM_DELADDR, one at a time until a dump finds none:
+ * a primary's secondaries may go with it); the routes through them go too. "A/P A/P" of what
+ * was removed in removed[n] ("" if none). 0, or -1 with errno. */
+int net_addr_flush(const char *ifname, char *removed, size_t n)
+{
+    unsigned index = if_nametoindex(ifname);
+    size_t used = 0;
+    if (n)
+        removed[0] = 0;
+    if (!index)
+        return -1;
+    struct {
+        struct nlmsghdr h;
+        struct ifaddrmsg a;
+        char attrs[64];
+    } req;
+    for (int round = 0; round < 256; round++) {
+        memset(&req, 0, sizeof req); /* the dump of every IPv4 address */
+        req.h.nlmsg_len = NLMSG_LENGTH(sizeof req.a);
+        req.h.nlmsg_type = RTM_GETADDR;
+        req.h.nlmsg_flags = NLM_F_DUMP;
+        req.a.ifa_family = AF_INET;
+        struct first_addr f = {.index = index};
+        if (rtnl_ask(&req.h, first_addr_of, &f) < 0)
+            return -1;
+        if (!f.found)
+            return 0;
+        struct in_addr a = f.addr;
+        int prefix = f.prefix;
+        req.h.nlmsg_len = NLMSG_LENGTH(sizeof req.a); /* now the removal of the first */
+        req.h.nlmsg_type = RTM_DELADDR;
+        req.h.nlmsg_flags = 0;
+        req.a.ifa_prefixlen = (unsigned char)prefix;
+        req.a.ifa_index = index;
+        nl_attr(&req.h, sizeof req, IFA_LOCAL, &a, 4);
+        if (rtnl_talk(&req.h) < 0 && errno != EADDRNOTAVAIL)
+            return -1;
+        if (used < n)
+            used += (size_t)snprintf(removed + used, n - used, "%s%s/%d", used ? " " : "",
+                                     inet_ntoa(a), prefix);
+    }
+    errno = EBUSY; /* addresses that keep coming back */
+    return -1;
 }
 
 /* A VLAN device's id and lower device (SIOCGIFVLAN); -1 if name is not a VLAN device. */
@@ -653,6 +768,14 @@ int ap_ip(int argc, char **argv)
         }
         return 0;
     }
+    if (is_addr && !strcmp(verb, "flush") && (argc == 4 || (argc == 5 && !strcmp(argv[3], "dev")))) {
+        char removed[256];
+        if (net_addr_flush(argv[argc - 1], removed, sizeof removed) < 0) {
+            errorf("ip: %s: %s", argv[argc - 1], strerror(errno));
+            return 1;
+        }
+        return 0;
+    }
     if (is_link && !strcmp(verb, "add"))
         return ip_link_add(argc - 3, argv + 3);
     if (is_link && (!strcmp(verb, "del") || !strcmp(verb, "delete")) && argc >= 4) {
@@ -670,7 +793,15 @@ int ap_ip(int argc, char **argv)
                                                                                       : argv[3];
         const char *what = argv[argc - 1];
         int r;
-        if (!strcmp(argv[argc - 2], "mtu")) {
+        if (!strcmp(argv[argc - 2], "address")) {
+            uint8_t mac[6];
+            if (net_parse_mac(what, mac) < 0) {
+                errorf("ip: bad MAC '%s': give six hex bytes, unicast and not all zeros, "
+                       "e.g. 52:54:00:12:34:56", what);
+                return 2;
+            }
+            r = net_if_set_mac(ifname, mac);
+        } else if (!strcmp(argv[argc - 2], "mtu")) {
             struct ifreq ifr;
             ifr_init(&ifr, ifname);
             ifr.ifr_mtu = atoi(what);
@@ -701,7 +832,8 @@ int ap_ip(int argc, char **argv)
     fprintf(stderr,
             "usage: ip addr|link [show [IFACE]]      interfaces, addresses (link: + counters)\n"
             "       ip addr add ADDR/PREFIX dev IFACE\n"
-            "       ip link set IFACE up|down|mtu N\n"
+            "       ip addr flush [dev] IFACE          remove every IPv4 address of IFACE\n"
+            "       ip link set IFACE up|down|mtu N|address MAC\n"
             "       ip link add link IFACE name NAME type vlan id ID   (802.1Q; IFACE up first)\n"
             "       ip link del [dev] NAME\n"
             "       ip route [show] | ip route add default via GW [dev IFACE]\n");
