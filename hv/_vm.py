@@ -377,7 +377,8 @@ class Vm:
         answers with its ``cloned`` applet: each NIC takes its new MAC and drops its old
         addresses, the hostname becomes NAME, ``/etc/hv/cloned`` runs if the image has one
         (with the same arguments: an image's own reaction), then each NIC takes its address
-        (``addresses[i]``: ``"dhcp"``, ``"10.0.0.5/24"``, or ``""`` for none). The guest's
+        (``addresses[i]``: ``"dhcp"``, ``"10.0.0.5/24"``, ``"10.0.0.5/24,10.0.0.1"`` with a
+        gateway, or ``""`` for none; docs/SNAPSHOTS.md has the applet's steps). The guest's
         answer; ``CommandFailed`` if a step failed, ``ExecError`` if it has no agent."""
         args = [self.name]
         for i, nic in enumerate(self.config.nics):

@@ -140,6 +140,10 @@ class LabRun:
         """Every cable's state (``link_state``): the lab's links, then each VM's NICs."""
         return [describe_link(self, key) for key in link_cables(self)]
 
+    # Clones (``clone = {...}``): each one's guest told what it is now ("" once it took
+    # it, else why not: hv.lab._runner.announce_clone); ``clones_told`` set when all were.
+    told: dict[str, str] = field(default_factory=dict)
+    clones_told: trio.Event = field(default_factory=trio.Event)
     # "links[0]", "a.eth0": the impairments on cables, changeable while the lab runs
     impairments: dict[str, ImpairedLink] = field(default_factory=dict)
     exits: dict[str, StopInfo] = field(default_factory=dict)
@@ -576,9 +580,13 @@ async def run_lab(
                     # The fabric as it was: its objects built and every port plugged in (the
                     # NICs' are the last), before the lab's clock runs.
                     load_fabric(run, restore_state.sub("fabric"))
-                for name in snapshots:
-                    if spec.vms[name].clone is not None and restore is None:
-                        nursery.start_soon(announce_clone, run.vms[name], spec.vms[name])
+                clones = [n for n in snapshots if spec.vms[n].clone is not None and not restore]
+                for name in clones:
+                    nursery.start_soon(
+                        announce_clone, run, run.vms[name], spec.vms[name], len(clones)
+                    )
+                if not clones:
+                    run.clones_told.set()
                 if tl is not None:
                     tl.set_islands(islands(spec))
                     # Once every VM has joined: a VM made while the clock already ran would
@@ -699,19 +707,32 @@ async def _restored_disks(
     return await open_frozen_disks(entries, path.parent, work, sorted(bases), owner=whose)
 
 
-async def announce_clone(vm: Vm, spec: VmSpec) -> None:
+async def announce_clone(run: LabRun, vm: Vm, spec: VmSpec, clones: int) -> None:
     """Tell a clone's guest what it is now (``Vm.announce_clone``): its name, its NICs' MACs
     and addresses. A guest without hv's agent (a firmware guest) is not told."""
+    try:
+        run.told[vm.name] = await _announce(vm, spec)
+    finally:
+        if len(run.told) >= clones:
+            run.clones_told.set()
+
+
+async def _announce(vm: Vm, spec: VmSpec) -> str:
     if vm.vsock is None:
         log.info("clone has no agent to tell", vm=vm.name)
-        return
+        return "no agent"
     addresses = [
-        "dhcp" if n.ip == "dhcp" else (str(n.ip) if n.ip is not None else "") for n in spec.nics
+        "dhcp"
+        if n.ip == "dhcp"
+        else (f"{n.ip}{f',{n.gateway}' if n.gateway else ''}" if n.ip is not None else "")
+        for n in spec.nics
     ]
     try:
         await vm.announce_clone(addresses)
     except HvError as e:
         log.warning("clone not told", vm=vm.name, error=str(e))
+        return str(e) or type(e).__name__
+    return ""
 
 
 async def _remove_when_cancelled(folder: Path) -> None:
