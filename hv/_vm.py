@@ -370,7 +370,9 @@ class Vm:
         self.log.info("snapshot", path=str(path), mib=size >> 20, paused_ms=round(paused * 1e3))
         return SnapshotInfo(path, size, paused)
 
-    async def announce_clone(self, addresses: Sequence[str] = ()) -> ExecResult:
+    async def announce_clone(
+        self, addresses: Sequence[str] = (), timeout: float = CLONE_ANNOUNCE_S
+    ) -> ExecResult:
         """Tell the guest it is a clone (restored under this VM's name from another VM's
         snapshot, with its own NICs), as Firecracker's VMGenID tells a restored guest: runs
         ``cloned NAME eth0=MAC ... eth0=ADDR ...`` in it through its agent. hv's Linux image
@@ -379,7 +381,8 @@ class Vm:
         (with the same arguments: an image's own reaction), then each NIC takes its address
         (``addresses[i]``: ``"dhcp"``, ``"10.0.0.5/24"``, ``"10.0.0.5/24,10.0.0.1"`` with a
         gateway, or ``""`` for none; docs/SNAPSHOTS.md has the applet's steps). The guest's
-        answer; ``CommandFailed`` if a step failed, ``ExecError`` if it has no agent."""
+        answer; ``CommandFailed`` if a step failed, ``ExecError`` if it has no agent or it
+        took longer than ``timeout`` seconds of host time."""
         args = [self.name]
         for i, nic in enumerate(self.config.nics):
             mac = nic.mac if isinstance(nic.mac, bytes) else default_mac(self.name, i)
@@ -387,7 +390,7 @@ class Vm:
         for i, addr in enumerate(addresses):
             if addr:
                 args.append(f"eth{i}={addr}")
-        return await self.exec("cloned", *args, check=True, timeout=CLONE_ANNOUNCE_S)
+        return await self.exec("cloned", *args, check=True, timeout=timeout)
 
     # -- commands and files in the guest (hv._exec: its agent, over virtio-vsock) -----------
 

@@ -160,10 +160,11 @@ async def test_a_damaged_snapshot_is_refused_with_a_clear_error(
 
 
 async def test_a_snapshot_of_a_vm_that_stops_meanwhile_says_so(tmp_path: Path) -> None:
-    config = VmConfig(kernel=guest_path("hello"), clock="virtual", name="h", mem_size=16 << 20)
+    config = VmConfig(kernel=guest_path("echo"), clock="virtual", name="h", mem_size=16 << 20)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             vm = await nursery.start(run_vm, config)
+            vm.stop()  # (it stops within a slice: the snapshot asked for now finds it stopped)
             with pytest.raises(hv.StateError, match="stopped"):
                 await vm.snapshot(tmp_path / "h.hvsnap")
     assert not (tmp_path / "h.hvsnap").exists()
@@ -208,3 +209,38 @@ async def test_a_clone_from_a_file_that_is_no_snapshot_is_refused(tmp_path: Path
     lab = parse_lab('[vms.w]\nclone = { from = "c.hvsnap", count = 2 }\n', tmp_path, "bad")
     with pytest.raises(hv.ConfigError, match=r"vms.w-1: .*not an hv snapshot"):
         await run_lab(lab)
+
+
+def test_hv_snapshot_and_hv_up_restore(tmp_path: Path) -> None:
+    """The command line: a running lab saved (whole, and one VM), taken down, and brought
+    back from its snapshot with `hv up --restore`; bad uses are one line each."""
+    from test_control import Host
+
+    host = Host()
+    try:
+        lab = host.lab_file("keep", 'clock = "virtual"\n[vms.e]\nkernel = "echo"\n'
+                            '[vms.c]\nkernel = "cpu"\nappend = "iters=100000000"\n')  # fmt: skip
+        r = host.hv("up", "-d", str(lab))
+        assert r.returncode == 0, r.stderr
+        name = "hv-keep"
+        snap = tmp_path / "snap"
+        r = host.hv("snapshot", name, str(snap))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"{snap}: ") and " MiB" in r.stdout, r.stdout
+        assert sorted(p.name for p in (snap / "vms").iterdir()) == ["c.hvsnap", "e.hvsnap"]
+        r = host.hv("snapshot", name, "e", str(tmp_path))
+        assert r.returncode == 0 and (tmp_path / "e.hvsnap").is_file(), r.stderr
+        r = host.hv("snapshot", name, "nosuch", str(tmp_path))
+        assert r.returncode == 1 and "no VM named 'nosuch'" in r.stderr, r.stderr
+        assert host.hv("down", name).returncode == 0
+        r = host.hv("up", "--restore", str(snap), str(lab))
+        assert r.returncode == 4 and "takes no LAB.toml" in r.stderr, r.stderr
+        r = host.hv("up", "-d", "--restore", str(tmp_path))
+        assert r.returncode != 0 and "not a lab snapshot" in (r.stderr + r.stdout), r.stderr
+        r = host.hv("up", "-d", "--restore", str(snap))
+        assert r.returncode == 0, r.stderr
+        vms = host.vms(name)
+        assert sorted(vms) == ["c", "e"] and vms["c"]["state"] == "running", vms
+        assert host.hv("down", name).returncode == 0
+    finally:
+        host.cleanup()

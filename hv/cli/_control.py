@@ -40,7 +40,7 @@ from hv.lab import (
 )
 
 if TYPE_CHECKING:
-    from hv.lab import LabSpec
+    from hv.lab import LabRestore, LabSpec
 
 COMMANDS = ("ps", "stats", "console", "stop", "down", "capture", "top", "logs")
 EXIT_FAILED = 1  # no such lab, VM or switch; the lab refused or went away
@@ -808,6 +808,25 @@ def _top(args: argparse.Namespace) -> int:
 # -- hv up -d ------------------------------------------------------------------------------
 
 
+def up_spec(args: argparse.Namespace) -> tuple[LabSpec, LabRestore | None]:
+    """The lab ``hv up`` runs: its file's (``load_named``), or with ``--restore DIR`` the
+    snapshot's (its tables, clock, seed and rate), and that snapshot."""
+    from hv.lab import LabRestore
+
+    if args.restore is None:
+        if args.lab is None:
+            raise ConfigError("hv up: name the lab file (hv up LAB.toml), or --restore DIR")
+        return load_named(Path(args.lab), args.project_name, args), None
+    if args.lab is not None:
+        raise ConfigError("hv up --restore DIR takes no LAB.toml (the snapshot has the lab)")
+    if getattr(args, "shards", None) or getattr(args, "host", None) is not None:
+        raise ConfigError("--restore: a restored lab runs in one process, on one host")
+    if args.clock is not None or args.seed is not None or args.mips is not None:
+        raise ConfigError("--restore: the lab goes on with the clock, seed and mips it had")
+    restore = LabRestore(args.restore)
+    return restore.spec(args.project_name, getattr(args, "jobs", None)), restore
+
+
 def up_detached(args: argparse.Namespace) -> int:
     """``hv up -d LAB.toml``: start the lab in the background (its output to NAME.log next
     to its socket), wait until it answers on its socket, say how to reach it."""
@@ -815,15 +834,19 @@ def up_detached(args: argparse.Namespace) -> int:
 
     if args.attach is not None:
         raise ConfigError("--attach and -d do not go together: attach later with hv console LAB VM")
-    lab = Path(args.lab)
-    spec = load_named(lab, args.project_name, args)
+    spec, restore = up_spec(args)
     check_captures(spec, args.force)  # said here, in one line, rather than in the log
     folder = private_labs_dir()
     paths = LabPaths.of(spec.name, folder)
     hello = probe(spec.name)
     if hello is not None:
         raise ConfigError(already_running(spec.name, hello))
-    argv = [sys.executable, "-m", "hv.cli", "up", str(lab.resolve()), "-p", spec.name]
+    what = (
+        [str(Path(args.lab).resolve())]
+        if restore is None
+        else ["--restore", str(restore.folder.resolve())]
+    )
+    argv = [sys.executable, "-m", "hv.cli", "up", *what, "-p", spec.name]
     if args.exit_code_from is not None:
         argv += ["--exit-code-from", args.exit_code_from]
     if args.force:

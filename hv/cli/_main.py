@@ -910,22 +910,7 @@ async def _up_lab(args: argparse.Namespace, mesh: Mesh | None) -> int:
     from hv._status import StopKind
     from hv.lab import ControlServer, LiveConsole, live_view, run_lab, view_mode
 
-    restore = None
-    if args.restore is not None:
-        from hv.lab import LabRestore
-
-        if args.lab is not None:
-            raise ConfigError("hv up --restore DIR takes no LAB.toml (the snapshot has the lab)")
-        if mesh is not None or args.host is not None:
-            raise ConfigError("--restore: a restored lab runs in one process, on one host")
-        if args.clock is not None or args.seed is not None or args.mips is not None:
-            raise ConfigError("--restore: the lab goes on with the clock, seed and mips it had")
-        restore = LabRestore(args.restore)
-        spec = restore.spec(args.project_name, getattr(args, "jobs", None))
-    elif args.lab is None:
-        raise ConfigError("hv up: name the lab file (hv up LAB.toml), or --restore DIR")
-    else:
-        spec = _control_cli.load_named(Path(args.lab), args.project_name, args)
+    spec, restore = _control_cli.up_spec(args)
     if mesh is not None and mesh.rank > 0:
         # Another shard of a lab over several processes: its VMs' consoles on stdout; the
         # first shard has the control socket and says how the lab ended.

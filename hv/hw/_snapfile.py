@@ -76,7 +76,8 @@ def write_snapshot(
     durable: bool = True,
 ) -> int:
     """Write a snapshot file at ``path`` (atomically: a temporary name, then renamed);
-    returns its size. ``durable`` syncs it to disk before the rename."""
+    returns the bytes it takes on disk (RAM's zero pages are holes). ``durable`` syncs it
+    to disk before the rename."""
     path = Path(path)
     state = [(n, bytes(b)) for n, b in state]
     page_list = list(pages)
@@ -118,9 +119,10 @@ def write_snapshot(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    used = os.fstat(fd).st_blocks * 512
     os.close(fd)
     os.replace(tmp, path)
-    return size
+    return used
 
 
 def _write_sparse(fd: int, base: int, mv: memoryview) -> None:

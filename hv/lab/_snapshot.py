@@ -202,7 +202,8 @@ class LabRestore:
         doc, base = self.spec_doc()
         m = self.meta
         clock = m.choice("clock", ("real", "virtual"))
-        spec = parse_doc(doc, base, clock=clock)
+        spec = parse_doc(doc, base, m.str("name", 200), clock=clock)
+        spec = dataclasses.replace(spec, name=check_lab_name(m.str("name", 200), "name"))
         spec = dataclasses.replace(
             spec,
             seed=m.opt_int("seed", -(1 << 63), 1 << 64),
