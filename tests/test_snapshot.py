@@ -244,3 +244,46 @@ def test_hv_snapshot_and_hv_up_restore(tmp_path: Path) -> None:
         assert host.hv("down", name).returncode == 0
     finally:
         host.cleanup()
+
+
+async def test_a_linux_guest_snapshotted_mid_disk_write_finishes_it_restored(
+    tmp_path: Path, linux_image: Any
+) -> None:
+    """A guest writing 8 MiB to its disk (dd, fsync) is snapshotted while the write is under
+    way: its disk's frozen file holds part of it; restored, the guest goes on and its disk
+    ends with all of it."""
+    from blockdev.open import DiskSpec, open_disk
+    from blockdev.raw import create_raw
+
+    size = 8 << 20
+    pattern = (b"0123456789abcdef\n" * (size // 17 + 1))[:size]
+    create_raw(tmp_path / "data.img", 16 << 20)
+    backend = await open_disk(DiskSpec(str(tmp_path / "data.img")), owner="test")
+    config = VmConfig(
+        kernel=linux_image.kernel, initrd=linux_image.initrd, cmdline=linux_image.cmdline,
+        clock="virtual", name="w", disks=(hv.Disk(backend),),
+    )  # fmt: skip
+    snap = tmp_path / "snap" / "w.hvsnap"
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            vm = await nursery.start(run_vm, config)
+            write = (
+                f"yes 0123456789abcdef | head -c {size} > /tmp/p; (dd if=/tmp/p of=/dev/vda "
+                "bs=64k conv=fsync 2>/dev/null; echo done > /tmp/done) >/dev/null 2>&1 </dev/null &"
+            )
+            assert (await vm.exec("sh", "-c", write)).returncode == 0
+            await vm.snapshot(snap)
+            vm.stop()
+        await backend.close()
+        frozen = (tmp_path / "snap" / "w-vda.raw").read_bytes()[:size]
+        assert frozen != pattern  # the write was under way
+        disks = await hv.restore_disks(snap, tmp_path / "work")
+        async with trio.open_nursery() as nursery:
+            again = await nursery.start(run_vm, hv.restore(snap, disks=tuple(disks)))
+            while b"done" not in (await again.exec("cat", "/tmp/done")).stdout:
+                await trio.sleep(0.01)
+            r = await again.exec("sh", "-c", f"head -c {size} /dev/vda | md5sum")
+            again.stop()
+    import hashlib
+
+    assert r.stdout.split()[0].decode() == hashlib.md5(pattern).hexdigest()
