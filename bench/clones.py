@@ -10,7 +10,7 @@ reference: booting one guest to its shell in the same invocation. Memory: the pr
 private memory (/proc/self/smaps_rollup) after the pings, per clone, and what each kind of
 mapping holds (guest RAM pages the clones wrote, the engine's).
 
-    python bench/clones.py [--count N] [--repeat R] [--clock virtual|real]
+    python bench/clones.py [--count N] [--repeat R] [--clock virtual|real] [--lookahead T]
 
 The issue's goal: 200 clones of a booted 128 MiB Linux guest, each answering a ping,
 in <= 5 s, with <= 8 MiB of private memory each.
@@ -70,9 +70,12 @@ async def make_snapshot(folder: Path, clock: str) -> tuple[Path, float]:
     return info.path, boot
 
 
-async def clones(folder: Path, snap: Path, count: int, clock: str) -> dict[str, float]:
+async def clones(
+    folder: Path, snap: Path, count: int, clock: str, lookahead: str | None = None
+) -> dict[str, float]:
+    ahead = f'lookahead = "{lookahead}"\n' if lookahead else ""
     lab = parse_lab(
-        f'clock = "{clock}"\n[switches.lan]\nsubnet = "10.0.0.0/22"\n'
+        f'clock = "{clock}"\n{ahead}[switches.lan]\nsubnet = "10.0.0.0/22"\n'
         'dhcp = { pool = "10.0.0.100-10.0.3.200" }\n'
         f'[vms.web]\nclone = {{ from = "{snap}", count = {count} }}\n'
         'nics = [{ switch = "lan", ip = "dhcp" }]\n',
@@ -108,13 +111,13 @@ async def clones(folder: Path, snap: Path, count: int, clock: str) -> dict[str, 
     }
 
 
-async def main_async(count: int, repeat: int, clock: str) -> None:
+async def main_async(count: int, repeat: int, clock: str, lookahead: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         snap, boot = await make_snapshot(folder, clock)
         print(f"reference: booting one guest to its agent: {boot:.3f} s", flush=True)
         for r in range(repeat):
-            got = await clones(folder / f"run{r}", snap, count, clock)
+            got = await clones(folder / f"run{r}", snap, count, clock, lookahead)
             total = got["ram_mib"] + got["anon_mib"] + got["other_mib"]
             print(
                 f"{count} clones: up {got['up']:.2f} s, told {got['told']:.2f} s, every ping "
@@ -130,8 +133,9 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=200, help="clones (default 200)")
     ap.add_argument("--repeat", type=int, default=1, help="runs (default 1)")
     ap.add_argument("--clock", choices=("virtual", "real"), default="virtual")
+    ap.add_argument("--lookahead", help="the clones' lab's lookahead (default the lab's: 200us)")
     args = ap.parse_args()
-    trio.run(main_async, args.count, args.repeat, args.clock)
+    trio.run(main_async, args.count, args.repeat, args.clock, args.lookahead)
 
 
 if __name__ == "__main__":
