@@ -12,6 +12,7 @@ than the test's own run: no boot happened in the test).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,3 +97,20 @@ async def test_a_guest_never_ready_is_a_clear_error(
     assert again.value is e.value
     with pytest.raises(TypeError, match="give only name=, nics= and disks="):
         await hv_vm(restore="any.hvsnap", kernel="hello")
+
+
+async def test_restoring_a_file_again_reuses_its_images_until_it_is_replaced(
+    tmp_path: Path, guest_elfs: dict[str, Path]
+) -> None:
+    """A restore reads and checks the kernel and initrd only a reboot needs: restoring the
+    same file again (a test each, clones) takes them from the last restore, and a file
+    replaced since (a new snapshot at that path) is read again."""
+    path = tmp_path / "s.hvsnap"
+    for kernel in ("sleep", "echo"):
+        config = hv.VmConfig(kernel=guest_elfs[kernel], mem_size=16 << 20, name=kernel)
+        async with hv.open_vm(config) as vm:
+            await vm.console.wait_for(b"\n")
+            await vm.snapshot(path, durable=False)
+        first = hv.restore(path).kernel
+        assert first == guest_elfs[kernel].read_bytes()
+        assert hv.restore(path).kernel is first
