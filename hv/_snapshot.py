@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import heapq
 import itertools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,8 +259,7 @@ def restore_fields(path: Path) -> dict[str, Any]:
     (``hv.restore``)."""
     with SnapshotFile(path) as f:
         meta = read_meta(f)
-        kernel = f.read("kernel", IMAGE_MAX)
-        initrd = f.read("initrd", IMAGE_MAX) if meta.bool("initrd") else None
+        kernel, initrd = _images(f, meta.bool("initrd"))
     return {
         "kernel": kernel,
         "initrd": initrd,
@@ -283,3 +283,26 @@ def disk_entries(path: Path) -> list[Any]:
     with SnapshotFile(path) as f:
         meta = read_meta(f)
     return meta.list("disk_files", 26 * 27) if meta.has("disk_files") else []
+
+
+# The kernel and initrd of the files restored last: only a reboot of the restored VM needs
+# them, and reading and checking their MiB was most of a restore's time; restoring one file
+# again (a test each, clones) takes them from here. Keyed by the open file's identity and
+# change time, and the sections' places and CRCs: a file written since is read again.
+_images_kept: dict[tuple[object, ...], tuple[bytes, bytes | None]] = {}
+IMAGES_KEPT = 2
+
+
+def _images(f: SnapshotFile, with_initrd: bool) -> tuple[bytes, bytes | None]:
+    st = os.fstat(f._fd)
+    names = ("kernel", "initrd") if with_initrd else ("kernel",)
+    key: tuple[object, ...] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key += tuple(f.sections.get(name) for name in names)
+    images = _images_kept.pop(key, None)
+    if images is None:
+        kernel = f.read("kernel", IMAGE_MAX)
+        images = kernel, f.read("initrd", IMAGE_MAX) if with_initrd else None
+    _images_kept[key] = images  # the newest last
+    while len(_images_kept) > IMAGES_KEPT:
+        del _images_kept[next(iter(_images_kept))]
+    return images

@@ -31,6 +31,35 @@ and is stopped when the test ends):
   ``await hv_lab(Lab()...)`` gives a running ``LabRun`` (``.vms``, ``.switches``, ...);
   ``await hv_lab(spec, clock="virtual", seed=3)`` runs it on virtual time.
 
+A booted guest in each test in milliseconds: ``hv_snapshot`` (session-scoped, not async)
+boots a VM once per session and configuration and snapshots it when it is ready;
+``hv_vm(restore=...)`` starts each test's VM from that snapshot (its RAM mapped
+copy-on-write from the file: what one test writes, the next never sees)::
+
+    @pytest.fixture(scope="session")
+    def booted(hv_snapshot):
+        return hv_snapshot(kernel="linux", mem="128M")  # once per session
+
+    async def test_fresh_guest(hv_vm, booted):
+        vm = await hv_vm(restore=booted)  # a running shell in about 0.1 s
+        assert (await vm.exec("uname")).stdout == b"Linux\n"
+
+- ``hv_snapshot(VmConfig)`` or ``hv_snapshot(**keys)``, the keys of ``hv_vm`` (NICs as
+  switch names or tables: each switch named is a plain switch of the boot's own), and
+  ``ready``: when to take the snapshot. ``"exec"`` (the default: the guest's agent answers
+  ``vm.exec("true")``, hv's Linux image), console text (``bytes``, ``str``, a compiled
+  ``re.Pattern[bytes]``), or an async function of the ``hv.Vm`` that returns when it is
+  (it may also prepare the guest: ``vm.exec``, ``vm.copy_in``); ``timeout`` (seconds,
+  default 120). The boot runs in a trio run of its own (from a test: in a thread, the test
+  waiting), the snapshot goes to a session temporary folder (deleted at the end) and the
+  same configuration gives the same ``SessionSnapshot`` (``path``, ``bytes``, ``boot_s``,
+  ``guest_s``: the guest's clock at the snapshot; a path-like). A guest that stops, fails
+  or is not ready in time is a ``SnapshotNotReady`` with its console's last lines, raised
+  again for the same configuration without booting it again.
+- ``hv_vm(restore=snap, name=..., nics=[...], disks=...)``: a VM started from ``snap`` (what
+  ``hv_snapshot`` gave, or any snapshot file), named as the snapshotted VM unless
+  ``name``; it needs as many NICs as that VM had (tables as above, on the test's switches).
+
 Every switch they start that has no capture of its own captures into the test's
 ``tmp_path`` (``--hv-no-capture``, the ``hv_capture`` ini option or
 ``@pytest.mark.hv(capture=False)`` turn that off). When a test that used them fails, its
@@ -43,10 +72,24 @@ the usual way (``@pytest.mark.parametrize("path", [...])``, then ``await hv_lab(
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import inspect
 import ipaddress
 import itertools
-from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+import os
+import re
+import threading
+import time
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -275,18 +318,33 @@ class VmFactory:
         append: str = "",
         mem: int | str | None = None,
         nics: Sequence[Nic | str | Mapping[str, Any]] = (),
+        restore: str | os.PathLike[str] | None = None,
         **more: Any,
     ) -> Vm:
         """Boot a VM: a ``VmConfig``, or ``kernel`` (a bundled guest, ``linux``, a path) with
         ``cmdline`` (replaces the kernel's default) or ``append``, ``mem`` (``"16M"`` or
-        bytes), ``nics`` and any other ``VmConfig`` field. Returns the running ``hv.Vm``."""
+        bytes), ``nics`` and any other ``VmConfig`` field. Or restore one: ``restore`` (a
+        snapshot file, or what ``hv_snapshot`` gave) with ``name``, ``nics`` (as many as the
+        snapshotted VM had) and ``disks``. Returns the running ``hv.Vm``."""
         from hv._errors import ConfigError
         from hv._vm import run_vm
 
         if config is not None and (
-            kernel is not None or name is not None or nics or more or mem is not None
+            kernel is not None
+            or name is not None
+            or nics
+            or more
+            or mem is not None
+            or restore is not None
         ):
             raise TypeError("hv_vm takes a VmConfig or keywords, not both")
+        if restore is not None:
+            if kernel is not None or cmdline is not None or append or mem is not None:
+                raise TypeError(
+                    "hv_vm(restore=...) starts the snapshot's kernel, command line and memory: "
+                    "give only name=, nics= and disks="
+                )
+            config = await self._restored(Path(restore), name, nics, more)
         if (config.clock if config else more.get("clock")) == "virtual" and (
             config.nics if config else nics
         ):
@@ -308,6 +366,19 @@ class VmFactory:
         self._used.vms.append(vm)
         return vm
 
+    async def _restored(
+        self,
+        path: Path,
+        name: str | None,
+        nics: Sequence[Nic | str | Mapping[str, Any]],
+        more: dict[str, Any],
+    ) -> VmConfig:
+        from hv._vm import restore
+
+        config = restore(path, **more)  # reads the snapshot's header: its name
+        name = self._free_name(config.name) if name is None else name
+        return dataclasses.replace(config, name=name, nics=await self._cards(name, nics))
+
     async def _config(
         self,
         kernel: str | Path,
@@ -318,7 +389,6 @@ class VmFactory:
         nics: Sequence[Nic | str | Mapping[str, Any]],
         more: dict[str, Any],
     ) -> VmConfig:
-        from hv._nic import Nic
         from hv._values import MIB, size
         from hv._vm import VmConfig
         from hv.build import resolve_kernel
@@ -326,14 +396,29 @@ class VmFactory:
 
         path, initrd, default = resolve_kernel(str(kernel), self.base)
         if name is None:
-            stem = Path(kernel).stem if isinstance(kernel, Path) else str(kernel)
-            name = stem
-            for i in itertools.count(2):
-                if name not in self.vms:
-                    break
-                name = f"{stem}-{i}"
+            name = self._free_name(Path(kernel).stem if isinstance(kernel, Path) else str(kernel))
         line = cmdline if cmdline is not None else (default or "")
         line = f"{line} {append}".strip()
+        keys: dict[str, Any] = {"initrd": initrd, **more}
+        if mem is not None:
+            keys["mem_size"] = size(mem, "mem", bare=MIB, lo=P.MEM_MIN, hi=P.MEM_MAX)
+        cards = await self._cards(name, nics)
+        return VmConfig(kernel=path, cmdline=line, name=name, nics=cards, **keys)
+
+    def _free_name(self, stem: str) -> str:
+        name = stem
+        for i in itertools.count(2):
+            if name not in self.vms:
+                break
+            name = f"{stem}-{i}"
+        return name
+
+    async def _cards(
+        self, name: str, nics: Sequence[Nic | str | Mapping[str, Any]]
+    ) -> tuple[Nic, ...]:
+        """The VM's NICs, its switches started on first use."""
+        from hv._nic import Nic
+
         cards: list[Nic] = []
         for i, nic in enumerate(nics):
             if isinstance(nic, Nic):
@@ -355,10 +440,7 @@ class VmFactory:
             host = self.services.get(switch_name)
             if host is not None and isinstance(card.ip, ipaddress.IPv4Interface):
                 host.add_name(name, card.ip.ip)  # a no-op for the DNS server if it has none
-        keys: dict[str, Any] = {"initrd": initrd, **more}
-        if mem is not None:
-            keys["mem_size"] = size(mem, "mem", bare=MIB, lo=P.MEM_MIN, hi=P.MEM_MAX)
-        return VmConfig(kernel=path, cmdline=line, name=name, nics=tuple(cards), **keys)
+        return tuple(cards)
 
     async def _close(self) -> None:
         for vm in self.vms.values():
@@ -380,6 +462,201 @@ async def hv_vm(
         yield factory
     finally:
         await factory._close()
+
+
+# -- hv_snapshot ---------------------------------------------------------------------------
+
+# How long a session snapshot's VM may take to be ready (a Linux guest: well under a second).
+READY_TIMEOUT = 120.0
+
+Ready = str | bytes | re.Pattern[bytes] | Callable[["Vm"], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class SessionSnapshot:
+    """A snapshot ``hv_snapshot`` took: ``hv_vm(restore=snap)`` (or ``hv.restore(snap)``, it
+    is a path-like) starts a VM from it."""
+
+    path: Path
+    bytes: int  # the file's size on disk
+    boot_s: float  # host seconds from creating the VM to its being ready
+    guest_s: float  # the guest's clock at the snapshot: seconds since it booted
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+class SnapshotFactory:
+    """``hv_snapshot(...)``: a VM booted once per session and configuration, snapshotted when
+    ready; see the module docstring."""
+
+    def __init__(self, directory: Path, base: Path) -> None:
+        self.directory = directory
+        self.base = base  # relative kernel paths are relative to this (the rootdir)
+        self.snapshots: dict[str, SessionSnapshot] = {}
+        self._failed: dict[str, BaseException] = {}
+
+    def __call__(
+        self,
+        config: VmConfig | None = None,
+        /,
+        *,
+        ready: Ready = "exec",
+        timeout: float = READY_TIMEOUT,
+        **keys: Any,
+    ) -> SessionSnapshot:
+        """The snapshot of a VM as ``hv_vm(config)`` or ``hv_vm(**keys)`` boots it, taken
+        when it is ``ready``: ``"exec"`` (its agent answers ``vm.exec("true")``: hv's Linux
+        image), console text (``bytes``, ``str`` or a compiled ``re.Pattern[bytes]``), or
+        an async function of the ``hv.Vm`` (it may also prepare the guest). Booted on the
+        first call for that configuration, in a run of its own (this call blocks meanwhile);
+        the same configuration later gives the same snapshot."""
+        if config is not None and keys:
+            raise TypeError("hv_snapshot takes a VmConfig or keywords, not both")
+        if config is not None and config.nics:
+            raise TypeError(
+                "hv_snapshot: give NICs as switch names or tables (nics=[...]), "
+                "not hv.Nic objects of switches already running"
+            )
+        key = hashlib.sha256(repr((config, sorted(keys.items()), _ready_key(ready))).encode())
+        name = key.hexdigest()[:16]
+        if name in self._failed:
+            raise self._failed[name]
+        if name not in self.snapshots:
+            path = self.directory / f"{name}.hvsnap"
+            try:
+                self.snapshots[name] = _run_apart(
+                    functools.partial(self._boot, path, config, keys, ready, timeout)
+                )
+            except BaseException as e:
+                self._failed[name] = e
+                raise
+        return self.snapshots[name]
+
+    async def _boot(
+        self,
+        path: Path,
+        config: VmConfig | None,
+        keys: dict[str, Any],
+        ready: Ready,
+        timeout: float,
+    ) -> SessionSnapshot:
+        try:
+            async with trio.open_nursery() as nursery:
+                factory = VmFactory(nursery, _Used(), _Captures(self.directory, False), self.base)
+                try:
+                    t0 = time.perf_counter()
+                    vm = await factory(config, **keys)
+                    await _until_ready(vm, ready, timeout)
+                    boot_s = time.perf_counter() - t0
+                    info = await vm.snapshot(path, durable=False)
+                    clock = vm.machine.clock
+                    guest_s = clock.ticks() / clock.hz  # just after: held while it was written
+                finally:
+                    await factory._close()
+                    nursery.cancel_scope.cancel()  # the switches its NICs were on
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
+        return SessionSnapshot(path, info.bytes, boot_s, guest_s)
+
+    def _close(self) -> None:
+        for snap in self.snapshots.values():
+            snap.path.unlink(missing_ok=True)  # (a guest's RAM each: tmp_path keeps 3 runs)
+
+
+def _ready_key(ready: Ready) -> object:
+    """What identifies ``ready`` in the cache key: a function by where it is defined."""
+    if callable(ready) and not isinstance(ready, re.Pattern):
+        code = getattr(ready, "__code__", None)
+        where = (code.co_filename, code.co_firstlineno) if code is not None else id(ready)
+        return (getattr(ready, "__module__", None), getattr(ready, "__qualname__", None), where)
+    return ready
+
+
+async def _until_ready(vm: Vm, ready: Ready, timeout: float) -> None:
+    async def check() -> None:
+        if ready == "exec":
+            await vm.exec("true", check=True)
+        elif isinstance(ready, str | bytes | re.Pattern):
+            await vm.console.wait_for(ready)
+        else:
+            await ready(vm)
+
+    if ready == "exec":
+        what = "its agent did not answer exec"
+    elif isinstance(ready, str | bytes | re.Pattern):
+        what = f"its console never showed {ready!r}"
+    else:
+        what = f"ready={getattr(ready, '__qualname__', ready)!s} did not return"
+    try:
+        with trio.fail_after(timeout):
+            async with trio.open_nursery() as nursery:
+
+                async def stopped() -> None:
+                    await vm.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stopped)
+                await check()
+                nursery.cancel_scope.cancel()
+    except Exception as e:
+        err = _single(e) if isinstance(e, BaseExceptionGroup) else e
+        if isinstance(err, trio.TooSlowError):
+            when = f"not after {timeout:g} s"
+        elif vm.exit is not None:
+            when = f"it stopped: {_state(vm)}"
+        else:
+            when = f"{type(err).__name__}: {err}"
+        raise SnapshotNotReady(vm.name, what, when, _tail(vm, DEFAULT_TAIL)[0]) from None
+    if vm.exit is not None:
+        raise SnapshotNotReady(
+            vm.name, what, f"it stopped: {_state(vm)}", _tail(vm, DEFAULT_TAIL)[0]
+        )
+
+
+class SnapshotNotReady(Exception):
+    """``hv_snapshot``'s VM was not ready: it stopped, failed or took too long."""
+
+    def __init__(self, name: str, what: str, when: str, tail: list[str]) -> None:
+        lines = "\n".join(f"  | {line}" for line in tail)
+        super().__init__(f"hv_snapshot: VM {name} was never ready, {what}: {when}\n{lines}")
+
+
+def _run_apart(fn: Callable[[], Awaitable[SessionSnapshot]]) -> SessionSnapshot:
+    """``trio.run(fn)``, in a thread of its own when this thread is in a trio run already
+    (called from a test: the test waits for it)."""
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return trio.run(fn)
+    out: list[SessionSnapshot] = []
+    err: list[BaseException] = []
+
+    def thread() -> None:
+        try:
+            out.append(trio.run(fn))
+        except BaseException as e:
+            err.append(e)
+
+    t = threading.Thread(target=thread, name="hv_snapshot")
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
+    return out[0]
+
+
+@pytest.fixture(scope="session")
+def hv_snapshot(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[SnapshotFactory]:
+    """Snapshots of booted VMs, once per session each: ``snap = hv_snapshot(kernel="linux")``,
+    then ``await hv_vm(restore=snap)`` in each test."""
+    factory = SnapshotFactory(tmp_path_factory.mktemp("hv-snapshots"), pytestconfig.rootpath)
+    try:
+        yield factory
+    finally:
+        factory._close()
 
 
 # -- hv_lab --------------------------------------------------------------------------------
@@ -520,4 +797,14 @@ def pytest_runtest_makereport(
     return report
 
 
-__all__ = ["LabFactory", "VmFactory", "describe", "hv_lab", "hv_vm"]
+__all__ = [
+    "LabFactory",
+    "SessionSnapshot",
+    "SnapshotFactory",
+    "SnapshotNotReady",
+    "VmFactory",
+    "describe",
+    "hv_lab",
+    "hv_snapshot",
+    "hv_vm",
+]

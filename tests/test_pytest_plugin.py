@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,3 +218,14 @@ def test_hv_vm_switches_with_services(sample: pytest.Pytester) -> None:
     sample.makepyfile(test_switch=LAB_SWITCH)
     result = sample.runpytest_subprocess("-p", "no:cacheprovider", timeout=180)
     result.assert_outcomes(passed=2)
+
+
+def test_the_documented_snapshot_example(sample: pytest.Pytester, linux_image: Any) -> None:
+    """docs/EMBEDDING.md's example, two tests on one snapshot, as a user's project runs it;
+    the snapshot is deleted when the session ends."""
+    sample.makepyfile(
+        test_fresh=example("pytest snapshot") + "\ntest_another_fresh_guest = test_a_fresh_guest\n"
+    )
+    result = sample.runpytest_subprocess("-v", f"--basetemp={sample.path / 'tmp'}", timeout=300)
+    result.assert_outcomes(passed=2)
+    assert list((sample.path / "tmp").glob("hv-snapshots*/*")) == []
