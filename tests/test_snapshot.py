@@ -287,3 +287,37 @@ async def test_a_linux_guest_snapshotted_mid_disk_write_finishes_it_restored(
     import hashlib
 
     assert r.stdout.split()[0].decode() == hashlib.md5(pattern).hexdigest()
+
+
+async def test_a_real_time_lab_is_paused_for_its_snapshot_and_restores(tmp_path: Path) -> None:
+    lab = parse_lab(
+        'clock = "real"\n[switches.lan]\n[vms.s]\nkernel = "udpecho"\nappend = "ip=10.0.0.2/24"\n'
+        'nics = [{ switch = "lan" }]\n[vms.p]\nkernel = "ping"\n'
+        'append = "ip=10.0.0.3/24 peer=10.0.0.2 count=1000000 interval=20"\n'
+        'nics = [{ switch = "lan" }]\n',
+        tmp_path,
+        "rt",
+    )
+    assert lab.clock == "real"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            run = await nursery.start(run_lab, lab)
+            await run.vms["p"].console.wait_for(b"seq=2 ")
+            info = await run.snapshot(tmp_path / "snap")
+            assert info.lab_ps is None
+            # every VM runs on after it (resumed)
+            await run.vms["p"].console.wait_for(b"seq=4 ")
+            run.stop()
+        saved = LabRestore(tmp_path / "snap")
+        again = await nursery_run(saved)
+    text = again.vms["p"].console.transcript
+    # the restored pinger goes on from its sequence number, and is answered
+    assert b"reply from 10.0.0.2" in text and b"seq=1 " not in text, text
+
+
+async def nursery_run(saved: LabRestore) -> Any:
+    async with trio.open_nursery() as nursery:
+        run = await nursery.start(functools.partial(run_lab, saved.spec(), restore=saved))
+        await run.vms["p"].console.wait_for(b"reply from 10.0.0.2")
+        run.stop()
+    return run
