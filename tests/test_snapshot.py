@@ -321,3 +321,31 @@ async def nursery_run(saved: LabRestore) -> Any:
         await run.vms["p"].console.wait_for(b"reply from 10.0.0.2")
         run.stop()
     return run
+
+
+async def test_a_linux_guest_on_two_harts_restores_with_both(
+    tmp_path: Path, linux_image: Any
+) -> None:
+    config = VmConfig(
+        kernel=linux_image.kernel, initrd=linux_image.initrd, cmdline=linux_image.cmdline,
+        clock="virtual", name="two", smp=2,
+    )  # fmt: skip
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            vm = await nursery.start(run_vm, config)
+            assert (await vm.exec("nproc")).stdout == b"2\n"
+            info = await vm.snapshot(tmp_path / "two.hvsnap")
+            vm.stop()
+        async with trio.open_nursery() as nursery:
+            again = await nursery.start(run_vm, hv.restore(info.path))
+            assert len(again.machine.harts) == 2
+            # both harts run work again: two processes at once, each on a hart of its own
+            r = await again.exec(
+                "sh",
+                "-c",
+                "nproc; (stress -n 200 >/dev/null &); stress -n 200 >/dev/null; "
+                "wait; grep -c processor /proc/cpuinfo",
+            )
+            again.stop()
+    assert r.returncode == 0 and r.stdout == b"2\n2\n", r
+    assert all(h.vcpu.stats.guest_insns > 0 for h in again.machine.harts)
