@@ -103,10 +103,15 @@ async def clones(
                 nursery.start_soon(ping, name)
         pinged = time.perf_counter() - start
         after = _mem()
+        ports = run.switches["lan"].core.ports.values()
+        frames_in = sum(pc.rx_frames for pc in ports)
+        frames_out = sum(pc.tx_frames for pc in ports)
     return {
         "up": up,
         "told": told,
         "pinged": pinged,
+        "frames_in": frames_in,
+        "frames_out": frames_out,
         **{f"{k}_mib": (after[k] - before[k]) / 1024 / count for k in after},
     }
 
@@ -123,7 +128,8 @@ async def main_async(count: int, repeat: int, clock: str, lookahead: str | None)
                 f"{count} clones: up {got['up']:.2f} s, told {got['told']:.2f} s, every ping "
                 f"answered {got['pinged']:.2f} s ({got['pinged'] / boot:.1f}x one boot); "
                 f"private per clone {total:.1f} MiB (guest RAM written {got['ram_mib']:.2f}, "
-                f"anonymous {got['anon_mib']:.2f}, other {got['other_mib']:.2f})",
+                f"anonymous {got['anon_mib']:.2f}, other {got['other_mib']:.2f}); the switch "
+                f"took {got['frames_in']:.0f} frames and delivered {got['frames_out']:.0f}",
                 flush=True,
             )
 

@@ -58,7 +58,7 @@ import functools
 import os
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -126,6 +126,8 @@ TRIO_DIFFERENCES: dict[str, str] = {
     "Switch.run": _INTERNAL,
     "Switch.close": _INTERNAL,
     "Switch.core": _INTERNAL,
+    "Switch.save_state": _INTERNAL,
+    "Switch.load_state": _INTERNAL,
     "Switch.ports": _INTERNAL,
     "Switch.trunk_ports": _INTERNAL,
     "Switch.capture": _INTERNAL,
@@ -155,6 +157,8 @@ TRIO_DIFFERENCES: dict[str, str] = {
     "LabRun.endpoints": _INTERNAL,
     "LabRun.shards": _INTERNAL,
     "LabRun.ended": "not here: await wait()",
+    "LabRun.told": _INTERNAL,
+    "LabRun.clones_told": "not here: LabRun.run(lambda run: run.clones_told.wait())",
     "LabRun.set_link": "awaited: the change is made in the trio thread",
     "LabRun.link_state": "awaited: the counters are read in the trio thread",
     "LabRun.link_states": "awaited: the counters are read in the trio thread",
@@ -517,6 +521,16 @@ class Vm:
         """Copy a file out of the guest (``hv.Vm.copy_out``)."""
         await self._portal.run(self.trio_vm.copy_out, guest_path, local)
 
+    async def snapshot(self, path: str | os.PathLike[str], *, durable: bool = True) -> Any:
+        """Write the VM's snapshot (``hv.Vm.snapshot``; ``hv.restore`` starts from it)."""
+        return await self._portal.run(
+            functools.partial(self.trio_vm.snapshot, path, durable=durable)
+        )
+
+    async def announce_clone(self, addresses: Sequence[str] = (), timeout: float = 30.0) -> Any:
+        """Tell the guest it is a clone (``hv.Vm.announce_clone``)."""
+        return await self._portal.run(self.trio_vm.announce_clone, addresses, timeout)
+
 
 class HostPort:
     """A port of this program's own on a switch: ``await send(frame)``, ``await receive()``.
@@ -703,6 +717,12 @@ class LabRun:
         """Every cable's state (trio's ``LabRun.link_states``). Differs from trio: awaited
         (the counters are read in the trio thread)."""
         return await self.portal.run_sync(self.trio_run.link_states)
+
+    async def snapshot(self, folder: str | os.PathLike[str], *, durable: bool = True) -> Any:
+        """Write the lab's snapshot into ``folder`` (trio's ``LabRun.snapshot``)."""
+        return await self.portal.run(
+            functools.partial(self.trio_run.snapshot, folder, durable=durable)
+        )
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await fn(lab, *args)`` in the trio thread, ``lab`` being the trio ``LabRun``
