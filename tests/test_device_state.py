@@ -20,6 +20,7 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_virtio_blk import GatedDisk
 
 from blockdev import MemoryDisk
 from hv._errors import SnapshotError
@@ -327,20 +328,6 @@ def test_net_pending_timeline_calls_are_saved_as_data() -> None:
 
 
 # -- virtio-blk ----------------------------------------------------------------------------
-
-
-class GatedDisk(MemoryDisk):
-    def __init__(self, size: int) -> None:
-        super().__init__(size)
-        self.gate = trio.Event()
-
-    async def read(self, offset: int, length: int) -> bytes:
-        await self.gate.wait()
-        return await super().read(offset, length)
-
-    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        await self.gate.wait()
-        await super().write(offset, data)
 
 
 DISK = 1 << 20

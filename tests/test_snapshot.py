@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 from scapy.utils import PcapNgReader
+from test_parallel import LAB
 
 import hv
 from hv import VmConfig, run_vm
@@ -20,45 +21,6 @@ from hv.lab._spec import parse_lab
 
 # The lab of test_parallel: DHCP, an impaired link with loss, jitter and a rate limit, UDP
 # and ping across it, and two compute guests with no NIC.
-LAB = """
-clock = "virtual"
-seed = 5
-
-[switches.lan]
-subnet = "10.0.0.0/24"
-dhcp = { pool = "10.0.0.100-10.0.0.150" }
-capture = "lan.pcapng"
-
-[switches.wan]
-capture = "wan.pcapng"
-
-[[links]]
-a = "lan"
-b = "wan"
-impair = { delay = "2ms", jitter = "1ms", loss = "5%", rate = "20Mbit", queue = "16KiB" }
-
-[vms.srv]
-kernel = "udpecho"
-nics = [{ switch = "wan", ip = "10.0.0.2/24" }]
-
-[vms.gen]
-kernel = "udpgen"
-append = "peer=10.0.0.2 count=120 size=600 window=16 timeout=20"
-nics = [{ switch = "lan", ip = "dhcp" }]
-
-[vms.pinger]
-kernel = "ping"
-append = "peer=10.0.0.2 count=6 interval=5"
-nics = [{ switch = "lan", ip = "10.0.0.3/24" }]
-
-[vms.c1]
-kernel = "cpu"
-append = "iters=30"
-
-[vms.c2]
-kernel = "cpu"
-append = "iters=45"
-"""
 UNTIL = frozenset({"gen", "pinger", "c1", "c2"})
 
 
